@@ -1,0 +1,34 @@
+// An error meant for the SQL user, carrying its SQLSTATE. Thrown by C++ code; turned into an ordinary
+// PostgreSQL ERROR by the entry-point guard (pgfly/pg/guard.hpp) once the C++ stack has unwound.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace pgfly {
+
+class SqlError : public std::runtime_error {
+public:
+	// sqlstate: the five-character SQLSTATE code, e.g. "22023" (invalid_parameter_value).
+	SqlError(std::string sqlstate, const std::string &message, std::string detail = "", std::string hint = "")
+	    : std::runtime_error(message), sqlstate(std::move(sqlstate)), detail(std::move(detail)),
+	      hint(std::move(hint)) {
+	}
+
+	std::string sqlstate;
+	std::string detail;
+	std::string hint;
+};
+
+namespace sqlstate {
+constexpr const char *kInvalidParameterValue = "22023";
+constexpr const char *kNullValueNotAllowed = "22004";
+constexpr const char *kUndefinedTable = "42P01";
+constexpr const char *kUndefinedColumn = "42703";
+constexpr const char *kDatatypeMismatch = "42804";
+constexpr const char *kNoDataFound = "P0002";
+constexpr const char *kObjectNotInPrerequisiteState = "55000";
+constexpr const char *kInternalError = "XX000";
+} // namespace sqlstate
+
+} // namespace pgfly

@@ -1,0 +1,19 @@
+// The fly.* settings (README, "Configuration reference").
+#pragma once
+
+namespace pgfly {
+
+extern char *api_url;
+extern char *api_token;
+extern char *api_token_file;
+extern char *org_slug;
+extern char *default_region;
+extern char *image;
+extern char *app_name_prefix;
+extern char *database_name;
+extern int poll_interval_ms;
+
+// Defines every fly.* setting; called from _PG_init.
+void DefineSettings();
+
+} // namespace pgfly

@@ -1,0 +1,41 @@
+// State shared between the worker and the backends that enqueue work: how to wake the worker, and what it
+// reports about itself (fly.worker_status()).
+#pragma once
+
+#include "pgfly/pg/postgres.hpp"
+
+extern "C" {
+#include "port/atomics.h"
+#include "storage/spin.h"
+#include "utils/timestamp.h"
+}
+
+namespace pgfly {
+
+struct SharedState {
+	slock_t mutex;
+	// Guarded by mutex.
+	pid_t worker_pid;
+	int worker_procno; // -1 while no worker runs
+	TimestampTz worker_started_at;
+	TimestampTz last_wake_at;
+	int64 queue_ready;
+	int token_source; // a pgfly::TokenSource
+	// Set by a committing backend that enqueued work; the worker swaps it back to 0 when it wakes, so many
+	// concurrent commits cost one SetLatch.
+	pg_atomic_uint32 wake_pending;
+	pg_atomic_uint64 commit_wakes;
+	pg_atomic_uint64 timer_wakes;
+	pg_atomic_uint64 iterations;
+};
+
+// Null until shared memory is attached (always attached when pg_fly is preloaded).
+SharedState *Shared();
+
+// Hooks shared memory into the postmaster; called from _PG_init.
+void InstallShmemHooks();
+
+// Arranges for the worker to be woken when the current transaction commits; nothing happens if it aborts.
+void WakeWorkerAtCommit();
+
+} // namespace pgfly

@@ -1,0 +1,76 @@
+-- The worker: it runs, shows itself, is woken by committed tier changes and not by rolled-back ones,
+-- reloads on SIGHUP and comes back after being terminated.
+SET search_path = public, fly;
+
+-- Waits (up to 30 s) until the condition holds; returns whether it did.
+CREATE FUNCTION wait_for(condition text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean;
+BEGIN
+    FOR i IN 1..600 LOOP
+        EXECUTE 'SELECT ' || condition INTO ok;
+        IF ok THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN false;
+END $$;
+
+SELECT wait_for('(SELECT pid IS NOT NULL AND iterations > 0 FROM fly.worker_status())') AS worker_running;
+SELECT backend_type, application_name, datname, wait_event_type
+  FROM pg_stat_activity WHERE backend_type = 'pg_fly worker';
+SELECT pid = (SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_fly worker') AS status_pid_matches,
+       token_source
+  FROM fly.worker_status();
+
+INSERT INTO user_profiles VALUES ('99999999-9999-4999-8999-999999999999', 'u9@example.com');
+INSERT INTO user_subscriptions VALUES ('99999999-9999-4999-8999-999999999999', 'free');
+SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
+
+-- A rolled-back tier change does not wake the worker.
+BEGIN;
+UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '99999999-9999-4999-8999-999999999999';
+ROLLBACK;
+SELECT pg_sleep(1);
+SELECT commit_wakes = :wakes_before AS rollback_did_not_wake FROM fly.worker_status();
+
+-- Nor does a tier change that changes nothing for the user's app.
+UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '99999999-9999-4999-8999-999999999999';
+SELECT pg_sleep(0.5);
+SELECT commit_wakes = :wakes_before AS no_op_change_did_not_wake FROM fly.worker_status();
+
+-- A committed one does, and the worker then sees the queued item.
+UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '99999999-9999-4999-8999-999999999999';
+SELECT wait_for('(SELECT commit_wakes > ' || :wakes_before || ' AND queue_ready = 1 FROM fly.worker_status())')
+       AS committed_change_woke_worker;
+
+-- One committed enqueue is exactly one wake.
+SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
+SELECT fly.provision_user_app('99999999-9999-4999-8999-999999999999');
+SELECT wait_for('(SELECT commit_wakes = ' || :wakes_before || ' + 1 FROM fly.worker_status())') AS one_wake_per_commit;
+
+-- SIGHUP: a new token file is picked up (the worker reports only where the token comes from).
+COPY (SELECT 'regress-token') TO '/tmp/pg_fly_regress_token';
+ALTER SYSTEM SET fly.api_token_file = '/tmp/pg_fly_regress_token';
+SELECT pg_reload_conf();
+SELECT wait_for('(SELECT token_source = ''fly.api_token_file'' FROM fly.worker_status())') AS reloaded;
+ALTER SYSTEM RESET fly.api_token_file;
+SELECT pg_reload_conf();
+SELECT wait_for('(SELECT token_source = ''none'' FROM fly.worker_status())') AS reloaded_again;
+
+-- SIGTERM (pg_terminate_backend) ends the worker promptly; the postmaster starts a new one.
+SELECT pid AS old_pid FROM fly.worker_status() \gset
+SELECT pg_terminate_backend(:old_pid);
+SELECT wait_for('(SELECT pid IS NOT NULL AND pid <> ' || :old_pid || ' FROM fly.worker_status())') AS restarted;
+SELECT wait_for('NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = ' || :old_pid || ')') AS old_worker_gone;
+-- The new worker looks at the queue when it starts, so nothing queued while it was away is stranded.
+SELECT wait_for('(SELECT queue_ready = 1 FROM fly.worker_status())') AS queue_seen_after_restart;
+
+-- DROP DATABASE of another database is not blocked by the worker.
+CREATE DATABASE pg_fly_scratch;
+DROP DATABASE pg_fly_scratch;
+
+DELETE FROM user_subscriptions WHERE user_id = '99999999-9999-4999-8999-999999999999';
+TRUNCATE fly.reconcile_queue;
+DROP FUNCTION wait_for(text);

@@ -1,0 +1,126 @@
+#include "pgfly/pg/postgres.hpp"
+
+extern "C" {
+#include "utils/guc.h"
+}
+
+#include <cstring>
+
+#include "pgfly/core/app_naming.hpp"
+#include "pgfly/pgfly_guc.hpp"
+
+namespace pgfly {
+
+char *api_url = nullptr;
+char *api_token = nullptr;
+char *api_token_file = nullptr;
+char *org_slug = nullptr;
+char *default_region = nullptr;
+char *image = nullptr;
+char *app_name_prefix = nullptr;
+char *database_name = nullptr;
+int poll_interval_ms = 10000;
+
+namespace {
+
+// Settings whose value goes into a URL path: lower-case letters, digits and dashes only.
+bool
+IsSlug(const char *value) {
+	for (const char *c = value; *c; c++) {
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-')) {
+			return false;
+		}
+	}
+	return true;
+}
+
+bool
+CheckApiUrl(char **newval, void **, GucSource) noexcept {
+	const char *url = *newval;
+	if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0) {
+		GUC_check_errdetail("fly.api_url must start with https:// (or http:// for a local simulator).");
+		return false;
+	}
+	for (const char *c = url; *c; c++) {
+		if (*c <= ' ' || *c == 0x7f) {
+			GUC_check_errdetail("fly.api_url must not contain spaces or control characters.");
+			return false;
+		}
+	}
+	return true;
+}
+
+bool
+CheckSlug(char **newval, void **, GucSource) noexcept {
+	if (!IsSlug(*newval) || (*newval)[0] == '\0') {
+		GUC_check_errdetail("Only lower-case letters, digits and dashes are allowed, and it must not be empty.");
+		return false;
+	}
+	return true;
+}
+
+bool
+CheckImage(char **newval, void **, GucSource) noexcept {
+	for (const char *c = *newval; *c; c++) {
+		if (*c <= ' ' || *c == 0x7f || *c == '"' || *c == '\\') {
+			GUC_check_errdetail("fly.image must be an image reference without spaces, quotes or control characters.");
+			return false;
+		}
+	}
+	return true;
+}
+
+// A check hook is a C-to-C++ entry point: it must not throw, and reports through GUC_check_errdetail.
+bool
+CheckPrefix(char **newval, void **, GucSource) noexcept {
+	try {
+		if (auto problem = AppNamePrefixProblem(*newval)) {
+			GUC_check_errdetail("%s", problem->c_str());
+			return false;
+		}
+		return true;
+	} catch (...) {
+		GUC_check_errdetail("the prefix could not be checked");
+		return false;
+	}
+}
+
+} // namespace
+
+void
+DefineSettings() {
+	DefineCustomStringVariable("fly.api_url", "Base URL of the Fly Machines API.",
+	                           "Change it only to point at a Fly API simulator or proxy.", &api_url,
+	                           "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
+	                           nullptr);
+	// The token is hidden from SHOW ALL and pg_settings, and from non-superusers altogether. Prefer
+	// fly.api_token_file: a reload that changes this setting's value is logged by the postmaster.
+	DefineCustomStringVariable("fly.api_token", "Fly API token (secret).",
+	                           "Superuser-only and hidden; fly.api_token_file or FLY_API_TOKEN are the safer places.",
+	                           &api_token, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+	                           nullptr, nullptr, nullptr);
+	DefineCustomStringVariable("fly.api_token_file", "File holding the Fly API token.",
+	                           "Read by the worker at start and on reload; it must be readable by the server's user.",
+	                           &api_token_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	DefineCustomStringVariable("fly.org_slug", "Fly organization that owns the per-user apps.", nullptr, &org_slug,
+	                           "personal", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckSlug, nullptr, nullptr);
+	DefineCustomStringVariable("fly.default_region", "Region for tiers whose policy names none.", nullptr,
+	                           &default_region, "sjc", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckSlug, nullptr, nullptr);
+	DefineCustomStringVariable("fly.image", "Container image every per-user machine runs.",
+	                           "For example registry.fly.io/vyx-app:deployment-01K9Y194AA56A6SFHTTD64KQ7Y.", &image,
+	                           "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckImage, nullptr, nullptr);
+	DefineCustomStringVariable("fly.app_name_prefix", "Prefix of per-user app names.",
+	                           "App names are the prefix plus the first 8 hex digits of sha256(user_id).",
+	                           &app_name_prefix, "vyx-user-", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckPrefix, nullptr,
+	                           nullptr);
+	DefineCustomStringVariable("fly.database_name", "Database the pg_fly worker connects to.",
+	                           "The extension must be created in this database.", &database_name, "postgres",
+	                           PGC_POSTMASTER, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.poll_interval", "Longest time the worker sleeps without being woken.",
+	                        "Committed tier changes wake the worker at once; this timer is the safety net for "
+	                        "work that arrives without a wake-up (direct inserts, COMMIT PREPARED).",
+	                        &poll_interval_ms, 10000, 100, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+	                        nullptr);
+}
+
+} // namespace pgfly

@@ -1,0 +1,21 @@
+#include "pgfly/pgfly_queue.hpp"
+
+#include "pgfly/pgfly_shmem.hpp"
+
+namespace pgfly {
+
+void
+EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
+                 const char *reason) {
+	static const char *const kUpsert =
+	    "INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
+	    "VALUES ($1::pg_catalog.uuid, $2, $3, $4) "
+	    "ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier, "
+	    "reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, "
+	    "run_after = pg_catalog.now(), last_error = NULL, updated_at = pg_catalog.now()";
+	spi.Query(kUpsert, {user_id, std::string(desired == DesiredState::kPresent ? "present" : "absent"), tier,
+	                    std::string(reason)});
+	pg::PgGuard([]() { WakeWorkerAtCommit(); });
+}
+
+} // namespace pgfly

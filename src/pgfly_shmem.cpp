@@ -1,0 +1,109 @@
+#include "pgfly/pgfly_shmem.hpp"
+
+extern "C" {
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+}
+
+namespace pgfly {
+
+namespace {
+
+SharedState *shared_state = nullptr;
+shmem_request_hook_type previous_shmem_request_hook = nullptr;
+shmem_startup_hook_type previous_shmem_startup_hook = nullptr;
+
+// Per backend: whether the current transaction enqueued work, and whether our callback is registered.
+bool wake_at_commit = false;
+bool xact_callback_registered = false;
+
+void
+ShmemRequest() noexcept {
+	if (previous_shmem_request_hook) {
+		previous_shmem_request_hook();
+	}
+	RequestAddinShmemSpace(MAXALIGN(sizeof(SharedState)));
+}
+
+void
+ShmemStartup() noexcept {
+	if (previous_shmem_startup_hook) {
+		previous_shmem_startup_hook();
+	}
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	bool found = false;
+	shared_state = static_cast<SharedState *>(ShmemInitStruct("pg_fly", sizeof(SharedState), &found));
+	if (!found) {
+		SpinLockInit(&shared_state->mutex);
+		shared_state->worker_pid = 0;
+		shared_state->worker_procno = -1;
+		shared_state->worker_started_at = 0;
+		shared_state->last_wake_at = 0;
+		shared_state->queue_ready = -1;
+		shared_state->token_source = 0;
+		pg_atomic_init_u32(&shared_state->wake_pending, 0);
+		pg_atomic_init_u64(&shared_state->commit_wakes, 0);
+		pg_atomic_init_u64(&shared_state->timer_wakes, 0);
+		pg_atomic_init_u64(&shared_state->iterations, 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+// Runs at every transaction end of a backend that ever enqueued work. Only atomics and SetLatch: nothing
+// here can raise an error.
+void
+WakeXactCallback(XactEvent event, void *) noexcept {
+	switch (event) {
+	case XACT_EVENT_COMMIT:
+	case XACT_EVENT_PARALLEL_COMMIT:
+		if (wake_at_commit && shared_state != nullptr) {
+			uint32 expected = 0;
+			if (pg_atomic_compare_exchange_u32(&shared_state->wake_pending, &expected, 1)) {
+				SpinLockAcquire(&shared_state->mutex);
+				int procno = shared_state->worker_procno;
+				SpinLockRelease(&shared_state->mutex);
+				if (procno >= 0) {
+					SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+				}
+			}
+		}
+		wake_at_commit = false;
+		break;
+	case XACT_EVENT_ABORT:
+	case XACT_EVENT_PARALLEL_ABORT:
+	case XACT_EVENT_PREPARE:
+		// A prepared transaction's work is found by the worker's poll timer after COMMIT PREPARED.
+		wake_at_commit = false;
+		break;
+	default:
+		break;
+	}
+}
+
+} // namespace
+
+SharedState *
+Shared() {
+	return shared_state;
+}
+
+void
+InstallShmemHooks() {
+	previous_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = ShmemRequest;
+	previous_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = ShmemStartup;
+}
+
+void
+WakeWorkerAtCommit() {
+	if (!xact_callback_registered) {
+		RegisterXactCallback(WakeXactCallback, nullptr);
+		xact_callback_registered = true;
+	}
+	wake_at_commit = true;
+}
+
+} // namespace pgfly

@@ -1,0 +1,151 @@
+// SQL-callable functions other than the trigger (their SQL declarations are in src/sql/pg_fly--*.sql).
+#include "pgfly/pg/spi.hpp"
+
+extern "C" {
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+}
+
+#include <cstring>
+
+#include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/token_source.hpp"
+#include "pgfly/pgfly_guc.hpp"
+#include "pgfly/pgfly_queue.hpp"
+#include "pgfly/pgfly_shmem.hpp"
+
+using pgfly::SqlError;
+namespace sqlstate = pgfly::sqlstate;
+
+namespace {
+
+std::string
+TextArgument(FunctionCallInfo fcinfo, int index) {
+	char *cstring = pgfly::pg::PgGuardResult([&]() { return text_to_cstring(PG_GETARG_TEXT_PP(index)); });
+	std::string result(cstring);
+	pfree(cstring);
+	return result;
+}
+
+std::string
+UuidArgument(FunctionCallInfo fcinfo, int index, const char *name) {
+	if (PG_ARGISNULL(index)) {
+		throw SqlError(sqlstate::kNullValueNotAllowed, std::string(name) + " must not be NULL");
+	}
+	Datum value = PG_GETARG_DATUM(index);
+	char *cstring = pgfly::pg::PgGuardResult([&]() { return DatumGetCString(DirectFunctionCall1(uuid_out, value)); });
+	std::string result(cstring);
+	pfree(cstring);
+	return result;
+}
+
+} // namespace
+
+// fly._enqueue_reconcile(user_id uuid, desired text, tier text, reason text): the one enqueue path shared by
+// the trigger and the SQL functions.
+PGFLY_SQL_FUNCTION(_enqueue_reconcile) {
+	const std::string user_id = UuidArgument(fcinfo, 0, "user_id");
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(3)) {
+		throw SqlError(sqlstate::kNullValueNotAllowed, "desired and reason must not be NULL");
+	}
+	const std::string desired = TextArgument(fcinfo, 1);
+	if (desired != "present" && desired != "absent") {
+		throw SqlError(sqlstate::kInvalidParameterValue,
+		               "desired state must be 'present' or 'absent', not \"" + desired + "\"");
+	}
+	pgfly::pg::Value tier;
+	if (!PG_ARGISNULL(2)) {
+		tier = TextArgument(fcinfo, 2);
+	}
+	const std::string reason = TextArgument(fcinfo, 3);
+	pgfly::pg::SpiConnection spi;
+	pgfly::EnqueueReconcile(spi, user_id,
+	                        desired == "present" ? pgfly::DesiredState::kPresent : pgfly::DesiredState::kAbsent, tier,
+	                        reason.c_str());
+	PG_RETURN_VOID();
+}
+
+// fly.app_name_for(user_id uuid, attempt int DEFAULT 0): the app name candidate pg_fly uses for a user.
+PGFLY_SQL_FUNCTION(app_name_for) {
+	const std::string user_id = UuidArgument(fcinfo, 0, "user_id");
+	const int attempt = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT32(1);
+	if (attempt < 0) {
+		throw SqlError(sqlstate::kInvalidParameterValue, "attempt must be 0 or more");
+	}
+	auto name = pgfly::AppNameCandidate(pgfly::app_name_prefix, user_id, attempt);
+	if (!name) {
+		PG_RETURN_NULL();
+	}
+	text *result = pgfly::pg::PgGuardResult([&]() { return cstring_to_text_with_len(name->data(), name->size()); });
+	PG_RETURN_TEXT_P(result);
+}
+
+// fly.worker_status(): what the worker reports about itself through shared memory.
+PGFLY_SQL_FUNCTION(worker_status) {
+	pgfly::SharedState *shared = pgfly::Shared();
+	if (shared == nullptr) {
+		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
+	}
+	TupleDesc desc = nullptr;
+	if (pgfly::pg::PgGuardResult([&]() { return get_call_result_type(fcinfo, nullptr, &desc); }) != TYPEFUNC_COMPOSITE) {
+		throw std::logic_error("worker_status() must return a composite type");
+	}
+	SpinLockAcquire(&shared->mutex);
+	const pid_t pid = shared->worker_pid;
+	const TimestampTz started_at = shared->worker_started_at;
+	const TimestampTz last_wake_at = shared->last_wake_at;
+	const int64 queue_ready = shared->queue_ready;
+	const int token_source = shared->token_source;
+	SpinLockRelease(&shared->mutex);
+
+	Datum values[8];
+	bool nulls[8] = {false};
+	values[0] = Int32GetDatum(pid);
+	nulls[0] = pid == 0;
+	values[1] = TimestampTzGetDatum(started_at);
+	nulls[1] = started_at == 0;
+	values[2] = Int64GetDatum(static_cast<int64>(pg_atomic_read_u64(&shared->commit_wakes)));
+	values[3] = Int64GetDatum(static_cast<int64>(pg_atomic_read_u64(&shared->timer_wakes)));
+	values[4] = Int64GetDatum(static_cast<int64>(pg_atomic_read_u64(&shared->iterations)));
+	values[5] = TimestampTzGetDatum(last_wake_at);
+	nulls[5] = last_wake_at == 0;
+	values[6] = Int64GetDatum(queue_ready);
+	nulls[6] = queue_ready < 0;
+	const char *source = pgfly::TokenSourceName(static_cast<pgfly::TokenSource>(token_source));
+	HeapTuple tuple = pgfly::pg::PgGuardResult([&]() {
+		values[7] = CStringGetTextDatum(source);
+		return heap_form_tuple(BlessTupleDesc(desc), values, nulls);
+	});
+	return HeapTupleGetDatum(tuple);
+}
+
+// fly._guard_selftest(kind text): exercises the C++/PostgreSQL boundary, for the regression tests and for an
+// operator who suspects a build problem. 'ok' returns; 'cpp' throws a std::runtime_error; 'sql' throws a
+// SqlError with SQLSTATE 22023; 'pg' raises a PostgreSQL ERROR inside PgGuard, which must come back out as the
+// same ERROR after crossing the C++ frames.
+PGFLY_SQL_FUNCTION(_guard_selftest) {
+	if (PG_ARGISNULL(0)) {
+		throw SqlError(sqlstate::kNullValueNotAllowed, "kind must not be NULL");
+	}
+	const std::string kind = TextArgument(fcinfo, 0);
+	std::string owned_by_cpp = "a C++ object alive across the boundary: " + kind;
+	if (kind == "cpp") {
+		throw std::runtime_error("selftest: a C++ exception became a PostgreSQL error");
+	}
+	if (kind == "sql") {
+		throw SqlError(sqlstate::kInvalidParameterValue, "selftest: a SqlError kept its SQLSTATE", "detail kept",
+		               "hint kept");
+	}
+	if (kind == "pg") {
+		pgfly::pg::PgGuard([]() {
+			ereport(ERROR, (errcode(ERRCODE_DIVISION_BY_ZERO), errmsg("selftest: a PostgreSQL error crossed C++ frames")));
+		});
+	}
+	if (kind != "ok") {
+		throw SqlError(sqlstate::kInvalidParameterValue, "unknown selftest kind \"" + kind + "\"", "",
+		               "Use 'ok', 'cpp', 'sql' or 'pg'.");
+	}
+	text *result = pgfly::pg::PgGuardResult(
+	    [&]() { return cstring_to_text_with_len(owned_by_cpp.data(), owned_by_cpp.size()); });
+	PG_RETURN_TEXT_P(result);
+}

@@ -1,0 +1,199 @@
+// on_user_tier_change: the trigger attach_tier_trigger() puts on the application's subscription table.
+// It only records, in the caller's transaction, that a user needs reconciling; it never calls Fly.
+#include "pgfly/pg/spi.hpp"
+
+extern "C" {
+#include "commands/trigger.h"
+}
+
+#include <cstring>
+
+#include "pgfly/pgfly_queue.hpp"
+
+namespace pgfly {
+
+namespace {
+
+// What a tier means for a user's app. Two tiers with equal policies need no reconciling between them.
+struct TierPolicy {
+	bool known = false;
+	bool dedicated = false;
+	std::string guest; // cpu kind, cpus, memory and region; empty when not dedicated
+
+	bool
+	SameEffect(const TierPolicy &other) const {
+		return known && other.known && dedicated == other.dedicated && guest == other.guest;
+	}
+};
+
+struct SubscriptionRow {
+	pg::Value user_id;
+	pg::Value tier;
+};
+
+SubscriptionRow
+ReadRow(HeapTuple tuple, TupleDesc desc, int user_attnum, int tier_attnum) {
+	char *user_text = nullptr;
+	char *tier_text = nullptr;
+	pg::PgGuard([&]() {
+		user_text = SPI_getvalue(tuple, desc, user_attnum);
+		tier_text = SPI_getvalue(tuple, desc, tier_attnum);
+	});
+	SubscriptionRow row;
+	if (user_text != nullptr) {
+		row.user_id = std::string(user_text);
+	}
+	if (tier_text != nullptr) {
+		row.tier = std::string(tier_text);
+	}
+	return row;
+}
+
+TierPolicy
+LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier) {
+	TierPolicy policy;
+	if (!tier) {
+		// A subscription without a tier grants no app.
+		policy.known = true;
+		return policy;
+	}
+	static const char *const kPolicy =
+	    "SELECT dedicated_app, "
+	    "CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
+	    "COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END "
+	    "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
+	auto rows = spi.Query(kPolicy, {tier}, true);
+	if (rows.empty()) {
+		return policy;
+	}
+	policy.known = true;
+	policy.dedicated = rows[0][0] == std::string("t");
+	policy.guest = rows[0][1].value_or("");
+	return policy;
+}
+
+int
+ColumnNumber(TupleDesc desc, const char *column, const char *table) {
+	int attnum = pg::PgGuardResult([&]() { return SPI_fnumber(desc, column); });
+	if (attnum <= 0) {
+		throw SqlError(sqlstate::kUndefinedColumn,
+		               std::string("column \"") + column + "\" of \"" + table + "\" does not exist",
+		               "on_user_tier_change() was given it as a trigger argument.",
+		               "Re-attach the trigger with fly.attach_tier_trigger().");
+	}
+	return attnum;
+}
+
+[[noreturn]] void
+ThrowUnknownTier(const std::string &tier, const pg::Value &user_id) {
+	throw SqlError(sqlstate::kInvalidParameterValue, "tier \"" + tier + "\" has no policy in fly.tier_policies",
+	               "The subscription of user " + user_id.value_or("(null)") + " names it.",
+	               "Add the tier first, e.g. INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('" + tier +
+	                   "', false).");
+}
+
+// A tier change with no effect on the app (pro -> elite with equal policies) only renames the tier on the
+// pending item and the live app, without waking the worker.
+void
+RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value &tier) {
+	static const char *const kRelabel =
+	    "WITH queued AS (UPDATE fly.reconcile_queue SET tier = $2 "
+	    "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND desired OPERATOR(pg_catalog.=) 'present') "
+	    "UPDATE fly.user_fly_apps SET tier = $2, updated_at = pg_catalog.now() "
+	    "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL";
+	spi.Query(kRelabel, {user_id, tier});
+}
+
+void
+Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy) {
+	if (!row.user_id) {
+		if (!policy.dedicated) {
+			return; // nothing to provision or tear down for a row without a user
+		}
+		throw SqlError(sqlstate::kNullValueNotAllowed,
+		               "cannot provision an app for a subscription whose user id is NULL",
+		               "Its tier \"" + row.tier.value_or("") + "\" grants a dedicated app.");
+	}
+	EnqueueReconcile(spi, *row.user_id, policy.dedicated ? DesiredState::kPresent : DesiredState::kAbsent, row.tier,
+	                 "tier_change");
+}
+
+} // namespace
+
+} // namespace pgfly
+
+using pgfly::SqlError;
+namespace sqlstate = pgfly::sqlstate;
+
+PGFLY_SQL_FUNCTION(on_user_tier_change) {
+	if (!CALLED_AS_TRIGGER(fcinfo)) {
+		throw SqlError("39P01", "on_user_tier_change() must be called as a trigger");
+	}
+	TriggerData *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
+	const TriggerEvent event = trigger->tg_event;
+	if (!TRIGGER_FIRED_AFTER(event) || !TRIGGER_FIRED_FOR_ROW(event)) {
+		throw SqlError("39P01", "on_user_tier_change() must be an AFTER ... FOR EACH ROW trigger");
+	}
+	if (trigger->tg_trigger->tgnargs != 2) {
+		throw SqlError("39P01", "on_user_tier_change() takes two arguments: the user id column and the tier column",
+		               "", "Attach it with fly.attach_tier_trigger().");
+	}
+	const char *table = RelationGetRelationName(trigger->tg_relation);
+	TupleDesc desc = RelationGetDescr(trigger->tg_relation);
+	const int user_attnum = pgfly::ColumnNumber(desc, trigger->tg_trigger->tgargs[0], table);
+	const int tier_attnum = pgfly::ColumnNumber(desc, trigger->tg_trigger->tgargs[1], table);
+
+	const bool has_old = TRIGGER_FIRED_BY_UPDATE(event) || TRIGGER_FIRED_BY_DELETE(event);
+	const bool has_new = TRIGGER_FIRED_BY_UPDATE(event) || TRIGGER_FIRED_BY_INSERT(event);
+	pgfly::SubscriptionRow old_row;
+	pgfly::SubscriptionRow new_row;
+	if (has_old) {
+		old_row = pgfly::ReadRow(trigger->tg_trigtuple, desc, user_attnum, tier_attnum);
+	}
+	if (has_new) {
+		HeapTuple tuple = TRIGGER_FIRED_BY_UPDATE(event) ? trigger->tg_newtuple : trigger->tg_trigtuple;
+		new_row = pgfly::ReadRow(tuple, desc, user_attnum, tier_attnum);
+	}
+	// The cheap exit for updates that touch neither column's value.
+	if (has_old && has_new && old_row.user_id == new_row.user_id && old_row.tier == new_row.tier) {
+		return PointerGetDatum(nullptr);
+	}
+
+	pgfly::pg::SpiConnection spi;
+	pgfly::TierPolicy old_policy;
+	pgfly::TierPolicy new_policy;
+	if (has_old) {
+		// An old tier that has since left fly.tier_policies stays "unknown": reconciling is then always safe.
+		old_policy = pgfly::LookUpPolicy(spi, old_row.tier);
+	} else {
+		old_policy.known = true; // no row before: no app
+	}
+	if (has_new) {
+		new_policy = pgfly::LookUpPolicy(spi, new_row.tier);
+		if (!new_policy.known) {
+			pgfly::ThrowUnknownTier(*new_row.tier, new_row.user_id);
+		}
+	} else {
+		new_policy.known = true; // row deleted: no app
+	}
+
+	if (has_old && has_new && old_row.user_id != new_row.user_id) {
+		// The row moved to another user: the old user loses what the row granted, the new one gains it.
+		pgfly::TierPolicy none;
+		none.known = true;
+		if (!old_policy.SameEffect(none)) {
+			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none);
+		}
+		if (!new_policy.SameEffect(none)) {
+			pgfly::Enqueue(spi, new_row, new_policy);
+		}
+	} else if (old_policy.SameEffect(new_policy)) {
+		if (has_new && new_row.user_id && old_row.tier != new_row.tier) {
+			pgfly::RelabelTier(spi, *new_row.user_id, new_row.tier);
+		}
+	} else {
+		// A deleted row leaves the user without a tier.
+		pgfly::Enqueue(spi, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, new_policy);
+	}
+	return PointerGetDatum(nullptr);
+}

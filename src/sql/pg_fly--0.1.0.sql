@@ -1,0 +1,399 @@
+-- pg_fly 0.1.0: schema fly. Loaded by CREATE EXTENSION pg_fly.
+\echo Use "CREATE EXTENSION pg_fly" to load this file. \quit
+
+-- The schema belongs to the extension, so DROP EXTENSION removes it. Nothing in it is for PUBLIC unless
+-- granted; administrators grant what their roles need.
+CREATE SCHEMA fly;
+REVOKE ALL ON SCHEMA fly FROM PUBLIC;
+
+--------------------------------------------------------------------------------------------------------------
+-- Tier policy: which tiers get a dedicated app, with which guest and region. Data, not code.
+--------------------------------------------------------------------------------------------------------------
+CREATE TABLE fly.tier_policies (
+    tier          text PRIMARY KEY CHECK (tier <> ''),
+    dedicated_app boolean NOT NULL,
+    cpu_kind      text CHECK (cpu_kind IN ('shared', 'performance')),
+    cpus          integer CHECK (cpus IN (1, 2, 4, 8, 16)),
+    memory_mb     integer CHECK (memory_mb > 0 AND memory_mb % 256 = 0),
+    region        text CHECK (region ~ '^[a-z0-9-]+$'),  -- NULL: fly.default_region
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- A dedicated tier needs a complete guest whose memory Fly accepts for that many CPUs.
+    CONSTRAINT tier_policies_guest_complete CHECK (
+        NOT dedicated_app OR (cpu_kind IS NOT NULL AND cpus IS NOT NULL AND memory_mb IS NOT NULL)),
+    CONSTRAINT tier_policies_guest_memory CHECK (
+        cpu_kind IS NULL OR cpus IS NULL OR memory_mb IS NULL
+        OR (cpu_kind = 'shared' AND memory_mb BETWEEN 256 * cpus AND 2048 * cpus)
+        OR (cpu_kind = 'performance' AND memory_mb BETWEEN 2048 * cpus AND 8192 * cpus))
+);
+COMMENT ON TABLE fly.tier_policies IS
+    'Which subscription tiers get a dedicated Fly app, and with what guest (cpu kind, cpus, memory) and region';
+
+INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb, region) VALUES
+    ('free',  false, NULL,     NULL, NULL, NULL),
+    ('pro',   true,  'shared', 1,    256,  NULL),
+    ('elite', true,  'shared', 1,    256,  NULL);
+
+-- Inserting an existing tier replaces it. This is what lets pg_dump restore customised default tiers: the
+-- restore's CREATE EXTENSION inserts the defaults, then its COPY brings the customised rows.
+CREATE FUNCTION fly._tier_policies_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE fly.tier_policies
+       SET dedicated_app = NEW.dedicated_app, cpu_kind = NEW.cpu_kind, cpus = NEW.cpus,
+           memory_mb = NEW.memory_mb, region = NEW.region, updated_at = now()
+     WHERE tier = NEW.tier;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER tier_policies_upsert BEFORE INSERT ON fly.tier_policies
+    FOR EACH ROW EXECUTE FUNCTION fly._tier_policies_upsert();
+
+--------------------------------------------------------------------------------------------------------------
+-- Apps and their event log. One row per app lifecycle; at most one live (not deleted) app per user.
+--------------------------------------------------------------------------------------------------------------
+CREATE TABLE fly.user_fly_apps (
+    id                        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id                   uuid NOT NULL,
+    tier                      text,
+    fly_app_name              text NOT NULL CHECK (fly_app_name ~ '^[A-Za-z0-9._-]{1,100}$'),  -- Fly itself judges the rest
+    name_attempt              integer NOT NULL DEFAULT 0 CHECK (name_attempt >= 0),
+    fly_app_id                text,
+    fly_org_slug              text NOT NULL,
+    fly_machine_id            text,
+    status                    text NOT NULL DEFAULT 'provisioning'
+                              CHECK (status IN ('provisioning', 'active', 'deprovisioning', 'deleted', 'failed')),
+    health_status             text NOT NULL DEFAULT 'unknown'
+                              CHECK (health_status IN ('healthy', 'unhealthy', 'unknown')),
+    region                    text NOT NULL,
+    cpu_kind                  text CHECK (cpu_kind IN ('shared', 'performance')),
+    cpus                      integer CHECK (cpus > 0),
+    memory_mb                 integer CHECK (memory_mb > 0),
+    image                     text,
+    secrets_version           bigint,
+    monthly_cost_estimate_usd numeric(10, 2) CHECK (monthly_cost_estimate_usd >= 0),
+    attempts                  integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    last_error                text,
+    last_health_check_at      timestamptz,
+    provisioned_at            timestamptz,
+    created_at                timestamptz NOT NULL DEFAULT now(),
+    updated_at                timestamptz NOT NULL DEFAULT now(),
+    deleted_at                timestamptz,
+    CONSTRAINT user_fly_apps_deleted_at CHECK ((status = 'deleted') = (deleted_at IS NOT NULL))
+);
+CREATE UNIQUE INDEX user_fly_apps_one_live_per_user ON fly.user_fly_apps (user_id)
+    WHERE deleted_at IS NULL;
+CREATE UNIQUE INDEX user_fly_apps_live_name ON fly.user_fly_apps (fly_app_name)
+    WHERE deleted_at IS NULL;
+CREATE INDEX user_fly_apps_created_at ON fly.user_fly_apps (created_at);
+COMMENT ON TABLE fly.user_fly_apps IS 'One row per dedicated Fly app lifecycle (provisioning to deleted)';
+
+CREATE TABLE fly.user_fly_app_events (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    fly_app_id bigint REFERENCES fly.user_fly_apps (id),
+    user_id    uuid NOT NULL,
+    event_type text NOT NULL CHECK (event_type ~ '^[a-z][a-z_]*$'),
+    status     text,        -- the app's status once the event happened
+    details    jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX user_fly_app_events_user ON fly.user_fly_app_events (user_id, created_at);
+CREATE INDEX user_fly_app_events_app ON fly.user_fly_app_events (fly_app_id);
+CREATE INDEX user_fly_app_events_created_at ON fly.user_fly_app_events (created_at);
+COMMENT ON TABLE fly.user_fly_app_events IS 'Append-only audit log of everything pg_fly did to each app';
+
+-- Append-only: events are never rewritten (old ones may be deleted for retention).
+CREATE FUNCTION fly._events_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'user_fly_app_events is append-only'
+        USING ERRCODE = 'insufficient_privilege', HINT = 'Events can be deleted for retention, not changed.';
+END $$;
+CREATE TRIGGER user_fly_app_events_append_only BEFORE UPDATE ON fly.user_fly_app_events
+    FOR EACH ROW EXECUTE FUNCTION fly._events_append_only();
+
+--------------------------------------------------------------------------------------------------------------
+-- The reconcile queue the worker consumes: durable (logged), one item per user carrying the latest desired
+-- state. Enqueueing bumps `generation`; the worker records an outcome only for the generation it claimed.
+--------------------------------------------------------------------------------------------------------------
+CREATE TABLE fly.reconcile_queue (
+    user_id     uuid PRIMARY KEY,
+    desired     text NOT NULL CHECK (desired IN ('present', 'absent')),
+    tier        text,
+    reason      text NOT NULL,
+    generation  bigint NOT NULL DEFAULT 1,
+    attempts    integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    run_after   timestamptz NOT NULL DEFAULT now(),
+    claimed_at  timestamptz,            -- set while the worker works on the item
+    lease_until timestamptz,            -- a claim older than this is abandoned and may be taken again
+    last_error  text,
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+-- The worker's claim query: due items, oldest first (FOR UPDATE SKIP LOCKED).
+CREATE INDEX reconcile_queue_due ON fly.reconcile_queue (run_after);
+COMMENT ON TABLE fly.reconcile_queue IS 'Users whose Fly app must be reconciled with their tier';
+
+--------------------------------------------------------------------------------------------------------------
+-- The application's subscription table pg_fly watches (set by attach_tier_trigger).
+--------------------------------------------------------------------------------------------------------------
+CREATE TABLE fly.tier_source (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    table_name  regclass NOT NULL,
+    user_column name NOT NULL,
+    tier_column name NOT NULL,
+    attached_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- pg_dump keeps the contents of every table above (extension tables are otherwise left out of dumps).
+SELECT pg_catalog.pg_extension_config_dump('fly.tier_policies', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.user_fly_apps', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.user_fly_apps_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.user_fly_app_events', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.user_fly_app_events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.reconcile_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.tier_source', '');
+
+--------------------------------------------------------------------------------------------------------------
+-- C functions
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly.on_user_tier_change() RETURNS trigger
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'on_user_tier_change';
+COMMENT ON FUNCTION fly.on_user_tier_change() IS
+    'Trigger on the subscription table: queues a reconcile when a user''s effective tier policy changes';
+
+CREATE FUNCTION fly._enqueue_reconcile(user_id uuid, desired text, tier text, reason text) RETURNS void
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', '_enqueue_reconcile';
+
+CREATE FUNCTION fly.app_name_for(user_id uuid, attempt integer DEFAULT 0) RETURNS text
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'app_name_for';
+COMMENT ON FUNCTION fly.app_name_for(uuid, integer) IS
+    'The app name candidate pg_fly uses for a user (attempt 0 is <prefix><8 hex of sha256(user_id)>)';
+
+CREATE FUNCTION fly.worker_status(
+    OUT pid integer, OUT started_at timestamptz, OUT commit_wakes bigint, OUT timer_wakes bigint,
+    OUT iterations bigint, OUT last_wake_at timestamptz, OUT queue_ready bigint, OUT token_source text)
+    RETURNS record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'worker_status';
+
+CREATE FUNCTION fly._guard_selftest(kind text) RETURNS text
+    LANGUAGE c AS 'MODULE_PATHNAME', '_guard_selftest';
+
+--------------------------------------------------------------------------------------------------------------
+-- Attaching the trigger to the application's subscription table
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly._drop_tier_trigger(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_change') THEN
+        EXECUTE format('DROP TRIGGER on_user_tier_change ON %s', tbl);
+    END IF;
+END $$;
+
+CREATE FUNCTION fly.attach_tier_trigger(
+    tbl regclass DEFAULT 'public.user_subscriptions'::text::regclass,  -- resolved at call time
+    user_column name DEFAULT 'user_id',
+    tier_column name DEFAULT 'tier')
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind      "char";
+    user_type regtype;
+    previous  regclass;
+BEGIN
+    IF tbl IS NULL OR user_column IS NULL OR tier_column IS NULL THEN
+        RAISE EXCEPTION 'attach_tier_trigger: table and column names must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = tbl;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'attach_tier_trigger: "%" is not a table', tbl USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT a.atttypid::regtype INTO user_type FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = user_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" does not exist', user_column, tbl
+            USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the user id (a uuid).';
+    END IF;
+    IF user_type NOT IN ('uuid'::regtype, 'text'::regtype, 'character varying'::regtype) THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" is of type %, not uuid',
+            user_column, tbl, user_type
+            USING ERRCODE = 'datatype_mismatch', HINT = 'The user id column must be uuid (or text holding uuids).';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = tier_column
+                   AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" does not exist', tier_column, tbl
+            USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the subscription tier.';
+    END IF;
+
+    SELECT s.table_name INTO previous FROM fly.tier_source s;
+    IF previous IS NOT NULL AND previous <> tbl THEN
+        PERFORM fly._drop_tier_trigger(previous);
+        RAISE NOTICE 'pg_fly now watches % instead of %', tbl, previous;
+    END IF;
+    PERFORM fly._drop_tier_trigger(tbl);
+    EXECUTE format('CREATE TRIGGER on_user_tier_change AFTER INSERT OR UPDATE OF %I, %I OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION fly.on_user_tier_change(%L, %L)',
+                   user_column, tier_column, tbl, user_column, tier_column);
+    INSERT INTO fly.tier_source (table_name, user_column, tier_column)
+    VALUES (tbl, user_column, tier_column)
+    ON CONFLICT (singleton) DO UPDATE
+       SET table_name = excluded.table_name, user_column = excluded.user_column,
+           tier_column = excluded.tier_column, attached_at = now();
+END $$;
+COMMENT ON FUNCTION fly.attach_tier_trigger(regclass, name, name) IS
+    'Installs on_user_tier_change on the subscription table (one table at a time)';
+
+CREATE FUNCTION fly.detach_tier_trigger() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    previous regclass;
+BEGIN
+    DELETE FROM fly.tier_source RETURNING table_name INTO previous;
+    IF previous IS NULL THEN
+        RAISE EXCEPTION 'detach_tier_trigger: no subscription table is attached'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    PERFORM fly._drop_tier_trigger(previous);
+END $$;
+
+--------------------------------------------------------------------------------------------------------------
+-- Manual control. Both only enqueue and return: no HTTP happens in the caller's transaction.
+--------------------------------------------------------------------------------------------------------------
+
+-- The user's current tier from the attached subscription table; errors name what is missing.
+CREATE FUNCTION fly._subscription_tier(p_user_id uuid) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src       fly.tier_source;
+    user_type text;
+    tiers     text[];
+BEGIN
+    SELECT * INTO src FROM fly.tier_source;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no subscription table is attached to pg_fly'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run SELECT fly.attach_tier_trigger(''public.user_subscriptions'', ''user_id'', ''tier'').';
+    END IF;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO user_type FROM pg_attribute a
+     WHERE a.attrelid = src.table_name AND a.attname = src.user_column;
+    EXECUTE format('SELECT array_agg(%I::text) FROM %s WHERE %I = $1::text::%s',
+                   src.tier_column, src.table_name, src.user_column, user_type)
+       INTO tiers USING p_user_id;
+    IF tiers IS NULL THEN
+        RAISE EXCEPTION 'user % has no subscription in %', p_user_id, src.table_name
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF cardinality(tiers) > 1 THEN
+        RAISE EXCEPTION 'user % has % subscription rows in %; pg_fly expects one', p_user_id,
+            cardinality(tiers), src.table_name USING ERRCODE = 'cardinality_violation';
+    END IF;
+    RETURN tiers[1];
+END $$;
+
+CREATE FUNCTION fly.provision_user_app(user_id uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_tier      text;
+    v_dedicated boolean;
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'provision_user_app: user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    v_tier := fly._subscription_tier(user_id);
+    SELECT p.dedicated_app INTO v_dedicated FROM fly.tier_policies p WHERE p.tier = v_tier;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tier "%" of user % has no policy in fly.tier_policies', v_tier, user_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT v_dedicated THEN
+        RAISE EXCEPTION 'user % is on tier "%", which has no dedicated app', user_id, v_tier
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Change the user''s tier, or the tier''s policy in fly.tier_policies.';
+    END IF;
+    PERFORM fly._enqueue_reconcile(user_id, 'present', v_tier, 'manual');
+END $$;
+COMMENT ON FUNCTION fly.provision_user_app(uuid) IS
+    'Queues (re)provisioning of the user''s app per their tier; returns at once';
+
+CREATE FUNCTION fly.deprovision_user_app(user_id uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'deprovision_user_app: user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Queued even when no live app is known: the worker then makes sure nothing is left on Fly, and a
+    -- provisioning that has not committed yet cannot slip past a deprovision that came after it.
+    IF NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a
+                    WHERE a.user_id = deprovision_user_app.user_id AND a.deleted_at IS NULL) THEN
+        RAISE NOTICE 'user % has no live app; the worker will only check that none is left on Fly', user_id;
+    END IF;
+    PERFORM fly._enqueue_reconcile(user_id, 'absent', NULL, 'manual');
+END $$;
+COMMENT ON FUNCTION fly.deprovision_user_app(uuid) IS
+    'Queues teardown of the user''s app (until their tier changes again); returns at once';
+
+--------------------------------------------------------------------------------------------------------------
+-- Status and admin views
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly.get_user_fly_app_status(user_id uuid)
+RETURNS TABLE (
+    user_id uuid, fly_app_name text, fly_machine_id text, status text, health_status text, region text,
+    tier text, monthly_cost_estimate_usd numeric, attempts integer, last_error text,
+    pending_action text, pending_since timestamptz, created_at timestamptz, updated_at timestamptz,
+    deleted_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH app AS (
+        SELECT a.* FROM fly.user_fly_apps a
+         WHERE a.user_id = $1
+         ORDER BY a.deleted_at IS NULL DESC, a.created_at DESC, a.id DESC
+         LIMIT 1
+    )
+    SELECT $1, app.fly_app_name, app.fly_machine_id, app.status, app.health_status, app.region,
+           coalesce(q.tier, app.tier), app.monthly_cost_estimate_usd, coalesce(q.attempts, app.attempts),
+           coalesce(q.last_error, app.last_error),
+           CASE q.desired WHEN 'present' THEN 'provision' WHEN 'absent' THEN 'deprovision' END,
+           q.enqueued_at, app.created_at, app.updated_at, app.deleted_at
+      FROM (SELECT 1) AS one
+      LEFT JOIN app ON true
+      LEFT JOIN fly.reconcile_queue q ON q.user_id = $1
+     WHERE app.id IS NOT NULL OR q.user_id IS NOT NULL
+$$;
+COMMENT ON FUNCTION fly.get_user_fly_app_status(uuid) IS
+    'The user''s current (or last) app and any pending reconcile; no row if pg_fly never saw the user';
+
+-- "View All User Apps" from the seed, without the application's user_profiles join.
+CREATE VIEW fly.live_apps AS
+SELECT a.user_id, a.fly_app_name, a.status, a.health_status, a.region, a.tier, a.fly_machine_id,
+       a.monthly_cost_estimate_usd, a.last_health_check_at, a.created_at, a.updated_at
+  FROM fly.user_fly_apps a
+ WHERE a.deleted_at IS NULL;
+
+-- "Check Recent Events" from the seed.
+CREATE VIEW fly.recent_events AS
+SELECT e.id, e.created_at, e.event_type, e.status, e.user_id, a.fly_app_name, e.details
+  FROM fly.user_fly_app_events e
+  LEFT JOIN fly.user_fly_apps a ON a.id = e.fly_app_id;
+
+-- "Provision Success Rate" from the seed.
+CREATE VIEW fly.provision_success_rate AS
+SELECT count(*) FILTER (WHERE event_type = 'provision_completed') AS success,
+       count(*) FILTER (WHERE event_type = 'provision_failed') AS failed,
+       round(count(*) FILTER (WHERE event_type = 'provision_completed') * 100.0 / nullif(count(*), 0), 2)
+           AS success_rate_pct
+  FROM fly.user_fly_app_events
+ WHERE event_type IN ('provision_completed', 'provision_failed');
+
+-- What the worker has to do.
+CREATE VIEW fly.pending_work AS
+SELECT q.user_id, q.desired, q.tier, q.reason, q.attempts, q.run_after, q.claimed_at IS NOT NULL AS in_flight,
+       q.last_error, q.enqueued_at, now() - q.enqueued_at AS waiting_for
+  FROM fly.reconcile_queue q;
+
+--------------------------------------------------------------------------------------------------------------
+-- Privileges: functions are executable by PUBLIC by default; take that back from everything here.
+--------------------------------------------------------------------------------------------------------------
+REVOKE ALL ON ALL TABLES IN SCHEMA fly FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA fly FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA fly FROM PUBLIC;
