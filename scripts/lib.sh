@@ -1,0 +1,26 @@
+# Shared by scripts/test.sh and scripts/demo.sh: where things are, and a copy of the tree the postgres user
+# can use (the checkout may sit where that user cannot enter, such as root's home).
+
+PG_MAJOR="${PG_MAJOR:-15}"
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config}"
+[ -x "$PG_CONFIG" ] || PG_CONFIG="$(command -v pg_config || true)"
+PG_BINDIR="$("$PG_CONFIG" --bindir 2>/dev/null || echo "/usr/lib/postgresql/${PG_MAJOR}/bin")"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-/usr/bin/python3}"
+[ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
+
+require_root() {
+	if [ "$(id -u)" -ne 0 ]; then
+		exec sudo --preserve-env=PG_MAJOR,PG_CONFIG,CI "$0" "$@"
+	fi
+}
+
+# Copies the sources the tests need into a fresh folder owned by postgres; prints its path.
+postgres_workdir() {
+	local dir
+	dir="$(mktemp -d /tmp/pg_fly.XXXXXX)"
+	(cd "$REPO_ROOT" && tar cf - --exclude=.git --exclude=build --exclude='*.o' --exclude='*.so' . ) | (cd "$dir" && tar xf -)
+	chown -R postgres: "$dir"
+	chmod 755 "$dir"
+	echo "$dir"
+}
