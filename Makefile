@@ -43,10 +43,13 @@ all install installcheck:
 else
 # C++17 with PostgreSQL's own headers as system headers, so -Wextra stays about our code.
 PG_CPPFLAGS = -Iinclude -isystem $(shell $(PG_CONFIG) --includedir-server) $(shell pkg-config --cflags $(PKG_DEPS))
-PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initializers
+PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initializers -MMD -MP
 SHLIB_LINK = $(shell pkg-config --libs $(PKG_DEPS)) -lstdc++
 # No LLVM bitcode: it would compile the C++17 sources with clang's default standard, and JIT inlining of an
 # HTTP client gains nothing.
 override with_llvm = no
 include $(PGXS)
+# Header dependencies (-MMD), so that a changed header rebuilds what includes it.
+-include $(OBJS:.o=.d)
+EXTRA_CLEAN = $(OBJS:.o=.d)
 endif

@@ -20,6 +20,13 @@ char *image = nullptr;
 char *app_name_prefix = nullptr;
 char *database_name = nullptr;
 int poll_interval_ms = 10000;
+int max_concurrency = 16;
+int connect_timeout_ms = 5000;
+int request_timeout_ms = 30000;
+int retry_base_delay_ms = 1000;
+int retry_max_delay_ms = 300000;
+char *machine_env = nullptr;
+char *app_secrets_file = nullptr;
 
 namespace {
 
@@ -121,6 +128,28 @@ DefineSettings() {
 	                        "work that arrives without a wake-up (direct inserts, COMMIT PREPARED).",
 	                        &poll_interval_ms, 10000, 100, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
 	                        nullptr);
+	DefineCustomIntVariable("fly.max_concurrency", "Users the worker reconciles at once.",
+	                        "Each has at most one Fly request in flight.", &max_concurrency, 16, 1, 1024, PGC_SIGHUP,
+	                        0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.connect_timeout", "Longest wait to connect to the Fly API.", nullptr,
+	                        &connect_timeout_ms, 5000, 100, 600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+	                        nullptr);
+	DefineCustomIntVariable("fly.request_timeout", "Longest wait for one Fly API answer.",
+	                        "Wait-for-state calls get their own server-side timeout plus 5 seconds.",
+	                        &request_timeout_ms, 30000, 1000, 600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+	                        nullptr);
+	DefineCustomIntVariable("fly.retry_base_delay", "First retry delay after a transient failure.",
+	                        "Delays double per attempt, capped by fly.retry_max_delay, with full jitter.",
+	                        &retry_base_delay_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+	                        nullptr);
+	DefineCustomIntVariable("fly.retry_max_delay", "Longest retry delay.", nullptr, &retry_max_delay_ms, 300000,
+	                        100, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+	DefineCustomStringVariable("fly.machine_env", "Extra environment variables of every machine (JSON object).",
+	                           "RUN_MODE=user_dedicated and USER_ID are always set. Not for secrets.", &machine_env,
+	                           "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	DefineCustomStringVariable("fly.app_secrets_file", "File of NAME=value app secrets set on every app.",
+	                           "NAME:base64=value sends the value base64-encoded. Values never reach tables or logs.",
+	                           &app_secrets_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
 }
 
 } // namespace pgfly

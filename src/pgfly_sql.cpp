@@ -2,6 +2,7 @@
 #include "pgfly/pg/spi.hpp"
 
 extern "C" {
+#include "utils/builtins.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 }

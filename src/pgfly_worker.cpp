@@ -1,6 +1,7 @@
-// The worker loop. It sleeps on its latch until a committed tier change wakes it (or the poll timer fires),
-// then looks at the reconcile queue in a short transaction. The main function is Postgres-regime code: no
-// C++ object with a destructor lives in it, and every C++ step runs through InvokeCpp.
+// The worker loop. It sleeps on its latch and on the Fly client's sockets until a committed tier change, a
+// Fly answer or a timer wakes it; then it claims due work and advances the operations in flight
+// (pgfly_reconciler.cpp). PgFlyWorkerMain is Postgres-regime code with no C++ objects; the loop itself runs
+// in C++ through InvokeCpp, reaching PostgreSQL only through guarded calls.
 #include "pgfly/pg/spi.hpp"
 
 extern "C" {
@@ -18,9 +19,10 @@ extern "C" {
 
 #include <cstdlib>
 
-#include "pgfly/core/token_source.hpp"
 #include "pgfly/pgfly_guc.hpp"
+#include "pgfly/pgfly_reconciler.hpp"
 #include "pgfly/pgfly_shmem.hpp"
+#include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_worker.hpp"
 
 extern "C" PGDLLEXPORT void PgFlyWorkerMain(Datum main_arg);
@@ -48,50 +50,6 @@ UnpublishWorker(int, Datum) noexcept {
 	}
 }
 
-// Resolves the token only to report where it comes from; the value never leaves this function yet.
-void
-RefreshTokenSource(SharedState *shared) {
-	ResolvedToken resolved = ResolveToken(api_token, api_token_file, getenv("FLY_API_TOKEN"));
-	if (!resolved.problem.empty()) {
-		const std::string problem = resolved.problem;
-		pg::PgGuard([&]() { elog(LOG, "pg_fly worker: %s", problem.c_str()); });
-	}
-	SpinLockAcquire(&shared->mutex);
-	shared->token_source = static_cast<int>(resolved.source);
-	SpinLockRelease(&shared->mutex);
-}
-
-// One pass over the queue. For now the worker counts the items that are due; reconciling them with Fly
-// comes with the provisioning flow.
-void
-ReadQueue(SharedState *shared) {
-	pg::PgGuard([]() {
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "pg_fly: reading the reconcile queue");
-	});
-	int64 ready = -1;
-	const bool installed =
-	    pg::PgGuardResult([]() { return !RecoveryInProgress() && OidIsValid(get_extension_oid("pg_fly", true)); });
-	if (installed) {
-		pg::SpiConnection spi;
-		auto rows = spi.Query("SELECT pg_catalog.count(*) FROM fly.reconcile_queue "
-		                      "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()",
-		                      {}, true);
-		ready = std::stoll(rows.at(0).at(0).value_or("0"));
-	}
-	pg::PgGuard([]() {
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_stat(false);
-		pgstat_report_activity(STATE_IDLE, nullptr);
-	});
-	SpinLockAcquire(&shared->mutex);
-	shared->queue_ready = ready;
-	SpinLockRelease(&shared->mutex);
-}
-
 void
 RecordWake(SharedState *shared, bool latch_set) {
 	const bool committed_work = pg_atomic_exchange_u32(&shared->wake_pending, 0) != 0;
@@ -104,6 +62,50 @@ RecordWake(SharedState *shared, bool latch_set) {
 	SpinLockAcquire(&shared->mutex);
 	shared->last_wake_at = GetCurrentTimestamp();
 	SpinLockRelease(&shared->mutex);
+}
+
+
+// One pass of the loop failed (a PostgreSQL error or an exception): log it and pause briefly, instead of
+// crash-looping through worker restarts. Operations in flight keep going.
+void
+ReportLoopError(const char *what) {
+	const std::string message = what;
+	pg::AbortTransactionQuietly();
+	pg::PgGuard([&]() { elog(LOG, "pg_fly worker: %s", message.c_str()); });
+}
+
+void
+WorkerLoop(SharedState *shared) {
+	Reconciler reconciler(shared);
+	reconciler.ReleaseOrphanedClaims();
+	// A commit may have asked for a wake-up before this worker existed: look at the queue once at start.
+	bool latch_set = true;
+	for (;;) {
+		pg::PgGuard([]() { CHECK_FOR_INTERRUPTS(); });
+		if (ConfigReloadPending) {
+			ConfigReloadPending = false;
+			pg::PgGuard([]() { ProcessConfigFile(PGC_SIGHUP); });
+			reconciler.Configure();
+		}
+		RecordWake(shared, latch_set);
+		long sleep_ms = 0;
+		try {
+			reconciler.Drive();
+			reconciler.Dispatch();
+			reconciler.Drive();
+			sleep_ms = reconciler.SleepMs();
+		} catch (const std::exception &e) {
+			ReportLoopError(e.what());
+			sleep_ms = kErrorPauseMs;
+		}
+		const int socket = reconciler.EventFd();
+		const int events = pg::PgGuardResult([&]() {
+			return WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | WL_SOCKET_READABLE,
+			                         socket, sleep_ms, PG_WAIT_EXTENSION);
+		});
+		latch_set = (events & WL_LATCH_SET) != 0;
+		pg::PgGuard([]() { ResetLatch(MyLatch); });
+	}
 }
 
 } // namespace
@@ -136,43 +138,7 @@ PgFlyWorkerMain(Datum) {
 	pgstat_report_appname("pg_fly worker");
 	pgfly::PublishWorker(shared, true);
 	on_shmem_exit(pgfly::UnpublishWorker, 0);
-	pgfly::pg::InvokeCpp(pgfly::RefreshTokenSource, shared);
 	ereport(LOG, (errmsg("pg_fly worker started in database \"%s\"", pgfly::database_name)));
-
-	// A commit may have asked for a wake-up before this worker existed: look at the queue once at start.
-	bool latch_set = true;
-	for (;;) {
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending) {
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			pgfly::pg::InvokeCpp(pgfly::RefreshTokenSource, shared);
-		}
-		pgfly::RecordWake(shared, latch_set);
-
-		// An error in one pass is logged and the pass abandoned; the worker goes on after a pause instead of
-		// crash-looping through restarts.
-		volatile bool failed = false;
-		MemoryContext loop_context = CurrentMemoryContext;
-		PG_TRY();
-		{
-			pgfly::pg::InvokeCpp(pgfly::ReadQueue, shared);
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(loop_context);
-			EmitErrorReport();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			pgstat_report_activity(STATE_IDLE, nullptr);
-			failed = true;
-		}
-		PG_END_TRY();
-
-		const long timeout_ms = failed ? pgfly::kErrorPauseMs : pgfly::poll_interval_ms;
-		const int events =
-		    WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, timeout_ms, PG_WAIT_EXTENSION);
-		latch_set = (events & WL_LATCH_SET) != 0;
-		ResetLatch(MyLatch);
-	}
+	// Returns only by an error, which ends the worker; the postmaster starts it again after a second.
+	pgfly::pg::InvokeCpp(pgfly::WorkerLoop, shared);
 }

@@ -1,6 +1,7 @@
 #include "pgfly/pg/spi.hpp"
 
 extern "C" {
+#include "utils/builtins.h"
 #include "catalog/pg_type.h"
 }
 

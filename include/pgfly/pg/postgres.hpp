@@ -10,7 +10,6 @@ extern "C" {
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "utils/builtins.h"
 #include "utils/elog.h"
 #include "utils/memutils.h"
 }

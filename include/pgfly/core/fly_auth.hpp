@@ -1,0 +1,25 @@
+// The Authorization header for the Fly Machines API (fly/api-reference.md §1), and scrubbing of the token from
+// any text that could reach a log, an event row or an error message.
+#pragma once
+
+#include <string>
+
+namespace pgfly {
+namespace fly {
+
+// The Authorization header value for a stored token:
+//   "FlyV1 fm2_..." or "Bearer FlyV1 fm2_..."      -> "FlyV1 fm2_..." (what fly-go sends; the docs' examples
+//                                                    put the whole "FlyV1 ..." string after "Bearer ")
+//   "fm2_a,fm1a_b" (macaroons fm1r_/fm1a_/fm2_)    -> "FlyV1 fm2_a,fm1a_b"
+//   "Bearer <token>"                               -> the scheme is stripped and re-chosen by the rules above
+//   anything else                                  -> "Bearer <token>"
+// Schemes are matched case-insensitively and surrounding white space is dropped. As fly-go does, a list that mixes
+// macaroons with other tokens keeps only the macaroons.
+std::string AuthorizationHeader(const std::string &token);
+
+// text with every occurrence of the token, of its credential part (without a scheme) and of each of its
+// comma-separated macaroons replaced by "<redacted>". Fragments shorter than 4 characters are left alone.
+std::string RedactToken(const std::string &text, const std::string &token);
+
+} // namespace fly
+} // namespace pgfly

@@ -1,0 +1,95 @@
+// An asynchronous Fly Machines API client on libcurl's multi interface, driven from someone else's event loop
+// (the background worker's WaitLatchOrSocket). No threads, no signals, no global state beyond curl_global_init:
+//
+//     client.Submit(request);
+//     loop:
+//         wait until client.EventFd() is readable, or client.NextTimeoutMs() passes (or the latch is set)
+//         client.Drive();
+//         for (auto &completion : client.TakeCompleted()) ...
+//
+// Every request completes exactly once, with an Outcome (fly_outcome.hpp), unless the client is destroyed first.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pgfly/core/fly_outcome.hpp"
+#include "pgfly/core/fly_requests.hpp"
+
+namespace pgfly {
+namespace fly {
+
+struct ClientConfig {
+	// e.g. "https://api.machines.dev" (a trailing slash is ignored); only http and https are used.
+	std::string base_url;
+	std::string token;
+	// Timeouts are never 0 (unbounded): values below 1 fall back to the defaults.
+	long connect_timeout_ms = 5000;
+	// Whole request, including waiting for a free connection. Wait requests instead get their own
+	// timeout_seconds * 1000 + 5000, since Fly holds them open that long on purpose.
+	long request_timeout_ms = 30000;
+	// Larger responses are aborted and reported as kMalformed.
+	size_t max_response_bytes = 1024 * 1024;
+	long max_host_connections = 16;
+	std::string user_agent = "pg_fly/0.1.0";
+	// PEM bundle for a private CA; empty uses the system's. Verification is never turned off.
+	std::string ca_file;
+};
+
+using RequestId = uint64_t;
+
+struct Completion {
+	RequestId id = 0;
+	Endpoint endpoint = Endpoint::kGetApp;
+	Outcome outcome;
+	double elapsed_ms = 0;
+};
+
+class Client {
+public:
+	// Throws std::runtime_error if libcurl or epoll cannot be set up.
+	explicit Client(ClientConfig config);
+	// Aborts transfers still in flight, without completions.
+	~Client();
+	Client(const Client &) = delete;
+	Client &operator=(const Client &) = delete;
+	Client(Client &&) noexcept;
+	Client &operator=(Client &&) noexcept;
+
+	// Starts a request; ids are never reused. A request that cannot be sent (unusable token, say) completes at
+	// once, on the next TakeCompleted.
+	RequestId Submit(const Request &request);
+
+	// An epoll descriptor that is readable while any of curl's sockets is ready. Stable for the client's life.
+	int EventFd() const;
+	// Milliseconds until Drive must be called even if EventFd stays quiet: -1 for never, 0 for now (also when
+	// completions are waiting to be taken).
+	long NextTimeoutMs() const;
+	// Non-blocking: serves ready sockets and an expired timer, and collects finished transfers.
+	void Drive();
+	std::vector<Completion> TakeCompleted();
+	// Transfers in flight (completions not yet taken are not counted).
+	size_t InFlight() const;
+	// Aborts every transfer in flight; each completes as kTransient with NetworkError::kCancelled (the request
+	// may or may not have reached Fly).
+	void CancelAll();
+	// Applies to requests submitted afterwards; requests in flight keep their settings.
+	void UpdateConfig(const ClientConfig &config);
+
+	// Blocking convenience for tools and tests: submits the request and drives the client (polling EventFd)
+	// until it completes. Other requests in flight progress meanwhile; their completions stay queued.
+	Outcome RunSync(const Request &request);
+
+private:
+	struct Impl;
+	std::unique_ptr<Impl> impl_;
+};
+
+// base_url + path + "?" + query, with the query percent-encoded.
+std::string BuildUrl(const std::string &base_url, const Request &request);
+
+} // namespace fly
+} // namespace pgfly

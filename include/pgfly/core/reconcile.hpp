@@ -1,0 +1,167 @@
+// The reconcile decisions for one user: a state machine that turns "this user should (not) have an app" into
+// Fly requests, one at a time, and into the records to write after each answer. It knows nothing of
+// PostgreSQL: the worker feeds it Fly's answers and writes what each Step asks for in one transaction.
+//
+// Every step is idempotent, so an operation interrupted anywhere (crash, restart, superseded) can start over
+// from what the app row records: the app name is the key for apps (name_taken → look it up: ours → reuse,
+// another org's → next name), and machines carry the user id in their metadata and are looked up before one
+// is created.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pgfly/core/fly_outcome.hpp"
+#include "pgfly/core/fly_requests.hpp"
+
+namespace pgfly {
+namespace reconcile {
+
+// Metadata keys pg_fly puts on every machine it creates.
+constexpr const char *kUserMetadataKey = "pg_fly_user_id";
+constexpr const char *kOperationMetadataKey = "pg_fly_operation_id";
+
+// The user's live app row, as last recorded.
+struct AppRecord {
+	int64_t id = 0;
+	std::string name;
+	int name_attempt = 0;
+	std::string status;
+	std::string machine_id;
+	std::string region;
+	fly::Guest guest;
+	std::string image;
+};
+
+struct Settings {
+	std::string org_slug;
+	std::string app_name_prefix;
+	std::string image;
+	// Operator-configured variables; RUN_MODE and USER_ID are always set by pg_fly and win over these.
+	std::map<std::string, std::string> env;
+	// App secrets to set before the machine is created. Values never leave the request body.
+	std::map<std::string, std::string> secrets;
+	// One wait call blocks at most this long; a provision waits at most wait_rounds calls for "started".
+	int wait_timeout_seconds = 60;
+	int wait_rounds = 5;
+};
+
+struct Target {
+	std::string user_id;
+	bool present = false;
+	std::optional<std::string> tier;
+	fly::Guest guest;
+	std::string region;
+	int64_t generation = 0;
+	// Distinguishes this run's machine creations (metadata), e.g. "<generation>-<attempt>".
+	std::string operation_id;
+};
+
+// A change to the live app row. Unset fields keep their value.
+struct AppChange {
+	bool insert = false;
+	std::optional<std::string> status;
+	std::optional<std::string> name;
+	std::optional<int> name_attempt;
+	std::optional<std::string> fly_app_id;
+	std::optional<std::string> machine_id; // "" clears it
+	std::optional<std::string> region;
+	std::optional<fly::Guest> guest;
+	std::optional<std::string> image;
+	std::optional<std::string> tier;
+	std::optional<int64_t> secrets_version;
+	bool provisioned = false; // sets provisioned_at and clears last_error
+	bool deleted = false;     // sets deleted_at
+};
+
+struct Event {
+	std::string type;
+	// Compact JSON object; never holds a secret value or the token.
+	std::string details_json = "{}";
+};
+
+enum class Completion {
+	kContinue, // send `request` next
+	kDone,     // the user's app matches the target
+	kRetry,    // a transient failure: try the whole operation again later
+	kFailed,   // a permanent failure: stop until someone asks again
+};
+
+struct Step {
+	std::optional<AppChange> app;
+	std::vector<Event> events;
+	std::optional<fly::Request> request;
+	Completion completion = Completion::kContinue;
+	// For kRetry and kFailed: what went wrong (no secrets), and Fly's Retry-After if it gave one.
+	std::string error;
+	std::optional<double> retry_after_seconds;
+};
+
+class Operation {
+public:
+	Operation(Target target, std::optional<AppRecord> app, Settings settings);
+
+	Step Start();
+	Step OnOutcome(const fly::Outcome &outcome);
+
+	const Target &target() const {
+		return target_;
+	}
+
+private:
+	enum class Phase {
+		kLookUpOrphan,
+		kCreateApp,
+		kGetTakenApp,
+		kSetSecrets,
+		kFindMachine,
+		kCreateMachine,
+		kFindCreatedMachine,
+		kUpdateMachine,
+		kStartMachine,
+		kWaitStarted,
+		kListForStop,
+		kStopMachine,
+		kDeleteApp,
+		kFinished,
+	};
+
+	Step StartProvision();
+	Step StartDeprovision();
+	Step AfterAppExists(Step step);
+	Step FindMachine(Step step);
+	Step UseMachine(Step step, const fly::Outcome &outcome);
+	Step Wait(Step step);
+	Step StopNextOrDelete(Step step);
+	Step Fail(const fly::Outcome &outcome, const char *during);
+	Step Retry(const fly::Outcome &outcome, const char *during);
+	Step Unexpected(const fly::Outcome &outcome, const char *during);
+	Step Finish(Step step);
+	fly::MachineSpec Spec() const;
+	const char *FailedEvent() const;
+
+	Target target_;
+	std::optional<AppRecord> app_;
+	Settings settings_;
+	Phase phase_ = Phase::kFinished;
+	int wait_round_ = 0;
+	std::optional<int64_t> secrets_version_;
+	std::vector<std::string> machines_to_stop_;
+};
+
+// Facts read from Fly's answers (missing or mistyped fields give empty values, never an exception).
+struct MachineFacts {
+	std::string id;
+	std::string state;
+	std::string image;
+	fly::Guest guest;
+	std::string region;
+};
+std::vector<MachineFacts> MachinesFromList(const fly::Outcome &outcome);
+MachineFacts MachineFromBody(const fly::Outcome &outcome);
+
+} // namespace reconcile
+} // namespace pgfly

@@ -1,0 +1,31 @@
+// Operator configuration the worker turns into machine env and app secrets, parsed without PostgreSQL.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+
+namespace pgfly {
+
+struct ParsedMap {
+	std::map<std::string, std::string> values;
+	// Empty when the input was fine; otherwise what is wrong, never quoting a value.
+	std::string problem;
+};
+
+// fly.machine_env: a JSON object of string values, e.g. {"SUPABASE_URL": "https://x.supabase.co"}.
+ParsedMap ParseMachineEnv(const std::string &json_text);
+
+// The file named by fly.app_secrets_file: one NAME=value per line; blank lines and lines starting with '#'
+// are ignored. NAME:base64=value sends base64(value) (the seed's SUPABASE_SERVICE_KEY_B64 avoids Fly's JWT
+// handling that way). Names are upper-case letters, digits and '_', not starting with a digit.
+ParsedMap ParseSecretsFile(const std::string &text);
+
+std::string Base64Encode(const std::string &bytes);
+
+// Capped exponential backoff with full jitter: a delay drawn uniformly from [0, min(cap, base * 2^(attempt-1))],
+// never less than Retry-After when Fly gave one. `unit_random` is a number in [0, 1).
+double RetryDelaySeconds(int attempt, double base_seconds, double cap_seconds, std::optional<double> retry_after,
+                         double unit_random);
+
+} // namespace pgfly

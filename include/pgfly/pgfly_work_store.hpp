@@ -1,0 +1,61 @@
+// The worker's reads and writes of pg_fly's tables. Each function runs inside the caller's transaction.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pgfly/core/reconcile.hpp"
+#include "pgfly/pg/spi.hpp"
+
+namespace pgfly {
+
+struct ClaimedItem {
+	std::string user_id;
+	bool present = false;
+	pg::Value tier;
+	int64_t generation = 0;
+	int attempts = 0;
+};
+
+struct TierPolicyRow {
+	bool dedicated = false;
+	fly::Guest guest;
+	std::string region;
+};
+
+// Claims lease a queue item for this long; every recorded step renews the lease.
+constexpr int kLeaseSeconds = 600;
+
+// At start, every claim is an orphan of a previous worker (there is one worker per cluster).
+void ReleaseAllClaims(pg::SpiConnection &spi);
+// Claims up to `limit` due items (FOR UPDATE SKIP LOCKED), oldest first, counting an attempt on each.
+std::vector<ClaimedItem> ClaimDueItems(pg::SpiConnection &spi, int limit);
+// Seconds until the next unclaimed item is due (0 if one is due now); nothing when the queue is idle.
+std::optional<double> SecondsUntilNextDue(pg::SpiConnection &spi);
+int64_t CountDueItems(pg::SpiConnection &spi);
+
+std::optional<TierPolicyRow> LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier);
+std::optional<reconcile::AppRecord> LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id);
+
+// What the worker knows about the operation a step belongs to.
+struct StepContext {
+	std::string user_id;
+	int64_t generation = 0;
+	int attempts = 0;
+	std::string org_slug;
+	// The live app row's id; set by a step that inserts the row.
+	int64_t app_id = 0;
+	// Delay before the next attempt, for a kRetry step.
+	double retry_delay_seconds = 0;
+};
+
+// Writes one step atomically: the app row change, the events, and the queue item's fate. Returns whether the
+// operation may go on: false when the item was superseded by a newer tier change (its claim is then released
+// so that the newer desired state is picked up) or when the step ended the operation.
+bool RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &step);
+
+// After an error that left a step unrecorded: release the claim and retry the item later.
+void DeferItem(pg::SpiConnection &spi, const std::string &user_id, double delay_seconds, const std::string &error);
+
+} // namespace pgfly

@@ -1,0 +1,606 @@
+#include "pgfly/core/reconcile.hpp"
+
+#include <utility>
+
+#include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/json.hpp"
+
+#include "pgfly/core/cpp_only.hpp"
+
+namespace pgfly {
+namespace reconcile {
+
+namespace {
+
+Json
+GuestJson(const fly::Guest &guest) {
+	Json json = Json::Object();
+	json.Set("cpu_kind", Json::String(guest.cpu_kind));
+	json.Set("cpus", Json::Integer(guest.cpus));
+	json.Set("memory_mb", Json::Integer(guest.memory_mb));
+	return json;
+}
+
+bool
+SameGuest(const fly::Guest &a, const fly::Guest &b) {
+	return a.cpu_kind == b.cpu_kind && a.cpus == b.cpus && a.memory_mb == b.memory_mb;
+}
+
+Event
+MakeEvent(const char *type, const Json &details) {
+	return Event{type, details.Dump()};
+}
+
+Json
+OutcomeDetails(const fly::Outcome &outcome, const char *during) {
+	Json details = Json::Object();
+	details.Set("step", Json::String(during));
+	details.Set("http_status", Json::Integer(outcome.http_status));
+	if (!outcome.fly_status.empty()) {
+		details.Set("fly_status", Json::String(outcome.fly_status));
+	}
+	if (!outcome.fly_error.empty()) {
+		details.Set("fly_error", Json::String(outcome.fly_error));
+	}
+	if (!outcome.request_id.empty()) {
+		details.Set("fly_request_id", Json::String(outcome.request_id));
+	}
+	details.Set("message", Json::String(outcome.message));
+	return details;
+}
+
+bool
+IsLiveMachine(const std::string &state) {
+	return state != "destroyed" && state != "destroying" && state != "replaced" && state != "migrated";
+}
+
+fly::Guest
+GuestFrom(const Json &config) {
+	fly::Guest guest;
+	Json json = config.Get("guest");
+	guest.cpu_kind = json.GetString("cpu_kind").value_or("");
+	guest.cpus = static_cast<int>(json.GetInteger("cpus").value_or(0));
+	guest.memory_mb = static_cast<int>(json.GetInteger("memory_mb").value_or(0));
+	return guest;
+}
+
+MachineFacts
+FactsFrom(const Json &machine) {
+	MachineFacts facts;
+	facts.id = machine.GetString("id").value_or("");
+	facts.state = machine.GetString("state").value_or("");
+	facts.region = machine.GetString("region").value_or("");
+	Json config = machine.Get("config");
+	facts.image = config.GetString("image").value_or("");
+	facts.guest = GuestFrom(config);
+	return facts;
+}
+
+} // namespace
+
+std::vector<MachineFacts>
+MachinesFromList(const fly::Outcome &outcome) {
+	std::vector<MachineFacts> machines;
+	for (size_t i = 0; i < outcome.body.Size(); i++) {
+		MachineFacts facts = FactsFrom(outcome.body.At(i));
+		if (!facts.id.empty()) {
+			machines.push_back(std::move(facts));
+		}
+	}
+	return machines;
+}
+
+MachineFacts
+MachineFromBody(const fly::Outcome &outcome) {
+	return FactsFrom(outcome.body);
+}
+
+Operation::Operation(Target target, std::optional<AppRecord> app, Settings settings)
+    : target_(std::move(target)), app_(std::move(app)), settings_(std::move(settings)) {
+}
+
+const char *
+Operation::FailedEvent() const {
+	return target_.present ? "provision_failed" : "deprovision_failed";
+}
+
+fly::MachineSpec
+Operation::Spec() const {
+	fly::MachineSpec spec;
+	spec.image = settings_.image;
+	spec.guest = target_.guest;
+	spec.region = target_.region;
+	spec.env = settings_.env;
+	spec.env["RUN_MODE"] = "user_dedicated";
+	spec.env["USER_ID"] = target_.user_id;
+	spec.restart_policy = "always";
+	spec.metadata[kUserMetadataKey] = target_.user_id;
+	spec.metadata[kOperationMetadataKey] = target_.operation_id;
+	spec.min_secrets_version = secrets_version_;
+	return spec;
+}
+
+Step
+Operation::Start() {
+	return target_.present ? StartProvision() : StartDeprovision();
+}
+
+Step
+Operation::StartProvision() {
+	Step step;
+	if (settings_.image.empty()) {
+		step.completion = Completion::kFailed;
+		step.error = "fly.image is not set: there is no image to run";
+		phase_ = Phase::kFinished;
+		return step;
+	}
+	Json details = Json::Object();
+	details.Set("tier", target_.tier ? Json::String(*target_.tier) : Json::Null());
+	details.Set("region", Json::String(target_.region));
+	details.Set("guest", GuestJson(target_.guest));
+	details.Set("generation", Json::Integer(target_.generation));
+	AppChange change;
+	if (!app_) {
+		auto name = AppNameCandidate(settings_.app_name_prefix, target_.user_id, 0);
+		if (!name) {
+			step.completion = Completion::kFailed;
+			step.error = "fly.app_name_prefix is too long to form an app name";
+			phase_ = Phase::kFinished;
+			return step;
+		}
+		app_ = AppRecord{};
+		app_->name = *name;
+		change.insert = true;
+		change.name = *name;
+		change.name_attempt = 0;
+		change.region = target_.region;
+		change.guest = target_.guest;
+		change.image = settings_.image;
+	} else {
+		details.Set("previous_status", Json::String(app_->status));
+	}
+	details.Set("app_name", Json::String(app_->name));
+	change.status = "provisioning";
+	change.tier = target_.tier;
+	app_->status = "provisioning";
+	step.app = change;
+	step.events.push_back(MakeEvent("provision_requested", details));
+	step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
+	phase_ = Phase::kCreateApp;
+	return step;
+}
+
+Step
+Operation::StartDeprovision() {
+	Step step;
+	if (!app_) {
+		// No live row: make sure the contract name is not left on Fly (a half-made app from a lost run).
+		auto name = AppNameCandidate(settings_.app_name_prefix, target_.user_id, 0);
+		if (!name) {
+			step.completion = Completion::kDone;
+			phase_ = Phase::kFinished;
+			return step;
+		}
+		app_ = AppRecord{};
+		app_->name = *name;
+		step.request = fly::GetAppRequest(*name);
+		phase_ = Phase::kLookUpOrphan;
+		return step;
+	}
+	Json details = Json::Object();
+	details.Set("app_name", Json::String(app_->name));
+	details.Set("previous_status", Json::String(app_->status));
+	details.Set("generation", Json::Integer(target_.generation));
+	AppChange change;
+	change.status = "deprovisioning";
+	app_->status = "deprovisioning";
+	step.app = change;
+	step.events.push_back(MakeEvent("deprovision_requested", details));
+	step.request = fly::ListMachinesRequest(app_->name);
+	phase_ = Phase::kListForStop;
+	return step;
+}
+
+Step
+Operation::AfterAppExists(Step step) {
+	if (!settings_.secrets.empty()) {
+		std::map<std::string, std::optional<std::string>> values;
+		for (const auto &secret : settings_.secrets) {
+			values.emplace(secret.first, secret.second);
+		}
+		step.request = fly::SetSecretsRequest(app_->name, values);
+		phase_ = Phase::kSetSecrets;
+		return step;
+	}
+	return FindMachine(std::move(step));
+}
+
+Step
+Operation::FindMachine(Step step) {
+	step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+	phase_ = Phase::kFindMachine;
+	return step;
+}
+
+// Adopts a machine that already carries this user's metadata: update it when its guest or image differ,
+// start it when stopped, then wait for it.
+Step
+Operation::UseMachine(Step step, const fly::Outcome &outcome) {
+	const auto machines = MachinesFromList(outcome);
+	const MachineFacts *chosen = nullptr;
+	for (const auto &machine : machines) {
+		if (IsLiveMachine(machine.state)) {
+			chosen = &machine;
+			break;
+		}
+	}
+	if (chosen == nullptr) {
+		if (phase_ == Phase::kFindCreatedMachine) {
+			// The ambiguous create left nothing behind: create again, later.
+			fly::Outcome lost = outcome;
+			lost.message = "create_machine failed ambiguously and no machine with this user's metadata exists";
+			return Retry(lost, "create_machine");
+		}
+		fly::MachineSpec spec = Spec();
+		step.request = fly::CreateMachineRequest(app_->name, spec);
+		phase_ = Phase::kCreateMachine;
+		return step;
+	}
+	const bool was_known = app_->machine_id == chosen->id;
+	app_->machine_id = chosen->id;
+	if (!was_known) {
+		AppChange change = step.app.value_or(AppChange{});
+		change.machine_id = chosen->id;
+		step.app = change;
+		Json details = Json::Object();
+		details.Set("machine_id", Json::String(chosen->id));
+		details.Set("state", Json::String(chosen->state));
+		step.events.push_back(MakeEvent("machine_reused", details));
+	}
+	if (!SameGuest(chosen->guest, target_.guest) || chosen->image != settings_.image) {
+		Json details = Json::Object();
+		details.Set("machine_id", Json::String(chosen->id));
+		details.Set("from_guest", GuestJson(chosen->guest));
+		details.Set("to_guest", GuestJson(target_.guest));
+		details.Set("from_image", Json::String(chosen->image));
+		details.Set("to_image", Json::String(settings_.image));
+		step.events.push_back(MakeEvent("machine_update_requested", details));
+		step.request = fly::UpdateMachineRequest(app_->name, chosen->id, Spec());
+		phase_ = Phase::kUpdateMachine;
+		return step;
+	}
+	if (chosen->state == "stopped" || chosen->state == "suspended" || chosen->state == "failed") {
+		step.request = fly::StartMachineRequest(app_->name, chosen->id);
+		phase_ = Phase::kStartMachine;
+		return step;
+	}
+	wait_round_ = 0;
+	return Wait(std::move(step));
+}
+
+Step
+Operation::Wait(Step step) {
+	step.request = fly::WaitMachineRequest(app_->name, app_->machine_id, "started", settings_.wait_timeout_seconds);
+	phase_ = Phase::kWaitStarted;
+	return step;
+}
+
+Step
+Operation::StopNextOrDelete(Step step) {
+	if (!machines_to_stop_.empty()) {
+		std::string id = machines_to_stop_.back();
+		machines_to_stop_.pop_back();
+		step.request = fly::StopMachineRequest(app_->name, id);
+		phase_ = Phase::kStopMachine;
+		return step;
+	}
+	step.request = fly::DeleteAppRequest(app_->name);
+	phase_ = Phase::kDeleteApp;
+	return step;
+}
+
+Step
+Operation::Finish(Step step) {
+	step.completion = Completion::kDone;
+	step.request.reset();
+	phase_ = Phase::kFinished;
+	return step;
+}
+
+Step
+Operation::Retry(const fly::Outcome &outcome, const char *during) {
+	Step step;
+	step.completion = Completion::kRetry;
+	step.error = outcome.message;
+	step.retry_after_seconds = outcome.retry_after_seconds;
+	step.events.push_back(MakeEvent(target_.present ? "provision_attempt_failed" : "deprovision_attempt_failed",
+	                                OutcomeDetails(outcome, during)));
+	phase_ = Phase::kFinished;
+	return step;
+}
+
+Step
+Operation::Fail(const fly::Outcome &outcome, const char *during) {
+	Step step;
+	step.completion = Completion::kFailed;
+	step.error = outcome.message;
+	step.events.push_back(MakeEvent(FailedEvent(), OutcomeDetails(outcome, during)));
+	phase_ = Phase::kFinished;
+	return step;
+}
+
+// An answer the step does not expect: transient ones are retried, the rest fail the operation.
+Step
+Operation::Unexpected(const fly::Outcome &outcome, const char *during) {
+	if (outcome.kind == fly::OutcomeKind::kTransient) {
+		return Retry(outcome, during);
+	}
+	return Fail(outcome, during);
+}
+
+Step
+Operation::OnOutcome(const fly::Outcome &outcome) {
+	using fly::OutcomeKind;
+	Step step;
+	switch (phase_) {
+	case Phase::kLookUpOrphan:
+		if (outcome.kind == OutcomeKind::kSuccess &&
+		    outcome.body.Get("organization").GetString("slug").value_or(settings_.org_slug) == settings_.org_slug) {
+			AppChange change;
+			change.insert = true;
+			change.name = app_->name;
+			change.name_attempt = 0;
+			change.status = "deprovisioning";
+			change.region = target_.region;
+			app_->status = "deprovisioning";
+			step.app = change;
+			Json details = Json::Object();
+			details.Set("app_name", Json::String(app_->name));
+			details.Set("reason", Json::String("found on Fly without a live row"));
+			step.events.push_back(MakeEvent("deprovision_requested", details));
+			step.request = fly::ListMachinesRequest(app_->name);
+			phase_ = Phase::kListForStop;
+			return step;
+		}
+		if (outcome.kind == OutcomeKind::kNotFound || outcome.kind == OutcomeKind::kForbidden ||
+		    outcome.kind == OutcomeKind::kSuccess) {
+			return Finish(std::move(step)); // nothing of ours there
+		}
+		return Unexpected(outcome, "get_app");
+
+	case Phase::kCreateApp:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			AppChange change;
+			if (auto id = outcome.body.GetString("id")) {
+				change.fly_app_id = *id;
+			}
+			step.app = change;
+			Json details = Json::Object();
+			details.Set("app_name", Json::String(app_->name));
+			step.events.push_back(MakeEvent("app_created", details));
+			return AfterAppExists(std::move(step));
+		}
+		if (outcome.kind == OutcomeKind::kNameTaken) {
+			step.request = fly::GetAppRequest(app_->name);
+			phase_ = Phase::kGetTakenApp;
+			return step;
+		}
+		return Unexpected(outcome, "create_app");
+
+	case Phase::kGetTakenApp: {
+		const bool ours = outcome.kind == OutcomeKind::kSuccess &&
+		                  outcome.body.Get("organization").GetString("slug").value_or(settings_.org_slug) ==
+		                      settings_.org_slug;
+		if (ours) {
+			AppChange change;
+			if (auto id = outcome.body.GetString("id")) {
+				change.fly_app_id = *id;
+			}
+			step.app = change;
+			Json details = Json::Object();
+			details.Set("app_name", Json::String(app_->name));
+			step.events.push_back(MakeEvent("app_reused", details));
+			return AfterAppExists(std::move(step));
+		}
+		if (outcome.kind == OutcomeKind::kForbidden || outcome.kind == OutcomeKind::kSuccess) {
+			// Another organization holds the name: take this user's next deterministic name.
+			const int next_attempt = app_->name_attempt + 1;
+			auto next = AppNameCandidate(settings_.app_name_prefix, target_.user_id, next_attempt);
+			if (!next) {
+				fly::Outcome exhausted = outcome;
+				exhausted.message = "every app name candidate for this user is taken by another organization";
+				return Fail(exhausted, "create_app");
+			}
+			Json details = Json::Object();
+			details.Set("taken_name", Json::String(app_->name));
+			details.Set("next_name", Json::String(*next));
+			step.events.push_back(MakeEvent("app_name_taken", details));
+			AppChange change;
+			change.name = *next;
+			change.name_attempt = next_attempt;
+			step.app = change;
+			app_->name = *next;
+			app_->name_attempt = next_attempt;
+			step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
+			phase_ = Phase::kCreateApp;
+			return step;
+		}
+		if (outcome.kind == OutcomeKind::kNotFound) {
+			// Taken a moment ago, gone now (a deletion finishing): create again later.
+			return Retry(outcome, "get_app");
+		}
+		return Unexpected(outcome, "get_app");
+	}
+
+	case Phase::kSetSecrets:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			auto version = outcome.body.GetInteger("version");
+			if (!version) {
+				version = outcome.body.GetInteger("Version");
+			}
+			AppChange change;
+			change.secrets_version = version;
+			step.app = change;
+			Json details = Json::Object();
+			Json names = Json::Array();
+			for (const auto &secret : settings_.secrets) {
+				names.Append(Json::String(secret.first));
+			}
+			details.Set("names", names);
+			if (version) {
+				details.Set("version", Json::Integer(*version));
+			}
+			step.events.push_back(MakeEvent("secrets_set", details));
+			secrets_version_ = version;
+			return FindMachine(std::move(step));
+		}
+		return Unexpected(outcome, "set_secrets");
+
+	case Phase::kFindMachine:
+	case Phase::kFindCreatedMachine:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			return UseMachine(std::move(step), outcome);
+		}
+		return Unexpected(outcome, "list_machines");
+
+	case Phase::kCreateMachine:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			MachineFacts machine = MachineFromBody(outcome);
+			if (machine.id.empty()) {
+				fly::Outcome malformed = outcome;
+				malformed.message = "create_machine answered without a machine id";
+				return Retry(malformed, "create_machine");
+			}
+			app_->machine_id = machine.id;
+			AppChange change;
+			change.machine_id = machine.id;
+			change.guest = target_.guest;
+			change.image = settings_.image;
+			step.app = change;
+			Json details = Json::Object();
+			details.Set("machine_id", Json::String(machine.id));
+			details.Set("region", Json::String(machine.region));
+			details.Set("operation_id", Json::String(target_.operation_id));
+			step.events.push_back(MakeEvent("machine_created", details));
+			wait_round_ = 0;
+			return Wait(std::move(step));
+		}
+		if (outcome.kind == OutcomeKind::kTransient || outcome.kind == OutcomeKind::kMalformed) {
+			// A 408, 5xx or lost answer may still have created the machine: look before creating again.
+			step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
+			step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+			phase_ = Phase::kFindCreatedMachine;
+			return step;
+		}
+		return Fail(outcome, "create_machine");
+
+	case Phase::kUpdateMachine:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			AppChange change;
+			change.guest = target_.guest;
+			change.image = settings_.image;
+			change.region = target_.region;
+			step.app = change;
+			Json details = Json::Object();
+			details.Set("machine_id", Json::String(app_->machine_id));
+			details.Set("guest", GuestJson(target_.guest));
+			details.Set("image", Json::String(settings_.image));
+			step.events.push_back(MakeEvent("machine_updated", details));
+			wait_round_ = 0;
+			return Wait(std::move(step));
+		}
+		return Unexpected(outcome, "update_machine");
+
+	case Phase::kStartMachine:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			wait_round_ = 0;
+			return Wait(std::move(step));
+		}
+		return Unexpected(outcome, "start_machine");
+
+	case Phase::kWaitStarted:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			AppChange change;
+			change.status = "active";
+			change.provisioned = true;
+			change.machine_id = app_->machine_id;
+			change.region = target_.region;
+			change.guest = target_.guest;
+			change.image = settings_.image;
+			change.tier = target_.tier;
+			step.app = change;
+			Json details = Json::Object();
+			details.Set("app_name", Json::String(app_->name));
+			details.Set("machine_id", Json::String(app_->machine_id));
+			details.Set("region", Json::String(target_.region));
+			details.Set("guest", GuestJson(target_.guest));
+			details.Set("image", Json::String(settings_.image));
+			step.events.push_back(MakeEvent("provision_completed", details));
+			app_->status = "active";
+			return Finish(std::move(step));
+		}
+		if (outcome.kind == OutcomeKind::kTransient && outcome.http_status == 408 &&
+		    ++wait_round_ < settings_.wait_rounds) {
+			return Wait(std::move(step)); // Fly's wait gives up after its timeout; ours is longer
+		}
+		if (outcome.kind == OutcomeKind::kNotFound) {
+			// The machine vanished (destroyed behind our back): find or create one again.
+			app_->machine_id.clear();
+			AppChange change;
+			change.machine_id = "";
+			step.app = change;
+			return FindMachine(std::move(step));
+		}
+		return Unexpected(outcome, "wait_machine");
+
+	case Phase::kListForStop:
+		if (outcome.kind == OutcomeKind::kNotFound) {
+			return StopNextOrDelete(std::move(step)); // the app is gone already; the delete confirms it
+		}
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			machines_to_stop_.clear();
+			for (const auto &machine : MachinesFromList(outcome)) {
+				if (machine.state == "started" || machine.state == "starting" || machine.state == "created") {
+					machines_to_stop_.push_back(machine.id);
+				}
+			}
+			return StopNextOrDelete(std::move(step));
+		}
+		return Unexpected(outcome, "list_machines");
+
+	case Phase::kStopMachine:
+		if (outcome.kind == OutcomeKind::kSuccess || outcome.kind == OutcomeKind::kNotFound) {
+			if (machines_to_stop_.empty()) {
+				Json details = Json::Object();
+				details.Set("app_name", Json::String(app_->name));
+				step.events.push_back(MakeEvent("machines_stopped", details));
+			}
+			return StopNextOrDelete(std::move(step));
+		}
+		return Unexpected(outcome, "stop_machine");
+
+	case Phase::kDeleteApp:
+		if (outcome.kind == OutcomeKind::kSuccess || outcome.kind == OutcomeKind::kNotFound) {
+			AppChange change;
+			change.status = "deleted";
+			change.deleted = true;
+			step.app = change;
+			Json details = Json::Object();
+			details.Set("app_name", Json::String(app_->name));
+			details.Set("already_gone", Json::Bool(outcome.kind == OutcomeKind::kNotFound));
+			step.events.push_back(MakeEvent("deprovision_completed", details));
+			app_->status = "deleted";
+			return Finish(std::move(step));
+		}
+		return Unexpected(outcome, "delete_app");
+
+	case Phase::kFinished:
+		break;
+	}
+	fly::Outcome stray = outcome;
+	stray.message = "an answer arrived for an operation that had finished";
+	return Fail(stray, "worker");
+}
+
+} // namespace reconcile
+} // namespace pgfly

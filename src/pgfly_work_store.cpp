@@ -1,0 +1,255 @@
+#include "pgfly/pgfly_work_store.hpp"
+
+#include <cstdio>
+
+namespace pgfly {
+
+namespace {
+
+pg::Value
+Optional(const std::optional<std::string> &value) {
+	return value;
+}
+
+pg::Value
+Number(std::optional<int64_t> value) {
+	if (!value) {
+		return std::nullopt;
+	}
+	return std::to_string(*value);
+}
+
+std::string
+Seconds(double seconds) {
+	char text[64];
+	snprintf(text, sizeof(text), "%.3f", seconds);
+	return text;
+}
+
+int64_t
+ToInt(const pg::Value &value) {
+	return value ? std::stoll(*value) : 0;
+}
+
+void
+ReleaseClaim(pg::SpiConnection &spi, const std::string &user_id) {
+	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL "
+	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
+	          {user_id});
+}
+
+// Inserts or updates the live app row; returns its status afterwards.
+pg::Value
+WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChange &change) {
+	const pg::Value cpu_kind = change.guest ? pg::Value(change.guest->cpu_kind) : std::nullopt;
+	const pg::Value cpus = change.guest ? Number(change.guest->cpus) : std::nullopt;
+	const pg::Value memory = change.guest ? Number(change.guest->memory_mb) : std::nullopt;
+	if (change.insert) {
+		auto rows = spi.Query(
+		    "INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, name_attempt, fly_org_slug, status, region, "
+		    "cpu_kind, cpus, memory_mb, image) VALUES ($1::pg_catalog.uuid, $2, $3, $4::pg_catalog.int4, $5, $6, "
+		    "COALESCE($7, ''), $8, $9::pg_catalog.int4, $10::pg_catalog.int4, $11) RETURNING id, status",
+		    {context.user_id, Optional(change.tier), Optional(change.name), Number(change.name_attempt.value_or(0)),
+		     context.org_slug, change.status.value_or("provisioning"), Optional(change.region), cpu_kind, cpus, memory,
+		     Optional(change.image)});
+		context.app_id = ToInt(rows.at(0).at(0));
+		return rows.at(0).at(1);
+	}
+	if (context.app_id == 0) {
+		return std::nullopt;
+	}
+	auto rows = spi.Query(
+	    "UPDATE fly.user_fly_apps SET status = COALESCE($2, status), fly_app_name = COALESCE($3, fly_app_name), "
+	    "name_attempt = COALESCE($4::pg_catalog.int4, name_attempt), fly_app_id = COALESCE($5, fly_app_id), "
+	    "fly_machine_id = CASE WHEN $6 IS NULL THEN fly_machine_id ELSE NULLIF($6, '') END, "
+	    "region = COALESCE($7, region), cpu_kind = COALESCE($8, cpu_kind), "
+	    "cpus = COALESCE($9::pg_catalog.int4, cpus), memory_mb = COALESCE($10::pg_catalog.int4, memory_mb), "
+	    "image = COALESCE($11, image), tier = COALESCE($12, tier), "
+	    "secrets_version = COALESCE($13::pg_catalog.int8, secrets_version), "
+	    "provisioned_at = CASE WHEN $14::pg_catalog.bool THEN pg_catalog.now() ELSE provisioned_at END, "
+	    "last_error = CASE WHEN $14::pg_catalog.bool THEN NULL ELSE last_error END, "
+	    "attempts = CASE WHEN $14::pg_catalog.bool THEN 0 ELSE attempts END, "
+	    "deleted_at = CASE WHEN $15::pg_catalog.bool THEN pg_catalog.now() ELSE deleted_at END, "
+	    "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
+	    {std::to_string(context.app_id), Optional(change.status), Optional(change.name), Number(change.name_attempt),
+	     Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
+	     Optional(change.image), Optional(change.tier), Number(change.secrets_version),
+	     std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false")});
+	return rows.empty() ? std::nullopt : rows[0][0];
+}
+
+pg::Value
+RecordFailure(pg::SpiConnection &spi, const StepContext &context, const reconcile::Step &step) {
+	if (context.app_id == 0) {
+		return std::nullopt;
+	}
+	const bool failed = step.completion == reconcile::Completion::kFailed;
+	auto rows = spi.Query("UPDATE fly.user_fly_apps SET last_error = $2, attempts = $3::pg_catalog.int4, "
+	                      "status = CASE WHEN $4::pg_catalog.bool THEN 'failed' ELSE status END, "
+	                      "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+	                      "RETURNING status",
+	                      {std::to_string(context.app_id), step.error, std::to_string(context.attempts),
+	                       std::string(failed ? "true" : "false")});
+	return rows.empty() ? std::nullopt : rows[0][0];
+}
+
+} // namespace
+
+void
+ReleaseAllClaims(pg::SpiConnection &spi) {
+	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL WHERE claimed_at IS NOT NULL", {});
+}
+
+std::vector<ClaimedItem>
+ClaimDueItems(pg::SpiConnection &spi, int limit) {
+	auto rows = spi.Query(
+	    "WITH due AS (SELECT user_id FROM fly.reconcile_queue "
+	    "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
+	    "AND (claimed_at IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now()) "
+	    "ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
+	    "UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
+	    "lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8), "
+	    "attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
+	    "FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
+	    "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts",
+	    {std::to_string(limit), std::to_string(kLeaseSeconds)});
+	std::vector<ClaimedItem> items;
+	for (const auto &row : rows) {
+		ClaimedItem item;
+		item.user_id = row[0].value_or("");
+		item.present = row[1] == std::string("present");
+		item.tier = row[2];
+		item.generation = ToInt(row[3]);
+		item.attempts = static_cast<int>(ToInt(row[4]));
+		items.push_back(std::move(item));
+	}
+	return items;
+}
+
+std::optional<double>
+SecondsUntilNextDue(pg::SpiConnection &spi) {
+	auto rows = spi.Query("SELECT GREATEST(0, EXTRACT(EPOCH FROM pg_catalog.min(COALESCE("
+	                      "CASE WHEN claimed_at IS NULL THEN run_after ELSE lease_until END, run_after)) "
+	                      "OPERATOR(pg_catalog.-) pg_catalog.now())) FROM fly.reconcile_queue",
+	                      {}, true);
+	if (rows.empty() || !rows[0][0]) {
+		return std::nullopt;
+	}
+	return std::stod(*rows[0][0]);
+}
+
+int64_t
+CountDueItems(pg::SpiConnection &spi) {
+	auto rows = spi.Query("SELECT pg_catalog.count(*) FROM fly.reconcile_queue "
+	                      "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()",
+	                      {}, true);
+	return ToInt(rows.at(0).at(0));
+}
+
+std::optional<TierPolicyRow>
+LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
+	auto rows = spi.Query("SELECT dedicated_app, cpu_kind, cpus, memory_mb, "
+	                      "COALESCE(region, pg_catalog.current_setting('fly.default_region')) "
+	                      "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1",
+	                      {tier}, true);
+	if (rows.empty()) {
+		return std::nullopt;
+	}
+	TierPolicyRow policy;
+	policy.dedicated = rows[0][0] == std::string("t");
+	policy.guest.cpu_kind = rows[0][1].value_or("shared");
+	policy.guest.cpus = static_cast<int>(ToInt(rows[0][2]));
+	policy.guest.memory_mb = static_cast<int>(ToInt(rows[0][3]));
+	policy.region = rows[0][4].value_or("");
+	return policy;
+}
+
+std::optional<reconcile::AppRecord>
+LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
+	auto rows = spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
+	                      "memory_mb, image FROM fly.user_fly_apps "
+	                      "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
+	                      {user_id}, true);
+	if (rows.empty()) {
+		return std::nullopt;
+	}
+	const auto &row = rows[0];
+	reconcile::AppRecord app;
+	app.id = ToInt(row[0]);
+	app.name = row[1].value_or("");
+	app.name_attempt = static_cast<int>(ToInt(row[2]));
+	app.status = row[3].value_or("");
+	app.machine_id = row[4].value_or("");
+	app.region = row[5].value_or("");
+	app.guest.cpu_kind = row[6].value_or("");
+	app.guest.cpus = static_cast<int>(ToInt(row[7]));
+	app.guest.memory_mb = static_cast<int>(ToInt(row[8]));
+	app.image = row[9].value_or("");
+	return app;
+}
+
+bool
+RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &step) {
+	using reconcile::Completion;
+	pg::Value status;
+	if (step.app) {
+		status = WriteApp(spi, context, *step.app);
+	}
+	if (step.completion == Completion::kRetry || step.completion == Completion::kFailed) {
+		status = RecordFailure(spi, context, step);
+	}
+	for (const auto &event : step.events) {
+		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, COALESCE($4, (SELECT a.status FROM "
+		          "fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8)), $5::pg_catalog.jsonb)",
+		          {context.app_id ? pg::Value(std::to_string(context.app_id)) : std::nullopt, context.user_id,
+		           event.type, status, event.details_json});
+	}
+
+	const std::vector<pg::Value> item = {context.user_id, std::to_string(context.generation)};
+	bool still_ours = false;
+	switch (step.completion) {
+	case Completion::kContinue:
+		still_ours = !spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
+		                        "pg_catalog.make_interval(secs => $3::pg_catalog.float8), updated_at = pg_catalog.now() "
+		                        "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+		                        "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+		                        {context.user_id, std::to_string(context.generation), std::to_string(kLeaseSeconds)})
+		                  .empty();
+		break;
+	case Completion::kDone:
+	case Completion::kFailed:
+		still_ours = !spi.Query("DELETE FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+		                        "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+		                        item)
+		                  .empty();
+		break;
+	case Completion::kRetry:
+		still_ours =
+		    !spi.Query("UPDATE fly.reconcile_queue SET run_after = pg_catalog.now() OPERATOR(pg_catalog.+) "
+		               "pg_catalog.make_interval(secs => $3::pg_catalog.float8), claimed_at = NULL, lease_until = NULL, "
+		               "last_error = $4, updated_at = pg_catalog.now() "
+		               "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+		               "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+		               {context.user_id, std::to_string(context.generation), Seconds(context.retry_delay_seconds),
+		                step.error})
+		         .empty();
+		break;
+	}
+	if (!still_ours) {
+		// A newer tier change arrived meanwhile: let it be claimed afresh.
+		ReleaseClaim(spi, context.user_id);
+		return false;
+	}
+	return step.completion == Completion::kContinue;
+}
+
+void
+DeferItem(pg::SpiConnection &spi, const std::string &user_id, double delay_seconds, const std::string &error) {
+	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL, last_error = $3, "
+	          "run_after = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
+	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
+	          {user_id, Seconds(delay_seconds), error});
+}
+
+} // namespace pgfly

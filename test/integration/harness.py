@@ -1,0 +1,179 @@
+"""Real components for pg_fly's integration tests, demo and benchmarks: a throwaway PostgreSQL cluster run as
+the postgres user (initdb refuses root) with pg_fly preloaded, and the Fly API simulator on loopback.
+
+Everything the server reads or writes lives in a temporary folder the postgres user owns, because the
+checkout may sit where that user cannot enter.
+"""
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIMULATOR = os.path.join(REPO_ROOT, "test", "flysim", "flysim.py")
+PG_MAJOR = os.environ.get("PG_MAJOR", "15")
+PG_BIN = os.environ.get("PG_BIN", f"/usr/lib/postgresql/{PG_MAJOR}/bin")
+TEST_TOKEN = "test-token"
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _as_postgres(command, **kwargs):
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--"] + command
+    return subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
+
+
+class Simulator:
+    """The Fly API simulator as a subprocess on 127.0.0.1."""
+
+    def __init__(self, config=None, seed=1):
+        self.workdir = tempfile.mkdtemp(prefix="pg_fly-sim.")
+        config = dict(config or {})
+        config.setdefault("seed", seed)
+        config.setdefault("boot_delay_ms", 50)
+        config.setdefault("rate_limits", {"mode": "off"})
+        config_path = os.path.join(self.workdir, "config.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        self.process = subprocess.Popen(
+            [sys.executable, SIMULATOR, "--port", "0", "--config", config_path],
+            stdout=subprocess.PIPE, stderr=open(os.path.join(self.workdir, "stderr.log"), "w"), text=True)
+        line = self.process.stdout.readline()
+        if not line.startswith("FLYSIM_LISTENING"):
+            raise RuntimeError("simulator did not start: " + line)
+        self.port = int(line.strip().split("port=")[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def control(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + "/__flysim/" + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+            return json.loads(text) if text else None
+
+    def state(self):
+        return self.control("GET", "state")
+
+    def requests(self, since=0):
+        return self.control("GET", f"requests?since={since}")
+
+    def configure(self, **changes):
+        return self.control("POST", "config", changes)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Cluster:
+    """A throwaway PostgreSQL with pg_fly preloaded, its worker pointed at `api_url`."""
+
+    def __init__(self, api_url, settings=None, database="pgfly"):
+        self.workdir = tempfile.mkdtemp(prefix="pg_fly-pg.")
+        os.chmod(self.workdir, 0o755)
+        self.datadir = os.path.join(self.workdir, "data")
+        self.database = database
+        self.port = _free_port()
+        self.token_file = os.path.join(self.workdir, "fly_token")
+        with open(self.token_file, "w") as f:
+            f.write(TEST_TOKEN + "\n")
+        os.chmod(self.token_file, 0o600)
+        if os.geteuid() == 0:
+            postgres = pwd.getpwnam("postgres")
+            os.chown(self.workdir, postgres.pw_uid, postgres.pw_gid)
+            os.chown(self.token_file, postgres.pw_uid, postgres.pw_gid)
+        _as_postgres([os.path.join(PG_BIN, "initdb"), "-D", self.datadir, "-A", "trust", "-U", "postgres",
+                      "--no-sync", "-E", "UTF8", "--locale=C"])
+        conf = {
+            "port": str(self.port),
+            "listen_addresses": "''",
+            "unix_socket_directories": f"'{self.workdir}'",
+            "shared_preload_libraries": "'pg_fly'",
+            "fly.database_name": f"'{database}'",
+            "fly.api_url": f"'{api_url}'",
+            "fly.api_token_file": f"'{self.token_file}'",
+            "fly.image": "'registry.fly.io/vyx-app:deployment-01K9Y194AA56A6SFHTTD64KQ7Y'",
+            "fly.poll_interval": "'2s'",
+            "fly.retry_base_delay": "'200ms'",
+            "fly.retry_max_delay": "'2s'",
+            "log_min_messages": "debug1",
+            "fsync": "off",
+            "timezone": "'UTC'",
+        }
+        conf.update(settings or {})
+        self.write_settings(conf)
+        self.start()
+        self.psql(f"CREATE DATABASE {database}", database="postgres")
+        self.sql("CREATE EXTENSION pg_fly")
+
+    def write_settings(self, settings):
+        with open(os.path.join(self.datadir, "postgresql.conf"), "a") as f:
+            for name, value in settings.items():
+                f.write(f"{name} = {value}\n")
+
+    def start(self):
+        _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-l",
+                      os.path.join(self.workdir, "server.log"), "-c", "-w", "-t", "60", "start"])
+
+    def stop(self, mode="fast"):
+        try:
+            _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop"])
+        except subprocess.CalledProcessError:
+            pass
+
+    def destroy(self):
+        self.stop("immediate")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def server_log(self):
+        with open(os.path.join(self.workdir, "server.log"), errors="replace") as f:
+            return f.read()
+
+    def psql(self, sql, database=None, check=True):
+        command = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-F", "\t",
+                   "-h", self.workdir, "-p", str(self.port), "-U", "postgres", "-d", database or self.database,
+                   "-c", sql]
+        result = subprocess.run(command, capture_output=True, text=True,
+                                user="postgres" if os.geteuid() == 0 else None)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr.strip()}\nSQL: {sql}")
+        return result
+
+    def sql(self, sql):
+        """Rows of the last statement, as lists of strings (None for NULL is not distinguished from '')."""
+        output = self.psql(sql).stdout
+        return [line.split("\t") for line in output.splitlines() if line != ""]
+
+    def value(self, sql):
+        rows = self.sql(sql)
+        return rows[0][0] if rows else None
+
+    def wait_for(self, sql, timeout=30.0, interval=0.05):
+        """Polls until the query returns 't'; returns whether it did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.value(sql) == "t":
+                return True
+            time.sleep(interval)
+        return False
+
+    def reload(self):
+        self.psql("SELECT pg_reload_conf()")

@@ -1,0 +1,66 @@
+#include "pgfly/core/worker_settings.hpp"
+
+#include <gtest/gtest.h>
+
+namespace pgfly {
+namespace {
+
+TEST(ParseMachineEnv, ReadsAnObjectOfStrings) {
+	auto parsed = ParseMachineEnv(R"({"SUPABASE_URL": "https://x.supabase.co", "LOG_LEVEL": "info"})");
+	EXPECT_TRUE(parsed.problem.empty());
+	EXPECT_EQ(parsed.values.at("SUPABASE_URL"), "https://x.supabase.co");
+	EXPECT_EQ(parsed.values.size(), 2u);
+	EXPECT_TRUE(ParseMachineEnv("").values.empty());
+}
+
+TEST(ParseMachineEnv, RefusesOtherShapes) {
+	EXPECT_FALSE(ParseMachineEnv("[1]").problem.empty());
+	EXPECT_FALSE(ParseMachineEnv(R"({"A": 1})").problem.empty());
+	EXPECT_FALSE(ParseMachineEnv(R"({"1A": "x"})").problem.empty());
+	EXPECT_FALSE(ParseMachineEnv("{not json").problem.empty());
+	EXPECT_TRUE(ParseMachineEnv(R"({"A": 1})").values.empty());
+}
+
+TEST(ParseSecretsFile, ReadsNamesValuesAndBase64Markers) {
+	auto parsed = ParseSecretsFile("# comment\n\nGEMINI_API_KEY=abc=def\r\nSUPABASE_SERVICE_KEY_B64:base64=hello\n");
+	ASSERT_TRUE(parsed.problem.empty()) << parsed.problem;
+	EXPECT_EQ(parsed.values.at("GEMINI_API_KEY"), "abc=def");
+	EXPECT_EQ(parsed.values.at("SUPABASE_SERVICE_KEY_B64"), "aGVsbG8=");
+}
+
+TEST(ParseSecretsFile, ProblemsNeverQuoteValues) {
+	auto parsed = ParseSecretsFile("GOOD=ok\nno equals sign here secretvalue\n");
+	EXPECT_NE(parsed.problem.find("line 2"), std::string::npos);
+	EXPECT_EQ(parsed.problem.find("secretvalue"), std::string::npos);
+	EXPECT_TRUE(parsed.values.empty());
+	parsed = ParseSecretsFile("bad-name=topsecret\n");
+	EXPECT_EQ(parsed.problem.find("topsecret"), std::string::npos);
+	EXPECT_FALSE(parsed.problem.empty());
+}
+
+TEST(Base64Encode, MatchesRfc4648Vectors) {
+	EXPECT_EQ(Base64Encode(""), "");
+	EXPECT_EQ(Base64Encode("f"), "Zg==");
+	EXPECT_EQ(Base64Encode("fo"), "Zm8=");
+	EXPECT_EQ(Base64Encode("foo"), "Zm9v");
+	EXPECT_EQ(Base64Encode("foob"), "Zm9vYg==");
+	EXPECT_EQ(Base64Encode("fooba"), "Zm9vYmE=");
+	EXPECT_EQ(Base64Encode("foobar"), "Zm9vYmFy");
+}
+
+TEST(RetryDelaySeconds, GrowsExponentiallyUpToTheCapWithFullJitter) {
+	EXPECT_DOUBLE_EQ(RetryDelaySeconds(1, 1.0, 300.0, std::nullopt, 0.999999), 0.999999);
+	EXPECT_DOUBLE_EQ(RetryDelaySeconds(4, 1.0, 300.0, std::nullopt, 0.5), 4.0);
+	EXPECT_DOUBLE_EQ(RetryDelaySeconds(30, 1.0, 300.0, std::nullopt, 0.5), 150.0);
+	EXPECT_DOUBLE_EQ(RetryDelaySeconds(1000, 1.0, 300.0, std::nullopt, 1.0), 300.0);
+	EXPECT_DOUBLE_EQ(RetryDelaySeconds(3, 1.0, 300.0, std::nullopt, 0.0), 0.0);
+}
+
+TEST(RetryDelaySeconds, HonoursRetryAfter) {
+	EXPECT_DOUBLE_EQ(RetryDelaySeconds(1, 1.0, 300.0, 2.0, 0.1), 2.0);
+	EXPECT_DOUBLE_EQ(RetryDelaySeconds(10, 1.0, 300.0, 2.0, 0.5), 150.0);
+	EXPECT_DOUBLE_EQ(RetryDelaySeconds(1, 1.0, 300.0, 900.0, 0.5), 900.0);
+}
+
+} // namespace
+} // namespace pgfly
