@@ -65,24 +65,31 @@ else
 	record "regression + isolation" 0 1
 fi
 
+# Runs a Python unittest suite and records its counts (skipped tests count as neither).
+run_unittest_suite() { # label folder
+	local label="$1" folder="$2" log="$log_dir/$(basename "$2").log"
+	(cd "$REPO_ROOT" && "$PYTHON" -m unittest discover -s "$folder" -p 'test_*.py' -v) >"$log" 2>&1
+	tail -4 "$log"
+	local total failures errors skipped bad
+	total=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$log")
+	failures=$(sed -n 's/^FAILED.*failures=\([0-9]*\).*/\1/p' "$log")
+	errors=$(sed -n 's/^FAILED.*errors=\([0-9]*\).*/\1/p' "$log")
+	skipped=$(sed -n 's/.*skipped=\([0-9]*\).*/\1/p' "$log" | tail -1)
+	bad=$(( ${failures:-0} + ${errors:-0} ))
+	if [ -z "$total" ]; then
+		cat "$log"
+		bad=1
+	elif [ "$bad" -gt 0 ]; then
+		sed -n '/^======/,$p' "$log" | head -150
+	fi
+	record "$label" $(( ${total:-0} - bad - ${skipped:-0} )) "$bad"
+}
+
 echo "== Fly API simulator tests"
-if [ -d "$REPO_ROOT/test/flysim" ]; then
-	(cd "$REPO_ROOT" && "$PYTHON" -m unittest discover -s test/flysim -p 'test_*.py' -v) >"$log_dir/flysim.log" 2>&1
-	tail -5 "$log_dir/flysim.log"
-	sim_total=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$log_dir/flysim.log")
-	sim_failures=$(sed -n 's/.*failures=\([0-9]*\).*/\1/p' "$log_dir/flysim.log")
-	sim_errors=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' "$log_dir/flysim.log")
-	sim_skipped=$(sed -n 's/.*skipped=\([0-9]*\).*/\1/p' "$log_dir/flysim.log")
-	sim_bad=$(( ${sim_failures:-0} + ${sim_errors:-0} ))
-	if [ -z "$sim_total" ]; then
-		cat "$log_dir/flysim.log"
-		sim_bad=1
-	fi
-	if [ "$sim_bad" -gt 0 ]; then
-		grep -E "^(FAIL|ERROR):" "$log_dir/flysim.log" || true
-	fi
-	record "simulator (unittest)" $(( ${sim_total:-0} - sim_bad - ${sim_skipped:-0} )) "$sim_bad"
-fi
+run_unittest_suite "simulator (unittest)" test/flysim
+
+echo "== integration tests (PostgreSQL + worker + libcurl + simulator)"
+run_unittest_suite "integration (unittest)" test/integration
 
 echo
 echo "== summary (logs in $log_dir)"

@@ -48,6 +48,7 @@ Reconciler::Configure() {
 	settings_.org_slug = org_slug;
 	settings_.app_name_prefix = app_name_prefix;
 	settings_.image = image;
+	settings_.create_settle_seconds = request_timeout_ms / 1000.0;
 	ParsedMap env = ParseMachineEnv(machine_env);
 	if (!env.problem.empty()) {
 		problem = env.problem;
@@ -156,6 +157,9 @@ Reconciler::Start(const ClaimedItem &item) {
 				target.present = false;
 			}
 			auto app = LoadLiveApp(spi, item.user_id);
+			if (!app && target.present) {
+				target.first_name_attempt = FirstFreeNameAttempt(spi, item.user_id, settings_.app_name_prefix);
+			}
 			if (app) {
 				context.app_id = app->id;
 				if (!target.present && target.region.empty()) {

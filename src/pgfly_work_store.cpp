@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "pgfly/core/app_naming.hpp"
+
 namespace pgfly {
 
 namespace {
@@ -70,11 +72,15 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 	    "last_error = CASE WHEN $14::pg_catalog.bool THEN NULL ELSE last_error END, "
 	    "attempts = CASE WHEN $14::pg_catalog.bool THEN 0 ELSE attempts END, "
 	    "deleted_at = CASE WHEN $15::pg_catalog.bool THEN pg_catalog.now() ELSE deleted_at END, "
+	    "pending_machine_operation = CASE WHEN $16 IS NULL THEN pending_machine_operation ELSE NULLIF($16, '') END, "
+	    "pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
+	    "WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
 	    "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
 	    {std::to_string(context.app_id), Optional(change.status), Optional(change.name), Number(change.name_attempt),
 	     Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
 	     Optional(change.image), Optional(change.tier), Number(change.secrets_version),
-	     std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false")});
+	     std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
+	     Optional(change.pending_create)});
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
@@ -146,6 +152,23 @@ CountDueItems(pg::SpiConnection &spi) {
 	return ToInt(rows.at(0).at(0));
 }
 
+int
+FirstFreeNameAttempt(pg::SpiConnection &spi, const std::string &user_id, const std::string &prefix) {
+	for (int attempt = 0;; attempt++) {
+		auto name = AppNameCandidate(prefix, user_id, attempt);
+		if (!name) {
+			return attempt; // exhausted: the operation reports it
+		}
+		auto rows = spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE deleted_at IS NULL "
+		                      "AND fly_app_name OPERATOR(pg_catalog.=) $1 "
+		                      "AND user_id OPERATOR(pg_catalog.<>) $2::pg_catalog.uuid",
+		                      {*name, user_id}, true);
+		if (rows.empty()) {
+			return attempt;
+		}
+	}
+}
+
 std::optional<TierPolicyRow>
 LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 	auto rows = spi.Query("SELECT dedicated_app, cpu_kind, cpus, memory_mb, "
@@ -167,7 +190,9 @@ LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 std::optional<reconcile::AppRecord>
 LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	auto rows = spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
-	                      "memory_mb, image FROM fly.user_fly_apps "
+	                      "memory_mb, image, pending_machine_operation, "
+	                      "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since) "
+	                      "FROM fly.user_fly_apps "
 	                      "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
 	                      {user_id}, true);
 	if (rows.empty()) {
@@ -185,6 +210,8 @@ LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	app.guest.cpus = static_cast<int>(ToInt(row[7]));
 	app.guest.memory_mb = static_cast<int>(ToInt(row[8]));
 	app.image = row[9].value_or("");
+	app.pending_create_operation = row[10].value_or("");
+	app.pending_create_age_seconds = row[11] ? std::stod(*row[11]) : 0;
 	return app;
 }
 

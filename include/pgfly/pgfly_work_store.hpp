@@ -35,6 +35,8 @@ std::vector<ClaimedItem> ClaimDueItems(pg::SpiConnection &spi, int limit);
 std::optional<double> SecondsUntilNextDue(pg::SpiConnection &spi);
 int64_t CountDueItems(pg::SpiConnection &spi);
 
+// The first app name candidate for the user that no other user's live app holds (two users' names can collide).
+int FirstFreeNameAttempt(pg::SpiConnection &spi, const std::string &user_id, const std::string &prefix);
 std::optional<TierPolicyRow> LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier);
 std::optional<reconcile::AppRecord> LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id);
 

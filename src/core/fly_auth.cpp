@@ -41,7 +41,7 @@ StripScheme(const std::string &text, const std::string &scheme, std::string *res
 		const char a = text[i];
 		const char b = scheme[i];
 		if (a != b && !(a >= 'A' && a <= 'Z' && a + ('a' - 'A') == b) &&
-		    !(a >= 'a' && a <= 'z' && a - ('a' - 'A') == b)) {
+			!(a >= 'a' && a <= 'z' && a - ('a' - 'A') == b)) {
 			return false;
 		}
 	}
@@ -134,7 +134,7 @@ RedactToken(const std::string &text, const std::string &token) {
 	}
 	// Longest first, so that a whole token is replaced before its parts.
 	std::sort(fragments.begin(), fragments.end(),
-	          [](const std::string &a, const std::string &b) { return a.size() > b.size(); });
+			  [](const std::string &a, const std::string &b) { return a.size() > b.size(); });
 	std::string redacted = text;
 	for (const auto &fragment : fragments) {
 		if (fragment.size() >= kMinRedactedLength) {

@@ -29,6 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr long kDefaultConnectTimeoutMs = 5000;
 constexpr long kDefaultRequestTimeoutMs = 30000;
+constexpr size_t kDefaultMaxResponseBytes = 1024 * 1024;
 // Fly holds a wait open for up to its timeout; give the answer this long to arrive on top of that.
 constexpr long kWaitGraceMs = 5000;
 constexpr size_t kMaxCapturedHeaderLength = 200;
@@ -47,7 +48,7 @@ EnsureCurlGlobalInit() {
 	std::call_once(curl_init_once, [] { curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT); });
 	if (curl_init_result != CURLE_OK) {
 		throw std::runtime_error(std::string("libcurl could not be initialised: ") +
-		                         curl_easy_strerror(curl_init_result));
+								 curl_easy_strerror(curl_init_result));
 	}
 }
 
@@ -126,7 +127,7 @@ MapCurlError(CURLcode code, bool too_large, const char *detail) {
 	case CURLE_SSL_CONNECT_ERROR:
 		// The handshake failed. A connection dropped in the middle of it is a network blip, not configuration.
 		if (Contains(detail, "reset by peer") || Contains(detail, "SSL_ERROR_SYSCALL") ||
-		    Contains(detail, "unexpected eof")) {
+			Contains(detail, "unexpected eof")) {
 			return NetworkError::kReset;
 		}
 		return NetworkError::kTls;
@@ -278,9 +279,7 @@ struct Client::Impl {
 		ApplyConnectionLimits();
 	}
 
-	~Impl() {
-		Release();
-	}
+	~Impl() { Release(); }
 
 	void
 	Release() {
@@ -360,7 +359,8 @@ struct Client::Impl {
 	Submit(const Request &request) {
 		const RequestId id = next_id++;
 		if (auto problem = TokenProblem(config.token)) {
-			return CompleteNow(id, request.endpoint, NetworkError::kConfig, "the Fly API token is unusable: " + *problem);
+			return CompleteNow(id, request.endpoint, NetworkError::kConfig,
+							   "the Fly API token is unusable: " + *problem);
 		}
 		if (config.base_url.empty()) {
 			return CompleteNow(id, request.endpoint, NetworkError::kConfig, "no Fly API URL is configured");
@@ -373,19 +373,21 @@ struct Client::Impl {
 		transfer->endpoint = request.endpoint;
 		transfer->started = Clock::now();
 		transfer->token = config.token;
-		transfer->max_response_bytes = config.max_response_bytes;
+		// 0 would mean "no limit" to CURLOPT_MAXFILESIZE_LARGE; an unbounded body is never wanted.
+		transfer->max_response_bytes =
+			config.max_response_bytes > 0 ? config.max_response_bytes : kDefaultMaxResponseBytes;
 		transfer->easy = curl_easy_init();
 		if (transfer->easy == nullptr) {
 			return CompleteNow(id, request.endpoint, NetworkError::kOther, "libcurl could not create a transfer");
 		}
 		if (!Configure(*transfer, request)) {
 			return CompleteNow(id, request.endpoint, NetworkError::kConfig,
-			                   std::string("libcurl refused an option: ") + transfer->error);
+							   std::string("libcurl refused an option: ") + transfer->error);
 		}
 		const CURLMcode added = curl_multi_add_handle(multi, transfer->easy);
 		if (added != CURLM_OK) {
 			return CompleteNow(id, request.endpoint, NetworkError::kOther,
-			                   std::string("libcurl could not start the transfer: ") + curl_multi_strerror(added));
+							   std::string("libcurl could not start the transfer: ") + curl_multi_strerror(added));
 		}
 		transfers.emplace(id, std::move(transfer));
 		return id;
@@ -402,7 +404,8 @@ struct Client::Impl {
 				std::snprintf(transfer.error, sizeof(transfer.error), "%s", curl_easy_strerror(code));
 			}
 		};
-		const long connect_timeout = config.connect_timeout_ms > 0 ? config.connect_timeout_ms : kDefaultConnectTimeoutMs;
+		const long connect_timeout =
+			config.connect_timeout_ms > 0 ? config.connect_timeout_ms : kDefaultConnectTimeoutMs;
 		long request_timeout = config.request_timeout_ms > 0 ? config.request_timeout_ms : kDefaultRequestTimeoutMs;
 		if (request.endpoint == Endpoint::kWaitMachine) {
 			request_timeout = WaitTimeoutSeconds(request) * 1000L + kWaitGraceMs;
@@ -442,7 +445,7 @@ struct Client::Impl {
 		set(curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &CaptureHeader));
 		set(curl_easy_setopt(easy, CURLOPT_HEADERDATA, &transfer));
 		// Refuses a declared Content-Length over the limit before any body arrives; WriteBody catches the rest.
-		set(curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(config.max_response_bytes)));
+		set(curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(transfer.max_response_bytes)));
 
 		const bool has_body = request.body_json.has_value();
 		if (has_body) {
@@ -454,7 +457,8 @@ struct Client::Impl {
 			set(curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, "DELETE"));
 		} else {
 			// Also for a POST without a body (stop, start), so that it carries "Content-Length: 0".
-			set(curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(transfer.request_body.size())));
+			set(curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+								 static_cast<curl_off_t>(transfer.request_body.size())));
 			set(curl_easy_setopt(easy, CURLOPT_POSTFIELDS, transfer.request_body.c_str()));
 			if (request.method != "POST") {
 				set(curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, request.method.c_str()));
@@ -514,7 +518,7 @@ struct Client::Impl {
 			}
 		}
 		completed.push_back(
-		    Completion{transfer.id, transfer.endpoint, Classify(raw, transfer.token), ElapsedMs(transfer.started)});
+			Completion{transfer.id, transfer.endpoint, Classify(raw, transfer.token), ElapsedMs(transfer.started)});
 	}
 
 	void
@@ -596,14 +600,13 @@ struct Client::Impl {
 			raw.network_error = NetworkError::kCancelled;
 			raw.request_sent = request_size > 0;
 			completed.push_back(
-			    Completion{id, transfer->endpoint, Classify(raw, transfer->token), ElapsedMs(transfer->started)});
+				Completion{id, transfer->endpoint, Classify(raw, transfer->token), ElapsedMs(transfer->started)});
 		}
 		transfers.clear();
 	}
 };
 
-Client::Client(ClientConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {
-}
+Client::Client(ClientConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
 
 Client::~Client() = default;
 Client::Client(Client &&) noexcept = default;
@@ -660,7 +663,7 @@ Client::RunSync(const Request &request) {
 	for (;;) {
 		auto &completed = impl_->completed;
 		auto found = std::find_if(completed.begin(), completed.end(),
-		                          [id](const Completion &completion) { return completion.id == id; });
+								  [id](const Completion &completion) { return completion.id == id; });
 		if (found != completed.end()) {
 			Outcome outcome = std::move(found->outcome);
 			completed.erase(found);

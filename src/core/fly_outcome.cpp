@@ -238,7 +238,8 @@ ErrorKind(long status, const Outcome &outcome) {
 	if (status == 422) {
 		// Prefer the status; the text is a fallback for servers that send no status (api-reference §2.2).
 		if (outcome.fly_status == "name_taken" ||
-		    (outcome.fly_status.empty() && outcome.fly_error.find("Name has already been taken") != std::string::npos)) {
+			(outcome.fly_status.empty() &&
+			 outcome.fly_error.find("Name has already been taken") != std::string::npos)) {
 			return OutcomeKind::kNameTaken;
 		}
 		return OutcomeKind::kPermanent;
@@ -258,7 +259,7 @@ ClassifySuccess(const RawResponse &response, const char *name, Outcome &outcome)
 		if (shape == BodyShape::kObject || shape == BodyShape::kArray) {
 			outcome.kind = OutcomeKind::kMalformed;
 			outcome.message += ": the body is empty, a JSON " +
-			                   std::string(shape == BodyShape::kArray ? "array" : "object") + " was expected";
+							   std::string(shape == BodyShape::kArray ? "array" : "object") + " was expected";
 		}
 		return;
 	}
@@ -270,14 +271,14 @@ ClassifySuccess(const RawResponse &response, const char *name, Outcome &outcome)
 	if (!parsed.ok()) {
 		outcome.kind = OutcomeKind::kMalformed;
 		outcome.message += ": the body is not valid JSON (" + OneLine(parsed.error, kMaxBodySnippetLength) +
-		                   "): " + Snippet(response.body);
+						   "): " + Snippet(response.body);
 		return;
 	}
 	if ((shape == BodyShape::kObject && !parsed.value.IsObject()) ||
-	    (shape == BodyShape::kArray && !parsed.value.IsArray())) {
+		(shape == BodyShape::kArray && !parsed.value.IsArray())) {
 		outcome.kind = OutcomeKind::kMalformed;
 		outcome.message += std::string(": the body is not a JSON ") +
-		                   (shape == BodyShape::kArray ? "array" : "object") + ": " + Snippet(response.body);
+						   (shape == BodyShape::kArray ? "array" : "object") + ": " + Snippet(response.body);
 		return;
 	}
 	outcome.body = std::move(parsed.value);
@@ -291,7 +292,7 @@ ClassifyError(const RawResponse &response, const char *name, Outcome &outcome) {
 		outcome.kind = OutcomeKind::kPermanent;
 		const std::string host = UrlHost(response.location);
 		outcome.message += host.empty() ? ": unexpected redirect (not followed)"
-		                                : ": unexpected redirect to " + OneLine(host, kMaxHeaderValueLength);
+										: ": unexpected redirect to " + OneLine(host, kMaxHeaderValueLength);
 		return;
 	}
 	if (status < 100 || status > 599 || status < 200) {

@@ -141,18 +141,19 @@ Operation::StartProvision() {
 	details.Set("generation", Json::Integer(target_.generation));
 	AppChange change;
 	if (!app_) {
-		auto name = AppNameCandidate(settings_.app_name_prefix, target_.user_id, 0);
+		auto name = AppNameCandidate(settings_.app_name_prefix, target_.user_id, target_.first_name_attempt);
 		if (!name) {
 			step.completion = Completion::kFailed;
-			step.error = "fly.app_name_prefix is too long to form an app name";
+			step.error = "no app name candidate is left for this user (fly.app_name_prefix too long?)";
 			phase_ = Phase::kFinished;
 			return step;
 		}
 		app_ = AppRecord{};
 		app_->name = *name;
+		app_->name_attempt = target_.first_name_attempt;
 		change.insert = true;
 		change.name = *name;
-		change.name_attempt = 0;
+		change.name_attempt = target_.first_name_attempt;
 		change.region = target_.region;
 		change.guest = target_.guest;
 		change.image = settings_.image;
@@ -222,60 +223,111 @@ Operation::FindMachine(Step step) {
 	return step;
 }
 
-// Adopts a machine that already carries this user's metadata: update it when its guest or image differ,
-// start it when stopped, then wait for it.
+// Adopts the machine that carries this user's metadata: duplicates (left by a creation whose answer was lost)
+// are destroyed first, then the machine is updated when its guest or image differ, or started when stopped.
 Step
 Operation::UseMachine(Step step, const fly::Outcome &outcome) {
-	const auto machines = MachinesFromList(outcome);
-	const MachineFacts *chosen = nullptr;
-	for (const auto &machine : machines) {
+	std::vector<MachineFacts> live;
+	for (auto &machine : MachinesFromList(outcome)) {
 		if (IsLiveMachine(machine.state)) {
-			chosen = &machine;
-			break;
+			live.push_back(std::move(machine));
 		}
 	}
-	if (chosen == nullptr) {
+	if (live.empty()) {
 		if (phase_ == Phase::kFindCreatedMachine) {
-			// The ambiguous create left nothing behind: create again, later.
+			// The ambiguous create left nothing behind (yet): try again later.
 			fly::Outcome lost = outcome;
-			lost.message = "create_machine failed ambiguously and no machine with this user's metadata exists";
+			lost.message = "create_machine failed ambiguously and no machine with this user's metadata exists yet";
 			return Retry(lost, "create_machine");
 		}
-		fly::MachineSpec spec = Spec();
-		step.request = fly::CreateMachineRequest(app_->name, spec);
-		phase_ = Phase::kCreateMachine;
+		if (!app_->pending_create_operation.empty() &&
+		    app_->pending_create_age_seconds < settings_.create_settle_seconds) {
+			// A creation sent by an earlier run may still land: wait for it rather than create a second machine.
+			fly::Outcome pending = outcome;
+			pending.message = "waiting for a machine creation sent before the worker restarted";
+			pending.retry_after_seconds = settings_.create_settle_seconds - app_->pending_create_age_seconds;
+			return Retry(pending, "create_machine");
+		}
+		return CreateMachine(std::move(step));
+	}
+	// Keep the machine the row records, else the first one Fly lists.
+	size_t keep = 0;
+	for (size_t i = 0; i < live.size(); i++) {
+		if (live[i].id == app_->machine_id) {
+			keep = i;
+		}
+	}
+	adopted_ = live[keep];
+	extra_machines_.clear();
+	for (size_t i = 0; i < live.size(); i++) {
+		if (i != keep) {
+			extra_machines_.push_back(live[i].id);
+		}
+	}
+	if (!app_->pending_create_operation.empty()) {
+		AppChange change = step.app.value_or(AppChange{});
+		change.pending_create = "";
+		step.app = change;
+		app_->pending_create_operation.clear();
+	}
+	return AdoptMachine(std::move(step));
+}
+
+Step
+Operation::AdoptMachine(Step step) {
+	if (!extra_machines_.empty()) {
+		const std::string id = extra_machines_.back();
+		extra_machines_.pop_back();
+		Json details = Json::Object();
+		details.Set("machine_id", Json::String(id));
+		details.Set("kept_machine_id", Json::String(adopted_->id));
+		step.events.push_back(MakeEvent("duplicate_machine_destroyed", details));
+		step.request = fly::DeleteMachineRequest(app_->name, id, true);
+		phase_ = Phase::kDeleteExtraMachine;
 		return step;
 	}
-	const bool was_known = app_->machine_id == chosen->id;
-	app_->machine_id = chosen->id;
-	if (!was_known) {
+	const MachineFacts &chosen = *adopted_;
+	if (app_->machine_id != chosen.id) {
+		app_->machine_id = chosen.id;
 		AppChange change = step.app.value_or(AppChange{});
-		change.machine_id = chosen->id;
+		change.machine_id = chosen.id;
 		step.app = change;
 		Json details = Json::Object();
-		details.Set("machine_id", Json::String(chosen->id));
-		details.Set("state", Json::String(chosen->state));
+		details.Set("machine_id", Json::String(chosen.id));
+		details.Set("state", Json::String(chosen.state));
 		step.events.push_back(MakeEvent("machine_reused", details));
 	}
-	if (!SameGuest(chosen->guest, target_.guest) || chosen->image != settings_.image) {
+	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != settings_.image) {
 		Json details = Json::Object();
-		details.Set("machine_id", Json::String(chosen->id));
-		details.Set("from_guest", GuestJson(chosen->guest));
+		details.Set("machine_id", Json::String(chosen.id));
+		details.Set("from_guest", GuestJson(chosen.guest));
 		details.Set("to_guest", GuestJson(target_.guest));
-		details.Set("from_image", Json::String(chosen->image));
+		details.Set("from_image", Json::String(chosen.image));
 		details.Set("to_image", Json::String(settings_.image));
 		step.events.push_back(MakeEvent("machine_update_requested", details));
-		step.request = fly::UpdateMachineRequest(app_->name, chosen->id, Spec());
+		step.request = fly::UpdateMachineRequest(app_->name, chosen.id, Spec());
 		phase_ = Phase::kUpdateMachine;
 		return step;
 	}
-	if (chosen->state == "stopped" || chosen->state == "suspended" || chosen->state == "failed") {
-		step.request = fly::StartMachineRequest(app_->name, chosen->id);
+	if (chosen.state == "stopped" || chosen.state == "suspended" || chosen.state == "failed") {
+		step.request = fly::StartMachineRequest(app_->name, chosen.id);
 		phase_ = Phase::kStartMachine;
 		return step;
 	}
 	wait_round_ = 0;
 	return Wait(std::move(step));
+}
+
+Step
+Operation::CreateMachine(Step step) {
+	// Recorded before the request leaves, so that a restarted worker knows a machine may be on its way.
+	AppChange change = step.app.value_or(AppChange{});
+	change.pending_create = target_.operation_id;
+	step.app = change;
+	app_->pending_create_operation = target_.operation_id;
+	step.request = fly::CreateMachineRequest(app_->name, Spec());
+	phase_ = Phase::kCreateMachine;
+	return step;
 }
 
 Step
@@ -472,8 +524,10 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 				return Retry(malformed, "create_machine");
 			}
 			app_->machine_id = machine.id;
+			app_->pending_create_operation.clear();
 			AppChange change;
 			change.machine_id = machine.id;
+			change.pending_create = "";
 			change.guest = target_.guest;
 			change.image = settings_.image;
 			step.app = change;
@@ -493,6 +547,12 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 			return step;
 		}
 		return Fail(outcome, "create_machine");
+
+	case Phase::kDeleteExtraMachine:
+		if (outcome.kind == OutcomeKind::kSuccess || outcome.kind == OutcomeKind::kNotFound) {
+			return AdoptMachine(std::move(step));
+		}
+		return Unexpected(outcome, "delete_machine");
 
 	case Phase::kUpdateMachine:
 		if (outcome.kind == OutcomeKind::kSuccess) {

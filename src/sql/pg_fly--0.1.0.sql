@@ -72,6 +72,8 @@ CREATE TABLE fly.user_fly_apps (
     memory_mb                 integer CHECK (memory_mb > 0),
     image                     text,
     secrets_version           bigint,
+    pending_machine_operation text,        -- a create-machine request sent but not yet answered
+    pending_machine_since     timestamptz,
     monthly_cost_estimate_usd numeric(10, 2) CHECK (monthly_cost_estimate_usd >= 0),
     attempts                  integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     last_error                text,

@@ -42,13 +42,15 @@ NginxSpec() {
 
 class FlyClientTest : public ::testing::Test {
 protected:
-	static void SetUpTestSuite() {
+	static void
+	SetUpTestSuite() {
 		// A proxy from the environment must not receive loopback test traffic.
 		setenv("no_proxy", "*", 1);
 		setenv("NO_PROXY", "*", 1);
 	}
 
-	static ClientConfig Config(const TestHttpServer &server) {
+	static ClientConfig
+	Config(const TestHttpServer &server) {
 		ClientConfig config;
 		config.base_url = server.BaseUrl();
 		config.token = kToken;
@@ -58,7 +60,8 @@ protected:
 	}
 
 	// Drives the client the way the background worker does: wait on EventFd with NextTimeoutMs, then Drive.
-	static std::vector<Completion> DriveUntil(Client &client, size_t count, long limit_ms = 10000) {
+	static std::vector<Completion>
+	DriveUntil(Client &client, size_t count, long limit_ms = 10000) {
 		std::vector<Completion> completions;
 		const auto start = Clock::now();
 		while (completions.size() < count && MsSince(start) < limit_ms) {
@@ -246,7 +249,8 @@ TEST_F(FlyClientTest, OversizedResponsesAreAborted) {
 TEST_F(FlyClientTest, ConnectionResetAndCloseAreTransient) {
 	TestHttpServer server([](const ReceivedRequest &request) {
 		Reply reply;
-		reply.action = request.target.find("reset") != std::string::npos ? Reply::Action::kReset : Reply::Action::kClose;
+		reply.action =
+			request.target.find("reset") != std::string::npos ? Reply::Action::kReset : Reply::Action::kClose;
 		return reply;
 	});
 	for (const char *app : {"reset", "close"}) {

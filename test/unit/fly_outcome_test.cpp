@@ -128,7 +128,8 @@ TEST(IsValidUtf8, Basics) {
 // ---- success ----
 
 TEST(Classify, Created201WithBody) {
-	const Outcome outcome = Classified(Endpoint::kCreateApp, 201, R"({"id": "z4k69dxd8r31p5mx", "created_at": 1708631799000})");
+	const Outcome outcome =
+		Classified(Endpoint::kCreateApp, 201, R"({"id": "z4k69dxd8r31p5mx", "created_at": 1708631799000})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess);
 	EXPECT_EQ(outcome.http_status, 201);
 	EXPECT_EQ(outcome.body.GetString("id"), "z4k69dxd8r31p5mx");
@@ -218,7 +219,8 @@ TEST(Classify, NotFound404) {
 }
 
 TEST(Classify, RequestTimeout408IsTransient) {
-	EXPECT_EQ(Classified(Endpoint::kWaitMachine, 408, R"({"error":"deadline exceeded"})").kind, OutcomeKind::kTransient);
+	EXPECT_EQ(Classified(Endpoint::kWaitMachine, 408, R"({"error":"deadline exceeded"})").kind,
+			  OutcomeKind::kTransient);
 	EXPECT_EQ(Classified(Endpoint::kCreateMachine, 408).kind, OutcomeKind::kTransient);
 }
 
@@ -226,41 +228,47 @@ TEST(Classify, PreconditionFailed412IsPermanent) {
 	const Outcome outcome = Classified(Endpoint::kUpdateMachine, 412, R"({"error":"machine_version mismatch"})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kPermanent);
 	EXPECT_EQ(outcome.fly_error, "machine_version mismatch");
-	EXPECT_EQ(Classified(Endpoint::kUpdateMachine, 409, R"({"error":"lease currently held"})").kind, OutcomeKind::kPermanent);
+	EXPECT_EQ(Classified(Endpoint::kUpdateMachine, 409, R"({"error":"lease currently held"})").kind,
+			  OutcomeKind::kPermanent);
 }
 
 TEST(Classify, NameTaken422WithStatus) {
-	const Outcome outcome = Classified(Endpoint::kCreateApp, 422,
-	                            R"({"error":"Validation failed: Name has already been taken","status":"name_taken"})");
+	const Outcome outcome =
+		Classified(Endpoint::kCreateApp, 422,
+				   R"({"error":"Validation failed: Name has already been taken","status":"name_taken"})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kNameTaken);
 	EXPECT_EQ(outcome.fly_status, "name_taken");
 	EXPECT_EQ(outcome.message, "create_app: HTTP 422 (unprocessable entity): Validation failed: Name has already been "
-	                           "taken (status name_taken)");
+							   "taken (status name_taken)");
 	// The race that slips past validation hits a constraint with a generic text, but keeps the status.
-	EXPECT_EQ(Classified(Endpoint::kCreateApp, 422, R"({"error":"uniqueness constraint violated","status":"name_taken"})").kind,
-	          OutcomeKind::kNameTaken);
+	EXPECT_EQ(
+		Classified(Endpoint::kCreateApp, 422, R"({"error":"uniqueness constraint violated","status":"name_taken"})")
+			.kind,
+		OutcomeKind::kNameTaken);
 }
 
 TEST(Classify, ValidationError422WithoutStatusIsPermanent) {
-	const Outcome outcome = Classified(
-	    Endpoint::kCreateApp, 422,
-	    R"({"error":"Validation failed: Name under 63 chars using numbers, lowercase letters and dashes"})");
+	const Outcome outcome =
+		Classified(Endpoint::kCreateApp, 422,
+				   R"({"error":"Validation failed: Name under 63 chars using numbers, lowercase letters and dashes"})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kPermanent);
 	EXPECT_EQ(outcome.fly_status, "");
 }
 
 TEST(Classify, LegacyNameTakenText422) {
-	EXPECT_EQ(Classified(Endpoint::kCreateApp, 422, R"({"error":"Validation failed: Name has already been taken"})").kind,
-	          OutcomeKind::kNameTaken);
+	EXPECT_EQ(
+		Classified(Endpoint::kCreateApp, 422, R"({"error":"Validation failed: Name has already been taken"})").kind,
+		OutcomeKind::kNameTaken);
 	// The text is only a fallback: a different status wins.
 	EXPECT_EQ(Classified(Endpoint::kCreateApp, 422,
-	              R"({"error":"Validation failed: Name has already been taken","status":"unknown"})")
-	              .kind,
-	          OutcomeKind::kPermanent);
+						 R"({"error":"Validation failed: Name has already been taken","status":"unknown"})")
+				  .kind,
+			  OutcomeKind::kPermanent);
 }
 
 TEST(Classify, MessageFieldIsPreferredOverError) {
-	const Outcome outcome = Classified(Endpoint::kStartMachine, 400, R"({"error":"generic","message":"specific reason"})");
+	const Outcome outcome =
+		Classified(Endpoint::kStartMachine, 400, R"({"error":"generic","message":"specific reason"})");
 	EXPECT_EQ(outcome.fly_error, "specific reason");
 }
 
@@ -280,7 +288,7 @@ TEST(Classify, TooManyRequests429WithRetryAfterSeconds) {
 	EXPECT_EQ(*outcome.retry_after_seconds, 7.0);
 	EXPECT_EQ(outcome.request_id, "01J9ABCDEF");
 	EXPECT_EQ(outcome.message, "create_machine: HTTP 429 (too many requests): rate limit exceeded; retry after 7 s; "
-	                           "fly-request-id 01J9ABCDEF");
+							   "fly-request-id 01J9ABCDEF");
 }
 
 TEST(Classify, TooManyRequests429WithRetryAfterDate) {
@@ -309,15 +317,15 @@ TEST(ParseRetryAfter, Forms) {
 
 TEST(Classify, InternalServerError500HtmlBody) {
 	const std::string html = "<html>\n<head><title>500 Internal Server Error</title></head>\n<body>\x01\x02"
-	                         "<center><h1>500 Internal Server Error</h1></center>" +
-	                         std::string(500, 'x') + "</body></html>";
+							 "<center><h1>500 Internal Server Error</h1></center>" +
+							 std::string(500, 'x') + "</body></html>";
 	const Outcome outcome = Classified(Endpoint::kCreateMachine, 500, html);
 	EXPECT_EQ(outcome.kind, OutcomeKind::kTransient);
 	EXPECT_EQ(outcome.fly_error, "");
 	EXPECT_NE(outcome.message.find("create_machine: HTTP 500 (internal server error): non-JSON body: <html> <head>"
-	                               "<title>500 Internal Server Error</title>"),
-	          std::string::npos)
-	    << outcome.message;
+								   "<title>500 Internal Server Error</title>"),
+			  std::string::npos)
+		<< outcome.message;
 	EXPECT_EQ(outcome.message.find('\n'), std::string::npos);
 	EXPECT_EQ(outcome.message.find('\x01'), std::string::npos);
 	EXPECT_LT(outcome.message.size(), 300u);
@@ -325,8 +333,8 @@ TEST(Classify, InternalServerError500HtmlBody) {
 
 TEST(Classify, GatewayErrors502503504AreTransient) {
 	EXPECT_EQ(Classified(Endpoint::kGetApp, 502, "Bad Gateway").kind, OutcomeKind::kTransient);
-	RawResponse response = Response(Endpoint::kCreateMachine, 503,
-	                                R"({"error":"no capacity in sjc","status":"insufficient_capacity"})");
+	RawResponse response =
+		Response(Endpoint::kCreateMachine, 503, R"({"error":"no capacity in sjc","status":"insufficient_capacity"})");
 	response.retry_after = "3";
 	const Outcome outcome = Classify(response, "", kNow);
 	EXPECT_EQ(outcome.kind, OutcomeKind::kTransient);
@@ -373,10 +381,14 @@ TEST(Classify, NetworkErrors) {
 		bool sent;
 	};
 	const Case cases[] = {
-	    {NetworkError::kDns, OutcomeKind::kTransient, false},    {NetworkError::kConnect, OutcomeKind::kTransient, false},
-	    {NetworkError::kTimeout, OutcomeKind::kTransient, true}, {NetworkError::kReset, OutcomeKind::kTransient, true},
-	    {NetworkError::kOther, OutcomeKind::kTransient, true},   {NetworkError::kCancelled, OutcomeKind::kTransient, true},
-	    {NetworkError::kTls, OutcomeKind::kPermanent, false},    {NetworkError::kConfig, OutcomeKind::kPermanent, false},
+		{NetworkError::kDns, OutcomeKind::kTransient, false},
+		{NetworkError::kConnect, OutcomeKind::kTransient, false},
+		{NetworkError::kTimeout, OutcomeKind::kTransient, true},
+		{NetworkError::kReset, OutcomeKind::kTransient, true},
+		{NetworkError::kOther, OutcomeKind::kTransient, true},
+		{NetworkError::kCancelled, OutcomeKind::kTransient, true},
+		{NetworkError::kTls, OutcomeKind::kPermanent, false},
+		{NetworkError::kConfig, OutcomeKind::kPermanent, false},
 	};
 	for (const Case &c : cases) {
 		RawResponse response;
@@ -407,8 +419,8 @@ TEST(Classify, NetworkErrors) {
 TEST(Classify, TokenIsScrubbedFromEveryText) {
 	const std::string token = "FlyV1 fm2_verysecretmacaroon1,fm2_verysecretmacaroon2";
 	RawResponse response = Response(Endpoint::kGetApp, 401,
-	                                R"({"error":"bad token FlyV1 fm2_verysecretmacaroon1,fm2_verysecretmacaroon2",)"
-	                                R"("status":"fm2_verysecretmacaroon2"})");
+									R"({"error":"bad token FlyV1 fm2_verysecretmacaroon1,fm2_verysecretmacaroon2",)"
+									R"("status":"fm2_verysecretmacaroon2"})");
 	response.request_id = "fm2_verysecretmacaroon1";
 	const Outcome outcome = Classify(response, token, kNow);
 	for (const std::string &text : {outcome.message, outcome.fly_error, outcome.fly_status, outcome.request_id}) {

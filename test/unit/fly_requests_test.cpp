@@ -141,7 +141,7 @@ TEST(ListAppsRequest, OrgSlugAndRole) {
 
 TEST(SetSecretsRequest, ValuesWithNullUnsetting) {
 	const Request request =
-	    SetSecretsRequest("app-1", {{"DATABASE_URL", std::string("postgres://x")}, {"OLD", std::nullopt}});
+		SetSecretsRequest("app-1", {{"DATABASE_URL", std::string("postgres://x")}, {"OLD", std::nullopt}});
 	EXPECT_EQ(request.method, "POST");
 	EXPECT_EQ(request.path, "/v1/apps/app-1/secrets");
 	EXPECT_EQ(request.endpoint, Endpoint::kSetSecrets);

@@ -35,10 +35,12 @@ struct ReceivedRequest {
 	std::string body;
 	int connection = 0;
 
-	bool HasHeader(const std::string &name) const {
+	bool
+	HasHeader(const std::string &name) const {
 		return headers.count(name) != 0;
 	}
-	std::string Header(const std::string &name) const {
+	std::string
+	Header(const std::string &name) const {
 		auto found = headers.find(name);
 		return found == headers.end() ? "" : found->second;
 	}
@@ -55,7 +57,8 @@ struct Reply {
 	// Send the body with Transfer-Encoding: chunked instead of Content-Length.
 	bool chunked = false;
 
-	static Reply Json(int status, std::string body) {
+	static Reply
+	Json(int status, std::string body) {
 		Reply reply;
 		reply.status = status;
 		reply.body = std::move(body);
@@ -80,7 +83,7 @@ public:
 		address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		address.sin_port = 0;
 		if (bind(listen_fd_, reinterpret_cast<sockaddr *>(&address), sizeof(address)) != 0 ||
-		    listen(listen_fd_, 128) != 0) {
+			listen(listen_fd_, 128) != 0) {
 			close(listen_fd_);
 			throw std::runtime_error("bind/listen on 127.0.0.1 failed");
 		}
@@ -90,32 +93,36 @@ public:
 		acceptor_ = std::thread([this] { AcceptLoop(); });
 	}
 
-	~TestHttpServer() {
-		Stop();
-	}
+	~TestHttpServer() { Stop(); }
 
 	TestHttpServer(const TestHttpServer &) = delete;
 	TestHttpServer &operator=(const TestHttpServer &) = delete;
 
-	int Port() const {
+	int
+	Port() const {
 		return port_;
 	}
-	std::string BaseUrl() const {
+	std::string
+	BaseUrl() const {
 		return "http://127.0.0.1:" + std::to_string(port_);
 	}
-	int AcceptedConnections() const {
+	int
+	AcceptedConnections() const {
 		return accepted_.load();
 	}
-	std::vector<ReceivedRequest> Requests() const {
+	std::vector<ReceivedRequest>
+	Requests() const {
 		std::lock_guard<std::mutex> guard(mutex_);
 		return requests_;
 	}
-	size_t RequestCount() const {
+	size_t
+	RequestCount() const {
 		std::lock_guard<std::mutex> guard(mutex_);
 		return requests_.size();
 	}
 
-	void Stop() {
+	void
+	Stop() {
 		if (stopping_.exchange(true)) {
 			return;
 		}
@@ -134,7 +141,8 @@ public:
 	}
 
 	// A port on 127.0.0.1 where nothing listens (bound, then released).
-	static int UnusedPort() {
+	static int
+	UnusedPort() {
 		const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		sockaddr_in address = {};
 		address.sin_family = AF_INET;
@@ -149,7 +157,8 @@ public:
 private:
 	static constexpr int kPollMs = 20;
 
-	void AcceptLoop() {
+	void
+	AcceptLoop() {
 		while (!stopping_.load()) {
 			pollfd descriptor = {listen_fd_, POLLIN, 0};
 			if (poll(&descriptor, 1, kPollMs) <= 0) {
@@ -166,7 +175,8 @@ private:
 	}
 
 	// Waits for readable data; false once the server stops.
-	bool WaitReadable(int fd) {
+	bool
+	WaitReadable(int fd) {
 		while (!stopping_.load()) {
 			pollfd descriptor = {fd, POLLIN, 0};
 			if (poll(&descriptor, 1, kPollMs) > 0) {
@@ -176,14 +186,16 @@ private:
 		return false;
 	}
 
-	void SleepMs(int milliseconds) {
+	void
+	SleepMs(int milliseconds) {
 		const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(milliseconds);
 		while (!stopping_.load() && std::chrono::steady_clock::now() < until) {
 			std::this_thread::sleep_for(std::chrono::milliseconds(5));
 		}
 	}
 
-	static bool SendAll(int fd, const std::string &data) {
+	static bool
+	SendAll(int fd, const std::string &data) {
 		size_t sent = 0;
 		while (sent < data.size()) {
 			const ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
@@ -195,7 +207,8 @@ private:
 		return true;
 	}
 
-	static std::string Lower(std::string text) {
+	static std::string
+	Lower(std::string text) {
 		for (auto &c : text) {
 			if (c >= 'A' && c <= 'Z') {
 				c = static_cast<char>(c - 'A' + 'a');
@@ -205,7 +218,8 @@ private:
 	}
 
 	// Parses one request from buffer (removing it); false when more bytes are needed.
-	static bool Parse(std::string &buffer, ReceivedRequest &request) {
+	static bool
+	Parse(std::string &buffer, ReceivedRequest &request) {
 		const size_t end = buffer.find("\r\n\r\n");
 		if (end == std::string::npos) {
 			return false;
@@ -220,8 +234,8 @@ private:
 		request.headers.clear();
 		while (line_end != std::string::npos && line_end < head.size()) {
 			const size_t next = head.find("\r\n", line_end + 2);
-			const std::string line = head.substr(line_end + 2, next == std::string::npos ? std::string::npos
-			                                                                           : next - line_end - 2);
+			const std::string line =
+				head.substr(line_end + 2, next == std::string::npos ? std::string::npos : next - line_end - 2);
 			const size_t colon = line.find(':');
 			if (colon != std::string::npos) {
 				std::string name = Lower(line.substr(0, colon));
@@ -244,7 +258,8 @@ private:
 		return true;
 	}
 
-	static const char *Reason(int status) {
+	static const char *
+	Reason(int status) {
 		switch (status) {
 		case 200:
 			return "OK";
@@ -271,7 +286,8 @@ private:
 		}
 	}
 
-	void Serve(int fd, int connection) {
+	void
+	Serve(int fd, int connection) {
 		std::string buffer;
 		char chunk[16384];
 		bool open = true;

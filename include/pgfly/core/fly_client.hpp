@@ -31,7 +31,7 @@ struct ClientConfig {
 	// Whole request, including waiting for a free connection. Wait requests instead get their own
 	// timeout_seconds * 1000 + 5000, since Fly holds them open that long on purpose.
 	long request_timeout_ms = 30000;
-	// Larger responses are aborted and reported as kMalformed.
+	// Larger responses are aborted and reported as kMalformed (0 falls back to the default).
 	size_t max_response_bytes = 1024 * 1024;
 	long max_host_connections = 16;
 	std::string user_agent = "pg_fly/0.1.0";

@@ -34,6 +34,10 @@ struct AppRecord {
 	std::string region;
 	fly::Guest guest;
 	std::string image;
+	// A machine creation whose answer was never recorded (the worker stopped while it was in flight), and how
+	// long ago it was sent: the machine may still appear.
+	std::string pending_create_operation;
+	double pending_create_age_seconds = 0;
 };
 
 struct Settings {
@@ -47,6 +51,9 @@ struct Settings {
 	// One wait call blocks at most this long; a provision waits at most wait_rounds calls for "started".
 	int wait_timeout_seconds = 60;
 	int wait_rounds = 5;
+	// How long a create-machine request that got no recorded answer may still take effect on Fly; until then
+	// the operation waits for its machine instead of creating another.
+	double create_settle_seconds = 30;
 };
 
 struct Target {
@@ -58,6 +65,8 @@ struct Target {
 	int64_t generation = 0;
 	// Distinguishes this run's machine creations (metadata), e.g. "<generation>-<attempt>".
 	std::string operation_id;
+	// The first app name candidate no other user's live app holds in the database.
+	int first_name_attempt = 0;
 };
 
 // A change to the live app row. Unset fields keep their value.
@@ -73,6 +82,8 @@ struct AppChange {
 	std::optional<std::string> image;
 	std::optional<std::string> tier;
 	std::optional<int64_t> secrets_version;
+	// The operation id of a create-machine request about to be sent; "" once its answer is recorded.
+	std::optional<std::string> pending_create;
 	bool provisioned = false; // sets provisioned_at and clears last_error
 	bool deleted = false;     // sets deleted_at
 };
@@ -100,6 +111,15 @@ struct Step {
 	std::optional<double> retry_after_seconds;
 };
 
+// Facts read from Fly's answers (missing or mistyped fields give empty values, never an exception).
+struct MachineFacts {
+	std::string id;
+	std::string state;
+	std::string image;
+	fly::Guest guest;
+	std::string region;
+};
+
 class Operation {
 public:
 	Operation(Target target, std::optional<AppRecord> app, Settings settings);
@@ -120,6 +140,7 @@ private:
 		kFindMachine,
 		kCreateMachine,
 		kFindCreatedMachine,
+		kDeleteExtraMachine,
 		kUpdateMachine,
 		kStartMachine,
 		kWaitStarted,
@@ -134,6 +155,8 @@ private:
 	Step AfterAppExists(Step step);
 	Step FindMachine(Step step);
 	Step UseMachine(Step step, const fly::Outcome &outcome);
+	Step CreateMachine(Step step);
+	Step AdoptMachine(Step step);
 	Step Wait(Step step);
 	Step StopNextOrDelete(Step step);
 	Step Fail(const fly::Outcome &outcome, const char *during);
@@ -150,16 +173,10 @@ private:
 	int wait_round_ = 0;
 	std::optional<int64_t> secrets_version_;
 	std::vector<std::string> machines_to_stop_;
+	std::vector<std::string> extra_machines_;
+	std::optional<MachineFacts> adopted_;
 };
 
-// Facts read from Fly's answers (missing or mistyped fields give empty values, never an exception).
-struct MachineFacts {
-	std::string id;
-	std::string state;
-	std::string image;
-	fly::Guest guest;
-	std::string region;
-};
 std::vector<MachineFacts> MachinesFromList(const fly::Outcome &outcome);
 MachineFacts MachineFromBody(const fly::Outcome &outcome);
 
