@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-/usr/bin/python3}"
 
 require_root() {
 	if [ "$(id -u)" -ne 0 ]; then
-		exec sudo --preserve-env=PG_MAJOR,PG_CONFIG,CI "$0" "$@"
+		exec sudo --preserve-env=PG_MAJOR,PG_CONFIG,CI,FLY_API_TOKEN,FLY_IMAGE,FLY_ORG_SLUG,FLY_API_URL,FLY_REGION "$0" "$@"
 	fi
 }
 

@@ -86,7 +86,7 @@ class Simulator:
 class Cluster:
     """A throwaway PostgreSQL with pg_fly preloaded, its worker pointed at `api_url`."""
 
-    def __init__(self, api_url, settings=None, database="pgfly"):
+    def __init__(self, api_url, settings=None, database="pgfly", token=TEST_TOKEN):
         self.workdir = tempfile.mkdtemp(prefix="pg_fly-pg.")
         os.chmod(self.workdir, 0o755)
         self.datadir = os.path.join(self.workdir, "data")
@@ -94,7 +94,7 @@ class Cluster:
         self.port = _free_port()
         self.token_file = os.path.join(self.workdir, "fly_token")
         with open(self.token_file, "w") as f:
-            f.write(TEST_TOKEN + "\n")
+            f.write(token + "\n")
         os.chmod(self.token_file, 0o600)
         if os.geteuid() == 0:
             postgres = pwd.getpwnam("postgres")
@@ -156,6 +156,14 @@ class Cluster:
         if check and result.returncode != 0:
             raise RuntimeError(f"psql failed: {result.stderr.strip()}\nSQL: {sql}")
         return result
+
+    def table(self, sql):
+        """The query's result as psql prints it for people."""
+        command = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-P", "footer=off",
+                   "-h", self.workdir, "-p", str(self.port), "-U", "postgres", "-d", self.database, "-c", sql]
+        result = subprocess.run(command, capture_output=True, text=True, check=True,
+                                user="postgres" if os.geteuid() == 0 else None)
+        return result.stdout.rstrip("\n")
 
     def sql(self, sql):
         """Rows of the last statement, as lists of strings (None for NULL is not distinguished from '')."""
