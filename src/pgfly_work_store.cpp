@@ -1,5 +1,6 @@
 #include "pgfly/pgfly_work_store.hpp"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "pgfly/core/app_naming.hpp"
@@ -134,14 +135,14 @@ ClaimDueItems(pg::SpiConnection &spi, int limit) {
 
 std::optional<double>
 SecondsUntilNextDue(pg::SpiConnection &spi) {
-	auto rows = spi.Query("SELECT GREATEST(0, EXTRACT(EPOCH FROM pg_catalog.min(COALESCE("
-	                      "CASE WHEN claimed_at IS NULL THEN run_after ELSE lease_until END, run_after)) "
-	                      "OPERATOR(pg_catalog.-) pg_catalog.now())) FROM fly.reconcile_queue",
+	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
+	auto rows = spi.Query("SELECT EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
+	                      "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
 	                      {}, true);
 	if (rows.empty() || !rows[0][0]) {
 		return std::nullopt;
 	}
-	return std::stod(*rows[0][0]);
+	return std::max(0.0, std::stod(*rows[0][0]));
 }
 
 int64_t

@@ -250,18 +250,31 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 		}
 		return CreateMachine(std::move(step));
 	}
+	// A machine cannot move between regions: machines elsewhere are replaced by a new one in the target region.
+	std::vector<MachineFacts> in_region;
+	extra_machines_.clear();
+	for (auto &machine : live) {
+		if (target_.region.empty() || machine.region.empty() || machine.region == target_.region) {
+			in_region.push_back(machine);
+		} else {
+			extra_machines_.push_back(machine.id);
+		}
+	}
+	if (in_region.empty()) {
+		adopted_.reset();
+		return AdoptMachine(std::move(step));
+	}
 	// Keep the machine the row records, else the first one Fly lists.
 	size_t keep = 0;
-	for (size_t i = 0; i < live.size(); i++) {
-		if (live[i].id == app_->machine_id) {
+	for (size_t i = 0; i < in_region.size(); i++) {
+		if (in_region[i].id == app_->machine_id) {
 			keep = i;
 		}
 	}
-	adopted_ = live[keep];
-	extra_machines_.clear();
-	for (size_t i = 0; i < live.size(); i++) {
+	adopted_ = in_region[keep];
+	for (size_t i = 0; i < in_region.size(); i++) {
 		if (i != keep) {
-			extra_machines_.push_back(live[i].id);
+			extra_machines_.push_back(in_region[i].id);
 		}
 	}
 	if (!app_->pending_create_operation.empty()) {
@@ -280,11 +293,20 @@ Operation::AdoptMachine(Step step) {
 		extra_machines_.pop_back();
 		Json details = Json::Object();
 		details.Set("machine_id", Json::String(id));
-		details.Set("kept_machine_id", Json::String(adopted_->id));
-		step.events.push_back(MakeEvent("duplicate_machine_destroyed", details));
+		if (adopted_) {
+			details.Set("kept_machine_id", Json::String(adopted_->id));
+			step.events.push_back(MakeEvent("duplicate_machine_destroyed", details));
+		} else {
+			details.Set("target_region", Json::String(target_.region));
+			step.events.push_back(MakeEvent("machine_replaced_for_region", details));
+		}
 		step.request = fly::DeleteMachineRequest(app_->name, id, true);
 		phase_ = Phase::kDeleteExtraMachine;
 		return step;
+	}
+	if (!adopted_) {
+		app_->machine_id.clear();
+		return CreateMachine(std::move(step));
 	}
 	const MachineFacts &chosen = *adopted_;
 	if (app_->machine_id != chosen.id) {
@@ -396,8 +418,9 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 	Step step;
 	switch (phase_) {
 	case Phase::kLookUpOrphan:
+		// Deleting needs proof of ownership: an answer without the organization is not ours to delete.
 		if (outcome.kind == OutcomeKind::kSuccess &&
-		    outcome.body.Get("organization").GetString("slug").value_or(settings_.org_slug) == settings_.org_slug) {
+		    outcome.body.Get("organization").GetString("slug") == std::optional<std::string>(settings_.org_slug)) {
 			AppChange change;
 			change.insert = true;
 			change.name = app_->name;

@@ -256,7 +256,51 @@ class CrashTest(ProvisioningTestCase):
         self.run_crashes("kill -9", self.provision_steps, self.deprovision_steps)
 
     def test_server_restart_at_each_step(self):
-        self.run_crashes("restart", ["create_machine", "wait_machine"], ["delete_app"])
+        self.run_crashes("restart", self.provision_steps, self.deprovision_steps)
+
+
+class WorkerLifecycleTest(ProvisioningTestCase):
+    def test_sigterm_with_a_request_in_flight_exits_within_a_second(self):
+        self.sim.configure(latency={"create_app": {"fixed_ms": 20000, "jitter_ms": 0}})
+        try:
+            self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
+            deadline = time.monotonic() + 10
+            while not any(r["endpoint"] == "create_app" and r["status"] is None
+                          for r in self.sim.requests()["requests"]):
+                self.assertLess(time.monotonic(), deadline, "create_app was never sent")
+                time.sleep(0.02)
+            pid = self.pg.value("SELECT pid FROM fly.worker_status()")
+            started = time.monotonic()
+            self.pg.sql(f"SELECT pg_terminate_backend({pid})")
+            self.assertTrue(self.pg.wait_for(f"SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {pid})",
+                                             timeout=5, interval=0.01))
+            self.assertLess(time.monotonic() - started, 1.0)
+        finally:
+            self.sim.configure(latency={"create_app": None})
+        # The restarted worker finishes the job.
+        self.settle()
+        self.assertEqual(list(self.live_apps_on_fly()), [app_name(USER)])
+
+    def test_idle_worker_sleeps(self):
+        self.settle()
+        before = int(self.pg.value("SELECT iterations FROM fly.worker_status()"))
+        time.sleep(3)
+        after = int(self.pg.value("SELECT iterations FROM fly.worker_status()"))
+        # Only the poll timer (fly.poll_interval = 2 s here) wakes an idle worker.
+        self.assertLessEqual(after - before, 3)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_fly worker' "
+                                       "AND state = 'idle'"), "1")
+
+    def test_reload_while_a_request_is_in_flight(self):
+        self.sim.configure(latency={"wait_machine": {"fixed_ms": 1500, "jitter_ms": 0}})
+        try:
+            self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
+            time.sleep(0.5)
+            self.pg.reload()
+            self.settle()
+        finally:
+            self.sim.configure(latency={"wait_machine": None})
+        self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{USER}'"), "active")
 
 
 class SecretsTest(ProvisioningTestCase):

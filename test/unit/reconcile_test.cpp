@@ -1,0 +1,1141 @@
+#include "pgfly/core/reconcile.hpp"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/json.hpp"
+
+namespace pgfly {
+namespace reconcile {
+namespace {
+
+using fly::Endpoint;
+using fly::OutcomeKind;
+using Query = std::vector<std::pair<std::string, std::string>>;
+
+const std::string kUser = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+const std::string kOrg = "acme";
+const std::string kPrefix = "vyx-user-";
+const std::string kImage = "registry.fly.io/vyx@sha256:0123abcd";
+const fly::Guest kGuest{"performance", 2, 4096};
+const fly::Guest kOtherGuest{"shared", 1, 256};
+
+std::string
+Candidate(int attempt) {
+	return AppNameCandidate(kPrefix, kUser, attempt).value();
+}
+
+Settings
+MakeSettings() {
+	Settings settings;
+	settings.org_slug = kOrg;
+	settings.app_name_prefix = kPrefix;
+	settings.image = kImage;
+	settings.env = {{"LOG_LEVEL", "debug"}, {"RUN_MODE", "operator-says-so"}, {"USER_ID", "not-this-one"}};
+	settings.wait_timeout_seconds = 45;
+	settings.wait_rounds = 3;
+	settings.create_settle_seconds = 30;
+	return settings;
+}
+
+Target
+MakeTarget(bool present = true) {
+	Target target;
+	target.user_id = kUser;
+	target.present = present;
+	if (present) {
+		target.tier = "pro";
+		target.guest = kGuest;
+		target.region = "ams";
+	}
+	target.generation = 7;
+	target.operation_id = "7-1";
+	return target;
+}
+
+// An existing live row for the user, with the app already named.
+AppRecord
+MakeRecord(const std::string &status = "active") {
+	AppRecord record;
+	record.id = 11;
+	record.name = Candidate(0);
+	record.name_attempt = 0;
+	record.status = status;
+	record.region = "ams";
+	record.guest = kGuest;
+	record.image = kImage;
+	return record;
+}
+
+// A fake Fly answer: kind, HTTP status and a JSON body (parsed as the client would).
+fly::Outcome
+Out(OutcomeKind kind, long http_status, const std::string &body = "", const std::string &fly_status = "",
+    const std::string &request_id = "") {
+	fly::Outcome outcome;
+	outcome.kind = kind;
+	outcome.http_status = http_status;
+	outcome.fly_status = fly_status;
+	outcome.request_id = request_id;
+	outcome.message = "test: HTTP " + std::to_string(http_status);
+	if (!body.empty()) {
+		JsonParseResult parsed = ParseJson(body);
+		EXPECT_TRUE(parsed.ok()) << parsed.error << " in " << body;
+		outcome.body = parsed.value;
+	}
+	return outcome;
+}
+
+fly::Outcome
+Ok(const std::string &body = "", long http_status = 200) {
+	return Out(OutcomeKind::kSuccess, http_status, body);
+}
+
+std::string
+GuestText(const fly::Guest &guest) {
+	return "{\"cpu_kind\":\"" + guest.cpu_kind + "\",\"cpus\":" + std::to_string(guest.cpus) +
+	       ",\"memory_mb\":" + std::to_string(guest.memory_mb) + "}";
+}
+
+std::string
+MachineText(const std::string &id, const std::string &state, const fly::Guest &guest = kGuest,
+            const std::string &image = kImage, const std::string &region = "ams") {
+	return "{\"id\":\"" + id + "\",\"name\":\"m-" + id + "\",\"state\":\"" + state + "\",\"region\":\"" + region +
+	       "\",\"instance_id\":\"01HV\",\"config\":{\"image\":\"" + image + "\",\"guest\":" + GuestText(guest) +
+	       ",\"metadata\":{\"pg_fly_user_id\":\"" + kUser + "\"}}}";
+}
+
+std::string
+ListText(const std::vector<std::string> &machines) {
+	std::string text = "[";
+	for (size_t i = 0; i < machines.size(); i++) {
+		text += (i ? "," : "") + machines[i];
+	}
+	return text + "]";
+}
+
+std::string
+AppText(const std::string &name, const std::string &org) {
+	return "{\"id\":\"app-" + name + "\",\"name\":\"" + name + "\",\"status\":\"deployed\",\"organization\":{\"name\":\"" +
+	       org + "\",\"slug\":\"" + org + "\"}}";
+}
+
+Json
+Body(const fly::Request &request) {
+	EXPECT_TRUE(request.body_json.has_value());
+	JsonParseResult parsed = ParseJson(request.body_json.value_or("null"));
+	EXPECT_TRUE(parsed.ok()) << parsed.error;
+	return parsed.value;
+}
+
+Json
+Details(const Event &event) {
+	JsonParseResult parsed = ParseJson(event.details_json);
+	EXPECT_TRUE(parsed.ok()) << parsed.error << " in " << event.details_json;
+	EXPECT_TRUE(parsed.value.IsObject()) << event.details_json;
+	return parsed.value;
+}
+
+std::vector<std::string>
+EventTypes(const Step &step) {
+	std::vector<std::string> types;
+	for (const auto &event : step.events) {
+		types.push_back(event.type);
+	}
+	return types;
+}
+
+using Types = std::vector<std::string>;
+
+// The request a continuing step sends; fails the test (and returns an empty request) when there is none.
+const fly::Request &
+Req(const Step &step) {
+	static const fly::Request kNone;
+	EXPECT_EQ(step.completion, Completion::kContinue);
+	EXPECT_TRUE(step.request.has_value()) << "step has no request";
+	return step.request ? *step.request : kNone;
+}
+
+void
+ExpectRequest(const Step &step, Endpoint endpoint, const std::string &method, const std::string &path,
+              const Query &query = {}) {
+	const fly::Request &request = Req(step);
+	EXPECT_EQ(fly::EndpointName(request.endpoint), std::string(fly::EndpointName(endpoint)));
+	EXPECT_EQ(request.method, method);
+	EXPECT_EQ(request.path, path);
+	EXPECT_EQ(request.query, query);
+}
+
+std::string
+AppPath(const std::string &name = Candidate(0)) {
+	return "/v1/apps/" + name;
+}
+
+Query
+UserFilter() {
+	return {{"metadata.pg_fly_user_id", kUser}};
+}
+
+Query
+WaitQuery() {
+	return {{"state", "started"}, {"timeout", "45"}};
+}
+
+void
+ExpectEnded(const Step &step, Completion completion) {
+	EXPECT_EQ(step.completion, completion);
+	EXPECT_FALSE(step.request.has_value());
+}
+
+void
+ExpectGuest(const Json &guest, const fly::Guest &expected) {
+	EXPECT_EQ(guest.GetString("cpu_kind"), expected.cpu_kind);
+	EXPECT_EQ(guest.GetInteger("cpus"), expected.cpus);
+	EXPECT_EQ(guest.GetInteger("memory_mb"), expected.memory_mb);
+}
+
+// A provision of a new user, driven until it sends list_machines (the app exists, no secrets).
+Step
+DriveToFindMachine(Operation &operation) {
+	Step step = operation.Start();
+	step = operation.OnOutcome(Ok("{\"id\":\"app-1\"}", 201));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	return step;
+}
+
+// ... until it sends create_machine.
+Step
+DriveToCreateMachine(Operation &operation) {
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok("[]"));
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+	return step;
+}
+
+// ... until it sends the first wait.
+Step
+DriveToWait(Operation &operation) {
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(Ok(MachineText("m1", "created")));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", WaitQuery());
+	return step;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Provision
+
+TEST(ReconcileProvision, NewUserRunsTheWholeSequence) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+
+	// 1. Row inserted with candidate 0, create_app sent.
+	Step step = operation.Start();
+	EXPECT_EQ(EventTypes(step), Types{"provision_requested"});
+	Json requested = Details(step.events[0]);
+	EXPECT_EQ(requested.GetString("app_name"), Candidate(0));
+	EXPECT_EQ(requested.GetString("tier"), "pro");
+	EXPECT_EQ(requested.GetString("region"), "ams");
+	EXPECT_EQ(requested.GetInteger("generation"), 7);
+	ExpectGuest(requested.Get("guest"), kGuest);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_TRUE(step.app->insert);
+	EXPECT_EQ(step.app->name, Candidate(0));
+	EXPECT_EQ(step.app->name_attempt, 0);
+	EXPECT_EQ(step.app->status, "provisioning");
+	EXPECT_EQ(step.app->tier, "pro");
+	EXPECT_EQ(step.app->region, "ams");
+	ASSERT_TRUE(step.app->guest.has_value());
+	EXPECT_EQ(step.app->guest->memory_mb, 4096);
+	EXPECT_EQ(step.app->image, kImage);
+	EXPECT_FALSE(step.app->provisioned);
+	EXPECT_FALSE(step.app->deleted);
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	Json create_app = Body(Req(step));
+	EXPECT_EQ(create_app.GetString("name"), Candidate(0));
+	EXPECT_EQ(create_app.GetString("app_name"), Candidate(0));
+	EXPECT_EQ(create_app.GetString("org_slug"), kOrg);
+
+	// 2. 201 → app_created, list this user's machines.
+	step = operation.OnOutcome(Ok("{\"id\":\"app-1\",\"created_at\":1700000000}", 201));
+	EXPECT_EQ(EventTypes(step), Types{"app_created"});
+	EXPECT_EQ(Details(step.events[0]).GetString("app_name"), Candidate(0));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_FALSE(step.app->insert);
+	EXPECT_EQ(step.app->fly_app_id, "app-1");
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+
+	// 3. None → create, with pending_create recorded in the same step.
+	step = operation.OnOutcome(Ok("[]"));
+	EXPECT_TRUE(step.events.empty());
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->pending_create, "7-1");
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+	Json create = Body(Req(step));
+	EXPECT_EQ(create.GetString("region"), "ams");
+	EXPECT_FALSE(create.Get("min_secrets_version").HasValue());
+	Json config = create.Get("config");
+	EXPECT_EQ(config.GetString("image"), kImage);
+	ExpectGuest(config.Get("guest"), kGuest);
+	EXPECT_EQ(config.Get("env").GetString("RUN_MODE"), "user_dedicated");
+	EXPECT_EQ(config.Get("env").GetString("USER_ID"), kUser);
+	EXPECT_EQ(config.Get("env").GetString("LOG_LEVEL"), "debug");
+	EXPECT_EQ(config.Get("metadata").GetString(kUserMetadataKey), kUser);
+	EXPECT_EQ(config.Get("metadata").GetString(kOperationMetadataKey), "7-1");
+	EXPECT_EQ(config.Get("restart").GetString("policy"), "always");
+
+	// 4. Created → record the machine, clear pending, wait for started.
+	step = operation.OnOutcome(Ok(MachineText("m1", "created")));
+	EXPECT_EQ(EventTypes(step), Types{"machine_created"});
+	Json created = Details(step.events[0]);
+	EXPECT_EQ(created.GetString("machine_id"), "m1");
+	EXPECT_EQ(created.GetString("operation_id"), "7-1");
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->machine_id, "m1");
+	EXPECT_EQ(step.app->pending_create, "");
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", WaitQuery());
+
+	// 5. Fly's wait times out (408) → wait again, up to wait_rounds (3) calls in all.
+	for (int i = 0; i < 2; i++) {
+		step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408, "{\"error\":\"deadline exceeded\"}"));
+		EXPECT_TRUE(step.events.empty());
+		EXPECT_FALSE(step.app.has_value());
+		ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", WaitQuery());
+	}
+
+	// 6. Started → active.
+	step = operation.OnOutcome(Ok("{\"ok\":true,\"state\":\"started\"}"));
+	ExpectEnded(step, Completion::kDone);
+	EXPECT_EQ(EventTypes(step), Types{"provision_completed"});
+	Json completed = Details(step.events[0]);
+	EXPECT_EQ(completed.GetString("app_name"), Candidate(0));
+	EXPECT_EQ(completed.GetString("machine_id"), "m1");
+	EXPECT_EQ(completed.GetString("image"), kImage);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->status, "active");
+	EXPECT_TRUE(step.app->provisioned);
+	EXPECT_EQ(step.app->machine_id, "m1");
+	EXPECT_EQ(step.app->tier, "pro");
+	EXPECT_TRUE(step.error.empty());
+}
+
+TEST(ReconcileProvision, WaitGivesUpAfterWaitRoundsTimeouts) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToWait(operation); // first wait call
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", WaitQuery());
+	step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", WaitQuery());
+	step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408));
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "wait_machine");
+}
+
+TEST(ReconcileProvision, WaitClampsTheTimeoutToFlysLimit) {
+	Settings settings = MakeSettings();
+	settings.wait_timeout_seconds = 300;
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(Ok(MachineText("m1", "created")));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait",
+	              {{"state", "started"}, {"timeout", "60"}});
+}
+
+TEST(ReconcileProvision, MachineVanishingDuringWaitIsFoundOrCreatedAgain) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToWait(operation);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->machine_id, "");
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	// The earlier create's answer was recorded, so nothing is pending: create straight away.
+	step = operation.OnOutcome(Ok("[]"));
+	EXPECT_EQ(step.app->pending_create, "7-1");
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+}
+
+TEST(ReconcileProvision, ExistingRowIsNotInsertedAgain) {
+	AppRecord record = MakeRecord("failed");
+	record.name = Candidate(1);
+	record.name_attempt = 1;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	Step step = operation.Start();
+	EXPECT_EQ(EventTypes(step), Types{"provision_requested"});
+	Json details = Details(step.events[0]);
+	EXPECT_EQ(details.GetString("previous_status"), "failed");
+	EXPECT_EQ(details.GetString("app_name"), Candidate(1));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_FALSE(step.app->insert);
+	EXPECT_FALSE(step.app->name.has_value());
+	EXPECT_EQ(step.app->status, "provisioning");
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	EXPECT_EQ(Body(Req(step)).GetString("name"), Candidate(1));
+}
+
+TEST(ReconcileProvision, FirstNameAttemptChoosesTheStartingCandidate) {
+	Target target = MakeTarget();
+	target.first_name_attempt = 2;
+	Operation operation(target, std::nullopt, MakeSettings());
+	Step step = operation.Start();
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_TRUE(step.app->insert);
+	EXPECT_EQ(step.app->name, Candidate(2));
+	EXPECT_EQ(step.app->name_attempt, 2);
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	Json body = Body(Req(step));
+	EXPECT_EQ(body.GetString("name"), Candidate(2));
+	EXPECT_EQ(body.GetString("app_name"), Candidate(2));
+	step = operation.OnOutcome(Ok("{\"id\":\"app-2\"}", 201));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath(Candidate(2)) + "/machines", UserFilter());
+}
+
+TEST(ReconcileProvision, EmptyImageFailsWithoutAnyRequest) {
+	Settings settings = MakeSettings();
+	settings.image.clear();
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	Step step = operation.Start();
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_FALSE(step.app.has_value());
+	EXPECT_FALSE(step.error.empty());
+	// The operation is over: a stray answer fails rather than continuing.
+	step = operation.OnOutcome(Ok("{}"));
+	ExpectEnded(step, Completion::kFailed);
+}
+
+TEST(ReconcileProvision, ExhaustedNameCandidatesFailWithoutAnyRequest) {
+	Settings settings = MakeSettings();
+	settings.app_name_prefix = std::string(40, 'a');
+	Target target = MakeTarget();
+	target.first_name_attempt = 4; // beyond 62 characters for this prefix
+	Operation operation(target, std::nullopt, settings);
+	Step step = operation.Start();
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_FALSE(step.app.has_value());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Secrets
+
+TEST(ReconcileSecrets, SecretsAreSetBeforeTheMachineAndItsVersionIsRequired) {
+	Settings settings = MakeSettings();
+	settings.secrets = {{"DB_PASSWORD", "hunter2-very-secret"}, {"API_KEY", "sk-live-XYZZY"}};
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	std::vector<Step> steps;
+	steps.push_back(operation.Start());
+	steps.push_back(operation.OnOutcome(Ok("{\"id\":\"app-1\"}", 201)));
+	const Step &after_create = steps.back();
+	EXPECT_EQ(EventTypes(after_create), Types{"app_created"});
+	ExpectRequest(after_create, Endpoint::kSetSecrets, "POST", AppPath() + "/secrets");
+	Json values = Body(Req(after_create)).Get("values");
+	EXPECT_EQ(values.Size(), 2u);
+	EXPECT_EQ(values.GetString("DB_PASSWORD"), "hunter2-very-secret");
+	EXPECT_EQ(values.GetString("API_KEY"), "sk-live-XYZZY");
+
+	steps.push_back(operation.OnOutcome(
+	    Ok("{\"secrets\":[{\"name\":\"API_KEY\",\"digest\":\"d1\"},{\"name\":\"DB_PASSWORD\",\"digest\":\"d2\"}],"
+	       "\"version\":4,\"Version\":4}")));
+	const Step &after_secrets = steps.back();
+	ASSERT_TRUE(after_secrets.app.has_value());
+	EXPECT_EQ(after_secrets.app->secrets_version, 4);
+	EXPECT_EQ(EventTypes(after_secrets), Types{"secrets_set"});
+	Json set = Details(after_secrets.events[0]);
+	ASSERT_EQ(set.Get("names").Size(), 2u);
+	EXPECT_EQ(set.Get("names").At(0).AsString(), "API_KEY");
+	EXPECT_EQ(set.Get("names").At(1).AsString(), "DB_PASSWORD");
+	EXPECT_EQ(set.GetInteger("version"), 4);
+	ExpectRequest(after_secrets, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+
+	steps.push_back(operation.OnOutcome(Ok("[]")));
+	ExpectRequest(steps.back(), Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+	Json create = Body(Req(steps.back()));
+	EXPECT_EQ(create.GetInteger("min_secrets_version"), 4);
+	// Secrets are app secrets, not machine env.
+	EXPECT_FALSE(create.Get("config").Get("env").Get("DB_PASSWORD").HasValue());
+
+	steps.push_back(operation.OnOutcome(Ok(MachineText("m1", "created"))));
+	steps.push_back(operation.OnOutcome(Ok("{\"ok\":true}")));
+	EXPECT_EQ(steps.back().completion, Completion::kDone);
+
+	// No event of the whole run carries a secret value.
+	for (const auto &each : steps) {
+		for (const auto &event : each.events) {
+			EXPECT_EQ(event.details_json.find("hunter2"), std::string::npos) << event.type;
+			EXPECT_EQ(event.details_json.find("XYZZY"), std::string::npos) << event.type;
+		}
+		EXPECT_EQ(each.error.find("hunter2"), std::string::npos);
+	}
+}
+
+TEST(ReconcileSecrets, DeprecatedVersionFieldIsRead) {
+	Settings settings = MakeSettings();
+	settings.secrets = {{"K", "v"}};
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	Step step = operation.OnOutcome(Ok("{\"secrets\":[],\"Version\":9}"));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->secrets_version, 9);
+}
+
+TEST(ReconcileSecrets, FailureToSetSecretsDoesNotLeakValues) {
+	Settings settings = MakeSettings();
+	settings.secrets = {{"DB_PASSWORD", "hunter2-very-secret"}};
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 500, "", "", "req-9"));
+	ExpectEnded(step, Completion::kRetry);
+	ASSERT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "set_secrets");
+	EXPECT_EQ(step.events[0].details_json.find("hunter2"), std::string::npos);
+}
+
+TEST(ReconcileSecrets, MachineUpdateAlsoCarriesMinSecretsVersion) {
+	Settings settings = MakeSettings();
+	settings.secrets = {{"K", "v"}};
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	operation.OnOutcome(Ok("{\"version\":12}"));
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m1", "started", kOtherGuest)})));
+	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m1");
+	EXPECT_EQ(Body(Req(step)).GetInteger("min_secrets_version"), 12);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// App names
+
+TEST(ReconcileAppName, TakenByOurOrgIsReused) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	EXPECT_TRUE(step.events.empty());
+	EXPECT_FALSE(step.app.has_value());
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	EXPECT_FALSE(Req(step).body_json.has_value());
+
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	EXPECT_EQ(EventTypes(step), Types{"app_reused"});
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->fly_app_id, "app-" + Candidate(0));
+	EXPECT_FALSE(step.app->name.has_value());
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+}
+
+TEST(ReconcileAppName, TakenByAnotherOrgMovesToTheNextCandidate) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kForbidden, 403, "{\"error\":\"unauthorized\"}"));
+	EXPECT_EQ(EventTypes(step), Types{"app_name_taken"});
+	Json details = Details(step.events[0]);
+	EXPECT_EQ(details.GetString("taken_name"), Candidate(0));
+	EXPECT_EQ(details.GetString("next_name"), Candidate(1));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_FALSE(step.app->insert);
+	EXPECT_EQ(step.app->name, Candidate(1));
+	EXPECT_EQ(step.app->name_attempt, 1);
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	Json body = Body(Req(step));
+	EXPECT_EQ(body.GetString("name"), Candidate(1));
+	EXPECT_EQ(body.GetString("app_name"), Candidate(1));
+	EXPECT_EQ(body.GetString("org_slug"), kOrg);
+
+	// The next candidate is ours from then on.
+	step = operation.OnOutcome(Ok("{\"id\":\"app-x\"}", 201));
+	EXPECT_EQ(EventTypes(step), Types{"app_created"});
+	EXPECT_EQ(Details(step.events[0]).GetString("app_name"), Candidate(1));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath(Candidate(1)) + "/machines", UserFilter());
+}
+
+TEST(ReconcileAppName, ReadableAppOfAnotherOrgIsNotReused) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	Step step = operation.OnOutcome(Ok(AppText(Candidate(0), "someone-else")));
+	EXPECT_EQ(EventTypes(step), Types{"app_name_taken"});
+	EXPECT_EQ(step.app->name, Candidate(1));
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+}
+
+TEST(ReconcileAppName, TakenThenGoneIsRetried) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404, "{\"error\":\"Could not find App\"}"));
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "get_app");
+	EXPECT_EQ(Details(step.events[0]).GetInteger("http_status"), 404);
+	EXPECT_FALSE(step.app.has_value());
+}
+
+TEST(ReconcileAppName, LastCandidateTakenFails) {
+	Settings settings = MakeSettings();
+	settings.app_name_prefix = std::string(40, 'a');
+	Target target = MakeTarget();
+	target.first_name_attempt = 3; // the last candidate that fits 62 characters
+	Operation operation(target, std::nullopt, settings);
+	Step step = operation.Start();
+	ASSERT_EQ(step.completion, Completion::kContinue);
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	step = operation.OnOutcome(Out(OutcomeKind::kForbidden, 403));
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_EQ(EventTypes(step), Types{"provision_failed"});
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Finding and adopting machines
+
+TEST(ReconcileMachine, LiveMachineWithAnotherGuestIsUpdated) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "started", kOtherGuest)})));
+	EXPECT_EQ(EventTypes(step), (Types{"machine_reused", "machine_update_requested"}));
+	Json update = Details(step.events[1]);
+	EXPECT_EQ(update.GetString("machine_id"), "m7");
+	ExpectGuest(update.Get("from_guest"), kOtherGuest);
+	ExpectGuest(update.Get("to_guest"), kGuest);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->machine_id, "m7");
+	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m7");
+	Json body = Body(Req(step));
+	EXPECT_FALSE(body.Get("region").HasValue()); // immutable
+	Json config = body.Get("config");
+	EXPECT_EQ(config.GetString("image"), kImage);
+	ExpectGuest(config.Get("guest"), kGuest);
+	EXPECT_EQ(config.Get("env").GetString("RUN_MODE"), "user_dedicated");
+	EXPECT_EQ(config.Get("metadata").GetString(kUserMetadataKey), kUser);
+
+	step = operation.OnOutcome(Ok(MachineText("m7", "started")));
+	EXPECT_EQ(EventTypes(step), Types{"machine_updated"});
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->guest->cpu_kind, "performance");
+	EXPECT_EQ(step.app->image, kImage);
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	ExpectEnded(step, Completion::kDone);
+	EXPECT_EQ(step.app->machine_id, "m7");
+}
+
+TEST(ReconcileMachine, LiveMachineWithAnotherImageIsUpdated) {
+	AppRecord record = MakeRecord();
+	record.machine_id = "m7";
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "stopped", kGuest, "old-image:1")})));
+	// The row already records m7: no machine_reused.
+	EXPECT_EQ(EventTypes(step), Types{"machine_update_requested"});
+	EXPECT_EQ(Details(step.events[0]).GetString("from_image"), "old-image:1");
+	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m7");
+}
+
+TEST(ReconcileMachine, StoppedMachineIsStartedThenAwaited) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "stopped")})));
+	EXPECT_EQ(EventTypes(step), Types{"machine_reused"});
+	EXPECT_EQ(Details(step.events[0]).GetString("state"), "stopped");
+	ExpectRequest(step, Endpoint::kStartMachine, "POST", AppPath() + "/machines/m7/start");
+	EXPECT_FALSE(Req(step).body_json.has_value());
+	step = operation.OnOutcome(Ok("{\"previous_state\":\"stopped\",\"migrated\":false,\"new_host\":\"\"}"));
+	EXPECT_TRUE(step.events.empty());
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
+}
+
+TEST(ReconcileMachine, SuspendedAndFailedMachinesAreStartedToo) {
+	for (const char *state : {"suspended", "failed"}) {
+		Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+		DriveToFindMachine(operation);
+		Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", state)})));
+		ExpectRequest(step, Endpoint::kStartMachine, "POST", AppPath() + "/machines/m7/start");
+	}
+}
+
+TEST(ReconcileMachine, MatchingRecordedMachineIsAwaitedDirectly) {
+	AppRecord record = MakeRecord();
+	record.machine_id = "m7";
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "started")})));
+	EXPECT_TRUE(step.events.empty());
+	EXPECT_FALSE(step.app.has_value());
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
+}
+
+TEST(ReconcileMachine, DuplicateIsDestroyedKeepingTheRecordedMachine) {
+	AppRecord record = MakeRecord();
+	record.machine_id = "m2";
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	// m1 is listed first, but the row records m2; m3 is already destroyed and left alone.
+	Step step = operation.OnOutcome(Ok(ListText(
+	    {MachineText("m1", "started"), MachineText("m2", "started"), MachineText("m3", "destroyed")})));
+	EXPECT_EQ(EventTypes(step), Types{"duplicate_machine_destroyed"});
+	Json details = Details(step.events[0]);
+	EXPECT_EQ(details.GetString("machine_id"), "m1");
+	EXPECT_EQ(details.GetString("kept_machine_id"), "m2");
+	ExpectRequest(step, Endpoint::kDeleteMachine, "DELETE", AppPath() + "/machines/m1", {{"force", "true"}});
+
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	EXPECT_TRUE(step.events.empty()); // m2 is the recorded machine: not "reused"
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m2/wait", WaitQuery());
+}
+
+TEST(ReconcileMachine, EveryDuplicateIsDestroyedAndAlreadyGoneCounts) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText(
+	    {MachineText("m1", "stopped"), MachineText("m2", "started"), MachineText("m3", "starting")})));
+	// Without a recorded machine, the first listed is kept.
+	EXPECT_EQ(EventTypes(step), Types{"duplicate_machine_destroyed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("kept_machine_id"), "m1");
+	const std::string first = Details(step.events[0]).GetString("machine_id").value_or("");
+	ExpectRequest(step, Endpoint::kDeleteMachine, "DELETE", AppPath() + "/machines/" + first, {{"force", "true"}});
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	EXPECT_EQ(EventTypes(step), Types{"duplicate_machine_destroyed"});
+	const std::string second = Details(step.events[0]).GetString("machine_id").value_or("");
+	EXPECT_NE(first, second);
+	EXPECT_TRUE((first == "m2" && second == "m3") || (first == "m3" && second == "m2")) << first << " " << second;
+	ExpectRequest(step, Endpoint::kDeleteMachine, "DELETE", AppPath() + "/machines/" + second, {{"force", "true"}});
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	EXPECT_EQ(EventTypes(step), Types{"machine_reused"});
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->machine_id, "m1");
+	ExpectRequest(step, Endpoint::kStartMachine, "POST", AppPath() + "/machines/m1/start");
+}
+
+TEST(ReconcileMachine, DuplicateDeleteFailureIsRetried) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	operation.OnOutcome(Ok(ListText({MachineText("m1", "started"), MachineText("m2", "started")})));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 503));
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "delete_machine");
+}
+
+TEST(ReconcileMachine, OnlyDestroyedMachinesMeansCreate) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(
+	    Ok(ListText({MachineText("m1", "destroyed"), MachineText("m2", "destroying"), "{\"state\":\"started\"}"})));
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Ambiguous and pending creations
+
+TEST(ReconcileCreate, AmbiguousCreateFindsAndAdoptsTheMachine) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408, "", "", "req-408"));
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	Json failed = Details(step.events[0]);
+	EXPECT_EQ(failed.GetString("step"), "create_machine");
+	EXPECT_EQ(failed.GetInteger("http_status"), 408);
+	EXPECT_EQ(failed.GetString("fly_request_id"), "req-408");
+	EXPECT_FALSE(step.app.has_value()); // pending_create stays recorded
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+
+	step = operation.OnOutcome(Ok(ListText({MachineText("m9", "created")})));
+	EXPECT_EQ(EventTypes(step), Types{"machine_reused"});
+	EXPECT_EQ(Details(step.events[0]).GetString("machine_id"), "m9");
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->machine_id, "m9");
+	EXPECT_EQ(step.app->pending_create, "");
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m9/wait", WaitQuery());
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	ExpectEnded(step, Completion::kDone);
+}
+
+TEST(ReconcileCreate, AmbiguousCreateWithNothingFoundIsRetried) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToCreateMachine(operation);
+	operation.OnOutcome(Out(OutcomeKind::kTransient, 503));
+	Step step = operation.OnOutcome(Ok("[]"));
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "create_machine");
+	EXPECT_FALSE(step.app.has_value()); // pending_create is kept so the next run waits for it
+	EXPECT_FALSE(step.error.empty());
+}
+
+TEST(ReconcileCreate, MalformedCreateAnswerIsAlsoAmbiguous) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kMalformed, 200));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+}
+
+TEST(ReconcileCreate, CreateAnswerWithoutIdIsRetried) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(Ok("{\"state\":\"created\"}"));
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+}
+
+TEST(ReconcileCreate, YoungPendingCreateWaitsInsteadOfCreating) {
+	AppRecord record = MakeRecord("provisioning");
+	record.pending_create_operation = "7-0";
+	record.pending_create_age_seconds = 12;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	Step step = operation.OnOutcome(Ok("[]"));
+	ExpectEnded(step, Completion::kRetry);
+	ASSERT_TRUE(step.retry_after_seconds.has_value());
+	EXPECT_NEAR(*step.retry_after_seconds, 18.0, 0.001);
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	EXPECT_FALSE(step.app.has_value());
+}
+
+TEST(ReconcileCreate, OldPendingCreateIsReplacedByANewOne) {
+	AppRecord record = MakeRecord("provisioning");
+	record.pending_create_operation = "7-0";
+	record.pending_create_age_seconds = 45;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	Step step = operation.OnOutcome(Ok("[]"));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->pending_create, "7-1");
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+	EXPECT_EQ(Body(Req(step)).Get("config").Get("metadata").GetString(kOperationMetadataKey), "7-1");
+}
+
+TEST(ReconcileCreate, PendingCreateThatLandedIsAdoptedAndCleared) {
+	AppRecord record = MakeRecord("provisioning");
+	record.pending_create_operation = "7-0";
+	record.pending_create_age_seconds = 3;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m4", "started")})));
+	EXPECT_EQ(EventTypes(step), Types{"machine_reused"});
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->pending_create, "");
+	EXPECT_EQ(step.app->machine_id, "m4");
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m4/wait", WaitQuery());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Failures
+
+// Drives a fresh provision (with secrets, so every step is reachable) to the request of `endpoint`.
+Operation
+ProvisionAt(Endpoint endpoint) {
+	Settings settings = MakeSettings();
+	settings.secrets = {{"K", "v"}};
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	std::vector<std::function<fly::Outcome()>> answers = {
+	    [] { return Ok("{}", 201); },                                               // create_app
+	    [] { return Ok("{\"version\":2}"); },                                       // set_secrets
+	    [] { return Ok(ListText({MachineText("m1", "stopped", kOtherGuest)})); }, // list → update
+	    [] { return Ok(MachineText("m1", "stopped")); },                            // update → wait
+	};
+	Step step = operation.Start();
+	for (const auto &answer : answers) {
+		if (step.request && step.request->endpoint == endpoint) {
+			return operation;
+		}
+		step = operation.OnOutcome(answer());
+	}
+	EXPECT_TRUE(step.request && step.request->endpoint == endpoint) << fly::EndpointName(endpoint);
+	return operation;
+}
+
+TEST(ReconcileFailure, TransientFailureAtAnyStepIsRetriedWithDetails) {
+	for (Endpoint endpoint : {Endpoint::kCreateApp, Endpoint::kSetSecrets, Endpoint::kListMachines,
+	                          Endpoint::kUpdateMachine, Endpoint::kWaitMachine}) {
+		SCOPED_TRACE(fly::EndpointName(endpoint));
+		Operation operation = ProvisionAt(endpoint);
+		fly::Outcome outcome = Out(OutcomeKind::kTransient, 503, "", "service_unavailable", "01REQ");
+		outcome.fly_error = "try later";
+		outcome.retry_after_seconds = 7;
+		Step step = operation.OnOutcome(outcome);
+		ExpectEnded(step, Completion::kRetry);
+		EXPECT_FALSE(step.app.has_value());
+		EXPECT_EQ(step.error, outcome.message);
+		EXPECT_EQ(step.retry_after_seconds, 7.0);
+		ASSERT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+		Json details = Details(step.events[0]);
+		EXPECT_EQ(details.GetString("step"), std::string(fly::EndpointName(endpoint)));
+		EXPECT_EQ(details.GetInteger("http_status"), 503);
+		EXPECT_EQ(details.GetString("fly_status"), "service_unavailable");
+		EXPECT_EQ(details.GetString("fly_error"), "try later");
+		EXPECT_EQ(details.GetString("fly_request_id"), "01REQ");
+		// Finished: a late answer is refused.
+		EXPECT_EQ(operation.OnOutcome(Ok("{}")).completion, Completion::kFailed);
+	}
+}
+
+TEST(ReconcileFailure, TransientFailureOnStartIsRetried) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	operation.OnOutcome(Ok(ListText({MachineText("m1", "stopped")})));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 429));
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "start_machine");
+}
+
+TEST(ReconcileFailure, PermanentFailureFailsTheOperation) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	fly::Outcome outcome =
+	    Out(OutcomeKind::kPermanent, 422, "", "invalid_name", "01VAL");
+	outcome.fly_error = "Name must only contain lowercase letters";
+	Step step = operation.OnOutcome(outcome);
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_FALSE(step.app.has_value());
+	EXPECT_FALSE(step.error.empty());
+	ASSERT_EQ(EventTypes(step), Types{"provision_failed"});
+	Json details = Details(step.events[0]);
+	EXPECT_EQ(details.GetString("step"), "create_app");
+	EXPECT_EQ(details.GetInteger("http_status"), 422);
+	EXPECT_EQ(details.GetString("fly_status"), "invalid_name");
+	EXPECT_EQ(details.GetString("fly_request_id"), "01VAL");
+}
+
+TEST(ReconcileFailure, PermanentCreateMachineFailureFails) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 422, "", "insufficient_capacity"));
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_EQ(EventTypes(step), Types{"provision_failed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "create_machine");
+}
+
+TEST(ReconcileFailure, UnauthorizedWaitFails) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToWait(operation);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 401));
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_EQ(EventTypes(step), Types{"provision_failed"});
+}
+
+TEST(ReconcileFailure, OutcomeAfterTheOperationFinishedFails) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToWait(operation);
+	Step step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	ASSERT_EQ(step.completion, Completion::kDone);
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_FALSE(step.app.has_value());
+	EXPECT_EQ(EventTypes(step), Types{"provision_failed"});
+	// And again: still no crash.
+	EXPECT_EQ(operation.OnOutcome(Out(OutcomeKind::kTransient, 0)).completion, Completion::kFailed);
+}
+
+TEST(ReconcileFailure, OutcomeBeforeStartFails) {
+	Operation operation(MakeTarget(false), std::nullopt, MakeSettings());
+	Step step = operation.OnOutcome(Ok("[]"));
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_failed"});
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Deprovision
+
+TEST(ReconcileDeprovision, LiveRowStopsMachinesThenDeletesTheApp) {
+	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	Step step = operation.Start();
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_requested"});
+	Json requested = Details(step.events[0]);
+	EXPECT_EQ(requested.GetString("app_name"), Candidate(0));
+	EXPECT_EQ(requested.GetString("previous_status"), "active");
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_FALSE(step.app->insert);
+	EXPECT_EQ(step.app->status, "deprovisioning");
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines"); // no metadata filter
+
+	step = operation.OnOutcome(Ok(ListText({MachineText("m1", "started"), MachineText("m2", "stopped"),
+	                                        MachineText("m3", "started"), MachineText("m4", "destroyed")})));
+	EXPECT_TRUE(step.events.empty());
+	EXPECT_FALSE(step.app.has_value());
+	ExpectRequest(step, Endpoint::kStopMachine, "POST", AppPath() + "/machines/m3/stop");
+	EXPECT_FALSE(Req(step).body_json.has_value());
+	std::vector<std::string> stopped = {"m3"};
+
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	EXPECT_TRUE(step.events.empty());
+	ExpectRequest(step, Endpoint::kStopMachine, "POST", AppPath() + "/machines/m1/stop");
+
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404)); // gone already counts as stopped
+	EXPECT_EQ(EventTypes(step), Types{"machines_stopped"});
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+
+	step = operation.OnOutcome(Ok("", 202));
+	ExpectEnded(step, Completion::kDone);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_completed"});
+	EXPECT_EQ(Details(step.events[0]).GetBool("already_gone"), false);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->status, "deleted");
+	EXPECT_TRUE(step.app->deleted);
+}
+
+TEST(ReconcileDeprovision, NotFoundOnListOrDeleteCountsAsDone) {
+	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	EXPECT_TRUE(step.events.empty());
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ExpectEnded(step, Completion::kDone);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_completed"});
+	EXPECT_EQ(Details(step.events[0]).GetBool("already_gone"), true);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->status, "deleted");
+	EXPECT_TRUE(step.app->deleted);
+}
+
+TEST(ReconcileDeprovision, NoRunningMachinesGoesStraightToDelete) {
+	Operation operation(MakeTarget(false), MakeRecord("failed"), MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m1", "stopped")})));
+	EXPECT_TRUE(step.events.empty());
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+}
+
+TEST(ReconcileDeprovision, TransientFailuresAreRetriedAsDeprovisionAttempts) {
+	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok(ListText({MachineText("m1", "started")})));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 502, "", "", "rq"));
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_attempt_failed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "stop_machine");
+	EXPECT_EQ(Details(step.events[0]).GetString("fly_request_id"), "rq");
+}
+
+TEST(ReconcileDeprovision, PermanentDeleteFailureFails) {
+	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok("[]"));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 401));
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_failed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "delete_app");
+}
+
+TEST(ReconcileDeprovision, WithoutRowNothingOnFlyIsDone) {
+	Operation operation(MakeTarget(false), std::nullopt, MakeSettings());
+	Step step = operation.Start();
+	EXPECT_TRUE(step.events.empty());
+	EXPECT_FALSE(step.app.has_value());
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ExpectEnded(step, Completion::kDone);
+	EXPECT_TRUE(step.events.empty());
+	EXPECT_FALSE(step.app.has_value());
+}
+
+TEST(ReconcileDeprovision, WithoutRowAnotherOrgsAppIsLeftAlone) {
+	{
+		Operation operation(MakeTarget(false), std::nullopt, MakeSettings());
+		operation.Start();
+		Step step = operation.OnOutcome(Out(OutcomeKind::kForbidden, 403));
+		ExpectEnded(step, Completion::kDone);
+		EXPECT_TRUE(step.events.empty());
+		EXPECT_FALSE(step.app.has_value());
+	}
+	{
+		Operation operation(MakeTarget(false), std::nullopt, MakeSettings());
+		operation.Start();
+		Step step = operation.OnOutcome(Ok(AppText(Candidate(0), "someone-else")));
+		ExpectEnded(step, Completion::kDone);
+		EXPECT_TRUE(step.events.empty());
+		EXPECT_FALSE(step.app.has_value());
+	}
+}
+
+TEST(ReconcileDeprovision, WithoutRowOurOrphanIsRecordedAndDeleted) {
+	Operation operation(MakeTarget(false), std::nullopt, MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_requested"});
+	EXPECT_EQ(Details(step.events[0]).GetString("app_name"), Candidate(0));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_TRUE(step.app->insert);
+	EXPECT_EQ(step.app->name, Candidate(0));
+	EXPECT_EQ(step.app->name_attempt, 0);
+	EXPECT_EQ(step.app->status, "deprovisioning");
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines");
+	step = operation.OnOutcome(Ok(ListText({MachineText("m1", "started")})));
+	ExpectRequest(step, Endpoint::kStopMachine, "POST", AppPath() + "/machines/m1/stop");
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	EXPECT_EQ(EventTypes(step), Types{"machines_stopped"});
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+	step = operation.OnOutcome(Ok("", 202));
+	ExpectEnded(step, Completion::kDone);
+	EXPECT_TRUE(step.app->deleted);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_completed"});
+}
+
+TEST(ReconcileDeprovision, WithoutRowTransientLookupIsRetried) {
+	Operation operation(MakeTarget(false), std::nullopt, MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 500));
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_attempt_failed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "get_app");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading Fly's answers
+
+TEST(ReconcileMachinesFromList, ReadsFactsAndSkipsEntriesWithoutId) {
+	fly::Outcome outcome =
+	    Ok(ListText({MachineText("m1", "started", kOtherGuest, "img:2", "fra"), "{\"state\":\"started\"}", "17"}));
+	std::vector<MachineFacts> machines = MachinesFromList(outcome);
+	ASSERT_EQ(machines.size(), 1u);
+	EXPECT_EQ(machines[0].id, "m1");
+	EXPECT_EQ(machines[0].state, "started");
+	EXPECT_EQ(machines[0].image, "img:2");
+	EXPECT_EQ(machines[0].region, "fra");
+	EXPECT_EQ(machines[0].guest.cpu_kind, "shared");
+	EXPECT_EQ(machines[0].guest.memory_mb, 256);
+}
+
+TEST(ReconcileMachinesFromList, WrongShapesGiveNothingNotExceptions) {
+	EXPECT_TRUE(MachinesFromList(Ok("{\"machines\":[]}")).empty());
+	EXPECT_TRUE(MachinesFromList(Ok("")).empty());
+	MachineFacts facts = MachineFromBody(Ok("{\"id\":5,\"config\":{\"guest\":\"big\"}}"));
+	EXPECT_EQ(facts.id, "");
+	EXPECT_EQ(facts.guest.cpus, 0);
+	EXPECT_EQ(facts.guest.cpu_kind, "");
+}
+
+} // namespace
+} // namespace reconcile
+} // namespace pgfly
+
+namespace pgfly {
+namespace reconcile {
+namespace {
+
+// Machines cannot change region: when the tier's region moves, the machine elsewhere is destroyed and a new
+// one is created in the target region.
+TEST(ReconcileMachine, MachineInAnotherRegionIsReplaced) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m9", "started", kGuest, kImage, "lhr")})));
+	EXPECT_EQ(EventTypes(step), Types{"machine_replaced_for_region"});
+	EXPECT_EQ(Details(step.events[0]).GetString("target_region"), "ams");
+	ExpectRequest(step, Endpoint::kDeleteMachine, "DELETE", AppPath() + "/machines/m9", {{"force", "true"}});
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	ASSERT_TRUE(step.request.has_value());
+	EXPECT_EQ(step.request->endpoint, Endpoint::kCreateMachine);
+	EXPECT_EQ(Body(Req(step)).GetString("region"), "ams");
+}
+
+} // namespace
+} // namespace reconcile
+} // namespace pgfly
