@@ -20,7 +20,8 @@ SELECT p.proname, p.proconfig FROM pg_proc p
  WHERE p.pronamespace = 'fly'::regnamespace AND p.prosecdef ORDER BY p.proname;
 
 SET ROLE pgfly_app;
--- The token cannot be read, by any means.
+-- The token cannot be read, by any means (integration tests check that even superusers and members of
+-- pg_read_all_settings see only a mask when it is set).
 SHOW fly.api_token;
 SELECT current_setting('fly.api_token');
 SELECT count(*) FROM pg_settings WHERE name = 'fly.api_token';
@@ -54,6 +55,35 @@ SELECT count(*) FROM fly.live_apps;
 SELECT count(*) FROM fly.user_fly_apps;
 SHOW fly.api_token;
 RESET ROLE;
+
+-- An operator role gets the manual controls by EXECUTE grants alone; the functions act with the extension's
+-- rights, yet only through their checks: the queue stays out of reach.
+CREATE ROLE pgfly_operator;
+GRANT USAGE ON SCHEMA fly TO pgfly_operator;
+GRANT EXECUTE ON FUNCTION fly.provision_user_app(uuid), fly.deprovision_user_app(uuid),
+    fly.get_user_fly_app_status(uuid), fly.retry_user_app(uuid) TO pgfly_operator;
+SET ROLE pgfly_operator;
+SELECT fly.provision_user_app('88888888-8888-4888-8888-888888888888');
+SELECT pending_action FROM fly.get_user_fly_app_status('88888888-8888-4888-8888-888888888888');
+SELECT fly.retry_user_app('88888888-8888-4888-8888-888888888888');
+SELECT count(*) FROM fly.reconcile_queue;
+SELECT fly._enqueue_reconcile('88888888-8888-4888-8888-888888888888', 'present', 'elite', 'x');
+RESET ROLE;
+REVOKE ALL ON FUNCTION fly.provision_user_app(uuid), fly.deprovision_user_app(uuid),
+    fly.get_user_fly_app_status(uuid), fly.retry_user_app(uuid) FROM pgfly_operator;
+REVOKE ALL ON SCHEMA fly FROM pgfly_operator;
+DROP ROLE pgfly_operator;
+
+-- TRUNCATE of the subscription table fires no row trigger; its statement trigger queues teardown for everyone.
+TRUNCATE fly.reconcile_queue;
+INSERT INTO fly.user_fly_apps (user_id, fly_app_name, fly_org_slug, region, status)
+VALUES ('88888888-8888-4888-8888-888888888888', 'vyx-user-truncated', 'personal', 'sjc', 'active');
+CREATE TABLE subscriptions_backup AS SELECT * FROM user_subscriptions;
+TRUNCATE user_subscriptions CASCADE;
+SELECT left(user_id::text, 8) AS user_id, desired, reason FROM fly.reconcile_queue ORDER BY 1;
+INSERT INTO user_subscriptions SELECT * FROM subscriptions_backup;
+DROP TABLE subscriptions_backup;
+TRUNCATE fly.user_fly_apps CASCADE;
 
 DELETE FROM user_subscriptions WHERE user_id = '88888888-8888-4888-8888-888888888888';
 TRUNCATE fly.reconcile_queue;

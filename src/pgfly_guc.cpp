@@ -26,6 +26,17 @@ int request_timeout_ms = 30000;
 int retry_base_delay_ms = 1000;
 int retry_max_delay_ms = 300000;
 char *machine_env = nullptr;
+int max_attempts = 20;
+int alert_after_attempts = 3;
+bool rate_limits = true;
+double rate_limit_per_second = 1.0;
+int rate_limit_burst = 3;
+double rate_limit_get_machine_per_second = 5.0;
+int rate_limit_get_machine_burst = 10;
+int rate_limit_app_deletes_per_minute = 100;
+int breaker_failure_threshold = 10;
+int breaker_open_time_ms = 5000;
+int breaker_max_open_time_ms = 300000;
 char *app_secrets_file = nullptr;
 
 namespace {
@@ -77,6 +88,11 @@ CheckImage(char **newval, void **, GucSource) noexcept {
 	return true;
 }
 
+const char *
+ShowMaskedToken() noexcept {
+	return (api_token != nullptr && api_token[0] != '\0') ? "********" : "";
+}
+
 // A check hook is a C-to-C++ entry point: it must not throw, and reports through GUC_check_errdetail.
 bool
 CheckPrefix(char **newval, void **, GucSource) noexcept {
@@ -100,12 +116,14 @@ DefineSettings() {
 	                           "Change it only to point at a Fly API simulator or proxy.", &api_url,
 	                           "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
 	                           nullptr);
-	// The token is hidden from SHOW ALL and pg_settings, and from non-superusers altogether. Prefer
-	// fly.api_token_file: a reload that changes this setting's value is logged by the postmaster.
+	// The token never shows: SHOW and current_setting() print a mask, even to superusers and members of
+	// pg_read_all_settings, and it is absent from SHOW ALL and pg_settings. It takes effect at server start only,
+	// because a reload that changes a setting makes the postmaster log the new value; fly.api_token_file (read
+	// again on reload) is the place for a token that rotates.
 	DefineCustomStringVariable("fly.api_token", "Fly API token (secret).",
-	                           "Superuser-only and hidden; fly.api_token_file or FLY_API_TOKEN are the safer places.",
-	                           &api_token, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
-	                           nullptr, nullptr, nullptr);
+	                           "Takes effect at server start; fly.api_token_file or FLY_API_TOKEN are the safer places.",
+	                           &api_token, "", PGC_POSTMASTER, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+	                           nullptr, nullptr, ShowMaskedToken);
 	DefineCustomStringVariable("fly.api_token_file", "File holding the Fly API token.",
 	                           "Read by the worker at start and on reload; it must be readable by the server's user.",
 	                           &api_token_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
@@ -144,6 +162,41 @@ DefineSettings() {
 	                        nullptr);
 	DefineCustomIntVariable("fly.retry_max_delay", "Longest retry delay.", nullptr, &retry_max_delay_ms, 300000,
 	                        100, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.max_attempts", "Attempts before a user's operation is marked failed.",
+	                        "Only transient failures are retried; permanent ones fail at once.", &max_attempts, 20, 1,
+	                        1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.alert_after_attempts", "Failed attempts for one user that raise an alert.",
+	                        "The alert is an alert_raised event and a NOTIFY on channel pg_fly_alerts, once per run "
+	                        "of failures (or at a permanent failure, if that comes first).",
+	                        &alert_after_attempts, 3, 1, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomBoolVariable("fly.rate_limits", "Whether the worker paces its requests to Fly's documented limits.",
+	                         "Off: requests go as fast as the concurrency allows (Retry-After is still honoured).",
+	                         &rate_limits, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomRealVariable("fly.rate_limit_per_second", "Requests per second per action and app or machine.",
+	                         "Fly's documented limit is 1.", &rate_limit_per_second, 1.0, 0.01, 1000.0, PGC_SIGHUP, 0,
+	                         nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.rate_limit_burst", "Short-term burst per action and app or machine.",
+	                        "Fly's documented burst is 3.", &rate_limit_burst, 3, 1, 10000, PGC_SIGHUP, 0, nullptr,
+	                        nullptr, nullptr);
+	DefineCustomRealVariable("fly.rate_limit_get_machine_per_second", "Get-machine requests per second per machine.",
+	                         "Fly's documented limit is 5.", &rate_limit_get_machine_per_second, 5.0, 0.01, 1000.0,
+	                         PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.rate_limit_get_machine_burst", "Get-machine burst per machine.",
+	                        "Fly's documented burst is 10.", &rate_limit_get_machine_burst, 10, 1, 10000, PGC_SIGHUP, 0,
+	                        nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.rate_limit_app_deletes_per_minute", "App deletions per minute per organization.",
+	                        "Fly's documented limit is 100.", &rate_limit_app_deletes_per_minute, 100, 1, 100000,
+	                        PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.breaker_failure_threshold", "Transient failures in a row that pause all requests.",
+	                        "Counted across users; any other answer from Fly resets the count.",
+	                        &breaker_failure_threshold, 10, 1, 100000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.breaker_open_time", "First pause of the circuit breaker before a probe request.",
+	                        "Each failed probe doubles the pause, up to fly.breaker_max_open_time.",
+	                        &breaker_open_time_ms, 5000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+	                        nullptr);
+	DefineCustomIntVariable("fly.breaker_max_open_time", "Longest pause of the circuit breaker.", nullptr,
+	                        &breaker_max_open_time_ms, 300000, 10, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
+	                        nullptr, nullptr);
 	DefineCustomStringVariable("fly.machine_env", "Extra environment variables of every machine (JSON object).",
 	                           "RUN_MODE=user_dedicated and USER_ID are always set. Not for secrets.", &machine_env,
 	                           "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);

@@ -11,7 +11,7 @@ EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredStat
 	    "INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
 	    "VALUES ($1::pg_catalog.uuid, $2, $3, $4) "
 	    "ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier, "
-	    "reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, "
+	    "reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, alerted = false, "
 	    "run_after = pg_catalog.now(), last_error = NULL, updated_at = pg_catalog.now()";
 	spi.Query(kUpsert, {user_id, std::string(desired == DesiredState::kPresent ? "present" : "absent"), tier,
 	                    std::string(reason)});

@@ -3,10 +3,14 @@
 extern "C" {
 #include "commands/extension.h"
 #include "utils/elog.h"
+#include "utils/timestamp.h"
 }
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 
@@ -19,6 +23,8 @@ namespace pgfly {
 
 namespace {
 
+constexpr double kPruneEverySeconds = 60;
+
 std::string
 ReadFile(const char *path, bool &ok) {
 	std::ifstream file(path, std::ios::binary);
@@ -30,6 +36,11 @@ ReadFile(const char *path, bool &ok) {
 
 Reconciler::Reconciler(SharedState *shared) : shared_(shared), random_(std::random_device {}()) {
 	Configure();
+}
+
+double
+Reconciler::Now() {
+	return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 void
@@ -73,6 +84,16 @@ Reconciler::Configure() {
 	}
 	configuration_problem_ = problem;
 
+	RateLimitSettings limits;
+	limits.enabled = rate_limits;
+	limits.action = RateLimit{rate_limit_per_second, static_cast<double>(rate_limit_burst)};
+	limits.get_machine = RateLimit{rate_limit_get_machine_per_second, static_cast<double>(rate_limit_get_machine_burst)};
+	limits.delete_app = RateLimit{rate_limit_app_deletes_per_minute / 60.0,
+	                              static_cast<double>(rate_limit_app_deletes_per_minute)};
+	limiter_.Configure(limits);
+	breaker_.Configure(CircuitBreakerSettings{breaker_failure_threshold, breaker_open_time_ms / 1000.0,
+	                                          breaker_max_open_time_ms / 1000.0});
+
 	client_config_.base_url = api_url;
 	client_config_.token = token.token;
 	client_config_.connect_timeout_ms = connect_timeout_ms;
@@ -88,10 +109,14 @@ Reconciler::Configure() {
 	dispatch_again_ = true;
 }
 
-void
-Reconciler::ReleaseOrphanedClaims() {
-	pg::RunInTransaction("pg_fly: releasing claims of a previous worker",
-	                     [](pg::SpiConnection &spi) { ReleaseAllClaims(spi); });
+std::vector<std::string>
+Reconciler::RunningUsers() const {
+	std::vector<std::string> users;
+	users.reserve(running_.size());
+	for (const auto &entry : running_) {
+		users.push_back(entry.first);
+	}
+	return users;
 }
 
 double
@@ -103,18 +128,43 @@ Reconciler::RetryDelay(int attempts, std::optional<double> retry_after) {
 
 void
 Reconciler::Dispatch() {
+	const double now = Now();
+	int capacity = max_concurrency - static_cast<int>(running_.size());
+	switch (breaker_.state(now)) {
+	case CircuitBreaker::State::kClosed:
+		break;
+	case CircuitBreaker::State::kOpen:
+		capacity = 0;
+		break;
+	case CircuitBreaker::State::kHalfOpen:
+		// One operation to carry the probe, unless one is already waiting to send it.
+		capacity = running_.empty() && !breaker_.probe_in_flight() ? 1 : 0;
+		break;
+	}
+	if (!configuration_problem_.empty()) {
+		capacity = 0;
+	}
 	std::vector<ClaimedItem> claimed;
-	const bool can_start = configuration_problem_.empty() && static_cast<int>(running_.size()) < max_concurrency;
-	const int capacity = max_concurrency - static_cast<int>(running_.size());
 	int64_t due = 0;
 	pg::RunInTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
 		if (!pg::PgGuardResult([]() { return OidIsValid(get_extension_oid("pg_fly", true)); })) {
 			due = -1;
 			next_due_seconds_.reset();
+			claims_released_ = false;
 			return;
 		}
-		if (can_start) {
-			claimed = ClaimDueItems(spi, capacity);
+		if (!claims_released_) {
+			// Claims left by a previous worker (there is one per cluster) are orphans.
+			ReleaseAllClaims(spi);
+			claims_released_ = true;
+		}
+		const double now_seconds = Now();
+		if (now_seconds - last_lease_renewal_ > kLeaseSeconds / 4.0 && !running_.empty()) {
+			RenewLeases(spi, RunningUsers());
+			last_lease_renewal_ = now_seconds;
+		}
+		if (capacity > 0) {
+			claimed = ClaimDueItems(spi, capacity, RunningUsers());
 		}
 		next_due_seconds_ = SecondsUntilNextDue(spi);
 		due = CountDueItems(spi);
@@ -122,9 +172,24 @@ Reconciler::Dispatch() {
 	SpinLockAcquire(&shared_->mutex);
 	shared_->queue_ready = due;
 	SpinLockRelease(&shared_->mutex);
-	dispatch_again_ = can_start && static_cast<int>(claimed.size()) == capacity;
+	dispatch_again_ = capacity > 0 && static_cast<int>(claimed.size()) == capacity;
 	for (const auto &item : claimed) {
 		Start(item);
+	}
+}
+
+void
+Reconciler::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error) {
+	running_.erase(user_id);
+	dispatch_again_ = true;
+	Log("reconciling user " + user_id + " failed: " + error);
+	const double delay = RetryDelay(attempts, std::nullopt);
+	try {
+		pg::RunInTransaction("pg_fly: deferring work",
+		                     [&](pg::SpiConnection &spi) { DeferItem(spi, user_id, generation, delay, error); });
+	} catch (const std::exception &e) {
+		// The claim's lease runs out and the item is taken again then.
+		Log(std::string("could not defer the item: ") + e.what());
 	}
 }
 
@@ -134,17 +199,19 @@ Reconciler::Start(const ClaimedItem &item) {
 	context.user_id = item.user_id;
 	context.generation = item.generation;
 	context.attempts = item.attempts;
+	context.alerted = item.alerted;
 	context.org_slug = settings_.org_slug;
+	running_[item.user_id] = true;
 	try {
 		std::unique_ptr<RunningOperation> running;
-		reconcile::Step step;
-		pg::RunInTransaction("pg_fly: starting a reconcile", [&](pg::SpiConnection &spi) {
-			reconcile::Target target;
-			target.user_id = item.user_id;
-			target.present = item.present;
-			target.tier = item.tier;
-			target.generation = item.generation;
-			target.operation_id = std::to_string(item.generation) + "-" + std::to_string(item.attempts);
+		reconcile::Target target;
+		target.user_id = item.user_id;
+		target.present = item.present;
+		target.tier = item.tier;
+		target.generation = item.generation;
+		target.operation_id = std::to_string(item.generation) + "-" + std::to_string(item.attempts);
+		std::optional<reconcile::AppRecord> app;
+		pg::RunInTransaction("pg_fly: loading a reconcile", [&](pg::SpiConnection &spi) {
 			if (item.present && item.tier) {
 				auto policy = LoadTierPolicy(spi, *item.tier);
 				if (policy && policy->dedicated) {
@@ -156,48 +223,119 @@ Reconciler::Start(const ClaimedItem &item) {
 			} else if (item.present) {
 				target.present = false;
 			}
-			auto app = LoadLiveApp(spi, item.user_id);
-			if (!app && target.present) {
-				target.first_name_attempt = FirstFreeNameAttempt(spi, item.user_id, settings_.app_name_prefix);
-			}
+			app = LoadLiveApp(spi, item.user_id);
 			if (app) {
 				context.app_id = app->id;
 				if (!target.present && target.region.empty()) {
 					target.region = app->region;
 				}
-			}
-			running = std::make_unique<RunningOperation>(
-			    RunningOperation{reconcile::Operation(target, app, settings_), context});
-			step = running->operation.Start();
-			running->context.retry_delay_seconds = RetryDelay(item.attempts, step.retry_after_seconds);
-			if (!RecordStep(spi, running->context, step)) {
-				running.reset();
+			} else {
+				target.first_name_attempt = FirstFreeNameAttempt(spi, item.user_id, settings_.app_name_prefix);
+				target.look_for_leftover = target.first_name_attempt == 0;
 			}
 		});
-		if (running && step.request) {
-			running_[item.user_id] = 0;
-			Advance(std::move(running), step);
-		}
+		running = std::make_unique<RunningOperation>(
+		    RunningOperation{reconcile::Operation(target, app, settings_), context});
+		running->operation.SetNow(Now());
+		reconcile::Step step = running->operation.Start();
+		Record(std::move(running), std::move(step));
 	} catch (const std::exception &e) {
-		Log("reconciling user " + item.user_id + " failed to start: " + e.what());
-		const double delay = RetryDelay(item.attempts, std::nullopt);
-		pg::RunInTransaction("pg_fly: deferring work", [&](pg::SpiConnection &spi) {
-			DeferItem(spi, item.user_id, delay, e.what());
-		});
+		Defer(item.user_id, item.generation, item.attempts, e.what());
 	}
 }
 
 void
-Reconciler::Advance(std::unique_ptr<RunningOperation> running, const reconcile::Step &step) {
-	const std::string user_id = running->context.user_id;
-	if (!step.request) {
-		running_.erase(user_id);
-		dispatch_again_ = true;
+Reconciler::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step) {
+	using reconcile::Completion;
+	if (step.completion != Completion::kRetry && step.completion != Completion::kFailed && !step.failed_attempt) {
 		return;
 	}
-	const fly::RequestId id = client_->Submit(*step.request);
-	running_[user_id] = id;
-	in_flight_[id] = std::move(running);
+	StepContext &context = running.context;
+	last_error_ = step.error;
+	last_error_at_ = Now();
+	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= max_attempts) {
+		step.failed_attempt = false;
+		step.request.reset();
+		step.completion = Completion::kFailed;
+		step.events.push_back(reconcile::Event{
+		    running.operation.target().present ? "provision_failed" : "deprovision_failed",
+		    "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
+		        std::to_string(context.attempts) + "}"});
+	}
+	context.raise_alert = !context.alerted && (context.attempts >= alert_after_attempts ||
+	                                          step.completion == Completion::kFailed);
+	context.retry_delay_seconds = RetryDelay(context.attempts, step.retry_after_seconds);
+}
+
+void
+Reconciler::Record(std::unique_ptr<RunningOperation> running, reconcile::Step step) {
+	const std::string user_id = running->context.user_id;
+	const int64_t generation = running->context.generation;
+	const int attempts = running->context.attempts;
+	try {
+		ApplyFailurePolicy(*running, step);
+		bool go_on = false;
+		pg::RunInTransaction("pg_fly: recording a step",
+		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, running->context, step); });
+		if (go_on && step.request) {
+			double due = Now() + step.delay_seconds;
+			if (step.failed_attempt) {
+				running->context.attempts++; // the retry is the next attempt
+				due += running->context.retry_delay_seconds;
+			}
+			held_.push_back(Held{due, std::move(running), *step.request});
+		} else {
+			running_.erase(user_id);
+			dispatch_again_ = true;
+		}
+	} catch (const std::exception &e) {
+		Defer(user_id, generation, attempts, e.what());
+	}
+}
+
+void
+Reconciler::SendAllowed() {
+	if (held_.empty()) {
+		return;
+	}
+	std::sort(held_.begin(), held_.end(), [](const Held &a, const Held &b) { return a.due < b.due; });
+	const double now = Now();
+	std::vector<Held> still_held;
+	for (auto &held : held_) {
+		if (held.due > now || !breaker_.CanSend(now)) {
+			still_held.push_back(std::move(held));
+			continue;
+		}
+		auto key = RateLimitKey(held.request, settings_.org_slug);
+		const double wait = limiter_.Acquire(key, now);
+		if (wait > 0) {
+			held.due = now + wait;
+			still_held.push_back(std::move(held));
+			continue;
+		}
+		breaker_.MarkSent(now);
+		const fly::RequestId id = client_->Submit(held.request);
+		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(key), held.request.endpoint});
+	}
+	held_ = std::move(still_held);
+}
+
+// Feeds the answer to the breaker and the limiter: a wait that timed out (408) is an ordinary answer; a 429
+// holds back that action's scope for Retry-After (or a second).
+void
+Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
+	const double now = Now();
+	if (outcome.http_status == 429) {
+		limiter_.Block(in_flight.rate_key, now + outcome.retry_after_seconds.value_or(1.0));
+		breaker_.OnAnswer();
+		return;
+	}
+	const bool wait_timed_out = in_flight.endpoint == fly::Endpoint::kWaitMachine && outcome.http_status == 408;
+	if (outcome.kind == fly::OutcomeKind::kTransient && !wait_timed_out) {
+		breaker_.OnTransientFailure(now);
+	} else {
+		breaker_.OnAnswer();
+	}
 }
 
 void
@@ -208,34 +346,46 @@ Reconciler::Drive() {
 		if (found == in_flight_.end()) {
 			continue;
 		}
-		std::unique_ptr<RunningOperation> running = std::move(found->second);
+		InFlight in_flight = std::move(found->second);
 		in_flight_.erase(found);
-		const std::string user_id = running->context.user_id;
-		const int attempts = running->context.attempts;
+		Observe(in_flight, completion.outcome);
+		const std::string user_id = in_flight.running->context.user_id;
+		const int64_t generation = in_flight.running->context.generation;
+		const int attempts = in_flight.running->context.attempts;
+		reconcile::Step step;
 		try {
-			reconcile::Step step = running->operation.OnOutcome(completion.outcome);
-			running->context.retry_delay_seconds =
-			    RetryDelay(running->context.attempts, step.retry_after_seconds);
-			bool go_on = false;
-			pg::RunInTransaction("pg_fly: recording a step", [&](pg::SpiConnection &spi) {
-				go_on = RecordStep(spi, running->context, step);
-			});
-			if (go_on) {
-				Advance(std::move(running), step);
-			} else {
-				running_.erase(user_id);
-				dispatch_again_ = true;
-			}
+			in_flight.running->operation.SetNow(Now());
+			step = in_flight.running->operation.OnOutcome(completion.outcome);
 		} catch (const std::exception &e) {
-			running_.erase(user_id);
-			dispatch_again_ = true;
-			Log("recording a step for user " + user_id + " failed: " + e.what());
-			const double delay = RetryDelay(attempts, std::nullopt);
-			pg::RunInTransaction("pg_fly: deferring work", [&](pg::SpiConnection &spi) {
-				DeferItem(spi, user_id, delay, e.what());
-			});
+			Defer(user_id, generation, attempts, e.what());
+			continue;
 		}
+		Record(std::move(in_flight.running), std::move(step));
 	}
+	SendAllowed();
+	const double now = Now();
+	if (now - last_prune_ > kPruneEverySeconds) {
+		limiter_.Prune(now);
+		last_prune_ = now;
+	}
+}
+
+void
+Reconciler::PublishStatus() const {
+	const double now = Now();
+	const auto to_timestamp = [&](double at) {
+		return GetCurrentTimestamp() + static_cast<TimestampTz>((at - now) * USECS_PER_SEC);
+	};
+	SpinLockAcquire(&shared_->mutex);
+	shared_->in_flight = static_cast<int>(in_flight_.size());
+	shared_->rate_limited = static_cast<int>(held_.size());
+	shared_->breaker_state = static_cast<int>(breaker_.state(now));
+	shared_->breaker_reopen_at = breaker_.state(now) == CircuitBreaker::State::kOpen ? to_timestamp(breaker_.reopen_at()) : 0;
+	if (!last_error_.empty()) {
+		strlcpy(shared_->last_error, last_error_.c_str(), sizeof(shared_->last_error));
+		shared_->last_error_at = to_timestamp(last_error_at_);
+	}
+	SpinLockRelease(&shared_->mutex);
 }
 
 int
@@ -248,18 +398,22 @@ Reconciler::SleepMs() const {
 	if (dispatch_again_) {
 		return 0;
 	}
-	long sleep = poll_interval_ms;
+	const double now = Now();
+	double sleep = poll_interval_ms / 1000.0;
 	const long client_timeout = client_->NextTimeoutMs();
-	if (client_timeout >= 0 && client_timeout < sleep) {
-		sleep = client_timeout;
+	if (client_timeout >= 0) {
+		sleep = std::min(sleep, client_timeout / 1000.0);
 	}
-	if (next_due_seconds_ && configuration_problem_.empty() && static_cast<int>(running_.size()) < max_concurrency) {
-		const long due_ms = static_cast<long>(std::ceil(*next_due_seconds_ * 1000.0));
-		if (due_ms < sleep) {
-			sleep = due_ms;
-		}
+	for (const auto &held : held_) {
+		sleep = std::min(sleep, held.due - now);
 	}
-	return sleep < 0 ? 0 : sleep;
+	if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
+		sleep = std::min(sleep, breaker_.reopen_at() - now);
+	} else if (next_due_seconds_ && configuration_problem_.empty() &&
+	           static_cast<int>(running_.size()) < max_concurrency) {
+		sleep = std::min(sleep, *next_due_seconds_);
+	}
+	return std::max(0L, static_cast<long>(std::ceil(sleep * 1000.0)));
 }
 
 } // namespace pgfly

@@ -7,6 +7,8 @@ extern "C" {
 #include "storage/shmem.h"
 }
 
+#include <cstring>
+
 namespace pgfly {
 
 namespace {
@@ -36,6 +38,7 @@ ShmemStartup() noexcept {
 	bool found = false;
 	shared_state = static_cast<SharedState *>(ShmemInitStruct("pg_fly", sizeof(SharedState), &found));
 	if (!found) {
+		memset(shared_state, 0, sizeof(SharedState));
 		SpinLockInit(&shared_state->mutex);
 		shared_state->worker_pid = 0;
 		shared_state->worker_procno = -1;

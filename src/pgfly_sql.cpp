@@ -10,6 +10,7 @@ extern "C" {
 #include <cstring>
 
 #include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/circuit_breaker.hpp"
 #include "pgfly/core/token_source.hpp"
 #include "pgfly/pgfly_guc.hpp"
 #include "pgfly/pgfly_queue.hpp"
@@ -97,10 +98,18 @@ PGFLY_SQL_FUNCTION(worker_status) {
 	const TimestampTz last_wake_at = shared->last_wake_at;
 	const int64 queue_ready = shared->queue_ready;
 	const int token_source = shared->token_source;
+	const int in_flight = shared->in_flight;
+	const int rate_limited = shared->rate_limited;
+	const int breaker_state = shared->breaker_state;
+	const TimestampTz breaker_reopen_at = shared->breaker_reopen_at;
+	const TimestampTz last_error_at = shared->last_error_at;
+	char last_error[sizeof(shared->last_error)];
+	memcpy(last_error, shared->last_error, sizeof(last_error));
 	SpinLockRelease(&shared->mutex);
+	last_error[sizeof(last_error) - 1] = '\0';
 
-	Datum values[8];
-	bool nulls[8] = {false};
+	Datum values[14];
+	bool nulls[14] = {false};
 	values[0] = Int32GetDatum(pid);
 	nulls[0] = pid == 0;
 	values[1] = TimestampTzGetDatum(started_at);
@@ -113,8 +122,20 @@ PGFLY_SQL_FUNCTION(worker_status) {
 	values[6] = Int64GetDatum(queue_ready);
 	nulls[6] = queue_ready < 0;
 	const char *source = pgfly::TokenSourceName(static_cast<pgfly::TokenSource>(token_source));
+	const char *breaker = pgfly::CircuitBreakerStateName(static_cast<pgfly::CircuitBreaker::State>(breaker_state));
+	values[8] = Int32GetDatum(in_flight);
+	values[9] = Int32GetDatum(rate_limited);
+	values[11] = TimestampTzGetDatum(breaker_reopen_at);
+	nulls[11] = breaker_reopen_at == 0;
+	values[13] = TimestampTzGetDatum(last_error_at);
+	nulls[13] = last_error_at == 0;
+	nulls[12] = last_error[0] == '\0';
 	HeapTuple tuple = pgfly::pg::PgGuardResult([&]() {
 		values[7] = CStringGetTextDatum(source);
+		values[10] = CStringGetTextDatum(breaker);
+		if (!nulls[12]) {
+			values[12] = CStringGetTextDatum(last_error);
+		}
 		return heap_form_tuple(BlessTupleDesc(desc), values, nulls);
 	});
 	return HeapTupleGetDatum(tuple);

@@ -100,6 +100,27 @@ RecordFailure(pg::SpiConnection &spi, const StepContext &context, const reconcil
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
+// An alert_raised event and a NOTIFY carrying the same JSON, sent when this transaction commits.
+void
+RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &step, const pg::Value &status) {
+	const bool failed = step.completion == reconcile::Completion::kFailed;
+	auto rows = spi.Query(
+	    "SELECT pg_catalog.json_build_object('kind', $3, 'user_id', $1, 'fly_app_name', "
+	    "(SELECT a.fly_app_name FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $2::pg_catalog.int8), "
+	    "'status', $4, 'attempts', $5::pg_catalog.int4, 'error', $6, 'at', pg_catalog.now())::text",
+	    {context.user_id, std::to_string(context.app_id), std::string(failed ? "failed" : "repeated_failures"), status,
+	     std::to_string(context.attempts), step.error},
+	    true);
+	const pg::Value payload = rows.at(0).at(0);
+	spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+	          "VALUES (NULLIF($1, '0')::pg_catalog.int8, $2::pg_catalog.uuid, 'alert_raised', $3, $4::pg_catalog.jsonb)",
+	          {std::to_string(context.app_id), context.user_id, status, payload});
+	spi.Query("SELECT pg_catalog.pg_notify($1, $2)", {std::string(kAlertChannel), payload});
+	spi.Query("UPDATE fly.reconcile_queue SET alerted = true WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
+	          {context.user_id});
+	context.alerted = true;
+}
+
 } // namespace
 
 void
@@ -107,19 +128,38 @@ ReleaseAllClaims(pg::SpiConnection &spi) {
 	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL WHERE claimed_at IS NOT NULL", {});
 }
 
+// A text array literal of uuids, e.g. {a,b}: uuids need no quoting.
+std::string
+UuidArray(const std::vector<std::string> &users) {
+	std::string text = "{";
+	for (size_t i = 0; i < users.size(); i++) {
+		text += (i ? "," : "") + users[i];
+	}
+	return text + "}";
+}
+
+void
+RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users) {
+	spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
+	          "pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
+	          "WHERE user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]) AND claimed_at IS NOT NULL",
+	          {UuidArray(users), std::to_string(kLeaseSeconds)});
+}
+
 std::vector<ClaimedItem>
-ClaimDueItems(pg::SpiConnection &spi, int limit) {
+ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> &running) {
 	auto rows = spi.Query(
 	    "WITH due AS (SELECT user_id FROM fly.reconcile_queue "
 	    "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
 	    "AND (claimed_at IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now()) "
+	    "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
 	    "ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
 	    "UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
 	    "lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8), "
 	    "attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
 	    "FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
-	    "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts",
-	    {std::to_string(limit), std::to_string(kLeaseSeconds)});
+	    "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted",
+	    {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
 	std::vector<ClaimedItem> items;
 	for (const auto &row : rows) {
 		ClaimedItem item;
@@ -128,6 +168,7 @@ ClaimDueItems(pg::SpiConnection &spi, int limit) {
 		item.tier = row[2];
 		item.generation = ToInt(row[3]);
 		item.attempts = static_cast<int>(ToInt(row[4]));
+		item.alerted = row[5] == std::string("t");
 		items.push_back(std::move(item));
 	}
 	return items;
@@ -223,7 +264,7 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	if (step.app) {
 		status = WriteApp(spi, context, *step.app);
 	}
-	if (step.completion == Completion::kRetry || step.completion == Completion::kFailed) {
+	if (step.completion == Completion::kRetry || step.completion == Completion::kFailed || step.failed_attempt) {
 		status = RecordFailure(spi, context, step);
 	}
 	for (const auto &event : step.events) {
@@ -234,16 +275,26 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 		           event.type, status, event.details_json});
 	}
 
+	if (context.raise_alert) {
+		RaiseAlert(spi, context, step, status);
+	}
+
 	const std::vector<pg::Value> item = {context.user_id, std::to_string(context.generation)};
 	bool still_ours = false;
 	switch (step.completion) {
 	case Completion::kContinue:
-		still_ours = !spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
-		                        "pg_catalog.make_interval(secs => $3::pg_catalog.float8), updated_at = pg_catalog.now() "
-		                        "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-		                        "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
-		                        {context.user_id, std::to_string(context.generation), std::to_string(kLeaseSeconds)})
-		                  .empty();
+		// A failed attempt retried in place begins another attempt; the lease covers its backoff delay too.
+		still_ours =
+		    !spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
+		               "pg_catalog.make_interval(secs => $3::pg_catalog.float8), updated_at = pg_catalog.now(), "
+		               "attempts = attempts OPERATOR(pg_catalog.+) CASE WHEN $4::pg_catalog.bool THEN 1 ELSE 0 END, "
+		               "last_error = CASE WHEN $4::pg_catalog.bool THEN $5 ELSE last_error END "
+		               "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+		               "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+		               {context.user_id, std::to_string(context.generation),
+		                Seconds(kLeaseSeconds + context.retry_delay_seconds),
+		                std::string(step.failed_attempt ? "true" : "false"), step.error})
+		         .empty();
 		break;
 	case Completion::kDone:
 	case Completion::kFailed:
@@ -273,11 +324,15 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 }
 
 void
-DeferItem(pg::SpiConnection &spi, const std::string &user_id, double delay_seconds, const std::string &error) {
-	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL, last_error = $3, "
-	          "run_after = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
+DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
+          const std::string &error) {
+	// A newer tier change (another generation) is not delayed by an older operation's trouble.
+	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL, "
+	          "last_error = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN $3 ELSE last_error END, "
+	          "run_after = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN pg_catalog.now() "
+	          "OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8) ELSE run_after END "
 	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
-	          {user_id, Seconds(delay_seconds), error});
+	          {user_id, Seconds(delay_seconds), error, std::to_string(generation)});
 }
 
 } // namespace pgfly

@@ -14,6 +14,7 @@ extern "C" {
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 }
 
@@ -76,35 +77,46 @@ ReportLoopError(const char *what) {
 
 void
 WorkerLoop(SharedState *shared) {
+	// An application transaction holding a queue or app row (its trigger upserted it) must not stall every
+	// user's work: the worker's statements give up after a second and the item is retried.
+	pg::PgGuard([]() { SetConfigOption("lock_timeout", "1000", PGC_SUSET, PGC_S_OVERRIDE); });
 	Reconciler reconciler(shared);
-	reconciler.ReleaseOrphanedClaims();
 	// A commit may have asked for a wake-up before this worker existed: look at the queue once at start.
 	bool latch_set = true;
 	for (;;) {
-		pg::PgGuard([]() { CHECK_FOR_INTERRUPTS(); });
-		if (ConfigReloadPending) {
-			ConfigReloadPending = false;
-			pg::PgGuard([]() { ProcessConfigFile(PGC_SIGHUP); });
-			reconciler.Configure();
-		}
-		RecordWake(shared, latch_set);
 		long sleep_ms = 0;
 		try {
+			// SIGTERM ends the process here (FATAL exits without unwinding); a cancel request is an ERROR that
+			// abandons this pass only.
+			pg::PgGuard([]() { CHECK_FOR_INTERRUPTS(); });
+			if (ConfigReloadPending) {
+				ConfigReloadPending = false;
+				pg::PgGuard([]() { ProcessConfigFile(PGC_SIGHUP); });
+				reconciler.Configure();
+			}
+			RecordWake(shared, latch_set);
 			reconciler.Drive();
 			reconciler.Dispatch();
 			reconciler.Drive();
+			reconciler.PublishStatus();
 			sleep_ms = reconciler.SleepMs();
 		} catch (const std::exception &e) {
 			ReportLoopError(e.what());
 			sleep_ms = kErrorPauseMs;
 		}
 		const int socket = reconciler.EventFd();
-		const int events = pg::PgGuardResult([&]() {
-			return WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | WL_SOCKET_READABLE,
-			                         socket, sleep_ms, PG_WAIT_EXTENSION);
-		});
+		int events = WL_LATCH_SET;
+		try {
+			events = pg::PgGuardResult([&]() {
+				return WaitLatchOrSocket(MyLatch,
+				                         WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | WL_SOCKET_READABLE, socket,
+				                         sleep_ms, PG_WAIT_EXTENSION);
+			});
+			pg::PgGuard([]() { ResetLatch(MyLatch); });
+		} catch (const std::exception &e) {
+			ReportLoopError(e.what());
+		}
 		latch_set = (events & WL_LATCH_SET) != 0;
-		pg::PgGuard([]() { ResetLatch(MyLatch); });
 	}
 }
 

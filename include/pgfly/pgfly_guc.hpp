@@ -18,6 +18,17 @@ extern int request_timeout_ms;
 extern int retry_base_delay_ms;
 extern int retry_max_delay_ms;
 extern char *machine_env;
+extern int max_attempts;
+extern int alert_after_attempts;
+extern bool rate_limits;
+extern double rate_limit_per_second;
+extern int rate_limit_burst;
+extern double rate_limit_get_machine_per_second;
+extern int rate_limit_get_machine_burst;
+extern int rate_limit_app_deletes_per_minute;
+extern int breaker_failure_threshold;
+extern int breaker_open_time_ms;
+extern int breaker_max_open_time_ms;
 extern char *app_secrets_file;
 
 // Defines every fly.* setting; called from _PG_init.

@@ -1,14 +1,19 @@
 // Runs reconcile operations for the worker: claims due queue items, drives one reconcile::Operation per user
-// through the Fly client, and records every step. All of it is C++-regime code: PostgreSQL is reached only
-// through pgfly::pg (guarded), and no transaction is open while a request is in flight.
+// through the Fly client, and records every step. Requests go out paced by the rate limiter and only while the
+// circuit breaker lets them. All of it is C++-regime code: PostgreSQL is reached only through pgfly::pg
+// (guarded), and no transaction is open while a request is in flight.
 #pragma once
 
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "pgfly/core/circuit_breaker.hpp"
 #include "pgfly/core/fly_client.hpp"
+#include "pgfly/core/rate_limiter.hpp"
 #include "pgfly/core/reconcile.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 #include "pgfly/pgfly_work_store.hpp"
@@ -21,41 +26,66 @@ public:
 
 	// (Re)reads the fly.* settings, the token and the secrets file; called at start and after SIGHUP.
 	void Configure();
-	// At start: claims left by a previous worker are released.
-	void ReleaseOrphanedClaims();
-	// Claims due items while below fly.max_concurrency and starts their operations.
+	// Claims due items while below fly.max_concurrency (and while the breaker is closed) and starts them.
 	void Dispatch();
-	// Serves the client's sockets and timers, and turns each answer into the operation's next step.
+	// Serves the client's sockets and timers, turns each answer into the operation's next step, and sends the
+	// requests that the rate limiter and the breaker now allow.
 	void Drive();
+	// Publishes in-flight counts, breaker state and the last error to shared memory (fly.worker_status()).
+	void PublishStatus() const;
 
 	int EventFd() const;
-	// How long the worker may sleep: the client's timer, the next due item, or the poll interval.
+	// How long the worker may sleep: the client's timer, a held-back request, the next due item, the breaker's
+	// probe time, or the poll interval.
 	long SleepMs() const;
-	size_t Running() const {
-		return running_.size();
-	}
 
 private:
 	struct RunningOperation {
 		reconcile::Operation operation;
 		StepContext context;
 	};
+	struct Held {
+		double due;
+		std::unique_ptr<RunningOperation> running;
+		fly::Request request;
+	};
+	struct InFlight {
+		std::unique_ptr<RunningOperation> running;
+		std::pair<std::string, std::string> rate_key;
+		fly::Endpoint endpoint;
+	};
 
 	void Start(const ClaimedItem &item);
-	// Records the step and sends its request, or ends the operation.
-	void Advance(std::unique_ptr<RunningOperation> running, const reconcile::Step &step);
+	// Records the step; then holds its request for sending, or ends the operation.
+	void Record(std::unique_ptr<RunningOperation> running, reconcile::Step step);
+	void SendAllowed();
+	void Observe(const InFlight &in_flight, const fly::Outcome &outcome);
+	// Applies fly.max_attempts and fly.alert_after_attempts to a failed step.
+	void ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step);
 	double RetryDelay(int attempts, std::optional<double> retry_after);
+	void Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error);
+	std::vector<std::string> RunningUsers() const;
 	void Log(const std::string &message) const;
+	static double Now();
 
 	SharedState *shared_;
 	fly::ClientConfig client_config_;
 	std::unique_ptr<fly::Client> client_;
 	reconcile::Settings settings_;
 	std::string configuration_problem_;
-	std::map<fly::RequestId, std::unique_ptr<RunningOperation>> in_flight_;
-	std::map<std::string, fly::RequestId> running_;
+	RateLimiter limiter_;
+	CircuitBreaker breaker_;
+	std::vector<Held> held_;
+	std::map<fly::RequestId, InFlight> in_flight_;
+	// Users with an operation (held or in flight): never two operations for one user.
+	std::map<std::string, bool> running_;
 	std::optional<double> next_due_seconds_;
 	bool dispatch_again_ = true;
+	std::string last_error_;
+	double last_error_at_ = 0;
+	double last_prune_ = 0;
+	double last_lease_renewal_ = 0;
+	bool claims_released_ = false;
 	std::mt19937_64 random_;
 };
 

@@ -21,6 +21,12 @@ struct SharedState {
 	TimestampTz last_wake_at;
 	int64 queue_ready;
 	int token_source; // a pgfly::TokenSource
+	int in_flight;           // requests sent and not yet answered
+	int rate_limited;        // requests held back by the rate limiter or the breaker
+	int breaker_state;       // a CircuitBreaker::State
+	TimestampTz breaker_reopen_at;
+	TimestampTz last_error_at;
+	char last_error[512];    // the last failed attempt's message (never a secret)
 	// Set by a committing backend that enqueued work; the worker swaps it back to 0 when it wakes, so many
 	// concurrent commits cost one SetLatch.
 	pg_atomic_uint32 wake_pending;

@@ -16,6 +16,7 @@ struct ClaimedItem {
 	pg::Value tier;
 	int64_t generation = 0;
 	int attempts = 0;
+	bool alerted = false;
 };
 
 struct TierPolicyRow {
@@ -29,8 +30,11 @@ constexpr int kLeaseSeconds = 600;
 
 // At start, every claim is an orphan of a previous worker (there is one worker per cluster).
 void ReleaseAllClaims(pg::SpiConnection &spi);
-// Claims up to `limit` due items (FOR UPDATE SKIP LOCKED), oldest first, counting an attempt on each.
-std::vector<ClaimedItem> ClaimDueItems(pg::SpiConnection &spi, int limit);
+// Claims up to `limit` due items (FOR UPDATE SKIP LOCKED), oldest first, counting an attempt on each; never one
+// of `running` (users whose operation is still going, even if its lease ran out).
+std::vector<ClaimedItem> ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> &running);
+// Extends the leases of the items of operations still going.
+void RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users);
 // Seconds until the next unclaimed item is due (0 if one is due now); nothing when the queue is idle.
 std::optional<double> SecondsUntilNextDue(pg::SpiConnection &spi);
 int64_t CountDueItems(pg::SpiConnection &spi);
@@ -50,7 +54,13 @@ struct StepContext {
 	int64_t app_id = 0;
 	// Delay before the next attempt, for a kRetry step.
 	double retry_delay_seconds = 0;
+	// Whether this run of failures already raised an alert; set `raise_alert` to raise one with this step.
+	bool alerted = false;
+	bool raise_alert = false;
 };
+
+// The NOTIFY channel alerts go to.
+constexpr const char *kAlertChannel = "pg_fly_alerts";
 
 // Writes one step atomically: the app row change, the events, and the queue item's fate. Returns whether the
 // operation may go on: false when the item was superseded by a newer tier change (its claim is then released
@@ -58,6 +68,7 @@ struct StepContext {
 bool RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &step);
 
 // After an error that left a step unrecorded: release the claim and retry the item later.
-void DeferItem(pg::SpiConnection &spi, const std::string &user_id, double delay_seconds, const std::string &error);
+void DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
+               const std::string &error);
 
 } // namespace pgfly

@@ -12,6 +12,10 @@ namespace reconcile {
 
 namespace {
 
+// After an ambiguous create: how long Fly's machine list may lag an answered create, and how often to look.
+constexpr double kAnsweredCreateSettleSeconds = 2.0;
+constexpr double kLookAgainSeconds = 0.5;
+
 Json
 GuestJson(const fly::Guest &guest) {
 	Json json = Json::Object();
@@ -122,7 +126,18 @@ Operation::Spec() const {
 
 Step
 Operation::Start() {
-	return target_.present ? StartProvision() : StartDeprovision();
+	Step step = target_.present ? StartProvision() : StartDeprovision();
+	last_request_ = step.request;
+	return step;
+}
+
+Step
+Operation::OnOutcome(const fly::Outcome &outcome) {
+	Step step = Handle(outcome);
+	if (step.request) {
+		last_request_ = step.request;
+	}
+	return step;
 }
 
 Step
@@ -177,7 +192,7 @@ Operation::StartDeprovision() {
 	if (!app_) {
 		// No live row: make sure the contract name is not left on Fly (a half-made app from a lost run).
 		auto name = AppNameCandidate(settings_.app_name_prefix, target_.user_id, 0);
-		if (!name) {
+		if (!name || !target_.look_for_leftover) {
 			step.completion = Completion::kDone;
 			phase_ = Phase::kFinished;
 			return step;
@@ -235,10 +250,13 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 	}
 	if (live.empty()) {
 		if (phase_ == Phase::kFindCreatedMachine) {
-			// The ambiguous create left nothing behind (yet): try again later.
-			fly::Outcome lost = outcome;
-			lost.message = "create_machine failed ambiguously and no machine with this user's metadata exists yet";
-			return Retry(lost, "create_machine");
+			if (now_ >= create_settles_at_) {
+				return CreateMachine(std::move(step)); // long enough: that creation did not happen
+			}
+			// The ambiguous create left nothing behind yet (Fly's machine list lags its writes): look again.
+			step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+			step.delay_seconds = kLookAgainSeconds;
+			return step;
 		}
 		if (!app_->pending_create_operation.empty() &&
 		    app_->pending_create_age_seconds < settings_.create_settle_seconds) {
@@ -381,14 +399,24 @@ Operation::Finish(Step step) {
 	return step;
 }
 
+// A transient failure: the same request goes again after the backoff delay, keeping what the operation has
+// done so far. Only a wait that has used up its rounds starts the operation afresh later.
 Step
 Operation::Retry(const fly::Outcome &outcome, const char *during) {
 	Step step;
-	step.completion = Completion::kRetry;
 	step.error = outcome.message;
 	step.retry_after_seconds = outcome.retry_after_seconds;
 	step.events.push_back(MakeEvent(target_.present ? "provision_attempt_failed" : "deprovision_attempt_failed",
 	                                OutcomeDetails(outcome, during)));
+	if (last_request_ && phase_ != Phase::kFinished) {
+		step.failed_attempt = true;
+		step.request = last_request_;
+		if (phase_ == Phase::kWaitStarted) {
+			wait_round_ = 0;
+		}
+		return step;
+	}
+	step.completion = Completion::kRetry;
 	phase_ = Phase::kFinished;
 	return step;
 }
@@ -413,7 +441,7 @@ Operation::Unexpected(const fly::Outcome &outcome, const char *during) {
 }
 
 Step
-Operation::OnOutcome(const fly::Outcome &outcome) {
+Operation::Handle(const fly::Outcome &outcome) {
 	using fly::OutcomeKind;
 	Step step;
 	switch (phase_) {
@@ -501,7 +529,9 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 			return step;
 		}
 		if (outcome.kind == OutcomeKind::kNotFound) {
-			// Taken a moment ago, gone now (a deletion finishing): create again later.
+			// Taken a moment ago, gone now (a deletion finishing): create it again, after a pause.
+			phase_ = Phase::kCreateApp;
+			last_request_ = fly::CreateAppRequest(app_->name, settings_.org_slug);
 			return Retry(outcome, "get_app");
 		}
 		return Unexpected(outcome, "get_app");
@@ -542,9 +572,12 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 		if (outcome.kind == OutcomeKind::kSuccess) {
 			MachineFacts machine = MachineFromBody(outcome);
 			if (machine.id.empty()) {
-				fly::Outcome malformed = outcome;
-				malformed.message = "create_machine answered without a machine id";
-				return Retry(malformed, "create_machine");
+				// Unusable answer: the machine may exist all the same, so look for it before creating again.
+				step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
+				create_settles_at_ = now_ + kAnsweredCreateSettleSeconds;
+				step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+				phase_ = Phase::kFindCreatedMachine;
+				return step;
 			}
 			app_->machine_id = machine.id;
 			app_->pending_create_operation.clear();
@@ -563,9 +596,14 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 			return Wait(std::move(step));
 		}
 		if (outcome.kind == OutcomeKind::kTransient || outcome.kind == OutcomeKind::kMalformed) {
-			// A 408, 5xx or lost answer may still have created the machine: look before creating again.
+			// A 408, 5xx or lost answer may still have created the machine: look before creating again. Once
+			// Fly has answered, its list catches up within moments; with no answer at all the request may still
+			// be running, so wait as long as a request may take.
 			step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
+			create_settles_at_ =
+			    now_ + (outcome.http_status != 0 ? kAnsweredCreateSettleSeconds : settings_.create_settle_seconds);
 			step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+			step.delay_seconds = kLookAgainSeconds;
 			phase_ = Phase::kFindCreatedMachine;
 			return step;
 		}
@@ -610,7 +648,6 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 			change.region = target_.region;
 			change.guest = target_.guest;
 			change.image = settings_.image;
-			change.tier = target_.tier;
 			step.app = change;
 			Json details = Json::Object();
 			details.Set("app_name", Json::String(app_->name));
@@ -622,9 +659,13 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 			app_->status = "active";
 			return Finish(std::move(step));
 		}
-		if (outcome.kind == OutcomeKind::kTransient && outcome.http_status == 408 &&
-		    ++wait_round_ < settings_.wait_rounds) {
-			return Wait(std::move(step)); // Fly's wait gives up after its timeout; ours is longer
+		if (outcome.kind == OutcomeKind::kTransient && outcome.http_status == 408) {
+			if (++wait_round_ < settings_.wait_rounds) {
+				return Wait(std::move(step)); // Fly's wait gives up after its timeout; ours is longer
+			}
+			// Still not started after every round: start over later (the machine may need replacing).
+			last_request_.reset();
+			return Retry(outcome, "wait_machine");
 		}
 		if (outcome.kind == OutcomeKind::kNotFound) {
 			// The machine vanished (destroyed behind our back): find or create one again.

@@ -7,38 +7,51 @@ extern "C" {
 
 namespace pgfly::pg {
 
+namespace {
+
+// Outside any transaction: ending one frees its memory contexts, so a guarded call around the end must not
+// come back to one of them if it fails.
+void
+ReportIdle() {
+	MemoryContextSwitchTo(TopMemoryContext);
+	PgGuard([]() {
+		pgstat_report_stat(false);
+		pgstat_report_activity(STATE_IDLE, nullptr);
+	});
+}
+
+} // namespace
+
 void
 RunInTransaction(const char *activity, const std::function<void(SpiConnection &)> &body) {
-	PgGuard([&]() {
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, activity);
-	});
+	MemoryContextSwitchTo(TopMemoryContext);
 	try {
+		PgGuard([&]() {
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pgstat_report_activity(STATE_RUNNING, activity);
+		});
 		{
 			SpiConnection spi;
 			body(spi);
 		}
-		PgGuard([]() {
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			pgstat_report_stat(false);
-			pgstat_report_activity(STATE_IDLE, nullptr);
-		});
+		PgGuard([]() { PopActiveSnapshot(); });
+		MemoryContextSwitchTo(TopMemoryContext);
+		PgGuard([]() { CommitTransactionCommand(); });
 	} catch (...) {
 		AbortTransactionQuietly();
 		throw;
 	}
+	ReportIdle();
 }
 
 void
 AbortTransactionQuietly() noexcept {
 	try {
-		PgGuard([]() {
-			AbortCurrentTransaction(); // does nothing outside a transaction
-			pgstat_report_activity(STATE_IDLE, nullptr);
-		});
+		MemoryContextSwitchTo(TopMemoryContext);
+		PgGuard([]() { AbortCurrentTransaction(); }); // does nothing outside a transaction
+		ReportIdle();
 	} catch (...) {
 		// Aborting failed as well; the next StartTransactionCommand reports the state.
 	}

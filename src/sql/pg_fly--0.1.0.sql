@@ -130,6 +130,7 @@ CREATE TABLE fly.reconcile_queue (
     claimed_at  timestamptz,            -- set while the worker works on the item
     lease_until timestamptz,            -- a claim older than this is abandoned and may be taken again
     last_error  text,
+    alerted     boolean NOT NULL DEFAULT false,  -- an alert was raised for this run of failures
     enqueued_at timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -177,7 +178,9 @@ COMMENT ON FUNCTION fly.app_name_for(uuid, integer) IS
 
 CREATE FUNCTION fly.worker_status(
     OUT pid integer, OUT started_at timestamptz, OUT commit_wakes bigint, OUT timer_wakes bigint,
-    OUT iterations bigint, OUT last_wake_at timestamptz, OUT queue_ready bigint, OUT token_source text)
+    OUT iterations bigint, OUT last_wake_at timestamptz, OUT queue_ready bigint, OUT token_source text,
+    OUT in_flight integer, OUT rate_limited integer, OUT breaker_state text, OUT breaker_reopens_at timestamptz,
+    OUT last_error text, OUT last_error_at timestamptz)
     RETURNS record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'worker_status';
 
 CREATE FUNCTION fly._guard_selftest(kind text) RETURNS text
@@ -192,6 +195,20 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_change') THEN
         EXECUTE format('DROP TRIGGER on_user_tier_change ON %s', tbl);
     END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_truncate') THEN
+        EXECUTE format('DROP TRIGGER on_user_tier_truncate ON %s', tbl);
+    END IF;
+END $$;
+
+-- TRUNCATE fires no row triggers: a truncated subscription table leaves nobody with a tier, so every user with
+-- a live or queued app is queued for teardown.
+CREATE FUNCTION fly.on_user_tier_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM fly._enqueue_reconcile(u.user_id, 'absent', NULL, 'truncate')
+       FROM (SELECT a.user_id FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL
+             UNION SELECT q.user_id FROM fly.reconcile_queue q WHERE q.desired = 'present') AS u;
+    RETURN NULL;
 END $$;
 
 CREATE FUNCTION fly.attach_tier_trigger(
@@ -238,6 +255,8 @@ BEGIN
     EXECUTE format('CREATE TRIGGER on_user_tier_change AFTER INSERT OR UPDATE OF %I, %I OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION fly.on_user_tier_change(%L, %L)',
                    user_column, tier_column, tbl, user_column, tier_column);
+    EXECUTE format('CREATE TRIGGER on_user_tier_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION fly.on_user_tier_truncate()', tbl);
     INSERT INTO fly.tier_source (table_name, user_column, tier_column)
     VALUES (tbl, user_column, tier_column)
     ON CONFLICT (singleton) DO UPDATE
@@ -295,7 +314,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION fly.provision_user_app(user_id uuid) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_tier      text;
     v_dedicated boolean;
@@ -320,7 +339,7 @@ COMMENT ON FUNCTION fly.provision_user_app(uuid) IS
     'Queues (re)provisioning of the user''s app per their tier; returns at once';
 
 CREATE FUNCTION fly.deprovision_user_app(user_id uuid) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF user_id IS NULL THEN
         RAISE EXCEPTION 'deprovision_user_app: user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -336,6 +355,53 @@ END $$;
 COMMENT ON FUNCTION fly.deprovision_user_app(uuid) IS
     'Queues teardown of the user''s app (until their tier changes again); returns at once';
 
+-- The seed's "manual retry button": a failed user's app is reconciled again, with fresh attempts, toward what
+-- their tier says now.
+CREATE FUNCTION fly.retry_user_app(user_id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_status    text;
+    v_tier      text;
+    v_dedicated boolean := false;
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'retry_user_app: user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT a.status INTO v_status FROM fly.user_fly_apps a
+     WHERE a.user_id = retry_user_app.user_id AND a.deleted_at IS NULL;
+    IF v_status IS DISTINCT FROM 'failed' THEN
+        IF EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = retry_user_app.user_id) THEN
+            RAISE EXCEPTION 'user % is not failed: work for them is already queued', user_id
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'See fly.pending_work and fly.get_user_fly_app_status().';
+        END IF;
+        RAISE EXCEPTION 'user % has nothing to retry: %', user_id,
+            coalesce('their app is ' || v_status, 'pg_fly has no live app for them')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Only failed apps can be retried; fly.provision_user_app() queues a user afresh.';
+    END IF;
+    BEGIN
+        v_tier := fly._subscription_tier(user_id);
+    EXCEPTION WHEN no_data_found THEN
+        v_tier := NULL;  -- no subscription any more: the app goes away
+    END;
+    IF v_tier IS NOT NULL THEN
+        SELECT p.dedicated_app INTO v_dedicated FROM fly.tier_policies p WHERE p.tier = v_tier;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'tier "%" of user % has no policy in fly.tier_policies', v_tier, user_id
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details)
+    SELECT a.id, a.user_id, 'retry_requested', a.status,
+           jsonb_build_object('desired', CASE WHEN v_dedicated THEN 'present' ELSE 'absent' END, 'tier', v_tier)
+      FROM fly.user_fly_apps a WHERE a.user_id = retry_user_app.user_id AND a.deleted_at IS NULL;
+    PERFORM fly._enqueue_reconcile(user_id, CASE WHEN coalesce(v_dedicated, false) THEN 'present' ELSE 'absent' END,
+                                   CASE WHEN coalesce(v_dedicated, false) THEN v_tier END, 'retry');
+END $$;
+COMMENT ON FUNCTION fly.retry_user_app(uuid) IS
+    'Re-queues a failed user with fresh attempts toward what their tier says now (the manual retry button)';
+
 --------------------------------------------------------------------------------------------------------------
 -- Status and admin views
 --------------------------------------------------------------------------------------------------------------
@@ -345,7 +411,7 @@ RETURNS TABLE (
     tier text, monthly_cost_estimate_usd numeric, attempts integer, last_error text,
     pending_action text, pending_since timestamptz, created_at timestamptz, updated_at timestamptz,
     deleted_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH app AS (
         SELECT a.* FROM fly.user_fly_apps a
          WHERE a.user_id = $1
@@ -386,6 +452,21 @@ SELECT count(*) FILTER (WHERE event_type = 'provision_completed') AS success,
            AS success_rate_pct
   FROM fly.user_fly_app_events
  WHERE event_type IN ('provision_completed', 'provision_failed');
+
+-- The worker at a glance: queue, failures, breaker, rate-limit waits, last error, pid and uptime.
+CREATE VIEW fly.worker_overview AS
+SELECT w.pid, now() - w.started_at AS uptime, w.token_source,
+       (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after <= now()) AS pending,
+       (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NOT NULL) AS in_progress,
+       w.in_flight AS requests_in_flight,
+       (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after > now())
+           AS waiting_for_retry,
+       (SELECT min(q.run_after) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after > now())
+           AS next_retry_at,
+       (SELECT count(*) FROM fly.user_fly_apps a WHERE a.status = 'failed' AND a.deleted_at IS NULL) AS failed,
+       w.breaker_state, w.breaker_reopens_at, w.rate_limited AS requests_rate_limited,
+       w.last_error, w.last_error_at
+  FROM fly.worker_status() w;
 
 -- What the worker has to do.
 CREATE VIEW fly.pending_work AS

@@ -352,5 +352,34 @@ class SecretsTest(ProvisioningTestCase):
             self.assertNotIn(secret, requests)
 
 
+
+
+class TokenSettingTest(unittest.TestCase):
+    """fly.api_token set in postgresql.conf: it works, and nobody can read it back."""
+
+    def test_token_setting_is_masked_for_everyone_and_never_logged(self):
+        sim = Simulator()
+        pg = Cluster(sim.url, {"fly.api_token": f"'{TEST_TOKEN}'"})
+        try:
+            self.assertTrue(pg.wait_for("SELECT token_source = 'fly.api_token' FROM fly.worker_status()", 30))
+            self.assertEqual(pg.value("SHOW fly.api_token"), "********")
+            self.assertEqual(pg.value("SELECT current_setting('fly.api_token')"), "********")
+            pg.sql("CREATE ROLE monitor LOGIN IN ROLE pg_monitor")
+            masked = pg.psql("SET ROLE monitor; SHOW fly.api_token; SELECT current_setting('fly.api_token')").stdout
+            self.assertNotIn(TEST_TOKEN, masked)
+            self.assertIn("********", masked)
+            # The token is in use all the same.
+            pg.sql("CREATE TABLE user_subscriptions (user_id uuid PRIMARY KEY, tier text NOT NULL)")
+            pg.sql("SELECT fly.attach_tier_trigger()")
+            pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
+            self.assertTrue(pg.wait_for("SELECT EXISTS (SELECT 1 FROM fly.user_fly_apps WHERE status = 'active')", 30))
+            pg.reload()
+            time.sleep(0.5)
+            self.assertNotIn(TEST_TOKEN, pg.server_log())
+        finally:
+            pg.destroy()
+            sim.stop()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

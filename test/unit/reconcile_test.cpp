@@ -191,6 +191,14 @@ ExpectEnded(const Step &step, Completion completion) {
 	EXPECT_FALSE(step.request.has_value());
 }
 
+// A transient failure: the same request goes again after the backoff, as a new attempt.
+void
+ExpectRetriedInPlace(const Step &step) {
+	EXPECT_EQ(step.completion, Completion::kContinue);
+	EXPECT_TRUE(step.failed_attempt);
+	EXPECT_TRUE(step.request.has_value());
+}
+
 void
 ExpectGuest(const Json &guest, const fly::Guest &expected) {
 	EXPECT_EQ(guest.GetString("cpu_kind"), expected.cpu_kind);
@@ -317,7 +325,7 @@ TEST(ReconcileProvision, NewUserRunsTheWholeSequence) {
 	EXPECT_EQ(step.app->status, "active");
 	EXPECT_TRUE(step.app->provisioned);
 	EXPECT_EQ(step.app->machine_id, "m1");
-	EXPECT_EQ(step.app->tier, "pro");
+	EXPECT_FALSE(step.app->tier.has_value()); // set when the operation started; a relabel since then stands
 	EXPECT_TRUE(step.error.empty());
 }
 
@@ -329,6 +337,7 @@ TEST(ReconcileProvision, WaitGivesUpAfterWaitRoundsTimeouts) {
 	step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408));
 	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", WaitQuery());
 	step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408));
+	// Every round used up: the whole operation starts over later.
 	ExpectEnded(step, Completion::kRetry);
 	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "wait_machine");
@@ -487,7 +496,7 @@ TEST(ReconcileSecrets, FailureToSetSecretsDoesNotLeakValues) {
 	operation.Start();
 	operation.OnOutcome(Ok("{}", 201));
 	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 500, "", "", "req-9"));
-	ExpectEnded(step, Completion::kRetry);
+	ExpectRetriedInPlace(step);
 	ASSERT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "set_secrets");
 	EXPECT_EQ(step.events[0].details_json.find("hunter2"), std::string::npos);
@@ -566,7 +575,7 @@ TEST(ReconcileAppName, TakenThenGoneIsRetried) {
 	operation.Start();
 	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
 	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404, "{\"error\":\"Could not find App\"}"));
-	ExpectEnded(step, Completion::kRetry);
+	ExpectRetriedInPlace(step);
 	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "get_app");
 	EXPECT_EQ(Details(step.events[0]).GetInteger("http_status"), 404);
@@ -717,7 +726,7 @@ TEST(ReconcileMachine, DuplicateDeleteFailureIsRetried) {
 	DriveToFindMachine(operation);
 	operation.OnOutcome(Ok(ListText({MachineText("m1", "started"), MachineText("m2", "started")})));
 	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 503));
-	ExpectEnded(step, Completion::kRetry);
+	ExpectRetriedInPlace(step);
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "delete_machine");
 }
 
@@ -755,16 +764,42 @@ TEST(ReconcileCreate, AmbiguousCreateFindsAndAdoptsTheMachine) {
 	ExpectEnded(step, Completion::kDone);
 }
 
-TEST(ReconcileCreate, AmbiguousCreateWithNothingFoundIsRetried) {
+TEST(ReconcileCreate, AmbiguousCreateWithNothingFoundLooksAgainThenCreates) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToCreateMachine(operation);
-	operation.OnOutcome(Out(OutcomeKind::kTransient, 503));
-	Step step = operation.OnOutcome(Ok("[]"));
-	ExpectEnded(step, Completion::kRetry);
+	operation.SetNow(100);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 503));
 	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
-	EXPECT_EQ(Details(step.events[0]).GetString("step"), "create_machine");
-	EXPECT_FALSE(step.app.has_value()); // pending_create is kept so the next run waits for it
-	EXPECT_FALSE(step.error.empty());
+	EXPECT_GT(step.delay_seconds, 0);
+	// Fly answered, so its list catches up within moments: look again, without counting a failure.
+	operation.SetNow(101);
+	step = operation.OnOutcome(Ok("[]"));
+	EXPECT_FALSE(step.failed_attempt);
+	EXPECT_TRUE(step.events.empty());
+	EXPECT_GT(step.delay_seconds, 0);
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	// Still nothing once the list has had time to catch up: the creation did not happen; create again.
+	operation.SetNow(102.5);
+	step = operation.OnOutcome(Ok("[]"));
+	ASSERT_TRUE(step.request.has_value());
+	EXPECT_EQ(step.request->endpoint, Endpoint::kCreateMachine);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_TRUE(step.app->pending_create.has_value());
+}
+
+TEST(ReconcileCreate, UnansweredCreateWaitsAsLongAsARequestMayTake) {
+	Settings settings = MakeSettings();
+	settings.create_settle_seconds = 30;
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	DriveToCreateMachine(operation);
+	operation.SetNow(100);
+	operation.OnOutcome(Out(OutcomeKind::kTransient, 0)); // no answer: connection reset, timeout
+	operation.SetNow(110);
+	Step step = operation.OnOutcome(Ok("[]"));
+	EXPECT_EQ(step.request->endpoint, Endpoint::kListMachines);
+	operation.SetNow(131);
+	step = operation.OnOutcome(Ok("[]"));
+	EXPECT_EQ(step.request->endpoint, Endpoint::kCreateMachine);
 }
 
 TEST(ReconcileCreate, MalformedCreateAnswerIsAlsoAmbiguous) {
@@ -778,7 +813,10 @@ TEST(ReconcileCreate, CreateAnswerWithoutIdIsRetried) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToCreateMachine(operation);
 	Step step = operation.OnOutcome(Ok("{\"state\":\"created\"}"));
-	ExpectEnded(step, Completion::kRetry);
+	// The machine may exist all the same: it is looked up before anything is created again.
+	EXPECT_FALSE(step.failed_attempt);
+	ASSERT_TRUE(step.request.has_value());
+	EXPECT_EQ(step.request->endpoint, Endpoint::kListMachines);
 	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
 }
 
@@ -790,7 +828,7 @@ TEST(ReconcileCreate, YoungPendingCreateWaitsInsteadOfCreating) {
 	operation.Start();
 	operation.OnOutcome(Ok("{}", 201));
 	Step step = operation.OnOutcome(Ok("[]"));
-	ExpectEnded(step, Completion::kRetry);
+	ExpectRetriedInPlace(step);
 	ASSERT_TRUE(step.retry_after_seconds.has_value());
 	EXPECT_NEAR(*step.retry_after_seconds, 18.0, 0.001);
 	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
@@ -861,7 +899,7 @@ TEST(ReconcileFailure, TransientFailureAtAnyStepIsRetriedWithDetails) {
 		outcome.fly_error = "try later";
 		outcome.retry_after_seconds = 7;
 		Step step = operation.OnOutcome(outcome);
-		ExpectEnded(step, Completion::kRetry);
+		ExpectRetriedInPlace(step);
 		EXPECT_FALSE(step.app.has_value());
 		EXPECT_EQ(step.error, outcome.message);
 		EXPECT_EQ(step.retry_after_seconds, 7.0);
@@ -872,8 +910,8 @@ TEST(ReconcileFailure, TransientFailureAtAnyStepIsRetriedWithDetails) {
 		EXPECT_EQ(details.GetString("fly_status"), "service_unavailable");
 		EXPECT_EQ(details.GetString("fly_error"), "try later");
 		EXPECT_EQ(details.GetString("fly_request_id"), "01REQ");
-		// Finished: a late answer is refused.
-		EXPECT_EQ(operation.OnOutcome(Ok("{}")).completion, Completion::kFailed);
+		// The same request goes again; the operation keeps what it has done.
+		EXPECT_EQ(step.request->endpoint, endpoint);
 	}
 }
 
@@ -882,7 +920,7 @@ TEST(ReconcileFailure, TransientFailureOnStartIsRetried) {
 	DriveToFindMachine(operation);
 	operation.OnOutcome(Ok(ListText({MachineText("m1", "stopped")})));
 	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 429));
-	ExpectEnded(step, Completion::kRetry);
+	ExpectRetriedInPlace(step);
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "start_machine");
 }
 
@@ -1009,7 +1047,7 @@ TEST(ReconcileDeprovision, TransientFailuresAreRetriedAsDeprovisionAttempts) {
 	operation.Start();
 	operation.OnOutcome(Ok(ListText({MachineText("m1", "started")})));
 	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 502, "", "", "rq"));
-	ExpectEnded(step, Completion::kRetry);
+	ExpectRetriedInPlace(step);
 	EXPECT_EQ(EventTypes(step), Types{"deprovision_attempt_failed"});
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "stop_machine");
 	EXPECT_EQ(Details(step.events[0]).GetString("fly_request_id"), "rq");
@@ -1083,7 +1121,7 @@ TEST(ReconcileDeprovision, WithoutRowTransientLookupIsRetried) {
 	Operation operation(MakeTarget(false), std::nullopt, MakeSettings());
 	operation.Start();
 	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 500));
-	ExpectEnded(step, Completion::kRetry);
+	ExpectRetriedInPlace(step);
 	EXPECT_EQ(EventTypes(step), Types{"deprovision_attempt_failed"});
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "get_app");
 }

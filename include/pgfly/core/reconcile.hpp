@@ -67,6 +67,9 @@ struct Target {
 	std::string operation_id;
 	// The first app name candidate no other user's live app holds in the database.
 	int first_name_attempt = 0;
+	// For a deprovision without a live row: whether to look for a leftover app under the contract name (not
+	// when another user's live app holds that name).
+	bool look_for_leftover = true;
 };
 
 // A change to the live app row. Unset fields keep their value.
@@ -95,9 +98,9 @@ struct Event {
 };
 
 enum class Completion {
-	kContinue, // send `request` next
+	kContinue, // send `request` next (after `retry_after_seconds` when `failed_attempt`)
 	kDone,     // the user's app matches the target
-	kRetry,    // a transient failure: try the whole operation again later
+	kRetry,    // a transient failure that needs a fresh start: run the whole operation again later
 	kFailed,   // a permanent failure: stop until someone asks again
 };
 
@@ -109,6 +112,11 @@ struct Step {
 	// For kRetry and kFailed: what went wrong (no secrets), and Fly's Retry-After if it gave one.
 	std::string error;
 	std::optional<double> retry_after_seconds;
+	// A kContinue step that re-sends the request that just failed transiently: it counts as a failed attempt,
+	// and the request waits for the backoff delay (or Fly's Retry-After) before it goes again.
+	bool failed_attempt = false;
+	// Send `request` only after this many seconds (waiting for something to settle, not a failure).
+	double delay_seconds = 0;
 };
 
 // Facts read from Fly's answers (missing or mistyped fields give empty values, never an exception).
@@ -126,6 +134,10 @@ public:
 
 	Step Start();
 	Step OnOutcome(const fly::Outcome &outcome);
+	// The caller's monotonic clock, in seconds, for decisions that depend on elapsed time.
+	void SetNow(double now) {
+		now_ = now;
+	}
 
 	const Target &target() const {
 		return target_;
@@ -163,6 +175,7 @@ private:
 	Step Retry(const fly::Outcome &outcome, const char *during);
 	Step Unexpected(const fly::Outcome &outcome, const char *during);
 	Step Finish(Step step);
+	Step Handle(const fly::Outcome &outcome);
 	fly::MachineSpec Spec() const;
 	const char *FailedEvent() const;
 
@@ -171,6 +184,9 @@ private:
 	Settings settings_;
 	Phase phase_ = Phase::kFinished;
 	int wait_round_ = 0;
+	double now_ = 0;
+	double create_settles_at_ = 0;
+	std::optional<fly::Request> last_request_;
 	std::optional<int64_t> secrets_version_;
 	std::vector<std::string> machines_to_stop_;
 	std::vector<std::string> extra_machines_;

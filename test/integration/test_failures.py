@@ -1,0 +1,207 @@
+"""When Fly fails: retries with backoff, alerts, the 429 and Retry-After path, the circuit breaker, client-side
+rate limits and the manual retry, against the simulator's faults."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import PG_BIN, Cluster, Simulator  # noqa: E402
+from test_provisioning import ProvisioningTestCase, app_name  # noqa: E402
+
+
+def users(count, seed):
+    return [str(uuid.UUID(int=(seed << 64) + i + 1, version=4)) for i in range(count)]
+
+
+def fly_requests(sim):
+    return [r for r in sim.requests()["requests"] if r["path"].startswith("/v1/")]
+
+
+class Listener(threading.Thread):
+    """A session that LISTENs on a channel for `seconds` and collects the payloads it received."""
+
+    def __init__(self, pg, channel, seconds):
+        super().__init__(daemon=True)
+        self.command = [os.path.join(PG_BIN, "psql"), "-X", "-h", pg.workdir, "-p", str(pg.port), "-U", "postgres",
+                        "-d", pg.database, "-c", f"LISTEN {channel}", "-c", f"SELECT pg_sleep({seconds})"]
+        self.payloads = []
+        self.ready = threading.Event()
+
+    def run(self):
+        process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   user="postgres" if os.geteuid() == 0 else None)
+        self.ready.set()
+        for line in process.stdout:
+            if line.startswith("Asynchronous notification"):
+                self.payloads.append(json.loads(line.split('with payload "', 1)[1].rsplit('" received', 1)[0]))
+        process.wait()
+
+
+class RetryTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.max_attempts": "5", "fly.rate_limits": "off"}
+
+    def test_random_transient_failures_converge_and_are_all_logged(self):
+        self.sim.control("POST", "reset", {"seed": 30, "boot_delay_ms": 20, "rate_limits": {"mode": "off"},
+                                           "faults": [{"endpoint": "*", "probability": 0.3, "kind": "status",
+                                                       "status": 503}]})
+        self.pg.sql("ALTER SYSTEM SET fly.max_attempts = 20")
+        self.pg.reload()
+        try:
+            group = users(50, 30)
+            self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
+            self.settle(timeout=180)
+        finally:
+            self.pg.sql("ALTER SYSTEM RESET fly.max_attempts")
+            self.pg.reload()
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "50")
+        apps = self.live_apps_on_fly()
+        self.assertEqual(set(apps), {app_name(u) for u in group})
+        self.assertTrue(all(len(app["machines"]) == 1 for app in apps.values()))
+        failed_answers = [r for r in fly_requests(self.sim) if r["status"] == 503]
+        self.assertGreater(len(failed_answers), 20)
+        attempt_events = self.pg.sql("SELECT details->>'http_status', details->>'fly_request_id' IS NOT NULL "
+                                     "FROM fly.user_fly_app_events WHERE event_type = 'provision_attempt_failed'")
+        self.assertEqual(len(attempt_events), len(failed_answers))
+        self.assertTrue(all(status == "503" for status, _ in attempt_events))
+        # Spacing: each failed request goes again after a delay drawn from [0, min(cap, base * 2^(n-1))] for the
+        # user's n-th failure (base 200 ms, cap 2 s here): never later than that ceiling, and not all at once.
+        # (The worker may send it a little later when the rate limiter or breaker holds it, both off here.)
+        log = fly_requests(self.sim)
+        failures_per_app = {}
+        gaps = []
+        for i, request in enumerate(log):
+            app = request["body"].get("name") if request["endpoint"] == "create_app" else request["path"].split("/")[3]
+            if request["status"] != 503:
+                continue
+            failures_per_app[app] = failures_per_app.get(app, 0) + 1
+            if request["endpoint"] == "create_machine":
+                continue  # not retried blindly: the machine is looked up first (tested elsewhere)
+            again = next((r for r in log[i + 1:] if r["endpoint"] == request["endpoint"]
+                          and r["path"] == request["path"] and r["body"] == request["body"]), None)
+            if again is not None:
+                ceiling = min(2.0, 0.2 * 2 ** (failures_per_app[app] - 1))
+                gaps.append((again["t_mono"] - request["t_mono"], ceiling))
+        self.assertGreater(len(gaps), 20)
+        for gap, ceiling in gaps:
+            self.assertLessEqual(gap, ceiling + 0.5)
+        self.assertGreater(sorted(g for g, _ in gaps)[len(gaps) // 2], 0.02)
+
+    def test_permanent_500s_fail_one_user_after_max_attempts_with_one_alert(self):
+        doomed, *others = users(4, 31)
+        self.sim.configure(faults=[{"endpoint": "list_machines", "app": app_name(doomed), "always": True,
+                                    "kind": "status", "status": 500}])
+        listener = Listener(self.pg, "pg_fly_alerts", 12)
+        listener.start()
+        listener.ready.wait()
+        time.sleep(0.5)
+        self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in [doomed] + others))
+        self.settle(timeout=60)
+        self.assertEqual(self.pg.sql(f"SELECT status, attempts FROM fly.user_fly_apps WHERE user_id = '{doomed}'"),
+                         [["failed", "5"]])
+        self.assertEqual(self.pg.value(f"SELECT last_error FROM fly.user_fly_apps WHERE user_id = '{doomed}'")[:22],
+                         "list_machines: HTTP 50")
+        self.assertEqual(self.events(doomed).count("provision_attempt_failed"), 5)
+        self.assertEqual(self.events(doomed).count("provision_failed"), 1)
+        self.assertEqual(self.events(doomed).count("alert_raised"), 1)
+        for user in others:
+            self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{user}'"), "active")
+        listener.join(timeout=30)
+        alerts = [p for p in listener.payloads if p["user_id"] == doomed]
+        self.assertEqual(len(alerts), 1, listener.payloads)
+        self.assertEqual(alerts[0]["kind"], "repeated_failures")
+        self.assertEqual(alerts[0]["attempts"], 3)
+        self.assertEqual(alerts[0]["fly_app_name"], app_name(doomed))
+
+        # retry_user_app: explains why not for a healthy user, succeeds for the failed one once faults stop.
+        result = self.pg.psql(f"SELECT fly.retry_user_app('{others[0]}')", check=False)
+        self.assertIn("has nothing to retry: their app is active", result.stderr)
+        self.sim.configure(faults=[])
+        self.pg.sql(f"SELECT fly.retry_user_app('{doomed}')")
+        self.settle()
+        self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{doomed}'"), "active")
+        self.assertIn("retry_requested", self.events(doomed))
+
+    def test_422_on_create_app_fails_at_once_with_the_reason(self):
+        self.pg.sql("ALTER SYSTEM SET fly.app_name_prefix = 'Bad_Prefix-'")
+        self.pg.reload()
+        try:
+            time.sleep(0.5)
+            user = users(1, 32)[0]
+            self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{user}', 'pro')")
+            self.settle()
+        finally:
+            self.pg.sql("ALTER SYSTEM RESET fly.app_name_prefix")
+            self.pg.reload()
+        row = self.pg.sql(f"SELECT status, attempts, last_error FROM fly.user_fly_apps WHERE user_id = '{user}'")
+        self.assertEqual(row[0][:2], ["failed", "1"])
+        self.assertIn("422", row[0][2])
+        self.assertIn("Name", row[0][2])
+        self.assertEqual(len([r for r in fly_requests(self.sim) if r["endpoint"] == "create_app"]), 1)
+        self.assertEqual(self.events(user), ["provision_requested", "provision_failed", "alert_raised"])
+
+    def test_429_with_retry_after_holds_back_that_scope(self):
+        user = users(1, 33)[0]
+        self.sim.configure(faults=[{"endpoint": "list_machines", "nth": [1], "kind": "rate_limit", "retry_after": 2}])
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{user}', 'pro')")
+        self.settle()
+        scope = [r for r in fly_requests(self.sim) if r["endpoint"] == "list_machines"]
+        self.assertEqual(scope[0]["status"], 429)
+        self.assertGreaterEqual(scope[1]["t_mono"] - scope[0]["t_mono"], 2.0)
+        # Nothing at all about this app went out during the pause.
+        app_requests = [r for r in fly_requests(self.sim) if app_name(user) in r["path"]
+                        and scope[0]["t_mono"] < r["t_mono"] < scope[0]["t_mono"] + 2.0]
+        self.assertEqual(app_requests, [])
+        self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{user}'"), "active")
+
+
+class BreakerTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.rate_limits": "off", "fly.breaker_failure_threshold": "10",
+                        "fly.breaker_open_time": "'1s'", "fly.breaker_max_open_time": "'4s'"}
+
+    def test_fly_down_for_20_seconds_opens_the_breaker_then_everything_converges(self):
+        self.sim.configure(faults=[{"endpoint": "*", "always": True, "kind": "status", "status": 503}])
+        group = users(12, 34)
+        self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
+        self.assertTrue(self.pg.wait_for("SELECT breaker_state <> 'closed' FROM fly.worker_status()", timeout=15))
+        down_since = time.monotonic()
+        seen = self.pg.value("SELECT breaker_state FROM fly.worker_overview")
+        self.assertIn(seen, ("open", "half-open"))
+        time.sleep(max(0.0, 20 - (time.monotonic() - down_since)))
+        sent_while_down = len(fly_requests(self.sim))
+        self.sim.configure(faults=[])
+        self.settle(timeout=90)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "12")
+        self.assertEqual(self.pg.value("SELECT breaker_state FROM fly.worker_status()"), "closed")
+        # Ten failures open it; then only probes, about one per pause (1 s doubling to 4 s) over 20 s.
+        self.assertLessEqual(sent_while_down, 10 + 12, sent_while_down)
+        # Users' attempts were not burned while it was open.
+        self.assertEqual(self.pg.value("SELECT max(attempts) FROM fly.user_fly_apps"), "0")
+
+
+class RateLimitTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'"}
+
+    def test_30_users_at_flys_limits_see_no_429_and_take_the_time_the_limits_allow(self):
+        self.sim.control("POST", "reset", {"seed": 35, "boot_delay_ms": 50, "rate_limits": {"mode": "fly"}})
+        group = users(30, 35)
+        self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
+        self.settle(timeout=120)
+        requests = fly_requests(self.sim)
+        self.assertEqual([r for r in requests if r["status"] == 429], [])
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "30")
+        creates = [r["t_mono"] for r in requests if r["endpoint"] == "create_app"]
+        elapsed = max(r["t_mono"] for r in requests) - min(creates)
+        # create_app is limited per organization: a burst of 3, then 1 per second.
+        allowed = (30 - 3) / 1.0
+        self.assertLessEqual(elapsed, allowed * 1.2, f"{elapsed:.1f} s for what the limits allow in {allowed} s")
+        self.assertGreaterEqual(elapsed, allowed * 0.95)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
