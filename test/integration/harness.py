@@ -29,10 +29,13 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _as_postgres(command, **kwargs):
+def _as_postgres(command, cwd=None, **kwargs):
+    """Runs a PostgreSQL program as the postgres user, from a folder that user can enter (the checkout may be in
+    root's home, and pg_ctl refuses to work from a current directory it cannot read)."""
     if os.geteuid() == 0:
         command = ["runuser", "-u", "postgres", "--"] + command
-    return subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
+    return subprocess.run(command, check=True, capture_output=True, text=True, cwd=cwd or tempfile.gettempdir(),
+                          **kwargs)
 
 
 class Simulator:
@@ -151,7 +154,7 @@ class Cluster:
         command = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-F", "\t",
                    "-h", self.workdir, "-p", str(self.port), "-U", "postgres", "-d", database or self.database,
                    "-c", sql]
-        result = subprocess.run(command, capture_output=True, text=True,
+        result = subprocess.run(command, capture_output=True, text=True, cwd=self.workdir,
                                 user="postgres" if os.geteuid() == 0 else None)
         if check and result.returncode != 0:
             raise RuntimeError(f"psql failed: {result.stderr.strip()}\nSQL: {sql}")
@@ -161,7 +164,7 @@ class Cluster:
         """The query's result as psql prints it for people."""
         command = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-P", "footer=off",
                    "-h", self.workdir, "-p", str(self.port), "-U", "postgres", "-d", self.database, "-c", sql]
-        result = subprocess.run(command, capture_output=True, text=True, check=True,
+        result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=self.workdir,
                                 user="postgres" if os.geteuid() == 0 else None)
         return result.stdout.rstrip("\n")
 

@@ -30,12 +30,13 @@ class Listener(threading.Thread):
         super().__init__(daemon=True)
         self.command = [os.path.join(PG_BIN, "psql"), "-X", "-h", pg.workdir, "-p", str(pg.port), "-U", "postgres",
                         "-d", pg.database, "-c", f"LISTEN {channel}", "-c", f"SELECT pg_sleep({seconds})"]
+        self.workdir = pg.workdir
         self.payloads = []
         self.ready = threading.Event()
 
     def run(self):
         process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   user="postgres" if os.geteuid() == 0 else None)
+                                   cwd=self.workdir, user="postgres" if os.geteuid() == 0 else None)
         self.ready.set()
         for line in process.stdout:
             if line.startswith("Asynchronous notification"):
