@@ -475,6 +475,180 @@ SELECT q.user_id, q.desired, q.tier, q.reason, q.attempts, q.run_after, q.claime
   FROM fly.reconcile_queue q;
 
 --------------------------------------------------------------------------------------------------------------
+-- Cost: a price table kept as data, an estimate on every app row, running time from status changes.
+--------------------------------------------------------------------------------------------------------------
+-- Fly's preset prices per 30 days in the cheapest region (api-reference §7; check Fly's calculator and update).
+CREATE TABLE fly.guest_prices (
+    cpu_kind          text NOT NULL CHECK (cpu_kind IN ('shared', 'performance')),
+    cpus              integer NOT NULL CHECK (cpus > 0),
+    preset_memory_mb  integer NOT NULL CHECK (preset_memory_mb > 0),
+    usd_per_30_days   numeric(10, 4) NOT NULL CHECK (usd_per_30_days >= 0),
+    PRIMARY KEY (cpu_kind, cpus)
+);
+INSERT INTO fly.guest_prices VALUES
+    ('shared', 1, 256, 1.94), ('shared', 2, 512, 3.88), ('shared', 4, 1024, 7.76), ('shared', 8, 2048, 15.52),
+    ('performance', 1, 2048, 31.00), ('performance', 2, 4096, 62.00), ('performance', 4, 8192, 124.00),
+    ('performance', 8, 16384, 248.00), ('performance', 16, 32768, 496.00);
+
+-- Settings of the estimate: memory beyond the preset, and regional markups (regions not listed cost 1.0x).
+CREATE TABLE fly.price_settings (
+    singleton                boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    extra_memory_usd_per_gb  numeric(10, 4) NOT NULL DEFAULT 5.00 CHECK (extra_memory_usd_per_gb >= 0)
+);
+INSERT INTO fly.price_settings DEFAULT VALUES;
+CREATE TABLE fly.region_price_multipliers (
+    region     text PRIMARY KEY CHECK (region ~ '^[a-z0-9-]+$'),
+    multiplier numeric(6, 4) NOT NULL CHECK (multiplier > 0)
+);
+-- sjc: shared-1x 256 MB costs $2.32 there against $1.94 baseline (api-reference §7).
+INSERT INTO fly.region_price_multipliers VALUES ('sjc', 1.1959);
+
+-- US dollars per 30 days for a started machine of this guest in this region; NULL when the guest has no price.
+CREATE FUNCTION fly.monthly_cost_estimate(cpu_kind text, cpus integer, memory_mb integer, region text)
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT round((p.usd_per_30_days
+                  + greatest(0, $3 - p.preset_memory_mb) / 1024.0 * s.extra_memory_usd_per_gb)
+                 * coalesce((SELECT m.multiplier FROM fly.region_price_multipliers m WHERE m.region = $4), 1.0), 2)
+      FROM fly.guest_prices p, fly.price_settings s
+     WHERE p.cpu_kind = $1 AND p.cpus = $2
+$$;
+COMMENT ON FUNCTION fly.monthly_cost_estimate(text, integer, integer, text) IS
+    'USD per 30 days for a started machine: preset price + extra memory, times the region''s multiplier';
+
+ALTER TABLE fly.user_fly_apps
+    ADD COLUMN running_seconds       bigint NOT NULL DEFAULT 0 CHECK (running_seconds >= 0),
+    ADD COLUMN running_since         timestamptz,
+    ADD COLUMN month_running_seconds bigint NOT NULL DEFAULT 0 CHECK (month_running_seconds >= 0),
+    ADD COLUMN month_start           date;
+
+-- Keeps the estimate and the running time current from the row's own changes (the worker writes guest, region
+-- and status; operators may too).
+CREATE FUNCTION fly._track_app_cost() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    this_month date := date_trunc('month', now())::date;
+    stint      bigint;
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.cpu_kind IS DISTINCT FROM OLD.cpu_kind OR NEW.cpus IS DISTINCT FROM OLD.cpus
+       OR NEW.memory_mb IS DISTINCT FROM OLD.memory_mb OR NEW.region IS DISTINCT FROM OLD.region THEN
+        NEW.monthly_cost_estimate_usd := fly.monthly_cost_estimate(NEW.cpu_kind, NEW.cpus, NEW.memory_mb, NEW.region);
+    END IF;
+    IF NEW.month_start IS DISTINCT FROM this_month THEN
+        NEW.month_start := this_month;
+        NEW.month_running_seconds := 0;
+    END IF;
+    IF NEW.status = 'active' AND NEW.running_since IS NULL THEN
+        NEW.running_since := now();
+    ELSIF NEW.status <> 'active' AND NEW.running_since IS NOT NULL THEN
+        stint := floor(extract(epoch FROM now() - NEW.running_since));
+        NEW.running_seconds := NEW.running_seconds + stint;
+        NEW.month_running_seconds := NEW.month_running_seconds
+            + floor(extract(epoch FROM now() - greatest(NEW.running_since, this_month::timestamptz)));
+        NEW.running_since := NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER user_fly_apps_cost BEFORE INSERT OR UPDATE ON fly.user_fly_apps
+    FOR EACH ROW EXECUTE FUNCTION fly._track_app_cost();
+
+-- Cost by tier and region, and in total (tier and region NULL): month to date and projected to month's end.
+CREATE VIEW fly.cost_summary AS
+WITH apps AS (
+    SELECT a.tier, a.region, a.monthly_cost_estimate_usd AS per_30_days,
+           coalesce(CASE WHEN a.month_start = date_trunc('month', now())::date THEN a.month_running_seconds END, 0)
+           + CASE WHEN a.running_since IS NOT NULL
+                  THEN extract(epoch FROM now() - greatest(a.running_since, date_trunc('month', now())))
+                  ELSE 0 END AS seconds_this_month,
+           a.running_since IS NOT NULL AS running,
+           a.deleted_at IS NULL AS live
+      FROM fly.user_fly_apps a
+     WHERE a.deleted_at IS NULL OR a.deleted_at >= date_trunc('month', now())
+), rated AS (
+    SELECT tier, region, live, running, per_30_days,
+           coalesce(per_30_days, 0) / (30 * 86400.0) AS per_second, seconds_this_month
+      FROM apps
+)
+SELECT tier, region,
+       count(*) FILTER (WHERE live) AS live_apps,
+       count(*) FILTER (WHERE running) AS running_apps,
+       round(sum(per_30_days) FILTER (WHERE live), 2) AS monthly_estimate_usd,
+       round(sum(per_second * seconds_this_month), 2) AS month_to_date_usd,
+       round(sum(per_second * seconds_this_month)
+             + sum(per_second * extract(epoch FROM date_trunc('month', now()) + interval '1 month' - now()))
+               FILTER (WHERE running), 2) AS projected_month_usd
+  FROM rated
+ GROUP BY GROUPING SETS ((tier, region), ());
+COMMENT ON VIEW fly.cost_summary IS
+    'Dedicated-app cost by tier and region, and in total (the row with NULL tier and region)';
+
+SELECT pg_catalog.pg_extension_config_dump('fly.guest_prices', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.price_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.region_price_multipliers', '');
+
+--------------------------------------------------------------------------------------------------------------
+-- Real-time status for dashboards: every status or health change of an app, as JSON on channel pg_fly_status.
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly._notify_status_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_notify('pg_fly_status', json_build_object(
+        'user_id', NEW.user_id, 'fly_app_name', NEW.fly_app_name, 'status', NEW.status,
+        'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
+        'health_status', NEW.health_status,
+        'previous_health_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.health_status END,
+        'at', now())::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER user_fly_apps_notify_insert AFTER INSERT ON fly.user_fly_apps
+    FOR EACH ROW EXECUTE FUNCTION fly._notify_status_change();
+CREATE TRIGGER user_fly_apps_notify_update AFTER UPDATE OF status, health_status ON fly.user_fly_apps
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.health_status IS DISTINCT FROM NEW.health_status)
+    EXECUTE FUNCTION fly._notify_status_change();
+
+--------------------------------------------------------------------------------------------------------------
+-- Onboarding existing users (the seed's migration script): queue everyone whose tier needs an app and who has
+-- none. The worker's rate limiter paces the work; the queue makes it resumable across restarts.
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly.onboard_existing_users(dry_run boolean DEFAULT true)
+RETURNS TABLE (user_id uuid, tier text, queued boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source;
+BEGIN
+    SELECT * INTO src FROM fly.tier_source;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no subscription table is attached to pg_fly'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run SELECT fly.attach_tier_trigger(''public.user_subscriptions'', ''user_id'', ''tier'').';
+    END IF;
+    FOR user_id, tier IN EXECUTE format(
+        'SELECT s.%1$I::uuid, s.%2$I::text FROM %3$s s '
+        'JOIN fly.tier_policies p ON p.tier = s.%2$I::text AND p.dedicated_app '
+        'WHERE s.%1$I IS NOT NULL '
+        'AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = s.%1$I::uuid AND a.deleted_at IS NULL '
+        '                AND a.status <> ''failed'') '
+        'AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = s.%1$I::uuid) '
+        'ORDER BY 1', src.user_column, src.tier_column, src.table_name)
+    LOOP
+        IF NOT dry_run THEN
+            PERFORM fly._enqueue_reconcile(user_id, 'present', tier, 'onboarding');
+        END IF;
+        queued := NOT dry_run;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION fly.onboard_existing_users(boolean) IS
+    'Users whose tier needs an app and who have none; with dry_run => false they are queued';
+
+-- The design card's spelling: SELECT provision_user_app(); queues every user who needs an app and has none.
+CREATE FUNCTION fly.provision_user_app() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) FROM fly.onboard_existing_users(dry_run => false)
+$$;
+COMMENT ON FUNCTION fly.provision_user_app() IS
+    'Queues every user whose tier needs an app and who has none (onboarding); returns how many';
+
+--------------------------------------------------------------------------------------------------------------
 -- Privileges: functions are executable by PUBLIC by default; take that back from everything here.
 --------------------------------------------------------------------------------------------------------------
 REVOKE ALL ON ALL TABLES IN SCHEMA fly FROM PUBLIC;

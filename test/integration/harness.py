@@ -50,9 +50,9 @@ class Simulator:
         config_path = os.path.join(self.workdir, "config.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
-        self.process = subprocess.Popen(
-            [sys.executable, SIMULATOR, "--port", "0", "--config", config_path],
-            stdout=subprocess.PIPE, stderr=open(os.path.join(self.workdir, "stderr.log"), "w"), text=True)
+        self.stderr = open(os.path.join(self.workdir, "stderr.log"), "w")
+        self.process = subprocess.Popen([sys.executable, SIMULATOR, "--port", "0", "--config", config_path],
+                                        stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         line = self.process.stdout.readline()
         if not line.startswith("FLYSIM_LISTENING"):
             raise RuntimeError("simulator did not start: " + line)
@@ -83,6 +83,8 @@ class Simulator:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        self.process.stdout.close()
+        self.stderr.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

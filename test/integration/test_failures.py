@@ -41,6 +41,7 @@ class Listener(threading.Thread):
         for line in process.stdout:
             if line.startswith("Asynchronous notification"):
                 self.payloads.append(json.loads(line.split('with payload "', 1)[1].rsplit('" received', 1)[0]))
+        process.stdout.close()
         process.wait()
 
 
@@ -206,3 +207,35 @@ class RateLimitTest(ProvisioningTestCase):
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
+
+
+class OnboardingTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'"}
+
+    def test_onboarding_existing_users_at_flys_limits_with_live_status_notifications(self):
+        self.sim.control("POST", "reset", {"seed": 36, "boot_delay_ms": 50, "rate_limits": {"mode": "fly"}})
+        group = users(20, 36)
+        self.pg.sql("SELECT fly.detach_tier_trigger()")
+        try:
+            self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group)
+                        + ", ('" + users(1, 37)[0] + "', 'free')")
+        finally:
+            self.pg.sql("SELECT fly.attach_tier_trigger()")
+        dry_run = self.pg.sql("SELECT user_id, queued FROM fly.onboard_existing_users(dry_run => true)")
+        self.assertEqual(sorted(u for u, _ in dry_run), sorted(group))
+        self.assertTrue(all(queued == "f" for _, queued in dry_run))
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        listener = Listener(self.pg, "pg_fly_status", 25)
+        listener.start()
+        listener.ready.wait()
+        time.sleep(0.5)
+        self.assertEqual(self.pg.value("SELECT fly.provision_user_app()"), "20")
+        self.settle(timeout=90)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "20")
+        self.assertEqual([r for r in fly_requests(self.sim) if r["status"] == 429], [])
+        listener.join(timeout=60)
+        for user in group:
+            changes = [(p["previous_status"], p["status"]) for p in listener.payloads if p["user_id"] == user]
+            self.assertEqual(changes, [(None, "provisioning"), ("provisioning", "active")], user)
+        costs = self.pg.sql("SELECT monthly_estimate_usd FROM fly.cost_summary WHERE tier IS NULL")
+        self.assertEqual(costs, [[f"{20 * 2.32:.2f}"]])
