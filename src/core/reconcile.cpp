@@ -217,6 +217,20 @@ Operation::StartDeprovision() {
 	return step;
 }
 
+// The app is there (created now, or ours from before): record Fly's id for it, then go on.
+Step
+Operation::AppExists(Step step, const fly::Outcome &outcome, const char *event_type) {
+	AppChange change;
+	if (auto id = outcome.body.GetString("id")) {
+		change.fly_app_id = *id;
+	}
+	step.app = change;
+	Json details = Json::Object();
+	details.Set("app_name", Json::String(app_->name));
+	step.events.push_back(MakeEvent(event_type, details));
+	return AfterAppExists(std::move(step));
+}
+
 Step
 Operation::AfterAppExists(Step step) {
 	if (!settings_.secrets.empty()) {
@@ -473,15 +487,7 @@ Operation::Handle(const fly::Outcome &outcome) {
 
 	case Phase::kCreateApp:
 		if (outcome.kind == OutcomeKind::kSuccess) {
-			AppChange change;
-			if (auto id = outcome.body.GetString("id")) {
-				change.fly_app_id = *id;
-			}
-			step.app = change;
-			Json details = Json::Object();
-			details.Set("app_name", Json::String(app_->name));
-			step.events.push_back(MakeEvent("app_created", details));
-			return AfterAppExists(std::move(step));
+			return AppExists(std::move(step), outcome, "app_created");
 		}
 		if (outcome.kind == OutcomeKind::kNameTaken) {
 			step.request = fly::GetAppRequest(app_->name);
@@ -495,15 +501,7 @@ Operation::Handle(const fly::Outcome &outcome) {
 		                  outcome.body.Get("organization").GetString("slug").value_or(settings_.org_slug) ==
 		                      settings_.org_slug;
 		if (ours) {
-			AppChange change;
-			if (auto id = outcome.body.GetString("id")) {
-				change.fly_app_id = *id;
-			}
-			step.app = change;
-			Json details = Json::Object();
-			details.Set("app_name", Json::String(app_->name));
-			step.events.push_back(MakeEvent("app_reused", details));
-			return AfterAppExists(std::move(step));
+			return AppExists(std::move(step), outcome, "app_reused");
 		}
 		if (outcome.kind == OutcomeKind::kForbidden || outcome.kind == OutcomeKind::kSuccess) {
 			// Another organization holds the name: take this user's next deterministic name.

@@ -283,6 +283,21 @@ END $$;
 -- Manual control. Both only enqueue and return: no HTTP happens in the caller's transaction.
 --------------------------------------------------------------------------------------------------------------
 
+-- The attached subscription table, or an error that says how to attach one.
+CREATE FUNCTION fly._tier_source() RETURNS fly.tier_source
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source;
+BEGIN
+    SELECT * INTO src FROM fly.tier_source;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no subscription table is attached to pg_fly'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run SELECT fly.attach_tier_trigger(''public.user_subscriptions'', ''user_id'', ''tier'').';
+    END IF;
+    RETURN src;
+END $$;
+
 -- The user's current tier from the attached subscription table; errors name what is missing.
 CREATE FUNCTION fly._subscription_tier(p_user_id uuid) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -291,12 +306,7 @@ DECLARE
     user_type text;
     tiers     text[];
 BEGIN
-    SELECT * INTO src FROM fly.tier_source;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no subscription table is attached to pg_fly'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Run SELECT fly.attach_tier_trigger(''public.user_subscriptions'', ''user_id'', ''tier'').';
-    END IF;
+    src := fly._tier_source();
     SELECT format_type(a.atttypid, a.atttypmod) INTO user_type FROM pg_attribute a
      WHERE a.attrelid = src.table_name AND a.attname = src.user_column;
     EXECUTE format('SELECT array_agg(%I::text) FROM %s WHERE %I = $1::text::%s',
@@ -615,12 +625,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source;
 BEGIN
-    SELECT * INTO src FROM fly.tier_source;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no subscription table is attached to pg_fly'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Run SELECT fly.attach_tier_trigger(''public.user_subscriptions'', ''user_id'', ''tier'').';
-    END IF;
+    src := fly._tier_source();
     FOR user_id, tier IN EXECUTE format(
         'SELECT s.%1$I::uuid, s.%2$I::text FROM %3$s s '
         'JOIN fly.tier_policies p ON p.tier = s.%2$I::text AND p.dedicated_app '

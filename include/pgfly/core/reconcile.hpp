@@ -164,6 +164,7 @@ private:
 
 	Step StartProvision();
 	Step StartDeprovision();
+	Step AppExists(Step step, const fly::Outcome &outcome, const char *event_type);
 	Step AfterAppExists(Step step);
 	Step FindMachine(Step step);
 	Step UseMachine(Step step, const fly::Outcome &outcome);
