@@ -37,6 +37,9 @@ int rate_limit_app_deletes_per_minute = 100;
 int breaker_failure_threshold = 10;
 int breaker_open_time_ms = 5000;
 int breaker_max_open_time_ms = 300000;
+int health_check_interval_ms = 300000;
+bool restart_stopped_machines = true;
+bool reprovision_vanished_apps = true;
 char *app_secrets_file = nullptr;
 
 namespace {
@@ -197,6 +200,15 @@ DefineSettings() {
 	DefineCustomIntVariable("fly.breaker_max_open_time", "Longest pause of the circuit breaker.", nullptr,
 	                        &breaker_max_open_time_ms, 300000, 10, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
 	                        nullptr, nullptr);
+	DefineCustomIntVariable("fly.health_check_interval", "How often the worker checks every active app.",
+	                        "0 turns the periodic checks off; fly.check_fly_apps_health() runs a pass on demand.",
+	                        &health_check_interval_ms, 300000, 0, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
+	                        nullptr, nullptr);
+	DefineCustomBoolVariable("fly.restart_stopped_machines", "Whether a health check starts a machine that stopped.",
+	                         nullptr, &restart_stopped_machines, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomBoolVariable("fly.reprovision_vanished_apps",
+	                         "Whether a health check re-provisions an app whose machine vanished outside pg_fly.",
+	                         nullptr, &reprovision_vanished_apps, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomStringVariable("fly.machine_env", "Extra environment variables of every machine (JSON object).",
 	                           "RUN_MODE=user_dedicated and USER_ID are always set. Not for secrets.", &machine_env,
 	                           "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);

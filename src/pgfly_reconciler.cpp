@@ -14,10 +14,12 @@ extern "C" {
 #include <fstream>
 #include <iterator>
 
+#include "pgfly/core/health.hpp"
 #include "pgfly/core/token_source.hpp"
 #include "pgfly/core/worker_settings.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
+#include "pgfly/pgfly_queue.hpp"
 
 namespace pgfly {
 
@@ -150,6 +152,7 @@ Reconciler::Dispatch() {
 		if (!pg::PgGuardResult([]() { return OidIsValid(get_extension_oid("pg_fly", true)); })) {
 			due = -1;
 			next_due_seconds_.reset();
+			next_health_pass_ = now + poll_interval_ms / 1000.0;
 			claims_released_ = false;
 			return;
 		}
@@ -166,6 +169,9 @@ Reconciler::Dispatch() {
 		if (capacity > 0) {
 			claimed = ClaimDueItems(spi, capacity, RunningUsers());
 		}
+		if (configuration_problem_.empty()) {
+			PlanHealthPass(spi, now_seconds);
+		}
 		next_due_seconds_ = SecondsUntilNextDue(spi);
 		due = CountDueItems(spi);
 	});
@@ -176,6 +182,101 @@ Reconciler::Dispatch() {
 	for (const auto &item : claimed) {
 		Start(item);
 	}
+	StartHealthChecks();
+}
+
+void
+Reconciler::PlanHealthPass(pg::SpiConnection &spi, double now) {
+	const bool requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
+	const bool due = health_check_interval_ms > 0 && now >= next_health_pass_;
+	if (!(requested || due)) {
+		return;
+	}
+	if (health_next_ < health_queue_.size()) {
+		// A pass is still under way: the next one starts an interval after it (or when asked again).
+		next_health_pass_ = now + health_check_interval_ms / 1000.0;
+		if (requested) {
+			pg_atomic_write_u32(&shared_->health_pass_requested, 1);
+		}
+		return;
+	}
+	health_queue_ = LoadHealthTargets(spi);
+	health_next_ = 0;
+	next_health_pass_ = now + health_check_interval_ms / 1000.0;
+}
+
+// Health checks share the client, the rate limiter and the breaker with reconciles, and take at most
+// fly.max_concurrency requests at once of their own; apps whose user is being reconciled are skipped.
+void
+Reconciler::StartHealthChecks() {
+	if (breaker_.state(Now()) != CircuitBreaker::State::kClosed) {
+		return;
+	}
+	while (health_running_ < max_concurrency && health_next_ < health_queue_.size()) {
+		const HealthTarget &target = health_queue_[health_next_++];
+		if (running_.count(target.user_id)) {
+			continue;
+		}
+		auto check = std::make_unique<HealthCheck>(HealthCheck{target, false});
+		fly::Request request = fly::GetMachineRequest(target.app_name, target.machine_id);
+		health_running_++;
+		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
+	}
+	if (health_next_ >= health_queue_.size()) {
+		health_queue_.clear();
+		health_next_ = 0;
+	}
+}
+
+void
+Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome) {
+	const HealthTarget &target = check->target;
+	bool start_machine = false;
+	try {
+		if (check->starting) {
+			// The answer to our start request; the next pass sees whether the machine came up.
+			const bool started = outcome.kind == fly::OutcomeKind::kSuccess;
+			Json details = Json::Object();
+			details.Set("machine_id", Json::String(target.machine_id));
+			details.Set("result", Json::String(started ? "started" : outcome.message));
+			pg::RunInTransaction("pg_fly: recording a machine restart", [&](pg::SpiConnection &spi) {
+				RecordHealth(spi, target, nullptr, started ? "machine_restarted" : "machine_restart_failed",
+				             details.Dump());
+			});
+		} else {
+			const HealthVerdict verdict = EvaluateMachineHealth(outcome);
+			Json details = Json::Object();
+			details.Set("machine_id", Json::String(target.machine_id));
+			details.Set("state", Json::String(verdict.state));
+			details.Set("detail", Json::String(verdict.detail));
+			std::string event;
+			if (verdict.action == HealthAction::kStartMachine && restart_stopped_machines) {
+				event = "machine_restart_requested";
+				start_machine = true;
+			} else if (verdict.action == HealthAction::kReprovision && reprovision_vanished_apps) {
+				event = "app_vanished";
+			}
+			const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
+			pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
+				const bool active = RecordHealth(spi, target, health, event, details.Dump());
+				if (active && event == "app_vanished") {
+					// The reconcile finds or recreates the app and its machine from what the row records.
+					EnqueueReconcile(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
+				}
+				start_machine = start_machine && active;
+			});
+		}
+	} catch (const std::exception &e) {
+		Log("recording a health check of " + target.app_name + " failed: " + e.what());
+		start_machine = false;
+	}
+	if (start_machine) {
+		check->starting = true;
+		fly::Request request = fly::StartMachineRequest(target.app_name, target.machine_id);
+		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
+		return;
+	}
+	health_running_--;
 }
 
 void
@@ -283,7 +384,7 @@ Reconciler::Record(std::unique_ptr<RunningOperation> running, reconcile::Step st
 				running->context.attempts++; // the retry is the next attempt
 				due += running->context.retry_delay_seconds;
 			}
-			held_.push_back(Held{due, std::move(running), *step.request});
+			held_.push_back(Held{due, std::move(running), nullptr, *step.request});
 		} else {
 			running_.erase(user_id);
 			dispatch_again_ = true;
@@ -315,7 +416,8 @@ Reconciler::SendAllowed() {
 		}
 		breaker_.MarkSent(now);
 		const fly::RequestId id = client_->Submit(held.request);
-		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(key), held.request.endpoint});
+		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(held.health), std::move(key),
+		                                held.request.endpoint});
 	}
 	held_ = std::move(still_held);
 }
@@ -349,6 +451,10 @@ Reconciler::Drive() {
 		InFlight in_flight = std::move(found->second);
 		in_flight_.erase(found);
 		Observe(in_flight, completion.outcome);
+		if (in_flight.health) {
+			OnHealthAnswer(std::move(in_flight.health), completion.outcome);
+			continue;
+		}
 		const std::string user_id = in_flight.running->context.user_id;
 		const int64_t generation = in_flight.running->context.generation;
 		const int attempts = in_flight.running->context.attempts;
@@ -406,6 +512,9 @@ Reconciler::SleepMs() const {
 	}
 	for (const auto &held : held_) {
 		sleep = std::min(sleep, held.due - now);
+	}
+	if (health_check_interval_ms > 0 && configuration_problem_.empty()) {
+		sleep = std::min(sleep, next_health_pass_ - now);
 	}
 	if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
 		sleep = std::min(sleep, breaker_.reopen_at() - now);

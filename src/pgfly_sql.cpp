@@ -82,6 +82,18 @@ PGFLY_SQL_FUNCTION(app_name_for) {
 	PG_RETURN_TEXT_P(result);
 }
 
+// fly._request_health_pass(): asks the worker for a health pass over every active app, once this transaction
+// commits.
+PGFLY_SQL_FUNCTION(_request_health_pass) {
+	pgfly::SharedState *shared = pgfly::Shared();
+	if (shared == nullptr) {
+		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
+	}
+	pg_atomic_write_u32(&shared->health_pass_requested, 1);
+	pgfly::pg::PgGuard([]() { pgfly::WakeWorkerAtCommit(); });
+	PG_RETURN_VOID();
+}
+
 // fly.worker_status(): what the worker reports about itself through shared memory.
 PGFLY_SQL_FUNCTION(worker_status) {
 	pgfly::SharedState *shared = pgfly::Shared();

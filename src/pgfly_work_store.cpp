@@ -323,6 +323,49 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	return step.completion == Completion::kContinue;
 }
 
+std::vector<HealthTarget>
+LoadHealthTargets(pg::SpiConnection &spi) {
+	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier FROM fly.user_fly_apps "
+	                      "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+	                      "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
+	                      {}, true);
+	std::vector<HealthTarget> targets;
+	targets.reserve(rows.size());
+	for (const auto &row : rows) {
+		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""),
+		                               row[4]});
+	}
+	return targets;
+}
+
+bool
+RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
+             const std::string &details_json) {
+	auto rows = spi.Query(
+	    "WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
+	    "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' FOR UPDATE) "
+	    "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
+	    "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
+	    "RETURNING old.health_status, a.health_status, a.status",
+	    {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
+	if (rows.empty()) {
+		return false;
+	}
+	std::string type = event;
+	if (type.empty() && rows[0][0] != rows[0][1]) {
+		type = "health_changed";
+	}
+	if (!type.empty()) {
+		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, $4, "
+		          "$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::text, "
+		          "'to', $7::text))",
+		          {std::to_string(target.app_id), target.user_id, type, rows[0][2], details_json, rows[0][0],
+		           rows[0][1]});
+	}
+	return true;
+}
+
 void
 DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
           const std::string &error) {

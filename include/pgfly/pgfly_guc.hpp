@@ -29,6 +29,9 @@ extern int rate_limit_app_deletes_per_minute;
 extern int breaker_failure_threshold;
 extern int breaker_open_time_ms;
 extern int breaker_max_open_time_ms;
+extern int health_check_interval_ms;
+extern bool restart_stopped_machines;
+extern bool reprovision_vanished_apps;
 extern char *app_secrets_file;
 
 // Defines every fly.* setting; called from _PG_init.

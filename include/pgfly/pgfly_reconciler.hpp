@@ -44,18 +44,30 @@ private:
 		reconcile::Operation operation;
 		StepContext context;
 	};
+	// A health check of one active app: get its machine, then maybe start it.
+	struct HealthCheck {
+		HealthTarget target;
+		bool starting = false;
+	};
+	// A request waiting to be sent, or in flight, belongs to a reconcile operation or to a health check.
 	struct Held {
 		double due;
 		std::unique_ptr<RunningOperation> running;
+		std::unique_ptr<HealthCheck> health;
 		fly::Request request;
 	};
 	struct InFlight {
 		std::unique_ptr<RunningOperation> running;
+		std::unique_ptr<HealthCheck> health;
 		std::pair<std::string, std::string> rate_key;
 		fly::Endpoint endpoint;
 	};
 
 	void Start(const ClaimedItem &item);
+	// Loads the active apps when a health pass is due (or was asked for), inside Dispatch's transaction.
+	void PlanHealthPass(pg::SpiConnection &spi, double now);
+	void StartHealthChecks();
+	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
 	// Records the step; then holds its request for sending, or ends the operation.
 	void Record(std::unique_ptr<RunningOperation> running, reconcile::Step step);
 	void SendAllowed();
@@ -86,6 +98,10 @@ private:
 	double last_prune_ = 0;
 	double last_lease_renewal_ = 0;
 	bool claims_released_ = false;
+	std::vector<HealthTarget> health_queue_;
+	size_t health_next_ = 0;
+	int health_running_ = 0;
+	double next_health_pass_ = 0;
 	std::mt19937_64 random_;
 };
 

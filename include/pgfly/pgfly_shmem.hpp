@@ -30,6 +30,7 @@ struct SharedState {
 	// Set by a committing backend that enqueued work; the worker swaps it back to 0 when it wakes, so many
 	// concurrent commits cost one SetLatch.
 	pg_atomic_uint32 wake_pending;
+	pg_atomic_uint32 health_pass_requested; // fly.check_fly_apps_health()
 	pg_atomic_uint64 commit_wakes;
 	pg_atomic_uint64 timer_wakes;
 	pg_atomic_uint64 iterations;

@@ -67,6 +67,20 @@ constexpr const char *kAlertChannel = "pg_fly_alerts";
 // so that the newer desired state is picked up) or when the step ended the operation.
 bool RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &step);
 
+// An active app to health-check.
+struct HealthTarget {
+	int64_t app_id = 0;
+	std::string user_id;
+	std::string app_name;
+	std::string machine_id;
+	pg::Value tier;
+};
+std::vector<HealthTarget> LoadHealthTargets(pg::SpiConnection &spi);
+// Records a check: health (nothing = unchanged), last_health_check_at, and an event when health changed or an
+// action was taken. Returns false when the app is no longer active (it changed meanwhile).
+bool RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
+                  const std::string &details_json);
+
 // After an error that left a step unrecorded: release the claim and retry the item later.
 void DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
                const std::string &error);

@@ -654,6 +654,20 @@ COMMENT ON FUNCTION fly.provision_user_app() IS
     'Queues every user whose tier needs an app and who has none (onboarding); returns how many';
 
 --------------------------------------------------------------------------------------------------------------
+-- Health checks: the worker checks every active app each fly.health_check_interval; this runs a pass now.
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly._request_health_pass() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', '_request_health_pass';
+
+CREATE FUNCTION fly.check_fly_apps_health() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT fly._request_health_pass();
+    SELECT count(*) FROM fly.user_fly_apps WHERE deleted_at IS NULL AND status = 'active';
+$$;
+COMMENT ON FUNCTION fly.check_fly_apps_health() IS
+    'Asks the worker for a health pass over every active app once this transaction commits; returns how many';
+
+--------------------------------------------------------------------------------------------------------------
 -- Privileges: functions are executable by PUBLIC by default; take that back from everything here.
 --------------------------------------------------------------------------------------------------------------
 REVOKE ALL ON ALL TABLES IN SCHEMA fly FROM PUBLIC;

@@ -1,0 +1,31 @@
+// What a machine's answer says about a user's app: healthy when the machine is started and every check Fly
+// reports passes; what to do when it is not (start a machine that stopped; re-provision an app that vanished).
+#pragma once
+
+#include <string>
+
+#include "pgfly/core/fly_outcome.hpp"
+
+namespace pgfly {
+
+enum class Health { kHealthy, kUnhealthy, kUnknown };
+const char *HealthName(Health health);
+
+enum class HealthAction {
+	kNone,
+	kStartMachine, // it stopped without pg_fly asking
+	kReprovision,  // the machine (or the whole app) is gone
+};
+
+struct HealthVerdict {
+	Health health = Health::kUnknown;
+	HealthAction action = HealthAction::kNone;
+	std::string state;
+	// e.g. "2 of 2 checks passing" or "servicecheck-00-http-8080 is critical"; never a secret.
+	std::string detail;
+};
+
+// From the answer to GET /v1/apps/{app}/machines/{id}. A transient failure tells nothing (kUnknown).
+HealthVerdict EvaluateMachineHealth(const fly::Outcome &outcome);
+
+} // namespace pgfly

@@ -1,0 +1,71 @@
+#include "pgfly/core/health.hpp"
+
+#include "pgfly/core/cpp_only.hpp"
+
+namespace pgfly {
+
+const char *
+HealthName(Health health) {
+	switch (health) {
+	case Health::kHealthy:
+		return "healthy";
+	case Health::kUnhealthy:
+		return "unhealthy";
+	case Health::kUnknown:
+		break;
+	}
+	return "unknown";
+}
+
+HealthVerdict
+EvaluateMachineHealth(const fly::Outcome &outcome) {
+	HealthVerdict verdict;
+	if (outcome.kind == fly::OutcomeKind::kNotFound) {
+		verdict.health = Health::kUnhealthy;
+		verdict.action = HealthAction::kReprovision;
+		verdict.detail = "the machine no longer exists on Fly";
+		return verdict;
+	}
+	if (outcome.kind != fly::OutcomeKind::kSuccess) {
+		verdict.detail = outcome.message;
+		return verdict;
+	}
+	verdict.state = outcome.body.GetString("state").value_or("");
+	if (verdict.state == "destroyed" || verdict.state == "destroying") {
+		verdict.health = Health::kUnhealthy;
+		verdict.action = HealthAction::kReprovision;
+		verdict.detail = "the machine is " + verdict.state;
+		return verdict;
+	}
+	if (verdict.state == "stopped" || verdict.state == "suspended" || verdict.state == "failed") {
+		verdict.health = Health::kUnhealthy;
+		verdict.action = HealthAction::kStartMachine;
+		verdict.detail = "the machine is " + verdict.state;
+		return verdict;
+	}
+	if (verdict.state != "started") {
+		// Starting, updating, replacing: in transition; judge it next time.
+		verdict.detail = "the machine is " + verdict.state;
+		return verdict;
+	}
+	const Json checks = outcome.body.Get("checks");
+	size_t passing = 0;
+	for (size_t i = 0; i < checks.Size(); i++) {
+		const Json check = checks.At(i);
+		const std::string status = check.GetString("status").value_or("");
+		if (status == "passing") {
+			passing++;
+		} else if (verdict.detail.empty()) {
+			verdict.detail = check.GetString("name").value_or("a check") + " is " + (status.empty() ? "unknown" : status);
+		}
+	}
+	if (passing == checks.Size()) {
+		verdict.health = Health::kHealthy;
+		verdict.detail = std::to_string(passing) + " of " + std::to_string(checks.Size()) + " checks passing";
+	} else {
+		verdict.health = Health::kUnhealthy;
+	}
+	return verdict;
+}
+
+} // namespace pgfly

@@ -1,0 +1,80 @@
+"""Health checks built into the worker: health follows the machine's checks, a stopped machine is started
+again, an app deleted behind pg_fly's back is provisioned again, and check_fly_apps_health() runs a pass now."""
+
+import os
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_provisioning import USER, ProvisioningTestCase, app_name  # noqa: E402
+
+
+class HealthTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.health_check_interval": "'1s'", "fly.rate_limits": "off"}
+
+    def provision(self):
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
+        self.settle()
+        self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'healthy' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{USER}'", timeout=15))
+
+    def test_health_follows_the_machines_checks_with_one_event_per_change(self):
+        self.provision()
+        self.sim.control("POST", f"apps/{app_name(USER)}/health", {"checks": "critical"})
+        self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'unhealthy' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{USER}'", timeout=15))
+        time.sleep(2.5)  # more passes: no more events while nothing changes
+        self.assertEqual(self.events().count("health_changed"), 2)  # unknown -> healthy, healthy -> unhealthy
+        detail = self.pg.value(f"SELECT details->>'detail' FROM fly.user_fly_app_events WHERE user_id = '{USER}' "
+                               "AND event_type = 'health_changed' ORDER BY id DESC LIMIT 1")
+        self.assertIn("critical", detail)
+        self.sim.control("POST", f"apps/{app_name(USER)}/health", {"checks": "passing"})
+        self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'healthy' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{USER}'", timeout=15))
+        self.assertEqual(self.events().count("health_changed"), 3)
+        self.assertIsNotNone(self.pg.value(f"SELECT last_health_check_at FROM fly.user_fly_apps "
+                                           f"WHERE user_id = '{USER}'"))
+
+    def test_a_stopped_machine_is_started_again(self):
+        self.provision()
+        machine = self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{USER}'")
+        self.sim.control("POST", f"machines/{app_name(USER)}/{machine}/state", {"state": "stopped"})
+        self.assertTrue(self.pg.wait_for(f"SELECT EXISTS (SELECT 1 FROM fly.user_fly_app_events WHERE user_id = "
+                                         f"'{USER}' AND event_type = 'machine_restarted')", timeout=15))
+        self.assertIn("machine_restart_requested", self.events())
+        self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'healthy' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{USER}'", timeout=15))
+        self.assertEqual(self.live_apps_on_fly()[app_name(USER)]["machines"][machine]["state"], "started")
+
+    def test_an_app_deleted_behind_pg_flys_back_is_provisioned_again(self):
+        self.provision()
+        self.sim.control("DELETE", f"apps/{app_name(USER)}")
+        self.assertTrue(self.pg.wait_for(f"SELECT EXISTS (SELECT 1 FROM fly.user_fly_app_events WHERE user_id = "
+                                         f"'{USER}' AND event_type = 'app_vanished')", timeout=15))
+        self.settle()
+        self.assertTrue(self.pg.wait_for(f"SELECT status = 'active' FROM fly.user_fly_apps WHERE user_id = '{USER}' "
+                                         f"AND deleted_at IS NULL", timeout=15))
+        apps = self.live_apps_on_fly()
+        self.assertEqual(list(apps), [app_name(USER)])
+        self.assertEqual(len(apps[app_name(USER)]["machines"]), 1)
+        self.assertEqual(self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
+                         list(apps[app_name(USER)]["machines"])[0])
+
+
+class OnDemandHealthTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.health_check_interval": "0", "fly.rate_limits": "off"}
+
+    def test_check_fly_apps_health_runs_a_pass_now(self):
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
+        self.settle()
+        time.sleep(1)
+        self.assertEqual(self.pg.value(f"SELECT health_status FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
+                         "unknown")  # periodic checks are off
+        self.assertEqual(self.pg.value("SELECT fly.check_fly_apps_health()"), "1")
+        self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'healthy' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{USER}'", timeout=15))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
