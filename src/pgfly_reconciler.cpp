@@ -14,6 +14,7 @@ extern "C" {
 #include <fstream>
 #include <iterator>
 
+#include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/health.hpp"
 #include "pgfly/core/token_source.hpp"
 #include "pgfly/core/worker_settings.hpp"
@@ -183,6 +184,48 @@ Reconciler::Dispatch() {
 		Start(item);
 	}
 	StartHealthChecks();
+	if (configuration_problem_.empty() && pg_atomic_exchange_u32(&shared_->orphan_pass_requested, 0) != 0) {
+		held_.push_back(Held{Now(), nullptr, nullptr, fly::ListAppsRequest(settings_.org_slug),
+		                     std::make_unique<OrphanWork>()});
+	}
+}
+
+void
+Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) {
+	try {
+		if (!work.app_name.empty()) {
+			const bool gone =
+			    outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
+			pg::RunInTransaction("pg_fly: recording an orphan deletion", [&](pg::SpiConnection &spi) {
+				RecordOrphanDeleted(spi, work.app_name, gone ? "" : outcome.message);
+			});
+			return;
+		}
+		if (outcome.kind != fly::OutcomeKind::kSuccess) {
+			Log("listing the organization's apps failed: " + outcome.message);
+			return;
+		}
+		std::vector<std::pair<std::string, std::string>> ours;
+		const Json apps = outcome.body.Get("apps");
+		for (size_t i = 0; i < apps.Size(); i++) {
+			const std::string name = apps.At(i).GetString("name").value_or("");
+			if (!name.empty() && !settings_.app_name_prefix.empty() &&
+			    name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) == 0 &&
+			    !AppNameProblem(name)) {
+				ours.emplace_back(name, apps.At(i).GetString("id").value_or(""));
+			}
+		}
+		std::vector<std::string> to_delete;
+		pg::RunInTransaction("pg_fly: recording orphan apps", [&](pg::SpiConnection &spi) {
+			to_delete = RecordOrphans(spi, settings_.org_slug, ours);
+		});
+		for (const auto &name : to_delete) {
+			held_.push_back(Held{Now(), nullptr, nullptr, fly::DeleteAppRequest(name),
+			                     std::make_unique<OrphanWork>(OrphanWork{name})});
+		}
+	} catch (const std::exception &e) {
+		Log(std::string("recording orphan apps failed: ") + e.what());
+	}
 }
 
 void
@@ -416,8 +459,8 @@ Reconciler::SendAllowed() {
 		}
 		breaker_.MarkSent(now);
 		const fly::RequestId id = client_->Submit(held.request);
-		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(held.health), std::move(key),
-		                                held.request.endpoint});
+		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(held.health), std::move(held.orphan),
+		                                std::move(key), held.request.endpoint});
 	}
 	held_ = std::move(still_held);
 }
@@ -453,6 +496,10 @@ Reconciler::Drive() {
 		Observe(in_flight, completion.outcome);
 		if (in_flight.health) {
 			OnHealthAnswer(std::move(in_flight.health), completion.outcome);
+			continue;
+		}
+		if (in_flight.orphan) {
+			OnOrphanAnswer(*in_flight.orphan, completion.outcome);
 			continue;
 		}
 		const std::string user_id = in_flight.running->context.user_id;

@@ -94,6 +94,18 @@ PGFLY_SQL_FUNCTION(_request_health_pass) {
 	PG_RETURN_VOID();
 }
 
+// fly._request_orphan_pass(): asks the worker to list the organization's apps and reconcile fly.orphan_apps
+// (deleting the ones marked for deletion), once this transaction commits.
+PGFLY_SQL_FUNCTION(_request_orphan_pass) {
+	pgfly::SharedState *shared = pgfly::Shared();
+	if (shared == nullptr) {
+		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
+	}
+	pg_atomic_write_u32(&shared->orphan_pass_requested, 1);
+	pgfly::pg::PgGuard([]() { pgfly::WakeWorkerAtCommit(); });
+	PG_RETURN_VOID();
+}
+
 // fly.worker_status(): what the worker reports about itself through shared memory.
 PGFLY_SQL_FUNCTION(worker_status) {
 	pgfly::SharedState *shared = pgfly::Shared();

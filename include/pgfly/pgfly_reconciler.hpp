@@ -50,15 +50,21 @@ private:
 		bool starting = false;
 	};
 	// A request waiting to be sent, or in flight, belongs to a reconcile operation or to a health check.
+	// Orphan work: listing the organization's apps (empty name) or deleting one orphan app.
+	struct OrphanWork {
+		std::string app_name;
+	};
 	struct Held {
 		double due;
 		std::unique_ptr<RunningOperation> running;
 		std::unique_ptr<HealthCheck> health;
 		fly::Request request;
+		std::unique_ptr<OrphanWork> orphan = nullptr;
 	};
 	struct InFlight {
 		std::unique_ptr<RunningOperation> running;
 		std::unique_ptr<HealthCheck> health;
+		std::unique_ptr<OrphanWork> orphan;
 		std::pair<std::string, std::string> rate_key;
 		fly::Endpoint endpoint;
 	};
@@ -68,6 +74,7 @@ private:
 	void PlanHealthPass(pg::SpiConnection &spi, double now);
 	void StartHealthChecks();
 	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
+	void OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome);
 	// Records the step; then holds its request for sending, or ends the operation.
 	void Record(std::unique_ptr<RunningOperation> running, reconcile::Step step);
 	void SendAllowed();

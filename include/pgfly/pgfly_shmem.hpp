@@ -31,6 +31,7 @@ struct SharedState {
 	// concurrent commits cost one SetLatch.
 	pg_atomic_uint32 wake_pending;
 	pg_atomic_uint32 health_pass_requested; // fly.check_fly_apps_health()
+	pg_atomic_uint32 orphan_pass_requested; // fly.find_orphan_apps(), fly.delete_orphan_apps()
 	pg_atomic_uint64 commit_wakes;
 	pg_atomic_uint64 timer_wakes;
 	pg_atomic_uint64 iterations;

@@ -81,6 +81,12 @@ std::vector<HealthTarget> LoadHealthTargets(pg::SpiConnection &spi);
 bool RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
                   const std::string &details_json);
 
+// Records the organization's apps with pg_fly's prefix that no live row owns (from a list-apps answer); returns
+// the reported orphans marked for deletion that are still orphans.
+std::vector<std::string> RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
+                                       const std::vector<std::pair<std::string, std::string>> &apps_with_prefix);
+void RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error);
+
 // After an error that left a step unrecorded: release the claim and retry the item later.
 void DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
                const std::string &error);

@@ -668,6 +668,52 @@ COMMENT ON FUNCTION fly.check_fly_apps_health() IS
     'Asks the worker for a health pass over every active app once this transaction commits; returns how many';
 
 --------------------------------------------------------------------------------------------------------------
+-- Orphans: apps in the organization with pg_fly's prefix that no live row owns (left by a lost database, a
+-- restore, a manual create). Reported; deleted only when asked.
+--------------------------------------------------------------------------------------------------------------
+CREATE TABLE fly.orphan_apps (
+    fly_app_name     text PRIMARY KEY,
+    fly_org_slug     text NOT NULL,
+    fly_app_id       text,
+    found_at         timestamptz NOT NULL DEFAULT now(),
+    last_seen_at     timestamptz NOT NULL DEFAULT now(),
+    delete_requested boolean NOT NULL DEFAULT false,
+    deleted_at       timestamptz,          -- deleted by pg_fly, or gone from Fly
+    last_error       text
+);
+SELECT pg_catalog.pg_extension_config_dump('fly.orphan_apps', '');
+
+CREATE FUNCTION fly._request_orphan_pass() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', '_request_orphan_pass';
+
+CREATE FUNCTION fly.find_orphan_apps() RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT fly._request_orphan_pass();
+$$;
+COMMENT ON FUNCTION fly.find_orphan_apps() IS
+    'Asks the worker to list the organization''s apps and record those with pg_fly''s prefix that no live row owns '
+    '(see fly.orphan_apps)';
+
+CREATE FUNCTION fly.delete_orphan_apps(app_name text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    marked bigint;
+BEGIN
+    UPDATE fly.orphan_apps o SET delete_requested = true
+     WHERE o.deleted_at IS NULL AND (app_name IS NULL OR o.fly_app_name = app_name);
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    IF app_name IS NOT NULL AND marked = 0 THEN
+        RAISE EXCEPTION 'no reported orphan app is named "%"', app_name
+            USING ERRCODE = 'no_data_found', HINT = 'Run SELECT fly.find_orphan_apps() and see fly.orphan_apps.';
+    END IF;
+    PERFORM fly._request_orphan_pass();
+    RETURN marked;
+END $$;
+COMMENT ON FUNCTION fly.delete_orphan_apps(text) IS
+    'Marks one reported orphan app (or all) for deletion; the worker deletes them after checking again that no '
+    'live row owns them';
+
+--------------------------------------------------------------------------------------------------------------
 -- Privileges: functions are executable by PUBLIC by default; take that back from everything here.
 --------------------------------------------------------------------------------------------------------------
 REVOKE ALL ON ALL TABLES IN SCHEMA fly FROM PUBLIC;
