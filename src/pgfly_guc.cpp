@@ -38,6 +38,7 @@ int breaker_failure_threshold = 10;
 int breaker_open_time_ms = 5000;
 int breaker_max_open_time_ms = 300000;
 int health_check_interval_ms = 300000;
+char *app_health_url = nullptr;
 bool restart_stopped_machines = true;
 bool reprovision_vanished_apps = true;
 char *app_secrets_file = nullptr;
@@ -69,6 +70,12 @@ CheckApiUrl(char **newval, void **, GucSource) noexcept {
 		}
 	}
 	return true;
+}
+
+// Empty (off) or a URL like fly.api_url's.
+bool
+CheckOptionalUrl(char **newval, void **extra, GucSource source) noexcept {
+	return (*newval)[0] == '\0' || CheckApiUrl(newval, extra, source);
 }
 
 bool
@@ -204,6 +211,10 @@ DefineSettings() {
 	                        "0 turns the periodic checks off; fly.check_fly_apps_health() runs a pass on demand.",
 	                        &health_check_interval_ms, 300000, 0, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
 	                        nullptr, nullptr);
+	DefineCustomStringVariable("fly.app_health_url", "Each user app's own health endpoint, checked with its machine.",
+	                           "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
+	                           "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",
+	                           &app_health_url, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckOptionalUrl, nullptr, nullptr);
 	DefineCustomBoolVariable("fly.restart_stopped_machines", "Whether a health check starts a machine that stopped.",
 	                         nullptr, &restart_stopped_machines, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomBoolVariable("fly.reprovision_vanished_apps",

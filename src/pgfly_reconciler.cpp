@@ -260,7 +260,7 @@ Reconciler::StartHealthChecks() {
 		if (running_.count(target.user_id)) {
 			continue;
 		}
-		auto check = std::make_unique<HealthCheck>(HealthCheck{target, false});
+		auto check = std::make_unique<HealthCheck>(HealthCheck{target});
 		fly::Request request = fly::GetMachineRequest(target.app_name, target.machine_id);
 		health_running_++;
 		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
@@ -273,10 +273,11 @@ Reconciler::StartHealthChecks() {
 
 void
 Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome) {
+	using Phase = HealthCheck::Phase;
 	const HealthTarget &target = check->target;
-	bool start_machine = false;
+	std::optional<fly::Request> next;
 	try {
-		if (check->starting) {
+		if (check->phase == Phase::kStarting) {
 			// The answer to our start request; the next pass sees whether the machine came up.
 			const bool started = outcome.kind == fly::OutcomeKind::kSuccess;
 			Json details = Json::Object();
@@ -287,36 +288,47 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 				             details.Dump());
 			});
 		} else {
-			const HealthVerdict verdict = EvaluateMachineHealth(outcome);
-			Json details = Json::Object();
-			details.Set("machine_id", Json::String(target.machine_id));
-			details.Set("state", Json::String(verdict.state));
-			details.Set("detail", Json::String(verdict.detail));
-			std::string event;
-			if (verdict.action == HealthAction::kStartMachine && restart_stopped_machines) {
-				event = "machine_restart_requested";
-				start_machine = true;
-			} else if (verdict.action == HealthAction::kReprovision && reprovision_vanished_apps) {
-				event = "app_vanished";
-			}
-			const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
-			pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
-				const bool active = RecordHealth(spi, target, health, event, details.Dump());
-				if (active && event == "app_vanished") {
-					// The reconcile finds or recreates the app and its machine from what the row records.
-					EnqueueReconcile(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
+			HealthVerdict verdict = check->phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
+			                                                         : EvaluateMachineHealth(outcome);
+			if (check->phase == Phase::kMachine && verdict.health == Health::kHealthy && app_health_url[0] != '\0') {
+				// The machine looks fine; the app's own endpoint has the last word.
+				check->phase = Phase::kEndpoint;
+				check->machine_state = verdict.state;
+				next = fly::AppHealthRequest(AppHealthUrl(app_health_url, target.app_name));
+			} else {
+				Json details = Json::Object();
+				details.Set("machine_id", Json::String(target.machine_id));
+				details.Set("state", Json::String(verdict.state));
+				details.Set("detail", Json::String(verdict.detail));
+				std::string event;
+				if (verdict.action == HealthAction::kStartMachine && restart_stopped_machines) {
+					event = "machine_restart_requested";
+					next = fly::StartMachineRequest(target.app_name, target.machine_id);
+				} else if (verdict.action == HealthAction::kReprovision && reprovision_vanished_apps) {
+					event = "app_vanished";
 				}
-				start_machine = start_machine && active;
-			});
+				const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
+				pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
+					const bool active = RecordHealth(spi, target, health, event, details.Dump());
+					if (active && event == "app_vanished") {
+						// The reconcile finds or recreates the app and its machine from what the row records.
+						EnqueueReconcile(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
+					}
+					if (!active) {
+						next.reset();
+					}
+				});
+				if (next) {
+					check->phase = Phase::kStarting;
+				}
+			}
 		}
 	} catch (const std::exception &e) {
 		Log("recording a health check of " + target.app_name + " failed: " + e.what());
-		start_machine = false;
+		next.reset();
 	}
-	if (start_machine) {
-		check->starting = true;
-		fly::Request request = fly::StartMachineRequest(target.app_name, target.machine_id);
-		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
+	if (next) {
+		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(*next)});
 		return;
 	}
 	health_running_--;

@@ -47,7 +47,9 @@ private:
 	// A health check of one active app: get its machine, then maybe start it.
 	struct HealthCheck {
 		HealthTarget target;
-		bool starting = false;
+		enum class Phase { kMachine, kEndpoint, kStarting } phase = Phase::kMachine;
+		// The machine's verdict, kept while the app's own endpoint is asked.
+		std::string machine_state;
 	};
 	// A request waiting to be sent, or in flight, belongs to a reconcile operation or to a health check.
 	// Orphan work: listing the organization's apps (empty name) or deleting one orphan app.

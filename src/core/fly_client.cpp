@@ -412,7 +412,8 @@ struct Client::Impl {
 		}
 
 		set(curl_easy_setopt(easy, CURLOPT_PRIVATE, &transfer));
-		set(curl_easy_setopt(easy, CURLOPT_URL, BuildUrl(config.base_url, request).c_str()));
+		const std::string url = request.absolute_url.empty() ? BuildUrl(config.base_url, request) : request.absolute_url;
+		set(curl_easy_setopt(easy, CURLOPT_URL, url.c_str()));
 #if LIBCURL_VERSION_NUM >= 0x075500
 		set(curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https"));
 		set(curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https"));
@@ -476,7 +477,9 @@ struct Client::Impl {
 			headers = extended;
 		};
 		add("Accept: application/json");
-		add("Authorization: " + AuthorizationHeader(config.token));
+		if (request.authenticated) {
+			add("Authorization: " + AuthorizationHeader(config.token));
+		}
 		// "Name:" with no value removes a header curl would add: its form Content-Type on a body-less POST, and
 		// Expect: 100-continue, which costs a round trip (or a 1 s stall with servers that ignore it).
 		add(has_body ? "Content-Type: application/json" : "Content-Type:");

@@ -31,6 +31,7 @@ ExpectedBody(Endpoint endpoint) {
 	case Endpoint::kCreateMachine:
 	case Endpoint::kGetMachine:
 	case Endpoint::kUpdateMachine:
+	case Endpoint::kAppHealth:
 		return BodyShape::kObject;
 	case Endpoint::kListMachines:
 		return BodyShape::kArray;

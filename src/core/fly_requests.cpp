@@ -132,6 +132,8 @@ EndpointName(Endpoint endpoint) {
 		return "start_machine";
 	case Endpoint::kDeleteMachine:
 		return "delete_machine";
+	case Endpoint::kAppHealth:
+		return "app_health";
 	}
 	return "unknown";
 }
@@ -325,6 +327,16 @@ WaitTimeoutSeconds(const Request &request) {
 	}
 	// Fly's default when no timeout is given.
 	return kMaxWaitSeconds;
+}
+
+Request
+AppHealthRequest(const std::string &url) {
+	Request request;
+	request.method = "GET";
+	request.absolute_url = url;
+	request.authenticated = false;
+	request.endpoint = Endpoint::kAppHealth;
+	return request;
 }
 
 } // namespace fly

@@ -68,4 +68,41 @@ EvaluateMachineHealth(const fly::Outcome &outcome) {
 	return verdict;
 }
 
+HealthVerdict
+EvaluateAppHealthEndpoint(const fly::Outcome &outcome, const std::string &user_id) {
+	HealthVerdict verdict;
+	verdict.state = "started";
+	if (outcome.kind != fly::OutcomeKind::kSuccess) {
+		verdict.health = Health::kUnhealthy;
+		verdict.detail = "the health endpoint did not answer well: " + outcome.message;
+		return verdict;
+	}
+	const std::string run_mode = outcome.body.GetString("run_mode").value_or("");
+	const std::string reported_user = outcome.body.GetString("user_id").value_or("");
+	if (run_mode != "user_dedicated") {
+		verdict.health = Health::kUnhealthy;
+		verdict.detail = "the health endpoint reports run_mode \"" + run_mode + "\", not user_dedicated";
+	} else if (reported_user != user_id) {
+		verdict.health = Health::kUnhealthy;
+		verdict.detail = "the health endpoint reports user_id \"" + reported_user + "\", not this app's user";
+	} else {
+		verdict.health = Health::kHealthy;
+		verdict.detail = "checks passing; health endpoint reports user_dedicated for this user";
+		if (auto traders = outcome.body.GetInteger("trader_count")) {
+			verdict.detail += " (" + std::to_string(*traders) + " traders)";
+		}
+	}
+	return verdict;
+}
+
+std::string
+AppHealthUrl(const std::string &url_template, const std::string &app_name) {
+	std::string url = url_template;
+	const std::string placeholder = "{app}";
+	for (size_t at = url.find(placeholder); at != std::string::npos; at = url.find(placeholder, at + app_name.size())) {
+		url.replace(at, placeholder.size(), app_name);
+	}
+	return url;
+}
+
 } // namespace pgfly

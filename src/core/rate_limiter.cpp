@@ -36,6 +36,8 @@ RateLimitKey(const fly::Request &request, const std::string &org_slug) {
 	case fly::Endpoint::kListApps:
 	case fly::Endpoint::kDeleteApp:
 		return {action, "org:" + org_slug};
+	case fly::Endpoint::kAppHealth:
+		return {action, "url:" + request.absolute_url};
 	case fly::Endpoint::kGetApp:
 	case fly::Endpoint::kSetSecrets:
 	case fly::Endpoint::kCreateMachine:

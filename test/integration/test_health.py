@@ -1,12 +1,15 @@
 """Health checks built into the worker: health follows the machine's checks, a stopped machine is started
 again, an app deleted behind pg_fly's back is provisioned again, and check_fly_apps_health() runs a pass now."""
 
+import json
 import os
 import sys
 import time
 import unittest
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import TEST_TOKEN  # noqa: E402
 from test_provisioning import USER, ProvisioningTestCase, app_name  # noqa: E402
 
 
@@ -60,6 +63,42 @@ class HealthTest(ProvisioningTestCase):
         self.assertEqual(len(apps[app_name(USER)]["machines"]), 1)
         self.assertEqual(self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
                          list(apps[app_name(USER)]["machines"])[0])
+
+
+class AppHealthEndpointTest(ProvisioningTestCase):
+    """The seed's trader-isolation test, automated: the app's own endpoint must report user_dedicated and the
+    app's own user."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.pg.write_settings({"fly.app_health_url": f"'{cls.sim.url}/__flysim/apps/{{app}}/health'",
+                               "fly.health_check_interval": "'1s'", "fly.rate_limits": "off"})
+        cls.pg.reload()
+
+    def test_an_app_reporting_another_user_is_flagged(self):
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
+        self.settle()
+        self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'healthy' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{USER}'", timeout=15))
+        probes = [r for r in self.sim.requests()["requests"] if r["endpoint"] == "app_health"]
+        self.assertTrue(probes)
+        self.assertTrue(all("authorization" not in r["headers"] for r in probes))  # no token leaves for the app
+        # Someone redeploys the machine with another user's id: the app now serves the wrong user's traders.
+        name = app_name(USER)
+        machine_id, machine = next(iter(self.live_apps_on_fly()[name]["machines"].items()))
+        config = dict(machine["config"])
+        config["env"] = dict(config["env"], USER_ID="00000000-0000-4000-8000-000000000bad")
+        body = json.dumps({"config": config}).encode()
+        request = urllib.request.Request(f"{self.sim.url}/v1/apps/{name}/machines/{machine_id}", data=body,
+                                         method="POST", headers={"Authorization": f"Bearer {TEST_TOKEN}",
+                                                                 "Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).read()
+        self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'unhealthy' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{USER}'", timeout=15))
+        detail = self.pg.value(f"SELECT details->>'detail' FROM fly.user_fly_app_events WHERE user_id = '{USER}' "
+                               "AND event_type = 'health_changed' ORDER BY id DESC LIMIT 1")
+        self.assertIn("reports user_id", detail)
 
 
 class OnDemandHealthTest(ProvisioningTestCase):

@@ -60,3 +60,43 @@ TEST(EvaluateMachineHealth, TransitionsAndFailuresTellNothing) {
 
 } // namespace
 } // namespace pgfly
+
+namespace pgfly {
+namespace {
+
+const std::string kUser = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+
+TEST(EvaluateAppHealthEndpoint, HealthyOnlyForThisUserInDedicatedMode) {
+	auto verdict = EvaluateAppHealthEndpoint(
+	    Answer(fly::OutcomeKind::kSuccess,
+	           R"({"status":"ok","run_mode":"user_dedicated","user_id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","trader_count":4})"),
+	    kUser);
+	EXPECT_EQ(verdict.health, Health::kHealthy);
+	EXPECT_NE(verdict.detail.find("4 traders"), std::string::npos);
+	auto other_user = EvaluateAppHealthEndpoint(
+	    Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"user_dedicated","user_id":"someone-else"})"), kUser);
+	EXPECT_EQ(other_user.health, Health::kUnhealthy);
+	EXPECT_NE(other_user.detail.find("user_id \"someone-else\""), std::string::npos);
+	auto shared = EvaluateAppHealthEndpoint(
+	    Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"shared_backend","user_id":""})"), kUser);
+	EXPECT_EQ(shared.health, Health::kUnhealthy);
+	EXPECT_NE(shared.detail.find("shared_backend"), std::string::npos);
+	EXPECT_EQ(EvaluateAppHealthEndpoint(Answer(fly::OutcomeKind::kTransient), kUser).health, Health::kUnhealthy);
+}
+
+TEST(AppHealthUrl, ReplacesEveryPlaceholder) {
+	EXPECT_EQ(AppHealthUrl("https://{app}.fly.dev/health", "vyx-user-1"), "https://vyx-user-1.fly.dev/health");
+	EXPECT_EQ(AppHealthUrl("http://h/{app}/{app}", "a"), "http://h/a/a");
+	EXPECT_EQ(AppHealthUrl("http://h/health", "a"), "http://h/health");
+}
+
+TEST(AppHealthRequest, GoesToItsOwnUrlWithoutTheToken) {
+	fly::Request request = fly::AppHealthRequest("https://vyx-user-1.fly.dev/health");
+	EXPECT_EQ(request.method, "GET");
+	EXPECT_EQ(request.absolute_url, "https://vyx-user-1.fly.dev/health");
+	EXPECT_FALSE(request.authenticated);
+	EXPECT_STREQ(fly::EndpointName(request.endpoint), "app_health");
+}
+
+} // namespace
+} // namespace pgfly

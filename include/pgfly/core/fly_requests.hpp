@@ -28,6 +28,8 @@ enum class Endpoint {
 	kStopMachine,
 	kStartMachine,
 	kDeleteMachine,
+	// Not Fly's API: a user app's own health endpoint (absolute URL, no token).
+	kAppHealth,
 };
 
 // snake_case name, as the project's Fly simulator and the event log call it ("create_app", ...).
@@ -41,6 +43,10 @@ struct Request {
 	std::vector<std::pair<std::string, std::string>> query;
 	std::optional<std::string> body_json;
 	Endpoint endpoint = Endpoint::kGetApp;
+	// When set, the request goes to this URL instead of the API's base URL + path.
+	std::string absolute_url;
+	// Whether the Fly token goes along; never for URLs outside the Fly API.
+	bool authenticated = true;
 };
 
 struct Guest {
@@ -98,6 +104,9 @@ Request StopMachineRequest(const std::string &app_name, const std::string &machi
 Request StartMachineRequest(const std::string &app_name, const std::string &machine_id);
 // DELETE /v1/apps/{app}/machines/{id}[?force=true]
 Request DeleteMachineRequest(const std::string &app_name, const std::string &machine_id, bool force = false);
+
+// GET <url> without the Fly token: a user app's own health endpoint.
+Request AppHealthRequest(const std::string &url);
 
 // The wait timeout, in seconds, a WaitMachineRequest carries (from its query); 0 for other requests.
 int WaitTimeoutSeconds(const Request &request);
