@@ -205,6 +205,29 @@ class RateLimitTest(ProvisioningTestCase):
         self.assertGreaterEqual(elapsed, allowed * 0.95)
 
 
+class BulkOnboardingTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'"}
+
+    def test_onboarding_200_existing_pro_users_at_flys_limits(self):
+        self.sim.control("POST", "reset", {"seed": 38, "boot_delay_ms": 20, "rate_limits": {"mode": "fly"},
+                                           "request_log_cap": 5000})
+        group = users(200, 38)
+        self.pg.sql("SELECT fly.detach_tier_trigger()")
+        try:
+            self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
+        finally:
+            self.pg.sql("SELECT fly.attach_tier_trigger()")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.onboard_existing_users(dry_run => true)"), "200")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.pg.value("SELECT fly.provision_user_app()"), "200")
+        # create_app is limited per organization (1/s after a burst of 3): about 200 s.
+        self.settle(timeout=400)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "200")
+        stats = self.sim.control("GET", "stats")
+        self.assertEqual(stats["rate_limited"], 0)
+        self.assertNotIn("429", stats["by_status"])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
 
