@@ -11,8 +11,6 @@ extern "C" {
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 
 #include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/health.hpp"
@@ -27,13 +25,6 @@ namespace pgfly {
 namespace {
 
 constexpr double kPruneEverySeconds = 60;
-
-std::string
-ReadFile(const char *path, bool &ok) {
-	std::ifstream file(path, std::ios::binary);
-	ok = file.is_open();
-	return std::string((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-}
 
 } // namespace
 
@@ -72,10 +63,9 @@ Reconciler::Configure() {
 		problem = "fly.image is not set: there is no image to run";
 	}
 	if (app_secrets_file[0] != '\0') {
-		bool readable = false;
-		std::string text = ReadFile(app_secrets_file, readable);
-		ParsedMap secrets = ParseSecretsFile(text);
-		if (!readable) {
+		const auto text = ReadTextFile(app_secrets_file);
+		ParsedMap secrets = ParseSecretsFile(text.value_or(""));
+		if (!text) {
 			problem = std::string("fly.app_secrets_file \"") + app_secrets_file + "\" cannot be read";
 		} else if (!secrets.problem.empty()) {
 			problem = "fly.app_secrets_file: " + secrets.problem;
@@ -173,8 +163,9 @@ Reconciler::Dispatch() {
 		if (configuration_problem_.empty()) {
 			PlanHealthPass(spi, now_seconds);
 		}
-		next_due_seconds_ = SecondsUntilNextDue(spi);
-		due = CountDueItems(spi);
+		const QueueSummary summary = SummarizeQueue(spi);
+		next_due_seconds_ = summary.seconds_until_next_due;
+		due = summary.due;
 	});
 	SpinLockAcquire(&shared_->mutex);
 	shared_->queue_ready = due;

@@ -174,24 +174,20 @@ ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> 
 	return items;
 }
 
-std::optional<double>
-SecondsUntilNextDue(pg::SpiConnection &spi) {
-	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
-	auto rows = spi.Query("SELECT EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
+QueueSummary
+SummarizeQueue(pg::SpiConnection &spi) {
+	// One scan for both: this runs at every pass of the worker's loop.
+	auto rows = spi.Query("SELECT pg_catalog.count(*) FILTER (WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()), "
+	                      "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
 	                      "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
 	                      {}, true);
-	if (rows.empty() || !rows[0][0]) {
-		return std::nullopt;
+	QueueSummary summary;
+	summary.due = ToInt(rows.at(0).at(0));
+	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
+	if (rows[0][1]) {
+		summary.seconds_until_next_due = std::max(0.0, std::stod(*rows[0][1]));
 	}
-	return std::max(0.0, std::stod(*rows[0][0]));
-}
-
-int64_t
-CountDueItems(pg::SpiConnection &spi) {
-	auto rows = spi.Query("SELECT pg_catalog.count(*) FROM fly.reconcile_queue "
-	                      "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()",
-	                      {}, true);
-	return ToInt(rows.at(0).at(0));
+	return summary;
 }
 
 int

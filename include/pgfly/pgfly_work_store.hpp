@@ -35,9 +35,13 @@ void ReleaseAllClaims(pg::SpiConnection &spi);
 std::vector<ClaimedItem> ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> &running);
 // Extends the leases of the items of operations still going.
 void RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users);
-// Seconds until the next unclaimed item is due (0 if one is due now); nothing when the queue is idle.
-std::optional<double> SecondsUntilNextDue(pg::SpiConnection &spi);
-int64_t CountDueItems(pg::SpiConnection &spi);
+struct QueueSummary {
+	// Items due now, claimed or not.
+	int64_t due = 0;
+	// Until the next unclaimed item is due, or a claim's lease runs out (0 if now); nothing when the queue is empty.
+	std::optional<double> seconds_until_next_due;
+};
+QueueSummary SummarizeQueue(pg::SpiConnection &spi);
 
 // The first app name candidate for the user that no other user's live app holds (two users' names can collide).
 int FirstFreeNameAttempt(pg::SpiConnection &spi, const std::string &user_id, const std::string &prefix);

@@ -49,6 +49,16 @@ TokenSourceName(TokenSource source) {
 }
 
 std::optional<std::string>
+ReadTextFile(const char *path) {
+	std::ifstream file(path, std::ios::binary);
+	std::string contents((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+	if (!file.is_open() || file.bad()) {
+		return std::nullopt;
+	}
+	return contents;
+}
+
+std::optional<std::string>
 TokenProblem(const std::string &token) {
 	if (token.empty()) {
 		return "it is empty";
@@ -67,14 +77,13 @@ ResolveToken(const char *setting, const char *file_path, const char *environment
 		return Checked(TokenSource::kSetting, Trim(setting));
 	}
 	if (file_path != nullptr && file_path[0] != '\0') {
-		std::ifstream file(file_path, std::ios::binary);
-		std::string contents((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-		if (!file.is_open() || file.bad()) {
+		auto contents = ReadTextFile(file_path);
+		if (!contents) {
 			ResolvedToken resolved;
 			resolved.problem = std::string("fly.api_token_file \"") + file_path + "\" cannot be read";
 			return resolved;
 		}
-		return Checked(TokenSource::kFile, Trim(contents));
+		return Checked(TokenSource::kFile, Trim(*contents));
 	}
 	if (environment != nullptr && environment[0] != '\0') {
 		return Checked(TokenSource::kEnvironment, Trim(environment));

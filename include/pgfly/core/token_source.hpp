@@ -22,6 +22,9 @@ struct ResolvedToken {
 // A file that cannot be read is a problem, not a fallback to the environment: the operator asked for it.
 ResolvedToken ResolveToken(const char *setting, const char *file_path, const char *environment);
 
+// The whole file, or nothing when it cannot be read (for the token and the secrets file).
+std::optional<std::string> ReadTextFile(const char *path);
+
 // Whether a token can go into an HTTP header as it is (no control characters, no line breaks).
 std::optional<std::string> TokenProblem(const std::string &token);
 
