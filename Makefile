@@ -42,7 +42,7 @@ all install installcheck:
 	@exit 1
 else
 # C++17 with PostgreSQL's own headers as system headers, so -Wextra stays about our code.
-PG_CPPFLAGS = -Iinclude -isystem $(shell $(PG_CONFIG) --includedir-server) $(shell pkg-config --cflags $(PKG_DEPS))
+PG_CPPFLAGS = -Iinclude -DPGFLY_VERSION=\"$(EXTVERSION)\" -isystem $(shell $(PG_CONFIG) --includedir-server) $(shell pkg-config --cflags $(PKG_DEPS))
 PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initializers -MMD -MP
 SHLIB_LINK = $(shell pkg-config --libs $(PKG_DEPS)) -lstdc++
 # No LLVM bitcode: it would compile the C++17 sources with clang's default standard, and JIT inlining of an

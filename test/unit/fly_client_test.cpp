@@ -101,7 +101,7 @@ TEST_F(FlyClientTest, SendsMethodPathHeadersAndBody) {
 	EXPECT_EQ(received.Header("content-type"), "application/json");
 	EXPECT_EQ(received.Header("accept"), "application/json");
 	EXPECT_EQ(received.Header("authorization"), "FlyV1 fm2_unitTestSecretMacaroonAAAA,fm2_unitTestSecretMacaroonBBBB");
-	EXPECT_EQ(received.Header("user-agent"), "pg_fly/0.1.0");
+	EXPECT_EQ(received.Header("user-agent"), std::string("pg_fly/") + PGFLY_VERSION);
 	EXPECT_FALSE(received.HasHeader("expect"));
 }
 

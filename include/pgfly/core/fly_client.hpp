@@ -19,6 +19,10 @@
 #include "pgfly/core/fly_outcome.hpp"
 #include "pgfly/core/fly_requests.hpp"
 
+#ifndef PGFLY_VERSION
+#error "PGFLY_VERSION (the extension version) must be defined by the build"
+#endif
+
 namespace pgfly {
 namespace fly {
 
@@ -34,7 +38,7 @@ struct ClientConfig {
 	// Larger responses are aborted and reported as kMalformed (0 falls back to the default).
 	size_t max_response_bytes = 1024 * 1024;
 	long max_host_connections = 16;
-	std::string user_agent = "pg_fly/0.1.0";
+	std::string user_agent = std::string("pg_fly/") + PGFLY_VERSION;
 	// PEM bundle for a private CA; empty uses the system's. Verification is never turned off.
 	std::string ca_file;
 };

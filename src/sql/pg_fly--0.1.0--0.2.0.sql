@@ -1,0 +1,3 @@
+-- pg_fly 0.1.0 → 0.2.0. CREATE EXTENSION pg_fly installs 0.1.0 and runs this script; ALTER EXTENSION pg_fly
+-- UPDATE runs it on an existing 0.1.0 installation. Never edit a released script: add a new upgrade script.
+\echo Use "ALTER EXTENSION pg_fly UPDATE" to load this file. \quit
