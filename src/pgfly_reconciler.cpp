@@ -157,11 +157,18 @@ Reconciler::Dispatch() {
 			RenewLeases(spi, RunningUsers());
 			last_lease_renewal_ = now_seconds;
 		}
+		std::vector<std::string> busy = RunningUsers();
 		if (capacity > 0) {
-			claimed = ClaimDueItems(spi, capacity, RunningUsers());
+			claimed = ClaimDueItems(spi, capacity, busy);
 		}
+		rollout_claimed_.clear();
+		canaries_claimed_.clear();
 		if (configuration_problem_.empty()) {
 			PlanHealthPass(spi, now_seconds);
+			for (const auto &item : claimed) {
+				busy.push_back(item.user_id);
+			}
+			PlanRollout(spi, now_seconds, busy, capacity - static_cast<int>(claimed.size()));
 		}
 		const QueueSummary summary = SummarizeQueue(spi);
 		next_due_seconds_ = summary.seconds_until_next_due;
@@ -174,6 +181,7 @@ Reconciler::Dispatch() {
 	for (const auto &item : claimed) {
 		Start(item);
 	}
+	StartRolloutUpdates();
 	StartHealthChecks();
 	if (configuration_problem_.empty() && pg_atomic_exchange_u32(&shared_->orphan_pass_requested, 0) != 0) {
 		held_.push_back(Held{Now(), nullptr, nullptr, fly::ListAppsRequest(settings_.org_slug),
@@ -301,6 +309,10 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 				const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
 				pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
 					const bool active = RecordHealth(spi, target, health, event, details.Dump());
+					if (check->canary_of_rollout != 0) {
+						RecordCanaryHealth(spi, check->canary_of_rollout, target.app_id,
+						                   verdict.health == Health::kHealthy);
+					}
 					if (active && event == "app_vanished") {
 						// The reconcile finds or recreates the app and its machine from what the row records.
 						EnqueueReconcile(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
@@ -321,6 +333,10 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 	if (next) {
 		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(*next)});
 		return;
+	}
+	if (check->canary_of_rollout != 0) {
+		canaries_checking_.erase(target.app_id);
+		next_rollout_pass_ = 0;
 	}
 	health_running_--;
 }
@@ -463,7 +479,7 @@ Reconciler::SendAllowed() {
 		breaker_.MarkSent(now);
 		const fly::RequestId id = client_->Submit(held.request);
 		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(held.health), std::move(held.orphan),
-		                                std::move(key), held.request.endpoint});
+		                                std::move(held.rollout), std::move(key), held.request.endpoint});
 	}
 	held_ = std::move(still_held);
 }
@@ -503,6 +519,10 @@ Reconciler::Drive() {
 		}
 		if (in_flight.orphan) {
 			OnOrphanAnswer(*in_flight.orphan, completion.outcome);
+			continue;
+		}
+		if (in_flight.rollout) {
+			OnRolloutAnswer(std::move(in_flight.rollout), completion.outcome);
 			continue;
 		}
 		const std::string user_id = in_flight.running->context.user_id;
@@ -565,6 +585,9 @@ Reconciler::SleepMs() const {
 	}
 	if (health_check_interval_ms > 0 && configuration_problem_.empty()) {
 		sleep = std::min(sleep, next_health_pass_ - now);
+	}
+	if (configuration_problem_.empty()) {
+		sleep = std::min(sleep, next_rollout_pass_ - now);
 	}
 	if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
 		sleep = std::min(sleep, breaker_.reopen_at() - now);

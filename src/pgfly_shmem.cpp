@@ -19,6 +19,7 @@ shmem_startup_hook_type previous_shmem_startup_hook = nullptr;
 
 // Per backend: whether the current transaction enqueued work, and whether our callback is registered.
 bool wake_at_commit = false;
+uint32 passes_at_commit = 0; // kHealthPass etc.
 bool xact_callback_registered = false;
 
 void
@@ -64,6 +65,16 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 	case XACT_EVENT_COMMIT:
 	case XACT_EVENT_PARALLEL_COMMIT:
 		if (wake_at_commit && shared_state != nullptr) {
+			// The passes are asked for only now, so that the worker's pass sees what this transaction wrote.
+			if (passes_at_commit & kHealthPass) {
+				pg_atomic_write_u32(&shared_state->health_pass_requested, 1);
+			}
+			if (passes_at_commit & kOrphanPass) {
+				pg_atomic_write_u32(&shared_state->orphan_pass_requested, 1);
+			}
+			if (passes_at_commit & kRolloutPass) {
+				pg_atomic_write_u32(&shared_state->rollout_pass_requested, 1);
+			}
 			uint32 expected = 0;
 			if (pg_atomic_compare_exchange_u32(&shared_state->wake_pending, &expected, 1)) {
 				SpinLockAcquire(&shared_state->mutex);
@@ -75,12 +86,14 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 			}
 		}
 		wake_at_commit = false;
+		passes_at_commit = 0;
 		break;
 	case XACT_EVENT_ABORT:
 	case XACT_EVENT_PARALLEL_ABORT:
 	case XACT_EVENT_PREPARE:
 		// A prepared transaction's work is found by the worker's poll timer after COMMIT PREPARED.
 		wake_at_commit = false;
+		passes_at_commit = 0;
 		break;
 	default:
 		break;
@@ -103,12 +116,13 @@ InstallShmemHooks() {
 }
 
 void
-WakeWorkerAtCommit() {
+WakeWorkerAtCommit(uint32 passes) {
 	if (!xact_callback_registered) {
 		RegisterXactCallback(WakeXactCallback, nullptr);
 		xact_callback_registered = true;
 	}
 	wake_at_commit = true;
+	passes_at_commit |= passes;
 }
 
 } // namespace pgfly

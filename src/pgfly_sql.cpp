@@ -41,6 +41,15 @@ UuidArgument(FunctionCallInfo fcinfo, int index, const char *name) {
 	return result;
 }
 
+// Asks the worker for a pass once this transaction commits (nothing if it aborts).
+void
+RequestPassAtCommit(uint32 pass) {
+	if (pgfly::Shared() == nullptr) {
+		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
+	}
+	pgfly::pg::PgGuard([&]() { pgfly::WakeWorkerAtCommit(pass); });
+}
+
 } // namespace
 
 // fly._enqueue_reconcile(user_id uuid, desired text, tier text, reason text): the one enqueue path shared by
@@ -82,27 +91,22 @@ PGFLY_SQL_FUNCTION(app_name_for) {
 	PG_RETURN_TEXT_P(result);
 }
 
-// fly._request_health_pass(): asks the worker for a health pass over every active app, once this transaction
-// commits.
+// fly._request_health_pass(): a health pass over every active app.
 PGFLY_SQL_FUNCTION(_request_health_pass) {
-	pgfly::SharedState *shared = pgfly::Shared();
-	if (shared == nullptr) {
-		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
-	}
-	pg_atomic_write_u32(&shared->health_pass_requested, 1);
-	pgfly::pg::PgGuard([]() { pgfly::WakeWorkerAtCommit(); });
+	RequestPassAtCommit(pgfly::kHealthPass);
 	PG_RETURN_VOID();
 }
 
-// fly._request_orphan_pass(): asks the worker to list the organization's apps and reconcile fly.orphan_apps
-// (deleting the ones marked for deletion), once this transaction commits.
+// fly._request_orphan_pass(): list the organization's apps and reconcile fly.orphan_apps (deleting the ones
+// marked for deletion).
 PGFLY_SQL_FUNCTION(_request_orphan_pass) {
-	pgfly::SharedState *shared = pgfly::Shared();
-	if (shared == nullptr) {
-		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
-	}
-	pg_atomic_write_u32(&shared->orphan_pass_requested, 1);
-	pgfly::pg::PgGuard([]() { pgfly::WakeWorkerAtCommit(); });
+	RequestPassAtCommit(pgfly::kOrphanPass);
+	PG_RETURN_VOID();
+}
+
+// fly._request_rollout_pass(): look at the running image rollout.
+PGFLY_SQL_FUNCTION(_request_rollout_pass) {
+	RequestPassAtCommit(pgfly::kRolloutPass);
 	PG_RETURN_VOID();
 }
 

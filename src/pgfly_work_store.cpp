@@ -4,34 +4,20 @@
 #include <cstdio>
 
 #include "pgfly/core/app_naming.hpp"
+#include "pgfly/pg/sql_values.hpp"
 
 namespace pgfly {
+
+using pg::Number;
+using pg::Seconds;
+using pg::ToInt;
+using pg::UuidArray;
 
 namespace {
 
 pg::Value
 Optional(const std::optional<std::string> &value) {
 	return value;
-}
-
-pg::Value
-Number(std::optional<int64_t> value) {
-	if (!value) {
-		return std::nullopt;
-	}
-	return std::to_string(*value);
-}
-
-std::string
-Seconds(double seconds) {
-	char text[64];
-	snprintf(text, sizeof(text), "%.3f", seconds);
-	return text;
-}
-
-int64_t
-ToInt(const pg::Value &value) {
-	return value ? std::stoll(*value) : 0;
 }
 
 void
@@ -128,16 +114,6 @@ ReleaseAllClaims(pg::SpiConnection &spi) {
 	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL WHERE claimed_at IS NOT NULL", {});
 }
 
-// A text array literal of uuids, e.g. {a,b}: uuids need no quoting.
-std::string
-UuidArray(const std::vector<std::string> &users) {
-	std::string text = "{";
-	for (size_t i = 0; i < users.size(); i++) {
-		text += (i ? "," : "") + users[i];
-	}
-	return text + "}";
-}
-
 void
 RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users) {
 	spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
@@ -228,7 +204,7 @@ LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 std::optional<reconcile::AppRecord>
 LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	auto rows = spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
-	                      "memory_mb, image, pending_machine_operation, "
+	                      "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
 	                      "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since) "
 	                      "FROM fly.user_fly_apps "
 	                      "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",

@@ -13,8 +13,10 @@
 
 #include "pgfly/core/circuit_breaker.hpp"
 #include "pgfly/core/fly_client.hpp"
+#include "pgfly/core/image_rollout.hpp"
 #include "pgfly/core/rate_limiter.hpp"
 #include "pgfly/core/reconcile.hpp"
+#include "pgfly/pgfly_rollout_store.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 #include "pgfly/pgfly_work_store.hpp"
 
@@ -47,6 +49,8 @@ private:
 	// A health check of one active app: get its machine, then maybe start it.
 	struct HealthCheck {
 		HealthTarget target;
+		// The image rollout whose canary this is (0: a routine check).
+		int64_t canary_of_rollout = 0;
 		enum class Phase { kMachine, kEndpoint, kStarting } phase = Phase::kMachine;
 		// The machine's verdict, kept while the app's own endpoint is asked.
 		std::string machine_state;
@@ -56,17 +60,26 @@ private:
 	struct OrphanWork {
 		std::string app_name;
 	};
+	// One app's machine moving to a rollout's image.
+	struct RolloutUpdate {
+		int64_t rollout_id;
+		std::string image;
+		RolloutApp app;
+		rollout::ImageUpdate update;
+	};
 	struct Held {
 		double due;
 		std::unique_ptr<RunningOperation> running;
 		std::unique_ptr<HealthCheck> health;
 		fly::Request request;
 		std::unique_ptr<OrphanWork> orphan = nullptr;
+		std::unique_ptr<RolloutUpdate> rollout = nullptr;
 	};
 	struct InFlight {
 		std::unique_ptr<RunningOperation> running;
 		std::unique_ptr<HealthCheck> health;
 		std::unique_ptr<OrphanWork> orphan;
+		std::unique_ptr<RolloutUpdate> rollout;
 		std::pair<std::string, std::string> rate_key;
 		fly::Endpoint endpoint;
 	};
@@ -77,6 +90,12 @@ private:
 	void StartHealthChecks();
 	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
 	void OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome);
+	// Image rollouts (pgfly_rollout_runner.cpp): inside Dispatch's transaction, moves the running rollout on
+	// and claims apps to update (at most `capacity`) or canaries to check; StartRolloutUpdates sends them.
+	void PlanRollout(pg::SpiConnection &spi, double now, const std::vector<std::string> &busy, int capacity);
+	void StartRolloutUpdates();
+	void OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome);
+	void FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step);
 	// Records the step; then holds its request for sending, or ends the operation.
 	void Record(std::unique_ptr<RunningOperation> running, reconcile::Step step);
 	void SendAllowed();
@@ -111,6 +130,11 @@ private:
 	size_t health_next_ = 0;
 	int health_running_ = 0;
 	double next_health_pass_ = 0;
+	// Image rollouts: when to look again, what was claimed in this pass, canaries being checked.
+	double next_rollout_pass_ = 0;
+	std::vector<std::unique_ptr<RolloutUpdate>> rollout_claimed_;
+	std::vector<std::unique_ptr<HealthCheck>> canaries_claimed_;
+	std::map<int64_t, bool> canaries_checking_;
 	std::mt19937_64 random_;
 };
 

@@ -109,19 +109,33 @@ Operation::FailedEvent() const {
 }
 
 fly::MachineSpec
-Operation::Spec() const {
+MachineSpecFor(const Settings &settings, const std::string &user_id, const fly::Guest &guest,
+               const std::string &region, const std::string &image, const std::string &operation_id,
+               std::optional<int64_t> secrets_version) {
 	fly::MachineSpec spec;
-	spec.image = settings_.image;
-	spec.guest = target_.guest;
-	spec.region = target_.region;
-	spec.env = settings_.env;
+	spec.image = image;
+	spec.guest = guest;
+	spec.region = region;
+	spec.env = settings.env;
 	spec.env["RUN_MODE"] = "user_dedicated";
-	spec.env["USER_ID"] = target_.user_id;
+	spec.env["USER_ID"] = user_id;
 	spec.restart_policy = "always";
-	spec.metadata[kUserMetadataKey] = target_.user_id;
-	spec.metadata[kOperationMetadataKey] = target_.operation_id;
-	spec.min_secrets_version = secrets_version_;
+	spec.metadata[kUserMetadataKey] = user_id;
+	spec.metadata[kOperationMetadataKey] = operation_id;
+	spec.min_secrets_version = secrets_version;
 	return spec;
+}
+
+// An app keeps the image it was given (only an image rollout changes it); a new one gets fly.image.
+const std::string &
+Operation::Image() const {
+	return app_ && !app_->image.empty() ? app_->image : settings_.image;
+}
+
+fly::MachineSpec
+Operation::Spec() const {
+	return MachineSpecFor(settings_, target_.user_id, target_.guest, target_.region, Image(), target_.operation_id,
+	                      secrets_version_);
 }
 
 Step
@@ -351,13 +365,13 @@ Operation::AdoptMachine(Step step) {
 		details.Set("state", Json::String(chosen.state));
 		step.events.push_back(MakeEvent("machine_reused", details));
 	}
-	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != settings_.image) {
+	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != Image()) {
 		Json details = Json::Object();
 		details.Set("machine_id", Json::String(chosen.id));
 		details.Set("from_guest", GuestJson(chosen.guest));
 		details.Set("to_guest", GuestJson(target_.guest));
 		details.Set("from_image", Json::String(chosen.image));
-		details.Set("to_image", Json::String(settings_.image));
+		details.Set("to_image", Json::String(Image()));
 		step.events.push_back(MakeEvent("machine_update_requested", details));
 		step.request = fly::UpdateMachineRequest(app_->name, chosen.id, Spec());
 		phase_ = Phase::kUpdateMachine;
@@ -583,7 +597,7 @@ Operation::Handle(const fly::Outcome &outcome) {
 			change.machine_id = machine.id;
 			change.pending_create = "";
 			change.guest = target_.guest;
-			change.image = settings_.image;
+			change.image = Image();
 			step.app = change;
 			Json details = Json::Object();
 			details.Set("machine_id", Json::String(machine.id));
@@ -617,13 +631,13 @@ Operation::Handle(const fly::Outcome &outcome) {
 		if (outcome.kind == OutcomeKind::kSuccess) {
 			AppChange change;
 			change.guest = target_.guest;
-			change.image = settings_.image;
+			change.image = Image();
 			change.region = target_.region;
 			step.app = change;
 			Json details = Json::Object();
 			details.Set("machine_id", Json::String(app_->machine_id));
 			details.Set("guest", GuestJson(target_.guest));
-			details.Set("image", Json::String(settings_.image));
+			details.Set("image", Json::String(Image()));
 			step.events.push_back(MakeEvent("machine_updated", details));
 			wait_round_ = 0;
 			return Wait(std::move(step));
@@ -645,14 +659,14 @@ Operation::Handle(const fly::Outcome &outcome) {
 			change.machine_id = app_->machine_id;
 			change.region = target_.region;
 			change.guest = target_.guest;
-			change.image = settings_.image;
+			change.image = Image();
 			step.app = change;
 			Json details = Json::Object();
 			details.Set("app_name", Json::String(app_->name));
 			details.Set("machine_id", Json::String(app_->machine_id));
 			details.Set("region", Json::String(target_.region));
 			details.Set("guest", GuestJson(target_.guest));
-			details.Set("image", Json::String(settings_.image));
+			details.Set("image", Json::String(Image()));
 			step.events.push_back(MakeEvent("provision_completed", details));
 			app_->status = "active";
 			return Finish(std::move(step));

@@ -377,6 +377,8 @@ class FlyWorld:
         elif machine.app.check_status != "passing":
             status = machine.app.check_status
             output = "connect: connection refused" if status == "critical" else "degraded"
+        elif machine.config.get("image") in self.config["unhealthy_images"]:
+            status, output = "critical", "connect: connection refused"
         elif (time.monotonic() - machine.started_mono) * 1000 < self.config["checks_pass_after_ms"]:
             status, output = "warning", "Waiting for status update"
         else:
@@ -803,6 +805,8 @@ class FlyWorld:
             trader_count = int(env.get("TRADER_COUNT", "0"))
         except ValueError:
             trader_count = 0
+        if machine.config.get("image") in self.config["unhealthy_images"]:
+            return json_reply(503, {"status": "unavailable", "error": "the image does not serve /health"})
         body = {"status": "ok" if app.check_status == "passing" else "unhealthy",
                 "run_mode": env.get("RUN_MODE", "shared_backend"),
                 "user_id": env.get("USER_ID"), "trader_count": trader_count}

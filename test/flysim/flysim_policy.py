@@ -42,6 +42,7 @@ DEFAULT_CONFIG = {
     "name_reuse_delay_ms": 0,       # how long a deleted app's name stays taken
     "checks_pass_after_ms": 0,      # checks stay "warning" this long after a machine starts
     "synthetic_check": True,        # give machines without configured checks one http check
+    "unhealthy_images": [],         # machines running one of these images fail their checks (a bad deploy)
     "default_region": "sjc",
     "latency": {},                  # endpoint or "*" -> {"fixed_ms": n, "jitter_ms": n}
     "rate_limits": {"mode": "fly", "retry_after": True, "actions": {}},
@@ -105,6 +106,8 @@ def normalize_config(raw):
         _require(isinstance(config[key], int) and config[key] >= 0, f"{key} must be an integer >= 0")
     _require(isinstance(config["default_region"], str), "default_region must be a string")
     _require(isinstance(config["synthetic_check"], bool), "synthetic_check must be a boolean")
+    _require(isinstance(config["unhealthy_images"], list) and all(isinstance(i, str) for i in config["unhealthy_images"]),
+             "unhealthy_images must be a list of image strings")
     tokens = config["tokens"]
     _require(isinstance(tokens, dict) and all(isinstance(k, str) and k and isinstance(v, str) and v
                                               for k, v in tokens.items()),

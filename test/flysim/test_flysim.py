@@ -545,6 +545,20 @@ class MachineTests(SimTestCase):
         time.sleep(0.35)
         self.assertEqual(self.machine("vyx-user-0001", machine_id)["checks"][0]["status"], "passing")
 
+    def test_unhealthy_images_fail_their_checks(self):
+        self.reset(unhealthy_images=["registry.fly.io/vyx:bad"])
+        self.create_app("vyx-user-0001")
+        machine_id = self.create_machine()["id"]
+        self.wait("vyx-user-0001", machine_id)
+        self.assertEqual(self.machine("vyx-user-0001", machine_id)["checks"][0]["status"], "passing")
+        config = self.machine("vyx-user-0001", machine_id)["config"]
+        config["image"] = "registry.fly.io/vyx:bad"
+        updated = self.api.post(f"/v1/apps/vyx-user-0001/machines/{machine_id}", {"config": config})
+        self.assertEqual(updated.status, 200, updated.body)
+        self.wait("vyx-user-0001", machine_id)
+        self.assertEqual(self.machine("vyx-user-0001", machine_id)["checks"][0]["status"], "critical")
+        self.assertEqual(self.ctl_api.get("/__flysim/apps/vyx-user-0001/health").status, 503)
+
     def test_forced_state_simulates_an_unexpected_stop(self):
         machine_id = self.create_machine()["id"]
         self.wait("vyx-user-0001", machine_id)

@@ -215,6 +215,15 @@ DriveToFindMachine(Operation &operation) {
 	return step;
 }
 
+// A provision of a user whose app row exists: create_app answers name_taken, the app is ours.
+void
+DriveRecordedAppToFindMachine(Operation &operation) {
+	operation.Start();
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	Step step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	EXPECT_TRUE(step.request && step.request->endpoint == Endpoint::kListMachines);
+}
+
 // ... until it sends create_machine.
 Step
 DriveToCreateMachine(Operation &operation) {
@@ -634,14 +643,47 @@ TEST(ReconcileMachine, LiveMachineWithAnotherImageIsUpdated) {
 	AppRecord record = MakeRecord();
 	record.machine_id = "m7";
 	Operation operation(MakeTarget(), record, MakeSettings());
-	operation.Start();
-	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
-	operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	DriveRecordedAppToFindMachine(operation);
 	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "stopped", kGuest, "old-image:1")})));
 	// The row already records m7: no machine_reused.
 	EXPECT_EQ(EventTypes(step), Types{"machine_update_requested"});
 	EXPECT_EQ(Details(step.events[0]).GetString("from_image"), "old-image:1");
 	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m7");
+}
+
+// fly.image is for new apps; an app that runs keeps its image until an image rollout changes it.
+TEST(ReconcileMachine, AnAppKeepsItsImageWhenFlyImageChanges) {
+	AppRecord record = MakeRecord();
+	record.machine_id = "m7";
+	record.image = "registry.fly.io/vyx:v1";
+	Operation operation(MakeTarget(), record, MakeSettings());
+	DriveRecordedAppToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "started", kGuest, "registry.fly.io/vyx:v1")})));
+	EXPECT_TRUE(step.events.empty());
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
+}
+
+TEST(ReconcileMachine, AResizeKeepsTheAppsImage) {
+	AppRecord record = MakeRecord();
+	record.machine_id = "m7";
+	record.image = "registry.fly.io/vyx:v1";
+	Operation operation(MakeTarget(), record, MakeSettings());
+	DriveRecordedAppToFindMachine(operation);
+	Step step =
+	    operation.OnOutcome(Ok(ListText({MachineText("m7", "started", kOtherGuest, "registry.fly.io/vyx:v1")})));
+	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m7");
+	EXPECT_EQ(Body(Req(step)).Get("config").GetString("image"), "registry.fly.io/vyx:v1");
+}
+
+TEST(ReconcileMachine, AnAppThatNeverCameUpGetsFlyImage) {
+	AppRecord record = MakeRecord("failed");
+	record.machine_id = "m7";
+	record.image.clear(); // LoadLiveApp reports no image until the app was provisioned
+	Operation operation(MakeTarget(), record, MakeSettings());
+	DriveRecordedAppToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "started", kGuest, "registry.fly.io/typo:v1")})));
+	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m7");
+	EXPECT_EQ(Body(Req(step)).Get("config").GetString("image"), kImage);
 }
 
 TEST(ReconcileMachine, StoppedMachineIsStartedThenAwaited) {

@@ -33,6 +33,7 @@ struct AppRecord {
 	std::string machine_id;
 	std::string region;
 	fly::Guest guest;
+	// The image the app runs once it has come up (empty before): it keeps it until an image rollout changes it.
 	std::string image;
 	// A machine creation whose answer was never recorded (the worker stopped while it was in flight), and how
 	// long ago it was sent: the machine may still appear.
@@ -178,6 +179,7 @@ private:
 	Step Finish(Step step);
 	Step Handle(const fly::Outcome &outcome);
 	fly::MachineSpec Spec() const;
+	const std::string &Image() const;
 	const char *FailedEvent() const;
 
 	Target target_;
@@ -193,6 +195,12 @@ private:
 	std::vector<std::string> extra_machines_;
 	std::optional<MachineFacts> adopted_;
 };
+
+// The full machine config pg_fly runs for a user. An update replaces the whole config, so every request that
+// sends one (create, update, image rollout) builds it here.
+fly::MachineSpec MachineSpecFor(const Settings &settings, const std::string &user_id, const fly::Guest &guest,
+                                const std::string &region, const std::string &image, const std::string &operation_id,
+                                std::optional<int64_t> secrets_version);
 
 std::vector<MachineFacts> MachinesFromList(const fly::Outcome &outcome);
 MachineFacts MachineFromBody(const fly::Outcome &outcome);

@@ -1,0 +1,156 @@
+// The worker's side of image rollouts: the Reconciler's rollout passes, the per-app machine updates and the
+// canaries' health checks. Updates share the client, the rate limiter, the breaker and fly.max_concurrency
+// with reconciles, and never run for a user whose reconcile is going (nor the other way round).
+#include "pgfly/pgfly_reconciler.hpp"
+
+extern "C" {
+#include "utils/elog.h"
+}
+
+#include "pgfly/core/reconcile.hpp"
+#include "pgfly/pg/transaction.hpp"
+#include "pgfly/pgfly_guc.hpp"
+
+namespace pgfly {
+
+namespace {
+
+// While a rollout runs, how often the worker looks at it (phase changes, canary deadline) and how often each
+// updated canary's health is read.
+constexpr double kRolloutPassSeconds = 1.0;
+constexpr double kCanaryCheckEverySeconds = 2.0;
+
+} // namespace
+
+void
+Reconciler::PlanRollout(pg::SpiConnection &spi, double now, const std::vector<std::string> &busy, int capacity) {
+	const bool requested = pg_atomic_exchange_u32(&shared_->rollout_pass_requested, 0) != 0;
+	if (!requested && now < next_rollout_pass_) {
+		return;
+	}
+	next_rollout_pass_ = now + poll_interval_ms / 1000.0;
+	std::optional<RunningRollout> running = LoadRunningRollout(spi);
+	if (!running) {
+		return;
+	}
+	next_rollout_pass_ = now + kRolloutPassSeconds;
+	// Updates that no operation of this worker carries any more (a previous worker's, or one whose result
+	// could not be recorded) are taken again; each begins by reading the machine, so none is sent twice.
+	ReleaseRolloutClaims(spi, running->id, busy);
+	const rollout::Decision decision = rollout::NextRolloutPhase(running->phase, running->counts, running->max_failures,
+	                                                             running->canary_deadline_passed);
+	if (decision.phase != running->phase) {
+		AdvanceRollout(spi, *running, decision);
+		running->phase = decision.phase;
+		if (decision.phase == rollout::Phase::kHalted) {
+			Log("image rollout " + std::to_string(running->id) + " halted: " + decision.reason);
+		} else if (decision.phase == rollout::Phase::kCompleted) {
+			Log("image rollout " + std::to_string(running->id) + " completed");
+		}
+	}
+	switch (running->phase) {
+	case rollout::Phase::kCanary:
+	case rollout::Phase::kRolling:
+		if (capacity > 0) {
+			for (auto &app : ClaimRolloutApps(spi, *running, capacity, busy)) {
+				rollout::AppTarget target;
+				target.app_name = app.app_name;
+				target.machine_id = app.machine_id;
+				target.image = running->image;
+				fly::MachineSpec spec =
+				    reconcile::MachineSpecFor(settings_, app.user_id, app.guest, app.region, running->image,
+				                              "rollout-" + std::to_string(running->id), app.secrets_version);
+				rollout_claimed_.push_back(std::make_unique<RolloutUpdate>(
+				    RolloutUpdate{running->id, running->image, app, rollout::ImageUpdate(target, spec)}));
+			}
+		}
+		break;
+	case rollout::Phase::kCanaryCheck:
+		for (auto &target : LoadCanariesToCheck(spi, running->id, kCanaryCheckEverySeconds)) {
+			if (!canaries_checking_.count(target.app_id)) {
+				canaries_claimed_.push_back(std::make_unique<HealthCheck>(HealthCheck{target, running->id}));
+			}
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+void
+Reconciler::StartRolloutUpdates() {
+	for (auto &work : rollout_claimed_) {
+		running_[work->app.user_id] = true;
+		const rollout::Step step = work->update.Start();
+		held_.push_back(Held{Now(), nullptr, nullptr, *step.request, nullptr, std::move(work)});
+	}
+	rollout_claimed_.clear();
+	for (auto &check : canaries_claimed_) {
+		canaries_checking_[check->target.app_id] = true;
+		health_running_++;
+		fly::Request request = fly::GetMachineRequest(check->target.app_name, check->target.machine_id);
+		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
+	}
+	canaries_claimed_.clear();
+}
+
+void
+Reconciler::OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome) {
+	rollout::Step step;
+	try {
+		step = work->update.OnOutcome(outcome);
+	} catch (const std::exception &e) {
+		step = rollout::Step{};
+		step.result = rollout::Result::kFailed;
+		step.error = e.what();
+	}
+	if (step.result == rollout::Result::kContinue && step.request) {
+		double due = Now();
+		if (step.failed_attempt) {
+			last_error_ = step.error;
+			last_error_at_ = Now();
+			if (++work->app.attempts >= max_attempts) {
+				step.result = rollout::Result::kFailed;
+				step.error = "gave up after fly.max_attempts attempts: " + step.error;
+				FinishRolloutUpdate(*work, step);
+				return;
+			}
+			try {
+				pg::RunInTransaction("pg_fly: recording a failed image update", [&](pg::SpiConnection &spi) {
+					RecordRolloutAttemptFailed(spi, work->rollout_id, work->app, step.error);
+				});
+			} catch (const std::exception &e) {
+				Log(std::string("recording a failed image update failed: ") + e.what());
+			}
+			due += RetryDelay(work->app.attempts, step.retry_after_seconds);
+		}
+		fly::Request request = *step.request;
+		held_.push_back(Held{due, nullptr, nullptr, std::move(request), nullptr, std::move(work)});
+		return;
+	}
+	if (step.result == rollout::Result::kContinue) {
+		step.result = rollout::Result::kFailed;
+		step.error = "the update stopped without a result";
+	}
+	FinishRolloutUpdate(*work, step);
+}
+
+void
+Reconciler::FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step) {
+	running_.erase(work.app.user_id);
+	dispatch_again_ = true;
+	next_rollout_pass_ = 0;
+	if (step.result == rollout::Result::kFailed) {
+		Log("updating " + work.app.app_name + " to image " + work.image + " failed: " + step.error);
+	}
+	try {
+		pg::RunInTransaction("pg_fly: recording an image update", [&](pg::SpiConnection &spi) {
+			RecordRolloutResult(spi, work.rollout_id, work.image, work.app, step);
+		});
+	} catch (const std::exception &e) {
+		// The app stays 'updating' until the next rollout pass takes it again.
+		Log(std::string("recording an image update failed: ") + e.what());
+	}
+}
+
+} // namespace pgfly

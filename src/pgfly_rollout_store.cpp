@@ -1,0 +1,236 @@
+#include "pgfly/pgfly_rollout_store.hpp"
+
+#include "pgfly/core/json.hpp"
+#include "pgfly/pg/sql_values.hpp"
+
+namespace pgfly {
+
+using pg::Seconds;
+using pg::ToInt;
+using pg::UuidArray;
+
+namespace {
+
+// A database still at 0.1.0 (ALTER EXTENSION pg_fly UPDATE not yet run) has no rollout tables; the worker
+// must keep serving it.
+bool
+RolloutTablesExist(pg::SpiConnection &spi) {
+	auto rows = spi.Query("SELECT pg_catalog.to_regclass('fly.image_rollout_apps') IS NOT NULL", {}, true);
+	return rows.at(0).at(0) == std::string("t");
+}
+
+void
+InsertEvent(pg::SpiConnection &spi, const RolloutApp &app, const char *type, const Json &details) {
+	spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+	          "SELECT a.id, a.user_id, $2, a.status, $3::pg_catalog.jsonb FROM fly.user_fly_apps a "
+	          "WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+	          {std::to_string(app.app_id), std::string(type), details.Dump()});
+}
+
+Json
+EventDetails(int64_t rollout_id, const RolloutApp &app) {
+	Json details = Json::Object();
+	details.Set("rollout_id", Json::Integer(rollout_id));
+	details.Set("machine_id", Json::String(app.machine_id));
+	details.Set("canary", Json::Bool(app.canary));
+	return details;
+}
+
+} // namespace
+
+std::optional<RunningRollout>
+LoadRunningRollout(pg::SpiConnection &spi) {
+	if (!RolloutTablesExist(spi)) {
+		return std::nullopt;
+	}
+	auto rows = spi.Query("SELECT id, image, status, max_failures, "
+	                      "COALESCE(canary_deadline OPERATOR(pg_catalog.<=) pg_catalog.now(), false) "
+	                      "FROM fly.image_rollouts WHERE status IN ('canary', 'canary_check', 'rolling') FOR UPDATE",
+	                      {});
+	if (rows.empty()) {
+		return std::nullopt;
+	}
+	RunningRollout rollout;
+	rollout.id = ToInt(rows[0][0]);
+	rollout.image = rows[0][1].value_or("");
+	rollout.phase = rollout::PhaseFromName(rows[0][2].value_or("")).value_or(rollout::Phase::kHalted);
+	rollout.max_failures = static_cast<int>(ToInt(rows[0][3]));
+	rollout.canary_deadline_passed = rows[0][4] == std::string("t");
+	auto counts = spi.Query(
+	    "SELECT pg_catalog.count(*) FILTER (WHERE canary AND status IN ('pending', 'updating')), "
+	    "pg_catalog.count(*) FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) 'updated'), "
+	    "pg_catalog.count(*) FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) 'healthy'), "
+	    "pg_catalog.count(*) FILTER (WHERE NOT canary AND status IN ('pending', 'updating')), "
+	    "pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) 'failed') "
+	    "FROM fly.image_rollout_apps WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+	    {std::to_string(rollout.id)}, true);
+	rollout.counts.canary_pending = static_cast<int>(ToInt(counts.at(0).at(0)));
+	rollout.counts.canary_updated = static_cast<int>(ToInt(counts[0][1]));
+	rollout.counts.canary_healthy = static_cast<int>(ToInt(counts[0][2]));
+	rollout.counts.pending = static_cast<int>(ToInt(counts[0][3]));
+	rollout.counts.failed = static_cast<int>(ToInt(counts[0][4]));
+	return rollout;
+}
+
+void
+AdvanceRollout(pg::SpiConnection &spi, const RunningRollout &rollout, const rollout::Decision &decision) {
+	if (decision.phase == rollout.phase) {
+		return;
+	}
+	const std::string phase = rollout::PhaseName(decision.phase);
+	spi.Query("UPDATE fly.image_rollouts SET status = $2, updated_at = pg_catalog.now(), "
+	          "halted_reason = NULLIF($3, ''), "
+	          "canary_deadline = CASE WHEN $2 OPERATOR(pg_catalog.=) 'canary_check' "
+	          "THEN pg_catalog.now() OPERATOR(pg_catalog.+) canary_wait ELSE canary_deadline END, "
+	          "finished_at = CASE WHEN $2 IN ('completed', 'halted') THEN pg_catalog.now() END "
+	          "WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+	          {std::to_string(rollout.id), phase, decision.reason});
+	if (decision.phase == rollout::Phase::kHalted) {
+		Json payload = Json::Object();
+		payload.Set("kind", Json::String("image_rollout_halted"));
+		payload.Set("rollout_id", Json::Integer(rollout.id));
+		payload.Set("image", Json::String(rollout.image));
+		payload.Set("reason", Json::String(decision.reason));
+		spi.Query("SELECT pg_catalog.pg_notify($1, $2)", {std::string(kAlertChannel), payload.Dump()});
+	}
+}
+
+std::vector<RolloutApp>
+ClaimRolloutApps(pg::SpiConnection &spi, const RunningRollout &rollout, int limit,
+                 const std::vector<std::string> &running) {
+	const bool canaries = rollout.phase == rollout::Phase::kCanary;
+	// Apps deprovisioned (or failed) since the rollout began are not the rollout's to touch.
+	spi.Query("UPDATE fly.image_rollout_apps r SET status = 'skipped', last_error = 'no longer active', "
+	          "updated_at = pg_catalog.now() WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+	          "AND r.status OPERATOR(pg_catalog.=) 'pending' AND r.canary OPERATOR(pg_catalog.=) $2::pg_catalog.bool "
+	          "AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) r.fly_app_id "
+	          "AND a.deleted_at IS NULL AND a.status IN ('active', 'provisioning') AND a.fly_machine_id IS NOT NULL)",
+	          {std::to_string(rollout.id), std::string(canaries ? "true" : "false")});
+	auto rows = spi.Query(
+	    "WITH next AS (SELECT r.fly_app_id FROM fly.image_rollout_apps r "
+	    "JOIN fly.user_fly_apps a ON a.id OPERATOR(pg_catalog.=) r.fly_app_id "
+	    "WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND r.status OPERATOR(pg_catalog.=) 'pending' "
+	    "AND r.canary OPERATOR(pg_catalog.=) $2::pg_catalog.bool "
+	    "AND NOT (r.user_id OPERATOR(pg_catalog.=) ANY ($4::pg_catalog.uuid[])) "
+	    "ORDER BY r.position LIMIT $3::pg_catalog.int4) "
+	    "UPDATE fly.image_rollout_apps r SET status = 'updating', updated_at = pg_catalog.now() FROM next, "
+	    "fly.user_fly_apps a WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+	    "AND r.fly_app_id OPERATOR(pg_catalog.=) next.fly_app_id AND a.id OPERATOR(pg_catalog.=) r.fly_app_id "
+	    "RETURNING a.id, a.user_id, a.fly_app_name, a.fly_machine_id, a.region, a.cpu_kind, a.cpus, a.memory_mb, "
+	    "a.secrets_version, r.canary, r.attempts",
+	    {std::to_string(rollout.id), std::string(canaries ? "true" : "false"), std::to_string(limit),
+	     UuidArray(running)});
+	std::vector<RolloutApp> apps;
+	for (const auto &row : rows) {
+		RolloutApp app;
+		app.app_id = ToInt(row[0]);
+		app.user_id = row[1].value_or("");
+		app.app_name = row[2].value_or("");
+		app.machine_id = row[3].value_or("");
+		app.region = row[4].value_or("");
+		app.guest.cpu_kind = row[5].value_or("");
+		app.guest.cpus = static_cast<int>(ToInt(row[6]));
+		app.guest.memory_mb = static_cast<int>(ToInt(row[7]));
+		if (row[8]) {
+			app.secrets_version = ToInt(row[8]);
+		}
+		app.canary = row[9] == std::string("t");
+		app.attempts = static_cast<int>(ToInt(row[10]));
+		apps.push_back(std::move(app));
+	}
+	return apps;
+}
+
+void
+ReleaseRolloutClaims(pg::SpiConnection &spi, int64_t rollout_id, const std::vector<std::string> &busy) {
+	spi.Query("UPDATE fly.image_rollout_apps SET status = 'pending' "
+	          "WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND status OPERATOR(pg_catalog.=) 'updating' "
+	          "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.uuid[]))",
+	          {std::to_string(rollout_id), UuidArray(busy)});
+}
+
+void
+RecordRolloutAttemptFailed(pg::SpiConnection &spi, int64_t rollout_id, const RolloutApp &app,
+                           const std::string &error) {
+	spi.Query("UPDATE fly.image_rollout_apps SET attempts = attempts OPERATOR(pg_catalog.+) 1, last_error = $3, "
+	          "updated_at = pg_catalog.now() WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+	          "AND fly_app_id OPERATOR(pg_catalog.=) $2::pg_catalog.int8",
+	          {std::to_string(rollout_id), std::to_string(app.app_id), error});
+	Json details = EventDetails(rollout_id, app);
+	details.Set("error", Json::String(error));
+	InsertEvent(spi, app, "image_update_attempt_failed", details);
+}
+
+void
+RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::string &image, const RolloutApp &app,
+                    const rollout::Step &step) {
+	using rollout::Result;
+	const char *status = "failed";
+	const char *event = "image_update_failed";
+	switch (step.result) {
+	case Result::kUpdated:
+		status = "updated";
+		event = "image_updated";
+		break;
+	case Result::kAlreadyCurrent:
+		status = "updated";
+		event = "image_already_current";
+		break;
+	case Result::kVanished:
+		status = "skipped";
+		event = "image_update_skipped";
+		break;
+	case Result::kFailed:
+	case Result::kContinue:
+		break;
+	}
+	const bool runs_image = step.result == Result::kUpdated || step.result == Result::kAlreadyCurrent;
+	spi.Query("UPDATE fly.image_rollout_apps SET status = $3, from_image = COALESCE(NULLIF($4, ''), from_image), "
+	          "last_error = NULLIF($5, ''), updated_at = pg_catalog.now() "
+	          "WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+	          "AND fly_app_id OPERATOR(pg_catalog.=) $2::pg_catalog.int8",
+	          {std::to_string(rollout_id), std::to_string(app.app_id), std::string(status), step.from_image,
+	           step.error});
+	if (runs_image) {
+		spi.Query("UPDATE fly.user_fly_apps SET image = $2, updated_at = pg_catalog.now() "
+		          "WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND deleted_at IS NULL",
+		          {std::to_string(app.app_id), image});
+	}
+	Json details = EventDetails(rollout_id, app);
+	details.Set("from_image", step.from_image.empty() ? Json::Null() : Json::String(step.from_image));
+	details.Set("to_image", Json::String(image));
+	if (!step.error.empty()) {
+		details.Set("error", Json::String(step.error));
+	}
+	InsertEvent(spi, app, event, details);
+}
+
+std::vector<HealthTarget>
+LoadCanariesToCheck(pg::SpiConnection &spi, int64_t rollout_id, double every_seconds) {
+	auto rows = spi.Query(
+	    "SELECT a.id, a.user_id, a.fly_app_name, a.fly_machine_id, a.tier FROM fly.image_rollout_apps r "
+	    "JOIN fly.user_fly_apps a ON a.id OPERATOR(pg_catalog.=) r.fly_app_id AND a.deleted_at IS NULL "
+	    "AND a.fly_machine_id IS NOT NULL "
+	    "WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND r.canary "
+	    "AND r.status OPERATOR(pg_catalog.=) 'updated' AND (r.last_checked_at IS NULL OR r.last_checked_at "
+	    "OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) "
+	    "pg_catalog.make_interval(secs => $2::pg_catalog.float8))) ORDER BY r.position",
+	    {std::to_string(rollout_id), Seconds(every_seconds)}, true);
+	std::vector<HealthTarget> targets;
+	for (const auto &row : rows) {
+		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""),
+		                               row[4]});
+	}
+	return targets;
+}
+
+void
+RecordCanaryHealth(pg::SpiConnection &spi, int64_t rollout_id, int64_t app_id, bool healthy) {
+	spi.Query("UPDATE fly.image_rollout_apps SET last_checked_at = pg_catalog.now(), updated_at = pg_catalog.now(), "
+	          "status = CASE WHEN $3::pg_catalog.bool THEN 'healthy' ELSE status END "
+	          "WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+	          "AND fly_app_id OPERATOR(pg_catalog.=) $2::pg_catalog.int8 AND status OPERATOR(pg_catalog.=) 'updated'",
+	          {std::to_string(rollout_id), std::to_string(app_id), std::string(healthy ? "true" : "false")});
+}
+
+} // namespace pgfly
