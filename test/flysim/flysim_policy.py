@@ -417,7 +417,8 @@ class FaultRule:
         step = spec.get("drip_bytes", 1)
         body = performed.body
         pieces = (body[i:i + step] for i in range(0, len(body), step))
-        return StreamedReply(status, pieces, performed.content_type, headers, len(body), spec.get("drip_ms", 500) / 1000)
+        return StreamedReply(status, pieces, performed.content_type, headers, len(body),
+                             spec.get("drip_ms", 500) / 1000)
 
     def hang_seconds(self, hang_cap_s):
         return self.spec.get("hang_s") or hang_cap_s

@@ -1016,7 +1016,8 @@ class HostileAnswerTests(SimTestCase):
 
     def test_invalid_utf8_inside_the_real_answer(self):
         self.set_faults({"endpoint": ["get_app", "list_machines"], "always": True, "kind": "invalid_utf8"})
-        for path, expected in (("/v1/apps/vyx-user-0001", {"name": "vyx-user-0001"}), ("/v1/apps/vyx-user-0001/machines", [])):
+        for path, expected in (("/v1/apps/vyx-user-0001", {"name": "vyx-user-0001"}),
+                               ("/v1/apps/vyx-user-0001/machines", [])):
             result = self.api.get(path)
             self.assertEqual(result.status, 200)
             self.assertIn(flysim_policy.INVALID_UTF8, result.body)
@@ -1033,7 +1034,8 @@ class HostileAnswerTests(SimTestCase):
         machine = self.create_machine()
         path = "/v1/apps/vyx-user-0001/machines"
         cases = {
-            "string_for_object": lambda listed: isinstance(listed[0], str) and json.loads(listed[0])["id"] == machine["id"],
+            "string_for_object": lambda listed: isinstance(listed[0], str)
+            and json.loads(listed[0])["id"] == machine["id"],
             "array_for_string": lambda listed: listed[0]["id"] == [machine["id"]] and listed[0]["state"][0] in
             ("created", "starting", "started"),
             "null_ids": lambda listed: listed[0]["id"] is None and listed[0]["config"]["image"] == IMAGE,
@@ -1041,7 +1043,8 @@ class HostileAnswerTests(SimTestCase):
         }
         for mutation, check in cases.items():
             with self.subTest(mutation=mutation):
-                self.set_faults({"endpoint": "list_machines", "always": True, "kind": "wrong_types", "mutation": mutation})
+                self.set_faults({"endpoint": "list_machines", "always": True, "kind": "wrong_types",
+                                 "mutation": mutation})
                 listed = self.api.get(path).json()
                 self.assertEqual(len(listed), 1)
                 self.assertTrue(check(listed), listed)
