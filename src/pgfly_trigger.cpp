@@ -121,9 +121,10 @@ RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value 
 	spi.Query(kRelabel, {user_id, tier});
 }
 
-// column: where the user id comes from, for messages (e.g. column "user_id" of "user_subscriptions").
+// user_column and table say where the user id comes from, for messages.
 void
-Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy, const std::string &column) {
+Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy, const char *user_column,
+        const char *table) {
 	if (!row.user_id) {
 		if (!policy.dedicated) {
 			return; // nothing to provision or tear down for a row without a user
@@ -138,7 +139,8 @@ Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &po
 		}
 		// Checked here rather than left to the uuid cast, whose message would repeat the whole value.
 		throw SqlError(sqlstate::kInvalidTextRepresentation,
-					   "user id " + QuoteForMessage(*row.user_id) + " in " + column + " is not a uuid",
+					   "user id " + QuoteForMessage(*row.user_id) + " in column \"" + user_column + "\" of \"" +
+						   table + "\" is not a uuid",
 					   "pg_fly keeps one app per user, keyed by the user's uuid.");
 	}
 	EnqueueReconcile(spi, *row.user_id, policy.dedicated ? DesiredState::kPresent : DesiredState::kAbsent, row.tier,
@@ -169,7 +171,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	TupleDesc desc = RelationGetDescr(trigger->tg_relation);
 	const int user_attnum = pgfly::ColumnNumber(desc, trigger->tg_trigger->tgargs[0], table);
 	const int tier_attnum = pgfly::ColumnNumber(desc, trigger->tg_trigger->tgargs[1], table);
-	const std::string column = std::string("column \"") + trigger->tg_trigger->tgargs[0] + "\" of \"" + table + "\"";
+	const char *user_column = trigger->tg_trigger->tgargs[0];
 
 	const bool has_old = TRIGGER_FIRED_BY_UPDATE(event) || TRIGGER_FIRED_BY_DELETE(event);
 	const bool has_new = TRIGGER_FIRED_BY_UPDATE(event) || TRIGGER_FIRED_BY_INSERT(event);
@@ -210,10 +212,10 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		pgfly::TierPolicy none;
 		none.known = true;
 		if (!old_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, column);
+			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table);
 		}
 		if (!new_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, new_row, new_policy, column);
+			pgfly::Enqueue(spi, new_row, new_policy, user_column, table);
 		}
 	} else if (old_policy.SameEffect(new_policy)) {
 		if (has_new && new_row.user_id && old_row.tier != new_row.tier) {
@@ -222,7 +224,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	} else {
 		// A deleted row leaves the user without a tier.
 		pgfly::Enqueue(spi, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, new_policy,
-					   column);
+					   user_column, table);
 	}
 	return PointerGetDatum(nullptr);
 }
