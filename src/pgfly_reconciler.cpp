@@ -89,6 +89,10 @@ Reconciler::Configure() {
 
 	client_config_.base_url = api_url;
 	client_config_.token = token.token;
+	client_config_.secret_values.clear();
+	for (const auto &secret : settings_.secrets) {
+		client_config_.secret_values.push_back(secret.second);
+	}
 	client_config_.connect_timeout_ms = connect_timeout_ms;
 	client_config_.request_timeout_ms = request_timeout_ms;
 	if (client_) {
@@ -289,11 +293,19 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 		} else {
 			HealthVerdict verdict = check->phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
 			                                                         : EvaluateMachineHealth(outcome);
+			std::optional<std::string> endpoint_url;
 			if (check->phase == Phase::kMachine && verdict.health == Health::kHealthy && app_health_url[0] != '\0') {
+				endpoint_url = AppHealthUrl(app_health_url, target.app_name);
+				if (!endpoint_url) {
+					verdict.health = Health::kUnhealthy;
+					verdict.detail = "the app's own endpoint was not asked: its name is not one Fly accepts";
+				}
+			}
+			if (endpoint_url) {
 				// The machine looks fine; the app's own endpoint has the last word.
 				check->phase = Phase::kEndpoint;
 				check->machine_state = verdict.state;
-				next = fly::AppHealthRequest(AppHealthUrl(app_health_url, target.app_name));
+				next = fly::AppHealthRequest(*endpoint_url);
 			} else {
 				Json details = Json::Object();
 				details.Set("machine_id", Json::String(target.machine_id));

@@ -8,6 +8,7 @@ extern "C" {
 
 #include <cstring>
 
+#include "pgfly/core/sql_text.hpp"
 #include "pgfly/pgfly_queue.hpp"
 
 namespace pgfly {
@@ -84,18 +85,34 @@ ColumnNumber(TupleDesc desc, const char *column, const char *table) {
 	return attnum;
 }
 
+// The user id as a message shows it: a well-formed one as it is, anything else quoted and shortened.
+std::string
+UserForMessage(const pg::Value &user_id) {
+	if (!user_id) {
+		return "(null)";
+	}
+	return IsUuidText(*user_id) ? *user_id : QuoteForMessage(*user_id);
+}
+
 [[noreturn]] void
 ThrowUnknownTier(const std::string &tier, const pg::Value &user_id) {
-	throw SqlError(sqlstate::kInvalidParameterValue, "tier \"" + tier + "\" has no policy in fly.tier_policies",
-	               "The subscription of user " + user_id.value_or("(null)") + " names it.",
-	               "Add the tier first, e.g. INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('" + tier +
-	                   "', false).");
+	// The example is only offered for a tier that reads well as a literal.
+	const bool printable = tier.size() <= kMaxQuotedValueBytes && QuoteForMessage(tier) == "\"" + tier + "\"";
+	throw SqlError(sqlstate::kInvalidParameterValue,
+				   "tier " + QuoteForMessage(tier) + " has no policy in fly.tier_policies",
+				   "The subscription of user " + UserForMessage(user_id) + " names it.",
+				   printable ? "Add the tier first, e.g. INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES (" +
+								   SqlLiteral(tier) + ", false)."
+							 : "Add the tier to fly.tier_policies first.");
 }
 
 // A tier change with no effect on the app (pro -> elite with equal policies) only renames the tier on the
 // pending item and the live app, without waking the worker.
 void
 RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value &tier) {
+	if (!IsUuidText(user_id)) {
+		return; // pg_fly keeps nothing for a user id that is not a uuid
+	}
 	static const char *const kRelabel =
 	    "WITH queued AS (UPDATE fly.reconcile_queue SET tier = $2 "
 	    "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND desired OPERATOR(pg_catalog.=) 'present') "
@@ -104,15 +121,27 @@ RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value 
 	spi.Query(kRelabel, {user_id, tier});
 }
 
+// user_column and table say where the user id comes from, for messages.
 void
-Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy) {
+Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy, const char *user_column,
+        const char *table) {
 	if (!row.user_id) {
 		if (!policy.dedicated) {
 			return; // nothing to provision or tear down for a row without a user
 		}
 		throw SqlError(sqlstate::kNullValueNotAllowed,
-		               "cannot provision an app for a subscription whose user id is NULL",
-		               "Its tier \"" + row.tier.value_or("") + "\" grants a dedicated app.");
+					   "cannot provision an app for a subscription whose user id is NULL",
+					   "Its tier " + QuoteForMessage(row.tier.value_or("")) + " grants a dedicated app.");
+	}
+	if (!IsUuidText(*row.user_id)) {
+		if (!policy.dedicated) {
+			return; // pg_fly never made an app for it: there is nothing to tear down
+		}
+		// Checked here rather than left to the uuid cast, whose message would repeat the whole value.
+		throw SqlError(sqlstate::kInvalidTextRepresentation,
+					   "user id " + QuoteForMessage(*row.user_id) + " in column \"" + user_column + "\" of \"" +
+						   table + "\" is not a uuid",
+					   "pg_fly keeps one app per user, keyed by the user's uuid.");
 	}
 	EnqueueReconcile(spi, *row.user_id, policy.dedicated ? DesiredState::kPresent : DesiredState::kAbsent, row.tier,
 	                 "tier_change");
@@ -142,6 +171,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	TupleDesc desc = RelationGetDescr(trigger->tg_relation);
 	const int user_attnum = pgfly::ColumnNumber(desc, trigger->tg_trigger->tgargs[0], table);
 	const int tier_attnum = pgfly::ColumnNumber(desc, trigger->tg_trigger->tgargs[1], table);
+	const char *user_column = trigger->tg_trigger->tgargs[0];
 
 	const bool has_old = TRIGGER_FIRED_BY_UPDATE(event) || TRIGGER_FIRED_BY_DELETE(event);
 	const bool has_new = TRIGGER_FIRED_BY_UPDATE(event) || TRIGGER_FIRED_BY_INSERT(event);
@@ -182,10 +212,10 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		pgfly::TierPolicy none;
 		none.known = true;
 		if (!old_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none);
+			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table);
 		}
 		if (!new_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, new_row, new_policy);
+			pgfly::Enqueue(spi, new_row, new_policy, user_column, table);
 		}
 	} else if (old_policy.SameEffect(new_policy)) {
 		if (has_new && new_row.user_id && old_row.tier != new_row.tier) {
@@ -193,7 +223,8 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		}
 	} else {
 		// A deleted row leaves the user without a tier.
-		pgfly::Enqueue(spi, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, new_policy);
+		pgfly::Enqueue(spi, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, new_policy,
+					   user_column, table);
 	}
 	return PointerGetDatum(nullptr);
 }

@@ -132,13 +132,18 @@ RedactToken(const std::string &text, const std::string &token) {
 	for (auto &part : SplitList(credential)) {
 		fragments.push_back(std::move(part));
 	}
+	return RedactStrings(text, std::move(fragments));
+}
+
+std::string
+RedactStrings(const std::string &text, std::vector<std::string> values) {
 	// Longest first, so that a whole token is replaced before its parts.
-	std::sort(fragments.begin(), fragments.end(),
+	std::sort(values.begin(), values.end(),
 			  [](const std::string &a, const std::string &b) { return a.size() > b.size(); });
 	std::string redacted = text;
-	for (const auto &fragment : fragments) {
-		if (fragment.size() >= kMinRedactedLength) {
-			redacted = ReplaceAll(std::move(redacted), fragment);
+	for (const auto &value : values) {
+		if (value.size() >= kMinRedactedLength) {
+			redacted = ReplaceAll(std::move(redacted), value);
 		}
 	}
 	return redacted;

@@ -161,8 +161,9 @@ struct Transfer {
 	RequestId id = 0;
 	Endpoint endpoint = Endpoint::kGetApp;
 	Clock::time_point started;
-	// Kept for scrubbing this transfer's texts even if the configured token changes meanwhile.
+	// Kept for scrubbing this transfer's texts even if the configured token or secrets change meanwhile.
 	std::string token;
+	std::vector<std::string> secret_values;
 	CURL *easy = nullptr;
 	curl_slist *headers = nullptr;
 	// CURLOPT_POSTFIELDS does not copy: the body lives here until the transfer is gone.
@@ -351,8 +352,21 @@ struct Client::Impl {
 		raw.network_error = error;
 		raw.network_detail = detail;
 		raw.request_sent = false;
-		completed.push_back(Completion{id, endpoint, Classify(raw, config.token), 0.0});
+		completed.push_back(Completion{id, endpoint, ClassifyScrubbed(raw, config.token, config.secret_values), 0.0});
 		return id;
+	}
+
+	// Secrets are scrubbed from what came back before it is classified (and cut short), and from the result.
+	static Outcome
+	ClassifyScrubbed(RawResponse raw, const std::string &token, const std::vector<std::string> &secret_values) {
+		if (!secret_values.empty()) {
+			for (std::string *text : {&raw.body, &raw.network_detail, &raw.request_id, &raw.location}) {
+				*text = RedactStrings(*text, secret_values);
+			}
+		}
+		Outcome outcome = Classify(raw, token);
+		RedactValues(outcome, secret_values);
+		return outcome;
 	}
 
 	RequestId
@@ -373,6 +387,7 @@ struct Client::Impl {
 		transfer->endpoint = request.endpoint;
 		transfer->started = Clock::now();
 		transfer->token = config.token;
+		transfer->secret_values = config.secret_values;
 		// 0 would mean "no limit" to CURLOPT_MAXFILESIZE_LARGE; an unbounded body is never wanted.
 		transfer->max_response_bytes =
 			config.max_response_bytes > 0 ? config.max_response_bytes : kDefaultMaxResponseBytes;
@@ -500,6 +515,10 @@ struct Client::Impl {
 		raw.body = std::move(transfer.response_body);
 		raw.request_id = transfer.request_id;
 		raw.retry_after = transfer.retry_after;
+		char *content_type = nullptr;
+		if (curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &content_type) == CURLE_OK && content_type != nullptr) {
+			raw.content_type = std::string(content_type).substr(0, kMaxCapturedHeaderLength);
+		}
 		char *redirect = nullptr;
 		if (curl_easy_getinfo(easy, CURLINFO_REDIRECT_URL, &redirect) == CURLE_OK && redirect != nullptr) {
 			raw.location = redirect;
@@ -520,8 +539,9 @@ struct Client::Impl {
 				raw.request_sent = false;
 			}
 		}
-		completed.push_back(
-			Completion{transfer.id, transfer.endpoint, Classify(raw, transfer.token), ElapsedMs(transfer.started)});
+		completed.push_back(Completion{transfer.id, transfer.endpoint,
+									   ClassifyScrubbed(std::move(raw), transfer.token, transfer.secret_values),
+									   ElapsedMs(transfer.started)});
 	}
 
 	void
@@ -602,8 +622,9 @@ struct Client::Impl {
 			raw.endpoint = transfer->endpoint;
 			raw.network_error = NetworkError::kCancelled;
 			raw.request_sent = request_size > 0;
-			completed.push_back(
-				Completion{id, transfer->endpoint, Classify(raw, transfer->token), ElapsedMs(transfer->started)});
+			completed.push_back(Completion{id, transfer->endpoint,
+										   ClassifyScrubbed(raw, transfer->token, transfer->secret_values),
+										   ElapsedMs(transfer->started)});
 		}
 		transfers.clear();
 	}

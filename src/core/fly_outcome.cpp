@@ -268,6 +268,14 @@ ClassifySuccess(const RawResponse &response, const char *name, Outcome &outcome)
 		// Nothing is expected (delete app 202); whatever came is ignored rather than judged.
 		return;
 	}
+	// Fly labels every body it sends as JSON; anything else came from somewhere else (a proxy's page, a captive
+	// portal), even when it happens to parse. No label at all is tolerated.
+	if (!response.content_type.empty() && !IsJsonContentType(response.content_type)) {
+		outcome.kind = OutcomeKind::kMalformed;
+		outcome.message += ": the body is labelled " + OneLine(response.content_type, kMaxHeaderValueLength) +
+						   ", not JSON: " + Snippet(response.body);
+		return;
+	}
 	JsonParseResult parsed = ParseJson(response.body);
 	if (!parsed.ok()) {
 		outcome.kind = OutcomeKind::kMalformed;
@@ -404,8 +412,41 @@ UrlHost(const std::string &url) {
 	return authority.substr(0, authority.find(':'));
 }
 
+bool
+IsJsonContentType(const std::string &content_type) {
+	std::string media = content_type.substr(0, content_type.find(';'));
+	const size_t begin = media.find_first_not_of(" \t");
+	if (begin == std::string::npos) {
+		return false;
+	}
+	media = media.substr(begin, media.find_last_not_of(" \t") - begin + 1);
+	for (char &c : media) {
+		if (c >= 'A' && c <= 'Z') {
+			c = static_cast<char>(c - 'A' + 'a');
+		}
+	}
+	const std::string suffix = "+json";
+	return media == "application/json" ||
+		   (media.size() > suffix.size() && media.compare(media.size() - suffix.size(), suffix.size(), suffix) == 0);
+}
+
+void
+RedactValues(Outcome &outcome, const std::vector<std::string> &values) {
+	for (std::string *text : {&outcome.message, &outcome.fly_error, &outcome.fly_status, &outcome.request_id}) {
+		*text = RedactStrings(*text, values);
+	}
+}
+
 Outcome
-Classify(const RawResponse &response, const std::string &token, std::time_t now) {
+Classify(const RawResponse &raw, const std::string &token, std::time_t now) {
+	// Scrubbed before anything is cut short, so that no piece of the token survives at the end of a snippet.
+	RawResponse response = raw;
+	if (!token.empty()) {
+		for (std::string *text :
+		     {&response.body, &response.network_detail, &response.request_id, &response.location}) {
+			*text = RedactToken(*text, token);
+		}
+	}
 	Outcome outcome;
 	const char *name = EndpointName(response.endpoint);
 	outcome.http_status = response.http_status;

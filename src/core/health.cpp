@@ -1,8 +1,29 @@
 #include "pgfly/core/health.hpp"
 
+#include "pgfly/core/app_naming.hpp"
+
 #include "pgfly/core/cpp_only.hpp"
 
 namespace pgfly {
+
+namespace {
+
+constexpr size_t kMaxReportedLength = 100;
+
+// At most kMaxReportedLength bytes, never cutting a UTF-8 sequence in two.
+std::string
+Shortened(std::string text) {
+	if (text.size() > kMaxReportedLength) {
+		size_t cut = kMaxReportedLength;
+		while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xc0) == 0x80) {
+			cut--;
+		}
+		text.resize(cut);
+	}
+	return text;
+}
+
+} // namespace
 
 const char *
 HealthName(Health health) {
@@ -77,8 +98,9 @@ EvaluateAppHealthEndpoint(const fly::Outcome &outcome, const std::string &user_i
 		verdict.detail = "the health endpoint did not answer well: " + outcome.message;
 		return verdict;
 	}
-	const std::string run_mode = outcome.body.GetString("run_mode").value_or("");
-	const std::string reported_user = outcome.body.GetString("user_id").value_or("");
+	// Quoted in the event below: only as much as identifies the value.
+	const std::string run_mode = Shortened(outcome.body.GetString("run_mode").value_or(""));
+	const std::string reported_user = Shortened(outcome.body.GetString("user_id").value_or(""));
 	if (run_mode != "user_dedicated") {
 		verdict.health = Health::kUnhealthy;
 		verdict.detail = "the health endpoint reports run_mode \"" + run_mode + "\", not user_dedicated";
@@ -95,8 +117,11 @@ EvaluateAppHealthEndpoint(const fly::Outcome &outcome, const std::string &user_i
 	return verdict;
 }
 
-std::string
+std::optional<std::string>
 AppHealthUrl(const std::string &url_template, const std::string &app_name) {
+	if (AppNameProblem(app_name)) {
+		return std::nullopt;
+	}
 	std::string url = url_template;
 	const std::string placeholder = "{app}";
 	for (size_t at = url.find(placeholder); at != std::string::npos; at = url.find(placeholder, at + app_name.size())) {

@@ -58,7 +58,9 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 		return Finish(Result::kVanished, std::move(step));
 	}
 	const bool wait_timed_out = phase_ == Phase::kWaitStarted && outcome.http_status == 408;
-	if (outcome.kind == OutcomeKind::kTransient && !wait_timed_out) {
+	// A garbled or mislabelled answer is retried like a transient failure (as reconciles do).
+	const bool retryable = outcome.kind == OutcomeKind::kTransient || outcome.kind == OutcomeKind::kMalformed;
+	if (retryable && !wait_timed_out) {
 		if (phase_ == Phase::kUpdate) {
 			// The update may have taken effect anyway: read the machine again rather than update it twice.
 			phase_ = Phase::kGetMachine;

@@ -80,18 +80,119 @@ FactsFrom(const Json &machine) {
 	return facts;
 }
 
+const char *
+JsonTypeName(const Json &value) {
+	if (value.IsObject()) {
+		return "an object";
+	}
+	if (value.IsArray()) {
+		return "an array";
+	}
+	if (value.IsString()) {
+		return "a string";
+	}
+	if (value.IsNumber()) {
+		return "a number";
+	}
+	if (value.IsBool()) {
+		return "a boolean";
+	}
+	return "null";
+}
+
+// Why member `key` of object is present with another JSON type than `wanted` says (absent is fine).
+std::optional<std::string>
+MemberTypeProblem(const Json &object, const char *key, const char *wanted, bool (Json::*is_wanted)() const) {
+	const Json member = object.Get(key);
+	if (!member.HasValue() || (member.*is_wanted)()) {
+		return std::nullopt;
+	}
+	return std::string("its ") + key + " is " + JsonTypeName(member) + ", not " + wanted;
+}
+
+// An answer that cannot be used although it came with a 2xx: like any malformed answer, it is retried.
+fly::Outcome
+Malformed(const fly::Outcome &outcome, const std::string &problem) {
+	fly::Outcome malformed = outcome;
+	malformed.kind = fly::OutcomeKind::kMalformed;
+	malformed.message += ": " + problem;
+	return malformed;
+}
+
 } // namespace
 
-std::vector<MachineFacts>
-MachinesFromList(const fly::Outcome &outcome) {
-	std::vector<MachineFacts> machines;
-	for (size_t i = 0; i < outcome.body.Size(); i++) {
-		MachineFacts facts = FactsFrom(outcome.body.At(i));
-		if (!facts.id.empty()) {
-			machines.push_back(std::move(facts));
+bool
+IsUsableMachineId(const std::string &id) {
+	constexpr size_t kMaxMachineIdLength = 64;
+	if (id.empty() || id.size() > kMaxMachineIdLength) {
+		return false;
+	}
+	for (char c : id) {
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_')) {
+			return false;
 		}
 	}
-	return machines;
+	return true;
+}
+
+std::optional<std::string>
+MachineProblem(const Json &machine) {
+	if (!machine.IsObject()) {
+		return std::string("it is ") + JsonTypeName(machine) + ", not an object";
+	}
+	const auto id = machine.GetString("id");
+	if (!id) {
+		return machine.Get("id").HasValue()
+				   ? "its id is " + std::string(JsonTypeName(machine.Get("id"))) + ", not a string"
+				   : std::string("it has no id");
+	}
+	if (!IsUsableMachineId(*id)) {
+		return std::string("its id is not a machine id (letters, digits, '-' and '_', at most 64)");
+	}
+	for (const char *key : {"state", "region"}) {
+		if (auto problem = MemberTypeProblem(machine, key, "a string", &Json::IsString)) {
+			return problem;
+		}
+	}
+	if (auto problem = MemberTypeProblem(machine, "config", "an object", &Json::IsObject)) {
+		return problem;
+	}
+	const Json config = machine.Get("config");
+	if (auto problem = MemberTypeProblem(config, "image", "a string", &Json::IsString)) {
+		return "config: " + *problem;
+	}
+	if (auto problem = MemberTypeProblem(config, "guest", "an object", &Json::IsObject)) {
+		return "config: " + *problem;
+	}
+	const Json guest = config.Get("guest");
+	if (auto problem = MemberTypeProblem(guest, "cpu_kind", "a string", &Json::IsString)) {
+		return "config.guest: " + *problem;
+	}
+	for (const char *key : {"cpus", "memory_mb"}) {
+		if (auto problem = MemberTypeProblem(guest, key, "an integer", &Json::IsInteger)) {
+			return "config.guest: " + *problem;
+		}
+	}
+	return std::nullopt;
+}
+
+MachineList
+MachinesFromList(const fly::Outcome &outcome) {
+	MachineList list;
+	if (!outcome.body.IsArray()) {
+		list.problem = "the machine list is not an array";
+		return list;
+	}
+	for (size_t i = 0; i < outcome.body.Size(); i++) {
+		const Json machine = outcome.body.At(i);
+		if (auto problem = MachineProblem(machine)) {
+			list.machines.clear();
+			list.problem = "entry " + std::to_string(i + 1) + " of the machine list is unusable: " + *problem;
+			return list;
+		}
+		list.machines.push_back(FactsFrom(machine));
+	}
+	return list;
 }
 
 MachineFacts
@@ -270,8 +371,12 @@ Operation::FindMachine(Step step) {
 // are destroyed first, then the machine is updated when its guest or image differ, or started when stopped.
 Step
 Operation::UseMachine(Step step, const fly::Outcome &outcome) {
+	MachineList list = MachinesFromList(outcome);
+	if (!list.problem.empty()) {
+		return Unexpected(Malformed(outcome, list.problem), "list_machines");
+	}
 	std::vector<MachineFacts> live;
-	for (auto &machine : MachinesFromList(outcome)) {
+	for (auto &machine : list.machines) {
 		if (IsLiveMachine(machine.state)) {
 			live.push_back(std::move(machine));
 		}
@@ -459,10 +564,11 @@ Operation::Fail(const fly::Outcome &outcome, const char *during) {
 	return step;
 }
 
-// An answer the step does not expect: transient ones are retried, the rest fail the operation.
+// An answer the step does not expect: transient and malformed ones (a garbled, oversized or mislabelled 2xx
+// tells nothing, and the next answer may be fine) are retried, the rest fail the operation.
 Step
 Operation::Unexpected(const fly::Outcome &outcome, const char *during) {
-	if (outcome.kind == fly::OutcomeKind::kTransient) {
+	if (outcome.kind == fly::OutcomeKind::kTransient || outcome.kind == fly::OutcomeKind::kMalformed) {
 		return Retry(outcome, during);
 	}
 	return Fail(outcome, during);
@@ -583,9 +689,12 @@ Operation::Handle(const fly::Outcome &outcome) {
 	case Phase::kCreateMachine:
 		if (outcome.kind == OutcomeKind::kSuccess) {
 			MachineFacts machine = MachineFromBody(outcome);
-			if (machine.id.empty()) {
+			if (auto problem = MachineProblem(outcome.body)) {
 				// Unusable answer: the machine may exist all the same, so look for it before creating again.
-				step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
+				step.events.push_back(
+					MakeEvent("provision_attempt_failed",
+							  OutcomeDetails(Malformed(outcome, "the created machine is unusable: " + *problem),
+											 "create_machine")));
 				create_settles_at_ = now_ + kAnsweredCreateSettleSeconds;
 				step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
 				phase_ = Phase::kFindCreatedMachine;
@@ -694,8 +803,12 @@ Operation::Handle(const fly::Outcome &outcome) {
 			return StopNextOrDelete(std::move(step)); // the app is gone already; the delete confirms it
 		}
 		if (outcome.kind == OutcomeKind::kSuccess) {
+			MachineList list = MachinesFromList(outcome);
+			if (!list.problem.empty()) {
+				return Unexpected(Malformed(outcome, list.problem), "list_machines");
+			}
 			machines_to_stop_.clear();
-			for (const auto &machine : MachinesFromList(outcome)) {
+			for (const auto &machine : list.machines) {
 				if (machine.state == "started" || machine.state == "starting" || machine.state == "created") {
 					machines_to_stop_.push_back(machine.id);
 				}

@@ -38,6 +38,8 @@ import flysim_policy as policy  # noqa: E402
 CONTROL_PREFIX = "/__flysim/"
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# A streamed answer waits while more than this is queued for a client that reads slowly (or not at all).
+STREAM_BUFFER_BYTES = 1024 * 1024
 REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 UNAUTHORIZED = model.error_reply(401, "Authenticate: token validation error")
 
@@ -136,6 +138,7 @@ class HttpConnection(asyncio.Protocol):
         self.keep_alive = True
         self.continue_sent = False
         self.hang_timer = None
+        self.stream_timer = None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -146,6 +149,8 @@ class HttpConnection(asyncio.Protocol):
         self.sim.connections.discard(self)
         if self.hang_timer:
             self.hang_timer.cancel()
+        if self.stream_timer:
+            self.stream_timer.cancel()
 
     def data_received(self, data):
         self.buffer += data
@@ -260,20 +265,61 @@ class HttpConnection(asyncio.Protocol):
         self.keep_alive = False
         self.send(model.error_reply(status, message), "flysim-protocol-error")
 
+    def head(self, reply, request_id, framing, content_type):
+        head = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Unknown')}\r\n"
+                f"{framing}\r\nDate: {http_date()}\r\nFly-Request-Id: {request_id}\r\n"]
+        if content_type:
+            head.append(f"Content-Type: {reply.content_type}\r\n")
+        for name, value in reply.headers:
+            head.append(f"{name}: {value}\r\n")
+        head.append("\r\n" if self.keep_alive else "Connection: close\r\n\r\n")
+        return "".join(head).encode("latin-1")
+
     def send(self, reply, request_id):
+        if isinstance(reply, model.StreamedReply):
+            return self.stream(reply, request_id)
         if not self.closed:
             body = reply.body
-            head = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Unknown')}\r\n"
-                    f"Content-Length: {len(body)}\r\nDate: {http_date()}\r\nFly-Request-Id: {request_id}\r\n"]
-            if body:
-                head.append(f"Content-Type: {reply.content_type}\r\n")
-            for name, value in reply.headers:
-                head.append(f"{name}: {value}\r\n")
-            head.append("\r\n" if self.keep_alive else "Connection: close\r\n\r\n")
-            self.transport.write("".join(head).encode("latin-1") + body)
-            if not self.keep_alive:
-                self.transport.close()
-                self.closed = True
+            self.transport.write(self.head(reply, request_id, f"Content-Length: {len(body)}", bool(body)) + body)
+        self.answered()
+
+    def stream(self, reply, request_id):
+        """The head at once, then the body piece by piece: paced by reply.interval_s, and held back while the
+        client is not reading, so that a huge answer never sits in memory whole."""
+        if self.closed:
+            return
+        chunked = reply.length is None
+        framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {reply.length}"
+        self.transport.write(self.head(reply, request_id, framing, True))
+        pieces = iter(reply.chunks)
+        loop = self.sim.loop
+
+        def pump():
+            self.stream_timer = None
+            while not self.closed:
+                if self.transport.get_write_buffer_size() > STREAM_BUFFER_BYTES:
+                    self.stream_timer = loop.call_later(0.005, pump)
+                    return
+                piece = next(pieces, None)
+                if piece is None:
+                    if chunked:
+                        self.transport.write(b"0\r\n\r\n")
+                    self.answered()
+                    return
+                if not piece:
+                    continue
+                self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                if reply.interval_s > 0:
+                    self.stream_timer = loop.call_later(reply.interval_s, pump)
+                    return
+
+        pump()
+
+    def answered(self):
+        """The current request is answered: close if asked to, else go on with the next one."""
+        if not self.keep_alive and not self.closed:
+            self.transport.close()
+            self.closed = True
         self.busy = False
         if not self.processing and not self.closed and self.buffer:
             self.process()

@@ -28,6 +28,21 @@ class Reply:
         self.headers = headers
 
 
+class StreamedReply:
+    """An answer whose body goes out piece by piece: `chunks` yields bytes, `length` is the Content-Length
+    (None: chunked transfer encoding), `interval_s` the pause after each piece."""
+
+    __slots__ = ("status", "chunks", "content_type", "headers", "length", "interval_s")
+
+    def __init__(self, status, chunks, content_type, headers=(), length=None, interval_s=0.0):
+        self.status = status
+        self.chunks = chunks
+        self.content_type = content_type
+        self.headers = headers
+        self.length = length
+        self.interval_s = interval_s
+
+
 def json_reply(status, obj, headers=()):
     return Reply(status, _encode_json(obj).encode(), "application/json", headers)
 

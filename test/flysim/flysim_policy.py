@@ -4,11 +4,12 @@ All randomness is seeded and drawn in request-arrival order, so a given seed and
 always yields the same jitter and the same fault decisions.
 """
 import copy
+import json
 import math
 import random
 import re
 
-from flysim_model import Reply, json_reply
+from flysim_model import Reply, StreamedReply, json_reply
 
 # The Fly API endpoints the simulator serves; these names are used in config, stats and the log.
 ENDPOINTS = (
@@ -52,11 +53,20 @@ DEFAULT_CONFIG = {
     "hang_cap_s": 300,
 }
 
-FAULT_KINDS = ("status", "status_after", "reset", "hang", "malformed_json", "html_500", "rate_limit", "latency")
+FAULT_KINDS = ("status", "status_after", "reset", "hang", "malformed_json", "html_500", "rate_limit", "latency",
+               "huge_body", "deep_json", "invalid_utf8", "wrong_types", "redirect", "slow_body", "content_type")
 _FAULT_FIELDS = {"endpoint", "app", "path_regex", "method", "nth", "probability", "always", "times", "kind",
                  "status", "body", "content_type", "headers", "retry_after", "delay_ms", "jitter_ms",
-                 "hang_s", "perform"}
-_PERFORMS_BY_DEFAULT = ("status_after", "malformed_json")
+                 "hang_s", "perform", "bytes", "chunked", "depth", "mutation", "location", "drip_bytes", "drip_ms"}
+# Kinds that disguise or slow down the real answer, so the real action runs first unless told otherwise.
+_PERFORMS_BY_DEFAULT = ("status_after", "malformed_json", "invalid_utf8", "wrong_types", "slow_body", "content_type")
+
+# Hostile answers (kinds huge_body ... content_type): what a broken proxy or a malicious endpoint could send.
+HUGE_BODY_BYTES = 50 * 1024 * 1024
+DEEP_JSON_DEPTH = 100000
+MUTATIONS = ("string_for_object", "array_for_string", "null_ids", "number_ids")
+INVALID_UTF8 = b"\xff\xfe\xc3\x28"   # bytes no UTF-8 text contains: 0xff, 0xfe, a lead byte without its tail
+_HUGE_PIECE_BYTES = 64 * 1024
 
 DEFAULT_ERROR_TEXT = {
     400: "bad request", 401: "Authenticate: token validation error", 403: "unauthorized", 404: "not found",
@@ -283,9 +293,10 @@ class FaultRule:
         _require(self.times is None or (isinstance(self.times, int) and self.times >= 0),
                  f"{where}.times must be an integer >= 0")
         self.status = spec.get("status")
-        if self.kind in ("status", "status_after"):
-            _require(isinstance(self.status, int) and 100 <= self.status <= 599,
+        if self.kind in ("status", "status_after") or self.status is not None:
+            _require(isinstance(self.status, int) and not isinstance(self.status, bool) and 100 <= self.status <= 599,
                      f"{where}.status must be an HTTP status code for kind {self.kind}")
+        self.check_hostile_fields(spec, where)
         self.retry_after = spec.get("retry_after")
         _require(self.retry_after is None or (isinstance(self.retry_after, int) and self.retry_after >= 0),
                  f"{where}.retry_after must be an integer number of seconds")
@@ -299,6 +310,24 @@ class FaultRule:
         _require(isinstance(self.perform, bool), f"{where}.perform must be a boolean")
         self.calls = 0   # requests this rule matched
         self.fired = 0   # times it was applied
+
+    def check_hostile_fields(self, spec, where):
+        kind = self.kind
+        for key, minimum in (("bytes", 2), ("depth", 1), ("drip_bytes", 1)):
+            value = spec.get(key)
+            _require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= minimum),
+                     f"{where}.{key} must be an integer >= {minimum}")
+        _require(spec.get("drip_ms") is None or (_is_number(spec["drip_ms"]) and spec["drip_ms"] >= 0),
+                 f"{where}.drip_ms must be a number >= 0")
+        _require(isinstance(spec.get("chunked", False), bool), f"{where}.chunked must be a boolean")
+        if kind == "wrong_types":
+            _require(spec.get("mutation") in MUTATIONS, f"{where}.mutation must be one of {', '.join(MUTATIONS)}")
+        if kind == "redirect":
+            _require(isinstance(spec.get("location"), str) and spec["location"] != "",
+                     f"{where}.location must be the URL to redirect to")
+            _require(self.status is None or 300 <= self.status <= 399, f"{where}.status must be a 3xx for a redirect")
+        if kind == "content_type":
+            _require(isinstance(spec.get("content_type"), str), f"{where}.content_type must be a string")
 
     def matches(self, endpoint, app, method, path):
         if self.endpoints is None:
@@ -344,6 +373,8 @@ class FaultRule:
             if self.retry_after is not None:
                 headers = headers + (("Retry-After", str(self.retry_after)),)
             return json_reply(429, {"error": "rate limit exceeded"}, headers)
+        if kind in ("huge_body", "deep_json", "invalid_utf8", "wrong_types", "redirect", "slow_body", "content_type"):
+            return self.hostile_reply(performed)
         body = self.spec.get("body")
         if body is None:
             return json_reply(self.status, {"error": DEFAULT_ERROR_TEXT.get(self.status, "flysim injected fault")},
@@ -353,11 +384,100 @@ class FaultRule:
                          self.headers)
         return json_reply(self.status, body, self.headers)
 
+    def hostile_reply(self, performed):
+        spec = self.spec
+        kind = self.kind
+        if kind == "huge_body":
+            size = spec.get("bytes", HUGE_BODY_BYTES)
+            length = None if spec.get("chunked") else size
+            return StreamedReply(self.status or 200, _huge_json(size), "application/json", self.headers, length)
+        if kind == "deep_json":
+            depth = spec.get("depth", DEEP_JSON_DEPTH)
+            return Reply(self.status or 200, b"[" * depth + b"]" * depth, "application/json", self.headers)
+        if kind == "redirect":
+            location = spec["location"]
+            return Reply(self.status or 302, f'<a href="{location}">Found</a>.\n'.encode(), "text/html; charset=utf-8",
+                         self.headers + (("Location", location),))
+        # The rest disguise the real answer, or a stand-in when the action did not run.
+        if performed is None:
+            performed = json_reply(200, {"id": "flysim-stand-in", "state": "started"})
+        status = self.status or performed.status
+        headers = tuple(performed.headers) + self.headers
+        if kind == "invalid_utf8":
+            return Reply(status, _with_invalid_utf8(performed.body), "application/json", headers)
+        if kind == "wrong_types":
+            try:
+                answer = json.loads(performed.body) if performed.body else None
+            except ValueError:
+                answer = None
+            if answer is None:
+                return Reply(status, performed.body, performed.content_type, headers)
+            return Reply(status, json.dumps(mutate(answer, spec["mutation"]), separators=(",", ":")).encode(),
+                         "application/json", headers)
+        if kind == "content_type":
+            return Reply(status, performed.body, spec["content_type"], headers)
+        # slow_body: the head at once, then drip_bytes every drip_ms until the client gives up or all is sent.
+        step = spec.get("drip_bytes", 1)
+        body = performed.body
+        pieces = (body[i:i + step] for i in range(0, len(body), step))
+        return StreamedReply(status, pieces, performed.content_type, headers, len(body),
+                             spec.get("drip_ms", 500) / 1000)
+
     def hang_seconds(self, hang_cap_s):
         return self.spec.get("hang_s") or hang_cap_s
 
     def to_json(self):
         return dict(self.spec, calls=self.calls, fired=self.fired)
+
+
+def _huge_json(size):
+    """A valid JSON object of exactly `size` bytes (at least its frame), in pieces."""
+    head, tail = b'{"id":"flysim-huge","padding":"', b'"}'
+    yield head
+    left = max(0, size - len(head) - len(tail))
+    while left > 0:
+        piece = min(left, _HUGE_PIECE_BYTES)
+        yield b"x" * piece
+        left -= piece
+    yield tail
+
+
+def _with_invalid_utf8(body):
+    """The answer with a string of invalid UTF-8 added as its first member or element."""
+    text = bytes(body).strip()
+    if text.startswith(b"{"):
+        rest = text[1:].lstrip()
+        return b'{"flysim_note":"' + INVALID_UTF8 + (b'"}' if rest == b"}" else b'",' + rest)
+    if text.startswith(b"["):
+        rest = text[1:].lstrip()
+        return b'["' + INVALID_UTF8 + (b'"]' if rest == b"]" else b'",' + rest)
+    return b'{"error":"' + INVALID_UTF8 + b'"}'
+
+
+def mutate(answer, mutation):
+    """The answer with its JSON types confused. string_for_object turns the objects one level below the top into
+    their JSON text; array_for_string wraps every string value in an array; null_ids and number_ids replace every
+    "id" member's value."""
+    if mutation == "string_for_object":
+        def wrap(value):
+            return json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else value
+        if isinstance(answer, dict):
+            return {key: wrap(value) for key, value in answer.items()}
+        if isinstance(answer, list):
+            return [wrap(value) for value in answer]
+        return answer
+
+    def walk(value, key=None):
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if key == "id" and mutation in ("null_ids", "number_ids"):
+            return None if mutation == "null_ids" else 1234567890123
+        if isinstance(value, str) and mutation == "array_for_string":
+            return [value]
+        return value
+    return walk(answer)
 
 
 class FaultInjector:

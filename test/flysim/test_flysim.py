@@ -969,6 +969,146 @@ class FaultTests(SimTestCase):
         self.assertEqual(self.ctl_api.post("/__flysim/config", {"colour": 1}).status, 400)
 
 
+class HostileAnswerTests(SimTestCase):
+    """Fault kinds that answer like a broken proxy or a malicious endpoint would."""
+
+    def setUp(self):
+        super().setUp()
+        self.create_app("vyx-user-0001")
+
+    def raw_get(self, path, read_limit=None, timeout=10):
+        """The head and (up to read_limit bytes of) the body of one GET, read from a plain socket."""
+        sock = socket.create_connection(("127.0.0.1", SERVER.port), timeout=timeout)
+        self.addCleanup(sock.close)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        return sock, head.decode("latin-1"), body
+
+    def test_huge_body_with_and_without_content_length(self):
+        size = 3 * 1024 * 1024 + 7
+        self.set_faults({"endpoint": "get_app", "nth": [1], "kind": "huge_body", "bytes": size},
+                        {"endpoint": "get_app", "nth": [2], "kind": "huge_body", "bytes": size, "chunked": True})
+        declared = self.api.get("/v1/apps/vyx-user-0001")
+        self.assertEqual((declared.status, len(declared.body)), (200, size))
+        self.assertEqual(declared.headers["Content-Length"], str(size))
+        self.assertEqual(declared.json()["id"], "flysim-huge")
+        chunked = self.api.get("/v1/apps/vyx-user-0001")
+        self.assertEqual(chunked.headers["Transfer-Encoding"], "chunked")
+        self.assertIsNone(chunked.headers["Content-Length"])
+        self.assertEqual(chunked.body, declared.body)
+        # The connection stays usable, and the fault is logged with the status that went out.
+        self.assertEqual(self.api.get("/v1/apps/vyx-user-0001").json()["name"], "vyx-user-0001")
+        self.assertEqual([(e["fault"], e["status"]) for e in self.requests_log(endpoint="get_app")],
+                         [("huge_body", 200), ("huge_body", 200), (None, 200)])
+
+    def test_a_client_that_stops_reading_a_50_mb_answer_holds_nothing_up(self):
+        self.set_faults({"endpoint": "get_app", "nth": [1], "kind": "huge_body"})
+        before = self.ctl("GET", "stats")["open_connections"]
+        sock, head, _ = self.raw_get("/v1/apps/vyx-user-0001")
+        self.assertIn(f"Content-Length: {50 * 1024 * 1024}", head)
+        time.sleep(0.2)  # the simulator has filled the socket buffers and waits
+        other = Api()
+        self.assertEqual(other.get("/v1/apps/vyx-user-0001").status, 200)
+        other.close()
+        sock.close()
+        deadline = time.monotonic() + 5
+        while self.ctl("GET", "stats")["open_connections"] > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.ctl("GET", "stats")["open_connections"], before)
+
+    def test_deeply_nested_json(self):
+        self.set_faults({"endpoint": "list_machines", "nth": [1], "kind": "deep_json"},
+                        {"endpoint": "list_machines", "nth": [2], "kind": "deep_json", "depth": 3, "status": 500})
+        result = self.api.get("/v1/apps/vyx-user-0001/machines")
+        self.assertEqual(result.status, 200)
+        self.assertEqual(result.body, b"[" * 100000 + b"]" * 100000)
+        result = self.api.get("/v1/apps/vyx-user-0001/machines")
+        self.assertEqual((result.status, result.body), (500, b"[[[]]]"))
+
+    def test_invalid_utf8_inside_the_real_answer(self):
+        self.set_faults({"endpoint": ["get_app", "list_machines"], "always": True, "kind": "invalid_utf8"})
+        for path, expected in (("/v1/apps/vyx-user-0001", {"name": "vyx-user-0001"}),
+                               ("/v1/apps/vyx-user-0001/machines", [])):
+            result = self.api.get(path)
+            self.assertEqual(result.status, 200)
+            self.assertIn(flysim_policy.INVALID_UTF8, result.body)
+            with self.assertRaises(UnicodeDecodeError):
+                result.body.decode("utf-8")
+            repaired = json.loads(result.body.replace(flysim_policy.INVALID_UTF8, b"x"))
+            if isinstance(expected, dict):
+                self.assertEqual(repaired["name"], expected["name"])
+                self.assertEqual(repaired["flysim_note"], "x")
+            else:
+                self.assertEqual(repaired, ["x"])
+
+    def test_wrong_types(self):
+        machine = self.create_machine()
+        path = "/v1/apps/vyx-user-0001/machines"
+        cases = {
+            "string_for_object": lambda listed: isinstance(listed[0], str)
+            and json.loads(listed[0])["id"] == machine["id"],
+            "array_for_string": lambda listed: listed[0]["id"] == [machine["id"]] and listed[0]["state"][0] in
+            ("created", "starting", "started"),
+            "null_ids": lambda listed: listed[0]["id"] is None and listed[0]["config"]["image"] == IMAGE,
+            "number_ids": lambda listed: listed[0]["id"] == 1234567890123,
+        }
+        for mutation, check in cases.items():
+            with self.subTest(mutation=mutation):
+                self.set_faults({"endpoint": "list_machines", "always": True, "kind": "wrong_types",
+                                 "mutation": mutation})
+                listed = self.api.get(path).json()
+                self.assertEqual(len(listed), 1)
+                self.assertTrue(check(listed), listed)
+        self.set_faults({"endpoint": "get_app", "always": True, "kind": "wrong_types", "mutation": "string_for_object"})
+        self.assertIsInstance(self.api.get("/v1/apps/vyx-user-0001").json()["organization"], str)
+
+    def test_redirect_to_another_host(self):
+        target = "http://127.0.0.1:9/v1/apps"
+        self.set_faults({"endpoint": "create_app", "always": True, "kind": "redirect", "location": target},
+                        {"endpoint": "get_app", "always": True, "kind": "redirect", "location": target, "status": 307})
+        result = self.api.post("/v1/apps", {"name": "redirected", "org_slug": "personal"})
+        self.assertEqual((result.status, result.headers["Location"]), (302, target))
+        self.assertEqual(self.api.get("/v1/apps/vyx-user-0001").status, 307)
+        self.set_faults()
+        # Nothing was created behind the redirect (perform defaults to false).
+        self.assertEqual(self.api.get("/v1/apps/redirected").status, 404)
+
+    def test_slow_body_drips_the_real_answer(self):
+        self.set_faults({"endpoint": "get_app", "nth": [1], "kind": "slow_body", "drip_bytes": 40, "drip_ms": 50},
+                        {"endpoint": "get_app", "nth": [2], "kind": "slow_body", "drip_ms": 400})
+        began = time.monotonic()
+        result = self.api.get("/v1/apps/vyx-user-0001")
+        pieces = -(-len(result.body) // 40)
+        self.assertGreaterEqual(time.monotonic() - began, (pieces - 1) * 0.05 * 0.9)
+        self.assertEqual(result.json()["name"], "vyx-user-0001")
+        # A client with a short timeout gives up; others are served meanwhile.
+        with self.assertRaises(TimeoutError):
+            self.client(timeout=0.12).get("/v1/apps/vyx-user-0001")
+        self.assertEqual(self.client().get("/v1/apps/vyx-user-0001").status, 200)
+
+    def test_wrong_content_type_on_the_real_answer(self):
+        self.set_faults({"endpoint": "get_app", "nth": [1], "kind": "content_type", "content_type": "text/html"})
+        result = self.api.get("/v1/apps/vyx-user-0001")
+        self.assertEqual((result.status, result.headers["Content-Type"]), (200, "text/html"))
+        self.assertEqual(result.json()["name"], "vyx-user-0001")
+
+    def test_bad_hostile_rules_are_rejected_with_the_reason(self):
+        for rule, fragment in (({"kind": "wrong_types"}, "mutation must be one of"),
+                               ({"kind": "wrong_types", "mutation": "flip"}, "mutation must be one of"),
+                               ({"kind": "redirect"}, "location must be"),
+                               ({"kind": "redirect", "location": "http://x/", "status": 200}, "must be a 3xx"),
+                               ({"kind": "huge_body", "bytes": 0}, "bytes must be an integer"),
+                               ({"kind": "deep_json", "depth": "deep"}, "depth must be an integer"),
+                               ({"kind": "slow_body", "drip_ms": -1}, "drip_ms must be"),
+                               ({"kind": "content_type"}, "content_type must be a string")):
+            result = self.ctl_api.post("/__flysim/config", {"faults": [rule]})
+            self.assertEqual(result.status, 400, rule)
+            self.assertIn(fragment, result.error)
+
+
 class DeterminismTests(SimTestCase):
     def run_sequence(self, seed):
         self.reset(seed=seed, latency={"list_machines": {"fixed_ms": 0, "jitter_ms": 4}},

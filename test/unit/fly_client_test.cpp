@@ -340,6 +340,44 @@ TEST_F(FlyClientTest, TokenNeverAppearsInOutcomes) {
 	}
 }
 
+TEST_F(FlyClientTest, SecretValuesNeverAppearInOutcomes) {
+	TestHttpServer server([](const ReceivedRequest &request) {
+		// A hostile answer quotes the request body, secret values and all.
+		return Reply::Json(422, "{\"error\":\"rejected " + request.body.substr(0, 200) + "\"}");
+	});
+	ClientConfig config = Config(server);
+	config.secret_values = {"gemini-secret-value-4711", "ZXlKaGJHY2lPaS5qd3Q="};
+	Client client(config);
+	const Outcome outcome =
+		client.RunSync(SetSecretsRequest("app-1", {{"GEMINI_API_KEY", std::string("gemini-secret-value-4711")},
+												   {"B64", std::string("ZXlKaGJHY2lPaS5qd3Q=")}}));
+	EXPECT_EQ(outcome.kind, OutcomeKind::kPermanent);
+	EXPECT_NE(outcome.message.find("<redacted>"), std::string::npos) << outcome.message;
+	for (const std::string &text : {outcome.message, outcome.fly_error}) {
+		EXPECT_EQ(text.find("4711"), std::string::npos) << text;
+		EXPECT_EQ(text.find("ZXlKaGJH"), std::string::npos) << text;
+	}
+}
+
+TEST_F(FlyClientTest, ContentTypeIsCapturedAndJudged) {
+	TestHttpServer server([](const ReceivedRequest &request) {
+		Reply reply;
+		reply.body = R"({"id":"m1","state":"started"})";
+		reply.headers.emplace_back("Content-Type", request.target.find("html") != std::string::npos
+													   ? "text/html; charset=utf-8"
+													   : "application/json; charset=utf-8");
+		return reply;
+	});
+	Client client(Config(server));
+	Outcome outcome = client.RunSync(GetMachineRequest("app-1", "html"));
+	EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed);
+	EXPECT_NE(outcome.message.find("labelled text/html; charset=utf-8, not JSON"), std::string::npos)
+		<< outcome.message;
+	outcome = client.RunSync(GetMachineRequest("app-1", "json"));
+	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess) << outcome.message;
+	EXPECT_EQ(outcome.body.GetString("id"), "m1");
+}
+
 TEST_F(FlyClientTest, UnusableTokenFailsWithoutSending) {
 	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, "{}"); });
 	ClientConfig config = Config(server);

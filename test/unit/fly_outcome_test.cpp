@@ -188,6 +188,49 @@ TEST(Classify, MalformedJsonOn200) {
 	EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed);
 }
 
+TEST(Classify, SuccessBodyLabelledAsSomethingElseIsMalformed) {
+	RawResponse response = Response(Endpoint::kGetApp, 200, R"({"name":"a"})");
+	response.content_type = "text/html; charset=utf-8";
+	Outcome outcome = Classify(response, "", kNow);
+	EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed);
+	EXPECT_EQ(outcome.message,
+			  R"(get_app: HTTP 200 (ok): the body is labelled text/html; charset=utf-8, not JSON: {"name":"a"})");
+	EXPECT_FALSE(outcome.body.HasValue());
+	for (const char *json : {"application/json", "Application/JSON; charset=utf-8", " application/problem+json ", ""}) {
+		response.content_type = json;
+		EXPECT_EQ(Classify(response, "", kNow).kind, OutcomeKind::kSuccess) << json;
+	}
+	// Nobody reads a body that is not expected, whatever its label.
+	RawResponse deleted = Response(Endpoint::kDeleteApp, 202, "<html>gone</html>");
+	deleted.content_type = "text/html";
+	EXPECT_EQ(Classify(deleted, "", kNow).kind, OutcomeKind::kSuccess);
+}
+
+TEST(IsJsonContentType, Forms) {
+	EXPECT_TRUE(IsJsonContentType("application/json"));
+	EXPECT_TRUE(IsJsonContentType("application/json;charset=UTF-8"));
+	EXPECT_TRUE(IsJsonContentType("application/vnd.api+json"));
+	EXPECT_FALSE(IsJsonContentType("text/json-ish"));
+	EXPECT_FALSE(IsJsonContentType("text/plain"));
+	EXPECT_FALSE(IsJsonContentType("application/jsonp"));
+	EXPECT_FALSE(IsJsonContentType("+json"));
+	EXPECT_FALSE(IsJsonContentType(""));
+}
+
+TEST(RedactValues, ScrubsEveryTextOfAnOutcome) {
+	Outcome outcome = Classified(Endpoint::kSetSecrets, 400,
+								 R"({"error":"value gemini-secret-4711 is invalid","status":"eyJhbGciOi.jwt"})");
+	outcome.request_id = "req-gemini-secret-4711";
+	RedactValues(outcome, {"gemini-secret-4711", "eyJhbGciOi.jwt", "abc"});
+	for (const std::string &text : {outcome.message, outcome.fly_error, outcome.fly_status, outcome.request_id}) {
+		EXPECT_EQ(text.find("secret-4711"), std::string::npos) << text;
+		EXPECT_EQ(text.find("eyJhbGciOi"), std::string::npos) << text;
+	}
+	EXPECT_EQ(outcome.fly_error, "value <redacted> is invalid");
+	// Values shorter than 4 bytes would blank out ordinary words: they are left alone.
+	EXPECT_NE(outcome.message.find("HTTP 400"), std::string::npos);
+}
+
 // ---- client errors ----
 
 TEST(Classify, BadRequest400IsPermanent) {
@@ -431,6 +474,15 @@ TEST(Classify, TokenIsScrubbedFromEveryText) {
 	network.network_error = NetworkError::kOther;
 	network.network_detail = "echo fm2_verysecretmacaroon2";
 	EXPECT_EQ(Classify(network, token).message.find("verysecret"), std::string::npos);
+}
+
+TEST(Classify, NoPieceOfTheTokenSurvivesASnippetCut) {
+	const std::string token = "FlyV1 fm2_verysecretmacaroon1";
+	// The snippet of a non-JSON body stops after 200 characters, in the middle of the echoed token.
+	RawResponse response = Response(Endpoint::kGetApp, 502, std::string(185, 'a') + " " + token + " tail");
+	const Outcome outcome = Classify(response, token, kNow);
+	EXPECT_EQ(outcome.message.find("verysec"), std::string::npos) << outcome.message;
+	EXPECT_EQ(outcome.message.find("fm2_"), std::string::npos) << outcome.message;
 }
 
 TEST(UrlHost, Forms) {

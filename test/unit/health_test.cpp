@@ -90,6 +90,23 @@ TEST(AppHealthUrl, ReplacesEveryPlaceholder) {
 	EXPECT_EQ(AppHealthUrl("http://h/health", "a"), "http://h/health");
 }
 
+TEST(AppHealthUrl, RefusesNamesThatCouldSteerTheRequest) {
+	// fly.user_fly_apps accepts letters, digits, '.', '_' and '-': enough for another host or a path step back.
+	for (const char *name : {"evil.example", "..", ".", "Vyx-User-1", "a_b", "", "x-"}) {
+		EXPECT_FALSE(AppHealthUrl("https://{app}/health", name).has_value()) << name;
+	}
+	EXPECT_EQ(AppHealthUrl("https://{app}/health", "vyx-user-1a2b3c4d"), "https://vyx-user-1a2b3c4d/health");
+}
+
+TEST(EvaluateAppHealthEndpoint, LongReportedValuesAreShortenedInTheDetail) {
+	const std::string huge(100000, 'u');
+	auto verdict = EvaluateAppHealthEndpoint(
+	    Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"user_dedicated","user_id":")" + huge + "\"}"), kUser);
+	EXPECT_EQ(verdict.health, Health::kUnhealthy);
+	EXPECT_LT(verdict.detail.size(), 200u);
+	EXPECT_NE(verdict.detail.find(std::string(100, 'u')), std::string::npos);
+}
+
 TEST(AppHealthRequest, GoesToItsOwnUrlWithoutTheToken) {
 	fly::Request request = fly::AppHealthRequest("https://vyx-user-1.fly.dev/health");
 	EXPECT_EQ(request.method, "GET");

@@ -115,6 +115,10 @@ TEST(ImageUpdate, AnUpdateThatFailedTransientlyIsCheckedBeforeItIsSentAgain) {
 	EXPECT_TRUE(step.failed_attempt);
 	ASSERT_TRUE(step.request);
 	EXPECT_EQ(step.request->endpoint, Endpoint::kGetMachine);
+	step = update.OnOutcome(Out(OutcomeKind::kMalformed, 200));
+	EXPECT_TRUE(step.failed_attempt);
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kGetMachine);
 	step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, Machine("started", kNewImage)));
 	EXPECT_EQ(step.result, Result::kAlreadyCurrent);
 	EXPECT_EQ(step.from_image, "old");

@@ -775,8 +775,7 @@ TEST(ReconcileMachine, DuplicateDeleteFailureIsRetried) {
 TEST(ReconcileMachine, OnlyDestroyedMachinesMeansCreate) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToFindMachine(operation);
-	Step step = operation.OnOutcome(
-	    Ok(ListText({MachineText("m1", "destroyed"), MachineText("m2", "destroying"), "{\"state\":\"started\"}"})));
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m1", "destroyed"), MachineText("m2", "destroying")})));
 	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
 }
 
@@ -1171,26 +1170,107 @@ TEST(ReconcileDeprovision, WithoutRowTransientLookupIsRetried) {
 // ---------------------------------------------------------------------------------------------------------------
 // Reading Fly's answers
 
-TEST(ReconcileMachinesFromList, ReadsFactsAndSkipsEntriesWithoutId) {
-	fly::Outcome outcome =
-	    Ok(ListText({MachineText("m1", "started", kOtherGuest, "img:2", "fra"), "{\"state\":\"started\"}", "17"}));
-	std::vector<MachineFacts> machines = MachinesFromList(outcome);
-	ASSERT_EQ(machines.size(), 1u);
-	EXPECT_EQ(machines[0].id, "m1");
-	EXPECT_EQ(machines[0].state, "started");
-	EXPECT_EQ(machines[0].image, "img:2");
-	EXPECT_EQ(machines[0].region, "fra");
-	EXPECT_EQ(machines[0].guest.cpu_kind, "shared");
-	EXPECT_EQ(machines[0].guest.memory_mb, 256);
+TEST(ReconcileMachinesFromList, ReadsFacts) {
+	MachineList list = MachinesFromList(
+		Ok(ListText({MachineText("m1", "started", kOtherGuest, "img:2", "fra"), MachineText("m2", "stopped")})));
+	EXPECT_EQ(list.problem, "");
+	ASSERT_EQ(list.machines.size(), 2u);
+	EXPECT_EQ(list.machines[0].id, "m1");
+	EXPECT_EQ(list.machines[0].state, "started");
+	EXPECT_EQ(list.machines[0].image, "img:2");
+	EXPECT_EQ(list.machines[0].region, "fra");
+	EXPECT_EQ(list.machines[0].guest.cpu_kind, "shared");
+	EXPECT_EQ(list.machines[0].guest.memory_mb, 256);
+	EXPECT_EQ(list.machines[1].id, "m2");
+	EXPECT_TRUE(MachinesFromList(Ok("[]")).machines.empty());
+	EXPECT_EQ(MachinesFromList(Ok("[]")).problem, "");
 }
 
-TEST(ReconcileMachinesFromList, WrongShapesGiveNothingNotExceptions) {
-	EXPECT_TRUE(MachinesFromList(Ok("{\"machines\":[]}")).empty());
-	EXPECT_TRUE(MachinesFromList(Ok("")).empty());
-	MachineFacts facts = MachineFromBody(Ok("{\"id\":5,\"config\":{\"guest\":\"big\"}}"));
-	EXPECT_EQ(facts.id, "");
-	EXPECT_EQ(facts.guest.cpus, 0);
-	EXPECT_EQ(facts.guest.cpu_kind, "");
+// One unusable entry makes the whole list untrustworthy: acting on the rest could create a second machine.
+TEST(ReconcileMachinesFromList, AnyUnusableEntryMakesTheListMalformed) {
+	const std::string good = MachineText("m1", "started");
+	const std::vector<std::pair<std::string, std::string>> cases = {
+		{"{\"state\":\"started\"}", "it has no id"},
+		{"17", "it is a number, not an object"},
+		{"\"{\\\"id\\\":\\\"m2\\\"}\"", "it is a string, not an object"},
+		{"{\"id\":null}", "its id is null, not a string"},
+		{"{\"id\":1234567890123}", "its id is a number, not a string"},
+		{"{\"id\":[\"m2\"]}", "its id is an array, not a string"},
+		{"{\"id\":\"../../orgs/x\"}", "its id is not a machine id (letters, digits, '-' and '_', at most 64)"},
+		{"{\"id\":\"\"}", "its id is not a machine id (letters, digits, '-' and '_', at most 64)"},
+		{"{\"id\":\"m2\",\"state\":[\"started\"]}", "its state is an array, not a string"},
+		{"{\"id\":\"m2\",\"config\":\"{}\"}", "its config is a string, not an object"},
+		{"{\"id\":\"m2\",\"config\":{\"guest\":\"big\"}}", "config: its guest is a string, not an object"},
+		{"{\"id\":\"m2\",\"config\":{\"guest\":{\"cpus\":\"2\"}}}",
+		 "config.guest: its cpus is a string, not an integer"},
+	};
+	for (const auto &[entry, problem] : cases) {
+		MachineList list = MachinesFromList(Ok(ListText({good, entry})));
+		EXPECT_TRUE(list.machines.empty()) << entry;
+		EXPECT_EQ(list.problem, "entry 2 of the machine list is unusable: " + problem) << entry;
+	}
+	EXPECT_EQ(MachinesFromList(Ok("{\"machines\":[]}")).problem, "the machine list is not an array");
+	EXPECT_EQ(MachinesFromList(Ok("")).problem, "the machine list is not an array");
+}
+
+TEST(ReconcileMachinesFromList, MachineIds) {
+	EXPECT_TRUE(IsUsableMachineId("1781973f003d89"));
+	EXPECT_TRUE(IsUsableMachineId("M_1-x"));
+	EXPECT_TRUE(IsUsableMachineId(std::string(64, 'a')));
+	EXPECT_FALSE(IsUsableMachineId(std::string(65, 'a')));
+	EXPECT_FALSE(IsUsableMachineId(""));
+	EXPECT_FALSE(IsUsableMachineId(".."));
+	EXPECT_FALSE(IsUsableMachineId("m1/stop"));
+	EXPECT_FALSE(IsUsableMachineId("m1?force=true"));
+	EXPECT_FALSE(IsUsableMachineId("m1 "));
+}
+
+TEST(ReconcileHostileAnswers, GarbledMachineListIsRetriedAndCreatesNothing) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	// Fly lists the user's machine with a null id: the machine exists, so creating another would duplicate it.
+	Step step = operation.OnOutcome(Ok("[{\"id\":null,\"state\":\"started\"}]"));
+	ExpectRetriedInPlace(step);
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	ASSERT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	Json details = Details(step.events[0]);
+	EXPECT_EQ(details.GetString("step"), "list_machines");
+	EXPECT_NE(details.GetString("message").value_or("").find("entry 1 of the machine list is unusable: its id is null"),
+			  std::string::npos)
+		<< step.events[0].details_json;
+	// The next, sound answer carries on.
+	step = operation.OnOutcome(Ok(ListText({MachineText("m1", "started")})));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", WaitQuery());
+}
+
+TEST(ReconcileHostileAnswers, MalformedAnswersAreRetriedNotFailed) {
+	// Oversized, not JSON, mislabelled: the client reports all of them as malformed; the next answer may be fine.
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Out(OutcomeKind::kMalformed, 201));
+	ExpectRetriedInPlace(step);
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+
+	Operation deprovision(MakeTarget(false), MakeRecord(), MakeSettings());
+	deprovision.Start();
+	step = deprovision.OnOutcome(Ok("[\"m1\"]"));
+	ExpectRetriedInPlace(step);
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines");
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_attempt_failed"});
+}
+
+TEST(ReconcileHostileAnswers, CreateAnswerWithConfusedTypesIsLookedUp) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(Ok("{\"id\":\"m1\",\"config\":\"{}\"}"));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	ASSERT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	EXPECT_NE(Details(step.events[0])
+				  .GetString("message")
+				  .value_or("")
+				  .find("the created machine is unusable: its config is a string"),
+			  std::string::npos);
 }
 
 } // namespace

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace pgfly {
 namespace fly {
@@ -20,6 +21,10 @@ std::string AuthorizationHeader(const std::string &token);
 // text with every occurrence of the token, of its credential part (without a scheme) and of each of its
 // comma-separated macaroons replaced by "<redacted>". Fragments shorter than 4 characters are left alone.
 std::string RedactToken(const std::string &text, const std::string &token);
+
+// text with every occurrence of each value (longest first) replaced by "<redacted>"; values shorter than 4
+// characters are left alone.
+std::string RedactStrings(const std::string &text, std::vector<std::string> values);
 
 } // namespace fly
 } // namespace pgfly

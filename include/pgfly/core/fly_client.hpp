@@ -30,6 +30,8 @@ struct ClientConfig {
 	// e.g. "https://api.machines.dev" (a trailing slash is ignored); only http and https are used.
 	std::string base_url;
 	std::string token;
+	// Values (app secrets) scrubbed from every outcome's texts like the token, in case an answer echoes them.
+	std::vector<std::string> secret_values;
 	// Timeouts are never 0 (unbounded): values below 1 fall back to the defaults.
 	long connect_timeout_ms = 5000;
 	// Whole request, including waiting for a free connection. Wait requests instead get their own

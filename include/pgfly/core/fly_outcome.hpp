@@ -5,6 +5,7 @@
 #include <ctime>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "pgfly/core/fly_requests.hpp"
 #include "pgfly/core/json.hpp"
@@ -24,7 +25,8 @@ enum class OutcomeKind {
 	kTransient,
 	// Retrying the same request cannot help: 401, other 4xx, redirects, TLS configuration problems.
 	kPermanent,
-	// A 2xx whose body is not what the endpoint returns, or a response beyond the size limit.
+	// A 2xx whose body is not what the endpoint returns (not JSON, labelled as something else than JSON, the
+	// wrong shape), or a response beyond the size limit. Nothing can be learnt from it; asking again may help.
 	kMalformed,
 };
 
@@ -60,6 +62,8 @@ struct RawResponse {
 	std::string request_id;
 	std::string retry_after;
 	std::string location;
+	// The Content-Type header ("" when there was none).
+	std::string content_type;
 	NetworkError network_error = NetworkError::kNone;
 	// libcurl's description of the failure.
 	std::string network_detail;
@@ -103,6 +107,13 @@ std::optional<double> ParseRetryAfter(const std::string &value, std::time_t now)
 
 // The host of an absolute URL (without user info or port); "" when there is none.
 std::string UrlHost(const std::string &url);
+
+// Whether a Content-Type names JSON: application/json or any "+json" type, parameters and case aside.
+bool IsJsonContentType(const std::string &content_type);
+
+// Replaces every value (of 4 bytes or more) in the outcome's texts with "<redacted>", as Classify does for the
+// token: for secrets an answer might echo.
+void RedactValues(Outcome &outcome, const std::vector<std::string> &values);
 
 } // namespace fly
 } // namespace pgfly

@@ -2,6 +2,7 @@
 // reports passes; what to do when it is not (start a machine that stopped; re-provision an app that vanished).
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "pgfly/core/fly_outcome.hpp"
@@ -32,7 +33,9 @@ HealthVerdict EvaluateMachineHealth(const fly::Outcome &outcome);
 // only when it answers and runs in user_dedicated mode for this very user (the seed's trader-isolation test).
 HealthVerdict EvaluateAppHealthEndpoint(const fly::Outcome &outcome, const std::string &user_id);
 
-// The health URL for an app: every "{app}" in the template replaced by the app's name.
-std::string AppHealthUrl(const std::string &url_template, const std::string &app_name);
+// The health URL for an app: every "{app}" in the template replaced by the app's name. Nothing for a name Fly
+// would not accept (AppNameProblem): whoever can write fly.user_fly_apps must not be able to steer the request
+// to another host or path ("evil.example", "..").
+std::optional<std::string> AppHealthUrl(const std::string &url_template, const std::string &app_name);
 
 } // namespace pgfly

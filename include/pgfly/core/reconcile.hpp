@@ -202,8 +202,22 @@ fly::MachineSpec MachineSpecFor(const Settings &settings, const std::string &use
                                 const std::string &region, const std::string &image, const std::string &operation_id,
                                 std::optional<int64_t> secrets_version);
 
-std::vector<MachineFacts> MachinesFromList(const fly::Outcome &outcome);
+// A machine list from Fly, or why it cannot be trusted: then none of it is used, since acting on part of a
+// list (a machine left out) could create a second machine or leave one running.
+struct MachineList {
+	std::vector<MachineFacts> machines;
+	// Empty when every entry is a usable machine.
+	std::string problem;
+};
+
+MachineList MachinesFromList(const fly::Outcome &outcome);
 MachineFacts MachineFromBody(const fly::Outcome &outcome);
+// Why a machine object from Fly cannot be used (not an object, no usable id, a field pg_fly reads of the wrong
+// JSON type); nothing when it can.
+std::optional<std::string> MachineProblem(const Json &machine);
+// Whether text can be a Fly machine id: 1 to 64 letters, digits, '-' or '_' (Fly's are 14 hex digits). Ids go
+// into request paths, so nothing else is accepted from an answer.
+bool IsUsableMachineId(const std::string &id);
 
 } // namespace reconcile
 } // namespace pgfly

@@ -23,6 +23,7 @@ public:
 namespace sqlstate {
 constexpr const char *kInvalidParameterValue = "22023";
 constexpr const char *kNullValueNotAllowed = "22004";
+constexpr const char *kInvalidTextRepresentation = "22P02";
 constexpr const char *kUndefinedTable = "42P01";
 constexpr const char *kUndefinedColumn = "42703";
 constexpr const char *kDatatypeMismatch = "42804";
