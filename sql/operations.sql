@@ -50,6 +50,16 @@ SELECT left(user_id::text, 8) AS user_id, desired, tier, reason FROM fly.reconci
 -- Running it again queues nobody twice.
 SELECT fly.provision_user_app();
 TRUNCATE fly.reconcile_queue;
+
+-- A text user column may hold ids that are not uuids (written while the trigger was detached): they are
+-- skipped with a warning, the others are onboarded.
+CREATE TABLE text_subscriptions (user_id text PRIMARY KEY, tier text NOT NULL);
+INSERT INTO text_subscriptions VALUES ('not-a-uuid', 'pro'), ('16161616161646168616161616161616', 'pro'),
+    ('{17171717-1717-4717-8717-171717171717}', 'free');
+SELECT fly.attach_tier_trigger('text_subscriptions');
+SELECT user_id, tier, queued FROM fly.onboard_existing_users();
+SELECT fly.attach_tier_trigger();
+DROP TABLE text_subscriptions;
 DELETE FROM user_subscriptions WHERE user_id IN ('13131313-1313-4313-8313-131313131313',
     '14141414-1414-4414-8414-141414141414', '15151515-1515-4515-8515-151515151515');
 TRUNCATE fly.reconcile_queue;

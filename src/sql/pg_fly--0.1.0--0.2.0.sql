@@ -192,3 +192,44 @@ REVOKE ALL ON fly.image_rollouts, fly.image_rollout_apps, fly.image_rollout_prog
 REVOKE ALL ON SEQUENCE fly.image_rollouts_id_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION fly._request_rollout_pass(), fly.start_image_rollout(text, integer, integer, interval),
     fly.cancel_image_rollout(bigint), fly.resume_image_rollout(bigint) FROM PUBLIC;
+
+--------------------------------------------------------------------------------------------------------------
+-- Onboarding: a subscription table with a text user column may hold ids that are not uuids (rows written while
+-- the trigger was detached). They are skipped with a warning instead of failing the whole onboarding.
+--------------------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION fly.onboard_existing_users(dry_run boolean DEFAULT true)
+RETURNS TABLE (user_id uuid, tier text, queued boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source;
+    skipped bigint;
+    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
+    uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
+    -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (CASE keeps the cast from failing).
+    paid constant text := 'SELECT CASE WHEN s.%1$I::text ~* $1 THEN s.%1$I::text::uuid END AS uid, '
+                          's.%1$I IS NOT NULL AS has_id, s.%2$I::text AS tier FROM %3$s s '
+                          'JOIN fly.tier_policies p ON p.tier = s.%2$I::text AND p.dedicated_app';
+BEGIN
+    src := fly._tier_source();
+    EXECUTE format('SELECT count(*) FROM (' || paid || ') s WHERE s.has_id AND s.uid IS NULL',
+                   src.user_column, src.tier_column, src.table_name)
+       INTO skipped USING uuid_pattern;
+    IF skipped > 0 THEN
+        RAISE WARNING '% subscription row(s) on a paid tier have a user id that is not a uuid; they are skipped',
+            skipped USING HINT = format('Find them with: SELECT * FROM %s WHERE %I::text !~* %L',
+                                        src.table_name, src.user_column, uuid_pattern);
+    END IF;
+    FOR user_id, tier IN EXECUTE format(
+        'SELECT s.uid, s.tier FROM (' || paid || ') s WHERE s.uid IS NOT NULL '
+        'AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = s.uid AND a.deleted_at IS NULL '
+        '                AND a.status <> ''failed'') '
+        'AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = s.uid) '
+        'ORDER BY 1', src.user_column, src.tier_column, src.table_name) USING uuid_pattern
+    LOOP
+        IF NOT dry_run THEN
+            PERFORM fly._enqueue_reconcile(user_id, 'present', tier, 'onboarding');
+        END IF;
+        queued := NOT dry_run;
+        RETURN NEXT;
+    END LOOP;
+END $$;
