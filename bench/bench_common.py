@@ -133,6 +133,11 @@ def wait_until_settled(pg, what, timeout):
         fail(f"{what}: the queue did not drain within {timeout:.0f} s; e.g. {pending}")
 
 
+def epoch(pg, sql):
+    """A query's timestamp as seconds since the epoch: the server's clock, which the simulator's t_wall shares."""
+    return float(pg.value(f"SELECT extract(epoch FROM ({sql}))"))
+
+
 def count_by_status(pg):
     return dict((status, int(n)) for status, n in pg.sql("SELECT status, count(*) FROM fly.user_fly_apps GROUP BY 1"))
 
