@@ -151,10 +151,10 @@ def fly_requests(sim, since=0):
 
 
 def worker_pid(pg):
-    pid = pg.value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_fly worker'")
-    if not pid:
+    if not pg.wait_for("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pg_fly worker')",
+                       timeout=10):
         fail("no pg_fly worker in pg_stat_activity")
-    return int(pid)
+    return int(pg.value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_fly worker'"))
 
 
 def cpu_seconds(pid):
