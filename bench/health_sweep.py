@@ -57,6 +57,8 @@ def main():
             fail("the health pass did not finish")
         elapsed = time.monotonic() - started
         healthy = pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE health_status = 'healthy'")
+        if int(healthy) != args.apps:
+            fail(f"only {healthy} of {args.apps} apps were found healthy")
         sequential = args.apps * args.latency_ms / 1000
         print(f"health pass over {args.apps} apps at {args.latency_ms:g} ms per call, fly.max_concurrency "
               f"{args.concurrency}: {elapsed:.1f} s ({args.apps / elapsed:.0f} apps/s); {healthy} healthy")
