@@ -9,14 +9,27 @@ With 1 the run takes minutes (500 users x 4 calls x 100 ms); --users shrinks it 
 
 import argparse
 
-from bench_common import (SUBSCRIPTIONS_DDL, Cluster, Simulator, count_by_status, epoch, fail, fly_requests,
-                          print_machine, set_setting, user_uuid)
+from bench_common import (SUBSCRIPTIONS_DDL, Cluster, Simulator, count_by_status, cpu_seconds, epoch, fail,
+                          fly_requests, print_machine, set_setting, user_uuid, worker_pid)
+
+
+def peak_in_flight(requests):
+    """The most requests the simulator was answering at once, from each request's arrival and duration."""
+    edges = sorted([(r["t_mono"], 1) for r in requests] +
+                   [(r["t_mono"] + r["duration_ms"] / 1000, -1) for r in requests])
+    current = peak = 0
+    for _, change in edges:
+        current += change
+        peak = max(peak, current)
+    return peak
 
 
 def provision(pg, sim, users, concurrency, latency_ms):
     set_setting(pg, "fly.max_concurrency", str(concurrency))
     sim.control("POST", "reset")
     in_list = ",".join(f"'{u}'" for u in users)
+    worker = worker_pid(pg)
+    cpu = cpu_seconds(worker)
     started = float(pg.value("WITH added AS (INSERT INTO user_subscriptions (user_id, tier) VALUES " +
                              ",".join(f"('{u}', 'pro')" for u in users) + " RETURNING clock_timestamp() AS at) "
                              "SELECT extract(epoch FROM max(at)) FROM added"))
@@ -29,7 +42,11 @@ def provision(pg, sim, users, concurrency, latency_ms):
     apps = sim.state()["apps"]
     if len(apps) != len(users) or any(len(app["machines"]) != 1 for app in apps.values()):
         fail(f"fly.max_concurrency {concurrency}: {len(apps)} apps on the simulator for {len(users)} users")
-    return finished - started, len(fly_requests(sim))
+    requests = fly_requests(sim)
+    if any(r["duration_ms"] is None for r in requests):
+        fail("the simulator is still answering requests after every user is active")
+    return (finished - started, len(requests), cpu_seconds(worker) - cpu, peak_in_flight(requests),
+            len({r["conn"] for r in requests}))
 
 
 def main():
@@ -54,12 +71,14 @@ def main():
         for run, concurrency in enumerate(levels):
             # Fresh users each run: the simulator is emptied, and earlier rows stay as they are.
             users = [user_uuid(run * args.users + n + 1) for n in range(args.users)]
-            elapsed, calls = provision(pg, sim, users, concurrency, args.latency_ms)
+            elapsed, calls, worker_cpu, peak, connections = provision(pg, sim, users, concurrency, args.latency_ms)
             sequential = calls * args.latency_ms / 1000
             results.append((concurrency, elapsed, calls, sequential))
+            # The worker is one process: when its CPU time nears the elapsed time, it is the limit, not Fly.
             print(f"  fly.max_concurrency {concurrency:3}: {elapsed:7.1f} s for {calls} calls "
                   f"({calls / args.users:.1f} per user); sequential bound {sequential:.1f} s; "
-                  f"speedup {sequential / elapsed:.1f}x", flush=True)
+                  f"speedup {sequential / elapsed:.1f}x; worker CPU {worker_cpu:.1f} s; at most {peak} requests "
+                  f"at once at the simulator, over {connections} connections", flush=True)
 
         print("\nresult (elapsed vs calls x latency):")
         for concurrency, elapsed, calls, sequential in results:
