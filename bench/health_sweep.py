@@ -8,7 +8,6 @@ Needs pg_fly installed (sudo scripts/test.sh or make install). Only loopback is 
 
 import argparse
 import json
-import os
 import time
 import urllib.request
 import uuid

@@ -17,7 +17,6 @@ production), then with fsync and synchronous_commit off, which leaves only the C
 import argparse
 import os
 import statistics
-import time
 
 from bench_common import (PG_BIN, SUBSCRIPTIONS_DDL, Cluster, Simulator, copy_in, cpu_seconds, fail,
                           print_machine, run_as_postgres, set_setting, user_uuid, verdict, worker_pid)
