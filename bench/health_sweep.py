@@ -8,26 +8,11 @@ Needs pg_fly installed (sudo scripts/test.sh or make install). Only loopback is 
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "integration"))
-from harness import PG_BIN, TEST_TOKEN, Cluster, Simulator  # noqa: E402
-
-
-def machine_description():
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}"
+from bench_common import TEST_TOKEN, Cluster, Simulator, copy_in, fail, print_machine
 
 
 def fly(sim, method, path, body):
@@ -49,7 +34,7 @@ def main():
     pg = Cluster(sim.url, {"fly.health_check_interval": "0", "fly.max_concurrency": str(args.concurrency),
                            "fly.rate_limits": "on"})
     try:
-        print(f"machine: {machine_description()}; PostgreSQL {pg.value('SHOW server_version')}")
+        print_machine(pg)
         print(f"setting up {args.apps} apps, each with a started machine ...", flush=True)
         rows = []
         for i in range(args.apps):
@@ -59,25 +44,20 @@ def main():
             machine = fly(sim, "POST", f"/v1/apps/{name}/machines",
                           {"region": "sjc", "config": {"image": "registry.fly.io/bench:1",
                                                        "env": {"RUN_MODE": "user_dedicated", "USER_ID": user}}})
-            rows.append(f"{user}\tpro\t{name}\tpersonal\t{machine['id']}\tactive\tsjc")
-        data = "\n".join(rows) + "\n"
-        load = subprocess.run(
-            [os.path.join(PG_BIN, "psql"), "-X", "-q", "-h", pg.workdir, "-p", str(pg.port), "-U", "postgres", "-d", pg.database, "-c",
-             "COPY fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, fly_machine_id, status, region) "
-             "FROM STDIN"],
-            input=data, text=True, capture_output=True, cwd=pg.workdir,
-            user="postgres" if os.geteuid() == 0 else None)
-        if load.returncode != 0:
-            raise SystemExit(load.stderr)
+            rows.append((user, "pro", name, "personal", machine["id"], "active", "sjc"))
+        copy_in(pg, "fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, fly_machine_id, status, region)",
+                rows)
         sim.configure(latency={"*": {"fixed_ms": args.latency_ms, "jitter_ms": 0}})
 
         started = time.monotonic()
         pg.sql("SELECT fly.check_fly_apps_health()")
         if not pg.wait_for("SELECT count(*) = 0 FROM fly.user_fly_apps WHERE last_health_check_at IS NULL",
                            timeout=3600, interval=0.2):
-            raise SystemExit("the health pass did not finish")
+            fail("the health pass did not finish")
         elapsed = time.monotonic() - started
         healthy = pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE health_status = 'healthy'")
+        if int(healthy) != args.apps:
+            fail(f"only {healthy} of {args.apps} apps were found healthy")
         sequential = args.apps * args.latency_ms / 1000
         print(f"health pass over {args.apps} apps at {args.latency_ms:g} ms per call, fly.max_concurrency "
               f"{args.concurrency}: {elapsed:.1f} s ({args.apps / elapsed:.0f} apps/s); {healthy} healthy")

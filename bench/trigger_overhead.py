@@ -1,0 +1,154 @@
+"""Trigger overhead: pgbench updating tiers in user_subscriptions with and without pg_fly's trigger, on the same
+server in the same run, in alternating rounds. Prints the machine, tps both ways and their ratio (target >= 0.90).
+
+    sudo python3 bench/trigger_overhead.py [--users 10000] [--rounds 4] [--seconds 10] [--clients 2]
+
+Two workloads, each measured with and without the trigger:
+- "policy change": a random user's tier moves to one of the two other tiers of free/pro/elite. Two changes in
+  three change the policy (free <-> pro/elite), so the trigger queues work and wakes the worker; the worker
+  runs as in production (Fly's limits on), provisioning and tearing down apps at the simulator meanwhile.
+- "same policy": a random pro/elite user (with a live app row) flips between pro and elite, which have equal
+  policies: the trigger only relabels the tier on the app row and wakes nobody.
+Rounds go with/without/without/with/... so that a drift in the machine's speed weighs on both sides alike.
+Both workloads run twice: with PostgreSQL's default durability (each commit waits for its WAL flush, as in
+production), then with fsync and synchronous_commit off, which leaves only the CPU cost (the worst case).
+"""
+
+import argparse
+import os
+import statistics
+
+from bench_common import (PG_BIN, SUBSCRIPTIONS_DDL, Cluster, Simulator, copy_in, cpu_seconds, fail,
+                          print_machine, run_as_postgres, set_setting, user_uuid, verdict, worker_pid)
+
+TARGET = 0.90
+
+POLICY_CHANGE = """\\set uid random(1, :users)
+\\set step random(1, 2)
+UPDATE user_subscriptions
+   SET tier = (ARRAY['free', 'pro', 'elite'])[(array_position(ARRAY['free', 'pro', 'elite'], tier) + :step - 1) % 3 + 1]
+ WHERE user_id = lpad(to_hex(:uid::bigint), 32, '0')::uuid;
+"""
+
+SAME_POLICY = """\\set uid random(:users + 1, 2 * :users)
+UPDATE user_subscriptions SET tier = CASE tier WHEN 'pro' THEN 'elite' ELSE 'pro' END
+ WHERE user_id = lpad(to_hex(:uid::bigint), 32, '0')::uuid;
+"""
+
+
+def pgbench(pg, script, args):
+    result = run_as_postgres(pg, [os.path.join(PG_BIN, "pgbench"), "-n", "-M", "prepared", "-h", pg.workdir,
+                                  "-p", str(pg.port), "-U", "postgres", "-c", str(args.clients), "-j",
+                                  str(args.clients), "-T", str(args.seconds), "-D", f"users={args.users}",
+                                  "-f", script, pg.database])
+    if result.returncode != 0:
+        fail(f"pgbench: {result.stderr.strip()[-2000:]}")
+    for line in result.stdout.splitlines():
+        if line.startswith("tps = ") and "without initial connection time" in line:
+            return float(line.split()[2])
+    fail(f"no tps in pgbench's output:\n{result.stdout}")
+
+
+def commit_wakes(pg):
+    return int(pg.value("SELECT commit_wakes FROM fly.worker_status()"))
+
+
+def relabelled_since(pg, since, first_user):
+    return int(pg.value(f"SELECT count(*) FROM fly.user_fly_apps WHERE updated_at >= '{since}' "
+                        f"AND user_id >= '{first_user}'"))
+
+
+def measure(pg, name, script, args, worker, durability):
+    """Alternating rounds; returns the tps lists with and without the trigger."""
+    tps = {True: [], False: []}
+    for round_number in range(args.rounds):
+        # with, without, without, with, ...: a linear drift cancels out over each pair of rounds
+        order = (True, False) if round_number % 2 == 0 else (False, True)
+        for with_trigger in order:
+            attached = pg.value("SELECT EXISTS (SELECT 1 FROM fly.tier_source)") == "t"
+            if with_trigger and not attached:
+                pg.sql("SELECT fly.attach_tier_trigger()")
+            elif attached and not with_trigger:
+                pg.sql("SELECT fly.detach_tier_trigger()")
+            pg.sql("CHECKPOINT")
+            wakes = commit_wakes(pg)
+            since = pg.value("SELECT now()")
+            worker_cpu = cpu_seconds(worker)
+            value = pgbench(pg, script, args)
+            worker_cpu = cpu_seconds(worker) - worker_cpu
+            woken = commit_wakes(pg) - wakes
+            relabelled = relabelled_since(pg, since, user_uuid(args.users + 1))
+            # The trigger must have done its job in the rounds with it, and nothing in the rounds without.
+            did_work = woken > 0 if name == "policy change" else relabelled > 0
+            if did_work != with_trigger:
+                fail(f"{name}, {'with' if with_trigger else 'without'} trigger: {woken} worker wake-ups, "
+                     f"{relabelled} app rows relabelled")
+            tps[with_trigger].append(value)
+            print(f"  {durability:10} {name:13} round {round_number + 1} {'with   ' if with_trigger else 'without'} trigger: "
+                  f"{value:8.0f} tps  (worker woken {woken}x, worker CPU {worker_cpu:.1f} s)", flush=True)
+    return tps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10000, help="users per workload")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds with and rounds without the trigger")
+    parser.add_argument("--seconds", type=int, default=10, help="length of one pgbench run")
+    parser.add_argument("--clients", type=int, default=2, help="pgbench clients (and threads)")
+    args = parser.parse_args()
+
+    sim = Simulator(config={"boot_delay_ms": 200, "rate_limits": {"mode": "fly"},
+                            "latency": {"*": {"fixed_ms": 20, "jitter_ms": 10}}, "request_log_cap": 1000})
+    # The same-policy users' app rows exist only in the database: health checks would find their apps missing
+    # on Fly and recreate them, which is not what this benchmark measures.
+    pg = Cluster(sim.url, {"fly.poll_interval": "'10s'", "fly.health_check_interval": "0"})
+    try:
+        print_machine(pg)
+        pg.sql(SUBSCRIPTIONS_DDL)
+        # Loaded before the trigger is attached: users 1..N are free (the policy-change workload), users
+        # N+1..2N are pro with a live app row each (the same-policy workload).
+        free = range(1, args.users + 1)
+        paid = range(args.users + 1, 2 * args.users + 1)
+        copy_in(pg, "user_subscriptions (user_id, tier)",
+                [(user_uuid(n), "free") for n in free] + [(user_uuid(n), "pro") for n in paid])
+        copy_in(pg, "fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, fly_machine_id, status, region)",
+                [(user_uuid(n), "pro", f"bench-{n}", "personal", f"{n:014x}", "active", "sjc") for n in paid])
+        pg.sql("VACUUM ANALYZE")
+        scripts = {}
+        for name, text in (("policy change", POLICY_CHANGE), ("same policy", SAME_POLICY)):
+            scripts[name] = os.path.join(pg.workdir, name.replace(" ", "_") + ".sql")
+            with open(scripts[name], "w") as f:
+                f.write(text)
+        worker = worker_pid(pg)
+        print(f"pgbench: {args.clients} clients, {args.seconds} s per run, {args.rounds} runs with and "
+              f"{args.rounds} without the trigger per workload, {args.users} users per workload; "
+              f"worker running, Fly's limits on", flush=True)
+
+        # PostgreSQL's default durability is what production runs, and what the target is about: every commit
+        # waits for its WAL flush. fsync off leaves only the CPU cost: the trigger's worst case.
+        results = {}
+        for durability, fsync in (("durable", "on"), ("fsync off", "off")):
+            set_setting(pg, "fsync", fsync)
+            set_setting(pg, "synchronous_commit", fsync)
+            # Same policy first: the other workload leaves a backlog the worker keeps working on.
+            for name in ("same policy", "policy change"):
+                results[(durability, name)] = measure(pg, name, scripts[name], args, worker, durability)
+        queued = pg.value("SELECT count(*) FROM fly.reconcile_queue")
+        print(f"queue after the run: {queued} users waiting for the worker (paced by Fly's limits)")
+
+        print("\nresult (mean tps over the rounds):")
+        for (durability, name), tps in results.items():
+            with_trigger, without = statistics.mean(tps[True]), statistics.mean(tps[False])
+            ratio = with_trigger / without
+            print(f"  {durability:10} {name:13}: with trigger {with_trigger:7.0f} tps, without {without:7.0f} tps; "
+                  f"ratio {ratio:.3f} (target >= {TARGET:.2f}: {verdict(ratio >= TARGET)}); "
+                  f"per update {1e6 * args.clients / with_trigger - 1e6 * args.clients / without:+.0f} us; "
+                  f"spread with {min(tps[True]):.0f}-{max(tps[True]):.0f}, "
+                  f"without {min(tps[False]):.0f}-{max(tps[False]):.0f}")
+    finally:
+        pg.destroy()
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()
