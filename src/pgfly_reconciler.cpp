@@ -25,6 +25,7 @@ namespace pgfly {
 namespace {
 
 constexpr double kPruneEverySeconds = 60;
+constexpr double kSaturatedDispatchSeconds = 1.0;
 
 } // namespace
 
@@ -95,6 +96,8 @@ Reconciler::Configure() {
 	}
 	client_config_.connect_timeout_ms = connect_timeout_ms;
 	client_config_.request_timeout_ms = request_timeout_ms;
+	// Reconciles (with rollouts) and health checks each keep up to fly.max_concurrency requests in flight.
+	client_config_.max_host_connections = std::max(16, 2 * max_concurrency + 1);
 	if (client_) {
 		client_->UpdateConfig(client_config_);
 	} else {
@@ -141,9 +144,19 @@ Reconciler::Dispatch() {
 	if (!configuration_problem_.empty()) {
 		capacity = 0;
 	}
+	// With every slot taken, a wake by a committing tier change has nothing to claim: the queue is looked at
+	// again when an operation ends, or after a second (health, orphan and rollout requests wait that long).
+	if (capacity <= 0 && claims_released_ && now < next_saturated_dispatch_) {
+		dispatch_again_ = false;
+		return;
+	}
+	next_saturated_dispatch_ = now + kSaturatedDispatchSeconds;
 	std::vector<ClaimedItem> claimed;
 	int64_t due = 0;
 	pg::RunInTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
+		// Nothing here needs to survive a crash: claims are released at start and every step is recorded
+		// durably, so the worker need not wait for this commit's WAL flush before sending.
+		spi.Query("SELECT pg_catalog.set_config('synchronous_commit', 'off', true)", {});
 		if (!pg::PgGuardResult([]() { return OidIsValid(get_extension_oid("pg_fly", true)); })) {
 			due = -1;
 			next_due_seconds_.reset();
@@ -606,6 +619,10 @@ Reconciler::SleepMs() const {
 	} else if (next_due_seconds_ && configuration_problem_.empty() &&
 	           static_cast<int>(running_.size()) < max_concurrency) {
 		sleep = std::min(sleep, *next_due_seconds_);
+	}
+	if (static_cast<int>(running_.size()) >= max_concurrency) {
+		// Saturated: health, orphan and rollout requests are looked at within a second.
+		sleep = std::min(sleep, next_saturated_dispatch_ - now);
 	}
 	return std::max(0L, static_cast<long>(std::ceil(sleep * 1000.0)));
 }

@@ -126,6 +126,7 @@ private:
 	double last_prune_ = 0;
 	double last_lease_renewal_ = 0;
 	bool claims_released_ = false;
+	double next_saturated_dispatch_ = 0;
 	std::vector<HealthTarget> health_queue_;
 	size_t health_next_ = 0;
 	int health_running_ = 0;

@@ -233,3 +233,13 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END $$;
+
+--------------------------------------------------------------------------------------------------------------
+-- The cost trigger runs only when what it reads changes: a tier relabel (the subscription trigger's pro ->
+-- elite with equal policies) no longer pays for it. cost_summary ignores a month_start from an earlier month.
+--------------------------------------------------------------------------------------------------------------
+DROP TRIGGER user_fly_apps_cost ON fly.user_fly_apps;
+CREATE TRIGGER user_fly_apps_cost
+    BEFORE INSERT OR UPDATE OF cpu_kind, cpus, memory_mb, region, status, running_since, month_start
+    ON fly.user_fly_apps
+    FOR EACH ROW EXECUTE FUNCTION fly._track_app_cost();
