@@ -9,6 +9,15 @@
 namespace pgfly {
 namespace rollout {
 
+namespace {
+
+bool
+NeedsStart(const std::string &state) {
+	return state == "stopped" || state == "suspended" || state == "failed";
+}
+
+} // namespace
+
 ImageUpdate::ImageUpdate(AppTarget target, fly::MachineSpec spec) : target_(std::move(target)), spec_(std::move(spec)) {
 	spec_.image = target_.image;
 }
@@ -19,6 +28,14 @@ ImageUpdate::Start() {
 	Step step;
 	step.request = fly::GetMachineRequest(target_.app_name, target_.machine_id);
 	phase_ = Phase::kGetMachine;
+	last_request_ = step.request;
+	return step;
+}
+
+Step
+ImageUpdate::StartMachine(Step step) {
+	step.request = fly::StartMachineRequest(target_.app_name, target_.machine_id);
+	phase_ = Phase::kStart;
 	last_request_ = step.request;
 	return step;
 }
@@ -82,6 +99,9 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 			if (machine.state == "started") {
 				return Finish(Result::kAlreadyCurrent, std::move(step));
 			}
+			if (NeedsStart(machine.state)) {
+				return StartMachine(std::move(step));
+			}
 			wait_round_ = 0;
 			step = Wait(std::move(step));
 			last_request_ = step.request;
@@ -92,7 +112,20 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 		last_request_ = step.request;
 		return step;
 	}
-	case Phase::kUpdate:
+	case Phase::kUpdate: {
+		if (outcome.kind != OutcomeKind::kSuccess) {
+			break;
+		}
+		// Fly updates a stopped machine without starting it; an app must run.
+		if (NeedsStart(reconcile::MachineFromBody(outcome).state)) {
+			return StartMachine(std::move(step));
+		}
+		wait_round_ = 0;
+		step = Wait(std::move(step));
+		last_request_ = step.request;
+		return step;
+	}
+	case Phase::kStart:
 		if (outcome.kind != OutcomeKind::kSuccess) {
 			break;
 		}

@@ -74,12 +74,34 @@ TEST(ImageUpdate, ReadsTheMachineThenUpdatesItWithTheFullConfigAndWaits) {
 	EXPECT_FALSE(step.request);
 }
 
+TEST(ImageUpdate, AMachineTheUpdateLeftStoppedIsStartedThenAwaited) {
+	ImageUpdate update = MakeUpdate();
+	update.Start();
+	update.OnOutcome(Out(OutcomeKind::kSuccess, 200, Machine("stopped", "old")));
+	Step step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, Machine("stopped", kNewImage)));
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kStartMachine);
+	step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, "{\"previous_state\":\"stopped\"}"));
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kWaitMachine);
+	step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, "{\"ok\":true}"));
+	EXPECT_EQ(step.result, Result::kUpdated);
+}
+
 TEST(ImageUpdate, AMachineAlreadyOnTheImageIsNotUpdatedAgain) {
 	ImageUpdate update = MakeUpdate();
 	update.Start();
 	Step step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, Machine("started", kNewImage)));
 	EXPECT_EQ(step.result, Result::kAlreadyCurrent);
 	EXPECT_FALSE(step.request);
+}
+
+TEST(ImageUpdate, AStoppedMachineAlreadyOnTheImageIsStarted) {
+	ImageUpdate update = MakeUpdate();
+	update.Start();
+	Step step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, Machine("stopped", kNewImage)));
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kStartMachine);
 }
 
 TEST(ImageUpdate, AMachineOnTheImageButNotStartedIsAwaited) {

@@ -14,7 +14,8 @@
 namespace pgfly {
 namespace rollout {
 
-// One app of a rollout, as recorded.
+// One app of a rollout, as recorded. Its machine is read, updated with the full config (then started if the
+// update left it stopped), and awaited until started.
 struct AppTarget {
 	std::string app_name;
 	std::string machine_id;
@@ -56,8 +57,9 @@ public:
 	}
 
 private:
-	enum class Phase { kGetMachine, kUpdate, kWaitStarted, kFinished };
+	enum class Phase { kGetMachine, kUpdate, kStart, kWaitStarted, kFinished };
 
+	Step StartMachine(Step step);
 	Step Wait(Step step);
 	Step Retry(const fly::Outcome &outcome, Step step);
 	Step Finish(Result result, Step step);
