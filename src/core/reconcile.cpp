@@ -126,6 +126,7 @@ Operation::Spec() const {
 
 Step
 Operation::Start() {
+	started_at_ = now_;
 	Step step = target_.present ? StartProvision() : StartDeprovision();
 	last_request_ = step.request;
 	return step;
@@ -272,12 +273,13 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 			step.delay_seconds = kLookAgainSeconds;
 			return step;
 		}
-		if (!app_->pending_create_operation.empty() &&
-		    app_->pending_create_age_seconds < settings_.create_settle_seconds) {
+		// The recorded age was read when this operation started: it grows while we wait.
+		const double pending_age = app_->pending_create_age_seconds + (now_ - started_at_);
+		if (!app_->pending_create_operation.empty() && pending_age < settings_.create_settle_seconds) {
 			// A creation sent by an earlier run may still land: wait for it rather than create a second machine.
 			fly::Outcome pending = outcome;
 			pending.message = "waiting for a machine creation sent before the worker restarted";
-			pending.retry_after_seconds = settings_.create_settle_seconds - app_->pending_create_age_seconds;
+			pending.retry_after_seconds = settings_.create_settle_seconds - pending_age;
 			return Retry(pending, "create_machine");
 		}
 		return CreateMachine(std::move(step));

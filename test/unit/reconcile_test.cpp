@@ -835,6 +835,28 @@ TEST(ReconcileCreate, YoungPendingCreateWaitsInsteadOfCreating) {
 	EXPECT_FALSE(step.app.has_value());
 }
 
+// The crash came between recording the create and sending it: once the pending create is old enough, the
+// waiting operation itself creates the machine instead of waiting again until it runs out of attempts.
+TEST(ReconcileCreate, PendingCreateThatNeverLandsIsReplacedOnceItIsOldEnough) {
+	AppRecord record = MakeRecord("provisioning");
+	record.pending_create_operation = "7-0";
+	record.pending_create_age_seconds = 12;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.SetNow(1000);
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	operation.SetNow(1001);
+	Step step = operation.OnOutcome(Ok("[]"));
+	ExpectRetriedInPlace(step);
+	ASSERT_TRUE(step.retry_after_seconds.has_value());
+	EXPECT_NEAR(*step.retry_after_seconds, 17.0, 0.001);
+	operation.SetNow(1001 + 17.1);
+	step = operation.OnOutcome(Ok("[]"));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->pending_create, "7-1");
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+}
+
 TEST(ReconcileCreate, OldPendingCreateIsReplacedByANewOne) {
 	AppRecord record = MakeRecord("provisioning");
 	record.pending_create_operation = "7-0";

@@ -186,6 +186,7 @@ private:
 	Phase phase_ = Phase::kFinished;
 	int wait_round_ = 0;
 	double now_ = 0;
+	double started_at_ = 0;
 	double create_settles_at_ = 0;
 	std::optional<fly::Request> last_request_;
 	std::optional<int64_t> secrets_version_;
