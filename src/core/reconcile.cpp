@@ -53,6 +53,12 @@ OutcomeDetails(const fly::Outcome &outcome, const char *during) {
 	return details;
 }
 
+// Not running, and Fly would start it: an update leaves such a machine as it was.
+bool
+NeedsStart(const std::string &state) {
+	return state == "stopped" || state == "suspended" || state == "failed";
+}
+
 bool
 IsLiveMachine(const std::string &state) {
 	return state != "destroyed" && state != "destroying" && state != "replaced" && state != "migrated";
@@ -365,9 +371,16 @@ Operation::AdoptMachine(Step step) {
 		phase_ = Phase::kUpdateMachine;
 		return step;
 	}
-	if (chosen.state == "stopped" || chosen.state == "suspended" || chosen.state == "failed") {
+	if (NeedsStart(chosen.state)) {
 		step.request = fly::StartMachineRequest(app_->name, chosen.id);
 		phase_ = Phase::kStartMachine;
+		return step;
+	}
+	if (chosen.state == "stopping") {
+		// A stop is under way (sent by the deprovision this operation replaced): let it finish, then start.
+		step.request =
+		    fly::WaitMachineRequest(app_->name, chosen.id, "stopped", settings_.wait_timeout_seconds);
+		phase_ = Phase::kWaitStopped;
 		return step;
 	}
 	wait_round_ = 0;
@@ -447,10 +460,11 @@ Operation::Fail(const fly::Outcome &outcome, const char *during) {
 	return step;
 }
 
-// An answer the step does not expect: transient ones are retried, the rest fail the operation.
+// An answer the step does not expect: transient ones are retried, and so are malformed ones (a body cut short
+// says nothing about the request); the rest fail the operation.
 Step
 Operation::Unexpected(const fly::Outcome &outcome, const char *during) {
-	if (outcome.kind == fly::OutcomeKind::kTransient) {
+	if (outcome.kind == fly::OutcomeKind::kTransient || outcome.kind == fly::OutcomeKind::kMalformed) {
 		return Retry(outcome, during);
 	}
 	return Fail(outcome, during);
@@ -627,6 +641,15 @@ Operation::Handle(const fly::Outcome &outcome) {
 			details.Set("guest", GuestJson(target_.guest));
 			details.Set("image", Json::String(settings_.image));
 			step.events.push_back(MakeEvent("machine_updated", details));
+			std::string state = MachineFromBody(outcome).state;
+			if (state.empty() && adopted_) {
+				state = adopted_->state;
+			}
+			if (NeedsStart(state)) {
+				step.request = fly::StartMachineRequest(app_->name, app_->machine_id);
+				phase_ = Phase::kStartMachine;
+				return step;
+			}
 			wait_round_ = 0;
 			return Wait(std::move(step));
 		}
@@ -637,7 +660,20 @@ Operation::Handle(const fly::Outcome &outcome) {
 			wait_round_ = 0;
 			return Wait(std::move(step));
 		}
+		if (outcome.http_status == 412) {
+			// Not startable from its current state: a start whose answer was lost, or a stop, is under way. Look
+			// at the machine again, as a failed attempt so that this cannot go round for ever.
+			last_request_ = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+			phase_ = Phase::kFindMachine;
+			return Retry(outcome, "start_machine");
+		}
 		return Unexpected(outcome, "start_machine");
+
+	case Phase::kWaitStopped:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			return FindMachine(std::move(step)); // stopped now: look again, and start it
+		}
+		return Unexpected(outcome, "wait_machine");
 
 	case Phase::kWaitStarted:
 		if (outcome.kind == OutcomeKind::kSuccess) {

@@ -155,6 +155,7 @@ private:
 		kDeleteExtraMachine,
 		kUpdateMachine,
 		kStartMachine,
+		kWaitStopped,
 		kWaitStarted,
 		kListForStop,
 		kStopMachine,
