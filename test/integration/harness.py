@@ -218,11 +218,12 @@ class Cluster:
         except subprocess.CalledProcessError as e:
             raise RuntimeError(f"the server did not start: {e.stdout}{e.stderr}\n{self.server_log()[-3000:]}") from None
 
-    def stop(self, mode="fast"):
+    def stop(self, mode="fast", check=False):
         try:
             _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop"])
         except subprocess.CalledProcessError:
-            pass
+            if check:
+                raise
 
     def destroy(self):
         self.stop("immediate")
