@@ -53,7 +53,7 @@ OutcomeDetails(const fly::Outcome &outcome, const char *during) {
 	return details;
 }
 
-// Not running, and Fly would start it: an update leaves such a machine as it was.
+// Not running, and Fly would start it.
 bool
 NeedsStart(const std::string &state) {
 	return state == "stopped" || state == "suspended" || state == "failed";
@@ -371,15 +371,21 @@ Operation::AdoptMachine(Step step) {
 		phase_ = Phase::kUpdateMachine;
 		return step;
 	}
-	if (NeedsStart(chosen.state)) {
-		step.request = fly::StartMachineRequest(app_->name, chosen.id);
+	return BringUp(std::move(step), chosen.state);
+}
+
+// The adopted machine, in `state`, is to end up started: start it if it is down, let a stop under way (sent by
+// the deprovision this operation replaced) finish first, else wait for it.
+Step
+Operation::BringUp(Step step, const std::string &state) {
+	if (NeedsStart(state)) {
+		step.request = fly::StartMachineRequest(app_->name, app_->machine_id);
 		phase_ = Phase::kStartMachine;
 		return step;
 	}
-	if (chosen.state == "stopping") {
-		// A stop is under way (sent by the deprovision this operation replaced): let it finish, then start.
+	if (state == "stopping") {
 		step.request =
-		    fly::WaitMachineRequest(app_->name, chosen.id, "stopped", settings_.wait_timeout_seconds);
+		    fly::WaitMachineRequest(app_->name, app_->machine_id, "stopped", settings_.wait_timeout_seconds);
 		phase_ = Phase::kWaitStopped;
 		return step;
 	}
@@ -645,13 +651,7 @@ Operation::Handle(const fly::Outcome &outcome) {
 			if (state.empty() && adopted_) {
 				state = adopted_->state;
 			}
-			if (NeedsStart(state)) {
-				step.request = fly::StartMachineRequest(app_->name, app_->machine_id);
-				phase_ = Phase::kStartMachine;
-				return step;
-			}
-			wait_round_ = 0;
-			return Wait(std::move(step));
+			return BringUp(std::move(step), state); // Fly leaves a machine that was not running as it was
 		}
 		return Unexpected(outcome, "update_machine");
 

@@ -687,6 +687,15 @@ TEST(ReconcileMachine, StoppingMachineIsLetStopThenStarted) {
 	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
 }
 
+TEST(ReconcileMachine, StoppingMachineIsLetStopAfterItsUpdate) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	operation.OnOutcome(Ok(ListText({MachineText("m7", "stopping", kOtherGuest)})));
+	Step step = operation.OnOutcome(Ok(MachineText("m7", "stopping")));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait",
+	              {{"state", "stopped"}, {"timeout", "45"}});
+}
+
 TEST(ReconcileMachine, RunningMachineIsAwaitedAfterItsUpdate) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToFindMachine(operation);

@@ -171,6 +171,7 @@ private:
 	Step UseMachine(Step step, const fly::Outcome &outcome);
 	Step CreateMachine(Step step);
 	Step AdoptMachine(Step step);
+	Step BringUp(Step step, const std::string &state);
 	Step Wait(Step step);
 	Step StopNextOrDelete(Step step);
 	Step Fail(const fly::Outcome &outcome, const char *during);
