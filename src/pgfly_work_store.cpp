@@ -105,6 +105,7 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	spi.Query("UPDATE fly.reconcile_queue SET alerted = true WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
 	          {context.user_id});
 	context.alerted = true;
+	context.raise_alert = false; // once: not again with the operation's next step (its success, say)
 }
 
 } // namespace

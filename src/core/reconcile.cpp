@@ -53,6 +53,12 @@ OutcomeDetails(const fly::Outcome &outcome, const char *during) {
 	return details;
 }
 
+// Not running, and Fly would start it.
+bool
+NeedsStart(const std::string &state) {
+	return state == "stopped" || state == "suspended" || state == "failed";
+}
+
 bool
 IsLiveMachine(const std::string &state) {
 	return state != "destroyed" && state != "destroying" && state != "replaced" && state != "migrated";
@@ -241,6 +247,7 @@ Operation::Spec() const {
 
 Step
 Operation::Start() {
+	started_at_ = now_;
 	Step step = target_.present ? StartProvision() : StartDeprovision();
 	last_request_ = step.request;
 	return step;
@@ -391,12 +398,13 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 			step.delay_seconds = kLookAgainSeconds;
 			return step;
 		}
-		if (!app_->pending_create_operation.empty() &&
-		    app_->pending_create_age_seconds < settings_.create_settle_seconds) {
+		// The recorded age was read when this operation started: it grows while we wait.
+		const double pending_age = app_->pending_create_age_seconds + (now_ - started_at_);
+		if (!app_->pending_create_operation.empty() && pending_age < settings_.create_settle_seconds) {
 			// A creation sent by an earlier run may still land: wait for it rather than create a second machine.
 			fly::Outcome pending = outcome;
 			pending.message = "waiting for a machine creation sent before the worker restarted";
-			pending.retry_after_seconds = settings_.create_settle_seconds - app_->pending_create_age_seconds;
+			pending.retry_after_seconds = settings_.create_settle_seconds - pending_age;
 			return Retry(pending, "create_machine");
 		}
 		return CreateMachine(std::move(step));
@@ -482,9 +490,22 @@ Operation::AdoptMachine(Step step) {
 		phase_ = Phase::kUpdateMachine;
 		return step;
 	}
-	if (chosen.state == "stopped" || chosen.state == "suspended" || chosen.state == "failed") {
-		step.request = fly::StartMachineRequest(app_->name, chosen.id);
+	return BringUp(std::move(step), chosen.state);
+}
+
+// The adopted machine, in `state`, is to end up started: start it if it is down, let a stop under way (sent by
+// the deprovision this operation replaced) finish first, else wait for it.
+Step
+Operation::BringUp(Step step, const std::string &state) {
+	if (NeedsStart(state)) {
+		step.request = fly::StartMachineRequest(app_->name, app_->machine_id);
 		phase_ = Phase::kStartMachine;
+		return step;
+	}
+	if (state == "stopping") {
+		step.request =
+		    fly::WaitMachineRequest(app_->name, app_->machine_id, "stopped", settings_.wait_timeout_seconds);
+		phase_ = Phase::kWaitStopped;
 		return step;
 	}
 	wait_round_ = 0;
@@ -748,8 +769,11 @@ Operation::Handle(const fly::Outcome &outcome) {
 			details.Set("guest", GuestJson(target_.guest));
 			details.Set("image", Json::String(Image()));
 			step.events.push_back(MakeEvent("machine_updated", details));
-			wait_round_ = 0;
-			return Wait(std::move(step));
+			std::string state = MachineFromBody(outcome).state;
+			if (state.empty() && adopted_) {
+				state = adopted_->state;
+			}
+			return BringUp(std::move(step), state); // Fly leaves a machine that was not running as it was
 		}
 		return Unexpected(outcome, "update_machine");
 
@@ -758,7 +782,20 @@ Operation::Handle(const fly::Outcome &outcome) {
 			wait_round_ = 0;
 			return Wait(std::move(step));
 		}
+		if (outcome.http_status == 412) {
+			// Not startable from its current state: a start whose answer was lost, or a stop, is under way. Look
+			// at the machine again, as a failed attempt so that this cannot go round for ever.
+			last_request_ = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+			phase_ = Phase::kFindMachine;
+			return Retry(outcome, "start_machine");
+		}
 		return Unexpected(outcome, "start_machine");
+
+	case Phase::kWaitStopped:
+		if (outcome.kind == OutcomeKind::kSuccess) {
+			return FindMachine(std::move(step)); // stopped now: look again, and start it
+		}
+		return Unexpected(outcome, "wait_machine");
 
 	case Phase::kWaitStarted:
 		if (outcome.kind == OutcomeKind::kSuccess) {

@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -88,23 +89,35 @@ class Simulator:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _children(pid):
+    """Processes whose parent is `pid` (read from /proc, so it works for any user's processes)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class Cluster:
     """A throwaway PostgreSQL with pg_fly preloaded, its worker pointed at `api_url`."""
 
     def __init__(self, api_url, settings=None, database="pgfly", token=TEST_TOKEN):
-        self.workdir = tempfile.mkdtemp(prefix="pg_fly-pg.")
-        os.chmod(self.workdir, 0o755)
-        self.datadir = os.path.join(self.workdir, "data")
-        self.database = database
-        self.port = _free_port()
-        self.token_file = os.path.join(self.workdir, "fly_token")
-        with open(self.token_file, "w") as f:
-            f.write(token + "\n")
-        os.chmod(self.token_file, 0o600)
-        if os.geteuid() == 0:
-            postgres = pwd.getpwnam("postgres")
-            os.chown(self.workdir, postgres.pw_uid, postgres.pw_gid)
-            os.chown(self.token_file, postgres.pw_uid, postgres.pw_gid)
+        self._make_workdir(database, token)
         _as_postgres([os.path.join(PG_BIN, "initdb"), "-D", self.datadir, "-A", "trust", "-U", "postgres",
                       "--no-sync", "-E", "UTF8", "--locale=C"])
         conf = {
@@ -129,20 +142,88 @@ class Cluster:
         self.psql(f"CREATE DATABASE {database}", database="postgres")
         self.sql("CREATE EXTENSION pg_fly")
 
+    def _make_workdir(self, database, token):
+        self.workdir = tempfile.mkdtemp(prefix="pg_fly-pg.")
+        os.chmod(self.workdir, 0o755)
+        self.datadir = os.path.join(self.workdir, "data")
+        self.database = database
+        self.port = _free_port()
+        self.token_file = os.path.join(self.workdir, "fly_token")
+        with open(self.token_file, "w") as f:
+            f.write(token + "\n")
+        os.chmod(self.token_file, 0o600)
+        if os.geteuid() == 0:
+            postgres = pwd.getpwnam("postgres")
+            os.chown(self.workdir, postgres.pw_uid, postgres.pw_gid)
+            os.chown(self.token_file, postgres.pw_uid, postgres.pw_gid)
+
+    def standby(self, settings=None, token=TEST_TOKEN):
+        """A streaming-replication standby of this cluster (pg_basebackup -R) in its own folder, started.
+        It inherits this cluster's postgresql.conf; `settings` are appended to it."""
+        replica = Cluster.__new__(Cluster)
+        replica._make_workdir(self.database, token)
+        _as_postgres([os.path.join(PG_BIN, "pg_basebackup"), "-h", self.workdir, "-p", str(self.port), "-U", "postgres",
+                      "-D", replica.datadir, "-R", "-X", "stream", "-c", "fast", "--no-sync"])
+        conf = {
+            "port": str(replica.port),
+            "unix_socket_directories": f"'{replica.workdir}'",
+            "fly.api_token_file": f"'{replica.token_file}'",
+            # Promoted, it must not wait for a standby of its own.
+            "synchronous_standby_names": "''",
+        }
+        conf.update(settings or {})
+        replica.write_settings(conf)
+        replica.start()
+        return replica
+
+    def promote(self):
+        _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-w", "-t", "60", "promote"])
+
+    def postmaster_pid(self):
+        with open(os.path.join(self.datadir, "postmaster.pid")) as f:
+            return int(f.readline())
+
+    def kill_postmaster(self, timeout=60.0):
+        """kill -9 of the postmaster, the way a crash or the OOM killer ends it. Returns once its children (the
+        worker among them) have noticed and exited, so that the server can be started again."""
+        pid = self.postmaster_pid()
+        children = _children(pid)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while any(_alive(child) for child in children + [pid]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"children of the killed postmaster {pid} are still running")
+            time.sleep(0.02)
+        if os.path.exists(f"/proc/{pid}"):
+            # A zombie nobody has reaped yet (some containers' init is slow to): it holds nothing, but a new
+            # postmaster would take it for a live one and refuse its lock files.
+            for lock in (os.path.join(self.datadir, "postmaster.pid"),
+                         os.path.join(self.workdir, f".s.PGSQL.{self.port}.lock")):
+                os.unlink(lock)
+
+    def worker_pid(self):
+        """The pg_fly worker's pid as pg_stat_activity shows it, or None."""
+        pid = self.value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_fly worker'")
+        return int(pid) if pid else None
+
     def write_settings(self, settings):
         with open(os.path.join(self.datadir, "postgresql.conf"), "a") as f:
             for name, value in settings.items():
                 f.write(f"{name} = {value}\n")
 
     def start(self):
-        _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-l",
-                      os.path.join(self.workdir, "server.log"), "-c", "-w", "-t", "60", "start"])
+        try:
+            _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-l",
+                          os.path.join(self.workdir, "server.log"), "-c", "-w", "-t", "60", "start"])
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"the server did not start: {e.stdout}{e.stderr}\n{self.server_log()[-3000:]}") from None
 
-    def stop(self, mode="fast"):
+    def stop(self, mode="fast", check=False):
         try:
             _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop"])
         except subprocess.CalledProcessError:
-            pass
+            if check:
+                raise
 
     def destroy(self):
         self.stop("immediate")

@@ -699,6 +699,53 @@ TEST(ReconcileMachine, StoppedMachineIsStartedThenAwaited) {
 	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
 }
 
+// Fly leaves a stopped machine stopped when it is updated (a downgrade stopped it, an upgrade to another guest
+// came before the app was deleted): it is started after the update, not awaited as it is.
+TEST(ReconcileMachine, StoppedMachineIsStartedAfterItsUpdate) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "stopped", kOtherGuest)})));
+	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m7");
+	step = operation.OnOutcome(Ok(MachineText("m7", "stopped")));
+	EXPECT_EQ(EventTypes(step), Types{"machine_updated"});
+	ExpectRequest(step, Endpoint::kStartMachine, "POST", AppPath() + "/machines/m7/start");
+	step = operation.OnOutcome(Ok("{\"previous_state\":\"stopped\"}"));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
+}
+
+// A deprovision stopped the machine and a new tier came before the app was deleted: the stop is let finish,
+// then the machine is started (waiting for "started" straight away would wait for nothing).
+TEST(ReconcileMachine, StoppingMachineIsLetStopThenStarted) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "stopping")})));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait",
+	              {{"state", "stopped"}, {"timeout", "45"}});
+	step = operation.OnOutcome(Ok("{\"ok\":true,\"state\":\"stopped\"}"));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	step = operation.OnOutcome(Ok(ListText({MachineText("m7", "stopped")})));
+	ExpectRequest(step, Endpoint::kStartMachine, "POST", AppPath() + "/machines/m7/start");
+	step = operation.OnOutcome(Ok("{\"previous_state\":\"stopped\"}"));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
+}
+
+TEST(ReconcileMachine, StoppingMachineIsLetStopAfterItsUpdate) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	operation.OnOutcome(Ok(ListText({MachineText("m7", "stopping", kOtherGuest)})));
+	Step step = operation.OnOutcome(Ok(MachineText("m7", "stopping")));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait",
+	              {{"state", "stopped"}, {"timeout", "45"}});
+}
+
+TEST(ReconcileMachine, RunningMachineIsAwaitedAfterItsUpdate) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	operation.OnOutcome(Ok(ListText({MachineText("m7", "started", kOtherGuest)})));
+	Step step = operation.OnOutcome(Ok(MachineText("m7", "replacing")));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m7/wait", WaitQuery());
+}
+
 TEST(ReconcileMachine, SuspendedAndFailedMachinesAreStartedToo) {
 	for (const char *state : {"suspended", "failed"}) {
 		Operation operation(MakeTarget(), std::nullopt, MakeSettings());
@@ -876,6 +923,28 @@ TEST(ReconcileCreate, YoungPendingCreateWaitsInsteadOfCreating) {
 	EXPECT_FALSE(step.app.has_value());
 }
 
+// The crash came between recording the create and sending it: once the pending create is old enough, the
+// waiting operation itself creates the machine instead of waiting again until it runs out of attempts.
+TEST(ReconcileCreate, PendingCreateThatNeverLandsIsReplacedOnceItIsOldEnough) {
+	AppRecord record = MakeRecord("provisioning");
+	record.pending_create_operation = "7-0";
+	record.pending_create_age_seconds = 12;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.SetNow(1000);
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	operation.SetNow(1001);
+	Step step = operation.OnOutcome(Ok("[]"));
+	ExpectRetriedInPlace(step);
+	ASSERT_TRUE(step.retry_after_seconds.has_value());
+	EXPECT_NEAR(*step.retry_after_seconds, 17.0, 0.001);
+	operation.SetNow(1001 + 17.1);
+	step = operation.OnOutcome(Ok("[]"));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->pending_create, "7-1");
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+}
+
 TEST(ReconcileCreate, OldPendingCreateIsReplacedByANewOne) {
 	AppRecord record = MakeRecord("provisioning");
 	record.pending_create_operation = "7-0";
@@ -918,7 +987,8 @@ ProvisionAt(Endpoint endpoint) {
 	    [] { return Ok("{}", 201); },                                               // create_app
 	    [] { return Ok("{\"version\":2}"); },                                       // set_secrets
 	    [] { return Ok(ListText({MachineText("m1", "stopped", kOtherGuest)})); }, // list → update
-	    [] { return Ok(MachineText("m1", "stopped")); },                            // update → wait
+	    [] { return Ok(MachineText("m1", "stopped")); },                            // update → start
+	    [] { return Ok("{\"previous_state\":\"stopped\"}"); },                      // start → wait
 	};
 	Step step = operation.Start();
 	for (const auto &answer : answers) {
@@ -933,7 +1003,7 @@ ProvisionAt(Endpoint endpoint) {
 
 TEST(ReconcileFailure, TransientFailureAtAnyStepIsRetriedWithDetails) {
 	for (Endpoint endpoint : {Endpoint::kCreateApp, Endpoint::kSetSecrets, Endpoint::kListMachines,
-	                          Endpoint::kUpdateMachine, Endpoint::kWaitMachine}) {
+	                          Endpoint::kUpdateMachine, Endpoint::kStartMachine, Endpoint::kWaitMachine}) {
 		SCOPED_TRACE(fly::EndpointName(endpoint));
 		Operation operation = ProvisionAt(endpoint);
 		fly::Outcome outcome = Out(OutcomeKind::kTransient, 503, "", "service_unavailable", "01REQ");
@@ -956,6 +1026,26 @@ TEST(ReconcileFailure, TransientFailureAtAnyStepIsRetriedWithDetails) {
 	}
 }
 
+// A 2xx whose body is cut short or is not what the endpoint returns says nothing about the request itself (a
+// proxy or a dropped connection may have mangled it): it is retried like a 5xx, within fly.max_attempts.
+TEST(ReconcileFailure, MalformedAnswerAtAnyStepIsRetried) {
+	for (Endpoint endpoint : {Endpoint::kCreateApp, Endpoint::kSetSecrets, Endpoint::kListMachines,
+	                          Endpoint::kUpdateMachine, Endpoint::kStartMachine, Endpoint::kWaitMachine}) {
+		SCOPED_TRACE(fly::EndpointName(endpoint));
+		Operation operation = ProvisionAt(endpoint);
+		Step step = operation.OnOutcome(Out(OutcomeKind::kMalformed, 200));
+		ExpectRetriedInPlace(step);
+		EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+		EXPECT_EQ(step.request->endpoint, endpoint);
+	}
+	Operation deprovision(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	deprovision.Start();
+	Step step = deprovision.OnOutcome(Out(OutcomeKind::kMalformed, 200));
+	ExpectRetriedInPlace(step);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_attempt_failed"});
+	EXPECT_EQ(step.request->endpoint, Endpoint::kListMachines);
+}
+
 TEST(ReconcileFailure, TransientFailureOnStartIsRetried) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToFindMachine(operation);
@@ -963,6 +1053,25 @@ TEST(ReconcileFailure, TransientFailureOnStartIsRetried) {
 	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 429));
 	ExpectRetriedInPlace(step);
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "start_machine");
+}
+
+// A start whose answer was lost and is sent again finds the machine starting already: Fly answers 412, and the
+// operation looks at the machine again (a failed attempt) instead of failing.
+TEST(ReconcileFailure, RepeatedStartThatFindsTheMachineStartingWaitsForIt) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m1", "stopped")})));
+	ExpectRequest(step, Endpoint::kStartMachine, "POST", AppPath() + "/machines/m1/start");
+	step = operation.OnOutcome(Out(OutcomeKind::kMalformed, 200));
+	ExpectRetriedInPlace(step);
+	step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 412, "", "failed_precondition"));
+	ExpectRetriedInPlace(step);
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	step = operation.OnOutcome(Ok(ListText({MachineText("m1", "starting")})));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", WaitQuery());
+	step = operation.OnOutcome(Ok("{\"ok\":true,\"state\":\"started\"}"));
+	ExpectEnded(step, Completion::kDone);
 }
 
 TEST(ReconcileFailure, PermanentFailureFailsTheOperation) {

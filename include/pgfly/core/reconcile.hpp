@@ -156,6 +156,7 @@ private:
 		kDeleteExtraMachine,
 		kUpdateMachine,
 		kStartMachine,
+		kWaitStopped,
 		kWaitStarted,
 		kListForStop,
 		kStopMachine,
@@ -171,6 +172,7 @@ private:
 	Step UseMachine(Step step, const fly::Outcome &outcome);
 	Step CreateMachine(Step step);
 	Step AdoptMachine(Step step);
+	Step BringUp(Step step, const std::string &state);
 	Step Wait(Step step);
 	Step StopNextOrDelete(Step step);
 	Step Fail(const fly::Outcome &outcome, const char *during);
@@ -188,6 +190,7 @@ private:
 	Phase phase_ = Phase::kFinished;
 	int wait_round_ = 0;
 	double now_ = 0;
+	double started_at_ = 0;
 	double create_settles_at_ = 0;
 	std::optional<fly::Request> last_request_;
 	std::optional<int64_t> secrets_version_;
