@@ -79,6 +79,7 @@ class ChaosTest(unittest.TestCase):
 
     def test_seeded_fault_runs_converge(self):
         seeds = self.seeds()
+        self.assertTrue(seeds, "no runs")
         print(f"\nchaos: seeds {seeds[0]}..{seeds[-1]}", file=sys.stderr)
         fired = collections.Counter()
         started = time.monotonic()
