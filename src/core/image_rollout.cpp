@@ -9,14 +9,6 @@
 namespace pgfly {
 namespace rollout {
 
-namespace {
-
-bool
-NeedsStart(const std::string &state) {
-	return state == "stopped" || state == "suspended" || state == "failed";
-}
-
-} // namespace
 
 ImageUpdate::ImageUpdate(AppTarget target, fly::MachineSpec spec) : target_(std::move(target)), spec_(std::move(spec)) {
 	spec_.image = target_.image;
@@ -25,27 +17,34 @@ ImageUpdate::ImageUpdate(AppTarget target, fly::MachineSpec spec) : target_(std:
 // The machine is read first, so that an update interrupted by a restart is not sent twice.
 Step
 ImageUpdate::Start() {
-	Step step;
-	step.request = fly::GetMachineRequest(target_.app_name, target_.machine_id);
-	phase_ = Phase::kGetMachine;
+	return Send(Step{}, Phase::kGetMachine, fly::GetMachineRequest(target_.app_name, target_.machine_id));
+}
+
+// The request goes next, and again after a transient failure.
+Step
+ImageUpdate::Send(Step step, Phase phase, fly::Request request) {
+	step.request = std::move(request);
+	phase_ = phase;
 	last_request_ = step.request;
 	return step;
 }
 
 Step
 ImageUpdate::StartMachine(Step step) {
-	step.request = fly::StartMachineRequest(target_.app_name, target_.machine_id);
-	phase_ = Phase::kStart;
-	last_request_ = step.request;
-	return step;
+	return Send(std::move(step), Phase::kStart, fly::StartMachineRequest(target_.app_name, target_.machine_id));
 }
 
 Step
 ImageUpdate::Wait(Step step) {
-	step.request =
-	    fly::WaitMachineRequest(target_.app_name, target_.machine_id, "started", target_.wait_timeout_seconds);
-	phase_ = Phase::kWaitStarted;
-	return step;
+	return Send(std::move(step), Phase::kWaitStarted,
+	            fly::WaitMachineRequest(target_.app_name, target_.machine_id, "started",
+	                                    target_.wait_timeout_seconds));
+}
+
+Step
+ImageUpdate::FirstWait(Step step) {
+	wait_round_ = 0;
+	return Wait(std::move(step));
 }
 
 Step
@@ -99,40 +98,29 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 			if (machine.state == "started") {
 				return Finish(Result::kAlreadyCurrent, std::move(step));
 			}
-			if (NeedsStart(machine.state)) {
+			if (reconcile::MachineNeedsStart(machine.state)) {
 				return StartMachine(std::move(step));
 			}
-			wait_round_ = 0;
-			step = Wait(std::move(step));
-			last_request_ = step.request;
-			return step;
+			return FirstWait(std::move(step));
 		}
-		step.request = fly::UpdateMachineRequest(target_.app_name, target_.machine_id, spec_);
-		phase_ = Phase::kUpdate;
-		last_request_ = step.request;
-		return step;
+		return Send(std::move(step), Phase::kUpdate,
+		            fly::UpdateMachineRequest(target_.app_name, target_.machine_id, spec_));
 	}
 	case Phase::kUpdate: {
 		if (outcome.kind != OutcomeKind::kSuccess) {
 			break;
 		}
 		// Fly updates a stopped machine without starting it; an app must run.
-		if (NeedsStart(reconcile::MachineFromBody(outcome).state)) {
+		if (reconcile::MachineNeedsStart(reconcile::MachineFromBody(outcome).state)) {
 			return StartMachine(std::move(step));
 		}
-		wait_round_ = 0;
-		step = Wait(std::move(step));
-		last_request_ = step.request;
-		return step;
+		return FirstWait(std::move(step));
 	}
 	case Phase::kStart:
 		if (outcome.kind != OutcomeKind::kSuccess) {
 			break;
 		}
-		wait_round_ = 0;
-		step = Wait(std::move(step));
-		last_request_ = step.request;
-		return step;
+		return FirstWait(std::move(step));
 	case Phase::kWaitStarted:
 		if (outcome.kind == OutcomeKind::kSuccess) {
 			return Finish(Result::kUpdated, std::move(step));

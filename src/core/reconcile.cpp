@@ -53,12 +53,6 @@ OutcomeDetails(const fly::Outcome &outcome, const char *during) {
 	return details;
 }
 
-// Not running, and Fly would start it.
-bool
-NeedsStart(const std::string &state) {
-	return state == "stopped" || state == "suspended" || state == "failed";
-}
-
 bool
 IsLiveMachine(const std::string &state) {
 	return state != "destroyed" && state != "destroying" && state != "replaced" && state != "migrated";
@@ -199,6 +193,11 @@ MachinesFromList(const fly::Outcome &outcome) {
 		list.machines.push_back(FactsFrom(machine));
 	}
 	return list;
+}
+
+bool
+MachineNeedsStart(const std::string &state) {
+	return state == "stopped" || state == "suspended" || state == "failed";
 }
 
 MachineFacts
@@ -497,7 +496,7 @@ Operation::AdoptMachine(Step step) {
 // the deprovision this operation replaced) finish first, else wait for it.
 Step
 Operation::BringUp(Step step, const std::string &state) {
-	if (NeedsStart(state)) {
+	if (MachineNeedsStart(state)) {
 		step.request = fly::StartMachineRequest(app_->name, app_->machine_id);
 		phase_ = Phase::kStartMachine;
 		return step;

@@ -59,8 +59,10 @@ public:
 private:
 	enum class Phase { kGetMachine, kUpdate, kStart, kWaitStarted, kFinished };
 
+	Step Send(Step step, Phase phase, fly::Request request);
 	Step StartMachine(Step step);
 	Step Wait(Step step);
+	Step FirstWait(Step step);
 	Step Retry(const fly::Outcome &outcome, Step step);
 	Step Finish(Result result, Step step);
 

@@ -215,6 +215,8 @@ struct MachineList {
 
 MachineList MachinesFromList(const fly::Outcome &outcome);
 MachineFacts MachineFromBody(const fly::Outcome &outcome);
+// Not running, and Fly would start it (an update leaves such a machine as it was).
+bool MachineNeedsStart(const std::string &state);
 // Why a machine object from Fly cannot be used (not an object, no usable id, a field pg_fly reads of the wrong
 // JSON type); nothing when it can.
 std::optional<std::string> MachineProblem(const Json &machine);
