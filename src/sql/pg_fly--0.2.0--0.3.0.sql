@@ -2,3 +2,154 @@
 -- EXTENSION pg_fly UPDATE runs this one on an existing 0.2.0 installation. Never edit a released script: add a
 -- new upgrade script.
 \echo Use "ALTER EXTENSION pg_fly UPDATE" to load this file. \quit
+
+
+--------------------------------------------------------------------------------------------------------------
+-- The application's subscription table belongs to an ordinary role, which decides what reading it runs:
+-- casts and domain checks of its column types, a view's rules, RLS policies, index and statistics expressions
+-- the planner folds, foreign partitions. pg_fly's SECURITY DEFINER functions (the extension owner's rights)
+-- read it only through fly._subscription_rows(), which checks the table at every call and reads it as its
+-- owner inside a security-restricted operation, through the types' output functions.
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly._check_tier_source(tbl regclass, user_column name, tier_column name) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', '_check_tier_source';
+CREATE FUNCTION fly._subscription_rows(tbl regclass, user_column name, tier_column name, user_id uuid)
+RETURNS TABLE (user_id text, tier text)
+    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_rows';
+REVOKE ALL ON FUNCTION fly._check_tier_source(regclass, name, name),
+    fly._subscription_rows(regclass, name, name, uuid) FROM PUBLIC;
+
+-- A relation's name for DDL, schema-qualified and quoted (regclass output depends on the search_path).
+CREATE FUNCTION fly._relation_name(tbl regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('%I.%I', n.nspname, c.relname)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1
+$$;
+REVOKE ALL ON FUNCTION fly._relation_name(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION fly._drop_tier_trigger(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_change') THEN
+        EXECUTE format('DROP TRIGGER on_user_tier_change ON %s', fly._relation_name(tbl));
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_truncate') THEN
+        EXECUTE format('DROP TRIGGER on_user_tier_truncate ON %s', fly._relation_name(tbl));
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION fly.attach_tier_trigger(
+    tbl regclass DEFAULT 'public.user_subscriptions'::text::regclass,  -- resolved at call time
+    user_column name DEFAULT 'user_id',
+    tier_column name DEFAULT 'tier')
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind      "char";
+    user_type regtype;
+    previous  regclass;
+BEGIN
+    IF tbl IS NULL OR user_column IS NULL OR tier_column IS NULL THEN
+        RAISE EXCEPTION 'attach_tier_trigger: table and column names must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = tbl;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'attach_tier_trigger: "%" is not a table', tbl USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT a.atttypid::regtype INTO user_type FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = user_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" does not exist', user_column, tbl
+            USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the user id (a uuid).';
+    END IF;
+    IF user_type NOT IN ('uuid'::regtype, 'text'::regtype, 'character varying'::regtype) THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" is of type %, not uuid',
+            user_column, tbl, user_type
+            USING ERRCODE = 'datatype_mismatch', HINT = 'The user id column must be uuid (or text holding uuids).';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = tier_column
+                   AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" does not exist', tier_column, tbl
+            USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the subscription tier.';
+    END IF;
+    -- The tier column's type, partitions and children: what pg_fly's functions check again at every read.
+    PERFORM fly._check_tier_source(tbl, user_column, tier_column);
+
+    SELECT s.table_name INTO previous FROM fly.tier_source s;
+    IF previous IS NOT NULL AND previous <> tbl THEN
+        PERFORM fly._drop_tier_trigger(previous);
+        RAISE NOTICE 'pg_fly now watches % instead of %', tbl, previous;
+    END IF;
+    PERFORM fly._drop_tier_trigger(tbl);
+    EXECUTE format('CREATE TRIGGER on_user_tier_change AFTER INSERT OR UPDATE OF %I, %I OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION fly.on_user_tier_change(%L, %L)',
+                   user_column, tier_column, fly._relation_name(tbl), user_column, tier_column);
+    EXECUTE format('CREATE TRIGGER on_user_tier_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION fly.on_user_tier_truncate()', fly._relation_name(tbl));
+    INSERT INTO fly.tier_source (table_name, user_column, tier_column)
+    VALUES (tbl, user_column, tier_column)
+    ON CONFLICT (singleton) DO UPDATE
+       SET table_name = excluded.table_name, user_column = excluded.user_column,
+           tier_column = excluded.tier_column, attached_at = now();
+END $$;
+
+-- The user's current tier from the attached subscription table; errors name what is missing.
+CREATE OR REPLACE FUNCTION fly._subscription_tier(p_user_id uuid) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src   fly.tier_source;
+    tiers text[];
+BEGIN
+    src := fly._tier_source();
+    SELECT array_agg(s.tier) INTO tiers
+      FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, p_user_id) s;
+    IF tiers IS NULL THEN
+        RAISE EXCEPTION 'user % has no subscription in %', p_user_id, src.table_name
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF cardinality(tiers) > 1 THEN
+        RAISE EXCEPTION 'user % has % subscription rows in %; pg_fly expects one', p_user_id,
+            cardinality(tiers), src.table_name USING ERRCODE = 'cardinality_violation';
+    END IF;
+    RETURN tiers[1];
+END $$;
+
+CREATE OR REPLACE FUNCTION fly.onboard_existing_users(dry_run boolean DEFAULT true)
+RETURNS TABLE (user_id uuid, tier text, queued boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source;
+    skipped bigint;
+    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
+    uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
+BEGIN
+    src := fly._tier_source();
+    SELECT count(*) INTO skipped
+      FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
+      JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app
+     WHERE r.user_id !~* uuid_pattern;
+    IF skipped > 0 THEN
+        RAISE WARNING '% subscription row(s) on a paid tier have a user id that is not a uuid; they are skipped',
+            skipped USING HINT = format('Find them with: SELECT * FROM %s WHERE %I::text !~* %L',
+                                        fly._relation_name(src.table_name), src.user_column, uuid_pattern);
+    END IF;
+    -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (CASE keeps the cast from failing).
+    FOR user_id, tier IN
+        SELECT s.uid, s.tier
+          FROM (SELECT CASE WHEN r.user_id ~* uuid_pattern THEN r.user_id::uuid END AS uid, r.tier
+                  FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
+                  JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app) s
+         WHERE s.uid IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = s.uid AND a.deleted_at IS NULL
+                           AND a.status <> 'failed')
+           AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = s.uid)
+         ORDER BY 1
+    LOOP
+        IF NOT dry_run THEN
+            PERFORM fly._enqueue_reconcile(user_id, 'present', tier, 'onboarding');
+        END IF;
+        queued := NOT dry_run;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
