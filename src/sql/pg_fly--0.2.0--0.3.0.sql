@@ -153,3 +153,37 @@ BEGIN
     END LOOP;
 END $$;
 
+--------------------------------------------------------------------------------------------------------------
+-- Notifications. LISTEN takes no privilege: unless fly.notify_payload = full, a notification carries only
+-- what a role without grants may see, and the row ids a granted role looks the rest up by (fly.live_apps and
+-- fly.recent_events now show the app row's id).
+--------------------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION fly._notify_status_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    payload jsonb := jsonb_build_object(
+        'app_row_id', NEW.id, 'status', NEW.status,
+        'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
+        'health_status', NEW.health_status,
+        'previous_health_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.health_status END,
+        'at', now());
+BEGIN
+    IF current_setting('fly.notify_payload', true) IS NOT DISTINCT FROM 'full' THEN
+        payload := payload || jsonb_build_object('user_id', NEW.user_id, 'fly_app_name', NEW.fly_app_name);
+    END IF;
+    PERFORM pg_notify('pg_fly_status', payload::text);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE VIEW fly.live_apps AS
+SELECT a.user_id, a.fly_app_name, a.status, a.health_status, a.region, a.tier, a.fly_machine_id,
+       a.monthly_cost_estimate_usd, a.last_health_check_at, a.created_at, a.updated_at, a.id AS app_row_id
+  FROM fly.user_fly_apps a
+ WHERE a.deleted_at IS NULL;
+
+CREATE OR REPLACE VIEW fly.recent_events AS
+SELECT e.id, e.created_at, e.event_type, e.status, e.user_id, a.fly_app_name, e.details,
+       e.fly_app_id AS app_row_id
+  FROM fly.user_fly_app_events e
+  LEFT JOIN fly.user_fly_apps a ON a.id = e.fly_app_id;
+
