@@ -38,6 +38,24 @@ BEGIN
     END IF;
 END $$;
 
+-- pg_fly's worker works in fly.database_name only: a subscription table elsewhere queues work nobody does.
+-- NULL when the caller may not read the setting (pg_settings hides it).
+CREATE FUNCTION fly._warn_if_not_worker_database(what text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    worker_database text := (SELECT s.setting FROM pg_settings s WHERE s.name = 'fly.database_name');
+BEGIN
+    IF worker_database IS NOT NULL AND worker_database <> current_database() THEN
+        RAISE WARNING 'pg_fly''s worker works in database "%", not in "%": % here is never provisioned',
+            worker_database, current_database(), what
+            USING HINT = format('Set fly.database_name = %L in postgresql.conf and restart the server, or use '
+                                'pg_fly in database %I.', current_database(), worker_database);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION fly._warn_if_not_worker_database(text) FROM PUBLIC;
+
+DO $$ BEGIN PERFORM fly._warn_if_not_worker_database('work queued'); END $$;
+
 CREATE OR REPLACE FUNCTION fly.attach_tier_trigger(
     tbl regclass DEFAULT 'public.user_subscriptions'::text::regclass,  -- resolved at call time
     user_column name DEFAULT 'user_id',
@@ -74,6 +92,7 @@ BEGIN
     END IF;
     -- The tier column's type, partitions and children: what pg_fly's functions check again at every read.
     PERFORM fly._check_tier_source(tbl, user_column, tier_column);
+    PERFORM fly._warn_if_not_worker_database('a tier change');
 
     SELECT s.table_name INTO previous FROM fly.tier_source s;
     IF previous IS NOT NULL AND previous <> tbl THEN
@@ -187,3 +206,60 @@ SELECT e.id, e.created_at, e.event_type, e.status, e.user_id, a.fly_app_name, e.
   FROM fly.user_fly_app_events e
   LEFT JOIN fly.user_fly_apps a ON a.id = e.fly_app_id;
 
+--------------------------------------------------------------------------------------------------------------
+-- Who started a rollout: the session's user. current_user inside the SECURITY DEFINER function is always the
+-- extension's owner.
+--------------------------------------------------------------------------------------------------------------
+ALTER TABLE fly.image_rollouts ALTER COLUMN started_by SET DEFAULT session_user;
+
+--------------------------------------------------------------------------------------------------------------
+-- worker_status() shows the worker's database (shared memory is cluster-wide, the queue is per database).
+-- A new result column needs DROP + CREATE, and so does the view built on it; their grants are carried over.
+--------------------------------------------------------------------------------------------------------------
+DO $do$
+DECLARE
+    grants text[];
+    statement text;
+BEGIN
+    SELECT coalesce(array_agg(format('GRANT %s ON %s TO %s%s', a.privilege_type, o.target,
+                                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
+      INTO grants
+      FROM (SELECT 'FUNCTION fly.worker_status()' AS target, p.proacl AS acl, p.proowner AS owner
+              FROM pg_proc p WHERE p.oid = 'fly.worker_status()'::regprocedure
+            UNION ALL
+            SELECT 'TABLE fly.worker_overview', c.relacl, c.relowner
+              FROM pg_class c WHERE c.oid = 'fly.worker_overview'::regclass) o,
+           aclexplode(o.acl) a
+      LEFT JOIN pg_roles r ON r.oid = a.grantee
+     WHERE a.grantee <> o.owner;
+
+    DROP VIEW fly.worker_overview;
+    DROP FUNCTION fly.worker_status();
+    CREATE FUNCTION fly.worker_status(
+        OUT pid integer, OUT started_at timestamptz, OUT commit_wakes bigint, OUT timer_wakes bigint,
+        OUT iterations bigint, OUT last_wake_at timestamptz, OUT queue_ready bigint, OUT token_source text,
+        OUT in_flight integer, OUT rate_limited integer, OUT breaker_state text, OUT breaker_reopens_at timestamptz,
+        OUT last_error text, OUT last_error_at timestamptz, OUT database text)
+        RETURNS record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'worker_status';
+    -- The worker at a glance: queue, failures, breaker, rate-limit waits, last error, pid, uptime, database.
+    CREATE VIEW fly.worker_overview AS
+    SELECT w.pid, now() - w.started_at AS uptime, w.token_source,
+           (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after <= now())
+               AS pending,
+           (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NOT NULL) AS in_progress,
+           w.in_flight AS requests_in_flight,
+           (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after > now())
+               AS waiting_for_retry,
+           (SELECT min(q.run_after) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after > now())
+               AS next_retry_at,
+           (SELECT count(*) FROM fly.user_fly_apps a WHERE a.status = 'failed' AND a.deleted_at IS NULL) AS failed,
+           w.breaker_state, w.breaker_reopens_at, w.rate_limited AS requests_rate_limited,
+           w.last_error, w.last_error_at, w.database
+      FROM fly.worker_status() w;
+    REVOKE ALL ON FUNCTION fly.worker_status() FROM PUBLIC;
+    REVOKE ALL ON fly.worker_overview FROM PUBLIC;
+    FOREACH statement IN ARRAY grants LOOP
+        EXECUTE statement;
+    END LOOP;
+END $do$;
