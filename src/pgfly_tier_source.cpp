@@ -66,30 +66,30 @@ Oid
 ColumnType(Oid relid, const char *table, const char *column, const char *role) {
 	const AttrNumber attnum = get_attnum(relid, column);
 	if (attnum <= 0) {
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
-		                errmsg("column \"%s\" of table %s does not exist", column, table),
-		                errdetail("pg_fly was attached with it as the %s column.", role),
-		                errhint("Attach the table again naming its columns: SELECT fly.attach_tier_trigger('%s', "
-		                        "'<user id column>', '<tier column>').",
-		                        table)));
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("column \"%s\" of table %s does not exist", column, table),
+				 errdetail("pg_fly was attached with it as the %s column.", role),
+				 errhint("Attach the table again naming its columns: SELECT fly.attach_tier_trigger('%s', "
+						 "'<user id column>', '<tier column>').",
+						 table)));
 	}
 	return get_atttype(relid, attnum);
 }
 
 [[noreturn]] void
 RefuseColumnType(const char *table, const char *column, Oid type, const char *role, const char *wanted,
-                 const char *alter_to) {
+				 const char *alter_to) {
 	const bool domain = get_typtype(type) == TYPTYPE_DOMAIN;
 	ereport(ERROR,
-	        (errcode(ERRCODE_DATATYPE_MISMATCH),
-	         errmsg("column \"%s\" of table %s is of type %s, which pg_fly does not read as a %s", column, table,
-	                format_type_be(type), role),
-	         domain ? errdetail("It is a domain over %s: reading it could run the domain's checks, code chosen by its "
-	                            "owner, with the extension's rights.",
-	                            format_type_be(getBaseType(type)))
-	                : errdetail("pg_fly reads %s.", wanted),
-	         errhint("Change the column's type, e.g. ALTER TABLE %s ALTER COLUMN %s TYPE %s.", table,
-	                 quote_identifier(column), alter_to)));
+			(errcode(ERRCODE_DATATYPE_MISMATCH),
+			 errmsg("column \"%s\" of table %s is of type %s, which pg_fly does not read as a %s", column, table,
+					format_type_be(type), role),
+			 domain ? errdetail("It is a domain over %s: reading it could run the domain's checks, code chosen by its "
+								"owner, with the extension's rights.",
+								format_type_be(getBaseType(type)))
+					: errdetail("pg_fly reads %s.", wanted),
+			 errhint("Change the column's type, e.g. ALTER TABLE %s ALTER COLUMN %s TYPE %s.", table,
+					 quote_identifier(column), alter_to)));
 }
 
 // Everything pg_fly requires of the subscription table before it reads it; locks it (and its partitions and
@@ -99,19 +99,20 @@ CheckTierSource(Oid relid, const char *user_column, const char *tier_column) {
 	LockRelationOid(relid, AccessShareLock);
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid))) {
 		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
-		                errmsg("the subscription table pg_fly was attached to (OID %u) no longer exists", relid),
-		                errhint("Attach the table that holds the subscriptions: SELECT fly.attach_tier_trigger("
-		                        "'<schema.table>', '<user id column>', '<tier column>').")));
+						errmsg("the subscription table pg_fly was attached to (OID %u) no longer exists", relid),
+						errhint("Attach the table that holds the subscriptions: SELECT fly.attach_tier_trigger("
+								"'<schema.table>', '<user id column>', '<tier column>').")));
 	}
 	char *table = QualifiedName(relid);
 	const char relkind = get_rel_relkind(relid);
 	if (!IsTable(relkind)) {
-		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("%s is %s, not a table", table, RelationNoun(relkind)),
-		                errdetail("pg_fly reads subscriptions only from an ordinary or partitioned table: reading a view "
-		                          "or a foreign table runs code its owner chose."),
-		                errhint("Make %s an ordinary table again, or attach the table that holds the subscriptions "
-		                        "with fly.attach_tier_trigger().",
-		                        table)));
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("%s is %s, not a table", table, RelationNoun(relkind)),
+				 errdetail("pg_fly reads subscriptions only from an ordinary or partitioned table: reading a view "
+						   "or a foreign table runs code its owner chose."),
+				 errhint("Make %s an ordinary table again, or attach the table that holds the subscriptions "
+						 "with fly.attach_tier_trigger().",
+						 table)));
 	}
 	// Reading a table reads its partitions and inheritance children too.
 	List *members = find_all_inheritors(relid, AccessShareLock, nullptr);
@@ -121,19 +122,20 @@ CheckTierSource(Oid relid, const char *user_column, const char *tier_column) {
 		const char member_kind = get_rel_relkind(member);
 		if (member != relid && !IsTable(member_kind)) {
 			char *name = QualifiedName(member);
-			ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
-			                errmsg("%s, a partition or child table of %s, is %s", name, table, RelationNoun(member_kind)),
-			                errdetail("pg_fly reads subscriptions only from ordinary tables: reading a foreign table "
-			                          "runs code its owner chose."),
-			                errhint("Detach it (ALTER TABLE %s DETACH PARTITION %s, or ALTER TABLE %s NO INHERIT %s) "
-			                        "or move its rows into an ordinary table.",
-			                        table, name, name, table)));
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("%s, a partition or child table of %s, is %s", name, table, RelationNoun(member_kind)),
+					 errdetail("pg_fly reads subscriptions only from ordinary tables: reading a foreign table "
+							   "runs code its owner chose."),
+					 errhint("Detach it (ALTER TABLE %s DETACH PARTITION %s, or ALTER TABLE %s NO INHERIT %s) "
+							 "or move its rows into an ordinary table.",
+							 table, name, name, table)));
 		}
 	}
 	const Oid user_type = ColumnType(relid, table, user_column, "user id");
 	if (user_type != UUIDOID && user_type != TEXTOID && user_type != VARCHAROID) {
 		RefuseColumnType(table, user_column, user_type, "user id", "user ids from uuid, text or varchar columns",
-		                 "uuid");
+						 "uuid");
 	}
 	const Oid tier_type = ColumnType(relid, table, tier_column, "tier");
 	if (tier_type != TEXTOID && tier_type != VARCHAROID && get_typtype(tier_type) != TYPTYPE_ENUM) {
@@ -146,7 +148,8 @@ void
 RequireArguments(FunctionCallInfo fcinfo, int count) {
 	for (int i = 0; i < count; i++) {
 		if (PG_ARGISNULL(i)) {
-			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("table and column names must not be NULL")));
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("table and column names must not be NULL")));
 		}
 	}
 }
@@ -190,14 +193,15 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 	StringInfoData sql;
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT %s, %s FROM %s", quote_identifier(user_column), quote_identifier(tier_column),
-	                 QualifiedName(relid));
+					 QualifiedName(relid));
 	Oid argtypes[1] = {user_type == UUIDOID ? static_cast<Oid>(UUIDOID) : static_cast<Oid>(TEXTOID)};
 	Datum args[1] = {0};
 	int nargs = 0;
 	if (!PG_ARGISNULL(3)) {
 		nargs = 1;
-		args[0] = user_type == UUIDOID ? PG_GETARG_DATUM(3)
-		                               : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(3))));
+		args[0] = user_type == UUIDOID
+					  ? PG_GETARG_DATUM(3)
+					  : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(3))));
 		// The column's own type on both sides: the built-in equality, pinned.
 		appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) $1", quote_identifier(user_column));
 	}
@@ -211,7 +215,7 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 	SetUserIdAndSecContext(owner, saved_context | SECURITY_RESTRICTED_OPERATION);
 	const int guc_level = NewGUCNestLevel();
 	set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
-	                  false);
+					  false);
 	PG_TRY();
 	{
 		if (SPI_connect() != SPI_OK_CONNECT) {
