@@ -54,4 +54,18 @@ UPDATE fly.user_fly_apps SET image = 'registry.fly.io/vyx:v2' WHERE deleted_at I
 SELECT fly.start_image_rollout('registry.fly.io/vyx:v2') AS rollout_id \gset
 SELECT status, apps, percent_done FROM fly.image_rollout_progress WHERE id = :rollout_id;
 
+-- started_by is the session's user, not the extension's owner the SECURITY DEFINER function runs as.
+CREATE ROLE pgfly_rollout_admin;
+GRANT USAGE ON SCHEMA fly TO pgfly_rollout_admin;
+GRANT EXECUTE ON FUNCTION fly.start_image_rollout(text, integer, integer, interval) TO pgfly_rollout_admin;
+UPDATE fly.user_fly_apps SET image = 'registry.fly.io/vyx:v1' WHERE fly_app_name = 'vyx-user-roll0001';
+SET SESSION AUTHORIZATION pgfly_rollout_admin;
+SELECT fly.start_image_rollout('registry.fly.io/vyx:v2') AS rollout_id \gset
+RESET SESSION AUTHORIZATION;
+SELECT started_by, apps FROM fly.image_rollout_progress WHERE id = :rollout_id;
+SELECT fly.cancel_image_rollout(:rollout_id);
+REVOKE ALL ON FUNCTION fly.start_image_rollout(text, integer, integer, interval) FROM pgfly_rollout_admin;
+REVOKE ALL ON SCHEMA fly FROM pgfly_rollout_admin;
+DROP ROLE pgfly_rollout_admin;
+
 TRUNCATE fly.image_rollouts, fly.image_rollout_apps, fly.user_fly_apps CASCADE;

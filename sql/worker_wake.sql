@@ -21,8 +21,21 @@ SELECT wait_for('(SELECT pid IS NOT NULL AND iterations > 0 FROM fly.worker_stat
 SELECT backend_type, application_name, datname, wait_event_type
   FROM pg_stat_activity WHERE backend_type = 'pg_fly worker';
 SELECT pid = (SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_fly worker') AS status_pid_matches,
-       token_source
+       token_source, database
   FROM fly.worker_status();
+SELECT database FROM fly.worker_overview;
+
+-- In a database the worker does not work in, CREATE EXTENSION and attach_tier_trigger warn, and
+-- worker_status() (shared memory is cluster-wide) names the worker's database.
+CREATE DATABASE pgfly_elsewhere;
+\c pgfly_elsewhere
+CREATE EXTENSION pg_fly;
+CREATE TABLE user_subscriptions (user_id uuid PRIMARY KEY, tier text);
+SELECT fly.attach_tier_trigger();
+SELECT pid IS NOT NULL AS worker_running, database FROM fly.worker_status();
+\c contrib_regression
+DROP DATABASE pgfly_elsewhere;
+SET search_path = public, fly;
 
 INSERT INTO user_profiles VALUES ('99999999-9999-4999-8999-999999999999', 'u9@example.com');
 INSERT INTO user_subscriptions VALUES ('99999999-9999-4999-8999-999999999999', 'free');

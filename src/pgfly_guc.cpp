@@ -42,8 +42,12 @@ char *app_health_url = nullptr;
 bool restart_stopped_machines = true;
 bool reprovision_vanished_apps = true;
 char *app_secrets_file = nullptr;
+int notify_payload = kNotifyPayloadMinimal;
 
 namespace {
+
+const struct config_enum_entry kNotifyPayloadOptions[] = {
+    {"minimal", kNotifyPayloadMinimal, false}, {"full", kNotifyPayloadFull, false}, {nullptr, 0, false}};
 
 // Settings whose value goes into a URL path: lower-case letters, digits and dashes only.
 bool
@@ -226,6 +230,12 @@ DefineSettings() {
 	DefineCustomStringVariable("fly.app_secrets_file", "File of NAME=value app secrets set on every app.",
 	                           "NAME:base64=value sends the value base64-encoded. Values never reach tables or logs.",
 	                           &app_secrets_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	// Not GUC_SUPERUSER_ONLY: the status trigger reads it in whichever role writes fly.user_fly_apps.
+	DefineCustomEnumVariable("fly.notify_payload", "What the pg_fly_alerts and pg_fly_status notifications carry.",
+	                         "minimal: kinds, statuses and row ids only, since any role may LISTEN; full: also user "
+	                         "ids, app names and error messages.",
+	                         &notify_payload, kNotifyPayloadMinimal, kNotifyPayloadOptions, PGC_SIGHUP, 0, nullptr,
+	                         nullptr, nullptr);
 }
 
 } // namespace pgfly

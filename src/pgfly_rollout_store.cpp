@@ -2,6 +2,7 @@
 
 #include "pgfly/core/json.hpp"
 #include "pgfly/pg/sql_values.hpp"
+#include "pgfly/pgfly_guc.hpp"
 
 namespace pgfly {
 
@@ -89,8 +90,11 @@ AdvanceRollout(pg::SpiConnection &spi, const RunningRollout &rollout, const roll
 		Json payload = Json::Object();
 		payload.Set("kind", Json::String("image_rollout_halted"));
 		payload.Set("rollout_id", Json::Integer(rollout.id));
-		payload.Set("image", Json::String(rollout.image));
-		payload.Set("reason", Json::String(decision.reason));
+		// The image and the reason are for roles granted fly.image_rollout_progress (LISTEN takes no privilege).
+		if (notify_payload == kNotifyPayloadFull) {
+			payload.Set("image", Json::String(rollout.image));
+			payload.Set("reason", Json::String(decision.reason));
+		}
 		spi.Query("SELECT pg_catalog.pg_notify($1, $2)", {std::string(kAlertChannel), payload.Dump()});
 	}
 }

@@ -108,6 +108,16 @@ Shared() {
 }
 
 void
+PublishWorkerDatabase(const char *database) {
+	if (shared_state == nullptr) {
+		return;
+	}
+	SpinLockAcquire(&shared_state->mutex);
+	strlcpy(shared_state->worker_database, database, sizeof(shared_state->worker_database));
+	SpinLockRelease(&shared_state->mutex);
+}
+
+void
 InstallShmemHooks() {
 	previous_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = ShmemRequest;

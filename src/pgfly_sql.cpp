@@ -133,11 +133,16 @@ PGFLY_SQL_FUNCTION(worker_status) {
 	const TimestampTz last_error_at = shared->last_error_at;
 	char last_error[sizeof(shared->last_error)];
 	memcpy(last_error, shared->last_error, sizeof(last_error));
+	char database[sizeof(shared->worker_database)];
+	// No worker yet: the one that starts will connect to fly.database_name (fixed until a restart).
+	strlcpy(database, pid != 0 && shared->worker_database[0] != '\0' ? shared->worker_database : pgfly::database_name,
+	        sizeof(database));
 	SpinLockRelease(&shared->mutex);
 	last_error[sizeof(last_error) - 1] = '\0';
 
-	Datum values[14];
-	bool nulls[14] = {false};
+	// The 0.2.0 declaration has 14 columns (no database): heap_form_tuple takes as many as it declares.
+	Datum values[15];
+	bool nulls[15] = {false};
 	values[0] = Int32GetDatum(pid);
 	nulls[0] = pid == 0;
 	values[1] = TimestampTzGetDatum(started_at);
@@ -164,6 +169,7 @@ PGFLY_SQL_FUNCTION(worker_status) {
 		if (!nulls[12]) {
 			values[12] = CStringGetTextDatum(last_error);
 		}
+		values[14] = CStringGetTextDatum(database);
 		return heap_form_tuple(BlessTupleDesc(desc), values, nulls);
 	});
 	return HeapTupleGetDatum(tuple);

@@ -4,7 +4,9 @@
 #include <cstdio>
 
 #include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/json.hpp"
 #include "pgfly/pg/sql_values.hpp"
+#include "pgfly/pgfly_guc.hpp"
 
 namespace pgfly {
 
@@ -86,21 +88,39 @@ RecordFailure(pg::SpiConnection &spi, const StepContext &context, const reconcil
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
-// An alert_raised event and a NOTIFY carrying the same JSON, sent when this transaction commits.
+// An alert_raised event holding the alert's JSON, and a NOTIFY sent when this transaction commits. LISTEN takes
+// no privilege, so unless fly.notify_payload = full the notification names no user, app or error: a role
+// granted fly.recent_events reads them from the event the notification's event_id names.
 void
 RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &step, const pg::Value &status) {
 	const bool failed = step.completion == reconcile::Completion::kFailed;
+	const std::string kind = failed ? "failed" : "repeated_failures";
 	auto rows = spi.Query(
 	    "SELECT pg_catalog.json_build_object('kind', $3, 'user_id', $1, 'fly_app_name', "
 	    "(SELECT a.fly_app_name FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $2::pg_catalog.int8), "
 	    "'status', $4, 'attempts', $5::pg_catalog.int4, 'error', $6, 'at', pg_catalog.now())::text",
-	    {context.user_id, std::to_string(context.app_id), std::string(failed ? "failed" : "repeated_failures"), status,
-	     std::to_string(context.attempts), step.error},
+	    {context.user_id, std::to_string(context.app_id), kind, status, std::to_string(context.attempts), step.error},
 	    true);
-	const pg::Value payload = rows.at(0).at(0);
-	spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-	          "VALUES (NULLIF($1, '0')::pg_catalog.int8, $2::pg_catalog.uuid, 'alert_raised', $3, $4::pg_catalog.jsonb)",
-	          {std::to_string(context.app_id), context.user_id, status, payload});
+	const pg::Value details = rows.at(0).at(0);
+	auto event = spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+	                       "VALUES (NULLIF($1, '0')::pg_catalog.int8, $2::pg_catalog.uuid, 'alert_raised', $3, "
+	                       "$4::pg_catalog.jsonb) RETURNING id",
+	                       {std::to_string(context.app_id), context.user_id, status, details});
+	const std::string event_id = event.at(0).at(0).value_or("0");
+	std::string payload;
+	if (notify_payload == kNotifyPayloadFull) {
+		auto full = spi.Query("SELECT ($1::pg_catalog.jsonb OPERATOR(pg_catalog.||) "
+		                      "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::text",
+		                      {details, event_id}, true);
+		payload = full.at(0).at(0).value_or("{}");
+	} else {
+		Json minimal = Json::Object();
+		minimal.Set("kind", Json::String(kind));
+		minimal.Set("event_id", Json::Integer(ToInt(pg::Value(event_id))));
+		minimal.Set("status", status ? Json::String(*status) : Json::Null());
+		minimal.Set("attempts", Json::Integer(context.attempts));
+		payload = minimal.Dump();
+	}
 	spi.Query("SELECT pg_catalog.pg_notify($1, $2)", {std::string(kAlertChannel), payload});
 	spi.Query("UPDATE fly.reconcile_queue SET alerted = true WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
 	          {context.user_id});

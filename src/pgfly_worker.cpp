@@ -149,6 +149,7 @@ PgFlyWorkerMain(Datum) {
 	BackgroundWorkerInitializeConnection(pgfly::database_name, nullptr, 0);
 	pgstat_report_appname("pg_fly worker");
 	pgfly::PublishWorker(shared, true);
+	pgfly::PublishWorkerDatabase(pgfly::database_name);
 	on_shmem_exit(pgfly::UnpublishWorker, 0);
 	ereport(LOG, (errmsg("pg_fly worker started in database \"%s\"", pgfly::database_name)));
 	// Returns only by an error, which ends the worker; the postmaster starts it again after a second.

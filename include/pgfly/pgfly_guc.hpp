@@ -34,6 +34,9 @@ extern char *app_health_url;
 extern bool restart_stopped_machines;
 extern bool reprovision_vanished_apps;
 extern char *app_secrets_file;
+// fly.notify_payload
+enum NotifyPayload { kNotifyPayloadMinimal = 0, kNotifyPayloadFull = 1 };
+extern int notify_payload;
 
 // Defines every fly.* setting; called from _PG_init.
 void DefineSettings();

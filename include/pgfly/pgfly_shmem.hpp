@@ -27,6 +27,7 @@ struct SharedState {
 	TimestampTz breaker_reopen_at;
 	TimestampTz last_error_at;
 	char last_error[512];    // the last failed attempt's message (never a secret)
+	char worker_database[NAMEDATALEN]; // the database the worker connected to (fly.worker_status())
 	// Set by a committing backend that enqueued work; the worker swaps it back to 0 when it wakes, so many
 	// concurrent commits cost one SetLatch.
 	pg_atomic_uint32 wake_pending;
@@ -40,6 +41,9 @@ struct SharedState {
 
 // Null until shared memory is attached (always attached when pg_fly is preloaded).
 SharedState *Shared();
+
+// Records the database the worker connected to; called by the worker when it starts.
+void PublishWorkerDatabase(const char *database);
 
 // Hooks shared memory into the postmaster; called from _PG_init.
 void InstallShmemHooks();

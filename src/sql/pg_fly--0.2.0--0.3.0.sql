@@ -2,3 +2,264 @@
 -- EXTENSION pg_fly UPDATE runs this one on an existing 0.2.0 installation. Never edit a released script: add a
 -- new upgrade script.
 \echo Use "ALTER EXTENSION pg_fly UPDATE" to load this file. \quit
+
+
+--------------------------------------------------------------------------------------------------------------
+-- The application's subscription table belongs to an ordinary role, which decides what reading it runs:
+-- casts and domain checks of its column types, a view's rules, RLS policies, index and statistics expressions
+-- the planner folds, foreign partitions. pg_fly's SECURITY DEFINER functions (the extension owner's rights)
+-- read it only through fly._subscription_rows(), which checks the table at every call and reads it as its
+-- owner inside a security-restricted operation, through the types' output functions.
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly._check_tier_source(tbl regclass, user_column name, tier_column name) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', '_check_tier_source';
+CREATE FUNCTION fly._subscription_rows(tbl regclass, user_column name, tier_column name, user_id uuid)
+RETURNS TABLE (user_id text, tier text)
+    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_rows';
+REVOKE ALL ON FUNCTION fly._check_tier_source(regclass, name, name),
+    fly._subscription_rows(regclass, name, name, uuid) FROM PUBLIC;
+
+-- A relation's name for DDL, schema-qualified and quoted (regclass output depends on the search_path).
+CREATE FUNCTION fly._relation_name(tbl regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('%I.%I', n.nspname, c.relname)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1
+$$;
+REVOKE ALL ON FUNCTION fly._relation_name(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION fly._drop_tier_trigger(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_change') THEN
+        EXECUTE format('DROP TRIGGER on_user_tier_change ON %s', fly._relation_name(tbl));
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_truncate') THEN
+        EXECUTE format('DROP TRIGGER on_user_tier_truncate ON %s', fly._relation_name(tbl));
+    END IF;
+END $$;
+
+-- pg_fly's worker works in fly.database_name only: a subscription table elsewhere queues work nobody does.
+-- NULL when the caller may not read the setting (pg_settings hides it).
+CREATE FUNCTION fly._warn_if_not_worker_database(what text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    worker_database text := (SELECT s.setting FROM pg_settings s WHERE s.name = 'fly.database_name');
+BEGIN
+    IF worker_database IS NOT NULL AND worker_database <> current_database() THEN
+        RAISE WARNING 'pg_fly''s worker works in database "%", not in "%": % here is never provisioned',
+            worker_database, current_database(), what
+            USING HINT = format('Set fly.database_name = %L in postgresql.conf and restart the server, or use '
+                                'pg_fly in database %I.', current_database(), worker_database);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION fly._warn_if_not_worker_database(text) FROM PUBLIC;
+
+DO $$ BEGIN PERFORM fly._warn_if_not_worker_database('work queued'); END $$;
+
+CREATE OR REPLACE FUNCTION fly.attach_tier_trigger(
+    tbl regclass DEFAULT 'public.user_subscriptions'::text::regclass,  -- resolved at call time
+    user_column name DEFAULT 'user_id',
+    tier_column name DEFAULT 'tier')
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind      "char";
+    user_type regtype;
+    previous  regclass;
+BEGIN
+    IF tbl IS NULL OR user_column IS NULL OR tier_column IS NULL THEN
+        RAISE EXCEPTION 'attach_tier_trigger: table and column names must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = tbl;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'attach_tier_trigger: "%" is not a table', tbl USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT a.atttypid::regtype INTO user_type FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = user_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" does not exist', user_column, tbl
+            USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the user id (a uuid).';
+    END IF;
+    IF user_type NOT IN ('uuid'::regtype, 'text'::regtype, 'character varying'::regtype) THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" is of type %, not uuid',
+            user_column, tbl, user_type
+            USING ERRCODE = 'datatype_mismatch', HINT = 'The user id column must be uuid (or text holding uuids).';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = tier_column
+                   AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'attach_tier_trigger: column "%" of table "%" does not exist', tier_column, tbl
+            USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the subscription tier.';
+    END IF;
+    -- The tier column's type, partitions and children: what pg_fly's functions check again at every read.
+    PERFORM fly._check_tier_source(tbl, user_column, tier_column);
+    PERFORM fly._warn_if_not_worker_database('a tier change');
+
+    SELECT s.table_name INTO previous FROM fly.tier_source s;
+    IF previous IS NOT NULL AND previous <> tbl THEN
+        PERFORM fly._drop_tier_trigger(previous);
+        RAISE NOTICE 'pg_fly now watches % instead of %', tbl, previous;
+    END IF;
+    PERFORM fly._drop_tier_trigger(tbl);
+    EXECUTE format('CREATE TRIGGER on_user_tier_change AFTER INSERT OR UPDATE OF %I, %I OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION fly.on_user_tier_change(%L, %L)',
+                   user_column, tier_column, fly._relation_name(tbl), user_column, tier_column);
+    EXECUTE format('CREATE TRIGGER on_user_tier_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION fly.on_user_tier_truncate()', fly._relation_name(tbl));
+    INSERT INTO fly.tier_source (table_name, user_column, tier_column)
+    VALUES (tbl, user_column, tier_column)
+    ON CONFLICT (singleton) DO UPDATE
+       SET table_name = excluded.table_name, user_column = excluded.user_column,
+           tier_column = excluded.tier_column, attached_at = now();
+END $$;
+
+-- The user's current tier from the attached subscription table; errors name what is missing.
+CREATE OR REPLACE FUNCTION fly._subscription_tier(p_user_id uuid) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src   fly.tier_source;
+    tiers text[];
+BEGIN
+    src := fly._tier_source();
+    SELECT array_agg(s.tier) INTO tiers
+      FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, p_user_id) s;
+    IF tiers IS NULL THEN
+        RAISE EXCEPTION 'user % has no subscription in %', p_user_id, src.table_name
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF cardinality(tiers) > 1 THEN
+        RAISE EXCEPTION 'user % has % subscription rows in %; pg_fly expects one', p_user_id,
+            cardinality(tiers), src.table_name USING ERRCODE = 'cardinality_violation';
+    END IF;
+    RETURN tiers[1];
+END $$;
+
+CREATE OR REPLACE FUNCTION fly.onboard_existing_users(dry_run boolean DEFAULT true)
+RETURNS TABLE (user_id uuid, tier text, queued boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source;
+    skipped bigint;
+    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
+    uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
+BEGIN
+    src := fly._tier_source();
+    SELECT count(*) INTO skipped
+      FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
+      JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app
+     WHERE r.user_id !~* uuid_pattern;
+    IF skipped > 0 THEN
+        RAISE WARNING '% subscription row(s) on a paid tier have a user id that is not a uuid; they are skipped',
+            skipped USING HINT = format('Find them with: SELECT * FROM %s WHERE %I::text !~* %L',
+                                        fly._relation_name(src.table_name), src.user_column, uuid_pattern);
+    END IF;
+    -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (CASE keeps the cast from failing).
+    FOR user_id, tier IN
+        SELECT s.uid, s.tier
+          FROM (SELECT CASE WHEN r.user_id ~* uuid_pattern THEN r.user_id::uuid END AS uid, r.tier
+                  FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
+                  JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app) s
+         WHERE s.uid IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = s.uid AND a.deleted_at IS NULL
+                           AND a.status <> 'failed')
+           AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = s.uid)
+         ORDER BY 1
+    LOOP
+        IF NOT dry_run THEN
+            PERFORM fly._enqueue_reconcile(user_id, 'present', tier, 'onboarding');
+        END IF;
+        queued := NOT dry_run;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+--------------------------------------------------------------------------------------------------------------
+-- Notifications. LISTEN takes no privilege: unless fly.notify_payload = full, a notification carries only
+-- what a role without grants may see, and the row ids a granted role looks the rest up by (fly.live_apps and
+-- fly.recent_events now show the app row's id).
+--------------------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION fly._notify_status_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    payload jsonb := jsonb_build_object(
+        'app_row_id', NEW.id, 'status', NEW.status,
+        'previous_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
+        'health_status', NEW.health_status,
+        'previous_health_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.health_status END,
+        'at', now());
+BEGIN
+    IF current_setting('fly.notify_payload', true) IS NOT DISTINCT FROM 'full' THEN
+        payload := payload || jsonb_build_object('user_id', NEW.user_id, 'fly_app_name', NEW.fly_app_name);
+    END IF;
+    PERFORM pg_notify('pg_fly_status', payload::text);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE VIEW fly.live_apps AS
+SELECT a.user_id, a.fly_app_name, a.status, a.health_status, a.region, a.tier, a.fly_machine_id,
+       a.monthly_cost_estimate_usd, a.last_health_check_at, a.created_at, a.updated_at, a.id AS app_row_id
+  FROM fly.user_fly_apps a
+ WHERE a.deleted_at IS NULL;
+
+CREATE OR REPLACE VIEW fly.recent_events AS
+SELECT e.id, e.created_at, e.event_type, e.status, e.user_id, a.fly_app_name, e.details,
+       e.fly_app_id AS app_row_id
+  FROM fly.user_fly_app_events e
+  LEFT JOIN fly.user_fly_apps a ON a.id = e.fly_app_id;
+
+--------------------------------------------------------------------------------------------------------------
+-- Who started a rollout: the session's user. current_user inside the SECURITY DEFINER function is always the
+-- extension's owner.
+--------------------------------------------------------------------------------------------------------------
+ALTER TABLE fly.image_rollouts ALTER COLUMN started_by SET DEFAULT session_user;
+
+--------------------------------------------------------------------------------------------------------------
+-- worker_status() shows the worker's database (shared memory is cluster-wide, the queue is per database).
+-- A new result column needs DROP + CREATE, and so does the view built on it; their grants are carried over.
+--------------------------------------------------------------------------------------------------------------
+DO $do$
+DECLARE
+    grants text[];
+    statement text;
+BEGIN
+    SELECT coalesce(array_agg(format('GRANT %s ON %s TO %s%s', a.privilege_type, o.target,
+                                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
+      INTO grants
+      FROM (SELECT 'FUNCTION fly.worker_status()' AS target, p.proacl AS acl, p.proowner AS owner
+              FROM pg_proc p WHERE p.oid = 'fly.worker_status()'::regprocedure
+            UNION ALL
+            SELECT 'TABLE fly.worker_overview', c.relacl, c.relowner
+              FROM pg_class c WHERE c.oid = 'fly.worker_overview'::regclass) o,
+           aclexplode(o.acl) a
+      LEFT JOIN pg_roles r ON r.oid = a.grantee
+     WHERE a.grantee <> o.owner;
+
+    DROP VIEW fly.worker_overview;
+    DROP FUNCTION fly.worker_status();
+    CREATE FUNCTION fly.worker_status(
+        OUT pid integer, OUT started_at timestamptz, OUT commit_wakes bigint, OUT timer_wakes bigint,
+        OUT iterations bigint, OUT last_wake_at timestamptz, OUT queue_ready bigint, OUT token_source text,
+        OUT in_flight integer, OUT rate_limited integer, OUT breaker_state text, OUT breaker_reopens_at timestamptz,
+        OUT last_error text, OUT last_error_at timestamptz, OUT database text)
+        RETURNS record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'worker_status';
+    -- The worker at a glance: queue, failures, breaker, rate-limit waits, last error, pid, uptime, database.
+    CREATE VIEW fly.worker_overview AS
+    SELECT w.pid, now() - w.started_at AS uptime, w.token_source,
+           (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after <= now())
+               AS pending,
+           (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NOT NULL) AS in_progress,
+           w.in_flight AS requests_in_flight,
+           (SELECT count(*) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after > now())
+               AS waiting_for_retry,
+           (SELECT min(q.run_after) FROM fly.reconcile_queue q WHERE q.claimed_at IS NULL AND q.run_after > now())
+               AS next_retry_at,
+           (SELECT count(*) FROM fly.user_fly_apps a WHERE a.status = 'failed' AND a.deleted_at IS NULL) AS failed,
+           w.breaker_state, w.breaker_reopens_at, w.rate_limited AS requests_rate_limited,
+           w.last_error, w.last_error_at, w.database
+      FROM fly.worker_status() w;
+    REVOKE ALL ON FUNCTION fly.worker_status() FROM PUBLIC;
+    REVOKE ALL ON fly.worker_overview FROM PUBLIC;
+    FOREACH statement IN ARRAY grants LOOP
+        EXECUTE statement;
+    END LOOP;
+END $do$;

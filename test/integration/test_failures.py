@@ -26,9 +26,9 @@ def fly_requests(sim):
 class Listener(threading.Thread):
     """A session that LISTENs on a channel for `seconds` and collects the payloads it received."""
 
-    def __init__(self, pg, channel, seconds):
+    def __init__(self, pg, channel, seconds, role="postgres"):
         super().__init__(daemon=True)
-        self.command = [os.path.join(PG_BIN, "psql"), "-X", "-h", pg.workdir, "-p", str(pg.port), "-U", "postgres",
+        self.command = [os.path.join(PG_BIN, "psql"), "-X", "-h", pg.workdir, "-p", str(pg.port), "-U", role,
                         "-d", pg.database, "-c", f"LISTEN {channel}", "-c", f"SELECT pg_sleep({seconds})"]
         self.workdir = pg.workdir
         self.payloads = []
@@ -114,11 +114,15 @@ class RetryTest(ProvisioningTestCase):
         for user in others:
             self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{user}'"), "active")
         listener.join(timeout=30)
-        alerts = [p for p in listener.payloads if p["user_id"] == doomed]
+        # The notification names the event; the details are read from it (fly.recent_events for a granted role).
+        alerts = [(p, self.pg.sql(f"SELECT user_id, fly_app_name, details->>'kind', details->>'attempts' "
+                                  f"FROM fly.recent_events WHERE id = {p['event_id']}")[0])
+                  for p in listener.payloads]
+        alerts = [(p, event) for p, event in alerts if event[0] == doomed]
         self.assertEqual(len(alerts), 1, listener.payloads)
-        self.assertEqual(alerts[0]["kind"], "repeated_failures")
-        self.assertEqual(alerts[0]["attempts"], 3)
-        self.assertEqual(alerts[0]["fly_app_name"], app_name(doomed))
+        payload, event = alerts[0]
+        self.assertEqual((payload["kind"], payload["attempts"]), ("repeated_failures", 3))
+        self.assertEqual(event[1:], [app_name(doomed), "repeated_failures", "3"])
 
         # retry_user_app: explains why not for a healthy user, succeeds for the failed one once faults stop.
         result = self.pg.psql(f"SELECT fly.retry_user_app('{others[0]}')", check=False)
@@ -228,6 +232,79 @@ class BulkOnboardingTest(ProvisioningTestCase):
         self.assertNotIn("429", stats["by_status"])
 
 
+class NotifyPayloadTest(ProvisioningTestCase):
+    """LISTEN takes no privilege: what pg_fly_alerts and pg_fly_status carry reaches any role that can connect."""
+
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.max_attempts": "3", "fly.alert_after_attempts": "2",
+                        "fly.rate_limits": "off"}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.pg.sql("CREATE ROLE snoop LOGIN")  # no grant at all
+
+    def listen_while_one_fails_and_one_is_provisioned(self, seed):
+        """Payloads an unprivileged role received on both channels, and the two users (failed, provisioned)."""
+        doomed, fine = users(2, seed)
+        self.sim.configure(faults=[{"endpoint": "list_machines", "app": app_name(doomed), "always": True,
+                                    "kind": "status", "status": 500}])
+        listeners = [Listener(self.pg, channel, 20, role="snoop") for channel in ("pg_fly_alerts", "pg_fly_status")]
+        for listener in listeners:
+            listener.start()
+            listener.ready.wait()
+        time.sleep(0.5)
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{doomed}', 'pro'), ('{fine}', 'pro')")
+        self.settle(timeout=90)
+        self.assertEqual(self.status_of(doomed), "failed")
+        self.assertEqual(self.status_of(fine), "active")
+        for listener in listeners:
+            listener.join(timeout=60)
+        alerts, statuses = (listener.payloads for listener in listeners)
+        self.assertTrue(alerts and statuses, (alerts, statuses))
+        return alerts, statuses, doomed, fine
+
+    def status_of(self, user):
+        return self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{user}'")
+
+    def set_notify_payload(self, value):
+        before = int(self.pg.value("SELECT iterations FROM fly.worker_status()"))
+        self.pg.sql(f"ALTER SYSTEM SET fly.notify_payload = '{value}'")
+        self.pg.reload()
+        # The worker reloads at the top of its next pass (the status trigger runs in its transactions too).
+        self.assertTrue(self.pg.wait_for(f"SELECT iterations >= {before + 2} FROM fly.worker_status()", 30))
+
+    def test_payloads_name_no_user_app_or_error_unless_opted_in(self):
+        alerts, statuses, doomed, fine = self.listen_while_one_fails_and_one_is_provisioned(81)
+        secrets = [doomed, fine, app_name(doomed), app_name(fine), "list_machines", "HTTP 500"]
+        for payload in alerts + statuses:
+            text = json.dumps(payload)
+            for secret in secrets:
+                self.assertNotIn(secret, text)
+        self.assertEqual([set(p) for p in alerts], [{"kind", "event_id", "status", "attempts"}])
+        self.assertTrue(all("user_id" not in p and "fly_app_name" not in p for p in statuses), statuses)
+        # A role granted the views finds the whole record by the ids the notifications carry.
+        event = self.pg.sql(f"SELECT user_id, event_type, fly_app_name, details->>'error' FROM fly.recent_events "
+                            f"WHERE id = {alerts[0]['event_id']}")[0]
+        self.assertEqual(event[:3], [doomed, "alert_raised", app_name(doomed)])
+        self.assertIn("list_machines", event[3])
+        apps = {row[0]: row[1] for row in self.pg.sql("SELECT app_row_id, user_id FROM fly.live_apps")}
+        self.assertEqual({apps[str(p["app_row_id"])] for p in statuses}, {doomed, fine})
+
+        self.set_notify_payload("full")
+        try:
+            self.pg.sql("TRUNCATE user_subscriptions, fly.reconcile_queue, fly.user_fly_app_events, fly.user_fly_apps")
+            alerts, statuses, doomed, fine = self.listen_while_one_fails_and_one_is_provisioned(82)
+        finally:
+            self.pg.sql("ALTER SYSTEM RESET fly.notify_payload")
+            self.pg.reload()
+        self.assertEqual([(p["user_id"], p["fly_app_name"], p["kind"]) for p in alerts],
+                         [(doomed, app_name(doomed), "repeated_failures")])
+        self.assertIn("list_machines", alerts[0]["error"])
+        self.assertIn("event_id", alerts[0])
+        self.assertEqual({(p["user_id"], p["fly_app_name"]) for p in statuses},
+                         {(doomed, app_name(doomed)), (fine, app_name(fine))})
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
 
@@ -257,8 +334,10 @@ class OnboardingTest(ProvisioningTestCase):
         self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "20")
         self.assertEqual([r for r in fly_requests(self.sim) if r["status"] == 429], [])
         listener.join(timeout=60)
+        owners = dict(self.pg.sql("SELECT id, user_id FROM fly.user_fly_apps"))
         for user in group:
-            changes = [(p["previous_status"], p["status"]) for p in listener.payloads if p["user_id"] == user]
+            changes = [(p["previous_status"], p["status"]) for p in listener.payloads
+                       if owners.get(str(p["app_row_id"])) == user]
             self.assertEqual(changes, [(None, "provisioning"), ("provisioning", "active")], user)
         costs = self.pg.sql("SELECT monthly_estimate_usd FROM fly.cost_summary WHERE tier IS NULL")
         self.assertEqual(costs, [[f"{20 * 2.32:.2f}"]])

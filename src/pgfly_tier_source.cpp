@@ -1,0 +1,267 @@
+// Reading the application's subscription table from pg_fly's SECURITY DEFINER functions.
+//
+// Those functions run as the extension's owner, a superuser, while the table belongs to an ordinary role that
+// decides what reading it runs: casts and domain checks on its column types, a view's rules, RLS policies,
+// index, statistics and CHECK expressions the planner folds, foreign partitions. So the table is checked at
+// every call (an ordinary or partitioned table whose members are ordinary tables, columns of the types pg_fly
+// reads) and read the way PostgreSQL's own maintenance commands read a table: as its owner, inside a
+// security-restricted operation, with a pinned search_path; values come out through their types' output
+// functions, never through a cast. The owner's code then runs with the owner's rights only.
+//
+// Postgres-regime code: no C++ objects, errors by ereport (as in PgFlyWorkerMain), so no longjmp skips a
+// destructor.
+#include "pgfly/pg/postgres.hpp"
+
+extern "C" {
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_type.h"
+#include "lib/stringinfo.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/uuid.h"
+}
+
+namespace {
+
+constexpr long kFetchRows = 1000;
+
+const char *
+RelationNoun(char relkind) {
+	switch (relkind) {
+	case RELKIND_VIEW:
+		return "a view";
+	case RELKIND_MATVIEW:
+		return "a materialized view";
+	case RELKIND_FOREIGN_TABLE:
+		return "a foreign table";
+	case RELKIND_SEQUENCE:
+		return "a sequence";
+	case RELKIND_COMPOSITE_TYPE:
+		return "a composite type";
+	case RELKIND_INDEX:
+	case RELKIND_PARTITIONED_INDEX:
+		return "an index";
+	default:
+		return "not an ordinary table";
+	}
+}
+
+char *
+QualifiedName(Oid relid) {
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
+}
+
+bool
+IsTable(char relkind) {
+	return relkind == RELKIND_RELATION || relkind == RELKIND_PARTITIONED_TABLE;
+}
+
+// The column's type, or an error naming the column when it is missing.
+Oid
+ColumnType(Oid relid, const char *table, const char *column, const char *role) {
+	const AttrNumber attnum = get_attnum(relid, column);
+	if (attnum <= 0) {
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("column \"%s\" of table %s does not exist", column, table),
+				 errdetail("pg_fly was attached with it as the %s column.", role),
+				 errhint("Attach the table again naming its columns: SELECT fly.attach_tier_trigger('%s', "
+						 "'<user id column>', '<tier column>').",
+						 table)));
+	}
+	return get_atttype(relid, attnum);
+}
+
+[[noreturn]] void
+RefuseColumnType(const char *table, const char *column, Oid type, const char *role, const char *wanted,
+				 const char *alter_to) {
+	const bool domain = get_typtype(type) == TYPTYPE_DOMAIN;
+	ereport(ERROR,
+			(errcode(ERRCODE_DATATYPE_MISMATCH),
+			 errmsg("column \"%s\" of table %s is of type %s, which pg_fly does not read as a %s", column, table,
+					format_type_be(type), role),
+			 domain ? errdetail("It is a domain over %s: reading it could run the domain's checks, code chosen by its "
+								"owner, with the extension's rights.",
+								format_type_be(getBaseType(type)))
+					: errdetail("pg_fly reads %s.", wanted),
+			 errhint("Change the column's type, e.g. ALTER TABLE %s ALTER COLUMN %s TYPE %s.", table,
+					 quote_identifier(column), alter_to)));
+}
+
+// Everything pg_fly requires of the subscription table before it reads it; locks it (and its partitions and
+// children) against concurrent changes for the rest of the transaction. Returns the user column's type.
+Oid
+CheckTierSource(Oid relid, const char *user_column, const char *tier_column) {
+	LockRelationOid(relid, AccessShareLock);
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid))) {
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+						errmsg("the subscription table pg_fly was attached to (OID %u) no longer exists", relid),
+						errhint("Attach the table that holds the subscriptions: SELECT fly.attach_tier_trigger("
+								"'<schema.table>', '<user id column>', '<tier column>').")));
+	}
+	char *table = QualifiedName(relid);
+	const char relkind = get_rel_relkind(relid);
+	if (!IsTable(relkind)) {
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("%s is %s, not a table", table, RelationNoun(relkind)),
+				 errdetail("pg_fly reads subscriptions only from an ordinary or partitioned table: reading a view "
+						   "or a foreign table runs code its owner chose."),
+				 errhint("Make %s an ordinary table again, or attach the table that holds the subscriptions "
+						 "with fly.attach_tier_trigger().",
+						 table)));
+	}
+	// Reading a table reads its partitions and inheritance children too.
+	List *members = find_all_inheritors(relid, AccessShareLock, nullptr);
+	ListCell *cell;
+	foreach (cell, members) {
+		const Oid member = lfirst_oid(cell);
+		const char member_kind = get_rel_relkind(member);
+		if (member != relid && !IsTable(member_kind)) {
+			char *name = QualifiedName(member);
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("%s, a partition or child table of %s, is %s", name, table, RelationNoun(member_kind)),
+					 errdetail("pg_fly reads subscriptions only from ordinary tables: reading a foreign table "
+							   "runs code its owner chose."),
+					 errhint("Detach it (ALTER TABLE %s DETACH PARTITION %s, or ALTER TABLE %s NO INHERIT %s) "
+							 "or move its rows into an ordinary table.",
+							 table, name, name, table)));
+		}
+	}
+	const Oid user_type = ColumnType(relid, table, user_column, "user id");
+	if (user_type != UUIDOID && user_type != TEXTOID && user_type != VARCHAROID) {
+		RefuseColumnType(table, user_column, user_type, "user id", "user ids from uuid, text or varchar columns",
+						 "uuid");
+	}
+	const Oid tier_type = ColumnType(relid, table, tier_column, "tier");
+	if (tier_type != TEXTOID && tier_type != VARCHAROID && get_typtype(tier_type) != TYPTYPE_ENUM) {
+		RefuseColumnType(table, tier_column, tier_type, "tier", "tiers from text, varchar or enum columns", "text");
+	}
+	return user_type;
+}
+
+void
+RequireArguments(FunctionCallInfo fcinfo, int count) {
+	for (int i = 0; i < count; i++) {
+		if (PG_ARGISNULL(i)) {
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("table and column names must not be NULL")));
+		}
+	}
+}
+
+} // namespace
+
+extern "C" {
+
+// fly._check_tier_source(tbl regclass, user_column name, tier_column name): errors that name what pg_fly cannot
+// read safely (attach_tier_trigger checks the table with it).
+PG_FUNCTION_INFO_V1(_check_tier_source);
+Datum
+_check_tier_source(PG_FUNCTION_ARGS) {
+	RequireArguments(fcinfo, 3);
+	CheckTierSource(PG_GETARG_OID(0), NameStr(*PG_GETARG_NAME(1)), NameStr(*PG_GETARG_NAME(2)));
+	PG_RETURN_VOID();
+}
+
+// fly._subscription_rows(tbl regclass, user_column name, tier_column name, user_id uuid) RETURNS TABLE (user_id
+// text, tier text): the table's rows (only the user's, when user_id is not NULL), read as the table's owner.
+PG_FUNCTION_INFO_V1(_subscription_rows);
+Datum
+_subscription_rows(PG_FUNCTION_ARGS) {
+	RequireArguments(fcinfo, 3);
+	// It reads with the owner's rights: only pg_fly's own SECURITY DEFINER functions may call it.
+	if (!superuser()) {
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("fly._subscription_rows() is pg_fly's own")));
+	}
+	const Oid relid = PG_GETARG_OID(0);
+	const char *user_column = NameStr(*PG_GETARG_NAME(1));
+	const char *tier_column = NameStr(*PG_GETARG_NAME(2));
+	const Oid user_type = CheckTierSource(relid, user_column, tier_column);
+
+	HeapTuple class_tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(class_tuple)) {
+		elog(ERROR, "pg_fly: cache lookup failed for relation %u", relid);
+	}
+	const Oid owner = reinterpret_cast<Form_pg_class>(GETSTRUCT(class_tuple))->relowner;
+	ReleaseSysCache(class_tuple);
+
+	StringInfoData sql;
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s, %s FROM %s", quote_identifier(user_column), quote_identifier(tier_column),
+					 QualifiedName(relid));
+	Oid argtypes[1] = {user_type == UUIDOID ? static_cast<Oid>(UUIDOID) : static_cast<Oid>(TEXTOID)};
+	Datum args[1] = {0};
+	int nargs = 0;
+	if (!PG_ARGISNULL(3)) {
+		nargs = 1;
+		args[0] = user_type == UUIDOID
+					  ? PG_GETARG_DATUM(3)
+					  : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(3))));
+		// The column's own type on both sides: the built-in equality, pinned.
+		appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) $1", quote_identifier(user_column));
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+	ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
+
+	Oid saved_user;
+	int saved_context;
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(owner, saved_context | SECURITY_RESTRICTED_OPERATION);
+	const int guc_level = NewGUCNestLevel();
+	set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+					  false);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT) {
+			elog(ERROR, "pg_fly: SPI_connect failed");
+		}
+		Portal portal = SPI_cursor_open_with_args(nullptr, sql.data, nargs, argtypes, args, nullptr, true, 0);
+		for (;;) {
+			SPI_cursor_fetch(portal, true, kFetchRows);
+			if (SPI_processed == 0) {
+				break;
+			}
+			for (uint64 i = 0; i < SPI_processed; i++) {
+				Datum values[2];
+				bool nulls[2];
+				for (int c = 0; c < 2; c++) {
+					// The type's output function (uuid, text, varchar or enum: all built in).
+					char *text = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1);
+					nulls[c] = text == nullptr;
+					values[c] = 0;
+					if (text != nullptr) {
+						values[c] = CStringGetTextDatum(text);
+						pfree(text);
+					}
+				}
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+				for (int c = 0; c < 2; c++) {
+					if (!nulls[c]) {
+						pfree(DatumGetPointer(values[c]));
+					}
+				}
+			}
+			SPI_freetuptable(SPI_tuptable);
+		}
+		SPI_cursor_close(portal);
+		SPI_finish();
+	}
+	PG_CATCH();
+	{
+		// The transaction's abort restores both as well; no code runs as the owner after an error either way.
+		SetUserIdAndSecContext(saved_user, saved_context);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	AtEOXact_GUC(false, guc_level);
+	SetUserIdAndSecContext(saved_user, saved_context);
+	return static_cast<Datum>(0);
+}
+
+} // extern "C"
