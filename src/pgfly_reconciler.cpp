@@ -510,12 +510,13 @@ Reconciler::SendAllowed() {
 }
 
 // Feeds the answer to the breaker and the limiter: a wait that timed out (408) is an ordinary answer; a 429
-// holds back that action's scope for Retry-After (or a second).
+// holds back that action's scope for Retry-After (or a second), at most fly.retry_max_delay.
 void
 Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 	const double now = Now();
 	if (outcome.http_status == 429) {
-		limiter_.Block(in_flight.rate_key, now + outcome.retry_after_seconds.value_or(1.0));
+		limiter_.Block(in_flight.rate_key,
+		               now + RetryAfterHoldSeconds(outcome.retry_after_seconds, retry_max_delay_ms / 1000.0));
 		breaker_.OnAnswer();
 		return;
 	}
