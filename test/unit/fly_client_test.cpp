@@ -19,6 +19,7 @@ using test::Reply;
 using test::TestHttpServer;
 using Clock = std::chrono::steady_clock;
 
+const char *const kAppBody = R"({"name":"app-1","organization":{"slug":"personal"}})";
 const std::string kToken = "FlyV1 fm2_unitTestSecretMacaroonAAAA,fm2_unitTestSecretMacaroonBBBB";
 
 double
@@ -133,7 +134,7 @@ TEST_F(FlyClientTest, ManyConcurrentRequestsShareFewConnections) {
 	constexpr int kRequests = 50;
 	constexpr int kDelayMs = 100;
 	TestHttpServer server([](const ReceivedRequest &) {
-		Reply reply = Reply::Json(200, R"({"name":"app","status":"deployed"})");
+		Reply reply = Reply::Json(200, R"({"name":"app","status":"deployed","organization":{"slug":"o"}})");
 		reply.delay_ms = kDelayMs;
 		return reply;
 	});
@@ -379,7 +380,7 @@ TEST_F(FlyClientTest, ContentTypeIsCapturedAndJudged) {
 }
 
 TEST_F(FlyClientTest, UnusableTokenFailsWithoutSending) {
-	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, "{}"); });
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
 	ClientConfig config = Config(server);
 	config.token = "fm2_abc\r\nX-Injected: 1";
 	Client client(config);
@@ -410,7 +411,7 @@ TEST_F(FlyClientTest, OnlyHttpAndHttpsAreUsed) {
 
 TEST_F(FlyClientTest, TlsProblemsArePermanent) {
 	// A plain-HTTP server behind an https URL: the handshake fails; an unreadable CA file fails before it.
-	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, "{}"); });
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
 	ClientConfig config = Config(server);
 	config.base_url = "https://127.0.0.1:" + std::to_string(server.Port());
 	{
@@ -461,7 +462,7 @@ TEST_F(FlyClientTest, CancelAllCompletesEveryTransfer) {
 }
 
 TEST_F(FlyClientTest, UpdateConfigAppliesToLaterRequests) {
-	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, "{}"); });
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
 	ClientConfig config = Config(server);
 	Client client(config);
 	EXPECT_EQ(client.RunSync(GetAppRequest("app-1")).kind, OutcomeKind::kSuccess);
@@ -499,7 +500,7 @@ TEST_F(FlyClientTest, EventLoopContract) {
 
 TEST_F(FlyClientTest, RunSyncLeavesOtherCompletionsQueued) {
 	TestHttpServer server([](const ReceivedRequest &request) {
-		Reply reply = Reply::Json(200, "{}");
+		Reply reply = Reply::Json(200, kAppBody);
 		reply.delay_ms = request.target.find("slow") != std::string::npos ? 200 : 0;
 		return reply;
 	});
