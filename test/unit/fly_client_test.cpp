@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "pgfly/core/c_callback.hpp"
 #include "test_http_server.hpp"
 
 namespace pgfly {
@@ -510,6 +511,36 @@ TEST_F(FlyClientTest, RunSyncLeavesOtherCompletionsQueued) {
 	const auto completions = client.TakeCompleted();
 	ASSERT_EQ(completions.size(), 1u);
 	EXPECT_EQ(completions[0].id, background);
+}
+
+// A callback handed to libcurl that throws (std::bad_alloc, say) must not unwind through libcurl and terminate
+// the process: the transfer fails as a transient network error instead.
+TEST_F(FlyClientTest, ThrowingWriteOrHeaderCallbackFailsOnlyThatTransfer) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
+	Client client(Config(server));
+	for (CCallback callback : {CCallback::kCurlWrite, CCallback::kCurlHeader}) {
+		InjectCallbackFaultForTesting(callback, 1);
+		const Outcome failed = client.RunSync(GetAppRequest("app-1"));
+		EXPECT_EQ(failed.kind, OutcomeKind::kTransient) << failed.message;
+		EXPECT_EQ(failed.network_error, NetworkError::kOther);
+		EXPECT_NE(failed.message.find("out of memory"), std::string::npos) << failed.message;
+		EXPECT_EQ(client.RunSync(GetAppRequest("app-1")).kind, OutcomeKind::kSuccess) << "the next one is fine";
+	}
+}
+
+TEST_F(FlyClientTest, ThrowingSocketOrTimerCallbackDoesNotTerminate) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
+	Client client(Config(server));
+	for (CCallback callback : {CCallback::kCurlSocket, CCallback::kCurlTimer}) {
+		InjectCallbackFaultForTesting(callback, 1);
+		const RequestId id = client.Submit(GetAppRequest("app-1"));
+		const auto completions = DriveUntil(client, 1, 8000);
+		ASSERT_EQ(completions.size(), 1u) << "every request completes, even after a failed callback";
+		EXPECT_EQ(completions[0].id, id);
+		InjectCallbackFaultForTesting(callback, 0);
+		const Outcome next = client.RunSync(GetAppRequest("app-1"));
+		EXPECT_EQ(next.kind, OutcomeKind::kSuccess) << next.message;
+	}
 }
 
 TEST_F(FlyClientTest, DestroyingWithTransfersInFlightIsClean) {
