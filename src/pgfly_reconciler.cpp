@@ -89,6 +89,7 @@ Reconciler::Configure() {
 	                                          breaker_max_open_time_ms / 1000.0});
 
 	client_config_.base_url = api_url;
+	client_config_.proxy = http_proxy;
 	client_config_.token = token.token;
 	client_config_.secret_values.clear();
 	for (const auto &secret : settings_.secrets) {

@@ -508,6 +508,9 @@ struct Client::Impl {
 		if (!config.ca_file.empty()) {
 			set(curl_easy_setopt(easy, CURLOPT_CAINFO, config.ca_file.c_str()));
 		}
+		// "" switches libcurl's environment proxies off; NO_PROXY from the environment is overridden likewise.
+		set(curl_easy_setopt(easy, CURLOPT_PROXY, config.proxy.c_str()));
+		set(curl_easy_setopt(easy, CURLOPT_NOPROXY, ""));
 		set(curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout));
 		set(curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, request_timeout));
 		set(curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L));

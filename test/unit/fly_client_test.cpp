@@ -513,6 +513,54 @@ TEST_F(FlyClientTest, RunSyncLeavesOtherCompletionsQueued) {
 	EXPECT_EQ(completions[0].id, background);
 }
 
+// Sets proxy variables for one test, and puts the suite's no_proxy back afterwards.
+class ScopedProxyEnvironment {
+public:
+	explicit ScopedProxyEnvironment(const std::string &proxy) {
+		for (const char *name : kProxyNames) {
+			setenv(name, proxy.c_str(), 1);
+		}
+		unsetenv("no_proxy");
+		unsetenv("NO_PROXY");
+	}
+	~ScopedProxyEnvironment() {
+		for (const char *name : kProxyNames) {
+			unsetenv(name);
+		}
+		setenv("no_proxy", "*", 1);
+		setenv("NO_PROXY", "*", 1);
+	}
+
+private:
+	static constexpr const char *kProxyNames[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+												  "all_proxy",  "ALL_PROXY"};
+};
+
+TEST_F(FlyClientTest, ProxyVariablesInTheEnvironmentAreIgnored) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
+	TestHttpServer proxy([](const ReceivedRequest &) { return Reply::Json(502, R"({"error":"proxied"})"); });
+	ScopedProxyEnvironment environment(proxy.BaseUrl());
+	Client client(Config(server));
+	const Outcome outcome = client.RunSync(GetAppRequest("app-1"));
+	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess) << outcome.message;
+	EXPECT_EQ(server.Requests().size(), 1u);
+	EXPECT_EQ(proxy.Requests().size(), 0u) << "the request went through the environment's proxy";
+}
+
+TEST_F(FlyClientTest, OnlyTheConfiguredProxyIsUsed) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(500, "{}"); });
+	TestHttpServer proxy([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
+	ScopedProxyEnvironment environment("http://127.0.0.1:9");
+	ClientConfig config = Config(server);
+	config.proxy = proxy.BaseUrl();
+	Client client(config);
+	const Outcome outcome = client.RunSync(GetAppRequest("app-1"));
+	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess) << outcome.message;
+	ASSERT_EQ(proxy.Requests().size(), 1u);
+	EXPECT_EQ(proxy.Requests()[0].target, server.BaseUrl() + "/v1/apps/app-1");
+	EXPECT_EQ(server.Requests().size(), 0u);
+}
+
 // A callback handed to libcurl that throws (std::bad_alloc, say) must not unwind through libcurl and terminate
 // the process: the transfer fails as a transient network error instead.
 TEST_F(FlyClientTest, ThrowingWriteOrHeaderCallbackFailsOnlyThatTransfer) {

@@ -43,6 +43,9 @@ struct ClientConfig {
 	std::string user_agent = std::string("pg_fly/") + PGFLY_VERSION;
 	// PEM bundle for a private CA; empty uses the system's. Verification is never turned off.
 	std::string ca_file;
+	// The proxy every request goes through; empty for none. Proxy variables in the environment (http_proxy,
+	// https_proxy, ALL_PROXY, NO_PROXY) are never used.
+	std::string proxy;
 };
 
 using RequestId = uint64_t;
