@@ -265,8 +265,9 @@ Reconciler::PlanHealthPass(pg::SpiConnection &spi, double now) {
 	next_health_pass_ = now + health_check_interval_ms / 1000.0;
 }
 
-// Health checks share the client, the rate limiter and the breaker with reconciles, and take at most
-// fly.max_concurrency requests at once of their own; apps whose user is being reconciled are skipped.
+// Health checks share the client, the rate limiter and the breaker with reconciles (the app's own endpoint
+// stays out of Fly's limiter and breaker), and take at most fly.max_concurrency requests at once of their own;
+// apps whose user is being reconciled are skipped.
 void
 Reconciler::StartHealthChecks() {
 	if (breaker_.state(Now()) != CircuitBreaker::State::kClosed) {
@@ -491,18 +492,23 @@ Reconciler::SendAllowed() {
 	const double now = Now();
 	std::vector<Held> still_held;
 	for (auto &held : held_) {
-		if (held.due > now || !breaker_.CanSend(now)) {
+		// A user app's own health endpoint is not Fly: neither Fly's breaker nor Fly's limits apply to it.
+		const bool fly_api = fly::IsFlyApi(held.request.endpoint);
+		if (held.due > now || (fly_api && !breaker_.CanSend(now))) {
 			still_held.push_back(std::move(held));
 			continue;
 		}
-		auto key = RateLimitKey(held.request, settings_.org_slug);
-		const double wait = limiter_.Acquire(key, now);
-		if (wait > 0) {
-			held.due = now + wait;
-			still_held.push_back(std::move(held));
-			continue;
+		std::pair<std::string, std::string> key;
+		if (fly_api) {
+			key = RateLimitKey(held.request, settings_.org_slug);
+			const double wait = limiter_.Acquire(key, now);
+			if (wait > 0) {
+				held.due = now + wait;
+				still_held.push_back(std::move(held));
+				continue;
+			}
+			breaker_.MarkSent(now);
 		}
-		breaker_.MarkSent(now);
 		const fly::RequestId id = client_->Submit(held.request);
 		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(held.health), std::move(held.orphan),
 		                                std::move(held.rollout), std::move(key), held.request.endpoint});
@@ -514,6 +520,9 @@ Reconciler::SendAllowed() {
 // holds back that action's scope for Retry-After (or a second), at most fly.retry_max_delay.
 void
 Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
+	if (!fly::IsFlyApi(in_flight.endpoint)) {
+		return; // a user app's answer says nothing about Fly
+	}
 	const double now = Now();
 	if (outcome.http_status == 429) {
 		limiter_.Block(in_flight.rate_key,

@@ -521,6 +521,10 @@ struct Client::Impl {
 			set(curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L));
 		}
 		set(curl_easy_setopt(easy, CURLOPT_SHARE, share));
+		if (!IsFlyApi(request.endpoint)) {
+			// Each user app is a host of its own: its connection would only crowd Fly's out of the cache.
+			set(curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L));
+		}
 		set(curl_easy_setopt(easy, CURLOPT_USERAGENT, config.user_agent.c_str()));
 		set(curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, transfer.error));
 		set(curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &WriteBody));

@@ -175,6 +175,16 @@ TEST_F(FlyClientTest, SequentialRequestsReuseOneConnection) {
 	EXPECT_EQ(server.AcceptedConnections(), 1);
 }
 
+// Each user app is a host of its own: its connections close after use instead of filling Fly's cache.
+TEST_F(FlyClientTest, AppHealthConnectionsAreNotKept) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, R"({"status":"ok"})"); });
+	Client client(Config(server));
+	for (int i = 0; i < 3; i++) {
+		EXPECT_EQ(client.RunSync(AppHealthRequest(server.BaseUrl() + "/health")).kind, OutcomeKind::kSuccess);
+	}
+	EXPECT_EQ(server.AcceptedConnections(), 3);
+}
+
 TEST_F(FlyClientTest, LongRequestDoesNotHoldBackOthers) {
 	TestHttpServer server([](const ReceivedRequest &request) {
 		Reply reply = Reply::Json(200, R"({"ok":true})");
