@@ -226,11 +226,23 @@ Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) 
 		const Json apps = outcome.body.Get("apps");
 		for (size_t i = 0; i < apps.Size(); i++) {
 			const std::string name = apps.At(i).GetString("name").value_or("");
-			if (!name.empty() && !settings_.app_name_prefix.empty() &&
-			    name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) == 0 &&
-			    !AppNameProblem(name)) {
-				ours.emplace_back(name, apps.At(i).GetString("id").value_or(""));
+			if (name.empty() || settings_.app_name_prefix.empty() ||
+			    name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) != 0) {
+				continue;
 			}
+			const std::string id = apps.At(i).GetString("id").value_or("");
+			std::optional<std::string> problem = AppNameProblem(name);
+			if (!problem && !id.empty()) {
+				problem = AppIdProblem(id);
+			}
+			if (problem) {
+				// Fly's text goes into the log: no control character may start a line of its own.
+				std::replace_if(problem->begin(), problem->end(),
+				                [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }, '?');
+				Log("an app in the organization's list is not recorded as an orphan: " + *problem);
+				continue;
+			}
+			ours.emplace_back(name, id);
 		}
 		std::vector<std::string> to_delete;
 		pg::RunInTransaction("pg_fly: recording orphan apps", [&](pg::SpiConnection &spi) {
