@@ -2,6 +2,7 @@
 
 extern "C" {
 #include "commands/extension.h"
+#include "storage/fd.h"
 #include "utils/elog.h"
 #include "utils/timestamp.h"
 }
@@ -97,8 +98,11 @@ Reconciler::Configure() {
 	}
 	client_config_.connect_timeout_ms = connect_timeout_ms;
 	client_config_.request_timeout_ms = request_timeout_ms;
-	// Reconciles (with rollouts) and health checks each keep up to fly.max_concurrency requests in flight.
-	client_config_.max_host_connections = std::max(16, 2 * max_concurrency + 1);
+	// Reconciles (with rollouts) and health checks each keep up to fly.max_concurrency requests in flight: as
+	// many connections as PostgreSQL grants descriptors for.
+	const ConnectionBudget budget = ReserveClientFds();
+	client_config_.max_host_connections = budget.connections;
+	client_config_.max_total_connections = budget.connections;
 	if (client_) {
 		client_->UpdateConfig(client_config_);
 	} else {
@@ -108,6 +112,51 @@ Reconciler::Configure() {
 	shared_->token_source = static_cast<int>(token.source);
 	SpinLockRelease(&shared_->mutex);
 	dispatch_again_ = true;
+}
+
+// libcurl's sockets and epoll descriptor are opened outside fd.c: PostgreSQL learns of them here, so that its
+// own files do not run out. What is not granted lowers the worker's concurrency rather than failing.
+ConnectionBudget
+Reconciler::ReserveClientFds() {
+	const ConnectionBudget wanted = WantedConnections(max_concurrency);
+	pg::PgGuard([&]() {
+		for (; reserved_fds_ > 0; reserved_fds_--) {
+			ReleaseExternalFD();
+		}
+		while (reserved_fds_ < wanted.fds && AcquireExternalFD()) {
+			reserved_fds_++;
+		}
+		for (; reserved_fds_ < kMinClientFds; reserved_fds_++) {
+			ReserveExternalFD();
+		}
+	});
+	const ConnectionBudget budget = FitConnections(max_concurrency, reserved_fds_);
+	if (budget.concurrency < max_concurrency && budget.concurrency != concurrency_limit_) {
+		Log("only " + std::to_string(reserved_fds_) + " file descriptors are available for Fly connections (" +
+		    std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
+		    " users are reconciled at once instead of fly.max_concurrency = " + std::to_string(max_concurrency));
+	}
+	if (budget.connections != client_connections_) {
+		pg::PgGuard([&]() {
+			elog(DEBUG1, "pg_fly worker: %d file descriptors reserved, at most %d connections", reserved_fds_,
+			     budget.connections);
+		});
+	}
+	concurrency_limit_ = budget.concurrency;
+	client_connections_ = budget.connections;
+	return budget;
+}
+
+Reconciler::~Reconciler() {
+	try {
+		pg::PgGuard([&]() {
+			for (; reserved_fds_ > 0; reserved_fds_--) {
+				ReleaseExternalFD();
+			}
+		});
+	} catch (...) {
+		// Only a counter: nothing to do about it at exit.
+	}
 }
 
 std::vector<std::string>
@@ -130,7 +179,7 @@ Reconciler::RetryDelay(int attempts, std::optional<double> retry_after) {
 void
 Reconciler::Dispatch() {
 	const double now = Now();
-	int capacity = max_concurrency - static_cast<int>(running_.size());
+	int capacity = concurrency_limit_ - static_cast<int>(running_.size());
 	switch (breaker_.state(now)) {
 	case CircuitBreaker::State::kClosed:
 		break;
@@ -285,7 +334,7 @@ Reconciler::StartHealthChecks() {
 	if (breaker_.state(Now()) != CircuitBreaker::State::kClosed) {
 		return;
 	}
-	while (health_running_ < max_concurrency && health_next_ < health_queue_.size()) {
+	while (health_running_ < concurrency_limit_ && health_next_ < health_queue_.size()) {
 		const HealthTarget &target = health_queue_[health_next_++];
 		if (running_.count(target.user_id)) {
 			continue;

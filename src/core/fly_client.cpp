@@ -349,11 +349,16 @@ struct Client::Impl {
 
 	void
 	ApplyConnectionLimits() {
-		const long connections = std::max(1L, config.max_host_connections);
-		curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, connections);
+		const long total = std::max(0L, config.max_total_connections);
+		long per_host = std::max(1L, config.max_host_connections);
+		if (total > 0) {
+			per_host = std::min(per_host, total);
+		}
+		curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host);
+		curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, total);
 		// The idle-connection cache otherwise scales with the number of easy handles, which drops to zero
 		// between bursts here; keep room for every connection we allow.
-		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, connections);
+		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, total > 0 ? total : per_host);
 	}
 
 	// -1 tells libcurl the callback failed; it then aborts the transfers concerned.
