@@ -147,15 +147,15 @@ CheckPrefix(char **newval, void **, GucSource) noexcept {
 void
 DefineSettings() {
 	DefineCustomStringVariable("fly.api_url", "Base URL of the Fly Machines API.",
-	                           "https://, or http:// to a loopback host only (a local simulator).", &api_url,
-	                           "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
-	                           nullptr);
+							   "https://, or http:// to a loopback host only (a local simulator).", &api_url,
+							   "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
+							   nullptr);
 	// libcurl would otherwise follow http_proxy, https_proxy, ALL_PROXY and NO_PROXY from the postmaster's
 	// environment, silently; only this setting decides.
 	DefineCustomStringVariable("fly.http_proxy", "Proxy for every request of the pg_fly worker.",
-	                           "Empty: no proxy, whatever the server's environment says. For example "
-	                           "http://proxy.internal:3128; no user name or password.",
-	                           &http_proxy, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckProxy, nullptr, nullptr);
+							   "Empty: no proxy, whatever the server's environment says. For example "
+							   "http://proxy.internal:3128; no user name or password.",
+							   &http_proxy, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckProxy, nullptr, nullptr);
 	// The token never shows: SHOW and current_setting() print a mask, even to superusers and members of
 	// pg_read_all_settings, and it is absent from SHOW ALL and pg_settings. It takes effect at server start only,
 	// because a reload that changes a setting makes the postmaster log the new value; fly.api_token_file (read
@@ -242,9 +242,10 @@ DefineSettings() {
 	                        &health_check_interval_ms, 300000, 0, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
 	                        nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_health_url", "Each user app's own health endpoint, checked with its machine.",
-	                           "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
-	                           "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",
-	                           &app_health_url, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckAppHealthUrl, nullptr, nullptr);
+							   "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
+							   "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",
+							   &app_health_url, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckAppHealthUrl, nullptr,
+							   nullptr);
 	DefineCustomBoolVariable("fly.restart_stopped_machines", "Whether a health check starts a machine that stopped.",
 	                         nullptr, &restart_stopped_machines, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomBoolVariable("fly.reprovision_vanished_apps",

@@ -133,13 +133,13 @@ Reconciler::ReserveClientFds() {
 	const ConnectionBudget budget = FitConnections(max_concurrency, reserved_fds_);
 	if (budget.concurrency < max_concurrency && budget.concurrency != concurrency_limit_) {
 		Log("only " + std::to_string(reserved_fds_) + " file descriptors are available for Fly connections (" +
-		    std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
-		    " users are reconciled at once instead of fly.max_concurrency = " + std::to_string(max_concurrency));
+			std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
+			" users are reconciled at once instead of fly.max_concurrency = " + std::to_string(max_concurrency));
 	}
 	if (budget.connections != client_connections_) {
 		pg::PgGuard([&]() {
 			elog(DEBUG1, "pg_fly worker: %d file descriptors reserved, at most %d connections", reserved_fds_,
-			     budget.connections);
+				 budget.connections);
 		});
 	}
 	concurrency_limit_ = budget.concurrency;
@@ -276,7 +276,7 @@ Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) 
 		for (size_t i = 0; i < apps.Size(); i++) {
 			const std::string name = apps.At(i).GetString("name").value_or("");
 			if (name.empty() || settings_.app_name_prefix.empty() ||
-			    name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) != 0) {
+				name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) != 0) {
 				continue;
 			}
 			const std::string id = apps.At(i).GetString("id").value_or("");
@@ -286,8 +286,9 @@ Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) 
 			}
 			if (problem) {
 				// Fly's text goes into the log: no control character may start a line of its own.
-				std::replace_if(problem->begin(), problem->end(),
-				                [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }, '?');
+				std::replace_if(
+					problem->begin(), problem->end(),
+					[](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }, '?');
 				Log("an app in the organization's list is not recorded as an orphan: " + *problem);
 				continue;
 			}
@@ -587,7 +588,7 @@ Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 	const double now = Now();
 	if (outcome.http_status == 429) {
 		limiter_.Block(in_flight.rate_key,
-		               now + RetryAfterHoldSeconds(outcome.retry_after_seconds, retry_max_delay_ms / 1000.0));
+					   now + RetryAfterHoldSeconds(outcome.retry_after_seconds, retry_max_delay_ms / 1000.0));
 		breaker_.OnAnswer();
 		return;
 	}

@@ -352,23 +352,25 @@ RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 		apps.Append(app);
 	}
 	const std::string apps_json = apps.Dump();
-	spi.Query("INSERT INTO fly.orphan_apps (fly_app_name, fly_org_slug, fly_app_id) "
-	          "SELECT DISTINCT ON (n.name) n.name, $2, n.id "
-	          "FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n (name pg_catalog.text, id pg_catalog.text) "
-	          "WHERE NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) n.name "
-	          "AND a.deleted_at IS NULL) "
-	          // Seen again after it was gone: a new orphan under an old name, found afresh.
-	          "ON CONFLICT (fly_app_name) DO UPDATE SET last_seen_at = pg_catalog.now(), deleted_at = NULL, "
-	          "found_at = CASE WHEN fly.orphan_apps.deleted_at IS NULL THEN fly.orphan_apps.found_at "
-	          "ELSE pg_catalog.now() END, delete_requested = fly.orphan_apps.delete_requested "
-	          "AND fly.orphan_apps.deleted_at IS NULL, fly_app_id = excluded.fly_app_id",
-	          {apps_json, org_slug});
+	spi.Query(
+		"INSERT INTO fly.orphan_apps (fly_app_name, fly_org_slug, fly_app_id) "
+		"SELECT DISTINCT ON (n.name) n.name, $2, n.id "
+		"FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n (name pg_catalog.text, id pg_catalog.text) "
+		"WHERE NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) n.name "
+		"AND a.deleted_at IS NULL) "
+		// Seen again after it was gone: a new orphan under an old name, found afresh.
+		"ON CONFLICT (fly_app_name) DO UPDATE SET last_seen_at = pg_catalog.now(), deleted_at = NULL, "
+		"found_at = CASE WHEN fly.orphan_apps.deleted_at IS NULL THEN fly.orphan_apps.found_at "
+		"ELSE pg_catalog.now() END, delete_requested = fly.orphan_apps.delete_requested "
+		"AND fly.orphan_apps.deleted_at IS NULL, fly_app_id = excluded.fly_app_id",
+		{apps_json, org_slug});
 	// Reported apps that are gone from Fly, or that a live row owns now, are orphans no more.
-	spi.Query("UPDATE fly.orphan_apps o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
-	          "AND (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n "
-	          "(name pg_catalog.text) WHERE n.name OPERATOR(pg_catalog.=) o.fly_app_name) OR EXISTS (SELECT 1 FROM "
-	          "fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) o.fly_app_name AND a.deleted_at IS NULL))",
-	          {apps_json});
+	spi.Query(
+		"UPDATE fly.orphan_apps o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
+		"AND (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n "
+		"(name pg_catalog.text) WHERE n.name OPERATOR(pg_catalog.=) o.fly_app_name) OR EXISTS (SELECT 1 FROM "
+		"fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) o.fly_app_name AND a.deleted_at IS NULL))",
+		{apps_json});
 	std::vector<std::string> to_delete;
 	for (const auto &row : spi.Query("SELECT fly_app_name FROM fly.orphan_apps WHERE delete_requested "
 	                                 "AND deleted_at IS NULL ORDER BY fly_app_name",

@@ -103,16 +103,16 @@ AppIdProblem(const std::string &id) {
 		return std::string("the app id is empty");
 	}
 	const bool usable = id.size() <= kMaxAppNameLength && std::all_of(id.begin(), id.end(), [](char c) {
-		return IsLowerAlnum(c) || (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
-	});
+							return IsLowerAlnum(c) || (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
+						});
 	if (usable) {
 		return std::nullopt;
 	}
 	const bool printable = id.size() <= 100 && std::all_of(id.begin(), id.end(), [](char c) {
-		return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
-	});
-	return std::string("the app id ") + (printable ? "\"" + id + "\" " : "") +
-	       "is not 1 to " + std::to_string(kMaxAppNameLength) + " letters, digits, dashes or underscores";
+							   return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+						   });
+	return std::string("the app id ") + (printable ? "\"" + id + "\" " : "") + "is not 1 to " +
+		   std::to_string(kMaxAppNameLength) + " letters, digits, dashes or underscores";
 }
 
 std::optional<std::string>

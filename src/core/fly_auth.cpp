@@ -178,7 +178,7 @@ bool
 IsLoopbackHost(const std::string &host) {
 	std::string lower = host;
 	std::transform(lower.begin(), lower.end(), lower.begin(),
-	               [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; });
+				   [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; });
 	if (lower == "localhost" || lower == "localhost.") {
 		return true;
 	}
@@ -209,7 +209,7 @@ ApiUrlProblem(const std::string &url) {
 	}
 	if (StartsWith(url, "http://") && !IsLoopbackHost(UrlHost(url))) {
 		return std::string("it must start with https://; http:// is allowed only for a loopback host (localhost, "
-		                   "127.0.0.0/8, [::1]), since the token would travel in clear text");
+						   "127.0.0.0/8, [::1]), since the token would travel in clear text");
 	}
 	return std::nullopt;
 }

@@ -196,56 +196,56 @@ size_t
 WriteBody(char *data, size_t size, size_t count, void *user) noexcept {
 	auto *transfer = static_cast<Transfer *>(user);
 	return GuardCCallback(
-	    CCallback::kCurlWrite,
-	    [&]() -> size_t {
-		    const size_t bytes = size * count;
-		    if (transfer->response_body.size() + bytes > transfer->max_response_bytes) {
-			    transfer->too_large = true;
-			    return 0;
-		    }
-		    transfer->response_body.append(data, bytes);
-		    return bytes;
-	    },
-	    [&]() -> size_t {
-		    transfer->out_of_memory = true;
-		    return 0;
-	    });
+		CCallback::kCurlWrite,
+		[&]() -> size_t {
+			const size_t bytes = size * count;
+			if (transfer->response_body.size() + bytes > transfer->max_response_bytes) {
+				transfer->too_large = true;
+				return 0;
+			}
+			transfer->response_body.append(data, bytes);
+			return bytes;
+		},
+		[&]() -> size_t {
+			transfer->out_of_memory = true;
+			return 0;
+		});
 }
 
 size_t
 CaptureHeader(char *data, size_t size, size_t count, void *user) noexcept {
 	auto *transfer = static_cast<Transfer *>(user);
 	return GuardCCallback(
-	    CCallback::kCurlHeader,
-	    [&]() -> size_t {
-		    const size_t bytes = size * count;
-		    const std::string_view line(data, bytes);
-		    if (line.substr(0, 5) == "HTTP/") {
-			    // A new response begins (after a 100 Continue, for instance): only the final one's headers count.
-			    transfer->request_id.clear();
-			    transfer->retry_after.clear();
-			    transfer->location.clear();
-			    return bytes;
-		    }
-		    const size_t colon = line.find(':');
-		    if (colon == std::string_view::npos) {
-			    return bytes;
-		    }
-		    const std::string_view name = TrimView(line.substr(0, colon));
-		    const std::string_view value = TrimView(line.substr(colon + 1)).substr(0, kMaxCapturedHeaderLength);
-		    if (EqualsIgnoreCase(name, "fly-request-id")) {
-			    transfer->request_id.assign(value);
-		    } else if (EqualsIgnoreCase(name, "retry-after")) {
-			    transfer->retry_after.assign(value);
-		    } else if (EqualsIgnoreCase(name, "location")) {
-			    transfer->location.assign(value);
-		    }
-		    return bytes;
-	    },
-	    [&]() -> size_t {
-		    transfer->out_of_memory = true;
-		    return 0;
-	    });
+		CCallback::kCurlHeader,
+		[&]() -> size_t {
+			const size_t bytes = size * count;
+			const std::string_view line(data, bytes);
+			if (line.substr(0, 5) == "HTTP/") {
+				// A new response begins (after a 100 Continue, for instance): only the final one's headers count.
+				transfer->request_id.clear();
+				transfer->retry_after.clear();
+				transfer->location.clear();
+				return bytes;
+			}
+			const size_t colon = line.find(':');
+			if (colon == std::string_view::npos) {
+				return bytes;
+			}
+			const std::string_view name = TrimView(line.substr(0, colon));
+			const std::string_view value = TrimView(line.substr(colon + 1)).substr(0, kMaxCapturedHeaderLength);
+			if (EqualsIgnoreCase(name, "fly-request-id")) {
+				transfer->request_id.assign(value);
+			} else if (EqualsIgnoreCase(name, "retry-after")) {
+				transfer->retry_after.assign(value);
+			} else if (EqualsIgnoreCase(name, "location")) {
+				transfer->location.assign(value);
+			}
+			return bytes;
+		},
+		[&]() -> size_t {
+			transfer->out_of_memory = true;
+			return 0;
+		});
 }
 
 } // namespace
@@ -366,44 +366,44 @@ struct Client::Impl {
 	OnSocket(CURL *, curl_socket_t socket, int what, void *user, void *) noexcept {
 		auto *impl = static_cast<Impl *>(user);
 		return GuardCCallback(
-		    CCallback::kCurlSocket,
-		    [&] {
-			    if (what == CURL_POLL_REMOVE) {
-				    // ENOENT/EBADF are fine: the socket may never have been added, or is already closed.
-				    epoll_ctl(impl->epoll_fd, EPOLL_CTL_DEL, socket, nullptr);
-				    return 0;
-			    }
-			    epoll_event event = {};
-			    event.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
-			    event.data.fd = socket;
-			    if (epoll_ctl(impl->epoll_fd, EPOLL_CTL_MOD, socket, &event) != 0 && errno == ENOENT) {
-				    epoll_ctl(impl->epoll_fd, EPOLL_CTL_ADD, socket, &event);
-			    }
-			    return 0;
-		    },
-		    [&] {
-			    impl->callback_failed = true;
-			    return -1;
-		    });
+			CCallback::kCurlSocket,
+			[&] {
+				if (what == CURL_POLL_REMOVE) {
+					// ENOENT/EBADF are fine: the socket may never have been added, or is already closed.
+					epoll_ctl(impl->epoll_fd, EPOLL_CTL_DEL, socket, nullptr);
+					return 0;
+				}
+				epoll_event event = {};
+				event.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
+				event.data.fd = socket;
+				if (epoll_ctl(impl->epoll_fd, EPOLL_CTL_MOD, socket, &event) != 0 && errno == ENOENT) {
+					epoll_ctl(impl->epoll_fd, EPOLL_CTL_ADD, socket, &event);
+				}
+				return 0;
+			},
+			[&] {
+				impl->callback_failed = true;
+				return -1;
+			});
 	}
 
 	static int
 	OnTimer(CURLM *, long timeout_ms, void *user) noexcept {
 		auto *impl = static_cast<Impl *>(user);
 		return GuardCCallback(
-		    CCallback::kCurlTimer,
-		    [&] {
-			    if (timeout_ms < 0) {
-				    impl->timer_deadline.reset();
-			    } else {
-				    impl->timer_deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-			    }
-			    return 0;
-		    },
-		    [&] {
-			    impl->callback_failed = true;
-			    return -1;
-		    });
+			CCallback::kCurlTimer,
+			[&] {
+				if (timeout_ms < 0) {
+					impl->timer_deadline.reset();
+				} else {
+					impl->timer_deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+				}
+				return 0;
+			},
+			[&] {
+				impl->callback_failed = true;
+				return -1;
+			});
 	}
 
 	double

@@ -63,15 +63,15 @@ int
 AppendToSink(const char *buffer, size_t size, void *data) noexcept {
 	auto *sink = static_cast<DumpSink *>(data);
 	return GuardCCallback(
-	    CCallback::kJsonDump,
-	    [&] {
-		    sink->text.append(buffer, size);
-		    return 0;
-	    },
-	    [&] {
-		    sink->failed = true;
-		    return -1;
-	    });
+		CCallback::kJsonDump,
+		[&] {
+			sink->text.append(buffer, size);
+			return 0;
+		},
+		[&] {
+			sink->failed = true;
+			return -1;
+		});
 }
 
 bool

@@ -542,8 +542,8 @@ public:
 	}
 
 private:
-	static constexpr const char *kProxyNames[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
-												  "all_proxy",  "ALL_PROXY"};
+	static constexpr const char *kProxyNames[] = {"http_proxy",	 "HTTP_PROXY", "https_proxy",
+												  "HTTPS_PROXY", "all_proxy",  "ALL_PROXY"};
 };
 
 TEST_F(FlyClientTest, ProxyVariablesInTheEnvironmentAreIgnored) {

@@ -220,8 +220,9 @@ TEST(Classify, DuplicatedMembersMakeA2xxMalformed) {
 }
 
 TEST(Classify, AppWithoutOrganizationIsMalformed) {
-	for (const char *body : {R"({"name":"a","status":"deployed"})", R"({"name":"a","organization":null})",
-							 R"({"name":"a","organization":{"name":"Acme"}})", R"({"name":"a","organization":"acme"})"}) {
+	for (const char *body :
+		 {R"({"name":"a","status":"deployed"})", R"({"name":"a","organization":null})",
+		  R"({"name":"a","organization":{"name":"Acme"}})", R"({"name":"a","organization":"acme"})"}) {
 		const Outcome outcome = Classified(Endpoint::kGetApp, 200, body);
 		EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed) << body;
 		EXPECT_NE(outcome.message.find("no organization"), std::string::npos) << outcome.message;
@@ -239,7 +240,8 @@ TEST(Classify, StartAnsweredWithStatusErrorIsTransient) {
 			  "start_machine: HTTP 200 (ok): Fly reported the start failed (status error): failed to start machine");
 	outcome = Classified(Endpoint::kStartMachine, 200, R"({"status":"error"})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kTransient);
-	outcome = Classified(Endpoint::kStartMachine, 200, R"({"previous_state":"stopped","migrated":false,"new_host":""})");
+	outcome =
+		Classified(Endpoint::kStartMachine, 200, R"({"previous_state":"stopped","migrated":false,"new_host":""})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess);
 	outcome = Classified(Endpoint::kStartMachine, 200);
 	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess);
