@@ -690,10 +690,10 @@ Reconciler::SleepMs() const {
 	if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
 		sleep = std::min(sleep, breaker_.reopen_at() - now);
 	} else if (next_due_seconds_ && configuration_problem_.empty() &&
-	           static_cast<int>(running_.size()) < max_concurrency) {
+	           static_cast<int>(running_.size()) < concurrency_limit_) {
 		sleep = std::min(sleep, *next_due_seconds_);
 	}
-	if (static_cast<int>(running_.size()) >= max_concurrency) {
+	if (static_cast<int>(running_.size()) >= concurrency_limit_) {
 		// Saturated: health, orphan and rollout requests are looked at within a second.
 		sleep = std::min(sleep, next_saturated_dispatch_ - now);
 	}

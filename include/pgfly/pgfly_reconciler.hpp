@@ -33,7 +33,8 @@ public:
 
 	// (Re)reads the fly.* settings, the token and the secrets file; called at start and after SIGHUP.
 	void Configure();
-	// Claims due items while below fly.max_concurrency (and while the breaker is closed) and starts them.
+	// Claims due items while below fly.max_concurrency (or the lower concurrency the reserved file descriptors
+	// allow), while the breaker is closed, and starts them.
 	void Dispatch();
 	// Serves the client's sockets and timers, turns each answer into the operation's next step, and sends the
 	// requests that the rate limiter and the breaker now allow.
@@ -145,7 +146,7 @@ private:
 	std::mt19937_64 random_;
 	// File descriptors reserved with PostgreSQL for the client, and the concurrency and connections they allow.
 	int reserved_fds_ = 0;
-	int concurrency_limit_ = 1;
+	int concurrency_limit_ = 0;
 	int client_connections_ = 0;
 };
 
