@@ -23,6 +23,17 @@ SET fly.app_name_prefx = 'x-';
 SET fly.org_slug = 'other';
 ALTER SYSTEM SET fly.org_slug = 'a/b';
 ALTER SYSTEM SET fly.api_url = 'ftp://example.com';
+-- The token never travels in clear text: http:// only to this machine.
+ALTER SYSTEM SET fly.api_url = 'http://api.machines.dev';
+ALTER SYSTEM SET fly.api_url = 'http://127.0.0.1@evil.example/';
+ALTER SYSTEM SET fly.api_url = 'http://[::1]:4280';
+ALTER SYSTEM RESET fly.api_url;
+ALTER SYSTEM SET fly.app_health_url = 'gopher://{app}.internal/health';
+-- A proxy is used only when fly.http_proxy names one; credentials would be logged on reload.
+ALTER SYSTEM SET fly.http_proxy = 'http://user:secret@proxy.internal:3128';
+ALTER SYSTEM SET fly.http_proxy = 'proxy.internal:3128';
+ALTER SYSTEM SET fly.http_proxy = 'http://proxy.internal:3128';
+ALTER SYSTEM RESET fly.http_proxy;
 ALTER SYSTEM SET fly.app_name_prefix = 'a/b';
 
 -- Drop and create again: nothing is left behind.

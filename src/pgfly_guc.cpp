@@ -5,13 +5,17 @@ extern "C" {
 }
 
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/fly_auth.hpp"
 #include "pgfly/pgfly_guc.hpp"
 
 namespace pgfly {
 
 char *api_url = nullptr;
+char *http_proxy = nullptr;
 char *api_token = nullptr;
 char *api_token_file = nullptr;
 char *org_slug = nullptr;
@@ -60,26 +64,47 @@ IsSlug(const char *value) {
 	return true;
 }
 
+// A check hook is a C-to-C++ entry point: it must not throw, and reports through GUC_check_errdetail.
 bool
-CheckApiUrl(char **newval, void **, GucSource) noexcept {
-	const char *url = *newval;
-	if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0) {
-		GUC_check_errdetail("fly.api_url must start with https:// (or http:// for a local simulator).");
+ReportUrlProblem(const char *name, const std::optional<std::string> &problem) {
+	if (problem) {
+		GUC_check_errdetail("%s: %s.", name, problem->c_str());
 		return false;
-	}
-	for (const char *c = url; *c; c++) {
-		if (*c <= ' ' || *c == 0x7f) {
-			GUC_check_errdetail("fly.api_url must not contain spaces or control characters.");
-			return false;
-		}
 	}
 	return true;
 }
 
-// Empty (off) or a URL like fly.api_url's.
 bool
-CheckOptionalUrl(char **newval, void **extra, GucSource source) noexcept {
-	return (*newval)[0] == '\0' || CheckApiUrl(newval, extra, source);
+CheckApiUrl(char **newval, void **, GucSource) noexcept {
+	try {
+		return ReportUrlProblem("fly.api_url", fly::ApiUrlProblem(*newval));
+	} catch (...) {
+		GUC_check_errdetail("fly.api_url could not be checked");
+		return false;
+	}
+}
+
+// Empty (off) or an http(s) URL: the app's own endpoint gets no token, so plain http (to a .internal address on
+// Fly's private network, say) is allowed to any host.
+bool
+CheckAppHealthUrl(char **newval, void **, GucSource) noexcept {
+	try {
+		return (*newval)[0] == '\0' || ReportUrlProblem("fly.app_health_url", fly::PlainUrlProblem(*newval));
+	} catch (...) {
+		GUC_check_errdetail("fly.app_health_url could not be checked");
+		return false;
+	}
+}
+
+// Empty (no proxy, whatever the environment says) or a proxy URL without credentials.
+bool
+CheckProxy(char **newval, void **, GucSource) noexcept {
+	try {
+		return (*newval)[0] == '\0' || ReportUrlProblem("fly.http_proxy", fly::ProxyUrlProblem(*newval));
+	} catch (...) {
+		GUC_check_errdetail("fly.http_proxy could not be checked");
+		return false;
+	}
 }
 
 bool
@@ -107,7 +132,6 @@ ShowMaskedToken() noexcept {
 	return (api_token != nullptr && api_token[0] != '\0') ? "********" : "";
 }
 
-// A check hook is a C-to-C++ entry point: it must not throw, and reports through GUC_check_errdetail.
 bool
 CheckPrefix(char **newval, void **, GucSource) noexcept {
 	try {
@@ -127,9 +151,15 @@ CheckPrefix(char **newval, void **, GucSource) noexcept {
 void
 DefineSettings() {
 	DefineCustomStringVariable("fly.api_url", "Base URL of the Fly Machines API.",
-	                           "Change it only to point at a Fly API simulator or proxy.", &api_url,
-	                           "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
-	                           nullptr);
+							   "https://, or http:// to a loopback host only (a local simulator).", &api_url,
+							   "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
+							   nullptr);
+	// libcurl would otherwise follow http_proxy, https_proxy, ALL_PROXY and NO_PROXY from the postmaster's
+	// environment, silently; only this setting decides.
+	DefineCustomStringVariable("fly.http_proxy", "Proxy for every request of the pg_fly worker.",
+							   "Empty: no proxy, whatever the server's environment says. For example "
+							   "http://proxy.internal:3128; no user name or password.",
+							   &http_proxy, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckProxy, nullptr, nullptr);
 	// The token never shows: SHOW and current_setting() print a mask, even to superusers and members of
 	// pg_read_all_settings, and it is absent from SHOW ALL and pg_settings. It takes effect at server start only,
 	// because a reload that changes a setting makes the postmaster log the new value; fly.api_token_file (read
@@ -216,9 +246,10 @@ DefineSettings() {
 	                        &health_check_interval_ms, 300000, 0, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
 	                        nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_health_url", "Each user app's own health endpoint, checked with its machine.",
-	                           "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
-	                           "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",
-	                           &app_health_url, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckOptionalUrl, nullptr, nullptr);
+							   "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
+							   "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",
+							   &app_health_url, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckAppHealthUrl, nullptr,
+							   nullptr);
 	DefineCustomBoolVariable("fly.restart_stopped_machines", "Whether a health check starts a machine that stopped.",
 	                         nullptr, &restart_stopped_machines, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomBoolVariable("fly.reprovision_vanished_apps",

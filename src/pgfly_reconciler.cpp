@@ -2,6 +2,7 @@
 
 extern "C" {
 #include "commands/extension.h"
+#include "storage/fd.h"
 #include "utils/elog.h"
 #include "utils/timestamp.h"
 }
@@ -89,6 +90,7 @@ Reconciler::Configure() {
 	                                          breaker_max_open_time_ms / 1000.0});
 
 	client_config_.base_url = api_url;
+	client_config_.proxy = http_proxy;
 	client_config_.token = token.token;
 	client_config_.secret_values.clear();
 	for (const auto &secret : settings_.secrets) {
@@ -96,8 +98,11 @@ Reconciler::Configure() {
 	}
 	client_config_.connect_timeout_ms = connect_timeout_ms;
 	client_config_.request_timeout_ms = request_timeout_ms;
-	// Reconciles (with rollouts) and health checks each keep up to fly.max_concurrency requests in flight.
-	client_config_.max_host_connections = std::max(16, 2 * max_concurrency + 1);
+	// Reconciles (with rollouts) and health checks each keep up to fly.max_concurrency requests in flight: as
+	// many connections as PostgreSQL grants descriptors for.
+	const ConnectionBudget budget = ReserveClientFds();
+	client_config_.max_host_connections = budget.connections;
+	client_config_.max_total_connections = budget.connections;
 	if (client_) {
 		client_->UpdateConfig(client_config_);
 	} else {
@@ -107,6 +112,51 @@ Reconciler::Configure() {
 	shared_->token_source = static_cast<int>(token.source);
 	SpinLockRelease(&shared_->mutex);
 	dispatch_again_ = true;
+}
+
+// libcurl's sockets and epoll descriptor are opened outside fd.c: PostgreSQL learns of them here, so that its
+// own files do not run out. What is not granted lowers the worker's concurrency rather than failing.
+ConnectionBudget
+Reconciler::ReserveClientFds() {
+	const ConnectionBudget wanted = WantedConnections(max_concurrency);
+	pg::PgGuard([&]() {
+		for (; reserved_fds_ > 0; reserved_fds_--) {
+			ReleaseExternalFD();
+		}
+		while (reserved_fds_ < wanted.fds && AcquireExternalFD()) {
+			reserved_fds_++;
+		}
+		for (; reserved_fds_ < kMinClientFds; reserved_fds_++) {
+			ReserveExternalFD();
+		}
+	});
+	const ConnectionBudget budget = FitConnections(max_concurrency, reserved_fds_);
+	if (budget.concurrency < max_concurrency && budget.concurrency != concurrency_limit_) {
+		Log("only " + std::to_string(reserved_fds_) + " file descriptors are available for Fly connections (" +
+			std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
+			" users are reconciled at once instead of fly.max_concurrency = " + std::to_string(max_concurrency));
+	}
+	if (budget.connections != client_connections_) {
+		pg::PgGuard([&]() {
+			elog(DEBUG1, "pg_fly worker: %d file descriptors reserved, at most %d connections", reserved_fds_,
+				 budget.connections);
+		});
+	}
+	concurrency_limit_ = budget.concurrency;
+	client_connections_ = budget.connections;
+	return budget;
+}
+
+Reconciler::~Reconciler() {
+	try {
+		pg::PgGuard([&]() {
+			for (; reserved_fds_ > 0; reserved_fds_--) {
+				ReleaseExternalFD();
+			}
+		});
+	} catch (...) {
+		// Only a counter: nothing to do about it at exit.
+	}
 }
 
 std::vector<std::string>
@@ -129,7 +179,7 @@ Reconciler::RetryDelay(int attempts, std::optional<double> retry_after) {
 void
 Reconciler::Dispatch() {
 	const double now = Now();
-	int capacity = max_concurrency - static_cast<int>(running_.size());
+	int capacity = concurrency_limit_ - static_cast<int>(running_.size());
 	switch (breaker_.state(now)) {
 	case CircuitBreaker::State::kClosed:
 		break;
@@ -225,11 +275,24 @@ Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) 
 		const Json apps = outcome.body.Get("apps");
 		for (size_t i = 0; i < apps.Size(); i++) {
 			const std::string name = apps.At(i).GetString("name").value_or("");
-			if (!name.empty() && !settings_.app_name_prefix.empty() &&
-			    name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) == 0 &&
-			    !AppNameProblem(name)) {
-				ours.emplace_back(name, apps.At(i).GetString("id").value_or(""));
+			if (name.empty() || settings_.app_name_prefix.empty() ||
+				name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) != 0) {
+				continue;
 			}
+			const std::string id = apps.At(i).GetString("id").value_or("");
+			std::optional<std::string> problem = AppNameProblem(name);
+			if (!problem && !id.empty()) {
+				problem = AppIdProblem(id);
+			}
+			if (problem) {
+				// Fly's text goes into the log: no control character may start a line of its own.
+				std::replace_if(
+					problem->begin(), problem->end(),
+					[](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }, '?');
+				Log("an app in the organization's list is not recorded as an orphan: " + *problem);
+				continue;
+			}
+			ours.emplace_back(name, id);
 		}
 		std::vector<std::string> to_delete;
 		pg::RunInTransaction("pg_fly: recording orphan apps", [&](pg::SpiConnection &spi) {
@@ -264,14 +327,15 @@ Reconciler::PlanHealthPass(pg::SpiConnection &spi, double now) {
 	next_health_pass_ = now + health_check_interval_ms / 1000.0;
 }
 
-// Health checks share the client, the rate limiter and the breaker with reconciles, and take at most
-// fly.max_concurrency requests at once of their own; apps whose user is being reconciled are skipped.
+// Health checks share the client, the rate limiter and the breaker with reconciles (the app's own endpoint
+// stays out of Fly's limiter and breaker), and take at most fly.max_concurrency requests at once of their own;
+// apps whose user is being reconciled are skipped.
 void
 Reconciler::StartHealthChecks() {
 	if (breaker_.state(Now()) != CircuitBreaker::State::kClosed) {
 		return;
 	}
-	while (health_running_ < max_concurrency && health_next_ < health_queue_.size()) {
+	while (health_running_ < concurrency_limit_ && health_next_ < health_queue_.size()) {
 		const HealthTarget &target = health_queue_[health_next_++];
 		if (running_.count(target.user_id)) {
 			continue;
@@ -490,18 +554,23 @@ Reconciler::SendAllowed() {
 	const double now = Now();
 	std::vector<Held> still_held;
 	for (auto &held : held_) {
-		if (held.due > now || !breaker_.CanSend(now)) {
+		// A user app's own health endpoint is not Fly: neither Fly's breaker nor Fly's limits apply to it.
+		const bool fly_api = fly::IsFlyApi(held.request.endpoint);
+		if (held.due > now || (fly_api && !breaker_.CanSend(now))) {
 			still_held.push_back(std::move(held));
 			continue;
 		}
-		auto key = RateLimitKey(held.request, settings_.org_slug);
-		const double wait = limiter_.Acquire(key, now);
-		if (wait > 0) {
-			held.due = now + wait;
-			still_held.push_back(std::move(held));
-			continue;
+		std::pair<std::string, std::string> key;
+		if (fly_api) {
+			key = RateLimitKey(held.request, settings_.org_slug);
+			const double wait = limiter_.Acquire(key, now);
+			if (wait > 0) {
+				held.due = now + wait;
+				still_held.push_back(std::move(held));
+				continue;
+			}
+			breaker_.MarkSent(now);
 		}
-		breaker_.MarkSent(now);
 		const fly::RequestId id = client_->Submit(held.request);
 		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(held.health), std::move(held.orphan),
 		                                std::move(held.rollout), std::move(key), held.request.endpoint});
@@ -510,12 +579,16 @@ Reconciler::SendAllowed() {
 }
 
 // Feeds the answer to the breaker and the limiter: a wait that timed out (408) is an ordinary answer; a 429
-// holds back that action's scope for Retry-After (or a second).
+// holds back that action's scope for Retry-After (or a second), at most fly.retry_max_delay.
 void
 Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
+	if (!fly::IsFlyApi(in_flight.endpoint)) {
+		return; // a user app's answer says nothing about Fly
+	}
 	const double now = Now();
 	if (outcome.http_status == 429) {
-		limiter_.Block(in_flight.rate_key, now + outcome.retry_after_seconds.value_or(1.0));
+		limiter_.Block(in_flight.rate_key,
+					   now + RetryAfterHoldSeconds(outcome.retry_after_seconds, retry_max_delay_ms / 1000.0));
 		breaker_.OnAnswer();
 		return;
 	}
@@ -617,10 +690,10 @@ Reconciler::SleepMs() const {
 	if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
 		sleep = std::min(sleep, breaker_.reopen_at() - now);
 	} else if (next_due_seconds_ && configuration_problem_.empty() &&
-	           static_cast<int>(running_.size()) < max_concurrency) {
+	           static_cast<int>(running_.size()) < concurrency_limit_) {
 		sleep = std::min(sleep, *next_due_seconds_);
 	}
-	if (static_cast<int>(running_.size()) >= max_concurrency) {
+	if (static_cast<int>(running_.size()) >= concurrency_limit_) {
 		// Saturated: health, orphan and rollout requests are looked at within a second.
 		sleep = std::min(sleep, next_saturated_dispatch_ - now);
 	}

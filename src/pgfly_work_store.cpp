@@ -362,30 +362,34 @@ RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *hea
 std::vector<std::string>
 RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
               const std::vector<std::pair<std::string, std::string>> &apps_with_prefix) {
-	std::string names = "{";
-	std::string ids = "{";
-	for (size_t i = 0; i < apps_with_prefix.size(); i++) {
-		// App names and ids are letters, digits and dashes: no quoting needed in an array literal.
-		names += (i ? "," : "") + apps_with_prefix[i].first;
-		ids += (i ? "," : "") + (apps_with_prefix[i].second.empty() ? std::string("NULL") : apps_with_prefix[i].second);
+	// One JSON parameter, not array literals pasted together: nothing Fly sends can shift or break the rows.
+	Json apps = Json::Array();
+	for (const auto &[name, id] : apps_with_prefix) {
+		Json app = Json::Object();
+		app.Set("name", Json::String(name));
+		app.Set("id", id.empty() ? Json::Null() : Json::String(id));
+		apps.Append(app);
 	}
-	names += "}";
-	ids += "}";
-	spi.Query("INSERT INTO fly.orphan_apps (fly_app_name, fly_org_slug, fly_app_id) "
-	          "SELECT n.name, $2, n.id FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($3::text[])) AS n (name, id) "
-	          "WHERE NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) n.name "
-	          "AND a.deleted_at IS NULL) "
-	          // Seen again after it was gone: a new orphan under an old name, found afresh.
-	          "ON CONFLICT (fly_app_name) DO UPDATE SET last_seen_at = pg_catalog.now(), deleted_at = NULL, "
-	          "found_at = CASE WHEN fly.orphan_apps.deleted_at IS NULL THEN fly.orphan_apps.found_at "
-	          "ELSE pg_catalog.now() END, delete_requested = fly.orphan_apps.delete_requested "
-	          "AND fly.orphan_apps.deleted_at IS NULL, fly_app_id = excluded.fly_app_id",
-	          {names, org_slug, ids});
+	const std::string apps_json = apps.Dump();
+	spi.Query(
+		"INSERT INTO fly.orphan_apps (fly_app_name, fly_org_slug, fly_app_id) "
+		"SELECT DISTINCT ON (n.name) n.name, $2, n.id "
+		"FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n (name pg_catalog.text, id pg_catalog.text) "
+		"WHERE NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) n.name "
+		"AND a.deleted_at IS NULL) "
+		// Seen again after it was gone: a new orphan under an old name, found afresh.
+		"ON CONFLICT (fly_app_name) DO UPDATE SET last_seen_at = pg_catalog.now(), deleted_at = NULL, "
+		"found_at = CASE WHEN fly.orphan_apps.deleted_at IS NULL THEN fly.orphan_apps.found_at "
+		"ELSE pg_catalog.now() END, delete_requested = fly.orphan_apps.delete_requested "
+		"AND fly.orphan_apps.deleted_at IS NULL, fly_app_id = excluded.fly_app_id",
+		{apps_json, org_slug});
 	// Reported apps that are gone from Fly, or that a live row owns now, are orphans no more.
-	spi.Query("UPDATE fly.orphan_apps o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
-	          "AND (NOT (o.fly_app_name OPERATOR(pg_catalog.=) ANY ($1::text[])) OR EXISTS (SELECT 1 FROM "
-	          "fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) o.fly_app_name AND a.deleted_at IS NULL))",
-	          {names});
+	spi.Query(
+		"UPDATE fly.orphan_apps o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
+		"AND (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n "
+		"(name pg_catalog.text) WHERE n.name OPERATOR(pg_catalog.=) o.fly_app_name) OR EXISTS (SELECT 1 FROM "
+		"fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) o.fly_app_name AND a.deleted_at IS NULL))",
+		{apps_json});
 	std::vector<std::string> to_delete;
 	for (const auto &row : spi.Query("SELECT fly_app_name FROM fly.orphan_apps WHERE delete_requested "
 	                                 "AND deleted_at IS NULL ORDER BY fly_app_name",

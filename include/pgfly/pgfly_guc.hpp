@@ -4,6 +4,7 @@
 namespace pgfly {
 
 extern char *api_url;
+extern char *http_proxy;
 extern char *api_token;
 extern char *api_token_file;
 extern char *org_slug;

@@ -16,6 +16,7 @@
 #include "pgfly/core/image_rollout.hpp"
 #include "pgfly/core/rate_limiter.hpp"
 #include "pgfly/core/reconcile.hpp"
+#include "pgfly/core/worker_settings.hpp"
 #include "pgfly/pgfly_rollout_store.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 #include "pgfly/pgfly_work_store.hpp"
@@ -25,10 +26,15 @@ namespace pgfly {
 class Reconciler {
 public:
 	explicit Reconciler(SharedState *shared);
+	// Gives back the file descriptors reserved for the client.
+	~Reconciler();
+	Reconciler(const Reconciler &) = delete;
+	Reconciler &operator=(const Reconciler &) = delete;
 
 	// (Re)reads the fly.* settings, the token and the secrets file; called at start and after SIGHUP.
 	void Configure();
-	// Claims due items while below fly.max_concurrency (and while the breaker is closed) and starts them.
+	// Claims due items while below fly.max_concurrency (or the lower concurrency the reserved file descriptors
+	// allow), while the breaker is closed, and starts them.
 	void Dispatch();
 	// Serves the client's sockets and timers, turns each answer into the operation's next step, and sends the
 	// requests that the rate limiter and the breaker now allow.
@@ -106,6 +112,7 @@ private:
 	void Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error);
 	std::vector<std::string> RunningUsers() const;
 	void Log(const std::string &message) const;
+	ConnectionBudget ReserveClientFds();
 	static double Now();
 
 	SharedState *shared_;
@@ -137,6 +144,10 @@ private:
 	std::vector<std::unique_ptr<HealthCheck>> canaries_claimed_;
 	std::map<int64_t, bool> canaries_checking_;
 	std::mt19937_64 random_;
+	// File descriptors reserved with PostgreSQL for the client, and the concurrency and connections they allow.
+	int reserved_fds_ = 0;
+	int concurrency_limit_ = 0;
+	int client_connections_ = 0;
 };
 
 } // namespace pgfly

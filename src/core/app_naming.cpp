@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 
@@ -94,6 +95,24 @@ AppNameProblem(const std::string &name) {
 		return "the app name \"" + name + "\" ends with a dash";
 	}
 	return std::nullopt;
+}
+
+std::optional<std::string>
+AppIdProblem(const std::string &id) {
+	if (id.empty()) {
+		return std::string("the app id is empty");
+	}
+	const bool usable = id.size() <= kMaxAppNameLength && std::all_of(id.begin(), id.end(), [](char c) {
+							return IsLowerAlnum(c) || (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
+						});
+	if (usable) {
+		return std::nullopt;
+	}
+	const bool printable = id.size() <= 100 && std::all_of(id.begin(), id.end(), [](char c) {
+							   return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+						   });
+	return std::string("the app id ") + (printable ? "\"" + id + "\" " : "") + "is not 1 to " +
+		   std::to_string(kMaxAppNameLength) + " letters, digits, dashes or underscores";
 }
 
 std::optional<std::string>

@@ -1,7 +1,13 @@
 #include "pgfly/core/fly_auth.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
+#include <cstring>
 #include <vector>
+
+#include "pgfly/core/fly_outcome.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -147,6 +153,88 @@ RedactStrings(const std::string &text, std::vector<std::string> values) {
 		}
 	}
 	return redacted;
+}
+
+namespace {
+
+bool
+StartsWith(const std::string &text, const char *prefix) {
+	return text.compare(0, std::strlen(prefix), prefix) == 0;
+}
+
+std::optional<std::string>
+UrlCharacterProblem(const std::string &url) {
+	for (char c : url) {
+		if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) {
+			return std::string("it must not contain spaces or control characters");
+		}
+	}
+	return std::nullopt;
+}
+
+} // namespace
+
+bool
+IsLoopbackHost(const std::string &host) {
+	std::string lower = host;
+	std::transform(lower.begin(), lower.end(), lower.begin(),
+				   [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; });
+	if (lower == "localhost" || lower == "localhost.") {
+		return true;
+	}
+	in_addr v4 = {};
+	if (inet_pton(AF_INET, lower.c_str(), &v4) == 1) {
+		return (ntohl(v4.s_addr) >> 24) == 127;
+	}
+	if (lower.size() > 2 && lower.front() == '[' && lower.back() == ']') {
+		in6_addr v6 = {};
+		const std::string inner = lower.substr(1, lower.size() - 2);
+		return inet_pton(AF_INET6, inner.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+	}
+	return false;
+}
+
+std::optional<std::string>
+PlainUrlProblem(const std::string &url) {
+	if (!StartsWith(url, "https://") && !StartsWith(url, "http://")) {
+		return std::string("it must start with https:// or http://");
+	}
+	return UrlCharacterProblem(url);
+}
+
+std::optional<std::string>
+ApiUrlProblem(const std::string &url) {
+	if (auto problem = PlainUrlProblem(url)) {
+		return problem;
+	}
+	if (StartsWith(url, "http://") && !IsLoopbackHost(UrlHost(url))) {
+		return std::string("it must start with https://; http:// is allowed only for a loopback host (localhost, "
+						   "127.0.0.0/8, [::1]), since the token would travel in clear text");
+	}
+	return std::nullopt;
+}
+
+std::optional<std::string>
+ProxyUrlProblem(const std::string &url) {
+	bool known_scheme = false;
+	for (const char *scheme : {"http://", "https://", "socks4://", "socks4a://", "socks5://", "socks5h://"}) {
+		known_scheme = known_scheme || StartsWith(url, scheme);
+	}
+	if (!known_scheme) {
+		return std::string("it must start with http://, https://, socks4://, socks4a://, socks5:// or socks5h://");
+	}
+	if (auto problem = UrlCharacterProblem(url)) {
+		return problem;
+	}
+	const size_t start = url.find("://") + 3;
+	const std::string authority = url.substr(start, url.find_first_of("/?#", start) - start);
+	if (authority.find('@') != std::string::npos) {
+		return std::string("it must not contain a user name or password (a changed setting's value is logged)");
+	}
+	if (UrlHost(url).empty()) {
+		return std::string("it names no host");
+	}
+	return std::nullopt;
 }
 
 } // namespace fly

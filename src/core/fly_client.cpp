@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "pgfly/core/c_callback.hpp"
 #include "pgfly/core/fly_auth.hpp"
 #include "pgfly/core/token_source.hpp"
 
@@ -171,6 +172,8 @@ struct Transfer {
 	std::string response_body;
 	size_t max_response_bytes = 0;
 	bool too_large = false;
+	// A callback failed to allocate; the transfer was aborted.
+	bool out_of_memory = false;
 	std::string request_id;
 	std::string retry_after;
 	std::string location;
@@ -187,45 +190,62 @@ struct Transfer {
 	}
 };
 
+// libcurl's callbacks are noexcept: an exception must not unwind through libcurl (c_callback.hpp). A failed
+// callback returns something other than `bytes`, which makes curl abort the transfer with CURLE_WRITE_ERROR.
 size_t
-WriteBody(char *data, size_t size, size_t count, void *user) {
+WriteBody(char *data, size_t size, size_t count, void *user) noexcept {
 	auto *transfer = static_cast<Transfer *>(user);
-	const size_t bytes = size * count;
-	if (transfer->response_body.size() + bytes > transfer->max_response_bytes) {
-		// Anything but `bytes` makes curl abort the transfer with CURLE_WRITE_ERROR.
-		transfer->too_large = true;
-		return 0;
-	}
-	transfer->response_body.append(data, bytes);
-	return bytes;
+	return GuardCCallback(
+		CCallback::kCurlWrite,
+		[&]() -> size_t {
+			const size_t bytes = size * count;
+			if (transfer->response_body.size() + bytes > transfer->max_response_bytes) {
+				transfer->too_large = true;
+				return 0;
+			}
+			transfer->response_body.append(data, bytes);
+			return bytes;
+		},
+		[&]() -> size_t {
+			transfer->out_of_memory = true;
+			return 0;
+		});
 }
 
 size_t
-CaptureHeader(char *data, size_t size, size_t count, void *user) {
+CaptureHeader(char *data, size_t size, size_t count, void *user) noexcept {
 	auto *transfer = static_cast<Transfer *>(user);
-	const size_t bytes = size * count;
-	const std::string_view line(data, bytes);
-	if (line.substr(0, 5) == "HTTP/") {
-		// A new response begins (after a 100 Continue, for instance): only the final one's headers count.
-		transfer->request_id.clear();
-		transfer->retry_after.clear();
-		transfer->location.clear();
-		return bytes;
-	}
-	const size_t colon = line.find(':');
-	if (colon == std::string_view::npos) {
-		return bytes;
-	}
-	const std::string_view name = TrimView(line.substr(0, colon));
-	const std::string_view value = TrimView(line.substr(colon + 1)).substr(0, kMaxCapturedHeaderLength);
-	if (EqualsIgnoreCase(name, "fly-request-id")) {
-		transfer->request_id.assign(value);
-	} else if (EqualsIgnoreCase(name, "retry-after")) {
-		transfer->retry_after.assign(value);
-	} else if (EqualsIgnoreCase(name, "location")) {
-		transfer->location.assign(value);
-	}
-	return bytes;
+	return GuardCCallback(
+		CCallback::kCurlHeader,
+		[&]() -> size_t {
+			const size_t bytes = size * count;
+			const std::string_view line(data, bytes);
+			if (line.substr(0, 5) == "HTTP/") {
+				// A new response begins (after a 100 Continue, for instance): only the final one's headers count.
+				transfer->request_id.clear();
+				transfer->retry_after.clear();
+				transfer->location.clear();
+				return bytes;
+			}
+			const size_t colon = line.find(':');
+			if (colon == std::string_view::npos) {
+				return bytes;
+			}
+			const std::string_view name = TrimView(line.substr(0, colon));
+			const std::string_view value = TrimView(line.substr(colon + 1)).substr(0, kMaxCapturedHeaderLength);
+			if (EqualsIgnoreCase(name, "fly-request-id")) {
+				transfer->request_id.assign(value);
+			} else if (EqualsIgnoreCase(name, "retry-after")) {
+				transfer->retry_after.assign(value);
+			} else if (EqualsIgnoreCase(name, "location")) {
+				transfer->location.assign(value);
+			}
+			return bytes;
+		},
+		[&]() -> size_t {
+			transfer->out_of_memory = true;
+			return 0;
+		});
 }
 
 } // namespace
@@ -255,6 +275,9 @@ struct Client::Impl {
 	std::unordered_map<RequestId, std::unique_ptr<Transfer>> transfers;
 	std::optional<Clock::time_point> timer_deadline;
 	std::vector<Completion> completed;
+	// A socket or timer callback failed: curl's view of the sockets and timer can no longer be trusted, so every
+	// transfer is aborted at the next Drive.
+	bool callback_failed = false;
 
 	explicit Impl(ClientConfig client_config) : config(std::move(client_config)) {
 		EnsureCurlGlobalInit();
@@ -262,9 +285,8 @@ struct Client::Impl {
 		if (epoll_fd < 0) {
 			throw std::runtime_error(std::string("epoll_create1 failed: ") + std::strerror(errno));
 		}
-		multi = curl_multi_init();
 		share = curl_share_init();
-		if (multi == nullptr || share == nullptr) {
+		if (share == nullptr || !CreateMulti()) {
 			Release();
 			throw std::runtime_error("libcurl could not create a multi or share handle");
 		}
@@ -272,12 +294,34 @@ struct Client::Impl {
 		// skips the lookup and resumes the TLS session. Single-threaded: no lock callbacks needed.
 		curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
 		curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+	}
+
+	bool
+	CreateMulti() {
+		multi = curl_multi_init();
+		if (multi == nullptr) {
+			return false;
+		}
 		curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, &Impl::OnSocket);
 		curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, this);
 		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, &Impl::OnTimer);
 		curl_multi_setopt(multi, CURLMOPT_TIMERDATA, this);
 		curl_multi_setopt(multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
 		ApplyConnectionLimits();
+		return true;
+	}
+
+	// After a socket or timer callback failed, libcurl refuses every later transfer on that multi handle: abort
+	// what is in flight and start over with a fresh one (its cached connections close with the old one, which
+	// also takes their sockets out of the epoll set).
+	void
+	RecoverFromCallbackFailure() {
+		callback_failed = false;
+		AbortAll(NetworkError::kOther, "a libcurl callback failed (out of memory)");
+		curl_multi_cleanup(multi);
+		multi = nullptr;
+		timer_deadline.reset();
+		CreateMulti(); // if this fails too, Submit tries again
 	}
 
 	~Impl() { Release(); }
@@ -305,39 +349,61 @@ struct Client::Impl {
 
 	void
 	ApplyConnectionLimits() {
-		const long connections = std::max(1L, config.max_host_connections);
-		curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, connections);
+		const long total = std::max(0L, config.max_total_connections);
+		long per_host = std::max(1L, config.max_host_connections);
+		if (total > 0) {
+			per_host = std::min(per_host, total);
+		}
+		curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host);
+		curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, total);
 		// The idle-connection cache otherwise scales with the number of easy handles, which drops to zero
 		// between bursts here; keep room for every connection we allow.
-		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, connections);
+		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, total > 0 ? total : per_host);
+	}
+
+	// -1 tells libcurl the callback failed; it then aborts the transfers concerned.
+	static int
+	OnSocket(CURL *, curl_socket_t socket, int what, void *user, void *) noexcept {
+		auto *impl = static_cast<Impl *>(user);
+		return GuardCCallback(
+			CCallback::kCurlSocket,
+			[&] {
+				if (what == CURL_POLL_REMOVE) {
+					// ENOENT/EBADF are fine: the socket may never have been added, or is already closed.
+					epoll_ctl(impl->epoll_fd, EPOLL_CTL_DEL, socket, nullptr);
+					return 0;
+				}
+				epoll_event event = {};
+				event.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
+				event.data.fd = socket;
+				if (epoll_ctl(impl->epoll_fd, EPOLL_CTL_MOD, socket, &event) != 0 && errno == ENOENT) {
+					epoll_ctl(impl->epoll_fd, EPOLL_CTL_ADD, socket, &event);
+				}
+				return 0;
+			},
+			[&] {
+				impl->callback_failed = true;
+				return -1;
+			});
 	}
 
 	static int
-	OnSocket(CURL *, curl_socket_t socket, int what, void *user, void *) {
+	OnTimer(CURLM *, long timeout_ms, void *user) noexcept {
 		auto *impl = static_cast<Impl *>(user);
-		if (what == CURL_POLL_REMOVE) {
-			// ENOENT/EBADF are fine: the socket may never have been added, or is already closed.
-			epoll_ctl(impl->epoll_fd, EPOLL_CTL_DEL, socket, nullptr);
-			return 0;
-		}
-		epoll_event event = {};
-		event.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
-		event.data.fd = socket;
-		if (epoll_ctl(impl->epoll_fd, EPOLL_CTL_MOD, socket, &event) != 0 && errno == ENOENT) {
-			epoll_ctl(impl->epoll_fd, EPOLL_CTL_ADD, socket, &event);
-		}
-		return 0;
-	}
-
-	static int
-	OnTimer(CURLM *, long timeout_ms, void *user) {
-		auto *impl = static_cast<Impl *>(user);
-		if (timeout_ms < 0) {
-			impl->timer_deadline.reset();
-		} else {
-			impl->timer_deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-		}
-		return 0;
+		return GuardCCallback(
+			CCallback::kCurlTimer,
+			[&] {
+				if (timeout_ms < 0) {
+					impl->timer_deadline.reset();
+				} else {
+					impl->timer_deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+				}
+				return 0;
+			},
+			[&] {
+				impl->callback_failed = true;
+				return -1;
+			});
 	}
 
 	double
@@ -399,6 +465,9 @@ struct Client::Impl {
 			return CompleteNow(id, request.endpoint, NetworkError::kConfig,
 							   std::string("libcurl refused an option: ") + transfer->error);
 		}
+		if (multi == nullptr && !CreateMulti()) {
+			return CompleteNow(id, request.endpoint, NetworkError::kOther, "libcurl could not create a multi handle");
+		}
 		const CURLMcode added = curl_multi_add_handle(multi, transfer->easy);
 		if (added != CURLM_OK) {
 			return CompleteNow(id, request.endpoint, NetworkError::kOther,
@@ -444,6 +513,9 @@ struct Client::Impl {
 		if (!config.ca_file.empty()) {
 			set(curl_easy_setopt(easy, CURLOPT_CAINFO, config.ca_file.c_str()));
 		}
+		// "" switches libcurl's environment proxies off; NO_PROXY from the environment is overridden likewise.
+		set(curl_easy_setopt(easy, CURLOPT_PROXY, config.proxy.c_str()));
+		set(curl_easy_setopt(easy, CURLOPT_NOPROXY, ""));
 		set(curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout));
 		set(curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, request_timeout));
 		set(curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L));
@@ -454,6 +526,10 @@ struct Client::Impl {
 			set(curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L));
 		}
 		set(curl_easy_setopt(easy, CURLOPT_SHARE, share));
+		if (!IsFlyApi(request.endpoint)) {
+			// Each user app is a host of its own: its connection would only crowd Fly's out of the cache.
+			set(curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L));
+		}
 		set(curl_easy_setopt(easy, CURLOPT_USERAGENT, config.user_agent.c_str()));
 		set(curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, transfer.error));
 		set(curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &WriteBody));
@@ -532,6 +608,8 @@ struct Client::Impl {
 			raw.network_error = MapCurlError(code, transfer.too_large, transfer.error);
 			if (raw.network_error == NetworkError::kTooLarge) {
 				raw.network_detail = "response larger than " + std::to_string(transfer.max_response_bytes) + " bytes";
+			} else if (transfer.out_of_memory) {
+				raw.network_detail = "out of memory while receiving the answer";
 			} else {
 				raw.network_detail = transfer.error[0] != '\0' ? transfer.error : curl_easy_strerror(code);
 			}
@@ -592,11 +670,14 @@ struct Client::Impl {
 			curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
 		}
 		CollectFinished();
+		if (callback_failed) {
+			RecoverFromCallbackFailure();
+		}
 	}
 
 	long
 	NextTimeoutMs() const {
-		return completed.empty() ? TimerTimeoutMs() : 0;
+		return completed.empty() && !callback_failed ? TimerTimeoutMs() : 0;
 	}
 
 	long
@@ -613,14 +694,15 @@ struct Client::Impl {
 	}
 
 	void
-	CancelAll() {
+	AbortAll(NetworkError error, const std::string &detail) {
 		for (auto &[id, transfer] : transfers) {
 			curl_multi_remove_handle(multi, transfer->easy);
 			long request_size = 0;
 			curl_easy_getinfo(transfer->easy, CURLINFO_REQUEST_SIZE, &request_size);
 			RawResponse raw;
 			raw.endpoint = transfer->endpoint;
-			raw.network_error = NetworkError::kCancelled;
+			raw.network_error = error;
+			raw.network_detail = detail;
 			raw.request_sent = request_size > 0;
 			completed.push_back(Completion{id, transfer->endpoint,
 										   ClassifyScrubbed(raw, transfer->token, transfer->secret_values),
@@ -670,7 +752,7 @@ Client::InFlight() const {
 
 void
 Client::CancelAll() {
-	impl_->CancelAll();
+	impl_->AbortAll(NetworkError::kCancelled, "");
 }
 
 void

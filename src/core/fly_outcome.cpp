@@ -290,6 +290,27 @@ ClassifySuccess(const RawResponse &response, const char *name, Outcome &outcome)
 						   (shape == BodyShape::kArray ? "array" : "object") + ": " + Snippet(response.body);
 		return;
 	}
+	if (response.endpoint == Endpoint::kGetApp && !parsed.value.Get("organization").GetString("slug")) {
+		// Ownership is read from the organization: an app without one cannot be judged ours or another's.
+		outcome.kind = OutcomeKind::kMalformed;
+		outcome.message += ": the app has no organization: " + Snippet(response.body);
+		return;
+	}
+	if (response.endpoint == Endpoint::kStartMachine && parsed.value.GetString("status") == std::string("error")) {
+		// fly-go reads status/message from a start answer, and flyctl treats "error" as a failed start.
+		std::string text = parsed.value.GetString("message").value_or("");
+		if (text.empty()) {
+			text = parsed.value.GetString("error").value_or("");
+		}
+		outcome.kind = OutcomeKind::kTransient;
+		outcome.fly_status = "error";
+		outcome.fly_error = OneLine(text, kMaxFlyErrorLength);
+		outcome.message += ": Fly reported the start failed (status error)";
+		if (!outcome.fly_error.empty()) {
+			outcome.message += ": " + outcome.fly_error;
+		}
+		return;
+	}
 	outcome.body = std::move(parsed.value);
 }
 

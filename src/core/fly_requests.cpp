@@ -138,6 +138,11 @@ EndpointName(Endpoint endpoint) {
 	return "unknown";
 }
 
+bool
+IsFlyApi(Endpoint endpoint) {
+	return endpoint != Endpoint::kAppHealth;
+}
+
 std::string
 PercentEncode(const std::string &text) {
 	static const char kHex[] = "0123456789ABCDEF";

@@ -3,7 +3,10 @@
 #include <jansson.h>
 
 #include <cmath>
+#include <new>
 #include <string>
+
+#include "pgfly/core/c_callback.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -50,10 +53,25 @@ NestingExceeds(std::string_view text, int limit) {
 	return false;
 }
 
+struct DumpSink {
+	std::string text;
+	bool failed = false;
+};
+
+// jansson's dump callback: -1 stops the dump.
 int
-AppendToString(const char *buffer, size_t size, void *data) {
-	static_cast<std::string *>(data)->append(buffer, size);
-	return 0;
+AppendToSink(const char *buffer, size_t size, void *data) noexcept {
+	auto *sink = static_cast<DumpSink *>(data);
+	return GuardCCallback(
+		CCallback::kJsonDump,
+		[&] {
+			sink->text.append(buffer, size);
+			return 0;
+		},
+		[&] {
+			sink->failed = true;
+			return -1;
+		});
 }
 
 bool
@@ -277,12 +295,16 @@ Json::AsBool() const {
 
 std::string
 Json::Dump() const {
-	std::string text;
+	DumpSink sink;
 	if (value_ != nullptr) {
 		// A callback rather than json_dumps: no malloc'd buffer whose allocator we would have to match.
-		json_dump_callback(value_, AppendToString, &text, JSON_COMPACT | JSON_ENCODE_ANY);
+		json_dump_callback(value_, AppendToSink, &sink, JSON_COMPACT | JSON_ENCODE_ANY);
 	}
-	return text;
+	if (sink.failed) {
+		// Out of memory inside the callback: thrown here, in C++ frames, rather than through jansson's.
+		throw std::bad_alloc();
+	}
+	return std::move(sink.text);
 }
 
 JsonParseResult
@@ -298,7 +320,8 @@ ParseJson(std::string_view text, size_t max_bytes, int max_depth) {
 		return result;
 	}
 	json_error_t error;
-	json_t *value = json_loadb(text.data(), text.size(), JSON_DECODE_ANY, &error);
+	// A duplicated member ("id", "state") would otherwise resolve last-wins, silently.
+	json_t *value = json_loadb(text.data(), text.size(), JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &error);
 	if (value == nullptr) {
 		// error.text is jansson's description; it can quote a few bytes of the input near the failure.
 		result.error = std::string(error.text) + " at line " + std::to_string(error.line) + ", column " +

@@ -637,10 +637,15 @@ Operation::Handle(const fly::Outcome &outcome) {
 		return Unexpected(outcome, "create_app");
 
 	case Phase::kGetTakenApp: {
-		const bool ours = outcome.kind == OutcomeKind::kSuccess &&
-		                  outcome.body.Get("organization").GetString("slug").value_or(settings_.org_slug) ==
-		                      settings_.org_slug;
-		if (ours) {
+		const std::optional<std::string> org = outcome.body.Get("organization").GetString("slug");
+		if (outcome.kind == OutcomeKind::kSuccess && !org) {
+			// Without an organization the app is neither provably ours nor another's: ask again.
+			fly::Outcome unusable = outcome;
+			unusable.kind = OutcomeKind::kMalformed;
+			unusable.message += ": the app has no organization";
+			return Retry(unusable, "get_app");
+		}
+		if (outcome.kind == OutcomeKind::kSuccess && org == settings_.org_slug) {
 			return AppExists(std::move(step), outcome, "app_reused");
 		}
 		if (outcome.kind == OutcomeKind::kForbidden || outcome.kind == OutcomeKind::kSuccess) {

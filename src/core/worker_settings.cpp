@@ -124,10 +124,36 @@ RetryDelaySeconds(int attempt, double base_seconds, double cap_seconds, std::opt
 	const int exponent = std::clamp(attempt - 1, 0, 62);
 	const double ceiling = std::min(cap_seconds, base_seconds * std::ldexp(1.0, exponent));
 	double delay = std::clamp(unit_random, 0.0, 1.0) * ceiling;
-	if (retry_after && *retry_after > delay) {
-		delay = *retry_after;
+	if (retry_after) {
+		delay = std::max(delay, RetryAfterHoldSeconds(*retry_after, cap_seconds));
 	}
 	return delay;
+}
+
+double
+RetryAfterHoldSeconds(std::optional<double> retry_after, double cap_seconds) {
+	// Fly's Retry-After is trusted only up to the cap: a huge one would otherwise park a user, or an org-wide
+	// rate-limit key, until the worker restarts.
+	const double wanted = retry_after.value_or(kDefaultRateLimitHoldSeconds);
+	return std::clamp(std::isfinite(wanted) ? wanted : cap_seconds, 0.0, std::max(0.0, cap_seconds));
+}
+
+ConnectionBudget
+WantedConnections(int max_concurrency) {
+	ConnectionBudget budget;
+	budget.concurrency = std::max(1, max_concurrency);
+	budget.connections = 2 * budget.concurrency + 1;
+	budget.fds = budget.connections + kClientFdOverhead;
+	return budget;
+}
+
+ConnectionBudget
+FitConnections(int max_concurrency, int granted_fds) {
+	const ConnectionBudget wanted = WantedConnections(max_concurrency);
+	if (granted_fds >= wanted.fds) {
+		return wanted;
+	}
+	return WantedConnections((std::max(granted_fds, kMinClientFds) - kClientFdOverhead - 1) / 2);
 }
 
 } // namespace pgfly

@@ -8,10 +8,11 @@ import sys
 import threading
 import time
 import unittest
+import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import PG_BIN, Cluster, Simulator  # noqa: E402
+from harness import PG_BIN, TEST_TOKEN, Cluster, Simulator  # noqa: E402
 from test_provisioning import ProvisioningTestCase, app_name  # noqa: E402
 
 
@@ -163,6 +164,44 @@ class RetryTest(ProvisioningTestCase):
         app_requests = [r for r in fly_requests(self.sim) if app_name(user) in r["path"]
                         and scope[0]["t_mono"] < r["t_mono"] < scope[0]["t_mono"] + 2.0]
         self.assertEqual(app_requests, [])
+        self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{user}'"), "active")
+
+
+    def test_an_app_without_organization_and_a_start_reporting_error_are_retried(self):
+        user = users(1, 31)[0]
+        name = app_name(user)
+        # The user's app already exists (ours): create_app answers name_taken, and get_app first answers an app
+        # without an organization, which proves nothing about whose it is.
+        request = urllib.request.Request(self.sim.url + "/v1/apps", method="POST",
+                                         data=json.dumps({"name": name, "org_slug": "personal"}).encode(),
+                                         headers={"Authorization": f"Bearer {TEST_TOKEN}",
+                                                  "Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).read()
+        self.sim.configure(faults=[{"endpoint": "get_app", "nth": [1], "kind": "status", "status": 200,
+                                    "body": {"id": "x1", "name": name, "status": "deployed"}}])
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{user}', 'pro')")
+        self.settle()
+        self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{user}'"), "active")
+        events = self.pg.sql(f"SELECT event_type, details::text FROM fly.user_fly_app_events WHERE user_id = "
+                             f"'{user}' ORDER BY id")
+        failed = [details for event, details in events if event == "provision_attempt_failed"]
+        self.assertEqual(len(failed), 1, events)
+        self.assertIn("no organization", failed[0])
+        self.assertIn("app_reused", [event for event, _ in events])
+        # A start Fly answers 200 with "status": "error" did not start the machine: it is retried.
+        machine = self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{user}'")
+        self.sim.control("POST", f"machines/{name}/{machine}/state", {"state": "stopped"})
+        self.sim.configure(faults=[{"endpoint": "start_machine", "nth": [1], "kind": "status", "status": 200,
+                                    "body": {"status": "error", "message": "failed to start: no capacity"}}])
+        self.pg.sql(f"SELECT fly.provision_user_app('{user}')")
+        self.settle()
+        starts = [r for r in fly_requests(self.sim) if r["endpoint"] == "start_machine"]
+        self.assertEqual([r["status"] for r in starts], [200, 200])
+        failed = self.pg.sql(f"SELECT details::text FROM fly.user_fly_app_events WHERE user_id = '{user}' AND "
+                             "event_type = 'provision_attempt_failed' ORDER BY id")
+        self.assertEqual(len(failed), 2)
+        self.assertIn("failed to start: no capacity", failed[-1][0])
+        self.assertEqual(self.sim.state()["apps"][name]["machines"][machine]["state"], "started")
         self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{user}'"), "active")
 
 

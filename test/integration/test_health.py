@@ -101,6 +101,58 @@ class AppHealthEndpointTest(ProvisioningTestCase):
         self.assertIn("reports user_id", detail)
 
 
+class SlowAppHealthEndpointsTest(ProvisioningTestCase):
+    """Users' apps answering their own health endpoint slowly and with errors say nothing about Fly: they must
+    not open Fly's circuit breaker, which would pause all provisioning."""
+
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.health_check_interval": "'1s'",
+                        "fly.breaker_failure_threshold": "3", "fly.breaker_open_time": "'60s'",
+                        "fly.breaker_max_open_time": "'60s'"}
+    USERS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 9)]
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.pg.write_settings({"fly.app_health_url": f"'{cls.sim.url}/__flysim/apps/{{app}}/health'"})
+        cls.pg.reload()
+
+    def breaker_state(self):
+        return self.pg.value("SELECT breaker_state FROM fly.worker_status()")
+
+    def test_failing_app_health_endpoints_leave_the_breaker_closed(self):
+        values = ",".join(f"('{u}', 'pro')" for u in self.USERS)
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES {values}")
+        self.settle()
+        self.assertTrue(self.pg.wait_for("SELECT count(*) = 8 FROM fly.user_fly_apps WHERE health_status = "
+                                         "'healthy'", timeout=30))
+        # Every app's own endpoint now answers late, and with an error: bursts of failures, one per app and pass.
+        self.sim.configure(faults=[{"endpoint": "app_health", "always": True, "kind": "latency", "delay_ms": 800},
+                                   {"endpoint": "app_health", "always": True, "kind": "status", "status": 503}])
+        states = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states.add(self.breaker_state())
+            if self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE health_status = 'unhealthy'") == "8":
+                break
+            time.sleep(0.05)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE health_status = 'unhealthy'"),
+                         "8")
+        failed = [r for r in self.sim.requests()["requests"] if r["endpoint"] == "app_health" and r["status"] == 503]
+        self.assertGreaterEqual(len(failed), 8)
+        # A tier change still provisions its user promptly, while the endpoints keep failing.
+        started = time.monotonic()
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
+        while time.monotonic() - started < 20:
+            states.add(self.breaker_state())
+            if self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{USER}'") == "active":
+                break
+            time.sleep(0.05)
+        self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{USER}'"), "active")
+        self.assertLess(time.monotonic() - started, 10)
+        states.add(self.breaker_state())
+        self.assertEqual(states, {"closed"})
+
+
 class OnDemandHealthTest(ProvisioningTestCase):
     cluster_settings = {"fly.request_timeout": "'5s'", "fly.health_check_interval": "0", "fly.rate_limits": "off"}
 

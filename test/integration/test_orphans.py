@@ -45,6 +45,31 @@ class OrphanTest(ProvisioningTestCase):
         self.assertIn("someone-elses-app", apps)
         self.assertIn(app_name(USER), apps)
 
+    def test_app_names_and_ids_that_could_alter_the_recording_are_skipped(self):
+        self.pg.sql("TRUNCATE fly.orphan_apps")
+        apps = [{"name": "vyx-user-0rphan01", "id": "NULL"},
+                {"name": "vyx-user-0rphan02", "id": "abc,def"},
+                {"name": "vyx-user-0rphan03", "id": "id}3"},
+                {"name": "vyx-user-0rphan04", "id": 'i"d4'},
+                {"name": "vyx-user-bad,name", "id": "x5"},
+                {"name": 'vyx-user-q"}', "id": "x6"},
+                {"name": "vyx-user-0rphan07", "id": "z4k69dxd8r31p5mx"},
+                {"name": "vyx-user-0rphan08"}]
+        body = {"total_apps": len(apps), "apps": [dict(app, status="deployed") for app in apps]}
+        self.sim.configure(faults=[{"endpoint": "list_apps", "always": True, "kind": "status", "status": 200,
+                                    "body": body}])
+        self.pg.sql("SELECT fly.find_orphan_apps()")
+        self.assertTrue(self.pg.wait_for("SELECT EXISTS (SELECT 1 FROM fly.orphan_apps)", timeout=15),
+                        self.pg.server_log()[-3000:])
+        self.assertEqual(self.pg.sql("SELECT fly_app_name, coalesce(fly_app_id, '<null>') FROM fly.orphan_apps "
+                                     "ORDER BY fly_app_name"),
+                         [["vyx-user-0rphan01", "NULL"], ["vyx-user-0rphan07", "z4k69dxd8r31p5mx"],
+                          ["vyx-user-0rphan08", "<null>"]])
+        log = self.pg.server_log()
+        for text in ['app id "abc,def" is not', 'app id "id}3" is not', 'app id "i"d4" is not',
+                     'app name "vyx-user-bad,name" contains']:
+            self.assertIn(text, log)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

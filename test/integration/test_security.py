@@ -533,6 +533,17 @@ class HostileFlyTest(SecurityTestCase):
         self.assertEqual(len(self.sim.state()["apps"][app_name(user)]["machines"]), 1)
         self.assertGreaterEqual(len(creates), 1)
 
+    def test_duplicated_members_make_an_answer_unusable(self):
+        # A machine list entry naming its state twice would be read last-wins: it is refused, and asked again.
+        user = users(1, next(self.seed))[0]
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{user}', 'pro')")
+        self.settle()
+        body = '[{"id": "0000000000d0b1", "state": "stopped", "state": "started"}]'
+        self.survive([{"endpoint": "list_machines", "always": True, "kind": "status", "status": 200, "body": body,
+                       "content_type": "application/json"}],
+                     "the body is not valid JSON (duplicate object key", user=user,
+                     change=f"SELECT fly.provision_user_app('{user}')")
+
     def test_wrong_types_in_the_machine_list(self):
         # Listing an existing user's machines with their types confused must not make pg_fly create another.
         for mutation, expected in (("string_for_object", "it is a string, not an object"),

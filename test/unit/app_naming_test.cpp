@@ -66,6 +66,18 @@ TEST(AppNameAttempt, RecognisesItsOwnCandidates) {
 	EXPECT_EQ(AppNameAttempt("other-", kUser, *AppNameCandidate("vyx-user-", kUser, 0)), -1);
 }
 
+TEST(AppIdProblem, AcceptsFlyIdsAndRefusesWhatCouldAlterAnArrayOrRow) {
+	for (const char *id : {"z4k69dxd8r31p5mx", "0123abc", "NULL", "app_1-X"}) {
+		EXPECT_FALSE(AppIdProblem(id).has_value()) << id;
+	}
+	for (const char *id : {"", "a,b", "a}", "a\"b", "{a}", "a b", "a\\b", "caf\xc3\xa9"}) {
+		EXPECT_TRUE(AppIdProblem(id).has_value()) << id;
+	}
+	EXPECT_TRUE(AppIdProblem(std::string(63, 'a')).has_value());
+	EXPECT_NE(AppIdProblem("a,b").value_or("").find("\"a,b\""), std::string::npos);
+	EXPECT_EQ(AppIdProblem("a\nb").value_or("").find('\n'), std::string::npos) << "not quoted when unprintable";
+}
+
 TEST(AppNameProblem, AcceptsFlyNamesAndExplainsRejections) {
 	EXPECT_FALSE(AppNameProblem("vyx-user-a3f8b2c9").has_value());
 	EXPECT_FALSE(AppNameProblem("a").has_value());

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "pgfly/core/c_callback.hpp"
 #include "test_http_server.hpp"
 
 namespace pgfly {
@@ -19,6 +20,7 @@ using test::Reply;
 using test::TestHttpServer;
 using Clock = std::chrono::steady_clock;
 
+const char *const kAppBody = R"({"name":"app-1","organization":{"slug":"personal"}})";
 const std::string kToken = "FlyV1 fm2_unitTestSecretMacaroonAAAA,fm2_unitTestSecretMacaroonBBBB";
 
 double
@@ -133,7 +135,7 @@ TEST_F(FlyClientTest, ManyConcurrentRequestsShareFewConnections) {
 	constexpr int kRequests = 50;
 	constexpr int kDelayMs = 100;
 	TestHttpServer server([](const ReceivedRequest &) {
-		Reply reply = Reply::Json(200, R"({"name":"app","status":"deployed"})");
+		Reply reply = Reply::Json(200, R"({"name":"app","status":"deployed","organization":{"slug":"o"}})");
 		reply.delay_ms = kDelayMs;
 		return reply;
 	});
@@ -171,6 +173,16 @@ TEST_F(FlyClientTest, SequentialRequestsReuseOneConnection) {
 	}
 	EXPECT_EQ(server.RequestCount(), 10u);
 	EXPECT_EQ(server.AcceptedConnections(), 1);
+}
+
+// Each user app is a host of its own: its connections close after use instead of filling Fly's cache.
+TEST_F(FlyClientTest, AppHealthConnectionsAreNotKept) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, R"({"status":"ok"})"); });
+	Client client(Config(server));
+	for (int i = 0; i < 3; i++) {
+		EXPECT_EQ(client.RunSync(AppHealthRequest(server.BaseUrl() + "/health")).kind, OutcomeKind::kSuccess);
+	}
+	EXPECT_EQ(server.AcceptedConnections(), 3);
 }
 
 TEST_F(FlyClientTest, LongRequestDoesNotHoldBackOthers) {
@@ -379,7 +391,7 @@ TEST_F(FlyClientTest, ContentTypeIsCapturedAndJudged) {
 }
 
 TEST_F(FlyClientTest, UnusableTokenFailsWithoutSending) {
-	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, "{}"); });
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
 	ClientConfig config = Config(server);
 	config.token = "fm2_abc\r\nX-Injected: 1";
 	Client client(config);
@@ -410,7 +422,7 @@ TEST_F(FlyClientTest, OnlyHttpAndHttpsAreUsed) {
 
 TEST_F(FlyClientTest, TlsProblemsArePermanent) {
 	// A plain-HTTP server behind an https URL: the handshake fails; an unreadable CA file fails before it.
-	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, "{}"); });
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
 	ClientConfig config = Config(server);
 	config.base_url = "https://127.0.0.1:" + std::to_string(server.Port());
 	{
@@ -461,7 +473,7 @@ TEST_F(FlyClientTest, CancelAllCompletesEveryTransfer) {
 }
 
 TEST_F(FlyClientTest, UpdateConfigAppliesToLaterRequests) {
-	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, "{}"); });
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
 	ClientConfig config = Config(server);
 	Client client(config);
 	EXPECT_EQ(client.RunSync(GetAppRequest("app-1")).kind, OutcomeKind::kSuccess);
@@ -499,7 +511,7 @@ TEST_F(FlyClientTest, EventLoopContract) {
 
 TEST_F(FlyClientTest, RunSyncLeavesOtherCompletionsQueued) {
 	TestHttpServer server([](const ReceivedRequest &request) {
-		Reply reply = Reply::Json(200, "{}");
+		Reply reply = Reply::Json(200, kAppBody);
 		reply.delay_ms = request.target.find("slow") != std::string::npos ? 200 : 0;
 		return reply;
 	});
@@ -509,6 +521,84 @@ TEST_F(FlyClientTest, RunSyncLeavesOtherCompletionsQueued) {
 	const auto completions = client.TakeCompleted();
 	ASSERT_EQ(completions.size(), 1u);
 	EXPECT_EQ(completions[0].id, background);
+}
+
+// Sets proxy variables for one test, and puts the suite's no_proxy back afterwards.
+class ScopedProxyEnvironment {
+public:
+	explicit ScopedProxyEnvironment(const std::string &proxy) {
+		for (const char *name : kProxyNames) {
+			setenv(name, proxy.c_str(), 1);
+		}
+		unsetenv("no_proxy");
+		unsetenv("NO_PROXY");
+	}
+	~ScopedProxyEnvironment() {
+		for (const char *name : kProxyNames) {
+			unsetenv(name);
+		}
+		setenv("no_proxy", "*", 1);
+		setenv("NO_PROXY", "*", 1);
+	}
+
+private:
+	static constexpr const char *kProxyNames[] = {"http_proxy",	 "HTTP_PROXY", "https_proxy",
+												  "HTTPS_PROXY", "all_proxy",  "ALL_PROXY"};
+};
+
+TEST_F(FlyClientTest, ProxyVariablesInTheEnvironmentAreIgnored) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
+	TestHttpServer proxy([](const ReceivedRequest &) { return Reply::Json(502, R"({"error":"proxied"})"); });
+	ScopedProxyEnvironment environment(proxy.BaseUrl());
+	Client client(Config(server));
+	const Outcome outcome = client.RunSync(GetAppRequest("app-1"));
+	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess) << outcome.message;
+	EXPECT_EQ(server.Requests().size(), 1u);
+	EXPECT_EQ(proxy.Requests().size(), 0u) << "the request went through the environment's proxy";
+}
+
+TEST_F(FlyClientTest, OnlyTheConfiguredProxyIsUsed) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(500, "{}"); });
+	TestHttpServer proxy([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
+	ScopedProxyEnvironment environment("http://127.0.0.1:9");
+	ClientConfig config = Config(server);
+	config.proxy = proxy.BaseUrl();
+	Client client(config);
+	const Outcome outcome = client.RunSync(GetAppRequest("app-1"));
+	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess) << outcome.message;
+	ASSERT_EQ(proxy.Requests().size(), 1u);
+	EXPECT_EQ(proxy.Requests()[0].target, server.BaseUrl() + "/v1/apps/app-1");
+	EXPECT_EQ(server.Requests().size(), 0u);
+}
+
+// A callback handed to libcurl that throws (std::bad_alloc, say) must not unwind through libcurl and terminate
+// the process: the transfer fails as a transient network error instead.
+TEST_F(FlyClientTest, ThrowingWriteOrHeaderCallbackFailsOnlyThatTransfer) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
+	Client client(Config(server));
+	for (CCallback callback : {CCallback::kCurlWrite, CCallback::kCurlHeader}) {
+		InjectCallbackFaultForTesting(callback, 1);
+		const Outcome failed = client.RunSync(GetAppRequest("app-1"));
+		EXPECT_EQ(failed.kind, OutcomeKind::kTransient) << failed.message;
+		EXPECT_EQ(failed.network_error, NetworkError::kOther);
+		EXPECT_NE(failed.message.find("out of memory"), std::string::npos) << failed.message;
+		EXPECT_EQ(client.RunSync(GetAppRequest("app-1")).kind, OutcomeKind::kSuccess) << "the next one is fine";
+	}
+}
+
+TEST_F(FlyClientTest, ThrowingSocketOrTimerCallbackDoesNotTerminate) {
+	TestHttpServer server([](const ReceivedRequest &) { return Reply::Json(200, kAppBody); });
+	Client client(Config(server));
+	for (CCallback callback : {CCallback::kCurlSocket, CCallback::kCurlTimer}) {
+		InjectCallbackFaultForTesting(callback, 1);
+		const RequestId id = client.Submit(GetAppRequest("app-1"));
+		const auto completions = DriveUntil(client, 1, 8000);
+		ASSERT_EQ(completions.size(), 1u) << "every request completes, even after a failed callback";
+		EXPECT_EQ(completions[0].id, id);
+		InjectCallbackFaultForTesting(callback, 0);
+		const Outcome next = client.RunSync(GetAppRequest("app-1"));
+		EXPECT_EQ(next.kind, OutcomeKind::kSuccess) << next.message;
+	}
 }
 
 TEST_F(FlyClientTest, DestroyingWithTransfersInFlightIsClean) {

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <jansson.h>
 
+#include <new>
+
+#include "pgfly/core/c_callback.hpp"
 #include "pgfly/core/json.hpp"
 
 namespace pgfly {
@@ -101,6 +104,23 @@ TEST(ParseJson, AcceptsValidTextAndRejectsMalformedInput) {
 	EXPECT_FALSE(ParseJson("{} trailing").ok());
 }
 
+TEST(ParseJson, RejectsDuplicatedMembers) {
+	const JsonParseResult duplicated = ParseJson(R"({"id":"m1","state":"stopped","state":"started"})");
+	EXPECT_FALSE(duplicated.ok());
+	EXPECT_NE(duplicated.error.find("duplicate"), std::string::npos) << duplicated.error;
+	EXPECT_FALSE(ParseJson(R"([{"config":{"id":1,"id":2}}])").ok()) << "at any depth";
+	EXPECT_TRUE(ParseJson(R"({"id":"m1","config":{"id":"m1"}})").ok()) << "the same key in different objects";
+}
+
+TEST(Json, DumpAllocationFailureThrowsInCppFrames) {
+	Json object = Json::Object();
+	object.Set("a", Json::String("b"));
+	// The dump callback fails as an allocation would: the exception surfaces from Dump, not through jansson.
+	InjectCallbackFaultForTesting(CCallback::kJsonDump, 1);
+	EXPECT_THROW(object.Dump(), std::bad_alloc);
+	EXPECT_EQ(object.Dump(), R"({"a":"b"})");
+}
+
 TEST(ParseJson, DepthAndSizeLimits) {
 	const std::string deep_64 = std::string(64, '[') + std::string(64, ']');
 	const std::string deep_65 = std::string(65, '[') + std::string(65, ']');
@@ -188,13 +208,52 @@ TEST(Classify, MalformedJsonOn200) {
 	EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed);
 }
 
+// A duplicated id or state would otherwise be read last-wins: the answer is unusable, and asked again.
+TEST(Classify, DuplicatedMembersMakeA2xxMalformed) {
+	const Outcome outcome =
+		Classified(Endpoint::kGetMachine, 200, R"({"id":"m1","state":"stopped","state":"started"})");
+	EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed);
+	EXPECT_FALSE(outcome.body.HasValue());
+	EXPECT_NE(outcome.message.find("not valid JSON"), std::string::npos) << outcome.message;
+	EXPECT_EQ(Classified(Endpoint::kListMachines, 200, R"([{"id":"m1","id":"m2","state":"started"}])").kind,
+			  OutcomeKind::kMalformed);
+}
+
+TEST(Classify, AppWithoutOrganizationIsMalformed) {
+	for (const char *body :
+		 {R"({"name":"a","status":"deployed"})", R"({"name":"a","organization":null})",
+		  R"({"name":"a","organization":{"name":"Acme"}})", R"({"name":"a","organization":"acme"})"}) {
+		const Outcome outcome = Classified(Endpoint::kGetApp, 200, body);
+		EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed) << body;
+		EXPECT_NE(outcome.message.find("no organization"), std::string::npos) << outcome.message;
+	}
+}
+
+TEST(Classify, StartAnsweredWithStatusErrorIsTransient) {
+	Outcome outcome =
+		Classified(Endpoint::kStartMachine, 200, R"({"status":"error","message":"failed to start machine"})");
+	EXPECT_EQ(outcome.kind, OutcomeKind::kTransient);
+	EXPECT_EQ(outcome.http_status, 200);
+	EXPECT_EQ(outcome.fly_status, "error");
+	EXPECT_EQ(outcome.fly_error, "failed to start machine");
+	EXPECT_EQ(outcome.message,
+			  "start_machine: HTTP 200 (ok): Fly reported the start failed (status error): failed to start machine");
+	outcome = Classified(Endpoint::kStartMachine, 200, R"({"status":"error"})");
+	EXPECT_EQ(outcome.kind, OutcomeKind::kTransient);
+	outcome =
+		Classified(Endpoint::kStartMachine, 200, R"({"previous_state":"stopped","migrated":false,"new_host":""})");
+	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess);
+	outcome = Classified(Endpoint::kStartMachine, 200);
+	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess);
+}
+
 TEST(Classify, SuccessBodyLabelledAsSomethingElseIsMalformed) {
-	RawResponse response = Response(Endpoint::kGetApp, 200, R"({"name":"a"})");
+	RawResponse response = Response(Endpoint::kGetApp, 200, R"({"name":"a","organization":{"slug":"o"}})");
 	response.content_type = "text/html; charset=utf-8";
 	Outcome outcome = Classify(response, "", kNow);
 	EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed);
-	EXPECT_EQ(outcome.message,
-			  R"(get_app: HTTP 200 (ok): the body is labelled text/html; charset=utf-8, not JSON: {"name":"a"})");
+	EXPECT_EQ(outcome.message, R"(get_app: HTTP 200 (ok): the body is labelled text/html; charset=utf-8, not JSON: )"
+							   R"({"name":"a","organization":{"slug":"o"}})");
 	EXPECT_FALSE(outcome.body.HasValue());
 	for (const char *json : {"application/json", "Application/JSON; charset=utf-8", " application/problem+json ", ""}) {
 		response.content_type = json;

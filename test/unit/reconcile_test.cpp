@@ -543,6 +543,20 @@ TEST(ReconcileAppName, TakenByOurOrgIsReused) {
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
 }
 
+// An app answered without its organization is neither provably ours (to reuse) nor another's: asked again.
+TEST(ReconcileAppName, TakenAppWithoutOrganizationIsAskedAgain) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	Step step = operation.OnOutcome(Ok("{\"id\":\"app-x\",\"name\":\"" + Candidate(0) + "\",\"status\":\"deployed\"}"));
+	ExpectRetriedInPlace(step);
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	EXPECT_FALSE(step.app.has_value());
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	EXPECT_EQ(EventTypes(step), Types{"app_reused"});
+}
+
 TEST(ReconcileAppName, TakenByAnotherOrgMovesToTheNextCandidate) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	operation.Start();

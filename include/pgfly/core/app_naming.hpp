@@ -28,6 +28,10 @@ int AppNameAttempt(const std::string &prefix, const std::string &user_id, const 
 // with a letter, not ending with a dash. Returns an explanation when it would not, nothing when valid.
 std::optional<std::string> AppNameProblem(const std::string &name);
 
+// Why an app id from Fly cannot be stored as it is, or nothing: 1 to 62 letters, digits, dashes or underscores
+// (Fly's ids are lower-case letters and digits). The id is quoted in the message only when it is printable.
+std::optional<std::string> AppIdProblem(const std::string &id);
+
 // Whether a configured prefix is safe to put into a URL path. Deliberately weaker than AppNameProblem:
 // a prefix Fly rejects (upper case, say) must reach Fly and fail there with its own 422, so the operator
 // sees Fly's reason; only characters that could change the request's meaning are refused here.

@@ -2,6 +2,7 @@
 // any text that could reach a log, an event row or an error message.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,22 @@ std::string RedactToken(const std::string &text, const std::string &token);
 // text with every occurrence of each value (longest first) replaced by "<redacted>"; values shorter than 4
 // characters are left alone.
 std::string RedactStrings(const std::string &text, std::vector<std::string> values);
+
+// Whether a URL host (as UrlHost returns it) is this machine: localhost, 127.0.0.0/8 or [::1].
+bool IsLoopbackHost(const std::string &host);
+
+// Why a base URL that the token travels to is refused, or nothing: it must be https://, or http:// to a loopback
+// host only (a local simulator), so that the token never crosses a network in clear text. No spaces or control
+// characters.
+std::optional<std::string> ApiUrlProblem(const std::string &url);
+
+// Why a URL that carries no secret (fly.app_health_url) is refused, or nothing: http:// or https://, no spaces
+// or control characters.
+std::optional<std::string> PlainUrlProblem(const std::string &url);
+
+// Why a proxy URL is refused, or nothing: http://, https://, socks4://, socks4a://, socks5:// or socks5h://, no
+// spaces or control characters, and no user name or password (PostgreSQL logs a changed setting's value).
+std::optional<std::string> ProxyUrlProblem(const std::string &url);
 
 } // namespace fly
 } // namespace pgfly

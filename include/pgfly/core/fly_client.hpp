@@ -40,9 +40,15 @@ struct ClientConfig {
 	// Larger responses are aborted and reported as kMalformed (0 falls back to the default).
 	size_t max_response_bytes = 1024 * 1024;
 	long max_host_connections = 16;
+	// Connections open at once to all hosts, in use and idle together (the user apps' health endpoints are hosts
+	// too); 0 for no cap beyond max_host_connections per host. Requests beyond it wait for a free connection.
+	long max_total_connections = 0;
 	std::string user_agent = std::string("pg_fly/") + PGFLY_VERSION;
 	// PEM bundle for a private CA; empty uses the system's. Verification is never turned off.
 	std::string ca_file;
+	// The proxy every request goes through; empty for none. Proxy variables in the environment (http_proxy,
+	// https_proxy, ALL_PROXY, NO_PROXY) are never used.
+	std::string proxy;
 };
 
 using RequestId = uint64_t;

@@ -35,6 +35,10 @@ enum class Endpoint {
 // snake_case name, as the project's Fly simulator and the event log call it ("create_app", ...).
 const char *EndpointName(Endpoint endpoint);
 
+// Whether the endpoint is Fly's API, whose answers feed Fly's rate limiter and circuit breaker. A user app's own
+// health endpoint is not: a batch of slow user apps says nothing about Fly.
+bool IsFlyApi(Endpoint endpoint);
+
 struct Request {
 	std::string method;
 	// Starts with /v1/; identifiers already percent-encoded.

@@ -93,7 +93,8 @@ public:
 		return Get(key).AsBool();
 	}
 
-	// Compact JSON text in member insertion order; "" when there is no value.
+	// Compact JSON text in member insertion order; "" when there is no value. Throws std::bad_alloc when memory
+	// runs out.
 	std::string Dump() const;
 
 	// The underlying value, still owned by this Json (may be null).
@@ -116,7 +117,8 @@ struct JsonParseResult {
 };
 
 // Parses any JSON value (object, array, or scalar). Refuses text longer than max_bytes, nesting deeper than
-// max_depth arrays/objects, invalid UTF-8, "\u0000" in strings and integers beyond int64. Never throws.
+// max_depth arrays/objects, invalid UTF-8, "\u0000" in strings, integers beyond int64 and objects with a
+// duplicated member. Never throws.
 JsonParseResult ParseJson(std::string_view text, size_t max_bytes = kJsonDefaultMaxBytes,
                           int max_depth = kJsonDefaultMaxDepth);
 

@@ -1,0 +1,62 @@
+"""The worker's HTTP connections are file descriptors PostgreSQL accounts for: the worker reserves them
+(AcquireExternalFD), opens no more than it reserved, and runs fewer users at once when fewer are available."""
+
+import os
+import re
+import sys
+import time
+import unittest
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_provisioning import ProvisioningTestCase  # noqa: E402
+
+
+def open_sockets(pid):
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+class ConnectionBudgetTest(ProvisioningTestCase):
+    # Few descriptors for PostgreSQL (a third of them for external use) and a concurrency that would want many.
+    cluster_settings = {"fly.request_timeout": "'10s'", "max_files_per_process": "100",
+                        "fly.max_concurrency": "64", "fly.rate_limits": "off", "fly.health_check_interval": "0"}
+
+    def test_connections_stay_within_the_reserved_descriptors(self):
+        pattern = r"pg_fly worker: (\d+) file descriptors reserved, at most (\d+) connections"
+        deadline = time.monotonic() + 30
+        while not re.search(pattern, self.pg.server_log()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = self.pg.server_log()
+        reserved = re.findall(pattern, log)
+        self.assertTrue(reserved, "the worker logged no reservation")
+        fds, connections = map(int, reserved[-1])
+        self.assertLess(fds, 64 * 2 + 1)
+        self.assertIn("instead of fly.max_concurrency = 64", log)
+        # Every answer takes a while, so that requests pile up to whatever the worker allows.
+        self.sim.configure(latency={"*": {"fixed_ms": 300, "jitter_ms": 0}})
+        users = [str(uuid.UUID(int=0x5000 + i, version=4)) for i in range(60)]
+        self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in users))
+        pid = self.pg.worker_pid()
+        most = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            most = max(most, open_sockets(pid))
+            if self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'") == "60":
+                break
+            time.sleep(0.02)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "60")
+        self.assertGreater(most, 1)
+        self.assertLessEqual(most, connections)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_app_events WHERE event_type LIKE "
+                                       "'%attempt_failed'"), "0")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
