@@ -35,6 +35,19 @@ CircuitBreaker::CanSend(double now) const {
 	return false;
 }
 
+std::optional<double>
+CircuitBreaker::SendableAt(double now) const {
+	switch (state(now)) {
+	case State::kClosed:
+		return now;
+	case State::kOpen:
+		return reopen_at_;
+	case State::kHalfOpen:
+		break;
+	}
+	return probe_in_flight_ ? std::nullopt : std::optional<double>(now);
+}
+
 void
 CircuitBreaker::MarkSent(double now) {
 	if (state(now) == State::kHalfOpen) {
