@@ -18,4 +18,19 @@ EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredStat
 	pg::PgGuard([]() { WakeWorkerAtCommit(); });
 }
 
+bool
+EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
+                    const char *reason) {
+	static const char *const kInsert = "INSERT INTO fly.reconcile_queue (user_id, desired, tier, reason) "
+	                                   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING "
+	                                   "RETURNING 1";
+	const bool queued = !spi.Query(kInsert, {user_id, std::string(desired == DesiredState::kPresent ? "present" : "absent"),
+	                                         tier, std::string(reason)})
+	                         .empty();
+	if (queued) {
+		pg::PgGuard([]() { WakeWorkerAtCommit(); });
+	}
+	return queued;
+}
+
 } // namespace pgfly

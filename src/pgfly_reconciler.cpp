@@ -339,8 +339,9 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 						                   verdict.health == Health::kHealthy);
 					}
 					if (active && event == "app_vanished") {
-						// The reconcile finds or recreates the app and its machine from what the row records.
-						EnqueueReconcile(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
+						// The reconcile finds or recreates the app and its machine from what the row records. A
+						// queued item (a downgrade, say) is newer than this row's tier and is left as it is.
+						EnqueueUnlessQueued(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
 					}
 					if (!active) {
 						next.reset();
