@@ -153,11 +153,12 @@ ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> 
 
 QueueSummary
 SummarizeQueue(pg::SpiConnection &spi) {
-	// One scan for both: this runs at every pass of the worker's loop.
+	// One scan for both: this runs at every pass of the worker's loop. Not read-only: the claims this
+	// transaction just made must be seen as claims, not as items still due.
 	auto rows = spi.Query("SELECT pg_catalog.count(*) FILTER (WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()), "
 	                      "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
 	                      "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
-	                      {}, true);
+	                      {});
 	QueueSummary summary;
 	summary.due = ToInt(rows.at(0).at(0));
 	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
