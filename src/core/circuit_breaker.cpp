@@ -24,15 +24,8 @@ CircuitBreaker::state(double now) const {
 
 bool
 CircuitBreaker::CanSend(double now) const {
-	switch (state(now)) {
-	case State::kClosed:
-		return true;
-	case State::kOpen:
-		return false;
-	case State::kHalfOpen:
-		return !probe_in_flight_;
-	}
-	return false;
+	const std::optional<double> at = SendableAt(now);
+	return at && *at <= now;
 }
 
 std::optional<double>
