@@ -12,7 +12,10 @@ EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredStat
 	    "VALUES ($1::pg_catalog.uuid, $2, $3, $4) "
 	    "ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier, "
 	    "reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, alerted = false, "
-	    "run_after = pg_catalog.now(), last_error = NULL, updated_at = pg_catalog.now()";
+	    // The claim goes too: an operation still running for the old generation hands over at its next step, and
+	    // a claim the worker failed to release cannot hold the new desired state back for a whole lease.
+	    "run_after = pg_catalog.now(), claimed_at = NULL, lease_until = NULL, last_error = NULL, "
+	    "updated_at = pg_catalog.now()";
 	spi.Query(kUpsert, {user_id, std::string(desired == DesiredState::kPresent ? "present" : "absent"), tier,
 	                    std::string(reason)});
 	pg::PgGuard([]() { WakeWorkerAtCommit(); });
