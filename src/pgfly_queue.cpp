@@ -4,6 +4,15 @@
 
 namespace pgfly {
 
+namespace {
+
+std::string
+DesiredName(DesiredState desired) {
+	return desired == DesiredState::kPresent ? "present" : "absent";
+}
+
+} // namespace
+
 void
 EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
                  const char *reason) {
@@ -16,8 +25,7 @@ EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredStat
 	    // a claim the worker failed to release cannot hold the new desired state back for a whole lease.
 	    "run_after = pg_catalog.now(), claimed_at = NULL, lease_until = NULL, last_error = NULL, "
 	    "updated_at = pg_catalog.now()";
-	spi.Query(kUpsert, {user_id, std::string(desired == DesiredState::kPresent ? "present" : "absent"), tier,
-	                    std::string(reason)});
+	spi.Query(kUpsert, {user_id, DesiredName(desired), tier, std::string(reason)});
 	pg::PgGuard([]() { WakeWorkerAtCommit(); });
 }
 
@@ -27,9 +35,7 @@ EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredS
 	static const char *const kInsert = "INSERT INTO fly.reconcile_queue (user_id, desired, tier, reason) "
 	                                   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING "
 	                                   "RETURNING 1";
-	const bool queued = !spi.Query(kInsert, {user_id, std::string(desired == DesiredState::kPresent ? "present" : "absent"),
-	                                         tier, std::string(reason)})
-	                         .empty();
+	const bool queued = !spi.Query(kInsert, {user_id, DesiredName(desired), tier, std::string(reason)}).empty();
 	if (queued) {
 		pg::PgGuard([]() { WakeWorkerAtCommit(); });
 	}

@@ -80,7 +80,8 @@ void
 PauseAfterError() noexcept {
 	try {
 		pg::PgGuard([]() {
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kErrorPauseMs, PG_WAIT_EXTENSION);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kErrorPauseMs,
+			                 PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 		});
 	} catch (...) {
