@@ -637,10 +637,15 @@ Reconciler::SleepMs() const {
 	if (dispatch_again_) {
 		return 0;
 	}
+	const long client_timeout = client_->NextTimeoutMs();
+	if (client_timeout == 0) {
+		// Answers to hand over, or curl asks to be driven now (it does right after a request is added): its
+		// timer is set afresh by every call, so it cannot go stale.
+		return 0;
+	}
 	const double now = Now();
 	WakeSchedule wake(now, poll_interval_ms / 1000.0);
-	const long client_timeout = client_->NextTimeoutMs();
-	if (client_timeout >= 0) {
+	if (client_timeout > 0) {
 		wake.At(now + client_timeout / 1000.0);
 	}
 	// A held request goes once its time has come and the breaker lets it: an open breaker at the end of its pause;
