@@ -76,12 +76,15 @@ class LivenessTest(LivenessAssertions, ProvisioningTestCase):
         self.pg.reload()
         time.sleep(1.0)
 
+    def active_count(self, group):
+        return int(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active' AND "
+                                 "user_id = ANY ('{" + ",".join(group) + "}'::uuid[])"))
+
     def assert_provisions(self, seed, count=1, timeout=60):
         group = users(count, seed)
         self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
         self.settle(timeout=timeout)
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active' AND "
-                                       "user_id = ANY ('{" + ",".join(group) + "}'::uuid[])"), str(count))
+        self.assertEqual(self.active_count(group), count)
         return group
 
     def test_extension_dropped_while_the_worker_runs(self):
@@ -136,6 +139,25 @@ class LivenessTest(LivenessAssertions, ProvisioningTestCase):
         # Held requests wait out their Retry-After (30 s) at most.
         self.settle(timeout=120)
         self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "8")
+
+    def test_paced_by_the_client_limiter_at_flys_limits(self):
+        # Create-app is paced per organization (1/s, burst 3): most users wait for a token, one at a time.
+        self.set_settings(rate_limits="on")
+        try:
+            group = users(40, 101)
+            self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
+            self.assertTrue(self.pg.wait_for("SELECT rate_limited > 0 FROM fly.worker_status()", timeout=30))
+            iterations = "SELECT iterations FROM fly.worker_status()"
+            before, started = int(self.pg.value(iterations)), time.monotonic()
+            self.assert_worker_sleeps(self.pg, "paced at Fly's limits")
+            rate = (int(self.pg.value(iterations)) - before) / (time.monotonic() - started)
+            print(f"  paced at Fly's limits: {rate:.0f} loop passes/s", file=sys.stderr)
+            # About one user a second, each a handful of requests: tens of passes a second at most.
+            self.assertLess(rate, 50)
+            self.settle(timeout=180)
+        finally:
+            self.set_settings(rate_limits="off")
+        self.assertEqual(self.active_count(group), len(group))
 
     def test_rollout_waiting_for_its_canary(self):
         self.pg.sql("TRUNCATE fly.image_rollouts, fly.image_rollout_apps")
