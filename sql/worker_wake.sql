@@ -17,7 +17,10 @@ BEGIN
     RETURN false;
 END $$;
 
-SELECT wait_for('(SELECT pid IS NOT NULL AND iterations > 0 FROM fly.worker_status())') AS worker_running;
+-- Running, and back in its wait after the first pass (which looks at the queue).
+SELECT wait_for('(SELECT pid IS NOT NULL AND iterations > 0 FROM fly.worker_status()) AND EXISTS (SELECT 1 '
+                '  FROM pg_stat_activity WHERE backend_type = ''pg_fly worker'' AND wait_event_type IS NOT NULL)')
+       AS worker_running;
 SELECT backend_type, application_name, datname, wait_event_type
   FROM pg_stat_activity WHERE backend_type = 'pg_fly worker';
 SELECT pid = (SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_fly worker') AS status_pid_matches,

@@ -16,6 +16,7 @@ extern "C" {
 #include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/health.hpp"
 #include "pgfly/core/token_source.hpp"
+#include "pgfly/core/wake_schedule.hpp"
 #include "pgfly/core/worker_settings.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
@@ -176,24 +177,43 @@ Reconciler::RetryDelay(int attempts, std::optional<double> retry_after) {
 	                         unit(random_));
 }
 
-void
-Reconciler::Dispatch() {
-	const double now = Now();
-	int capacity = concurrency_limit_ - static_cast<int>(running_.size());
+int
+Reconciler::Capacity(double now) const {
+	if (!configuration_problem_.empty()) {
+		return 0;
+	}
 	switch (breaker_.state(now)) {
 	case CircuitBreaker::State::kClosed:
 		break;
 	case CircuitBreaker::State::kOpen:
-		capacity = 0;
-		break;
+		return 0;
 	case CircuitBreaker::State::kHalfOpen:
 		// One operation to carry the probe, unless one is already waiting to send it.
-		capacity = running_.empty() && !breaker_.probe_in_flight() ? 1 : 0;
-		break;
+		return running_.empty() && !breaker_.probe_in_flight() ? 1 : 0;
 	}
-	if (!configuration_problem_.empty()) {
-		capacity = 0;
-	}
+	return concurrency_limit_ - static_cast<int>(running_.size());
+}
+
+bool
+Reconciler::InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body) {
+	bool present = false;
+	pg::RunInTransaction(activity, [&](pg::SpiConnection &spi) {
+		present = pg::PgGuardResult([]() { return OidIsValid(get_extension_oid("pg_fly", true)); });
+		if (!present) {
+			return;
+		}
+		// Nothing here needs to survive a crash: claims are released at start and every step is recorded
+		// durably, so the worker need not wait for this commit's WAL flush before sending.
+		spi.Query("SELECT pg_catalog.set_config('synchronous_commit', 'off', true)", {});
+		body(spi);
+	});
+	return present;
+}
+
+void
+Reconciler::Dispatch() {
+	const double now = Now();
+	const int capacity = Capacity(now);
 	// With every slot taken, a wake by a committing tier change has nothing to claim: the queue is looked at
 	// again when an operation ends, or after a second (health, orphan and rollout requests wait that long).
 	if (capacity <= 0 && claims_released_ && now < next_saturated_dispatch_) {
@@ -201,52 +221,85 @@ Reconciler::Dispatch() {
 		return;
 	}
 	next_saturated_dispatch_ = now + kSaturatedDispatchSeconds;
+	dispatch_again_ = false;
+	// Each step is a transaction of its own and skips rows others hold, so that one lock held by an application
+	// or an operator delays only what it covers. Memory is changed only once a step has committed.
+	bool present = true;
+	if (!claims_released_) {
+		bool released = false;
+		present = InTransaction("pg_fly: releasing claims",
+		                        [&](pg::SpiConnection &spi) { released = ReleaseOrphanClaims(spi, RunningUsers()); });
+		claims_released_ = released;
+	}
+	if (present && !running_.empty() && Now() - last_lease_renewal_ > kLeaseSeconds / 4.0) {
+		const double renewed_at = Now();
+		present = InTransaction("pg_fly: renewing leases",
+		                        [&](pg::SpiConnection &spi) { RenewLeases(spi, RunningUsers()); });
+		last_lease_renewal_ = renewed_at;
+	}
+	const bool health_requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
+	const bool health_due = configuration_problem_.empty() &&
+	                        (health_requested || (health_check_interval_ms > 0 && now >= next_health_pass_));
 	std::vector<ClaimedItem> claimed;
-	int64_t due = 0;
-	pg::RunInTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
-		// Nothing here needs to survive a crash: claims are released at start and every step is recorded
-		// durably, so the worker need not wait for this commit's WAL flush before sending.
-		spi.Query("SELECT pg_catalog.set_config('synchronous_commit', 'off', true)", {});
-		if (!pg::PgGuardResult([]() { return OidIsValid(get_extension_oid("pg_fly", true)); })) {
-			due = -1;
-			next_due_seconds_.reset();
-			next_health_pass_ = now + poll_interval_ms / 1000.0;
-			claims_released_ = false;
-			return;
-		}
-		if (!claims_released_) {
-			// Claims left by a previous worker (there is one per cluster) are orphans.
-			ReleaseAllClaims(spi);
-			claims_released_ = true;
-		}
-		const double now_seconds = Now();
-		if (now_seconds - last_lease_renewal_ > kLeaseSeconds / 4.0 && !running_.empty()) {
-			RenewLeases(spi, RunningUsers());
-			last_lease_renewal_ = now_seconds;
-		}
-		std::vector<std::string> busy = RunningUsers();
-		if (capacity > 0) {
-			claimed = ClaimDueItems(spi, capacity, busy);
-		}
-		rollout_claimed_.clear();
-		canaries_claimed_.clear();
-		if (configuration_problem_.empty()) {
-			PlanHealthPass(spi, now_seconds);
-			for (const auto &item : claimed) {
-				busy.push_back(item.user_id);
+	std::optional<std::vector<HealthTarget>> health_targets;
+	QueueSummary summary;
+	summary.due = -1;
+	if (present) {
+		try {
+			present = InTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
+				if (capacity > 0) {
+					claimed = ClaimDueItems(spi, capacity, RunningUsers());
+				}
+				if (health_due && health_next_ >= health_queue_.size()) {
+					health_targets = LoadHealthTargets(spi);
+				}
+				summary = SummarizeQueue(spi);
+			});
+		} catch (...) {
+			if (health_requested) {
+				pg_atomic_write_u32(&shared_->health_pass_requested, 1);
 			}
-			PlanRollout(spi, now_seconds, busy, capacity - static_cast<int>(claimed.size()));
+			throw;
 		}
-		const QueueSummary summary = SummarizeQueue(spi);
-		next_due_seconds_ = summary.seconds_until_next_due;
-		due = summary.due;
-	});
+	}
 	SpinLockAcquire(&shared_->mutex);
-	shared_->queue_ready = due;
+	shared_->queue_ready = present ? summary.due : -1;
 	SpinLockRelease(&shared_->mutex);
+	if (!present) {
+		// Nothing to do until pg_fly is created in this database: look again after the poll interval.
+		claims_released_ = false;
+		next_queue_due_.reset();
+		next_health_pass_ = now + poll_interval_ms / 1000.0;
+		next_rollout_pass_ = next_health_pass_;
+		return;
+	}
+	if (health_targets) {
+		health_queue_ = std::move(*health_targets);
+		health_next_ = 0;
+	} else if (health_requested) {
+		// A pass is still under way: the next one starts an interval after it, or when asked again.
+		pg_atomic_write_u32(&shared_->health_pass_requested, 1);
+	}
+	if (health_due) {
+		next_health_pass_ = now + health_check_interval_ms / 1000.0;
+	}
 	dispatch_again_ = capacity > 0 && static_cast<int>(claimed.size()) == capacity;
+	next_queue_due_.reset();
+	if (summary.seconds_until_next_due) {
+		// An item due now that was not claimed is held by another transaction, or its user's operation is still
+		// going (which hands over when it ends): look again in a second.
+		const double in = *summary.seconds_until_next_due;
+		next_queue_due_ = now + (in > 0 ? in : kSaturatedDispatchSeconds);
+	}
+	std::vector<std::string> busy = RunningUsers();
+	for (const auto &item : claimed) {
+		busy.push_back(item.user_id);
+	}
 	for (const auto &item : claimed) {
 		Start(item);
+	}
+	if (configuration_problem_.empty()) {
+		PlanRollout(now, busy, capacity - static_cast<int>(claimed.size()));
 	}
 	StartRolloutUpdates();
 	StartHealthChecks();
@@ -305,26 +358,6 @@ Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) 
 	} catch (const std::exception &e) {
 		Log(std::string("recording orphan apps failed: ") + e.what());
 	}
-}
-
-void
-Reconciler::PlanHealthPass(pg::SpiConnection &spi, double now) {
-	const bool requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
-	const bool due = health_check_interval_ms > 0 && now >= next_health_pass_;
-	if (!(requested || due)) {
-		return;
-	}
-	if (health_next_ < health_queue_.size()) {
-		// A pass is still under way: the next one starts an interval after it (or when asked again).
-		next_health_pass_ = now + health_check_interval_ms / 1000.0;
-		if (requested) {
-			pg_atomic_write_u32(&shared_->health_pass_requested, 1);
-		}
-		return;
-	}
-	health_queue_ = LoadHealthTargets(spi);
-	health_next_ = 0;
-	next_health_pass_ = now + health_check_interval_ms / 1000.0;
 }
 
 // Health checks share the client, the rate limiter and the breaker with reconciles (the app's own endpoint
@@ -403,8 +436,9 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 						                   verdict.health == Health::kHealthy);
 					}
 					if (active && event == "app_vanished") {
-						// The reconcile finds or recreates the app and its machine from what the row records.
-						EnqueueReconcile(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
+						// The reconcile finds or recreates the app and its machine from what the row records. A
+						// queued item (a downgrade, say) is newer than this row's tier and is left as it is.
+						EnqueueUnlessQueued(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
 					}
 					if (!active) {
 						next.reset();
@@ -436,12 +470,16 @@ Reconciler::Defer(const std::string &user_id, int64_t generation, int attempts, 
 	dispatch_again_ = true;
 	Log("reconciling user " + user_id + " failed: " + error);
 	const double delay = RetryDelay(attempts, std::nullopt);
+	bool deferred = false;
 	try {
-		pg::RunInTransaction("pg_fly: deferring work",
-		                     [&](pg::SpiConnection &spi) { DeferItem(spi, user_id, generation, delay, error); });
+		InTransaction("pg_fly: deferring work",
+		              [&](pg::SpiConnection &spi) { deferred = DeferItem(spi, user_id, generation, delay, error); });
 	} catch (const std::exception &e) {
-		// The claim's lease runs out and the item is taken again then.
 		Log(std::string("could not defer the item: ") + e.what());
+	}
+	if (!deferred) {
+		// Its claim is released by a later pass, rather than holding the item for the rest of the lease.
+		claims_released_ = false;
 	}
 }
 
@@ -672,32 +710,46 @@ Reconciler::SleepMs() const {
 	if (dispatch_again_) {
 		return 0;
 	}
-	const double now = Now();
-	double sleep = poll_interval_ms / 1000.0;
 	const long client_timeout = client_->NextTimeoutMs();
-	if (client_timeout >= 0) {
-		sleep = std::min(sleep, client_timeout / 1000.0);
+	if (client_timeout == 0) {
+		// Answers to hand over, or curl asks to be driven now (it does right after a request is added): its
+		// timer is set afresh by every call, so it cannot go stale.
+		return 0;
 	}
-	for (const auto &held : held_) {
-		sleep = std::min(sleep, held.due - now);
+	const double now = Now();
+	WakeSchedule wake(now, poll_interval_ms / 1000.0);
+	if (client_timeout > 0) {
+		wake.At(now + client_timeout / 1000.0);
 	}
-	if (health_check_interval_ms > 0 && configuration_problem_.empty()) {
-		sleep = std::min(sleep, next_health_pass_ - now);
+	// A held request goes once its time has come and the breaker lets it: an open breaker at the end of its pause;
+	// while the probe is out, its answer (which wakes the loop) decides.
+	if (const std::optional<double> sendable = breaker_.SendableAt(now)) {
+		for (const auto &held : held_) {
+			wake.At(held.due, *sendable);
+		}
 	}
+	const bool saturated = Capacity(now) <= 0;
 	if (configuration_problem_.empty()) {
-		sleep = std::min(sleep, next_rollout_pass_ - now);
+		// Passes are planned by Dispatch, which looks at the queue only every second while no work can be claimed.
+		const double dispatch_from = saturated ? next_saturated_dispatch_ : now;
+		if (health_check_interval_ms > 0) {
+			wake.At(next_health_pass_, dispatch_from);
+		}
+		wake.At(next_rollout_pass_, dispatch_from);
+		if (!saturated) {
+			wake.At(next_queue_due_);
+		}
 	}
-	if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
-		sleep = std::min(sleep, breaker_.reopen_at() - now);
-	} else if (next_due_seconds_ && configuration_problem_.empty() &&
-	           static_cast<int>(running_.size()) < concurrency_limit_) {
-		sleep = std::min(sleep, *next_due_seconds_);
+	if (breaker_.state(now) == CircuitBreaker::State::kOpen && configuration_problem_.empty()) {
+		wake.At(breaker_.reopen_at());
 	}
-	if (static_cast<int>(running_.size()) >= concurrency_limit_) {
-		// Saturated: health, orphan and rollout requests are looked at within a second.
-		sleep = std::min(sleep, next_saturated_dispatch_ - now);
+	if (saturated && configuration_problem_.empty() &&
+	    (pg_atomic_read_u32(&shared_->health_pass_requested) != 0 ||
+	     pg_atomic_read_u32(&shared_->orphan_pass_requested) != 0 ||
+	     pg_atomic_read_u32(&shared_->rollout_pass_requested) != 0)) {
+		wake.At(next_saturated_dispatch_);
 	}
-	return std::max(0L, static_cast<long>(std::ceil(sleep * 1000.0)));
+	return wake.SleepMs();
 }
 
 } // namespace pgfly

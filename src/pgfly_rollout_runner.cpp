@@ -23,57 +23,79 @@ constexpr double kCanaryCheckEverySeconds = 2.0;
 } // namespace
 
 void
-Reconciler::PlanRollout(pg::SpiConnection &spi, double now, const std::vector<std::string> &busy, int capacity) {
+Reconciler::PlanRollout(double now, const std::vector<std::string> &busy, int capacity) {
 	const bool requested = pg_atomic_exchange_u32(&shared_->rollout_pass_requested, 0) != 0;
 	if (!requested && now < next_rollout_pass_) {
 		return;
 	}
-	next_rollout_pass_ = now + poll_interval_ms / 1000.0;
-	std::optional<RunningRollout> running = LoadRunningRollout(spi);
-	if (!running) {
+	// Filled in the transaction, kept only once it has committed.
+	double next_pass = now + poll_interval_ms / 1000.0;
+	std::vector<std::unique_ptr<RolloutUpdate>> updates;
+	std::vector<std::unique_ptr<HealthCheck>> canaries;
+	std::string news;
+	try {
+		InTransaction("pg_fly: image rollout pass", [&](pg::SpiConnection &spi) {
+			std::optional<RunningRollout> running = LoadRunningRollout(spi);
+			if (!running) {
+				return;
+			}
+			next_pass = now + kRolloutPassSeconds;
+			if (running->held_by_another) {
+				return; // an operator's transaction (cancel_image_rollout, say): look again in a second
+			}
+			// Updates that no operation of this worker carries any more (a previous worker's, or one whose result
+			// could not be recorded) are taken again; each begins by reading the machine, so none is sent twice.
+			ReleaseRolloutClaims(spi, running->id, busy);
+			const rollout::Decision decision = rollout::NextRolloutPhase(
+			    running->phase, running->counts, running->max_failures, running->canary_deadline_passed);
+			if (decision.phase != running->phase) {
+				AdvanceRollout(spi, *running, decision);
+				running->phase = decision.phase;
+				if (decision.phase == rollout::Phase::kHalted) {
+					news = "image rollout " + std::to_string(running->id) + " halted: " + decision.reason;
+				} else if (decision.phase == rollout::Phase::kCompleted) {
+					news = "image rollout " + std::to_string(running->id) + " completed";
+				}
+			}
+			switch (running->phase) {
+			case rollout::Phase::kCanary:
+			case rollout::Phase::kRolling:
+				if (capacity > 0) {
+					for (auto &app : ClaimRolloutApps(spi, *running, capacity, busy)) {
+						rollout::AppTarget target;
+						target.app_name = app.app_name;
+						target.machine_id = app.machine_id;
+						target.image = running->image;
+						fly::MachineSpec spec = reconcile::MachineSpecFor(
+						    settings_, app.user_id, app.guest, app.region, running->image,
+						    "rollout-" + std::to_string(running->id), app.secrets_version);
+						updates.push_back(std::make_unique<RolloutUpdate>(
+						    RolloutUpdate{running->id, running->image, app, rollout::ImageUpdate(target, spec)}));
+					}
+				}
+				break;
+			case rollout::Phase::kCanaryCheck:
+				for (auto &target : LoadCanariesToCheck(spi, running->id, kCanaryCheckEverySeconds)) {
+					if (!canaries_checking_.count(target.app_id)) {
+						canaries.push_back(std::make_unique<HealthCheck>(HealthCheck{target, running->id}));
+					}
+				}
+				break;
+			default:
+				break;
+			}
+		});
+	} catch (const std::exception &e) {
+		// Reconciles go on; the rollout is looked at again in a second.
+		next_rollout_pass_ = now + kRolloutPassSeconds;
+		Log(std::string("image rollout pass failed: ") + e.what());
 		return;
 	}
-	next_rollout_pass_ = now + kRolloutPassSeconds;
-	// Updates that no operation of this worker carries any more (a previous worker's, or one whose result
-	// could not be recorded) are taken again; each begins by reading the machine, so none is sent twice.
-	ReleaseRolloutClaims(spi, running->id, busy);
-	const rollout::Decision decision = rollout::NextRolloutPhase(running->phase, running->counts, running->max_failures,
-	                                                             running->canary_deadline_passed);
-	if (decision.phase != running->phase) {
-		AdvanceRollout(spi, *running, decision);
-		running->phase = decision.phase;
-		if (decision.phase == rollout::Phase::kHalted) {
-			Log("image rollout " + std::to_string(running->id) + " halted: " + decision.reason);
-		} else if (decision.phase == rollout::Phase::kCompleted) {
-			Log("image rollout " + std::to_string(running->id) + " completed");
-		}
-	}
-	switch (running->phase) {
-	case rollout::Phase::kCanary:
-	case rollout::Phase::kRolling:
-		if (capacity > 0) {
-			for (auto &app : ClaimRolloutApps(spi, *running, capacity, busy)) {
-				rollout::AppTarget target;
-				target.app_name = app.app_name;
-				target.machine_id = app.machine_id;
-				target.image = running->image;
-				fly::MachineSpec spec =
-				    reconcile::MachineSpecFor(settings_, app.user_id, app.guest, app.region, running->image,
-				                              "rollout-" + std::to_string(running->id), app.secrets_version);
-				rollout_claimed_.push_back(std::make_unique<RolloutUpdate>(
-				    RolloutUpdate{running->id, running->image, app, rollout::ImageUpdate(target, spec)}));
-			}
-		}
-		break;
-	case rollout::Phase::kCanaryCheck:
-		for (auto &target : LoadCanariesToCheck(spi, running->id, kCanaryCheckEverySeconds)) {
-			if (!canaries_checking_.count(target.app_id)) {
-				canaries_claimed_.push_back(std::make_unique<HealthCheck>(HealthCheck{target, running->id}));
-			}
-		}
-		break;
-	default:
-		break;
+	next_rollout_pass_ = next_pass;
+	rollout_claimed_ = std::move(updates);
+	canaries_claimed_ = std::move(canaries);
+	if (!news.empty()) {
+		Log(news);
 	}
 }
 

@@ -46,12 +46,21 @@ LoadRunningRollout(pg::SpiConnection &spi) {
 	}
 	auto rows = spi.Query("SELECT id, image, status, max_failures, "
 	                      "COALESCE(canary_deadline OPERATOR(pg_catalog.<=) pg_catalog.now(), false) "
-	                      "FROM fly.image_rollouts WHERE status IN ('canary', 'canary_check', 'rolling') FOR UPDATE",
+	                      "FROM fly.image_rollouts WHERE status IN ('canary', 'canary_check', 'rolling') "
+	                      "FOR UPDATE SKIP LOCKED",
 	                      {});
-	if (rows.empty()) {
-		return std::nullopt;
-	}
 	RunningRollout rollout;
+	if (rows.empty()) {
+		// Skipped because another transaction holds it, or there is none.
+		rows = spi.Query("SELECT id FROM fly.image_rollouts WHERE status IN ('canary', 'canary_check', 'rolling')", {},
+		                 true);
+		if (rows.empty()) {
+			return std::nullopt;
+		}
+		rollout.id = ToInt(rows[0][0]);
+		rollout.held_by_another = true;
+		return rollout;
+	}
 	rollout.id = ToInt(rows[0][0]);
 	rollout.image = rows[0][1].value_or("");
 	rollout.phase = rollout::PhaseFromName(rows[0][2].value_or("")).value_or(rollout::Phase::kHalted);

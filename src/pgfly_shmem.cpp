@@ -50,6 +50,7 @@ ShmemStartup() noexcept {
 		pg_atomic_init_u32(&shared_state->wake_pending, 0);
 		pg_atomic_init_u32(&shared_state->health_pass_requested, 0);
 		pg_atomic_init_u32(&shared_state->orphan_pass_requested, 0);
+		pg_atomic_init_u32(&shared_state->rollout_pass_requested, 0);
 		pg_atomic_init_u64(&shared_state->commit_wakes, 0);
 		pg_atomic_init_u64(&shared_state->timer_wakes, 0);
 		pg_atomic_init_u64(&shared_state->iterations, 0);

@@ -130,16 +130,28 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 
 } // namespace
 
-void
-ReleaseAllClaims(pg::SpiConnection &spi) {
-	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL WHERE claimed_at IS NOT NULL", {});
+bool
+ReleaseOrphanClaims(pg::SpiConnection &spi, const std::vector<std::string> &running) {
+	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL "
+	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
+	          "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) FOR UPDATE SKIP LOCKED)",
+	          {UuidArray(running)});
+	// Rows another transaction holds were skipped; they are released on a later pass.
+	return spi.Query("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
+	                 "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])))",
+	                 {UuidArray(running)})
+	           .at(0)
+	           .at(0) == std::string("t");
 }
 
 void
 RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users) {
+	// A row another transaction holds keeps its lease until the next renewal, minutes before it runs out.
 	spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
 	          "pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
-	          "WHERE user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]) AND claimed_at IS NOT NULL",
+	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
+	          "WHERE user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]) AND claimed_at IS NOT NULL "
+	          "FOR UPDATE SKIP LOCKED)",
 	          {UuidArray(users), std::to_string(kLeaseSeconds)});
 }
 
@@ -173,11 +185,12 @@ ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> 
 
 QueueSummary
 SummarizeQueue(pg::SpiConnection &spi) {
-	// One scan for both: this runs at every pass of the worker's loop.
+	// One scan for both: this runs at every pass of the worker's loop. Not read-only: the claims this
+	// transaction just made must be seen as claims, not as items still due.
 	auto rows = spi.Query("SELECT pg_catalog.count(*) FILTER (WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()), "
 	                      "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
 	                      "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
-	                      {}, true);
+	                      {});
 	QueueSummary summary;
 	summary.due = ToInt(rows.at(0).at(0));
 	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
@@ -273,6 +286,11 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	}
 
 	const std::vector<pg::Value> item = {context.user_id, std::to_string(context.generation)};
+	// A transaction holding the item (a tier change not yet committed, say) must not stall the worker's loop:
+	// the step fails at once and the operation is deferred.
+	spi.Query("SELECT 1 FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+	          "FOR UPDATE NOWAIT",
+	          {context.user_id});
 	bool still_ours = false;
 	switch (step.completion) {
 	case Completion::kContinue:
@@ -406,16 +424,19 @@ RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const s
 	          {app_name, error.empty() ? std::nullopt : pg::Value(error)});
 }
 
-void
+bool
 DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
           const std::string &error) {
-	// A newer tier change (another generation) is not delayed by an older operation's trouble.
-	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL, "
+	// A newer tier change (another generation) is not delayed by an older operation's trouble. A row another
+	// transaction holds is skipped: the worker releases its claim on a later pass.
+	return !spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL, "
 	          "last_error = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN $3 ELSE last_error END, "
 	          "run_after = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN pg_catalog.now() "
 	          "OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8) ELSE run_after END "
-	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
-	          {user_id, Seconds(delay_seconds), error, std::to_string(generation)});
+	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
+	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid FOR UPDATE SKIP LOCKED) RETURNING 1",
+	          {user_id, Seconds(delay_seconds), error, std::to_string(generation)})
+	            .empty();
 }
 
 } // namespace pgfly

@@ -75,6 +75,20 @@ ReportLoopError(const char *what) {
 	pg::PgGuard([&]() { elog(LOG, "pg_fly worker: %s", message.c_str()); });
 }
 
+// Sleeps on the latch alone (not on the client's sockets) for the error pause.
+void
+PauseAfterError() noexcept {
+	try {
+		pg::PgGuard([]() {
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kErrorPauseMs,
+			                 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		});
+	} catch (...) {
+		pg_usleep(kErrorPauseMs * 1000L);
+	}
+}
+
 void
 WorkerLoop(SharedState *shared) {
 	// An application transaction holding a queue or app row (its trigger upserted it) must not stall every
@@ -115,6 +129,8 @@ WorkerLoop(SharedState *shared) {
 			pg::PgGuard([]() { ResetLatch(MyLatch); });
 		} catch (const std::exception &e) {
 			ReportLoopError(e.what());
+			// A wait that keeps failing must not turn into a busy loop.
+			PauseAfterError();
 		}
 		latch_set = (events & WL_LATCH_SET) != 0;
 	}

@@ -15,5 +15,9 @@ enum class DesiredState { kPresent, kAbsent };
 // user_id is text that casts to uuid; tier may be empty for kAbsent.
 void EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
                       const pg::Value &tier, const char *reason);
+// Queues the item only when the user has none: a queued item is newer intent (a tier change, say) than what
+// the caller saw. Returns whether it queued one.
+bool EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
+                         const pg::Value &tier, const char *reason);
 
 } // namespace pgfly

@@ -4,6 +4,7 @@
 // (guarded), and no transaction is open while a request is in flight.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -91,14 +92,16 @@ private:
 	};
 
 	void Start(const ClaimedItem &item);
-	// Loads the active apps when a health pass is due (or was asked for), inside Dispatch's transaction.
-	void PlanHealthPass(pg::SpiConnection &spi, double now);
+	// How many operations may be started now: none while the breaker is open or the configuration is unusable.
+	int Capacity(double now) const;
+	// Runs `body` in a transaction of its own when pg_fly exists in this database; returns whether it does.
+	bool InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body);
 	void StartHealthChecks();
 	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
 	void OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome);
-	// Image rollouts (pgfly_rollout_runner.cpp): inside Dispatch's transaction, moves the running rollout on
-	// and claims apps to update (at most `capacity`) or canaries to check; StartRolloutUpdates sends them.
-	void PlanRollout(pg::SpiConnection &spi, double now, const std::vector<std::string> &busy, int capacity);
+	// Image rollouts (pgfly_rollout_runner.cpp): in a transaction of its own, moves the running rollout on and
+	// claims apps to update (at most `capacity`) or canaries to check; StartRolloutUpdates sends them.
+	void PlanRollout(double now, const std::vector<std::string> &busy, int capacity);
 	void StartRolloutUpdates();
 	void OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome);
 	void FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step);
@@ -126,7 +129,8 @@ private:
 	std::map<fly::RequestId, InFlight> in_flight_;
 	// Users with an operation (held or in flight): never two operations for one user.
 	std::map<std::string, bool> running_;
-	std::optional<double> next_due_seconds_;
+	// When the next queue item is due (or an unclaimable one is looked at again); nothing: the queue is empty.
+	std::optional<double> next_queue_due_;
 	bool dispatch_again_ = true;
 	std::string last_error_;
 	double last_error_at_ = 0;

@@ -12,9 +12,11 @@
 
 namespace pgfly {
 
-// The rollout that is running (canary, canary_check or rolling), locked for this transaction.
+// The rollout that is running (canary, canary_check or rolling), locked for this transaction; or, when another
+// transaction holds it, only its id and `held_by_another`.
 struct RunningRollout {
 	int64_t id = 0;
+	bool held_by_another = false;
 	std::string image;
 	rollout::Phase phase = rollout::Phase::kCanary;
 	int max_failures = 0;

@@ -28,12 +28,14 @@ struct TierPolicyRow {
 // Claims lease a queue item for this long; every recorded step renews the lease.
 constexpr int kLeaseSeconds = 600;
 
-// At start, every claim is an orphan of a previous worker (there is one worker per cluster).
-void ReleaseAllClaims(pg::SpiConnection &spi);
+// Releases the claims of items whose user has no operation in `running`: orphans of a previous worker (there is
+// one worker per cluster) or of a step that could not be recorded. Returns false when rows another transaction
+// holds were skipped.
+bool ReleaseOrphanClaims(pg::SpiConnection &spi, const std::vector<std::string> &running);
 // Claims up to `limit` due items (FOR UPDATE SKIP LOCKED), oldest first, counting an attempt on each; never one
 // of `running` (users whose operation is still going, even if its lease ran out).
 std::vector<ClaimedItem> ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> &running);
-// Extends the leases of the items of operations still going.
+// Extends the leases of the items of operations still going (not of rows another transaction holds).
 void RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users);
 struct QueueSummary {
 	// Items due now, claimed or not.
@@ -91,8 +93,9 @@ std::vector<std::string> RecordOrphans(pg::SpiConnection &spi, const std::string
                                        const std::vector<std::pair<std::string, std::string>> &apps_with_prefix);
 void RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error);
 
-// After an error that left a step unrecorded: release the claim and retry the item later.
-void DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
+// After an error that left a step unrecorded: release the claim and retry the item later. Returns false when
+// another transaction holds the item (nothing was changed).
+bool DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
                const std::string &error);
 
 } // namespace pgfly

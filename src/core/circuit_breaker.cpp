@@ -24,15 +24,21 @@ CircuitBreaker::state(double now) const {
 
 bool
 CircuitBreaker::CanSend(double now) const {
+	const std::optional<double> at = SendableAt(now);
+	return at && *at <= now;
+}
+
+std::optional<double>
+CircuitBreaker::SendableAt(double now) const {
 	switch (state(now)) {
 	case State::kClosed:
-		return true;
+		return now;
 	case State::kOpen:
-		return false;
+		return reopen_at_;
 	case State::kHalfOpen:
-		return !probe_in_flight_;
+		break;
 	}
-	return false;
+	return probe_in_flight_ ? std::nullopt : std::optional<double>(now);
 }
 
 void

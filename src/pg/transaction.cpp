@@ -2,7 +2,11 @@
 
 extern "C" {
 #include "pgstat.h"
+#include "storage/bufmgr.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 }
 
 namespace pgfly::pg {
@@ -50,7 +54,24 @@ void
 AbortTransactionQuietly() noexcept {
 	try {
 		MemoryContextSwitchTo(TopMemoryContext);
-		PgGuard([]() { AbortCurrentTransaction(); }); // does nothing outside a transaction
+		PgGuard([]() {
+			// What the error recovery of a backend (PostgresMain) and of autovacuum does. Inside a transaction,
+			// AbortTransaction repeats most of it; an error caught outside one gets it only from here.
+			HOLD_INTERRUPTS();
+			disable_all_timeouts(false);
+			QueryCancelPending = false;
+			LWLockReleaseAll();
+			ConditionVariableCancelSleep();
+			pgstat_report_wait_end();
+#if PG_VERSION_NUM < 170000
+			AbortBufferIO();
+#endif
+			UnlockBuffers();
+			AbortCurrentTransaction(); // does nothing outside a transaction
+			MemoryContextSwitchTo(TopMemoryContext);
+			FlushErrorState();
+			RESUME_INTERRUPTS();
+		});
 		ReportIdle();
 	} catch (...) {
 		// Aborting failed as well; the next StartTransactionCommand reports the state.

@@ -64,6 +64,28 @@ class HealthTest(ProvisioningTestCase):
         self.assertEqual(self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
                          list(apps[app_name(USER)]["machines"])[0])
 
+    def test_a_downgrade_queued_when_the_app_vanished_is_not_overwritten(self):
+        self.provision()
+        # The downgrade is queued but not due yet (as an item waiting out a retry delay is) when a health check
+        # finds the app gone: the newer intent must win over re-provisioning from the row's old tier.
+        self.pg.sql(f"BEGIN; UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{USER}'; "
+                    f"UPDATE fly.reconcile_queue SET run_after = now() + interval '1 hour' WHERE user_id = '{USER}'; "
+                    "COMMIT")
+        generation = self.pg.value(f"SELECT generation FROM fly.reconcile_queue WHERE user_id = '{USER}'")
+        self.sim.control("DELETE", f"apps/{app_name(USER)}")
+        vanished_at = self.sim.requests()["last_seq"]
+        self.assertTrue(self.pg.wait_for(f"SELECT EXISTS (SELECT 1 FROM fly.user_fly_app_events WHERE user_id = "
+                                         f"'{USER}' AND event_type = 'app_vanished')", timeout=15))
+        self.assertEqual(self.pg.sql(f"SELECT desired, generation FROM fly.reconcile_queue WHERE user_id = '{USER}'"),
+                         [["absent", generation]])
+        self.pg.sql(f"UPDATE fly.reconcile_queue SET run_after = now() WHERE user_id = '{USER}'")
+        self.settle()
+        self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{USER}' "
+                                       "ORDER BY id DESC LIMIT 1"), "deleted")
+        self.assertEqual(self.live_apps_on_fly(), {})
+        self.assertEqual([r for r in self.sim.requests(since=vanished_at)["requests"]
+                          if r["endpoint"] in ("create_app", "create_machine")], [])
+
 
 class AppHealthEndpointTest(ProvisioningTestCase):
     """The seed's trader-isolation test, automated: the app's own endpoint must report user_dedicated and the

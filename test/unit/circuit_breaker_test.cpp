@@ -23,6 +23,20 @@ TEST(CircuitBreaker, StaysClosedBelowTheThreshold) {
 	EXPECT_TRUE(breaker.AllowRequest(0));
 }
 
+TEST(CircuitBreaker, SendableAtIsTheEndOfThePauseThenNothingWhileTheProbeIsOut) {
+	CircuitBreaker breaker = Breaker();
+	EXPECT_EQ(breaker.SendableAt(1), 1.0);
+	for (int i = 0; i < 3; i++) {
+		breaker.OnTransientFailure(10);
+	}
+	EXPECT_EQ(breaker.SendableAt(12), 15.0);
+	EXPECT_EQ(breaker.SendableAt(15), 15.0);
+	breaker.MarkSent(15);
+	EXPECT_FALSE(breaker.SendableAt(16).has_value());
+	breaker.OnAnswer();
+	EXPECT_EQ(breaker.SendableAt(16), 16.0);
+}
+
 TEST(CircuitBreaker, OpensAfterARunOfFailuresThenProbesOnce) {
 	CircuitBreaker breaker = Breaker();
 	for (int i = 0; i < 3; i++) {

@@ -3,6 +3,8 @@
 // go (half-open); its success closes the breaker, its failure opens it again for twice as long.
 #pragma once
 
+#include <optional>
+
 namespace pgfly {
 
 struct CircuitBreakerSettings {
@@ -22,6 +24,9 @@ public:
 	bool CanSend(double now) const;
 	// A request was sent; in half-open state it is the probe.
 	void MarkSent(double now);
+	// The earliest time a request may be sent: now when closed, the end of the pause when open; nothing while a
+	// half-open breaker's probe is out (its answer decides, and wakes the worker).
+	std::optional<double> SendableAt(double now) const;
 	// CanSend, then MarkSent.
 	bool AllowRequest(double now);
 	bool probe_in_flight() const {
