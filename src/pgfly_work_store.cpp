@@ -52,7 +52,8 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 	auto rows = spi.Query(
 	    "UPDATE fly.user_fly_apps SET status = COALESCE($2, status), fly_app_name = COALESCE($3, fly_app_name), "
 	    "name_attempt = COALESCE($4::pg_catalog.int4, name_attempt), fly_app_id = COALESCE($5, fly_app_id), "
-	    "fly_machine_id = CASE WHEN $6 IS NULL THEN fly_machine_id ELSE NULLIF($6, '') END, "
+	    "fly_machine_id = CASE WHEN $6 IS NULL THEN fly_machine_id "
+	    "WHEN $6 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $6 END, "
 	    "region = COALESCE($7, region), cpu_kind = COALESCE($8, cpu_kind), "
 	    "cpus = COALESCE($9::pg_catalog.int4, cpus), memory_mb = COALESCE($10::pg_catalog.int4, memory_mb), "
 	    "image = COALESCE($11, image), tier = COALESCE($12, tier), "
@@ -61,7 +62,8 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 	    "last_error = CASE WHEN $14::pg_catalog.bool THEN NULL ELSE last_error END, "
 	    "attempts = CASE WHEN $14::pg_catalog.bool THEN 0 ELSE attempts END, "
 	    "deleted_at = CASE WHEN $15::pg_catalog.bool THEN pg_catalog.now() ELSE deleted_at END, "
-	    "pending_machine_operation = CASE WHEN $16 IS NULL THEN pending_machine_operation ELSE NULLIF($16, '') END, "
+	    "pending_machine_operation = CASE WHEN $16 IS NULL THEN pending_machine_operation "
+	    "WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $16 END, "
 	    "pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
 	    "WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
 	    "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
@@ -103,7 +105,8 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	    true);
 	const pg::Value details = rows.at(0).at(0);
 	auto event = spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-	                       "VALUES (NULLIF($1, '0')::pg_catalog.int8, $2::pg_catalog.uuid, 'alert_raised', $3, "
+	                       "VALUES ((CASE WHEN $1 OPERATOR(pg_catalog.=) '0' THEN NULL ELSE $1 END)::pg_catalog.int8, "
+	                       "$2::pg_catalog.uuid, 'alert_raised', $3, "
 	                       "$4::pg_catalog.jsonb) RETURNING id",
 	                       {std::to_string(context.app_id), context.user_id, status, details});
 	const std::string event_id = event.at(0).at(0).value_or("0");
