@@ -100,7 +100,7 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	auto rows = spi.Query(
 	    "SELECT pg_catalog.json_build_object('kind', $3, 'user_id', $1, 'fly_app_name', "
 	    "(SELECT a.fly_app_name FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $2::pg_catalog.int8), "
-	    "'status', $4, 'attempts', $5::pg_catalog.int4, 'error', $6, 'at', pg_catalog.now())::text",
+	    "'status', $4, 'attempts', $5::pg_catalog.int4, 'error', $6, 'at', pg_catalog.now())::pg_catalog.text",
 	    {context.user_id, std::to_string(context.app_id), kind, status, std::to_string(context.attempts), step.error},
 	    true);
 	const pg::Value details = rows.at(0).at(0);
@@ -113,7 +113,7 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	std::string payload;
 	if (notify_payload == kNotifyPayloadFull) {
 		auto full = spi.Query("SELECT ($1::pg_catalog.jsonb OPERATOR(pg_catalog.||) "
-		                      "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::text",
+		                      "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::pg_catalog.text",
 		                      {details, event_id}, true);
 		payload = full.at(0).at(0).value_or("{}");
 	} else {
@@ -354,8 +354,8 @@ RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *hea
 	if (!type.empty()) {
 		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
 		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, $4, "
-		          "$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::text, "
-		          "'to', $7::text))",
+		          "$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::pg_catalog.text, "
+		          "'to', $7::pg_catalog.text))",
 		          {std::to_string(target.app_id), target.user_id, type, rows[0][2], details_json, rows[0][0],
 		           rows[0][1]});
 	}
@@ -375,7 +375,7 @@ RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 	names += "}";
 	ids += "}";
 	spi.Query("INSERT INTO fly.orphan_apps (fly_app_name, fly_org_slug, fly_app_id) "
-	          "SELECT n.name, $2, n.id FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($3::text[])) AS n (name, id) "
+	          "SELECT n.name, $2, n.id FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) AS n (name, id) "
 	          "WHERE NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) n.name "
 	          "AND a.deleted_at IS NULL) "
 	          // Seen again after it was gone: a new orphan under an old name, found afresh.
@@ -386,7 +386,7 @@ RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 	          {names, org_slug, ids});
 	// Reported apps that are gone from Fly, or that a live row owns now, are orphans no more.
 	spi.Query("UPDATE fly.orphan_apps o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
-	          "AND (NOT (o.fly_app_name OPERATOR(pg_catalog.=) ANY ($1::text[])) OR EXISTS (SELECT 1 FROM "
+	          "AND (NOT (o.fly_app_name OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])) OR EXISTS (SELECT 1 FROM "
 	          "fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) o.fly_app_name AND a.deleted_at IS NULL))",
 	          {names});
 	std::vector<std::string> to_delete;
