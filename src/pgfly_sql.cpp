@@ -49,9 +49,9 @@ void
 RefuseInRestrictedOperation() {
 	if (pgfly::pg::PgGuardResult([]() { return InSecurityRestrictedOperation(); })) {
 		throw SqlError(sqlstate::kInsufficientPrivilege,
-		               "pg_fly's functions cannot be called within a security-restricted operation",
-		               "It runs code a table's owner chose (a policy, an index expression, a view) on another "
-		               "role's behalf.");
+					   "pg_fly's functions cannot be called within a security-restricted operation",
+					   "It runs code a table's owner chose (a policy, an index expression, a view) on another "
+					   "role's behalf.");
 	}
 }
 

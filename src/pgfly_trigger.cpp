@@ -154,26 +154,26 @@ Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &po
 bool
 FiresOnTierSource(pg::SpiConnection &spi, const Trigger *trigger, Oid relid, const char *table) {
 	static bool warned = false;
-	auto rows = spi.Query("SELECT s.table_name::pg_catalog.oid, s.user_column, s.tier_column FROM fly.tier_source s",
-	                      {}, true);
-	bool matches = !rows.empty() && rows[0][1] == std::string(trigger->tgargs[0]) &&
-	               rows[0][2] == std::string(trigger->tgargs[1]);
+	auto rows =
+		spi.Query("SELECT s.table_name::pg_catalog.oid, s.user_column, s.tier_column FROM fly.tier_source s", {}, true);
+	bool matches =
+		!rows.empty() && rows[0][1] == std::string(trigger->tgargs[0]) && rows[0][2] == std::string(trigger->tgargs[1]);
 	if (matches) {
 		const Oid source = static_cast<Oid>(std::stoul(rows[0][0].value_or("0")));
 		matches = source == relid || pg::PgGuardResult([&]() {
-			          List *ancestors = get_partition_ancestors(relid);
-			          const bool found = list_member_oid(ancestors, source);
-			          list_free(ancestors);
-			          return found;
-		          });
+					  List *ancestors = get_partition_ancestors(relid);
+					  const bool found = list_member_oid(ancestors, source);
+					  list_free(ancestors);
+					  return found;
+				  });
 	}
 	if (!matches && !warned) {
 		warned = true;
 		pg::PgGuard([&]() {
 			ereport(WARNING, (errmsg("pg_fly trigger \"%s\" on \"%s\" ignored this change: the table is not the "
-			                         "subscription table pg_fly is attached to",
-			                         trigger->tgname, table),
-			                  errhint("Drop the trigger, or attach this table with fly.attach_tier_trigger().")));
+									 "subscription table pg_fly is attached to",
+									 trigger->tgname, table),
+							  errhint("Drop the trigger, or attach this table with fly.attach_tier_trigger().")));
 		});
 	}
 	return matches;
