@@ -431,7 +431,7 @@ class HostileOwnerFollowUpTest(unittest.TestCase):
 
 class WorkerSearchPathTest(unittest.TestCase):
     """A database owner who is not a superuser sets its database's search_path to its own schema, with an `=`
-    for text and a nullif of its own: the worker (a superuser) must not run them."""
+    for text and a domain named text: the worker (a superuser) must not run their functions."""
 
     @classmethod
     def setUpClass(cls):
@@ -458,6 +458,12 @@ class WorkerSearchPathTest(unittest.TestCase):
                 RETURN $1 OPERATOR(pg_catalog.=) $2;
             END $$;
             CREATE OPERATOR dbowner.= (LEFTARG = text, RIGHTARG = text, FUNCTION = dbowner.text_eq);
+            CREATE FUNCTION dbowner.check_text(pg_catalog.text) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM dbowner.mark();
+                RETURN true;
+            END $$;
+            CREATE DOMAIN dbowner.text AS pg_catalog.text CHECK (dbowner.check_text(VALUE));
             ALTER DATABASE {self.pg.database} SET search_path = dbowner, pg_catalog;
             RESET ROLE""")
         # The worker reads the database's settings when it connects: restart it.
@@ -467,7 +473,7 @@ class WorkerSearchPathTest(unittest.TestCase):
         self.pg.sql(f"SELECT fly._enqueue_reconcile('{U_A}', 'present', 'pro', 'manual')")
         self.assertTrue(self.pg.wait_for(
             "SELECT count(*) > 0 FROM fly.user_fly_app_events "
-            "WHERE event_type OPERATOR(pg_catalog.=) 'alert_raised'::text", 120), self.pg.server_log()[-3000:])
+            "WHERE event_type OPERATOR(pg_catalog.=) 'alert_raised'::pg_catalog.text", 120), self.pg.server_log()[-3000:])
         self.assertEqual(self.pg.sql("SELECT who FROM dbowner.marks WHERE superuser"), [])
         self.assertEqual(self.pg.value("SELECT rolsuper FROM pg_roles WHERE rolname OPERATOR(pg_catalog.=) "
                                        "'dbowner'::name"), "f")
