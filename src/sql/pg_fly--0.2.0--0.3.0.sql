@@ -291,6 +291,17 @@ SELECT e.id, e.created_at, e.event_type, e.status, e.user_id, a.fly_app_name, e.
 -- extension's owner.
 --------------------------------------------------------------------------------------------------------------
 ALTER TABLE fly.image_rollouts ALTER COLUMN started_by SET DEFAULT session_user;
+-- Inside a security-restricted operation session_user is the superuser whose call ran the owner's code:
+-- start_image_rollout() (which asks the worker for nothing when no app needs the image) is refused there too.
+CREATE FUNCTION fly._refuse_rollout_in_restricted_operation() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM fly._refuse_in_restricted_operation();
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION fly._refuse_rollout_in_restricted_operation() FROM PUBLIC;
+CREATE TRIGGER refuse_in_restricted_operation BEFORE INSERT ON fly.image_rollouts
+    FOR EACH STATEMENT EXECUTE FUNCTION fly._refuse_rollout_in_restricted_operation();
 
 --------------------------------------------------------------------------------------------------------------
 -- worker_status() shows the worker's database (shared memory is cluster-wide, the queue is per database).

@@ -369,6 +369,12 @@ class HostileOwnerFollowUpTest(unittest.TestCase):
                 EXCEPTION WHEN OTHERS THEN
                     INSERT INTO hostile.spoofs VALUES (SQLSTATE || ' ' || SQLERRM);
                 END;
+                BEGIN  -- no app needs the image: it would only record a rollout "started by" the superuser
+                    PERFORM fly.start_image_rollout('registry.fly.io/vyx-app:spoofed');
+                    INSERT INTO hostile.spoofs VALUES ('called');
+                EXCEPTION WHEN OTHERS THEN
+                    INSERT INTO hostile.spoofs VALUES (SQLSTATE || ' ' || SQLERRM);
+                END;
                 RETURN true;
             END $$;
             CREATE TABLE hostile.rsubs (user_id uuid, tier text);
@@ -376,8 +382,10 @@ class HostileOwnerFollowUpTest(unittest.TestCase):
             ALTER TABLE hostile.rsubs ENABLE ROW LEVEL SECURITY;
             ALTER TABLE hostile.rsubs FORCE ROW LEVEL SECURITY;
             CREATE POLICY everything ON hostile.rsubs USING (hostile.spoof())""")
-        self.pg.sql("SELECT fly.attach_tier_trigger('hostile.rsubs', 'user_id', 'tier')")
+        self.pg.sql("SELECT fly.attach_tier_trigger('hostile.rsubs', 'user_id', 'tier'); "
+                    "GRANT EXECUTE ON FUNCTION fly.start_image_rollout(text, integer, integer, interval) TO hostile")
         self.assertEqual(self.pg.sql("SELECT * FROM fly.onboard_existing_users(true)"), [[U_A, "pro", "f"]])
+        self.assertEqual(self.pg.sql("SELECT id, started_by FROM fly.image_rollouts"), [])
         spoofs = [row[0] for row in self.pg.sql("SELECT DISTINCT result FROM hostile.spoofs")]
         self.assertEqual(len(spoofs), 1, spoofs)
         self.assertTrue(spoofs[0].startswith("42501 pg_fly's functions cannot be called within a "
