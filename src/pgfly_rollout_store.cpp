@@ -46,14 +46,16 @@ LoadRunningRollout(pg::SpiConnection &spi) {
 	}
 	auto rows = spi.Query("SELECT id, image, status, max_failures, "
 	                      "COALESCE(canary_deadline OPERATOR(pg_catalog.<=) pg_catalog.now(), false) "
-	                      "FROM fly.image_rollouts WHERE status IN ('canary', 'canary_check', 'rolling') "
+	                      "FROM fly.image_rollouts "
+	                      "WHERE status OPERATOR(pg_catalog.=) ANY (ARRAY['canary', 'canary_check', 'rolling']) "
 	                      "FOR UPDATE SKIP LOCKED",
 	                      {});
 	RunningRollout rollout;
 	if (rows.empty()) {
 		// Skipped because another transaction holds it, or there is none.
-		rows = spi.Query("SELECT id FROM fly.image_rollouts WHERE status IN ('canary', 'canary_check', 'rolling')", {},
-		                 true);
+		rows = spi.Query("SELECT id FROM fly.image_rollouts "
+		                 "WHERE status OPERATOR(pg_catalog.=) ANY (ARRAY['canary', 'canary_check', 'rolling'])",
+		                 {}, true);
 		if (rows.empty()) {
 			return std::nullopt;
 		}
@@ -67,10 +69,12 @@ LoadRunningRollout(pg::SpiConnection &spi) {
 	rollout.max_failures = static_cast<int>(ToInt(rows[0][3]));
 	rollout.canary_deadline_passed = rows[0][4] == std::string("t");
 	auto counts = spi.Query(
-	    "SELECT pg_catalog.count(*) FILTER (WHERE canary AND status IN ('pending', 'updating')), "
+	    "SELECT pg_catalog.count(*) "
+	    "FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'updating'])), "
 	    "pg_catalog.count(*) FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) 'updated'), "
 	    "pg_catalog.count(*) FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) 'healthy'), "
-	    "pg_catalog.count(*) FILTER (WHERE NOT canary AND status IN ('pending', 'updating')), "
+	    "pg_catalog.count(*) "
+	    "FILTER (WHERE NOT canary AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'updating'])), "
 	    "pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) 'failed') "
 	    "FROM fly.image_rollout_apps WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
 	    {std::to_string(rollout.id)}, true);
@@ -89,10 +93,11 @@ AdvanceRollout(pg::SpiConnection &spi, const RunningRollout &rollout, const roll
 	}
 	const std::string phase = rollout::PhaseName(decision.phase);
 	spi.Query("UPDATE fly.image_rollouts SET status = $2, updated_at = pg_catalog.now(), "
-	          "halted_reason = NULLIF($3, ''), "
+	          "halted_reason = CASE WHEN $3 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $3 END, "
 	          "canary_deadline = CASE WHEN $2 OPERATOR(pg_catalog.=) 'canary_check' "
 	          "THEN pg_catalog.now() OPERATOR(pg_catalog.+) canary_wait ELSE canary_deadline END, "
-	          "finished_at = CASE WHEN $2 IN ('completed', 'halted') THEN pg_catalog.now() END "
+	          "finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY (ARRAY['completed', 'halted']) "
+	          "THEN pg_catalog.now() END "
 	          "WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
 	          {std::to_string(rollout.id), phase, decision.reason});
 	if (decision.phase == rollout::Phase::kHalted) {
@@ -117,7 +122,8 @@ ClaimRolloutApps(pg::SpiConnection &spi, const RunningRollout &rollout, int limi
 	          "updated_at = pg_catalog.now() WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
 	          "AND r.status OPERATOR(pg_catalog.=) 'pending' AND r.canary OPERATOR(pg_catalog.=) $2::pg_catalog.bool "
 	          "AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) r.fly_app_id "
-	          "AND a.deleted_at IS NULL AND a.status IN ('active', 'provisioning') AND a.fly_machine_id IS NOT NULL)",
+	          "AND a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) ANY (ARRAY['active', 'provisioning']) "
+	          "AND a.fly_machine_id IS NOT NULL)",
 	          {std::to_string(rollout.id), std::string(canaries ? "true" : "false")});
 	auto rows = spi.Query(
 	    "WITH next AS (SELECT r.fly_app_id FROM fly.image_rollout_apps r "
@@ -198,8 +204,10 @@ RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::strin
 		break;
 	}
 	const bool runs_image = step.result == Result::kUpdated || step.result == Result::kAlreadyCurrent;
-	spi.Query("UPDATE fly.image_rollout_apps SET status = $3, from_image = COALESCE(NULLIF($4, ''), from_image), "
-	          "last_error = NULLIF($5, ''), updated_at = pg_catalog.now() "
+	spi.Query("UPDATE fly.image_rollout_apps SET status = $3, "
+	          "from_image = COALESCE(CASE WHEN $4 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $4 END, from_image), "
+	          "last_error = CASE WHEN $5 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $5 END, "
+	          "updated_at = pg_catalog.now() "
 	          "WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
 	          "AND fly_app_id OPERATOR(pg_catalog.=) $2::pg_catalog.int8",
 	          {std::to_string(rollout_id), std::to_string(app.app_id), std::string(status), step.from_image,

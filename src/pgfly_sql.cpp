@@ -2,6 +2,7 @@
 #include "pgfly/pg/spi.hpp"
 
 extern "C" {
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -41,9 +42,23 @@ UuidArgument(FunctionCallInfo fcinfo, int index, const char *name) {
 	return result;
 }
 
+// Code a table's owner chose (an RLS policy, an index expression) runs inside a security-restricted operation
+// while a pg_fly function reads the table for a superuser; it must not queue or start work through the
+// SECURITY DEFINER functions it was granted, which would then be done, and recorded, as the superuser's.
+void
+RefuseInRestrictedOperation() {
+	if (pgfly::pg::PgGuardResult([]() { return InSecurityRestrictedOperation(); })) {
+		throw SqlError(sqlstate::kInsufficientPrivilege,
+					   "pg_fly's functions cannot be called within a security-restricted operation",
+					   "It runs code a table's owner chose (a policy, an index expression, a view) on another "
+					   "role's behalf.");
+	}
+}
+
 // Asks the worker for a pass once this transaction commits (nothing if it aborts).
 void
 RequestPassAtCommit(uint32 pass) {
+	RefuseInRestrictedOperation();
 	if (pgfly::Shared() == nullptr) {
 		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
 	}
@@ -55,6 +70,7 @@ RequestPassAtCommit(uint32 pass) {
 // fly._enqueue_reconcile(user_id uuid, desired text, tier text, reason text): the one enqueue path shared by
 // the trigger and the SQL functions.
 PGFLY_SQL_FUNCTION(_enqueue_reconcile) {
+	RefuseInRestrictedOperation();
 	const std::string user_id = UuidArgument(fcinfo, 0, "user_id");
 	if (PG_ARGISNULL(1) || PG_ARGISNULL(3)) {
 		throw SqlError(sqlstate::kNullValueNotAllowed, "desired and reason must not be NULL");
@@ -73,6 +89,12 @@ PGFLY_SQL_FUNCTION(_enqueue_reconcile) {
 	pgfly::EnqueueReconcile(spi, user_id,
 	                        desired == "present" ? pgfly::DesiredState::kPresent : pgfly::DesiredState::kAbsent, tier,
 	                        reason.c_str());
+	PG_RETURN_VOID();
+}
+
+// fly._refuse_in_restricted_operation(): called first by pg_fly's state-changing SECURITY DEFINER functions.
+PGFLY_SQL_FUNCTION(_refuse_in_restricted_operation) {
+	RefuseInRestrictedOperation();
 	PG_RETURN_VOID();
 }
 

@@ -92,10 +92,13 @@ RefuseColumnType(const char *table, const char *column, Oid type, const char *ro
 					 quote_identifier(column), alter_to)));
 }
 
-// Everything pg_fly requires of the subscription table before it reads it; locks it (and its partitions and
-// children) against concurrent changes for the rest of the transaction. Returns the user column's type.
+// Everything pg_fly requires of the subscription table before it reads it. Returns the user column's type and,
+// in *members, the table and its partitions and children as checked. Their AccessShareLock keeps each of them
+// from being dropped or altered, but not new members from being added (ATTACH PARTITION and INHERIT take a
+// ShareUpdateExclusiveLock; the owner's own code can do it while the read is planned): so the read names each
+// checked member with ONLY and never reaches one added since.
 Oid
-CheckTierSource(Oid relid, const char *user_column, const char *tier_column) {
+CheckTierSource(Oid relid, const char *user_column, const char *tier_column, List **members = nullptr) {
 	LockRelationOid(relid, AccessShareLock);
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid))) {
 		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
@@ -115,9 +118,9 @@ CheckTierSource(Oid relid, const char *user_column, const char *tier_column) {
 						 table)));
 	}
 	// Reading a table reads its partitions and inheritance children too.
-	List *members = find_all_inheritors(relid, AccessShareLock, nullptr);
+	List *checked = find_all_inheritors(relid, AccessShareLock, nullptr);
 	ListCell *cell;
-	foreach (cell, members) {
+	foreach (cell, checked) {
 		const Oid member = lfirst_oid(cell);
 		const char member_kind = get_rel_relkind(member);
 		if (member != relid && !IsTable(member_kind)) {
@@ -140,6 +143,9 @@ CheckTierSource(Oid relid, const char *user_column, const char *tier_column) {
 	const Oid tier_type = ColumnType(relid, table, tier_column, "tier");
 	if (tier_type != TEXTOID && tier_type != VARCHAROID && get_typtype(tier_type) != TYPTYPE_ENUM) {
 		RefuseColumnType(table, tier_column, tier_type, "tier", "tiers from text, varchar or enum columns", "text");
+	}
+	if (members != nullptr) {
+		*members = checked;
 	}
 	return user_type;
 }
@@ -181,7 +187,8 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 	const Oid relid = PG_GETARG_OID(0);
 	const char *user_column = NameStr(*PG_GETARG_NAME(1));
 	const char *tier_column = NameStr(*PG_GETARG_NAME(2));
-	const Oid user_type = CheckTierSource(relid, user_column, tier_column);
+	List *members = NIL;
+	const Oid user_type = CheckTierSource(relid, user_column, tier_column, &members);
 
 	HeapTuple class_tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (!HeapTupleIsValid(class_tuple)) {
@@ -190,10 +197,6 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 	const Oid owner = reinterpret_cast<Form_pg_class>(GETSTRUCT(class_tuple))->relowner;
 	ReleaseSysCache(class_tuple);
 
-	StringInfoData sql;
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s, %s FROM %s", quote_identifier(user_column), quote_identifier(tier_column),
-					 QualifiedName(relid));
 	Oid argtypes[1] = {user_type == UUIDOID ? static_cast<Oid>(UUIDOID) : static_cast<Oid>(TEXTOID)};
 	Datum args[1] = {0};
 	int nargs = 0;
@@ -202,8 +205,26 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 		args[0] = user_type == UUIDOID
 					  ? PG_GETARG_DATUM(3)
 					  : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(3))));
-		// The column's own type on both sides: the built-in equality, pinned.
-		appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) $1", quote_identifier(user_column));
+	}
+	// Each checked member that holds rows, with ONLY (partitioned tables hold none).
+	StringInfoData sql;
+	initStringInfo(&sql);
+	ListCell *cell;
+	foreach (cell, members) {
+		const Oid member = lfirst_oid(cell);
+		if (get_rel_relkind(member) != RELKIND_RELATION) {
+			continue;
+		}
+		appendStringInfo(&sql, "%sSELECT %s, %s FROM ONLY %s", sql.len > 0 ? " UNION ALL " : "",
+						 quote_identifier(user_column), quote_identifier(tier_column), QualifiedName(member));
+		if (nargs > 0) {
+			// The column's own type on both sides: the built-in equality, pinned.
+			appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) $1", quote_identifier(user_column));
+		}
+	}
+	if (sql.len == 0) {
+		// A partitioned table without partitions: no rows, and the row shape the caller expects.
+		appendStringInfoString(&sql, "SELECT NULL::pg_catalog.text, NULL::pg_catalog.text WHERE false");
 	}
 
 	InitMaterializedSRF(fcinfo, 0);

@@ -3,6 +3,7 @@
 #include "pgfly/pg/spi.hpp"
 
 extern "C" {
+#include "catalog/partition.h"
 #include "commands/trigger.h"
 }
 
@@ -147,6 +148,37 @@ Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &po
 	                 "tier_change");
 }
 
+// Whether the firing table is the one fly.tier_source names (or one of its partitions or children) with the
+// columns it names. A pg_fly trigger left elsewhere (renamed so detaching missed it, or on a partition detached
+// since) must not let that table's owner queue work: it does nothing, with one WARNING per session.
+bool
+FiresOnTierSource(pg::SpiConnection &spi, const Trigger *trigger, Oid relid, const char *table) {
+	static bool warned = false;
+	auto rows =
+		spi.Query("SELECT s.table_name::pg_catalog.oid, s.user_column, s.tier_column FROM fly.tier_source s", {}, true);
+	bool matches =
+		!rows.empty() && rows[0][1] == std::string(trigger->tgargs[0]) && rows[0][2] == std::string(trigger->tgargs[1]);
+	if (matches) {
+		const Oid source = static_cast<Oid>(std::stoul(rows[0][0].value_or("0")));
+		matches = source == relid || pg::PgGuardResult([&]() {
+					  List *ancestors = get_partition_ancestors(relid);
+					  const bool found = list_member_oid(ancestors, source);
+					  list_free(ancestors);
+					  return found;
+				  });
+	}
+	if (!matches && !warned) {
+		warned = true;
+		pg::PgGuard([&]() {
+			ereport(WARNING, (errmsg("pg_fly trigger \"%s\" on \"%s\" ignored this change: the table is not the "
+									 "subscription table pg_fly is attached to",
+									 trigger->tgname, table),
+							  errhint("Drop the trigger, or attach this table with fly.attach_tier_trigger().")));
+		});
+	}
+	return matches;
+}
+
 } // namespace
 
 } // namespace pgfly
@@ -190,6 +222,9 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	}
 
 	pgfly::pg::SpiConnection spi;
+	if (!pgfly::FiresOnTierSource(spi, trigger->tg_trigger, RelationGetRelid(trigger->tg_relation), table)) {
+		return PointerGetDatum(nullptr);
+	}
 	pgfly::TierPolicy old_policy;
 	pgfly::TierPolicy new_policy;
 	if (has_old) {

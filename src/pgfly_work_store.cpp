@@ -52,7 +52,8 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 	auto rows = spi.Query(
 	    "UPDATE fly.user_fly_apps SET status = COALESCE($2, status), fly_app_name = COALESCE($3, fly_app_name), "
 	    "name_attempt = COALESCE($4::pg_catalog.int4, name_attempt), fly_app_id = COALESCE($5, fly_app_id), "
-	    "fly_machine_id = CASE WHEN $6 IS NULL THEN fly_machine_id ELSE NULLIF($6, '') END, "
+	    "fly_machine_id = CASE WHEN $6 IS NULL THEN fly_machine_id "
+	    "WHEN $6 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $6 END, "
 	    "region = COALESCE($7, region), cpu_kind = COALESCE($8, cpu_kind), "
 	    "cpus = COALESCE($9::pg_catalog.int4, cpus), memory_mb = COALESCE($10::pg_catalog.int4, memory_mb), "
 	    "image = COALESCE($11, image), tier = COALESCE($12, tier), "
@@ -61,7 +62,8 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 	    "last_error = CASE WHEN $14::pg_catalog.bool THEN NULL ELSE last_error END, "
 	    "attempts = CASE WHEN $14::pg_catalog.bool THEN 0 ELSE attempts END, "
 	    "deleted_at = CASE WHEN $15::pg_catalog.bool THEN pg_catalog.now() ELSE deleted_at END, "
-	    "pending_machine_operation = CASE WHEN $16 IS NULL THEN pending_machine_operation ELSE NULLIF($16, '') END, "
+	    "pending_machine_operation = CASE WHEN $16 IS NULL THEN pending_machine_operation "
+	    "WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $16 END, "
 	    "pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
 	    "WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
 	    "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
@@ -98,19 +100,20 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	auto rows = spi.Query(
 	    "SELECT pg_catalog.json_build_object('kind', $3, 'user_id', $1, 'fly_app_name', "
 	    "(SELECT a.fly_app_name FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $2::pg_catalog.int8), "
-	    "'status', $4, 'attempts', $5::pg_catalog.int4, 'error', $6, 'at', pg_catalog.now())::text",
+	    "'status', $4, 'attempts', $5::pg_catalog.int4, 'error', $6, 'at', pg_catalog.now())::pg_catalog.text",
 	    {context.user_id, std::to_string(context.app_id), kind, status, std::to_string(context.attempts), step.error},
 	    true);
 	const pg::Value details = rows.at(0).at(0);
 	auto event = spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-	                       "VALUES (NULLIF($1, '0')::pg_catalog.int8, $2::pg_catalog.uuid, 'alert_raised', $3, "
+	                       "VALUES ((CASE WHEN $1 OPERATOR(pg_catalog.=) '0' THEN NULL ELSE $1 END)::pg_catalog.int8, "
+	                       "$2::pg_catalog.uuid, 'alert_raised', $3, "
 	                       "$4::pg_catalog.jsonb) RETURNING id",
 	                       {std::to_string(context.app_id), context.user_id, status, details});
 	const std::string event_id = event.at(0).at(0).value_or("0");
 	std::string payload;
 	if (notify_payload == kNotifyPayloadFull) {
 		auto full = spi.Query("SELECT ($1::pg_catalog.jsonb OPERATOR(pg_catalog.||) "
-		                      "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::text",
+		                      "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::pg_catalog.text",
 		                      {details, event_id}, true);
 		payload = full.at(0).at(0).value_or("{}");
 	} else {
@@ -369,8 +372,8 @@ RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *hea
 	if (!type.empty()) {
 		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
 		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, $4, "
-		          "$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::text, "
-		          "'to', $7::text))",
+		          "$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::pg_catalog.text, "
+		          "'to', $7::pg_catalog.text))",
 		          {std::to_string(target.app_id), target.user_id, type, rows[0][2], details_json, rows[0][0],
 		           rows[0][1]});
 	}

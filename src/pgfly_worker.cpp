@@ -94,6 +94,9 @@ WorkerLoop(SharedState *shared) {
 	// An application transaction holding a queue or app row (its trigger upserted it) must not stall every
 	// user's work: the worker's statements give up after a second and the item is retried.
 	pg::PgGuard([]() { SetConfigOption("lock_timeout", "1000", PGC_SUSET, PGC_S_OVERRIDE); });
+	// The worker is a superuser: a database owner's ALTER DATABASE ... SET search_path must not choose the
+	// operators and functions its SQL resolves.
+	pg::PgGuard([]() { SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE); });
 	Reconciler reconciler(shared);
 	// A commit may have asked for a wake-up before this worker existed: look at the queue once at start.
 	bool latch_set = true;

@@ -19,6 +19,29 @@ RETURNS TABLE (user_id text, tier text)
 REVOKE ALL ON FUNCTION fly._check_tier_source(regclass, name, name),
     fly._subscription_rows(regclass, name, name, uuid) FROM PUBLIC;
 
+-- pg_fly's state-changing SECURITY DEFINER functions refuse to run inside a security-restricted operation: there
+-- they would be called by code a table's owner chose, on a superuser's behalf (and session_user would name the
+-- superuser). fly._enqueue_reconcile() and the worker wake-up requests check it too.
+CREATE FUNCTION fly._refuse_in_restricted_operation() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', '_refuse_in_restricted_operation';
+REVOKE ALL ON FUNCTION fly._refuse_in_restricted_operation() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION fly.cancel_image_rollout(rollout_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM fly._refuse_in_restricted_operation();
+    UPDATE fly.image_rollouts r SET status = 'cancelled', updated_at = now(), finished_at = now()
+     WHERE r.id = rollout_id AND r.status IN ('canary', 'canary_check', 'rolling', 'halted');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'image rollout % is not running or halted', rollout_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'See fly.image_rollout_progress.';
+    END IF;
+    -- Updates already sent finish and are recorded; the rest are not sent.
+    UPDATE fly.image_rollout_apps a SET status = 'skipped', last_error = 'rollout cancelled', updated_at = now()
+     WHERE a.rollout_id = cancel_image_rollout.rollout_id AND a.status = 'pending';
+END $$;
+
 -- A relation's name for DDL, schema-qualified and quoted (regclass output depends on the search_path).
 CREATE FUNCTION fly._relation_name(tbl regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -27,15 +50,53 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION fly._relation_name(regclass) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION fly._drop_tier_trigger(tbl regclass) RETURNS void
+-- pg_fly's triggers are found by their function, not their name: the table's owner may rename them, and a
+-- partition detached from the table keeps its clone. Cloned triggers go with their parent.
+DROP FUNCTION fly._drop_tier_trigger(regclass);
+CREATE FUNCTION fly._drop_tier_triggers() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_change') THEN
-        EXECUTE format('DROP TRIGGER on_user_tier_change ON %s', fly._relation_name(tbl));
+    FOR t IN SELECT tg.tgname, tg.tgrelid FROM pg_trigger tg
+              WHERE tg.tgfoid IN ('fly.on_user_tier_change()'::regprocedure, 'fly.on_user_tier_truncate()'::regprocedure)
+                AND NOT tg.tgisinternal AND tg.tgparentid = 0
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, fly._relation_name(t.tgrelid));
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION fly._drop_tier_triggers() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION fly.detach_tier_trigger() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    previous regclass;
+BEGIN
+    DELETE FROM fly.tier_source RETURNING table_name INTO previous;
+    IF previous IS NULL THEN
+        RAISE EXCEPTION 'detach_tier_trigger: no subscription table is attached'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'on_user_tier_truncate') THEN
-        EXECUTE format('DROP TRIGGER on_user_tier_truncate ON %s', fly._relation_name(tbl));
+    PERFORM fly._drop_tier_triggers();
+END $$;
+
+-- TRUNCATE fires no row triggers: a truncated subscription table leaves nobody with a tier, so every user with
+-- a live or queued app is queued for teardown. Only the attached table (or a partition of it) does that.
+CREATE OR REPLACE FUNCTION fly.on_user_tier_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM fly.tier_source s
+                    WHERE s.table_name = TG_RELID
+                       OR s.table_name IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
+        RAISE WARNING 'pg_fly trigger "%" on "%" ignored this TRUNCATE: the table is not the subscription table '
+                      'pg_fly is attached to', TG_NAME, TG_TABLE_NAME
+            USING HINT = 'Drop the trigger, or attach this table with fly.attach_tier_trigger().';
+        RETURN NULL;
     END IF;
+    PERFORM fly._enqueue_reconcile(u.user_id, 'absent', NULL, 'truncate')
+       FROM (SELECT a.user_id FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL
+             UNION SELECT q.user_id FROM fly.reconcile_queue q WHERE q.desired = 'present') AS u;
+    RETURN NULL;
 END $$;
 
 -- pg_fly's worker works in fly.database_name only: a subscription table elsewhere queues work nobody does.
@@ -96,10 +157,9 @@ BEGIN
 
     SELECT s.table_name INTO previous FROM fly.tier_source s;
     IF previous IS NOT NULL AND previous <> tbl THEN
-        PERFORM fly._drop_tier_trigger(previous);
         RAISE NOTICE 'pg_fly now watches % instead of %', tbl, previous;
     END IF;
-    PERFORM fly._drop_tier_trigger(tbl);
+    PERFORM fly._drop_tier_triggers();
     EXECUTE format('CREATE TRIGGER on_user_tier_change AFTER INSERT OR UPDATE OF %I, %I OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION fly.on_user_tier_change(%L, %L)',
                    user_column, tier_column, fly._relation_name(tbl), user_column, tier_column);
@@ -110,6 +170,10 @@ BEGIN
     ON CONFLICT (singleton) DO UPDATE
        SET table_name = excluded.table_name, user_column = excluded.user_column,
            tier_column = excluded.tier_column, attached_at = now();
+    -- Creating or attaching a partition clones the row trigger, which needs EXECUTE on its function. The
+    -- trigger does nothing on any table but this one and its partitions, so the owner gains nothing else.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION fly.on_user_tier_change() TO %I',
+                   (SELECT r.rolname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE c.oid = tbl));
 END $$;
 
 -- The user's current tier from the attached subscription table; errors name what is missing.
@@ -133,6 +197,25 @@ BEGIN
     RETURN tiers[1];
 END $$;
 
+-- Paid-tier subscription rows whose user id is not a uuid (onboarding skips them), read as the table's owner:
+-- a query on the table itself, run by a superuser, would run whatever code its owner chose.
+CREATE FUNCTION fly.unusable_subscriptions() RETURNS TABLE (user_id text, tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source;
+BEGIN
+    src := fly._tier_source();
+    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
+    RETURN QUERY
+    SELECT r.user_id, r.tier
+      FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
+      JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app
+     WHERE r.user_id !~* '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
+END $$;
+REVOKE ALL ON FUNCTION fly.unusable_subscriptions() FROM PUBLIC;
+COMMENT ON FUNCTION fly.unusable_subscriptions() IS
+    'Paid-tier subscription rows whose user id is not a uuid: onboarding skips them';
+
 CREATE OR REPLACE FUNCTION fly.onboard_existing_users(dry_run boolean DEFAULT true)
 RETURNS TABLE (user_id uuid, tier text, queued boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -142,15 +225,12 @@ DECLARE
     -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
     uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
 BEGIN
+    PERFORM fly._refuse_in_restricted_operation();
     src := fly._tier_source();
-    SELECT count(*) INTO skipped
-      FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
-      JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app
-     WHERE r.user_id !~* uuid_pattern;
+    SELECT count(*) INTO skipped FROM fly.unusable_subscriptions();
     IF skipped > 0 THEN
         RAISE WARNING '% subscription row(s) on a paid tier have a user id that is not a uuid; they are skipped',
-            skipped USING HINT = format('Find them with: SELECT * FROM %s WHERE %I::text !~* %L',
-                                        fly._relation_name(src.table_name), src.user_column, uuid_pattern);
+            skipped USING HINT = 'Find them with: SELECT * FROM fly.unusable_subscriptions();';
     END IF;
     -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (CASE keeps the cast from failing).
     FOR user_id, tier IN
@@ -211,6 +291,17 @@ SELECT e.id, e.created_at, e.event_type, e.status, e.user_id, a.fly_app_name, e.
 -- extension's owner.
 --------------------------------------------------------------------------------------------------------------
 ALTER TABLE fly.image_rollouts ALTER COLUMN started_by SET DEFAULT session_user;
+-- Inside a security-restricted operation session_user is the superuser whose call ran the owner's code:
+-- start_image_rollout() (which asks the worker for nothing when no app needs the image) is refused there too.
+CREATE FUNCTION fly._refuse_rollout_in_restricted_operation() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM fly._refuse_in_restricted_operation();
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION fly._refuse_rollout_in_restricted_operation() FROM PUBLIC;
+CREATE TRIGGER refuse_in_restricted_operation BEFORE INSERT ON fly.image_rollouts
+    FOR EACH STATEMENT EXECUTE FUNCTION fly._refuse_rollout_in_restricted_operation();
 
 --------------------------------------------------------------------------------------------------------------
 -- worker_status() shows the worker's database (shared memory is cluster-wide, the queue is per database).

@@ -243,5 +243,249 @@ class HostileOwnerTest(unittest.TestCase):
         self.assertTrue({"rls_force", "planner_folds"} <= ran, ran)
 
 
+U_A = "44444444-4444-4444-8444-444444444444"
+U_B = "55555555-5555-4555-8555-555555555555"
+U_C = "66666666-6666-4666-8666-666666666666"
+
+
+class HostileOwnerFollowUpTest(unittest.TestCase):
+    """The review of the hardening above: pg_fly's triggers left behind, a hint that leads a superuser into the
+    owner's code, owner code calling pg_fly's functions on a superuser's behalf."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Simulator()
+        cls.addClassCleanup(cls.sim.stop)
+        cls.pg = Cluster(cls.sim.url, token="")  # the worker stays idle: the queue stays as the writes leave it
+        cls.addClassCleanup(cls.pg.destroy)
+        cls.pg.sql("CREATE ROLE hostile LOGIN; CREATE SCHEMA hostile AUTHORIZATION hostile; "
+                   "GRANT USAGE ON SCHEMA fly TO hostile; "
+                   "GRANT EXECUTE ON FUNCTION fly.provision_user_app(uuid), fly.deprovision_user_app(uuid), "
+                   "fly.retry_user_app(uuid), fly.get_user_fly_app_status(uuid), fly.provision_user_app(), "
+                   "fly.onboard_existing_users(boolean) TO hostile")
+        code, _, err = cls.as_hostile(MARKER)
+        assert code == 0, err
+
+    as_hostile = classmethod(HostileOwnerTest.as_hostile.__func__)
+
+    def hostile(self, sql):
+        code, out, err = self.as_hostile(sql)
+        self.assertEqual(code, 0, f"{sql}: {err}")
+        return out + err
+
+    def queued(self):
+        return {tuple(row) for row in self.pg.sql("SELECT user_id, desired FROM fly.reconcile_queue")}
+
+    def pg_fly_triggers(self):
+        return self.pg.sql("SELECT tgrelid::regclass, tgname FROM pg_trigger WHERE tgfoid IN "
+                           "('fly.on_user_tier_change()'::regprocedure, 'fly.on_user_tier_truncate()'::regprocedure) "
+                           "ORDER BY 1, 2")
+
+    def setUp(self):
+        self.pg.psql("SELECT fly.detach_tier_trigger()", check=False)
+        self.pg.sql("TRUNCATE fly.reconcile_queue, fly.user_fly_app_events, fly.user_fly_apps")
+
+    def attach_partitioned(self):
+        self.hostile("CREATE TABLE hostile.psubs (user_id uuid, tier text) PARTITION BY LIST (tier); "
+                     "CREATE TABLE hostile.psubs_pro PARTITION OF hostile.psubs FOR VALUES IN ('pro'); "
+                     "CREATE TABLE hostile.psubs_rest PARTITION OF hostile.psubs DEFAULT; "
+                     "CREATE TABLE hostile.other (user_id uuid, tier text)")
+        self.pg.sql("SELECT fly.attach_tier_trigger('hostile.psubs', 'user_id', 'tier')")
+
+    def tearDown(self):
+        self.pg.sql("ALTER ROLE hostile NOSUPERUSER")  # the marker's attempt, if the owner's code ran as one
+        self.pg.psql("SELECT fly.detach_tier_trigger()", check=False)
+        self.hostile("DROP TABLE IF EXISTS hostile.psubs, hostile.psubs_pro, hostile.other")
+
+    def test_the_owner_adds_partitions_after_the_attach(self):
+        self.attach_partitioned()
+        # Cloning the row trigger needs EXECUTE on its function.
+        self.hostile("CREATE TABLE hostile.psubs_elite PARTITION OF hostile.psubs FOR VALUES IN ('elite'); "
+                     f"INSERT INTO hostile.psubs VALUES ('{U_A}', 'elite')")
+        self.assertEqual(self.queued(), {(U_A, "present")})
+        # PostgreSQL drops the clone from a partition detached since.
+        self.hostile("ALTER TABLE hostile.psubs DETACH PARTITION hostile.psubs_pro")
+        self.assertNotIn("hostile.psubs_pro", [row[0] for row in self.pg_fly_triggers()])
+
+    def test_pg_flys_triggers_elsewhere_do_nothing(self):
+        self.attach_partitioned()
+        # As detaching used to leave renamed ones.
+        self.pg.sql("CREATE TRIGGER keep_row AFTER INSERT OR UPDATE OR DELETE ON hostile.other "
+                    "FOR EACH ROW EXECUTE FUNCTION fly.on_user_tier_change('user_id', 'tier'); "
+                    "CREATE TRIGGER keep_trunc AFTER TRUNCATE ON hostile.other "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION fly.on_user_tier_truncate()")
+        self.pg.sql(f"SELECT fly._enqueue_reconcile('{U_A}', 'present', 'pro', 'manual')")
+        out = self.hostile(f"INSERT INTO hostile.other VALUES ('{U_C}', 'pro')")
+        self.assertIn('pg_fly trigger "keep_row" on "other" ignored this change', out)
+        out = self.hostile("TRUNCATE hostile.other")
+        self.assertIn('pg_fly trigger "keep_trunc" on "other" ignored this TRUNCATE', out)
+        # One naming other columns than fly.tier_source does nothing either, and fails no write.
+        self.pg.sql("CREATE TRIGGER swapped AFTER INSERT ON hostile.psubs "
+                    "FOR EACH ROW EXECUTE FUNCTION fly.on_user_tier_change('tier', 'user_id')")
+        self.hostile(f"INSERT INTO hostile.psubs VALUES ('{U_B}', 'pro')")
+        self.assertEqual(self.queued(), {(U_A, "present"), (U_B, "present")})
+
+    def test_detaching_and_reattaching_drop_renamed_triggers(self):
+        self.attach_partitioned()
+        self.hostile("ALTER TRIGGER on_user_tier_change ON hostile.psubs RENAME TO keep_row; "
+                     "ALTER TRIGGER on_user_tier_truncate ON hostile.psubs RENAME TO keep_trunc")
+        self.pg.sql("SELECT fly.attach_tier_trigger('hostile.other', 'user_id', 'tier')")
+        self.assertEqual(self.pg_fly_triggers(), [["hostile.other", "on_user_tier_change"],
+                                                  ["hostile.other", "on_user_tier_truncate"]])
+        self.hostile("ALTER TRIGGER on_user_tier_change ON hostile.other RENAME TO keep_row; "
+                     "ALTER TRIGGER on_user_tier_truncate ON hostile.other RENAME TO keep_trunc")
+        self.pg.sql(f"SELECT fly._enqueue_reconcile('{U_A}', 'present', 'pro', 'manual')")
+        self.pg.sql("SELECT fly.detach_tier_trigger()")
+        self.assertEqual(self.pg_fly_triggers(), [])
+        # The owner, with no pg_fly privilege used, can neither provision nor tear everyone down.
+        self.hostile(f"INSERT INTO hostile.other VALUES ('{U_C}', 'pro'); TRUNCATE hostile.other")
+        self.assertEqual(self.queued(), {(U_A, "present")})
+
+    def test_the_hint_for_unusable_user_ids_runs_no_owner_code_as_a_superuser(self):
+        self.hostile("CREATE TABLE hostile.tsubs (user_id text, tier text); "
+                     "CREATE INDEX ON hostile.tsubs (tier) WHERE hostile.imm('y', 'hint') = 'y'; "
+                     "INSERT INTO hostile.tsubs VALUES ('not-a-uuid', 'pro')")
+        self.pg.sql("SELECT fly.attach_tier_trigger('hostile.tsubs', 'user_id', 'tier')")
+        result = self.pg.psql("SELECT * FROM fly.onboard_existing_users(true)")
+        hints = [line.split("Find them with: ", 1)[1] for line in result.stderr.splitlines()
+                 if "Find them with: " in line]
+        self.assertEqual(len(hints), 1, result.stderr)
+        # A superuser runs the hint's query as it is.
+        found = self.pg.sql(hints[0])
+        self.assertEqual(self.pg.sql("SELECT route, who FROM hostile.marks WHERE superuser"), [])
+        self.assertNotIn("hostile", hints[0])
+        self.assertEqual(found, [["not-a-uuid", "pro"]])
+        self.assertEqual(self.pg.value("SELECT has_function_privilege('public', 'fly.unusable_subscriptions()', "
+                                       "'EXECUTE')"), "f")
+
+    def test_owner_code_cannot_call_pg_flys_functions_on_a_superusers_behalf(self):
+        self.hostile(f"""
+            CREATE TABLE hostile.spoofs (result text);
+            CREATE FUNCTION hostile.spoof() RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                BEGIN
+                    PERFORM fly.deprovision_user_app('{U_C}');
+                    INSERT INTO hostile.spoofs VALUES ('called');
+                EXCEPTION WHEN OTHERS THEN
+                    INSERT INTO hostile.spoofs VALUES (SQLSTATE || ' ' || SQLERRM);
+                END;
+                BEGIN  -- no app needs the image: it would only record a rollout "started by" the superuser
+                    PERFORM fly.start_image_rollout('registry.fly.io/vyx-app:spoofed');
+                    INSERT INTO hostile.spoofs VALUES ('called');
+                EXCEPTION WHEN OTHERS THEN
+                    INSERT INTO hostile.spoofs VALUES (SQLSTATE || ' ' || SQLERRM);
+                END;
+                RETURN true;
+            END $$;
+            CREATE TABLE hostile.rsubs (user_id uuid, tier text);
+            INSERT INTO hostile.rsubs VALUES ('{U_A}', 'pro');
+            ALTER TABLE hostile.rsubs ENABLE ROW LEVEL SECURITY;
+            ALTER TABLE hostile.rsubs FORCE ROW LEVEL SECURITY;
+            CREATE POLICY everything ON hostile.rsubs USING (hostile.spoof())""")
+        self.pg.sql("SELECT fly.attach_tier_trigger('hostile.rsubs', 'user_id', 'tier'); "
+                    "GRANT EXECUTE ON FUNCTION fly.start_image_rollout(text, integer, integer, interval) TO hostile")
+        self.assertEqual(self.pg.sql("SELECT * FROM fly.onboard_existing_users(true)"), [[U_A, "pro", "f"]])
+        self.assertEqual(self.pg.sql("SELECT id, started_by FROM fly.image_rollouts"), [])
+        spoofs = [row[0] for row in self.pg.sql("SELECT DISTINCT result FROM hostile.spoofs")]
+        self.assertEqual(len(spoofs), 1, spoofs)
+        self.assertTrue(spoofs[0].startswith("42501 pg_fly's functions cannot be called within a "
+                                             "security-restricted operation"), spoofs)
+        self.assertEqual(self.queued(), set())
+
+    def test_a_child_added_while_the_table_is_read_is_not_read(self):
+        # A file the owner may not read; an administrator made a foreign table of it and gave it to the owner.
+        path = os.path.join(self.pg.workdir, "foreign.csv")
+        with open(path, "w") as f:
+            f.write(f"{U_C},pro\n")
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "postgres:", path], check=True)
+        self.pg.sql("CREATE EXTENSION IF NOT EXISTS file_fdw; "
+                    "CREATE SERVER IF NOT EXISTS files FOREIGN DATA WRAPPER file_fdw; "
+                    "CREATE FOREIGN TABLE hostile.ft (user_id uuid, tier text) SERVER files "
+                    f"OPTIONS (filename '{path}', format 'csv'); ALTER FOREIGN TABLE hostile.ft OWNER TO hostile")
+        # The owner's policy, folded while pg_fly's read is planned (after pg_fly checked the table), makes the
+        # foreign table a child of the subscription table.
+        self.hostile(f"""
+            CREATE FUNCTION hostile.do_graft() RETURNS void LANGUAGE plpgsql AS $$
+            BEGIN
+                IF session_user <> current_user AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                        WHERE i.inhrelid = 'hostile.ft'::pg_catalog.regclass) THEN
+                    ALTER TABLE hostile.ft INHERIT hostile.csubs;
+                    RAISE WARNING 'PGFLY-GRAFTED';
+                END IF;
+            END $$;
+            CREATE FUNCTION hostile.graft() RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+            BEGIN
+                PERFORM hostile.do_graft();
+                RETURN true;
+            END $$;
+            CREATE TABLE hostile.csubs (user_id uuid, tier text);
+            -- With a child already there the planner expands the table's children after folding the policy.
+            CREATE TABLE hostile.csubs_kid () INHERITS (hostile.csubs);
+            INSERT INTO hostile.csubs VALUES ('{U_A}', 'pro');
+            ALTER TABLE hostile.csubs ENABLE ROW LEVEL SECURITY;
+            ALTER TABLE hostile.csubs FORCE ROW LEVEL SECURITY;
+            CREATE POLICY everything ON hostile.csubs USING (hostile.graft())""")
+        self.pg.sql("SELECT fly.attach_tier_trigger('hostile.csubs', 'user_id', 'tier')")
+        try:
+            # The user is only in the file.
+            result = self.pg.psql(f"SELECT fly.provision_user_app('{U_C}')", check=False)
+            self.assertIn("PGFLY-GRAFTED", result.stderr)  # the owner's code did make the file a child
+            self.assertIn(f"user {U_C} has no subscription in hostile.csubs", result.stderr)
+            self.assertEqual(self.queued(), set())
+        finally:
+            self.as_hostile("ALTER TABLE hostile.ft NO INHERIT hostile.csubs")  # if the call committed it
+
+
+class WorkerSearchPathTest(unittest.TestCase):
+    """A database owner who is not a superuser sets its database's search_path to its own schema, with an `=`
+    for text and a domain named text: the worker (a superuser) must not run their functions."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Simulator()
+        cls.addClassCleanup(cls.sim.stop)
+        cls.pg = Cluster(cls.sim.url, settings={"fly.request_timeout": "'5s'", "fly.max_attempts": "3",
+                                                "fly.alert_after_attempts": "2", "fly.rate_limits": "off"})
+        cls.addClassCleanup(cls.pg.destroy)
+
+    def test_the_database_owners_search_path_does_not_reach_the_worker(self):
+        self.pg.sql(f"""
+            CREATE ROLE dbowner LOGIN; ALTER DATABASE {self.pg.database} OWNER TO dbowner;
+            SET ROLE dbowner;
+            CREATE SCHEMA dbowner;
+            CREATE TABLE dbowner.marks (who name, superuser boolean);
+            CREATE FUNCTION dbowner.mark() RETURNS void LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO dbowner.marks SELECT current_user, r.rolsuper FROM pg_catalog.pg_roles r
+                 WHERE r.rolname OPERATOR(pg_catalog.=) current_user;
+            END $$;
+            CREATE FUNCTION dbowner.text_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM dbowner.mark();
+                RETURN $1 OPERATOR(pg_catalog.=) $2;
+            END $$;
+            CREATE OPERATOR dbowner.= (LEFTARG = text, RIGHTARG = text, FUNCTION = dbowner.text_eq);
+            CREATE FUNCTION dbowner.check_text(pg_catalog.text) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM dbowner.mark();
+                RETURN true;
+            END $$;
+            CREATE DOMAIN dbowner.text AS pg_catalog.text CHECK (dbowner.check_text(VALUE));
+            ALTER DATABASE {self.pg.database} SET search_path = dbowner, pg_catalog;
+            RESET ROLE""")
+        # The worker reads the database's settings when it connects: restart it.
+        self.pg.stop(check=True)
+        self.pg.start()
+        self.sim.configure(faults=[{"endpoint": "*", "always": True, "kind": "status", "status": 503}])
+        self.pg.sql(f"SELECT fly._enqueue_reconcile('{U_A}', 'present', 'pro', 'manual')")
+        self.assertTrue(self.pg.wait_for(
+            "SELECT count(*) > 0 FROM fly.user_fly_app_events "
+            "WHERE event_type OPERATOR(pg_catalog.=) 'alert_raised'::pg_catalog.text", 120), self.pg.server_log()[-3000:])
+        self.assertEqual(self.pg.sql("SELECT who FROM dbowner.marks WHERE superuser"), [])
+        self.assertEqual(self.pg.value("SELECT rolsuper FROM pg_roles WHERE rolname OPERATOR(pg_catalog.=) "
+                                       "'dbowner'::name"), "f")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

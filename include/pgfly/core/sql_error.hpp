@@ -26,6 +26,7 @@ constexpr const char *kNullValueNotAllowed = "22004";
 constexpr const char *kInvalidTextRepresentation = "22P02";
 constexpr const char *kUndefinedTable = "42P01";
 constexpr const char *kUndefinedColumn = "42703";
+constexpr const char *kInsufficientPrivilege = "42501";
 constexpr const char *kDatatypeMismatch = "42804";
 constexpr const char *kNoDataFound = "P0002";
 constexpr const char *kObjectNotInPrerequisiteState = "55000";
