@@ -64,6 +64,36 @@ class WorkerRestartTest(ProvisioningTestCase):
         self.assertEqual(self.pg.sql("SELECT DISTINCT status FROM fly.user_fly_apps"), [["deleted"]])
         self.assertEqual(self.completions("deprovision_completed"), collections.Counter(group))
 
+    def test_cancel_requests_inside_and_outside_transactions_leave_the_same_worker_working(self):
+        # pg_cancel_backend raises an ERROR wherever the worker next checks for interrupts: inside a transaction,
+        # or between them, where the loop's own error cleanup (locks, wait events, memory context) must do what
+        # a transaction abort would. The worker must neither restart nor leave anything held.
+        group = users(20, 83)
+        self.assertTrue(self.pg.wait_for(
+            "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_fly worker'", timeout=30))
+        pid = self.pg.worker_pid()
+        log_before = len(self.pg.server_log())
+        self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
+        for _ in range(60):
+            self.pg.value(f"SELECT pg_cancel_backend({pid})")
+            time.sleep(0.03)
+        self.settle(timeout=120)
+        self.assertIn("canceling statement due to user request", self.pg.server_log()[log_before:])
+        self.assertEqual(self.pg.worker_pid(), pid, "the worker restarted")
+        apps = self.live_apps_on_fly()
+        self.assertEqual(sorted(apps), sorted(app_name(u) for u in group))
+        self.assertTrue(all(len(app["machines"]) == 1 for app in apps.values()))
+        self.assertEqual(self.completions("provision_completed"), collections.Counter(group))
+        # Back in its wait, holding nothing but its own virtual transaction id lock (if any).
+        self.assertTrue(self.pg.wait_for(
+            f"SELECT wait_event_type = 'Extension' FROM pg_stat_activity WHERE pid = {pid}", timeout=15))
+        self.assertEqual(self.pg.value(
+            f"SELECT count(*) FROM pg_locks WHERE pid = {pid} AND locktype <> 'virtualxid'"), "0")
+        # And it still works.
+        self.pg.sql("UPDATE user_subscriptions SET tier = 'free'")
+        self.settle(timeout=120)
+        self.assertEqual(self.live_apps_on_fly(), {})
+
     def test_drop_database_of_another_database_is_not_blocked_by_the_worker(self):
         self.pg.psql("CREATE DATABASE scratch", database="postgres")
         self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{users(1, 81)[0]}', 'pro')")
