@@ -554,7 +554,7 @@ Reconciler::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step)
 	}
 	context.raise_alert = !context.alerted && (context.attempts >= alert_after_attempts ||
 	                                          step.completion == Completion::kFailed);
-	context.retry_delay_seconds = RetryDelay(context.attempts, step.retry_after_seconds);
+	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
 }
 
 void
