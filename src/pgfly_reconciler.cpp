@@ -616,7 +616,8 @@ Reconciler::SendAllowed() {
 	held_ = std::move(still_held);
 }
 
-// Feeds the answer to the breaker and the limiter: a wait that timed out (408) is an ordinary answer; a 429
+// Feeds the answer to the breaker and the limiter: a wait that timed out (408) or a machine that failed to start
+// is an ordinary answer; a 429
 // holds back that action's scope for Retry-After (or a second), at most fly.retry_max_delay.
 void
 Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
@@ -630,8 +631,7 @@ Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 		breaker_.OnAnswer();
 		return;
 	}
-	const bool wait_timed_out = in_flight.endpoint == fly::Endpoint::kWaitMachine && outcome.http_status == 408;
-	if (outcome.kind == fly::OutcomeKind::kTransient && !wait_timed_out) {
+	if (fly::FailsFly(in_flight.endpoint, outcome)) {
 		breaker_.OnTransientFailure(now);
 	} else {
 		breaker_.OnAnswer();
