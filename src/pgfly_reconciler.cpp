@@ -28,6 +28,8 @@ namespace {
 
 constexpr double kPruneEverySeconds = 60;
 constexpr double kSaturatedDispatchSeconds = 1.0;
+// External descriptors left to PostgreSQL when the reservation takes all it can.
+constexpr int kFdHeadroom = 4;
 
 } // namespace
 
@@ -124,8 +126,14 @@ Reconciler::ReserveClientFds() {
 		for (; reserved_fds_ > 0; reserved_fds_--) {
 			ReleaseExternalFD();
 		}
-		while (reserved_fds_ < wanted.fds && AcquireExternalFD()) {
+		// Stops kFdHeadroom short of what PostgreSQL would grant: the loop's wait set, an error pause's wait
+		// and PostgreSQL's own external descriptors need some too.
+		while (reserved_fds_ < wanted.fds + kFdHeadroom && AcquireExternalFD()) {
 			reserved_fds_++;
+		}
+		for (int spare = reserved_fds_ - std::min(wanted.fds, reserved_fds_ - kFdHeadroom); spare > 0; spare--) {
+			ReleaseExternalFD();
+			reserved_fds_--;
 		}
 		for (; reserved_fds_ < kMinClientFds; reserved_fds_++) {
 			ReserveExternalFD();
