@@ -625,8 +625,8 @@ Reconciler::SendAllowed() {
 }
 
 // Feeds the answer to the breaker and the limiter: a wait that timed out (408) or a machine that failed to start
-// is an ordinary answer; a 429
-// holds back that action's scope for Retry-After (or a second), at most fly.retry_max_delay.
+// is an ordinary answer; a 429 holds back that action's scope for Retry-After (or a second), at most
+// fly.retry_max_delay.
 void
 Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 	if (!fly::IsFlyApi(in_flight.endpoint)) {
