@@ -248,6 +248,7 @@ Reconciler::Dispatch() {
 	const bool health_requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
 	const bool health_due = configuration_problem_.empty() &&
 	                        (health_requested || (health_check_interval_ms > 0 && now >= next_health_pass_));
+	const bool probe_due = WantsHealthProbe(now) && now >= next_probe_check_;
 	std::vector<ClaimedItem> claimed;
 	std::optional<std::vector<HealthTarget>> health_targets;
 	QueueSummary summary;
@@ -258,7 +259,7 @@ Reconciler::Dispatch() {
 				if (capacity > 0) {
 					claimed = ClaimDueItems(spi, capacity, RunningUsers());
 				}
-				if (health_due && health_next_ >= health_queue_.size()) {
+				if ((health_due || probe_due) && health_next_ >= health_queue_.size()) {
 					health_targets = LoadHealthTargets(spi);
 				}
 				summary = SummarizeQueue(spi);
@@ -290,6 +291,11 @@ Reconciler::Dispatch() {
 	}
 	if (health_due) {
 		next_health_pass_ = now + health_check_interval_ms / 1000.0;
+	}
+	if (probe_due) {
+		// No app to check yet: look again after the poll interval rather than every second.
+		next_probe_check_ =
+			now + (health_next_ < health_queue_.size() ? kSaturatedDispatchSeconds : poll_interval_ms / 1000.0);
 	}
 	dispatch_again_ = capacity > 0 && static_cast<int>(claimed.size()) == capacity;
 	next_queue_due_.reset();
@@ -373,10 +379,20 @@ Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) 
 // apps whose user is being reconciled are skipped.
 void
 Reconciler::StartHealthChecks() {
-	if (breaker_.state(Now()) != CircuitBreaker::State::kClosed) {
+	int limit = concurrency_limit_;
+	switch (breaker_.state(Now())) {
+	case CircuitBreaker::State::kClosed:
+		break;
+	case CircuitBreaker::State::kOpen:
 		return;
+	case CircuitBreaker::State::kHalfOpen:
+		if (!WantsHealthProbe(Now())) {
+			return;
+		}
+		limit = 1;
+		break;
 	}
-	while (health_running_ < concurrency_limit_ && health_next_ < health_queue_.size()) {
+	while (health_running_ < limit && health_next_ < health_queue_.size()) {
 		const HealthTarget &target = health_queue_[health_next_++];
 		if (running_.count(target.user_id)) {
 			continue;
@@ -390,6 +406,15 @@ Reconciler::StartHealthChecks() {
 		health_queue_.clear();
 		health_next_ = 0;
 	}
+}
+
+// A half-open breaker lets one request through to see whether Fly is back. With no reconcile to carry it, a
+// health check (a cheap GET machine) does: otherwise the breaker would stay half-open and checks would stop.
+bool
+Reconciler::WantsHealthProbe(double now) const {
+	return configuration_problem_.empty() && health_check_interval_ms > 0 &&
+		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() && running_.empty() &&
+		   health_running_ == 0 && held_.empty();
 }
 
 void
@@ -750,6 +775,9 @@ Reconciler::SleepMs() const {
 	}
 	if (breaker_.state(now) == CircuitBreaker::State::kOpen && configuration_problem_.empty()) {
 		wake.At(breaker_.reopen_at());
+	}
+	if (WantsHealthProbe(now)) {
+		wake.At(next_probe_check_);
 	}
 	if (saturated && configuration_problem_.empty() &&
 	    (pg_atomic_read_u32(&shared_->health_pass_requested) != 0 ||

@@ -97,6 +97,7 @@ private:
 	// Runs `body` in a transaction of its own when pg_fly exists in this database; returns whether it does.
 	bool InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body);
 	void StartHealthChecks();
+	bool WantsHealthProbe(double now) const;
 	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
 	void OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome);
 	// Image rollouts (pgfly_rollout_runner.cpp): in a transaction of its own, moves the running rollout on and
@@ -138,6 +139,8 @@ private:
 	double last_lease_renewal_ = 0;
 	bool claims_released_ = false;
 	double next_saturated_dispatch_ = 0;
+	// When a half-open breaker may next look for an app whose health check carries its probe.
+	double next_probe_check_ = 0;
 	std::vector<HealthTarget> health_queue_;
 	size_t health_next_ = 0;
 	int health_running_ = 0;
