@@ -235,9 +235,15 @@ Reconciler::Dispatch() {
 	bool present = true;
 	if (!claims_released_) {
 		bool released = false;
-		present = InTransaction("pg_fly: releasing claims",
-		                        [&](pg::SpiConnection &spi) { released = ReleaseOrphanClaims(spi, RunningUsers()); });
+		std::map<std::string, int64_t> still_held = attempts_to_return_;
+		present = InTransaction("pg_fly: releasing claims", [&](pg::SpiConnection &spi) {
+			if (!still_held.empty()) {
+				still_held = ReturnAttempts(spi, still_held);
+			}
+			released = ReleaseOrphanClaims(spi, RunningUsers());
+		});
 		claims_released_ = released;
+		attempts_to_return_ = std::move(still_held);
 	}
 	if (present && !running_.empty() && Now() - last_lease_renewal_ > kLeaseSeconds / 4.0) {
 		const double renewed_at = Now();
@@ -274,6 +280,7 @@ Reconciler::Dispatch() {
 	SpinLockAcquire(&shared_->mutex);
 	shared_->queue_ready = present ? summary.due : -1;
 	SpinLockRelease(&shared_->mutex);
+	extension_present_ = present;
 	if (!present) {
 		// Nothing to do until pg_fly is created in this database: look again after the poll interval.
 		claims_released_ = false;
@@ -498,21 +505,27 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 }
 
 void
-Reconciler::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error) {
+Reconciler::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
+				  bool item_was_locked) {
 	running_.erase(user_id);
 	dispatch_again_ = true;
 	Log("reconciling user " + user_id + " failed: " + error);
 	const double delay = RetryDelay(attempts, std::nullopt);
 	bool deferred = false;
 	try {
-		InTransaction("pg_fly: deferring work",
-		              [&](pg::SpiConnection &spi) { deferred = DeferItem(spi, user_id, generation, delay, error); });
+		InTransaction("pg_fly: deferring work", [&](pg::SpiConnection &spi) {
+			deferred = DeferItem(spi, user_id, generation, delay, error, item_was_locked);
+		});
 	} catch (const std::exception &e) {
 		Log(std::string("could not defer the item: ") + e.what());
 	}
 	if (!deferred) {
-		// Its claim is released by a later pass, rather than holding the item for the rest of the lease.
+		// Its claim is released by a later pass (within a second: see SleepMs), rather than holding the item for
+		// the rest of the lease.
 		claims_released_ = false;
+		if (item_was_locked) {
+			attempts_to_return_[user_id] = generation;
+		}
 	}
 }
 
@@ -611,6 +624,10 @@ Reconciler::Record(std::unique_ptr<RunningOperation> running, reconcile::Step st
 			running_.erase(user_id);
 			dispatch_again_ = true;
 		}
+	} catch (const pg::PgError &e) {
+		// Another transaction held the item (an application's uncommitted tier change, say): not a failure of
+		// this attempt, which is given back, so that repeated rollbacks cannot exhaust fly.max_attempts.
+		Defer(user_id, generation, attempts, e.what(), e.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE);
 	} catch (const std::exception &e) {
 		Defer(user_id, generation, attempts, e.what());
 	}
@@ -778,6 +795,11 @@ Reconciler::SleepMs() const {
 	}
 	if (WantsHealthProbe(now)) {
 		wake.At(next_probe_check_);
+	}
+	if (!claims_released_ && extension_present_) {
+		// A claim a failed step left behind (its item was held by another transaction, which may just roll back,
+		// waking no one): released by the next Dispatch, at most once a second.
+		wake.At(next_saturated_dispatch_);
 	}
 	if (saturated && configuration_problem_.empty() &&
 	    (pg_atomic_read_u32(&shared_->health_pass_requested) != 0 ||

@@ -111,5 +111,44 @@ class LockTest(ProvisioningTestCase):
         self.sim.configure(unhealthy_images=[], faults=[])
 
 
+class RolledBackLockTest(ProvisioningTestCase):
+    # Nothing but the rollback itself can hand the item back: no poll or health pass comes soon.
+    cluster_settings = {"fly.request_timeout": "'10s'", "fly.rate_limits": "off", "fly.poll_interval": "'60s'",
+                        "fly.health_check_interval": "0", "fly.max_attempts": "2"}
+
+    def test_a_rolled_back_lock_neither_stalls_the_user_nor_costs_an_attempt(self):
+        slow = users(1, 90)[0]
+        self.sim.configure(faults=[{"endpoint": "create_machine", "app": app_name(slow), "kind": "latency",
+                                    "delay_ms": 4000}])
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{slow}', 'pro')")
+        deadline = time.monotonic() + 30
+        while not [r for r in self.sim.requests()["requests"] if r["endpoint"] == "create_machine"]:
+            self.assertLess(time.monotonic(), deadline, "the slow user's machine was never requested")
+            time.sleep(0.05)
+        # An application changes the user's tier and sits idle: the worker's next step for the user finds the
+        # queue item held and cannot record itself.
+        holder = IdleSession(self.pg, "holds_then_rolls_back",
+                             f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{slow}';")
+        holder.wait_idle(self)
+        deadline = time.monotonic() + 30
+        while f"reconciling user {slow} failed" not in self.pg.server_log():
+            self.assertLess(time.monotonic(), deadline, "the worker never met the held item")
+            time.sleep(0.1)
+        # Its next attempt fails once at Fly: with fly.max_attempts = 2 it must still have one to spare.
+        self.sim.configure(faults=[{"endpoint": "*", "app": app_name(slow), "nth": [1], "kind": "status",
+                                    "status": 503}])
+        self.assertNotIn("ERROR", holder.end("ROLLBACK"))
+        rolled_back = time.monotonic()
+        self.assertTrue(self.pg.wait_for(f"SELECT status = 'active' FROM fly.user_fly_apps WHERE user_id = '{slow}'",
+                                         timeout=20),
+                        repr(self.pg.sql("SELECT * FROM fly.pending_work")) +
+                        repr(self.pg.sql(f"SELECT status, last_error FROM fly.user_fly_apps WHERE user_id = '{slow}'")))
+        print(f"\n  provisioned {time.monotonic() - rolled_back:.1f} s after the rollback", file=sys.stderr)
+        events = self.events(slow)
+        self.assertIn("provision_attempt_failed", events)  # the 503 was met
+        self.assertNotIn("provision_failed", events)
+        self.sim.configure(faults=[])
+
+
 if __name__ == "__main__":
     unittest.main()
