@@ -266,6 +266,17 @@ LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 bool
 RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &step) {
 	using reconcile::Completion;
+	// A transaction holding the item (a tier change not yet committed, say) or the app row (an operator's) must
+	// not stall the worker's loop for lock_timeout: the step fails at once, before writing anything, and the
+	// operation is deferred.
+	spi.Query("SELECT 1 FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+			  "FOR UPDATE NOWAIT",
+			  {context.user_id});
+	if (context.app_id != 0) {
+		spi.Query(
+			"SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 FOR UPDATE NOWAIT",
+			{std::to_string(context.app_id)});
+	}
 	pg::Value status;
 	if (step.app) {
 		status = WriteApp(spi, context, *step.app);
@@ -286,11 +297,6 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	}
 
 	const std::vector<pg::Value> item = {context.user_id, std::to_string(context.generation)};
-	// A transaction holding the item (a tier change not yet committed, say) must not stall the worker's loop:
-	// the step fails at once and the operation is deferred.
-	spi.Query("SELECT 1 FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-	          "FOR UPDATE NOWAIT",
-	          {context.user_id});
 	bool still_ours = false;
 	switch (step.completion) {
 	case Completion::kContinue:
@@ -352,14 +358,26 @@ LoadHealthTargets(pg::SpiConnection &spi) {
 bool
 RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
              const std::string &details_json) {
-	auto rows = spi.Query(
-	    "WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
-	    "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' FOR UPDATE) "
-	    "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
-	    "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
-	    "RETURNING old.health_status, a.health_status, a.status",
-	    {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
+	auto rows =
+		spi.Query("WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
+				  "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+				  "FOR UPDATE SKIP LOCKED) "
+				  "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
+				  "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
+				  "RETURNING old.health_status, a.health_status, a.status",
+				  {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
 	if (rows.empty()) {
+		// Another transaction holds the row (an operator's, say): rather than stall the loop for lock_timeout,
+		// this result is dropped; the row keeps its old last_health_check_at and comes first in the next pass.
+		if (!spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+					   "AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active'",
+					   {std::to_string(target.app_id)}, true)
+				 .empty()) {
+			pg::PgGuard([&]() {
+				elog(DEBUG1, "pg_fly worker: the health of %s is recorded in a later pass: its row is locked",
+					 target.app_name.c_str());
+			});
+		}
 		return false;
 	}
 	std::string type = event;

@@ -150,5 +150,48 @@ class RolledBackLockTest(ProvisioningTestCase):
         self.sim.configure(faults=[])
 
 
+class HeldAppRowTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'10s'", "fly.rate_limits": "off", "fly.health_check_interval": "'1s'"}
+
+    def last_check(self, user):
+        return self.pg.value(f"SELECT last_health_check_at FROM fly.user_fly_apps WHERE user_id = '{user}' "
+                             "AND deleted_at IS NULL")
+
+    def test_a_held_app_row_does_not_stall_health_passes(self):
+        held, other = users(2, 95)
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{held}', 'pro'), ('{other}', 'pro')")
+        self.settle()
+        self.assertTrue(self.pg.wait_for("SELECT count(*) = 2 FROM fly.user_fly_apps "
+                                         "WHERE last_health_check_at IS NOT NULL", timeout=30))
+        # An operator touches one user's app row and sits idle in the transaction.
+        holder = IdleSession(self.pg, "holds_app_row",
+                             f"UPDATE fly.user_fly_apps SET updated_at = now() WHERE user_id = '{held}';")
+        holder.wait_idle(self)
+        try:
+            held_check = self.last_check(held)
+            # Several health passes go by (the other app is checked again and again) ...
+            seen = {self.last_check(other)}
+            seed = 97
+            deadline = time.monotonic() + 60
+            while len(seen) < 5:
+                self.assertLess(time.monotonic(), deadline, "health passes stopped")
+                # ... while other users are provisioned at their usual pace.
+                group = users(2, seed)
+                seed += 1
+                self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
+                self.assertTrue(self.pg.wait_for("SELECT count(*) = 2 FROM fly.user_fly_apps WHERE status = 'active' "
+                                                 "AND user_id = ANY ('{" + ",".join(group) + "}'::uuid[])", 30, 0.02))
+                seen.add(self.last_check(other))
+            # The held row's result waited instead of the loop: no statement ran into lock_timeout.
+            stalls = [line for line in self.pg.server_log().splitlines() if "lock timeout" in line]
+            self.assertEqual(stalls, [])
+            self.assertEqual(self.last_check(held), held_check)
+        finally:
+            self.assertNotIn("ERROR", holder.end("ROLLBACK"))
+        # Once the row is free its health is recorded again, in the next passes.
+        self.assertTrue(self.pg.wait_for(f"SELECT last_health_check_at > '{held_check}' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{held}' AND deleted_at IS NULL", timeout=30))
+
+
 if __name__ == "__main__":
     unittest.main()
