@@ -250,8 +250,8 @@ TEST(Classify, StartAnsweredWithStatusErrorIsTransient) {
 // A machine that fails to start (a bad image) is this app's problem: retried, but a few in a row must not open
 // the breaker for every user.
 TEST(FailsFly, AStartReportingErrorIsNotAFailureOfFly) {
-	EXPECT_FALSE(FailsFly(Endpoint::kStartMachine, Classified(Endpoint::kStartMachine, 200,
-	                                                          R"({"status":"error","message":"bad image"})")));
+	EXPECT_FALSE(FailsFly(Endpoint::kStartMachine,
+						  Classified(Endpoint::kStartMachine, 200, R"({"status":"error","message":"bad image"})")));
 	EXPECT_TRUE(FailsFly(Endpoint::kStartMachine, Classified(Endpoint::kStartMachine, 503, "{}")));
 	EXPECT_FALSE(FailsFly(Endpoint::kWaitMachine, Classified(Endpoint::kWaitMachine, 408, "{}")));
 	EXPECT_TRUE(FailsFly(Endpoint::kGetMachine, Classified(Endpoint::kGetMachine, 408, "{}")));
