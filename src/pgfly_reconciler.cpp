@@ -28,6 +28,8 @@ namespace {
 
 constexpr double kPruneEverySeconds = 60;
 constexpr double kSaturatedDispatchSeconds = 1.0;
+// External descriptors left to PostgreSQL when the reservation takes all it can.
+constexpr int kFdHeadroom = 4;
 
 } // namespace
 
@@ -124,8 +126,14 @@ Reconciler::ReserveClientFds() {
 		for (; reserved_fds_ > 0; reserved_fds_--) {
 			ReleaseExternalFD();
 		}
-		while (reserved_fds_ < wanted.fds && AcquireExternalFD()) {
+		// Stops kFdHeadroom short of what PostgreSQL would grant: the loop's wait set, an error pause's wait
+		// and PostgreSQL's own external descriptors need some too.
+		while (reserved_fds_ < wanted.fds + kFdHeadroom && AcquireExternalFD()) {
 			reserved_fds_++;
+		}
+		for (int spare = reserved_fds_ - std::min(wanted.fds, reserved_fds_ - kFdHeadroom); spare > 0; spare--) {
+			ReleaseExternalFD();
+			reserved_fds_--;
 		}
 		for (; reserved_fds_ < kMinClientFds; reserved_fds_++) {
 			ReserveExternalFD();
@@ -227,9 +235,15 @@ Reconciler::Dispatch() {
 	bool present = true;
 	if (!claims_released_) {
 		bool released = false;
-		present = InTransaction("pg_fly: releasing claims",
-		                        [&](pg::SpiConnection &spi) { released = ReleaseOrphanClaims(spi, RunningUsers()); });
+		std::map<std::string, int64_t> still_held = attempts_to_return_;
+		present = InTransaction("pg_fly: releasing claims", [&](pg::SpiConnection &spi) {
+			if (!still_held.empty()) {
+				still_held = ReturnAttempts(spi, still_held);
+			}
+			released = ReleaseOrphanClaims(spi, RunningUsers());
+		});
 		claims_released_ = released;
+		attempts_to_return_ = std::move(still_held);
 	}
 	if (present && !running_.empty() && Now() - last_lease_renewal_ > kLeaseSeconds / 4.0) {
 		const double renewed_at = Now();
@@ -240,6 +254,7 @@ Reconciler::Dispatch() {
 	const bool health_requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
 	const bool health_due = configuration_problem_.empty() &&
 	                        (health_requested || (health_check_interval_ms > 0 && now >= next_health_pass_));
+	const bool probe_due = WantsHealthProbe(now) && now >= next_probe_check_;
 	std::vector<ClaimedItem> claimed;
 	std::optional<std::vector<HealthTarget>> health_targets;
 	QueueSummary summary;
@@ -250,7 +265,7 @@ Reconciler::Dispatch() {
 				if (capacity > 0) {
 					claimed = ClaimDueItems(spi, capacity, RunningUsers());
 				}
-				if (health_due && health_next_ >= health_queue_.size()) {
+				if ((health_due || probe_due) && health_next_ >= health_queue_.size()) {
 					health_targets = LoadHealthTargets(spi);
 				}
 				summary = SummarizeQueue(spi);
@@ -265,6 +280,7 @@ Reconciler::Dispatch() {
 	SpinLockAcquire(&shared_->mutex);
 	shared_->queue_ready = present ? summary.due : -1;
 	SpinLockRelease(&shared_->mutex);
+	extension_present_ = present;
 	if (!present) {
 		// Nothing to do until pg_fly is created in this database: look again after the poll interval.
 		claims_released_ = false;
@@ -282,6 +298,11 @@ Reconciler::Dispatch() {
 	}
 	if (health_due) {
 		next_health_pass_ = now + health_check_interval_ms / 1000.0;
+	}
+	if (probe_due) {
+		// No app to check yet: look again after the poll interval rather than every second.
+		next_probe_check_ =
+			now + (health_next_ < health_queue_.size() ? kSaturatedDispatchSeconds : poll_interval_ms / 1000.0);
 	}
 	dispatch_again_ = capacity > 0 && static_cast<int>(claimed.size()) == capacity;
 	next_queue_due_.reset();
@@ -365,10 +386,20 @@ Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) 
 // apps whose user is being reconciled are skipped.
 void
 Reconciler::StartHealthChecks() {
-	if (breaker_.state(Now()) != CircuitBreaker::State::kClosed) {
+	int limit = concurrency_limit_;
+	switch (breaker_.state(Now())) {
+	case CircuitBreaker::State::kClosed:
+		break;
+	case CircuitBreaker::State::kOpen:
 		return;
+	case CircuitBreaker::State::kHalfOpen:
+		if (!WantsHealthProbe(Now())) {
+			return;
+		}
+		limit = 1;
+		break;
 	}
-	while (health_running_ < concurrency_limit_ && health_next_ < health_queue_.size()) {
+	while (health_running_ < limit && health_next_ < health_queue_.size()) {
 		const HealthTarget &target = health_queue_[health_next_++];
 		if (running_.count(target.user_id)) {
 			continue;
@@ -382,6 +413,15 @@ Reconciler::StartHealthChecks() {
 		health_queue_.clear();
 		health_next_ = 0;
 	}
+}
+
+// A half-open breaker lets one request through to see whether Fly is back. With no reconcile to carry it, a
+// health check (a cheap GET machine) does: otherwise the breaker would stay half-open and checks would stop.
+bool
+Reconciler::WantsHealthProbe(double now) const {
+	return configuration_problem_.empty() && health_check_interval_ms > 0 &&
+		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() && running_.empty() &&
+		   health_running_ == 0 && held_.empty();
 }
 
 void
@@ -465,21 +505,27 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 }
 
 void
-Reconciler::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error) {
+Reconciler::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
+				  bool item_was_locked) {
 	running_.erase(user_id);
 	dispatch_again_ = true;
 	Log("reconciling user " + user_id + " failed: " + error);
 	const double delay = RetryDelay(attempts, std::nullopt);
 	bool deferred = false;
 	try {
-		InTransaction("pg_fly: deferring work",
-		              [&](pg::SpiConnection &spi) { deferred = DeferItem(spi, user_id, generation, delay, error); });
+		InTransaction("pg_fly: deferring work", [&](pg::SpiConnection &spi) {
+			deferred = DeferItem(spi, user_id, generation, delay, error, item_was_locked);
+		});
 	} catch (const std::exception &e) {
 		Log(std::string("could not defer the item: ") + e.what());
 	}
 	if (!deferred) {
-		// Its claim is released by a later pass, rather than holding the item for the rest of the lease.
+		// Its claim is released by a later pass (within a second: see SleepMs), rather than holding the item for
+		// the rest of the lease.
 		claims_released_ = false;
+		if (item_was_locked) {
+			attempts_to_return_[user_id] = generation;
+		}
 	}
 }
 
@@ -554,7 +600,7 @@ Reconciler::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step)
 	}
 	context.raise_alert = !context.alerted && (context.attempts >= alert_after_attempts ||
 	                                          step.completion == Completion::kFailed);
-	context.retry_delay_seconds = RetryDelay(context.attempts, step.retry_after_seconds);
+	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
 }
 
 void
@@ -578,6 +624,10 @@ Reconciler::Record(std::unique_ptr<RunningOperation> running, reconcile::Step st
 			running_.erase(user_id);
 			dispatch_again_ = true;
 		}
+	} catch (const pg::PgError &e) {
+		// Another transaction held the item (an application's uncommitted tier change, say): not a failure of
+		// this attempt, which is given back, so that repeated rollbacks cannot exhaust fly.max_attempts.
+		Defer(user_id, generation, attempts, e.what(), e.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE);
 	} catch (const std::exception &e) {
 		Defer(user_id, generation, attempts, e.what());
 	}
@@ -616,8 +666,9 @@ Reconciler::SendAllowed() {
 	held_ = std::move(still_held);
 }
 
-// Feeds the answer to the breaker and the limiter: a wait that timed out (408) is an ordinary answer; a 429
-// holds back that action's scope for Retry-After (or a second), at most fly.retry_max_delay.
+// Feeds the answer to the breaker and the limiter: a wait that timed out (408) or a machine that failed to start
+// is an ordinary answer; a 429 holds back that action's scope for Retry-After (or a second), at most
+// fly.retry_max_delay.
 void
 Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 	if (!fly::IsFlyApi(in_flight.endpoint)) {
@@ -630,8 +681,7 @@ Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 		breaker_.OnAnswer();
 		return;
 	}
-	const bool wait_timed_out = in_flight.endpoint == fly::Endpoint::kWaitMachine && outcome.http_status == 408;
-	if (outcome.kind == fly::OutcomeKind::kTransient && !wait_timed_out) {
+	if (fly::FailsFly(in_flight.endpoint, outcome)) {
 		breaker_.OnTransientFailure(now);
 	} else {
 		breaker_.OnAnswer();
@@ -742,6 +792,14 @@ Reconciler::SleepMs() const {
 	}
 	if (breaker_.state(now) == CircuitBreaker::State::kOpen && configuration_problem_.empty()) {
 		wake.At(breaker_.reopen_at());
+	}
+	if (WantsHealthProbe(now)) {
+		wake.At(next_probe_check_);
+	}
+	if (!claims_released_ && extension_present_) {
+		// A claim a failed step left behind (its item was held by another transaction, which may just roll back,
+		// waking no one): released by the next Dispatch, at most once a second.
+		wake.At(next_saturated_dispatch_);
 	}
 	if (saturated && configuration_problem_.empty() &&
 	    (pg_atomic_read_u32(&shared_->health_pass_requested) != 0 ||

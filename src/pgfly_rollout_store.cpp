@@ -204,6 +204,13 @@ RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::strin
 		break;
 	}
 	const bool runs_image = step.result == Result::kUpdated || step.result == Result::kAlreadyCurrent;
+	if (runs_image) {
+		// An app row another transaction holds fails this at once instead of stalling the loop for lock_timeout:
+		// the app stays 'updating' and the next rollout pass takes it again.
+		spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+		          "FOR UPDATE NOWAIT",
+		          {std::to_string(app.app_id)});
+	}
 	spi.Query("UPDATE fly.image_rollout_apps SET status = $3, "
 	          "from_image = COALESCE(CASE WHEN $4 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $4 END, from_image), "
 	          "last_error = CASE WHEN $5 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $5 END, "

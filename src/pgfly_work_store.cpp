@@ -269,6 +269,17 @@ LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 bool
 RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &step) {
 	using reconcile::Completion;
+	// A transaction holding the item (a tier change not yet committed, say) or the app row (an operator's) must
+	// not stall the worker's loop for lock_timeout: the step fails at once, before writing anything, and the
+	// operation is deferred.
+	spi.Query("SELECT 1 FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+			  "FOR UPDATE NOWAIT",
+			  {context.user_id});
+	if (context.app_id != 0) {
+		spi.Query(
+			"SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 FOR UPDATE NOWAIT",
+			{std::to_string(context.app_id)});
+	}
 	pg::Value status;
 	if (step.app) {
 		status = WriteApp(spi, context, *step.app);
@@ -289,11 +300,6 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	}
 
 	const std::vector<pg::Value> item = {context.user_id, std::to_string(context.generation)};
-	// A transaction holding the item (a tier change not yet committed, say) must not stall the worker's loop:
-	// the step fails at once and the operation is deferred.
-	spi.Query("SELECT 1 FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-	          "FOR UPDATE NOWAIT",
-	          {context.user_id});
 	bool still_ours = false;
 	switch (step.completion) {
 	case Completion::kContinue:
@@ -355,14 +361,26 @@ LoadHealthTargets(pg::SpiConnection &spi) {
 bool
 RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
              const std::string &details_json) {
-	auto rows = spi.Query(
-	    "WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
-	    "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' FOR UPDATE) "
-	    "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
-	    "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
-	    "RETURNING old.health_status, a.health_status, a.status",
-	    {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
+	auto rows =
+		spi.Query("WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
+				  "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+				  "FOR UPDATE SKIP LOCKED) "
+				  "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
+				  "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
+				  "RETURNING old.health_status, a.health_status, a.status",
+				  {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
 	if (rows.empty()) {
+		// Another transaction holds the row (an operator's, say): rather than stall the loop for lock_timeout,
+		// this result is dropped; the row keeps its old last_health_check_at and comes first in the next pass.
+		if (!spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+					   "AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active'",
+					   {std::to_string(target.app_id)}, true)
+				 .empty()) {
+			pg::PgGuard([&]() {
+				elog(DEBUG1, "pg_fly worker: the health of %s is recorded in a later pass: its row is locked",
+					 target.app_name.c_str());
+			});
+		}
 		return false;
 	}
 	std::string type = event;
@@ -429,17 +447,51 @@ RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const s
 
 bool
 DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
-          const std::string &error) {
+		  const std::string &error, bool return_attempt) {
 	// A newer tier change (another generation) is not delayed by an older operation's trouble. A row another
 	// transaction holds is skipped: the worker releases its claim on a later pass.
-	return !spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL, "
-	          "last_error = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN $3 ELSE last_error END, "
-	          "run_after = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN pg_catalog.now() "
-	          "OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8) ELSE run_after END "
-	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
-	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid FOR UPDATE SKIP LOCKED) RETURNING 1",
-	          {user_id, Seconds(delay_seconds), error, std::to_string(generation)})
-	            .empty();
+	return !spi.Query(
+				   "UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL, "
+				   "last_error = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN $3 ELSE "
+				   "last_error END, "
+				   "run_after = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN pg_catalog.now() "
+				   "OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8) ELSE run_after END, "
+				   "attempts = CASE WHEN $5::pg_catalog.bool AND generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 "
+				   "THEN GREATEST(attempts OPERATOR(pg_catalog.-) 1, 0) ELSE attempts END "
+				   "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
+				   "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid FOR UPDATE SKIP LOCKED) RETURNING 1",
+				   {user_id, Seconds(delay_seconds), error, std::to_string(generation),
+					std::string(return_attempt ? "true" : "false")})
+				.empty();
+}
+
+std::map<std::string, int64_t>
+ReturnAttempts(pg::SpiConnection &spi, const std::map<std::string, int64_t> &items) {
+	Json list = Json::Array();
+	for (const auto &[user_id, generation] : items) {
+		Json item = Json::Object();
+		item.Set("user_id", Json::String(user_id));
+		item.Set("generation", Json::String(std::to_string(generation)));
+		list.Append(item);
+	}
+	// Only the same generation, still claimed: a newer tier change or a finished item has nothing to give back.
+	const char *matching =
+		"FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
+		"(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
+		"AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL";
+	const std::string items_json = list.Dump();
+	const std::string select = std::string("SELECT q.user_id, q.generation ") + matching;
+	const std::string update = std::string("UPDATE fly.reconcile_queue SET attempts = GREATEST(attempts "
+										   "OPERATOR(pg_catalog.-) 1, 0) WHERE user_id IN (SELECT q.user_id ") +
+							   matching + " FOR UPDATE OF q SKIP LOCKED) RETURNING user_id";
+	std::map<std::string, int64_t> held;
+	for (const auto &row : spi.Query(select.c_str(), {items_json}, true)) {
+		held[row[0].value_or("")] = ToInt(row[1]);
+	}
+	for (const auto &row : spi.Query(update.c_str(), {items_json})) {
+		held.erase(row[0].value_or(""));
+	}
+	return held;
 }
 
 } // namespace pgfly

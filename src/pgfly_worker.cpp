@@ -15,6 +15,7 @@ extern "C" {
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 }
 
@@ -89,6 +90,70 @@ PauseAfterError() noexcept {
 	}
 }
 
+// The loop's wait: the latch, postmaster death and the client's event fd. Built once and reused, because every
+// new WaitEventSet needs a descriptor of its own (its epoll fd), which a worker that reserved most of its
+// descriptors for Fly connections may not get. Rebuilt only when the client's event fd changes (a reconfigured
+// client, or a multi handle renewed after a failure).
+class LoopWait {
+public:
+	LoopWait() = default;
+	LoopWait(const LoopWait &) = delete;
+	LoopWait &operator=(const LoopWait &) = delete;
+	~LoopWait() {
+		try {
+			Free();
+		} catch (...) {
+			// The process is ending: its descriptors close with it.
+		}
+	}
+
+	// The WL_* events that ended the wait (0 on timeout).
+	int
+	Wait(int socket, long timeout_ms) {
+		if (set_ == nullptr || socket != socket_) {
+			Build(socket);
+		}
+		return pg::PgGuardResult([&]() {
+			WaitEvent occurred[kEvents];
+			const int count = WaitEventSetWait(set_, timeout_ms, occurred, kEvents, PG_WAIT_EXTENSION);
+			int events = 0;
+			for (int i = 0; i < count; i++) {
+				events |= occurred[i].events;
+			}
+			return events;
+		});
+	}
+
+	void
+	Free() {
+		if (set_ != nullptr) {
+			WaitEventSet *set = set_;
+			set_ = nullptr;
+			pg::PgGuard([&]() { FreeWaitEventSet(set); });
+		}
+	}
+
+private:
+	static constexpr int kEvents = 3;
+
+	void
+	Build(int socket) {
+		Free();
+		socket_ = socket;
+		pg::PgGuard([&]() {
+			set_ = CreateWaitEventSet(TopMemoryContext, kEvents);
+			AddWaitEventToSet(set_, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, nullptr);
+			AddWaitEventToSet(set_, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, nullptr, nullptr);
+			if (socket != PGINVALID_SOCKET) {
+				AddWaitEventToSet(set_, WL_SOCKET_READABLE, socket, nullptr, nullptr);
+			}
+		});
+	}
+
+	WaitEventSet *set_ = nullptr;
+	int socket_ = PGINVALID_SOCKET;
+};
+
 void
 WorkerLoop(SharedState *shared) {
 	// An application transaction holding a queue or app row (its trigger upserted it) must not stall every
@@ -98,6 +163,7 @@ WorkerLoop(SharedState *shared) {
 	// operators and functions its SQL resolves.
 	pg::PgGuard([]() { SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE); });
 	Reconciler reconciler(shared);
+	LoopWait wait;
 	// A commit may have asked for a wake-up before this worker existed: look at the queue once at start.
 	bool latch_set = true;
 	for (;;) {
@@ -121,17 +187,17 @@ WorkerLoop(SharedState *shared) {
 			ReportLoopError(e.what());
 			sleep_ms = kErrorPauseMs;
 		}
-		const int socket = reconciler.EventFd();
 		int events = WL_LATCH_SET;
 		try {
-			events = pg::PgGuardResult([&]() {
-				return WaitLatchOrSocket(MyLatch,
-				                         WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | WL_SOCKET_READABLE, socket,
-				                         sleep_ms, PG_WAIT_EXTENSION);
-			});
+			events = wait.Wait(reconciler.EventFd(), sleep_ms);
 			pg::PgGuard([]() { ResetLatch(MyLatch); });
 		} catch (const std::exception &e) {
 			ReportLoopError(e.what());
+			try {
+				wait.Free(); // built afresh by the next wait
+			} catch (const std::exception &) {
+				// Leaked at worst: the next wait builds another.
+			}
 			// A wait that keeps failing must not turn into a busy loop.
 			PauseAfterError();
 		}

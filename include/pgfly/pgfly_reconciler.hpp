@@ -97,6 +97,7 @@ private:
 	// Runs `body` in a transaction of its own when pg_fly exists in this database; returns whether it does.
 	bool InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body);
 	void StartHealthChecks();
+	bool WantsHealthProbe(double now) const;
 	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
 	void OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome);
 	// Image rollouts (pgfly_rollout_runner.cpp): in a transaction of its own, moves the running rollout on and
@@ -112,7 +113,8 @@ private:
 	// Applies fly.max_attempts and fly.alert_after_attempts to a failed step.
 	void ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step);
 	double RetryDelay(int attempts, std::optional<double> retry_after);
-	void Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error);
+	void Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
+			   bool item_was_locked = false);
 	std::vector<std::string> RunningUsers() const;
 	void Log(const std::string &message) const;
 	ConnectionBudget ReserveClientFds();
@@ -137,7 +139,13 @@ private:
 	double last_prune_ = 0;
 	double last_lease_renewal_ = 0;
 	bool claims_released_ = false;
+	bool extension_present_ = true;
+	// Items whose step failed only because another transaction held them: the attempt counted at claim time is
+	// given back when their claim is released (user -> generation).
+	std::map<std::string, int64_t> attempts_to_return_;
 	double next_saturated_dispatch_ = 0;
+	// When a half-open breaker may next look for an app whose health check carries its probe.
+	double next_probe_check_ = 0;
 	std::vector<HealthTarget> health_queue_;
 	size_t health_next_ = 0;
 	int health_running_ = 0;

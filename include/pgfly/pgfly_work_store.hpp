@@ -2,6 +2,7 @@
 #pragma once
 
 #include <optional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -94,8 +95,12 @@ std::vector<std::string> RecordOrphans(pg::SpiConnection &spi, const std::string
 void RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error);
 
 // After an error that left a step unrecorded: release the claim and retry the item later. Returns false when
-// another transaction holds the item (nothing was changed).
+// another transaction holds the item (nothing was changed). return_attempt gives back the attempt counted at
+// claim time (the step failed only because another transaction held the item).
 bool DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
-               const std::string &error);
+			   const std::string &error, bool return_attempt);
+// Gives back the attempt counted when each item (user -> generation) was claimed, while it is still claimed: its
+// step failed only because another transaction held it. Returns the items still held by others.
+std::map<std::string, int64_t> ReturnAttempts(pg::SpiConnection &spi, const std::map<std::string, int64_t> &items);
 
 } // namespace pgfly

@@ -303,6 +303,7 @@ ClassifySuccess(const RawResponse &response, const char *name, Outcome &outcome)
 			text = parsed.value.GetString("error").value_or("");
 		}
 		outcome.kind = OutcomeKind::kTransient;
+		outcome.app_failure = true;
 		outcome.fly_status = "error";
 		outcome.fly_error = OneLine(text, kMaxFlyErrorLength);
 		outcome.message += ": Fly reported the start failed (status error)";
@@ -456,6 +457,12 @@ RedactValues(Outcome &outcome, const std::vector<std::string> &values) {
 	for (std::string *text : {&outcome.message, &outcome.fly_error, &outcome.fly_status, &outcome.request_id}) {
 		*text = RedactStrings(*text, values);
 	}
+}
+
+bool
+FailsFly(Endpoint endpoint, const Outcome &outcome) {
+	const bool wait_timed_out = endpoint == Endpoint::kWaitMachine && outcome.http_status == 408;
+	return outcome.kind == OutcomeKind::kTransient && !wait_timed_out && !outcome.app_failure;
 }
 
 Outcome

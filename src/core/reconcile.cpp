@@ -403,8 +403,9 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 			// A creation sent by an earlier run may still land: wait for it rather than create a second machine.
 			fly::Outcome pending = outcome;
 			pending.message = "waiting for a machine creation sent before the worker restarted";
-			pending.retry_after_seconds = settings_.create_settle_seconds - pending_age;
-			return Retry(pending, "create_machine");
+			Step waiting = Retry(pending, "create_machine");
+			waiting.settle_seconds = settings_.create_settle_seconds - pending_age;
+			return waiting;
 		}
 		return CreateMachine(std::move(step));
 	}

@@ -30,6 +30,11 @@ ParseMachineEnv(const std::string &json_text) {
 		return parsed;
 	}
 	JsonParseResult result = ParseJson(json_text, 64 * 1024, 2);
+	if (!result.ok() && result.error.find("duplicate object key") != std::string::npos) {
+		// jansson's text names the key ("duplicate object key near '"A"'"); the value is never quoted.
+		parsed.problem = "fly.machine_env: a variable name is given twice (" + result.error + ")";
+		return parsed;
+	}
 	if (!result.ok() || !result.value.IsObject()) {
 		parsed.problem = "fly.machine_env must be a JSON object of strings";
 		return parsed;

@@ -7,6 +7,7 @@ import sys
 import time
 import unittest
 import urllib.request
+import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import TEST_TOKEN  # noqa: E402
@@ -173,6 +174,43 @@ class SlowAppHealthEndpointsTest(ProvisioningTestCase):
         self.assertLess(time.monotonic() - started, 10)
         states.add(self.breaker_state())
         self.assertEqual(states, {"closed"})
+
+
+class BreakerAndHealthTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.breaker_failure_threshold": "2",
+                        "fly.breaker_open_time": "'2s'", "fly.breaker_max_open_time": "'4s'",
+                        "fly.health_check_interval": "'2s'", "fly.rate_limits": "off"}
+
+    def provision(self, count):
+        users = [str(uuid.UUID(int=0x7000 + i, version=4)) for i in range(count)]
+        self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in users))
+        self.settle()
+        self.assertTrue(self.pg.wait_for(f"SELECT count(*) = {count} FROM fly.user_fly_apps "
+                                         "WHERE last_health_check_at IS NOT NULL", timeout=30))
+        return users
+
+    def test_health_checks_close_the_breaker_once_fly_is_back(self):
+        self.provision(4)
+        self.sim.configure(faults=[{"endpoint": "*", "always": True, "kind": "status", "status": 503}])
+        self.assertTrue(self.pg.wait_for("SELECT breaker_state = 'open' FROM fly.worker_status()", timeout=30))
+        self.sim.configure(faults=[])
+        # No tier changes: the health checks alone must carry the half-open breaker's probe.
+        self.assertTrue(self.pg.wait_for("SELECT breaker_state = 'closed' FROM fly.worker_status()", timeout=20),
+                        self.pg.sql("SELECT breaker_state FROM fly.worker_status()"))
+        self.assertTrue(self.pg.wait_for("SELECT now() - max(last_health_check_at) < interval '4 seconds' "
+                                         "FROM fly.user_fly_apps", timeout=20))
+
+    def test_machines_failing_to_start_leave_the_breaker_closed(self):
+        users = self.provision(2)
+        for user in users:
+            machine = self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{user}'")
+            self.sim.control("POST", f"machines/{app_name(user)}/{machine}/state", {"state": "stopped"})
+        # A bad image: every start is answered 200 with status "error". A per-app problem, not Fly failing.
+        self.sim.configure(faults=[{"endpoint": "start_machine", "always": True, "kind": "status", "status": 200,
+                                    "body": {"status": "error", "message": "failed to start: bad image"}}])
+        self.assertTrue(self.pg.wait_for("SELECT count(*) >= 4 FROM fly.user_fly_app_events "
+                                         "WHERE event_type = 'machine_restart_failed'", timeout=30))
+        self.assertEqual(self.pg.value("SELECT breaker_state FROM fly.worker_status()"), "closed")
 
 
 class OnDemandHealthTest(ProvisioningTestCase):

@@ -111,5 +111,87 @@ class LockTest(ProvisioningTestCase):
         self.sim.configure(unhealthy_images=[], faults=[])
 
 
+class RolledBackLockTest(ProvisioningTestCase):
+    # Nothing but the rollback itself can hand the item back: no poll or health pass comes soon.
+    cluster_settings = {"fly.request_timeout": "'10s'", "fly.rate_limits": "off", "fly.poll_interval": "'60s'",
+                        "fly.health_check_interval": "0", "fly.max_attempts": "2"}
+
+    def test_a_rolled_back_lock_neither_stalls_the_user_nor_costs_an_attempt(self):
+        slow = users(1, 90)[0]
+        self.sim.configure(faults=[{"endpoint": "create_machine", "app": app_name(slow), "kind": "latency",
+                                    "delay_ms": 4000}])
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{slow}', 'pro')")
+        deadline = time.monotonic() + 30
+        while not [r for r in self.sim.requests()["requests"] if r["endpoint"] == "create_machine"]:
+            self.assertLess(time.monotonic(), deadline, "the slow user's machine was never requested")
+            time.sleep(0.05)
+        # An application changes the user's tier and sits idle: the worker's next step for the user finds the
+        # queue item held and cannot record itself.
+        holder = IdleSession(self.pg, "holds_then_rolls_back",
+                             f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{slow}';")
+        holder.wait_idle(self)
+        deadline = time.monotonic() + 30
+        while f"reconciling user {slow} failed" not in self.pg.server_log():
+            self.assertLess(time.monotonic(), deadline, "the worker never met the held item")
+            time.sleep(0.1)
+        # Its next attempt fails once at Fly: with fly.max_attempts = 2 it must still have one to spare.
+        self.sim.configure(faults=[{"endpoint": "*", "app": app_name(slow), "nth": [1], "kind": "status",
+                                    "status": 503}])
+        self.assertNotIn("ERROR", holder.end("ROLLBACK"))
+        rolled_back = time.monotonic()
+        self.assertTrue(self.pg.wait_for(f"SELECT status = 'active' FROM fly.user_fly_apps WHERE user_id = '{slow}'",
+                                         timeout=20),
+                        repr(self.pg.sql("SELECT * FROM fly.pending_work")) +
+                        repr(self.pg.sql(f"SELECT status, last_error FROM fly.user_fly_apps WHERE user_id = '{slow}'")))
+        print(f"\n  provisioned {time.monotonic() - rolled_back:.1f} s after the rollback", file=sys.stderr)
+        events = self.events(slow)
+        self.assertIn("provision_attempt_failed", events)  # the 503 was met
+        self.assertNotIn("provision_failed", events)
+        self.sim.configure(faults=[])
+
+
+class HeldAppRowTest(ProvisioningTestCase):
+    cluster_settings = {"fly.request_timeout": "'10s'", "fly.rate_limits": "off", "fly.health_check_interval": "'1s'"}
+
+    def last_check(self, user):
+        return self.pg.value(f"SELECT last_health_check_at FROM fly.user_fly_apps WHERE user_id = '{user}' "
+                             "AND deleted_at IS NULL")
+
+    def test_a_held_app_row_does_not_stall_health_passes(self):
+        held, other = users(2, 95)
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{held}', 'pro'), ('{other}', 'pro')")
+        self.settle()
+        self.assertTrue(self.pg.wait_for("SELECT count(*) = 2 FROM fly.user_fly_apps "
+                                         "WHERE last_health_check_at IS NOT NULL", timeout=30))
+        # An operator touches one user's app row and sits idle in the transaction.
+        holder = IdleSession(self.pg, "holds_app_row",
+                             f"UPDATE fly.user_fly_apps SET updated_at = now() WHERE user_id = '{held}';")
+        holder.wait_idle(self)
+        try:
+            held_check = self.last_check(held)
+            # Several health passes go by (the other app is checked again and again) ...
+            seen = {self.last_check(other)}
+            seed = 97
+            deadline = time.monotonic() + 60
+            while len(seen) < 5:
+                self.assertLess(time.monotonic(), deadline, "health passes stopped")
+                # ... while other users are provisioned at their usual pace.
+                group = users(2, seed)
+                seed += 1
+                self.pg.sql("INSERT INTO user_subscriptions VALUES " + ",".join(f"('{u}', 'pro')" for u in group))
+                self.assertTrue(self.pg.wait_for("SELECT count(*) = 2 FROM fly.user_fly_apps WHERE status = 'active' "
+                                                 "AND user_id = ANY ('{" + ",".join(group) + "}'::uuid[])", 30, 0.02))
+                seen.add(self.last_check(other))
+            # The held row's result waited instead of the loop: no statement ran into lock_timeout.
+            stalls = [line for line in self.pg.server_log().splitlines() if "lock timeout" in line]
+            self.assertEqual(stalls, [])
+            self.assertEqual(self.last_check(held), held_check)
+        finally:
+            self.assertNotIn("ERROR", holder.end("ROLLBACK"))
+        # Once the row is free its health is recorded again, in the next passes.
+        self.assertTrue(self.pg.wait_for(f"SELECT last_health_check_at > '{held_check}' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{held}' AND deleted_at IS NULL", timeout=30))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -247,6 +247,17 @@ TEST(Classify, StartAnsweredWithStatusErrorIsTransient) {
 	EXPECT_EQ(outcome.kind, OutcomeKind::kSuccess);
 }
 
+// A machine that fails to start (a bad image) is this app's problem: retried, but a few in a row must not open
+// the breaker for every user.
+TEST(FailsFly, AStartReportingErrorIsNotAFailureOfFly) {
+	EXPECT_FALSE(FailsFly(Endpoint::kStartMachine,
+						  Classified(Endpoint::kStartMachine, 200, R"({"status":"error","message":"bad image"})")));
+	EXPECT_TRUE(FailsFly(Endpoint::kStartMachine, Classified(Endpoint::kStartMachine, 503, "{}")));
+	EXPECT_FALSE(FailsFly(Endpoint::kWaitMachine, Classified(Endpoint::kWaitMachine, 408, "{}")));
+	EXPECT_TRUE(FailsFly(Endpoint::kGetMachine, Classified(Endpoint::kGetMachine, 408, "{}")));
+	EXPECT_FALSE(FailsFly(Endpoint::kStartMachine, Classified(Endpoint::kStartMachine, 200, "{}")));
+}
+
 TEST(Classify, SuccessBodyLabelledAsSomethingElseIsMalformed) {
 	RawResponse response = Response(Endpoint::kGetApp, 200, R"({"name":"a","organization":{"slug":"o"}})");
 	response.content_type = "text/html; charset=utf-8";

@@ -25,6 +25,15 @@ TEST(ParseMachineEnv, RefusesOtherShapes) {
 	EXPECT_TRUE(ParseMachineEnv(R"({"A": 1})").values.empty());
 }
 
+// A name given twice is refused, and the problem says which one instead of "must be a JSON object".
+TEST(ParseMachineEnv, NamesADuplicatedVariable) {
+	auto parsed = ParseMachineEnv(R"({"LOG_LEVEL": "info", "LOG_LEVEL": "debug"})");
+	EXPECT_TRUE(parsed.values.empty());
+	EXPECT_NE(parsed.problem.find("given twice"), std::string::npos) << parsed.problem;
+	EXPECT_NE(parsed.problem.find("LOG_LEVEL"), std::string::npos) << parsed.problem;
+	EXPECT_EQ(parsed.problem.find("debug"), std::string::npos) << parsed.problem;
+}
+
 TEST(ParseSecretsFile, ReadsNamesValuesAndBase64Markers) {
 	auto parsed = ParseSecretsFile("# comment\n\nGEMINI_API_KEY=abc=def\r\nSUPABASE_SERVICE_KEY_B64:base64=hello\n");
 	ASSERT_TRUE(parsed.problem.empty()) << parsed.problem;

@@ -92,6 +92,9 @@ struct Outcome {
 	// False only when the request certainly never reached Fly (DNS or connect failure, nothing sent), so that
 	// even a non-idempotent call (create machine) can be retried without looking for its effect first.
 	bool maybe_delivered = true;
+	// Fly answered properly about a failure of this app's own (a start reporting status "error", e.g. a bad
+	// image): retried like a transient failure, but no sign that Fly is failing.
+	bool app_failure = false;
 };
 
 constexpr size_t kMaxFlyErrorLength = 500;
@@ -100,6 +103,10 @@ constexpr size_t kMaxBodySnippetLength = 200;
 // Classifies a response. token (if given) is scrubbed from every text field; now is the reference time for an
 // HTTP-date Retry-After.
 Outcome Classify(const RawResponse &response, const std::string &token = "", std::time_t now = std::time(nullptr));
+
+// Whether the answer counts as a failure of Fly for the circuit breaker: transient failures do, except a wait
+// that timed out (408, an ordinary answer) and a failure of the app itself.
+bool FailsFly(Endpoint endpoint, const Outcome &outcome);
 
 // Retry-After as seconds from now: "120" or an HTTP-date ("Wed, 21 Oct 2015 07:28:00 GMT"); a date in the past
 // gives 0. Nothing for anything else.

@@ -118,6 +118,10 @@ struct Step {
 	bool failed_attempt = false;
 	// Send `request` only after this many seconds (waiting for something to settle, not a failure).
 	double delay_seconds = 0;
+	// A failed attempt that waits for something of our own to settle (an earlier create to land) waits at least
+	// this long. Unlike Fly's Retry-After it is not capped by fly.retry_max_delay: shortened, it would turn into
+	// many short retries, each costing an attempt.
+	double settle_seconds = 0;
 };
 
 // Facts read from Fly's answers (missing or mistyped fields give empty values, never an exception).
