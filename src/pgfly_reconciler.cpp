@@ -131,7 +131,8 @@ Reconciler::ReserveClientFds() {
 		while (reserved_fds_ < wanted.fds + kFdHeadroom && AcquireExternalFD()) {
 			reserved_fds_++;
 		}
-		for (int spare = reserved_fds_ - std::min(wanted.fds, reserved_fds_ - kFdHeadroom); spare > 0; spare--) {
+		const int keep = std::max(0, std::min(wanted.fds, reserved_fds_ - kFdHeadroom));
+		for (int spare = reserved_fds_ - keep; spare > 0; spare--) {
 			ReleaseExternalFD();
 			reserved_fds_--;
 		}
@@ -608,6 +609,9 @@ Reconciler::Record(std::unique_ptr<RunningOperation> running, reconcile::Step st
 	const std::string user_id = running->context.user_id;
 	const int64_t generation = running->context.generation;
 	const int attempts = running->context.attempts;
+	// A failure Fly answered spends the attempt, even when recording it meets a lock.
+	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
+	                     step.completion == reconcile::Completion::kFailed;
 	try {
 		ApplyFailurePolicy(*running, step);
 		bool go_on = false;
@@ -626,8 +630,9 @@ Reconciler::Record(std::unique_ptr<RunningOperation> running, reconcile::Step st
 		}
 	} catch (const pg::PgError &e) {
 		// Another transaction held the item (an application's uncommitted tier change, say): not a failure of
-		// this attempt, which is given back, so that repeated rollbacks cannot exhaust fly.max_attempts.
-		Defer(user_id, generation, attempts, e.what(), e.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE);
+		// this attempt, which is given back, so that repeated rollbacks cannot exhaust fly.max_attempts -- unless
+		// the step being recorded was a failure Fly answered, which spent it.
+		Defer(user_id, generation, attempts, e.what(), e.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE && !failure);
 	} catch (const std::exception &e) {
 		Defer(user_id, generation, attempts, e.what());
 	}

@@ -475,20 +475,25 @@ ReturnAttempts(pg::SpiConnection &spi, const std::map<std::string, int64_t> &ite
 		list.Append(item);
 	}
 	// Only the same generation, still claimed: a newer tier change or a finished item has nothing to give back.
-	const char *matching =
-		"FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
-		"(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
-		"AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL";
+	// Both statements are literals: the cache of prepared plans is keyed by their address.
+	static const char *const select =
+	    "SELECT q.user_id, q.generation "
+	    "FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
+	    "(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
+	    "AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL";
+	static const char *const update =
+	    "UPDATE fly.reconcile_queue SET attempts = GREATEST(attempts OPERATOR(pg_catalog.-) 1, 0) "
+	    "WHERE user_id OPERATOR(pg_catalog.=) ANY (SELECT q.user_id "
+	    "FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
+	    "(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
+	    "AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL "
+	    "FOR UPDATE OF q SKIP LOCKED) RETURNING user_id";
 	const std::string items_json = list.Dump();
-	const std::string select = std::string("SELECT q.user_id, q.generation ") + matching;
-	const std::string update = std::string("UPDATE fly.reconcile_queue SET attempts = GREATEST(attempts "
-										   "OPERATOR(pg_catalog.-) 1, 0) WHERE user_id IN (SELECT q.user_id ") +
-							   matching + " FOR UPDATE OF q SKIP LOCKED) RETURNING user_id";
 	std::map<std::string, int64_t> held;
-	for (const auto &row : spi.Query(select.c_str(), {items_json}, true)) {
+	for (const auto &row : spi.Query(select, {items_json}, true)) {
 		held[row[0].value_or("")] = ToInt(row[1]);
 	}
-	for (const auto &row : spi.Query(update.c_str(), {items_json})) {
+	for (const auto &row : spi.Query(update, {items_json})) {
 		held.erase(row[0].value_or(""));
 	}
 	return held;

@@ -53,8 +53,11 @@ REVOKE ALL ON FUNCTION fly._relation_name(regclass) FROM PUBLIC;
 -- pg_fly's triggers are found by their function, not their name: the table's owner may rename them, and a
 -- partition detached from the table keeps its clone. Cloned triggers go with their parent.
 DROP FUNCTION fly._drop_tier_trigger(regclass);
+-- Removes pg_fly's triggers from every table, found by function (a renamed one too), and takes back EXECUTE on
+-- the row trigger from every table owner it was granted to. A table whose owner holds a lock on it is skipped
+-- with a warning after lock_timeout instead of blocking the superuser: the trigger does nothing there anyway.
 CREATE FUNCTION fly._drop_tier_triggers() RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
 DECLARE
     t record;
 BEGIN
@@ -62,7 +65,20 @@ BEGIN
               WHERE tg.tgfoid IN ('fly.on_user_tier_change()'::regprocedure, 'fly.on_user_tier_truncate()'::regprocedure)
                 AND NOT tg.tgisinternal AND tg.tgparentid = 0
     LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, fly._relation_name(t.tgrelid));
+        BEGIN
+            EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, fly._relation_name(t.tgrelid));
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE WARNING 'pg_fly could not remove trigger "%" from %: the table is locked', t.tgname,
+                          fly._relation_name(t.tgrelid)
+                USING HINT = 'It does nothing there. Drop it when the table is free: DROP TRIGGER ... ON ...;';
+        END;
+    END LOOP;
+    FOR t IN SELECT DISTINCT a.grantee::regrole AS grantee
+               FROM pg_proc p, aclexplode(p.proacl) a
+              WHERE p.oid = 'fly.on_user_tier_change()'::regprocedure
+                AND a.grantee <> p.proowner AND a.grantee <> 0
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION fly.on_user_tier_change() FROM %s', t.grantee);
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION fly._drop_tier_triggers() FROM PUBLIC;

@@ -13,6 +13,7 @@ needs (EXECUTE on provision_user_app() and onboard_existing_users(boolean)); a s
 import os
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -340,6 +341,34 @@ class HostileOwnerFollowUpTest(unittest.TestCase):
         # The owner, with no pg_fly privilege used, can neither provision nor tear everyone down.
         self.hostile(f"INSERT INTO hostile.other VALUES ('{U_C}', 'pro'); TRUNCATE hostile.other")
         self.assertEqual(self.queued(), {(U_A, "present")})
+
+    def test_a_locked_table_does_not_block_detach_and_execute_is_taken_back(self):
+        self.attach_partitioned()
+        self.assertIn("hostile=X", self.pg.value(
+            "SELECT proacl::text FROM pg_proc WHERE oid = 'fly.on_user_tier_change()'::regprocedure"))
+        # The owner, now holding EXECUTE, puts pg_fly's trigger on another table and keeps that table locked.
+        self.hostile("CREATE TRIGGER stay AFTER INSERT ON hostile.other "
+                     "FOR EACH ROW EXECUTE FUNCTION fly.on_user_tier_change('user_id', 'tier')")
+        command = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-h", self.pg.workdir, "-p", str(self.pg.port),
+                   "-U", "hostile", "-d", self.pg.database, "-c",
+                   "BEGIN; LOCK hostile.other IN ACCESS SHARE MODE; SELECT pg_sleep(60)"]
+        locker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.pg.workdir,
+                                  user="postgres" if os.geteuid() == 0 else None)
+        self.addCleanup(locker.wait)
+        self.addCleanup(locker.kill)
+        self.assertTrue(self.pg.wait_for("SELECT count(*) = 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                         "WHERE c.relname = 'other' AND l.granted", timeout=30))
+        started = time.monotonic()
+        result = self.pg.psql("SELECT fly.detach_tier_trigger()")
+        self.assertLess(time.monotonic() - started, 30, "detach waited for the owner's lock")
+        self.assertIn('could not remove trigger "stay"', result.stderr)
+        # The attached table's triggers are gone, and so is the owner's EXECUTE.
+        self.assertEqual(self.pg_fly_triggers(), [["hostile.other", "stay"]])
+        self.assertNotIn("hostile=X", self.pg.value(
+            "SELECT coalesce(proacl::text, '') FROM pg_proc WHERE oid = 'fly.on_user_tier_change()'::regprocedure"))
+        locker.kill()
+        locker.wait()
+        self.pg.sql("DROP TRIGGER stay ON hostile.other")
 
     def test_the_hint_for_unusable_user_ids_runs_no_owner_code_as_a_superuser(self):
         self.hostile("CREATE TABLE hostile.tsubs (user_id text, tier text); "
