@@ -10,6 +10,7 @@ extern "C" {
 
 #include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/fly_auth.hpp"
+#include "pgfly/core/fly_client.hpp"
 #include "pgfly/pgfly_guc.hpp"
 
 namespace pgfly {
@@ -25,8 +26,8 @@ char *app_name_prefix = nullptr;
 char *database_name = nullptr;
 int poll_interval_ms = 10000;
 int max_concurrency = 16;
-int connect_timeout_ms = 5000;
-int request_timeout_ms = 30000;
+int connect_timeout_ms = fly::kDefaultConnectTimeoutMs;
+int request_timeout_ms = fly::kDefaultRequestTimeoutMs;
 int retry_base_delay_ms = 1000;
 int retry_max_delay_ms = 300000;
 char *machine_env = nullptr;
@@ -194,12 +195,12 @@ DefineSettings() {
 	                        "Each has at most one Fly request in flight.", &max_concurrency, 16, 1, 1024, PGC_SIGHUP,
 	                        0, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.connect_timeout", "Longest wait to connect to the Fly API.", nullptr,
-	                        &connect_timeout_ms, 5000, 100, 600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
-	                        nullptr);
+	                        &connect_timeout_ms, fly::kDefaultConnectTimeoutMs, 100, 600 * 1000, PGC_SIGHUP, GUC_UNIT_MS,
+	                        nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.request_timeout", "Longest wait for one Fly API answer.",
 	                        "Wait-for-state calls get their own server-side timeout plus 5 seconds.",
-	                        &request_timeout_ms, 30000, 1000, 600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
-	                        nullptr);
+	                        &request_timeout_ms, fly::kDefaultRequestTimeoutMs, 1000, 600 * 1000, PGC_SIGHUP,
+	                        GUC_UNIT_MS, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.retry_base_delay", "First retry delay after a transient failure.",
 	                        "Delays double per attempt, capped by fly.retry_max_delay, with full jitter.",
 	                        &retry_base_delay_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,

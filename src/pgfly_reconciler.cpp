@@ -696,24 +696,24 @@ Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 void
 Reconciler::Drive() {
 	client_->Drive();
-	for (auto &completion : client_->TakeCompleted()) {
-		auto found = in_flight_.find(completion.id);
+	for (auto &answer : client_->TakeAnswers()) {
+		auto found = in_flight_.find(answer.id);
 		if (found == in_flight_.end()) {
 			continue;
 		}
 		InFlight in_flight = std::move(found->second);
 		in_flight_.erase(found);
-		Observe(in_flight, completion.outcome);
+		Observe(in_flight, answer.outcome);
 		if (in_flight.health) {
-			OnHealthAnswer(std::move(in_flight.health), completion.outcome);
+			OnHealthAnswer(std::move(in_flight.health), answer.outcome);
 			continue;
 		}
 		if (in_flight.orphan) {
-			OnOrphanAnswer(*in_flight.orphan, completion.outcome);
+			OnOrphanAnswer(*in_flight.orphan, answer.outcome);
 			continue;
 		}
 		if (in_flight.rollout) {
-			OnRolloutAnswer(std::move(in_flight.rollout), completion.outcome);
+			OnRolloutAnswer(std::move(in_flight.rollout), answer.outcome);
 			continue;
 		}
 		const std::string user_id = in_flight.running->context.user_id;
@@ -722,7 +722,7 @@ Reconciler::Drive() {
 		reconcile::Step step;
 		try {
 			in_flight.running->operation.SetNow(Now());
-			step = in_flight.running->operation.OnOutcome(completion.outcome);
+			step = in_flight.running->operation.OnOutcome(answer.outcome);
 		} catch (const std::exception &e) {
 			Defer(user_id, generation, attempts, e.what());
 			continue;

@@ -28,9 +28,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr long kDefaultConnectTimeoutMs = 5000;
-constexpr long kDefaultRequestTimeoutMs = 30000;
-constexpr size_t kDefaultMaxResponseBytes = 1024 * 1024;
 // Fly holds a wait open for up to its timeout; give the answer this long to arrive on top of that.
 constexpr long kWaitGraceMs = 5000;
 constexpr size_t kMaxCapturedHeaderLength = 200;
@@ -274,7 +271,7 @@ struct Client::Impl {
 	RequestId next_id = 1;
 	std::unordered_map<RequestId, std::unique_ptr<Transfer>> transfers;
 	std::optional<Clock::time_point> timer_deadline;
-	std::vector<Completion> completed;
+	std::vector<Answer> completed;
 	// A socket or timer callback failed: curl's view of the sockets and timer can no longer be trusted, so every
 	// transfer is aborted at the next Drive.
 	bool callback_failed = false;
@@ -418,7 +415,7 @@ struct Client::Impl {
 		raw.network_error = error;
 		raw.network_detail = detail;
 		raw.request_sent = false;
-		completed.push_back(Completion{id, endpoint, ClassifyScrubbed(raw, config.token, config.secret_values), 0.0});
+		completed.push_back(Answer{id, endpoint, ClassifyScrubbed(raw, config.token, config.secret_values), 0.0});
 		return id;
 	}
 
@@ -617,7 +614,7 @@ struct Client::Impl {
 				raw.request_sent = false;
 			}
 		}
-		completed.push_back(Completion{transfer.id, transfer.endpoint,
+		completed.push_back(Answer{transfer.id, transfer.endpoint,
 									   ClassifyScrubbed(std::move(raw), transfer.token, transfer.secret_values),
 									   ElapsedMs(transfer.started)});
 	}
@@ -704,7 +701,7 @@ struct Client::Impl {
 			raw.network_error = error;
 			raw.network_detail = detail;
 			raw.request_sent = request_size > 0;
-			completed.push_back(Completion{id, transfer->endpoint,
+			completed.push_back(Answer{id, transfer->endpoint,
 										   ClassifyScrubbed(raw, transfer->token, transfer->secret_values),
 										   ElapsedMs(transfer->started)});
 		}
@@ -738,9 +735,9 @@ Client::Drive() {
 	impl_->Drive();
 }
 
-std::vector<Completion>
-Client::TakeCompleted() {
-	std::vector<Completion> taken;
+std::vector<Answer>
+Client::TakeAnswers() {
+	std::vector<Answer> taken;
 	taken.swap(impl_->completed);
 	return taken;
 }
@@ -769,7 +766,7 @@ Client::RunSync(const Request &request) {
 	for (;;) {
 		auto &completed = impl_->completed;
 		auto found = std::find_if(completed.begin(), completed.end(),
-								  [id](const Completion &completion) { return completion.id == id; });
+								  [id](const Answer &answer) { return answer.id == id; });
 		if (found != completed.end()) {
 			Outcome outcome = std::move(found->outcome);
 			completed.erase(found);

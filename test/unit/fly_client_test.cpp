@@ -62,9 +62,9 @@ protected:
 	}
 
 	// Drives the client the way the background worker does: wait on EventFd with NextTimeoutMs, then Drive.
-	static std::vector<Completion>
+	static std::vector<Answer>
 	DriveUntil(Client &client, size_t count, long limit_ms = 10000) {
-		std::vector<Completion> completions;
+		std::vector<Answer> completions;
 		const auto start = Clock::now();
 		while (completions.size() < count && MsSince(start) < limit_ms) {
 			long timeout = client.NextTimeoutMs();
@@ -74,7 +74,7 @@ protected:
 			pollfd descriptor = {client.EventFd(), POLLIN, 0};
 			poll(&descriptor, 1, static_cast<int>(timeout));
 			client.Drive();
-			for (auto &completion : client.TakeCompleted()) {
+			for (auto &completion : client.TakeAnswers()) {
 				completions.push_back(std::move(completion));
 			}
 		}
@@ -397,7 +397,7 @@ TEST_F(FlyClientTest, UnusableTokenFailsWithoutSending) {
 	Client client(config);
 	client.Submit(GetAppRequest("app-1"));
 	EXPECT_EQ(client.NextTimeoutMs(), 0);
-	auto completions = client.TakeCompleted();
+	auto completions = client.TakeAnswers();
 	ASSERT_EQ(completions.size(), 1u);
 	EXPECT_EQ(completions[0].outcome.kind, OutcomeKind::kPermanent);
 	EXPECT_EQ(completions[0].outcome.network_error, NetworkError::kConfig);
@@ -460,7 +460,7 @@ TEST_F(FlyClientTest, CancelAllCompletesEveryTransfer) {
 	EXPECT_EQ(client.InFlight(), 3u);
 	client.CancelAll();
 	EXPECT_EQ(client.InFlight(), 0u);
-	auto completions = client.TakeCompleted();
+	auto completions = client.TakeAnswers();
 	ASSERT_EQ(completions.size(), 3u);
 	for (const auto &completion : completions) {
 		EXPECT_EQ(completion.outcome.kind, OutcomeKind::kTransient);
@@ -494,7 +494,7 @@ TEST_F(FlyClientTest, EventLoopContract) {
 	EXPECT_GE(client.EventFd(), 0);
 	EXPECT_EQ(client.NextTimeoutMs(), -1) << "an idle client needs no wake-ups";
 	client.Drive();
-	EXPECT_TRUE(client.TakeCompleted().empty());
+	EXPECT_TRUE(client.TakeAnswers().empty());
 	const RequestId first = client.Submit(StopMachineRequest("app-1", "m1"));
 	const RequestId second = client.Submit(StartMachineRequest("app-1", "m1"));
 	EXPECT_GT(second, first);
@@ -509,7 +509,7 @@ TEST_F(FlyClientTest, EventLoopContract) {
 	EXPECT_EQ(client.InFlight(), 0u);
 }
 
-TEST_F(FlyClientTest, RunSyncLeavesOtherCompletionsQueued) {
+TEST_F(FlyClientTest, RunSyncLeavesOtherAnswersQueued) {
 	TestHttpServer server([](const ReceivedRequest &request) {
 		Reply reply = Reply::Json(200, kAppBody);
 		reply.delay_ms = request.target.find("slow") != std::string::npos ? 200 : 0;
@@ -518,7 +518,7 @@ TEST_F(FlyClientTest, RunSyncLeavesOtherCompletionsQueued) {
 	Client client(Config(server));
 	const RequestId background = client.Submit(GetAppRequest("fast"));
 	EXPECT_EQ(client.RunSync(GetAppRequest("slow")).kind, OutcomeKind::kSuccess);
-	const auto completions = client.TakeCompleted();
+	const auto completions = client.TakeAnswers();
 	ASSERT_EQ(completions.size(), 1u);
 	EXPECT_EQ(completions[0].id, background);
 }

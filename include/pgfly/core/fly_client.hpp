@@ -5,7 +5,7 @@
 //     loop:
 //         wait until client.EventFd() is readable, or client.NextTimeoutMs() passes (or the latch is set)
 //         client.Drive();
-//         for (auto &completion : client.TakeCompleted()) ...
+//         for (auto &answer : client.TakeAnswers()) ...
 //
 // Every request completes exactly once, with an Outcome (fly_outcome.hpp), unless the client is destroyed first.
 #pragma once
@@ -26,6 +26,11 @@
 namespace pgfly {
 namespace fly {
 
+// Defaults of fly.connect_timeout and fly.request_timeout, and what a value below 1 falls back to.
+constexpr long kDefaultConnectTimeoutMs = 5000;
+constexpr long kDefaultRequestTimeoutMs = 30000;
+constexpr size_t kDefaultMaxResponseBytes = 1024 * 1024;
+
 struct ClientConfig {
 	// e.g. "https://api.machines.dev" (a trailing slash is ignored); only http and https are used.
 	std::string base_url;
@@ -33,12 +38,12 @@ struct ClientConfig {
 	// Values (app secrets) scrubbed from every outcome's texts like the token, in case an answer echoes them.
 	std::vector<std::string> secret_values;
 	// Timeouts are never 0 (unbounded): values below 1 fall back to the defaults.
-	long connect_timeout_ms = 5000;
+	long connect_timeout_ms = kDefaultConnectTimeoutMs;
 	// Whole request, including waiting for a free connection. Wait requests instead get their own
 	// timeout_seconds * 1000 + 5000, since Fly holds them open that long on purpose.
-	long request_timeout_ms = 30000;
+	long request_timeout_ms = kDefaultRequestTimeoutMs;
 	// Larger responses are aborted and reported as kMalformed (0 falls back to the default).
-	size_t max_response_bytes = 1024 * 1024;
+	size_t max_response_bytes = kDefaultMaxResponseBytes;
 	long max_host_connections = 16;
 	// Connections open at once to all hosts, in use and idle together (the user apps' health endpoints are hosts
 	// too); 0 for no cap beyond max_host_connections per host. Requests beyond it wait for a free connection.
@@ -53,7 +58,8 @@ struct ClientConfig {
 
 using RequestId = uint64_t;
 
-struct Completion {
+// A finished request: what Fly (or the transport) answered, classified.
+struct Answer {
 	RequestId id = 0;
 	Endpoint endpoint = Endpoint::kGetApp;
 	Outcome outcome;
@@ -64,7 +70,7 @@ class Client {
 public:
 	// Throws std::runtime_error if libcurl or epoll cannot be set up.
 	explicit Client(ClientConfig config);
-	// Aborts transfers still in flight, without completions.
+	// Aborts transfers still in flight, without answers.
 	~Client();
 	Client(const Client &) = delete;
 	Client &operator=(const Client &) = delete;
@@ -72,18 +78,18 @@ public:
 	Client &operator=(Client &&) noexcept;
 
 	// Starts a request; ids are never reused. A request that cannot be sent (unusable token, say) completes at
-	// once, on the next TakeCompleted.
+	// once, on the next TakeAnswers.
 	RequestId Submit(const Request &request);
 
 	// An epoll descriptor that is readable while any of curl's sockets is ready. Stable for the client's life.
 	int EventFd() const;
 	// Milliseconds until Drive must be called even if EventFd stays quiet: -1 for never, 0 for now (also when
-	// completions are waiting to be taken).
+	// answers are waiting to be taken).
 	long NextTimeoutMs() const;
 	// Non-blocking: serves ready sockets and an expired timer, and collects finished transfers.
 	void Drive();
-	std::vector<Completion> TakeCompleted();
-	// Transfers in flight (completions not yet taken are not counted).
+	std::vector<Answer> TakeAnswers();
+	// Transfers in flight (answers not yet taken are not counted).
 	size_t InFlight() const;
 	// Aborts every transfer in flight; each completes as kTransient with NetworkError::kCancelled (the request
 	// may or may not have reached Fly).
@@ -92,7 +98,7 @@ public:
 	void UpdateConfig(const ClientConfig &config);
 
 	// Blocking convenience for tools and tests: submits the request and drives the client (polling EventFd)
-	// until it completes. Other requests in flight progress meanwhile; their completions stay queued.
+	// until it completes. Other requests in flight progress meanwhile; their answers stay queued.
 	Outcome RunSync(const Request &request);
 
 private:
