@@ -20,7 +20,7 @@ PGDLLEXPORT void _PG_init(void);
 // Postgres-regime code: nothing here throws.
 void
 _PG_init(void) {
-	pgfly::DefineSettings();
+	pgfly::settings::Define();
 	if (!process_shared_preload_libraries_in_progress) {
 		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 		                errmsg("pg_fly must be loaded through shared_preload_libraries"),

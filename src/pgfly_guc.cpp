@@ -13,7 +13,7 @@ extern "C" {
 #include "pgfly/core/fly_client.hpp"
 #include "pgfly/pgfly_guc.hpp"
 
-namespace pgfly {
+namespace pgfly::settings {
 
 char *api_url = nullptr;
 char *http_proxy = nullptr;
@@ -66,46 +66,41 @@ IsSlug(const char *value) {
 }
 
 // A check hook is a C-to-C++ entry point: it must not throw, and reports through GUC_check_errdetail.
+// Checks the URL setting `name` with `problem`; with empty_means_off, an empty value (the setting is off) passes.
 bool
-ReportUrlProblem(const char *name, const std::optional<std::string> &problem) {
-	if (problem) {
-		GUC_check_errdetail("%s: %s.", name, problem->c_str());
+CheckUrl(const char *name, const char *value, bool empty_means_off,
+         std::optional<std::string> (*problem)(const std::string &)) noexcept {
+	try {
+		if (empty_means_off && value[0] == '\0') {
+			return true;
+		}
+		if (const std::optional<std::string> found = problem(value)) {
+			GUC_check_errdetail("%s: %s.", name, found->c_str());
+			return false;
+		}
+		return true;
+	} catch (...) {
+		GUC_check_errdetail("%s could not be checked", name);
 		return false;
 	}
-	return true;
 }
 
 bool
 CheckApiUrl(char **newval, void **, GucSource) noexcept {
-	try {
-		return ReportUrlProblem("fly.api_url", fly::ApiUrlProblem(*newval));
-	} catch (...) {
-		GUC_check_errdetail("fly.api_url could not be checked");
-		return false;
-	}
+	return CheckUrl("fly.api_url", *newval, false, fly::ApiUrlProblem);
 }
 
 // Empty (off) or an http(s) URL: the app's own endpoint gets no token, so plain http (to a .internal address on
 // Fly's private network, say) is allowed to any host.
 bool
 CheckAppHealthUrl(char **newval, void **, GucSource) noexcept {
-	try {
-		return (*newval)[0] == '\0' || ReportUrlProblem("fly.app_health_url", fly::PlainUrlProblem(*newval));
-	} catch (...) {
-		GUC_check_errdetail("fly.app_health_url could not be checked");
-		return false;
-	}
+	return CheckUrl("fly.app_health_url", *newval, true, fly::PlainUrlProblem);
 }
 
 // Empty (no proxy, whatever the environment says) or a proxy URL without credentials.
 bool
 CheckProxy(char **newval, void **, GucSource) noexcept {
-	try {
-		return (*newval)[0] == '\0' || ReportUrlProblem("fly.http_proxy", fly::ProxyUrlProblem(*newval));
-	} catch (...) {
-		GUC_check_errdetail("fly.http_proxy could not be checked");
-		return false;
-	}
+	return CheckUrl("fly.http_proxy", *newval, true, fly::ProxyUrlProblem);
 }
 
 bool
@@ -150,7 +145,7 @@ CheckPrefix(char **newval, void **, GucSource) noexcept {
 } // namespace
 
 void
-DefineSettings() {
+Define() {
 	DefineCustomStringVariable("fly.api_url", "Base URL of the Fly Machines API.",
 							   "https://, or http:// to a loopback host only (a local simulator).", &api_url,
 							   "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
@@ -270,4 +265,4 @@ DefineSettings() {
 	                         nullptr, nullptr);
 }
 
-} // namespace pgfly
+} // namespace pgfly::settings

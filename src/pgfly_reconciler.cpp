@@ -50,16 +50,16 @@ Reconciler::Log(const std::string &message) const {
 void
 Reconciler::Configure() {
 	std::string problem;
-	ResolvedToken token = ResolveToken(api_token, api_token_file, getenv("FLY_API_TOKEN"));
+	ResolvedToken token = ResolveToken(settings::api_token, settings::api_token_file, getenv("FLY_API_TOKEN"));
 	if (!token.problem.empty()) {
 		problem = token.problem;
 	}
 	settings_ = reconcile::Settings{};
-	settings_.org_slug = org_slug;
-	settings_.app_name_prefix = app_name_prefix;
-	settings_.image = image;
-	settings_.create_settle_seconds = request_timeout_ms / 1000.0;
-	ParsedMap env = ParseMachineEnv(machine_env);
+	settings_.org_slug = settings::org_slug;
+	settings_.app_name_prefix = settings::app_name_prefix;
+	settings_.image = settings::image;
+	settings_.create_settle_seconds = settings::request_timeout_ms / 1000.0;
+	ParsedMap env = ParseMachineEnv(settings::machine_env);
 	if (!env.problem.empty()) {
 		problem = env.problem;
 	}
@@ -67,11 +67,11 @@ Reconciler::Configure() {
 	if (settings_.image.empty()) {
 		problem = "fly.image is not set: there is no image to run";
 	}
-	if (app_secrets_file[0] != '\0') {
-		const auto text = ReadTextFile(app_secrets_file);
+	if (settings::app_secrets_file[0] != '\0') {
+		const auto text = ReadTextFile(settings::app_secrets_file);
 		ParsedMap secrets = ParseSecretsFile(text.value_or(""));
 		if (!text) {
-			problem = std::string("fly.app_secrets_file \"") + app_secrets_file + "\" cannot be read";
+			problem = std::string("fly.app_secrets_file \"") + settings::app_secrets_file + "\" cannot be read";
 		} else if (!secrets.problem.empty()) {
 			problem = "fly.app_secrets_file: " + secrets.problem;
 		}
@@ -83,24 +83,26 @@ Reconciler::Configure() {
 	configuration_problem_ = problem;
 
 	RateLimitSettings limits;
-	limits.enabled = rate_limits;
-	limits.action = RateLimit{rate_limit_per_second, static_cast<double>(rate_limit_burst)};
-	limits.get_machine = RateLimit{rate_limit_get_machine_per_second, static_cast<double>(rate_limit_get_machine_burst)};
-	limits.delete_app = RateLimit{rate_limit_app_deletes_per_minute / 60.0,
-	                              static_cast<double>(rate_limit_app_deletes_per_minute)};
+	limits.enabled = settings::rate_limits;
+	limits.action = RateLimit{settings::rate_limit_per_second, static_cast<double>(settings::rate_limit_burst)};
+	limits.get_machine = RateLimit{settings::rate_limit_get_machine_per_second,
+	                               static_cast<double>(settings::rate_limit_get_machine_burst)};
+	limits.delete_app = RateLimit{settings::rate_limit_app_deletes_per_minute / 60.0,
+	                              static_cast<double>(settings::rate_limit_app_deletes_per_minute)};
 	limiter_.Configure(limits);
-	breaker_.Configure(CircuitBreakerSettings{breaker_failure_threshold, breaker_open_time_ms / 1000.0,
-	                                          breaker_max_open_time_ms / 1000.0});
+	breaker_.Configure(CircuitBreakerSettings{settings::breaker_failure_threshold,
+	                                          settings::breaker_open_time_ms / 1000.0,
+	                                          settings::breaker_max_open_time_ms / 1000.0});
 
-	client_config_.base_url = api_url;
-	client_config_.proxy = http_proxy;
+	client_config_.base_url = settings::api_url;
+	client_config_.proxy = settings::http_proxy;
 	client_config_.token = token.token;
 	client_config_.secret_values.clear();
 	for (const auto &secret : settings_.secrets) {
 		client_config_.secret_values.push_back(secret.second);
 	}
-	client_config_.connect_timeout_ms = connect_timeout_ms;
-	client_config_.request_timeout_ms = request_timeout_ms;
+	client_config_.connect_timeout_ms = settings::connect_timeout_ms;
+	client_config_.request_timeout_ms = settings::request_timeout_ms;
 	// Reconciles (with rollouts) and health checks each keep up to fly.max_concurrency requests in flight: as
 	// many connections as PostgreSQL grants descriptors for.
 	const ConnectionBudget budget = ReserveClientFds();
@@ -121,7 +123,7 @@ Reconciler::Configure() {
 // own files do not run out. What is not granted lowers the worker's concurrency rather than failing.
 ConnectionBudget
 Reconciler::ReserveClientFds() {
-	const ConnectionBudget wanted = WantedConnections(max_concurrency);
+	const ConnectionBudget wanted = WantedConnections(settings::max_concurrency);
 	pg::PgGuard([&]() {
 		for (; reserved_fds_ > 0; reserved_fds_--) {
 			ReleaseExternalFD();
@@ -140,11 +142,11 @@ Reconciler::ReserveClientFds() {
 			ReserveExternalFD();
 		}
 	});
-	const ConnectionBudget budget = FitConnections(max_concurrency, reserved_fds_);
-	if (budget.concurrency < max_concurrency && budget.concurrency != concurrency_limit_) {
+	const ConnectionBudget budget = FitConnections(settings::max_concurrency, reserved_fds_);
+	if (budget.concurrency < settings::max_concurrency && budget.concurrency != concurrency_limit_) {
 		Log("only " + std::to_string(reserved_fds_) + " file descriptors are available for Fly connections (" +
 			std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
-			" users are reconciled at once instead of fly.max_concurrency = " + std::to_string(max_concurrency));
+			" users are reconciled at once instead of fly.max_concurrency = " + std::to_string(settings::max_concurrency));
 	}
 	if (budget.connections != client_connections_) {
 		pg::PgGuard([&]() {
@@ -182,8 +184,8 @@ Reconciler::RunningUsers() const {
 double
 Reconciler::RetryDelay(int attempts, std::optional<double> retry_after) {
 	std::uniform_real_distribution<double> unit(0.0, 1.0);
-	return RetryDelaySeconds(attempts, retry_base_delay_ms / 1000.0, retry_max_delay_ms / 1000.0, retry_after,
-	                         unit(random_));
+	return RetryDelaySeconds(attempts, settings::retry_base_delay_ms / 1000.0, settings::retry_max_delay_ms / 1000.0,
+	                         retry_after, unit(random_));
 }
 
 int
@@ -254,7 +256,7 @@ Reconciler::Dispatch() {
 	}
 	const bool health_requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
 	const bool health_due = configuration_problem_.empty() &&
-	                        (health_requested || (health_check_interval_ms > 0 && now >= next_health_pass_));
+	                        (health_requested || (settings::health_check_interval_ms > 0 && now >= next_health_pass_));
 	const bool probe_due = WantsHealthProbe(now) && now >= next_probe_check_;
 	std::vector<ClaimedItem> claimed;
 	std::optional<std::vector<HealthTarget>> health_targets;
@@ -286,7 +288,7 @@ Reconciler::Dispatch() {
 		// Nothing to do until pg_fly is created in this database: look again after the poll interval.
 		claims_released_ = false;
 		next_queue_due_.reset();
-		next_health_pass_ = now + poll_interval_ms / 1000.0;
+		next_health_pass_ = now + settings::poll_interval_ms / 1000.0;
 		next_rollout_pass_ = next_health_pass_;
 		return;
 	}
@@ -298,12 +300,12 @@ Reconciler::Dispatch() {
 		pg_atomic_write_u32(&shared_->health_pass_requested, 1);
 	}
 	if (health_due) {
-		next_health_pass_ = now + health_check_interval_ms / 1000.0;
+		next_health_pass_ = now + settings::health_check_interval_ms / 1000.0;
 	}
 	if (probe_due) {
 		// No app to check yet: look again after the poll interval rather than every second.
 		next_probe_check_ =
-			now + (health_next_ < health_queue_.size() ? kSaturatedDispatchSeconds : poll_interval_ms / 1000.0);
+			now + (health_next_ < health_queue_.size() ? kSaturatedDispatchSeconds : settings::poll_interval_ms / 1000.0);
 	}
 	dispatch_again_ = capacity > 0 && static_cast<int>(claimed.size()) == capacity;
 	next_queue_due_.reset();
@@ -420,7 +422,7 @@ Reconciler::StartHealthChecks() {
 // health check (a cheap GET machine) does: otherwise the breaker would stay half-open and checks would stop.
 bool
 Reconciler::WantsHealthProbe(double now) const {
-	return configuration_problem_.empty() && health_check_interval_ms > 0 &&
+	return configuration_problem_.empty() && settings::health_check_interval_ms > 0 &&
 		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() && running_.empty() &&
 		   health_running_ == 0 && held_.empty();
 }
@@ -445,8 +447,9 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 			HealthVerdict verdict = check->phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
 			                                                         : EvaluateMachineHealth(outcome);
 			std::optional<std::string> endpoint_url;
-			if (check->phase == Phase::kMachine && verdict.health == Health::kHealthy && app_health_url[0] != '\0') {
-				endpoint_url = AppHealthUrl(app_health_url, target.app_name);
+			if (check->phase == Phase::kMachine && verdict.health == Health::kHealthy &&
+			    settings::app_health_url[0] != '\0') {
+				endpoint_url = AppHealthUrl(settings::app_health_url, target.app_name);
 				if (!endpoint_url) {
 					verdict.health = Health::kUnhealthy;
 					verdict.detail = "the app's own endpoint was not asked: its name is not one Fly accepts";
@@ -463,10 +466,10 @@ Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcom
 				details.Set("state", Json::String(verdict.state));
 				details.Set("detail", Json::String(verdict.detail));
 				std::string event;
-				if (verdict.action == HealthAction::kStartMachine && restart_stopped_machines) {
+				if (verdict.action == HealthAction::kStartMachine && settings::restart_stopped_machines) {
 					event = "machine_restart_requested";
 					next = fly::StartMachineRequest(target.app_name, target.machine_id);
-				} else if (verdict.action == HealthAction::kReprovision && reprovision_vanished_apps) {
+				} else if (verdict.action == HealthAction::kReprovision && settings::reprovision_vanished_apps) {
 					event = "app_vanished";
 				}
 				const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
@@ -590,7 +593,7 @@ Reconciler::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step)
 	StepContext &context = running.context;
 	last_error_ = step.error;
 	last_error_at_ = Now();
-	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= max_attempts) {
+	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= settings::max_attempts) {
 		step.failed_attempt = false;
 		step.request.reset();
 		step.completion = Completion::kFailed;
@@ -599,7 +602,7 @@ Reconciler::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step)
 		    "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
 		        std::to_string(context.attempts) + "}"});
 	}
-	context.raise_alert = !context.alerted && (context.attempts >= alert_after_attempts ||
+	context.raise_alert = !context.alerted && (context.attempts >= settings::alert_after_attempts ||
 	                                          step.completion == Completion::kFailed);
 	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
 }
@@ -682,7 +685,7 @@ Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 	const double now = Now();
 	if (outcome.http_status == 429) {
 		limiter_.Block(in_flight.rate_key,
-					   now + RetryAfterHoldSeconds(outcome.retry_after_seconds, retry_max_delay_ms / 1000.0));
+					   now + RetryAfterHoldSeconds(outcome.retry_after_seconds, settings::retry_max_delay_ms / 1000.0));
 		breaker_.OnAnswer();
 		return;
 	}
@@ -772,7 +775,7 @@ Reconciler::SleepMs() const {
 		return 0;
 	}
 	const double now = Now();
-	WakeSchedule wake(now, poll_interval_ms / 1000.0);
+	WakeSchedule wake(now, settings::poll_interval_ms / 1000.0);
 	if (client_timeout > 0) {
 		wake.At(now + client_timeout / 1000.0);
 	}
@@ -787,7 +790,7 @@ Reconciler::SleepMs() const {
 	if (configuration_problem_.empty()) {
 		// Passes are planned by Dispatch, which looks at the queue only every second while no work can be claimed.
 		const double dispatch_from = saturated ? next_saturated_dispatch_ : now;
-		if (health_check_interval_ms > 0) {
+		if (settings::health_check_interval_ms > 0) {
 			wake.At(next_health_pass_, dispatch_from);
 		}
 		wake.At(next_rollout_pass_, dispatch_from);

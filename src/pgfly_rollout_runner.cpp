@@ -29,7 +29,7 @@ Reconciler::PlanRollout(double now, const std::vector<std::string> &busy, int ca
 		return;
 	}
 	// Filled in the transaction, kept only once it has committed.
-	double next_pass = now + poll_interval_ms / 1000.0;
+	double next_pass = now + settings::poll_interval_ms / 1000.0;
 	std::vector<std::unique_ptr<RolloutUpdate>> updates;
 	std::vector<std::unique_ptr<HealthCheck>> canaries;
 	std::string news;
@@ -131,7 +131,7 @@ Reconciler::OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outc
 		if (step.failed_attempt) {
 			last_error_ = step.error;
 			last_error_at_ = Now();
-			if (++work->app.attempts >= max_attempts) {
+			if (++work->app.attempts >= settings::max_attempts) {
 				step.result = rollout::Result::kFailed;
 				step.error = "gave up after fly.max_attempts attempts: " + step.error;
 				FinishRolloutUpdate(*work, step);

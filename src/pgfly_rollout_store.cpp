@@ -105,7 +105,7 @@ AdvanceRollout(pg::SpiConnection &spi, const RunningRollout &rollout, const roll
 		payload.Set("kind", Json::String("image_rollout_halted"));
 		payload.Set("rollout_id", Json::Integer(rollout.id));
 		// The image and the reason are for roles granted fly.image_rollout_progress (LISTEN takes no privilege).
-		if (notify_payload == kNotifyPayloadFull) {
+		if (settings::notify_payload == settings::kNotifyPayloadFull) {
 			payload.Set("image", Json::String(rollout.image));
 			payload.Set("reason", Json::String(decision.reason));
 		}

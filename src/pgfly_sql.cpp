@@ -105,7 +105,7 @@ PGFLY_SQL_FUNCTION(app_name_for) {
 	if (attempt < 0) {
 		throw SqlError(sqlstate::kInvalidParameterValue, "attempt must be 0 or more");
 	}
-	auto name = pgfly::AppNameCandidate(pgfly::app_name_prefix, user_id, attempt);
+	auto name = pgfly::AppNameCandidate(pgfly::settings::app_name_prefix, user_id, attempt);
 	if (!name) {
 		PG_RETURN_NULL();
 	}
@@ -157,7 +157,8 @@ PGFLY_SQL_FUNCTION(worker_status) {
 	memcpy(last_error, shared->last_error, sizeof(last_error));
 	char database[sizeof(shared->worker_database)];
 	// No worker yet: the one that starts will connect to fly.database_name (fixed until a restart).
-	strlcpy(database, pid != 0 && shared->worker_database[0] != '\0' ? shared->worker_database : pgfly::database_name,
+	strlcpy(database,
+	        pid != 0 && shared->worker_database[0] != '\0' ? shared->worker_database : pgfly::settings::database_name,
 	        sizeof(database));
 	SpinLockRelease(&shared->mutex);
 	last_error[sizeof(last_error) - 1] = '\0';

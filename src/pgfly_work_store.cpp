@@ -111,7 +111,7 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	                       {std::to_string(context.app_id), context.user_id, status, details});
 	const std::string event_id = event.at(0).at(0).value_or("0");
 	std::string payload;
-	if (notify_payload == kNotifyPayloadFull) {
+	if (settings::notify_payload == settings::kNotifyPayloadFull) {
 		auto full = spi.Query("SELECT ($1::pg_catalog.jsonb OPERATOR(pg_catalog.||) "
 		                      "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::pg_catalog.text",
 		                      {details, event_id}, true);

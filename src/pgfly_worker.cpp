@@ -231,12 +231,12 @@ PgFlyWorkerMain(Datum) {
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	BackgroundWorkerInitializeConnection(pgfly::database_name, nullptr, 0);
+	BackgroundWorkerInitializeConnection(pgfly::settings::database_name, nullptr, 0);
 	pgstat_report_appname("pg_fly worker");
 	pgfly::PublishWorker(shared, true);
-	pgfly::PublishWorkerDatabase(pgfly::database_name);
+	pgfly::PublishWorkerDatabase(pgfly::settings::database_name);
 	on_shmem_exit(pgfly::UnpublishWorker, 0);
-	ereport(LOG, (errmsg("pg_fly worker started in database \"%s\"", pgfly::database_name)));
+	ereport(LOG, (errmsg("pg_fly worker started in database \"%s\"", pgfly::settings::database_name)));
 	// Returns only by an error, which ends the worker; the postmaster starts it again after a second.
 	pgfly::pg::InvokeCpp(pgfly::WorkerLoop, shared);
 }

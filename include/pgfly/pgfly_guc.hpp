@@ -1,7 +1,9 @@
-// The fly.* settings (README, "Configuration reference").
+// The fly.* settings (README, "Configuration reference"): one variable per setting, which PostgreSQL assigns when
+// the configuration is loaded or reloaded. They live in their own namespace so that a use reads settings::image,
+// never a bare global that looks like a local or a member.
 #pragma once
 
-namespace pgfly {
+namespace pgfly::settings {
 
 extern char *api_url;
 extern char *http_proxy;
@@ -40,6 +42,6 @@ enum NotifyPayload { kNotifyPayloadMinimal = 0, kNotifyPayloadFull = 1 };
 extern int notify_payload;
 
 // Defines every fly.* setting; called from _PG_init.
-void DefineSettings();
+void Define();
 
-} // namespace pgfly
+} // namespace pgfly::settings
