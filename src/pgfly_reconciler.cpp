@@ -20,7 +20,6 @@ extern "C" {
 #include "pgfly/core/worker_settings.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
-#include "pgfly/pgfly_queue.hpp"
 
 namespace pgfly {
 

@@ -2,6 +2,7 @@
 
 #include "pgfly/core/json.hpp"
 #include "pgfly/pg/sql_values.hpp"
+#include "pgfly/pgfly_app_store.hpp"
 #include "pgfly/pgfly_guc.hpp"
 
 namespace pgfly {
@@ -147,9 +148,7 @@ ClaimRolloutApps(pg::SpiConnection &spi, const RunningRollout &rollout, int limi
 		app.app_name = row[2].value_or("");
 		app.machine_id = row[3].value_or("");
 		app.region = row[4].value_or("");
-		app.guest.cpu_kind = row[5].value_or("");
-		app.guest.cpus = static_cast<int>(ToInt(row[6]));
-		app.guest.memory_mb = static_cast<int>(ToInt(row[7]));
+		app.guest = GuestFromColumns(row, 5);
 		if (row[8]) {
 			app.secrets_version = ToInt(row[8]);
 		}

@@ -14,7 +14,7 @@ extern "C" {
 #include "pgfly/core/circuit_breaker.hpp"
 #include "pgfly/core/token_source.hpp"
 #include "pgfly/pgfly_guc.hpp"
-#include "pgfly/pgfly_queue.hpp"
+#include "pgfly/pgfly_queue_store.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 
 using pgfly::SqlError;

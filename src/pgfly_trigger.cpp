@@ -10,7 +10,7 @@ extern "C" {
 #include <cstring>
 
 #include "pgfly/core/sql_text.hpp"
-#include "pgfly/pgfly_queue.hpp"
+#include "pgfly/pgfly_queue_store.hpp"
 
 namespace pgfly {
 

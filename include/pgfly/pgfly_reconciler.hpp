@@ -18,9 +18,11 @@
 #include "pgfly/core/rate_limiter.hpp"
 #include "pgfly/core/reconcile.hpp"
 #include "pgfly/core/worker_settings.hpp"
+#include "pgfly/pgfly_app_store.hpp"
+#include "pgfly/pgfly_health_store.hpp"
+#include "pgfly/pgfly_queue_store.hpp"
 #include "pgfly/pgfly_rollout_store.hpp"
 #include "pgfly/pgfly_shmem.hpp"
-#include "pgfly/pgfly_work_store.hpp"
 
 namespace pgfly {
 

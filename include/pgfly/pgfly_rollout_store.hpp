@@ -8,7 +8,7 @@
 #include "pgfly/core/fly_requests.hpp"
 #include "pgfly/core/image_rollout.hpp"
 #include "pgfly/pg/spi.hpp"
-#include "pgfly/pgfly_work_store.hpp"
+#include "pgfly/pgfly_health_store.hpp"
 
 namespace pgfly {
 

@@ -1,32 +1,22 @@
-#include "pgfly/pgfly_work_store.hpp"
-
-#include <algorithm>
-#include <cstdio>
+#include "pgfly/pgfly_app_store.hpp"
 
 #include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/json.hpp"
 #include "pgfly/pg/sql_values.hpp"
 #include "pgfly/pgfly_guc.hpp"
+#include "pgfly/pgfly_queue_store.hpp"
 
 namespace pgfly {
 
 using pg::Number;
 using pg::Seconds;
 using pg::ToInt;
-using pg::UuidArray;
 
 namespace {
 
 pg::Value
 Optional(const std::optional<std::string> &value) {
 	return value;
-}
-
-void
-ReleaseClaim(pg::SpiConnection &spi, const std::string &user_id) {
-	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL "
-	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
-	          {user_id});
 }
 
 // Inserts or updates the live app row; returns its status afterwards.
@@ -133,76 +123,6 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 
 } // namespace
 
-bool
-ReleaseOrphanClaims(pg::SpiConnection &spi, const std::vector<std::string> &running) {
-	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL "
-	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
-	          "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) FOR UPDATE SKIP LOCKED)",
-	          {UuidArray(running)});
-	// Rows another transaction holds were skipped; they are released on a later pass.
-	return spi.Query("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
-	                 "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])))",
-	                 {UuidArray(running)})
-	           .at(0)
-	           .at(0) == std::string("t");
-}
-
-void
-RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users) {
-	// A row another transaction holds keeps its lease until the next renewal, minutes before it runs out.
-	spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
-	          "pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
-	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
-	          "WHERE user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]) AND claimed_at IS NOT NULL "
-	          "FOR UPDATE SKIP LOCKED)",
-	          {UuidArray(users), std::to_string(kLeaseSeconds)});
-}
-
-std::vector<ClaimedItem>
-ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> &running) {
-	auto rows = spi.Query(
-	    "WITH due AS (SELECT user_id FROM fly.reconcile_queue "
-	    "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
-	    "AND (claimed_at IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now()) "
-	    "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
-	    "ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
-	    "UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
-	    "lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8), "
-	    "attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
-	    "FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
-	    "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted",
-	    {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
-	std::vector<ClaimedItem> items;
-	for (const auto &row : rows) {
-		ClaimedItem item;
-		item.user_id = row[0].value_or("");
-		item.present = row[1] == std::string("present");
-		item.tier = row[2];
-		item.generation = ToInt(row[3]);
-		item.attempts = static_cast<int>(ToInt(row[4]));
-		item.alerted = row[5] == std::string("t");
-		items.push_back(std::move(item));
-	}
-	return items;
-}
-
-QueueSummary
-SummarizeQueue(pg::SpiConnection &spi) {
-	// One scan for both: this runs at every pass of the worker's loop. Not read-only: the claims this
-	// transaction just made must be seen as claims, not as items still due.
-	auto rows = spi.Query("SELECT pg_catalog.count(*) FILTER (WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()), "
-	                      "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
-	                      "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
-	                      {});
-	QueueSummary summary;
-	summary.due = ToInt(rows.at(0).at(0));
-	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
-	if (rows[0][1]) {
-		summary.seconds_until_next_due = std::max(0.0, std::stod(*rows[0][1]));
-	}
-	return summary;
-}
-
 int
 FirstFreeNameAttempt(pg::SpiConnection &spi, const std::string &user_id, const std::string &prefix) {
 	for (int attempt = 0;; attempt++) {
@@ -220,6 +140,15 @@ FirstFreeNameAttempt(pg::SpiConnection &spi, const std::string &user_id, const s
 	}
 }
 
+fly::Guest
+GuestFromColumns(const pg::Row &row, size_t cpu_kind_column, const char *default_cpu_kind) {
+	fly::Guest guest;
+	guest.cpu_kind = row.at(cpu_kind_column).value_or(default_cpu_kind);
+	guest.cpus = static_cast<int>(ToInt(row.at(cpu_kind_column + 1)));
+	guest.memory_mb = static_cast<int>(ToInt(row.at(cpu_kind_column + 2)));
+	return guest;
+}
+
 std::optional<TierPolicyRow>
 LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 	auto rows = spi.Query("SELECT dedicated_app, cpu_kind, cpus, memory_mb, "
@@ -231,9 +160,7 @@ LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 	}
 	TierPolicyRow policy;
 	policy.dedicated = rows[0][0] == std::string("t");
-	policy.guest.cpu_kind = rows[0][1].value_or("shared");
-	policy.guest.cpus = static_cast<int>(ToInt(rows[0][2]));
-	policy.guest.memory_mb = static_cast<int>(ToInt(rows[0][3]));
+	policy.guest = GuestFromColumns(rows[0], 1, "shared");
 	policy.region = rows[0][4].value_or("");
 	return policy;
 }
@@ -257,9 +184,7 @@ LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	app.status = row[3].value_or("");
 	app.machine_id = row[4].value_or("");
 	app.region = row[5].value_or("");
-	app.guest.cpu_kind = row[6].value_or("");
-	app.guest.cpus = static_cast<int>(ToInt(row[7]));
-	app.guest.memory_mb = static_cast<int>(ToInt(row[8]));
+	app.guest = GuestFromColumns(row, 6);
 	app.image = row[9].value_or("");
 	app.pending_create_operation = row[10].value_or("");
 	app.pending_create_age_seconds = row[11] ? std::stod(*row[11]) : 0;
@@ -341,162 +266,6 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 		return false;
 	}
 	return step.completion == Completion::kContinue;
-}
-
-std::vector<HealthTarget>
-LoadHealthTargets(pg::SpiConnection &spi) {
-	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier FROM fly.user_fly_apps "
-	                      "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
-	                      "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
-	                      {}, true);
-	std::vector<HealthTarget> targets;
-	targets.reserve(rows.size());
-	for (const auto &row : rows) {
-		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""),
-		                               row[4]});
-	}
-	return targets;
-}
-
-bool
-RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
-             const std::string &details_json) {
-	auto rows =
-		spi.Query("WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
-				  "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
-				  "FOR UPDATE SKIP LOCKED) "
-				  "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
-				  "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
-				  "RETURNING old.health_status, a.health_status, a.status",
-				  {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
-	if (rows.empty()) {
-		// Another transaction holds the row (an operator's, say): rather than stall the loop for lock_timeout,
-		// this result is dropped; the row keeps its old last_health_check_at and comes first in the next pass.
-		if (!spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
-					   "AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active'",
-					   {std::to_string(target.app_id)}, true)
-				 .empty()) {
-			pg::PgGuard([&]() {
-				elog(DEBUG1, "pg_fly worker: the health of %s is recorded in a later pass: its row is locked",
-					 target.app_name.c_str());
-			});
-		}
-		return false;
-	}
-	std::string type = event;
-	if (type.empty() && rows[0][0] != rows[0][1]) {
-		type = "health_changed";
-	}
-	if (!type.empty()) {
-		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, $4, "
-		          "$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::pg_catalog.text, "
-		          "'to', $7::pg_catalog.text))",
-		          {std::to_string(target.app_id), target.user_id, type, rows[0][2], details_json, rows[0][0],
-		           rows[0][1]});
-	}
-	return true;
-}
-
-std::vector<std::string>
-RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
-              const std::vector<std::pair<std::string, std::string>> &apps_with_prefix) {
-	// One JSON parameter, not array literals pasted together: nothing Fly sends can shift or break the rows.
-	Json apps = Json::Array();
-	for (const auto &[name, id] : apps_with_prefix) {
-		Json app = Json::Object();
-		app.Set("name", Json::String(name));
-		app.Set("id", id.empty() ? Json::Null() : Json::String(id));
-		apps.Append(app);
-	}
-	const std::string apps_json = apps.Dump();
-	spi.Query(
-		"INSERT INTO fly.orphan_apps (fly_app_name, fly_org_slug, fly_app_id) "
-		"SELECT DISTINCT ON (n.name) n.name, $2, n.id "
-		"FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n (name pg_catalog.text, id pg_catalog.text) "
-		"WHERE NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) n.name "
-		"AND a.deleted_at IS NULL) "
-		// Seen again after it was gone: a new orphan under an old name, found afresh.
-		"ON CONFLICT (fly_app_name) DO UPDATE SET last_seen_at = pg_catalog.now(), deleted_at = NULL, "
-		"found_at = CASE WHEN fly.orphan_apps.deleted_at IS NULL THEN fly.orphan_apps.found_at "
-		"ELSE pg_catalog.now() END, delete_requested = fly.orphan_apps.delete_requested "
-		"AND fly.orphan_apps.deleted_at IS NULL, fly_app_id = excluded.fly_app_id",
-		{apps_json, org_slug});
-	// Reported apps that are gone from Fly, or that a live row owns now, are orphans no more.
-	spi.Query(
-		"UPDATE fly.orphan_apps o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
-		"AND (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n "
-		"(name pg_catalog.text) WHERE n.name OPERATOR(pg_catalog.=) o.fly_app_name) OR EXISTS (SELECT 1 FROM "
-		"fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) o.fly_app_name AND a.deleted_at IS NULL))",
-		{apps_json});
-	std::vector<std::string> to_delete;
-	for (const auto &row : spi.Query("SELECT fly_app_name FROM fly.orphan_apps WHERE delete_requested "
-	                                 "AND deleted_at IS NULL ORDER BY fly_app_name",
-	                                 {}, true)) {
-		to_delete.push_back(row[0].value_or(""));
-	}
-	return to_delete;
-}
-
-void
-RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error) {
-	spi.Query("UPDATE fly.orphan_apps SET deleted_at = CASE WHEN $2 IS NULL THEN pg_catalog.now() END, "
-	          "last_error = $2 WHERE fly_app_name OPERATOR(pg_catalog.=) $1",
-	          {app_name, error.empty() ? std::nullopt : pg::Value(error)});
-}
-
-bool
-DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
-		  const std::string &error, bool return_attempt) {
-	// A newer tier change (another generation) is not delayed by an older operation's trouble. A row another
-	// transaction holds is skipped: the worker releases its claim on a later pass.
-	return !spi.Query(
-				   "UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL, "
-				   "last_error = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN $3 ELSE "
-				   "last_error END, "
-				   "run_after = CASE WHEN generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 THEN pg_catalog.now() "
-				   "OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8) ELSE run_after END, "
-				   "attempts = CASE WHEN $5::pg_catalog.bool AND generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8 "
-				   "THEN GREATEST(attempts OPERATOR(pg_catalog.-) 1, 0) ELSE attempts END "
-				   "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
-				   "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid FOR UPDATE SKIP LOCKED) RETURNING 1",
-				   {user_id, Seconds(delay_seconds), error, std::to_string(generation),
-					std::string(return_attempt ? "true" : "false")})
-				.empty();
-}
-
-std::map<std::string, int64_t>
-ReturnAttempts(pg::SpiConnection &spi, const std::map<std::string, int64_t> &items) {
-	Json list = Json::Array();
-	for (const auto &[user_id, generation] : items) {
-		Json item = Json::Object();
-		item.Set("user_id", Json::String(user_id));
-		item.Set("generation", Json::String(std::to_string(generation)));
-		list.Append(item);
-	}
-	// Only the same generation, still claimed: a newer tier change or a finished item has nothing to give back.
-	// Both statements are literals: the cache of prepared plans is keyed by their address.
-	static const char *const select =
-	    "SELECT q.user_id, q.generation "
-	    "FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
-	    "(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
-	    "AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL";
-	static const char *const update =
-	    "UPDATE fly.reconcile_queue SET attempts = GREATEST(attempts OPERATOR(pg_catalog.-) 1, 0) "
-	    "WHERE user_id OPERATOR(pg_catalog.=) ANY (SELECT q.user_id "
-	    "FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
-	    "(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
-	    "AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL "
-	    "FOR UPDATE OF q SKIP LOCKED) RETURNING user_id";
-	const std::string items_json = list.Dump();
-	std::map<std::string, int64_t> held;
-	for (const auto &row : spi.Query(select, {items_json}, true)) {
-		held[row[0].value_or("")] = ToInt(row[1]);
-	}
-	for (const auto &row : spi.Query(update, {items_json})) {
-		held.erase(row[0].value_or(""));
-	}
-	return held;
 }
 
 } // namespace pgfly

@@ -1,0 +1,114 @@
+#include "pgfly/pgfly_health_store.hpp"
+
+#include <utility>
+
+#include "pgfly/core/json.hpp"
+#include "pgfly/pg/sql_values.hpp"
+
+namespace pgfly {
+
+using pg::ToInt;
+
+std::vector<HealthTarget>
+LoadHealthTargets(pg::SpiConnection &spi) {
+	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier FROM fly.user_fly_apps "
+	                      "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+	                      "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
+	                      {}, true);
+	std::vector<HealthTarget> targets;
+	targets.reserve(rows.size());
+	for (const auto &row : rows) {
+		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""),
+		                               row[4]});
+	}
+	return targets;
+}
+
+bool
+RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
+             const std::string &details_json) {
+	auto rows =
+		spi.Query("WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
+				  "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+				  "FOR UPDATE SKIP LOCKED) "
+				  "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
+				  "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
+				  "RETURNING old.health_status, a.health_status, a.status",
+				  {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
+	if (rows.empty()) {
+		// Another transaction holds the row (an operator's, say): rather than stall the loop for lock_timeout,
+		// this result is dropped; the row keeps its old last_health_check_at and comes first in the next pass.
+		if (!spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+					   "AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active'",
+					   {std::to_string(target.app_id)}, true)
+				 .empty()) {
+			pg::PgGuard([&]() {
+				elog(DEBUG1, "pg_fly worker: the health of %s is recorded in a later pass: its row is locked",
+					 target.app_name.c_str());
+			});
+		}
+		return false;
+	}
+	std::string type = event;
+	if (type.empty() && rows[0][0] != rows[0][1]) {
+		type = "health_changed";
+	}
+	if (!type.empty()) {
+		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, $4, "
+		          "$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::pg_catalog.text, "
+		          "'to', $7::pg_catalog.text))",
+		          {std::to_string(target.app_id), target.user_id, type, rows[0][2], details_json, rows[0][0],
+		           rows[0][1]});
+	}
+	return true;
+}
+
+std::vector<std::string>
+RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
+              const std::vector<std::pair<std::string, std::string>> &apps_with_prefix) {
+	// One JSON parameter, not array literals pasted together: nothing Fly sends can shift or break the rows.
+	Json apps = Json::Array();
+	for (const auto &[name, id] : apps_with_prefix) {
+		Json app = Json::Object();
+		app.Set("name", Json::String(name));
+		app.Set("id", id.empty() ? Json::Null() : Json::String(id));
+		apps.Append(app);
+	}
+	const std::string apps_json = apps.Dump();
+	spi.Query(
+		"INSERT INTO fly.orphan_apps (fly_app_name, fly_org_slug, fly_app_id) "
+		"SELECT DISTINCT ON (n.name) n.name, $2, n.id "
+		"FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n (name pg_catalog.text, id pg_catalog.text) "
+		"WHERE NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) n.name "
+		"AND a.deleted_at IS NULL) "
+		// Seen again after it was gone: a new orphan under an old name, found afresh.
+		"ON CONFLICT (fly_app_name) DO UPDATE SET last_seen_at = pg_catalog.now(), deleted_at = NULL, "
+		"found_at = CASE WHEN fly.orphan_apps.deleted_at IS NULL THEN fly.orphan_apps.found_at "
+		"ELSE pg_catalog.now() END, delete_requested = fly.orphan_apps.delete_requested "
+		"AND fly.orphan_apps.deleted_at IS NULL, fly_app_id = excluded.fly_app_id",
+		{apps_json, org_slug});
+	// Reported apps that are gone from Fly, or that a live row owns now, are orphans no more.
+	spi.Query(
+		"UPDATE fly.orphan_apps o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
+		"AND (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS n "
+		"(name pg_catalog.text) WHERE n.name OPERATOR(pg_catalog.=) o.fly_app_name) OR EXISTS (SELECT 1 FROM "
+		"fly.user_fly_apps a WHERE a.fly_app_name OPERATOR(pg_catalog.=) o.fly_app_name AND a.deleted_at IS NULL))",
+		{apps_json});
+	std::vector<std::string> to_delete;
+	for (const auto &row : spi.Query("SELECT fly_app_name FROM fly.orphan_apps WHERE delete_requested "
+	                                 "AND deleted_at IS NULL ORDER BY fly_app_name",
+	                                 {}, true)) {
+		to_delete.push_back(row[0].value_or(""));
+	}
+	return to_delete;
+}
+
+void
+RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error) {
+	spi.Query("UPDATE fly.orphan_apps SET deleted_at = CASE WHEN $2 IS NULL THEN pg_catalog.now() END, "
+	          "last_error = $2 WHERE fly_app_name OPERATOR(pg_catalog.=) $1",
+	          {app_name, error.empty() ? std::nullopt : pg::Value(error)});
+}
+
+} // namespace pgfly
