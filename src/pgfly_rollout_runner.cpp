@@ -1,7 +1,7 @@
-// The worker's side of image rollouts: the Reconciler's rollout passes, the per-app machine updates and the
+// The worker's side of image rollouts: the JobRunner's rollout passes, the per-app machine updates and the
 // canaries' health checks. Updates share the client, the rate limiter, the breaker and fly.max_concurrency
 // with reconciles, and never run for a user whose reconcile is going (nor the other way round).
-#include "pgfly/pgfly_reconciler.hpp"
+#include "pgfly/pgfly_job_runner.hpp"
 
 extern "C" {
 #include "utils/elog.h"
@@ -23,7 +23,7 @@ constexpr double kCanaryCheckEverySeconds = 2.0;
 } // namespace
 
 void
-Reconciler::PlanRollout(double now, const std::vector<std::string> &busy, int capacity) {
+JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int capacity) {
 	const bool requested = pg_atomic_exchange_u32(&shared_->rollout_pass_requested, 0) != 0;
 	if (!requested && now < next_rollout_pass_) {
 		return;
@@ -100,7 +100,7 @@ Reconciler::PlanRollout(double now, const std::vector<std::string> &busy, int ca
 }
 
 void
-Reconciler::StartRolloutUpdates() {
+JobRunner::StartRolloutUpdates() {
 	for (auto &work : rollout_claimed_) {
 		running_[work->app.user_id] = true;
 		const rollout::Step step = work->update.Start();
@@ -117,7 +117,7 @@ Reconciler::StartRolloutUpdates() {
 }
 
 void
-Reconciler::OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome) {
+JobRunner::OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome) {
 	rollout::Step step;
 	try {
 		step = work->update.OnOutcome(outcome);
@@ -158,7 +158,7 @@ Reconciler::OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outc
 }
 
 void
-Reconciler::FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step) {
+JobRunner::FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step) {
 	running_.erase(work.app.user_id);
 	dispatch_again_ = true;
 	next_rollout_pass_ = 0;

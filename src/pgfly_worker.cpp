@@ -1,6 +1,6 @@
 // The worker loop. It sleeps on its latch and on the Fly client's sockets until a committed tier change, a
 // Fly answer or a timer wakes it; then it claims due work and advances the operations in flight
-// (pgfly_reconciler.cpp). PgFlyWorkerMain is Postgres-regime code with no C++ objects; the loop itself runs
+// (pgfly_job_runner.cpp). PgFlyWorkerMain is Postgres-regime code with no C++ objects; the loop itself runs
 // in C++ through InvokeCpp, reaching PostgreSQL only through guarded calls.
 #include "pgfly/pg/spi.hpp"
 
@@ -22,7 +22,7 @@ extern "C" {
 #include <cstdlib>
 
 #include "pgfly/pgfly_guc.hpp"
-#include "pgfly/pgfly_reconciler.hpp"
+#include "pgfly/pgfly_job_runner.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_worker.hpp"
@@ -162,7 +162,7 @@ WorkerLoop(SharedState *shared) {
 	// The worker is a superuser: a database owner's ALTER DATABASE ... SET search_path must not choose the
 	// operators and functions its SQL resolves.
 	pg::PgGuard([]() { SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE); });
-	Reconciler reconciler(shared);
+	JobRunner runner(shared);
 	LoopWait wait;
 	// A commit may have asked for a wake-up before this worker existed: look at the queue once at start.
 	bool latch_set = true;
@@ -175,21 +175,21 @@ WorkerLoop(SharedState *shared) {
 			if (ConfigReloadPending) {
 				ConfigReloadPending = false;
 				pg::PgGuard([]() { ProcessConfigFile(PGC_SIGHUP); });
-				reconciler.Configure();
+				runner.Configure();
 			}
 			RecordWake(shared, latch_set);
-			reconciler.Drive();
-			reconciler.Dispatch();
-			reconciler.Drive();
-			reconciler.PublishStatus();
-			sleep_ms = reconciler.SleepMs();
+			runner.Drive();
+			runner.Dispatch();
+			runner.Drive();
+			runner.PublishStatus();
+			sleep_ms = runner.SleepMs();
 		} catch (const std::exception &e) {
 			ReportLoopError(e.what());
 			sleep_ms = kErrorPauseMs;
 		}
 		int events = WL_LATCH_SET;
 		try {
-			events = wait.Wait(reconciler.EventFd(), sleep_ms);
+			events = wait.Wait(runner.EventFd(), sleep_ms);
 			pg::PgGuard([]() { ResetLatch(MyLatch); });
 		} catch (const std::exception &e) {
 			ReportLoopError(e.what());

@@ -1,4 +1,4 @@
-#include "pgfly/pgfly_reconciler.hpp"
+#include "pgfly/pgfly_job_runner.hpp"
 
 extern "C" {
 #include "commands/extension.h"
@@ -13,8 +13,6 @@ extern "C" {
 #include <cstdlib>
 #include <cstring>
 
-#include "pgfly/core/app_naming.hpp"
-#include "pgfly/core/health.hpp"
 #include "pgfly/core/token_source.hpp"
 #include "pgfly/core/wake_schedule.hpp"
 #include "pgfly/core/worker_settings.hpp"
@@ -32,22 +30,22 @@ constexpr int kFdHeadroom = 4;
 
 } // namespace
 
-Reconciler::Reconciler(SharedState *shared) : shared_(shared), random_(std::random_device {}()) {
+JobRunner::JobRunner(SharedState *shared) : shared_(shared), random_(std::random_device {}()) {
 	Configure();
 }
 
 double
-Reconciler::Now() {
+JobRunner::Now() {
 	return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 void
-Reconciler::Log(const std::string &message) const {
+JobRunner::Log(const std::string &message) const {
 	pg::PgGuard([&]() { elog(LOG, "pg_fly worker: %s", message.c_str()); });
 }
 
 void
-Reconciler::Configure() {
+JobRunner::Configure() {
 	std::string problem;
 	ResolvedToken token = ResolveToken(settings::api_token, settings::api_token_file, getenv("FLY_API_TOKEN"));
 	if (!token.problem.empty()) {
@@ -121,7 +119,7 @@ Reconciler::Configure() {
 // libcurl's sockets and epoll descriptor are opened outside fd.c: PostgreSQL learns of them here, so that its
 // own files do not run out. What is not granted lowers the worker's concurrency rather than failing.
 ConnectionBudget
-Reconciler::ReserveClientFds() {
+JobRunner::ReserveClientFds() {
 	const ConnectionBudget wanted = WantedConnections(settings::max_concurrency);
 	pg::PgGuard([&]() {
 		for (; reserved_fds_ > 0; reserved_fds_--) {
@@ -158,7 +156,7 @@ Reconciler::ReserveClientFds() {
 	return budget;
 }
 
-Reconciler::~Reconciler() {
+JobRunner::~JobRunner() {
 	try {
 		pg::PgGuard([&]() {
 			for (; reserved_fds_ > 0; reserved_fds_--) {
@@ -171,7 +169,7 @@ Reconciler::~Reconciler() {
 }
 
 std::vector<std::string>
-Reconciler::RunningUsers() const {
+JobRunner::RunningUsers() const {
 	std::vector<std::string> users;
 	users.reserve(running_.size());
 	for (const auto &entry : running_) {
@@ -180,15 +178,8 @@ Reconciler::RunningUsers() const {
 	return users;
 }
 
-double
-Reconciler::RetryDelay(int attempts, std::optional<double> retry_after) {
-	std::uniform_real_distribution<double> unit(0.0, 1.0);
-	return RetryDelaySeconds(attempts, settings::retry_base_delay_ms / 1000.0, settings::retry_max_delay_ms / 1000.0,
-	                         retry_after, unit(random_));
-}
-
 int
-Reconciler::Capacity(double now) const {
+JobRunner::Capacity(double now) const {
 	if (!configuration_problem_.empty()) {
 		return 0;
 	}
@@ -205,7 +196,7 @@ Reconciler::Capacity(double now) const {
 }
 
 bool
-Reconciler::InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body) {
+JobRunner::InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body) {
 	bool present = false;
 	pg::RunInTransaction(activity, [&](pg::SpiConnection &spi) {
 		present = pg::PgGuardResult([]() { return OidIsValid(get_extension_oid("pg_fly", true)); });
@@ -221,7 +212,7 @@ Reconciler::InTransaction(const char *activity, const std::function<void(pg::Spi
 }
 
 void
-Reconciler::Dispatch() {
+JobRunner::Dispatch() {
 	const double now = Now();
 	const int capacity = Capacity(now);
 	// With every slot taken, a wake by a committing tier change has nothing to claim: the queue is looked at
@@ -326,322 +317,12 @@ Reconciler::Dispatch() {
 	}
 	StartRolloutUpdates();
 	StartHealthChecks();
-	if (configuration_problem_.empty() && pg_atomic_exchange_u32(&shared_->orphan_pass_requested, 0) != 0) {
-		held_.push_back(Held{Now(), nullptr, nullptr, fly::ListAppsRequest(settings_.org_slug),
-		                     std::make_unique<OrphanWork>()});
-	}
+	StartOrphanPass();
 }
+
 
 void
-Reconciler::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) {
-	try {
-		if (!work.app_name.empty()) {
-			const bool gone =
-			    outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
-			pg::RunInTransaction("pg_fly: recording an orphan deletion", [&](pg::SpiConnection &spi) {
-				RecordOrphanDeleted(spi, work.app_name, gone ? "" : outcome.message);
-			});
-			return;
-		}
-		if (outcome.kind != fly::OutcomeKind::kSuccess) {
-			Log("listing the organization's apps failed: " + outcome.message);
-			return;
-		}
-		std::vector<std::pair<std::string, std::string>> ours;
-		const Json apps = outcome.body.Get("apps");
-		for (size_t i = 0; i < apps.Size(); i++) {
-			const std::string name = apps.At(i).GetString("name").value_or("");
-			if (name.empty() || settings_.app_name_prefix.empty() ||
-				name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) != 0) {
-				continue;
-			}
-			const std::string id = apps.At(i).GetString("id").value_or("");
-			std::optional<std::string> problem = AppNameProblem(name);
-			if (!problem && !id.empty()) {
-				problem = AppIdProblem(id);
-			}
-			if (problem) {
-				// Fly's text goes into the log: no control character may start a line of its own.
-				std::replace_if(
-					problem->begin(), problem->end(),
-					[](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }, '?');
-				Log("an app in the organization's list is not recorded as an orphan: " + *problem);
-				continue;
-			}
-			ours.emplace_back(name, id);
-		}
-		std::vector<std::string> to_delete;
-		pg::RunInTransaction("pg_fly: recording orphan apps", [&](pg::SpiConnection &spi) {
-			to_delete = RecordOrphans(spi, settings_.org_slug, ours);
-		});
-		for (const auto &name : to_delete) {
-			held_.push_back(Held{Now(), nullptr, nullptr, fly::DeleteAppRequest(name),
-			                     std::make_unique<OrphanWork>(OrphanWork{name})});
-		}
-	} catch (const std::exception &e) {
-		Log(std::string("recording orphan apps failed: ") + e.what());
-	}
-}
-
-// Health checks share the client, the rate limiter and the breaker with reconciles (the app's own endpoint
-// stays out of Fly's limiter and breaker), and take at most fly.max_concurrency requests at once of their own;
-// apps whose user is being reconciled are skipped.
-void
-Reconciler::StartHealthChecks() {
-	int limit = concurrency_limit_;
-	switch (breaker_.state(Now())) {
-	case CircuitBreaker::State::kClosed:
-		break;
-	case CircuitBreaker::State::kOpen:
-		return;
-	case CircuitBreaker::State::kHalfOpen:
-		if (!WantsHealthProbe(Now())) {
-			return;
-		}
-		limit = 1;
-		break;
-	}
-	while (health_running_ < limit && health_next_ < health_queue_.size()) {
-		const HealthTarget &target = health_queue_[health_next_++];
-		if (running_.count(target.user_id)) {
-			continue;
-		}
-		auto check = std::make_unique<HealthCheck>(HealthCheck{target});
-		fly::Request request = fly::GetMachineRequest(target.app_name, target.machine_id);
-		health_running_++;
-		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
-	}
-	if (health_next_ >= health_queue_.size()) {
-		health_queue_.clear();
-		health_next_ = 0;
-	}
-}
-
-// A half-open breaker lets one request through to see whether Fly is back. With no reconcile to carry it, a
-// health check (a cheap GET machine) does: otherwise the breaker would stay half-open and checks would stop.
-bool
-Reconciler::WantsHealthProbe(double now) const {
-	return configuration_problem_.empty() && settings::health_check_interval_ms > 0 &&
-		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() && running_.empty() &&
-		   health_running_ == 0 && held_.empty();
-}
-
-void
-Reconciler::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome) {
-	using Phase = HealthCheck::Phase;
-	const HealthTarget &target = check->target;
-	std::optional<fly::Request> next;
-	try {
-		if (check->phase == Phase::kStarting) {
-			// The answer to our start request; the next pass sees whether the machine came up.
-			const bool started = outcome.kind == fly::OutcomeKind::kSuccess;
-			Json details = Json::Object();
-			details.Set("machine_id", Json::String(target.machine_id));
-			details.Set("result", Json::String(started ? "started" : outcome.message));
-			pg::RunInTransaction("pg_fly: recording a machine restart", [&](pg::SpiConnection &spi) {
-				RecordHealth(spi, target, nullptr, started ? "machine_restarted" : "machine_restart_failed",
-				             details.Dump());
-			});
-		} else {
-			HealthVerdict verdict = check->phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
-			                                                         : EvaluateMachineHealth(outcome);
-			std::optional<std::string> endpoint_url;
-			if (check->phase == Phase::kMachine && verdict.health == Health::kHealthy &&
-			    settings::app_health_url[0] != '\0') {
-				endpoint_url = AppHealthUrl(settings::app_health_url, target.app_name);
-				if (!endpoint_url) {
-					verdict.health = Health::kUnhealthy;
-					verdict.detail = "the app's own endpoint was not asked: its name is not one Fly accepts";
-				}
-			}
-			if (endpoint_url) {
-				// The machine looks fine; the app's own endpoint has the last word.
-				check->phase = Phase::kEndpoint;
-				check->machine_state = verdict.state;
-				next = fly::AppHealthRequest(*endpoint_url);
-			} else {
-				Json details = Json::Object();
-				details.Set("machine_id", Json::String(target.machine_id));
-				details.Set("state", Json::String(verdict.state));
-				details.Set("detail", Json::String(verdict.detail));
-				std::string event;
-				if (verdict.action == HealthAction::kStartMachine && settings::restart_stopped_machines) {
-					event = "machine_restart_requested";
-					next = fly::StartMachineRequest(target.app_name, target.machine_id);
-				} else if (verdict.action == HealthAction::kReprovision && settings::reprovision_vanished_apps) {
-					event = "app_vanished";
-				}
-				const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
-				pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
-					const bool active = RecordHealth(spi, target, health, event, details.Dump());
-					if (check->canary_of_rollout != 0) {
-						RecordCanaryHealth(spi, check->canary_of_rollout, target.app_id,
-						                   verdict.health == Health::kHealthy);
-					}
-					if (active && event == "app_vanished") {
-						// The reconcile finds or recreates the app and its machine from what the row records. A
-						// queued item (a downgrade, say) is newer than this row's tier and is left as it is.
-						EnqueueUnlessQueued(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
-					}
-					if (!active) {
-						next.reset();
-					}
-				});
-				if (next) {
-					check->phase = Phase::kStarting;
-				}
-			}
-		}
-	} catch (const std::exception &e) {
-		Log("recording a health check of " + target.app_name + " failed: " + e.what());
-		next.reset();
-	}
-	if (next) {
-		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(*next)});
-		return;
-	}
-	if (check->canary_of_rollout != 0) {
-		canaries_checking_.erase(target.app_id);
-		next_rollout_pass_ = 0;
-	}
-	health_running_--;
-}
-
-void
-Reconciler::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
-				  bool item_was_locked) {
-	running_.erase(user_id);
-	dispatch_again_ = true;
-	Log("reconciling user " + user_id + " failed: " + error);
-	const double delay = RetryDelay(attempts, std::nullopt);
-	bool deferred = false;
-	try {
-		InTransaction("pg_fly: deferring work", [&](pg::SpiConnection &spi) {
-			deferred = DeferItem(spi, user_id, generation, delay, error, item_was_locked);
-		});
-	} catch (const std::exception &e) {
-		Log(std::string("could not defer the item: ") + e.what());
-	}
-	if (!deferred) {
-		// Its claim is released by a later pass (within a second: see SleepMs), rather than holding the item for
-		// the rest of the lease.
-		claims_released_ = false;
-		if (item_was_locked) {
-			attempts_to_return_[user_id] = generation;
-		}
-	}
-}
-
-void
-Reconciler::Start(const ClaimedItem &item) {
-	StepContext context;
-	context.user_id = item.user_id;
-	context.generation = item.generation;
-	context.attempts = item.attempts;
-	context.alerted = item.alerted;
-	context.org_slug = settings_.org_slug;
-	running_[item.user_id] = true;
-	try {
-		std::unique_ptr<RunningOperation> running;
-		reconcile::Target target;
-		target.user_id = item.user_id;
-		target.present = item.present;
-		target.tier = item.tier;
-		target.generation = item.generation;
-		target.operation_id = std::to_string(item.generation) + "-" + std::to_string(item.attempts);
-		std::optional<reconcile::AppRecord> app;
-		pg::RunInTransaction("pg_fly: loading a reconcile", [&](pg::SpiConnection &spi) {
-			if (item.present && item.tier) {
-				auto policy = LoadTierPolicy(spi, *item.tier);
-				if (policy && policy->dedicated) {
-					target.guest = policy->guest;
-					target.region = policy->region;
-				} else {
-					target.present = false; // the tier no longer grants an app
-				}
-			} else if (item.present) {
-				target.present = false;
-			}
-			app = LoadLiveApp(spi, item.user_id);
-			if (app) {
-				context.app_id = app->id;
-				if (!target.present && target.region.empty()) {
-					target.region = app->region;
-				}
-			} else {
-				target.first_name_attempt = FirstFreeNameAttempt(spi, item.user_id, settings_.app_name_prefix);
-				target.look_for_leftover = target.first_name_attempt == 0;
-			}
-		});
-		running = std::make_unique<RunningOperation>(
-		    RunningOperation{reconcile::Operation(target, app, settings_), context});
-		running->operation.SetNow(Now());
-		reconcile::Step step = running->operation.Start();
-		Record(std::move(running), std::move(step));
-	} catch (const std::exception &e) {
-		Defer(item.user_id, item.generation, item.attempts, e.what());
-	}
-}
-
-void
-Reconciler::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step) {
-	using reconcile::Completion;
-	if (step.completion != Completion::kRetry && step.completion != Completion::kFailed && !step.failed_attempt) {
-		return;
-	}
-	StepContext &context = running.context;
-	last_error_ = step.error;
-	last_error_at_ = Now();
-	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= settings::max_attempts) {
-		step.failed_attempt = false;
-		step.request.reset();
-		step.completion = Completion::kFailed;
-		step.events.push_back(reconcile::Event{
-		    running.operation.target().present ? "provision_failed" : "deprovision_failed",
-		    "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
-		        std::to_string(context.attempts) + "}"});
-	}
-	context.raise_alert = !context.alerted && (context.attempts >= settings::alert_after_attempts ||
-	                                          step.completion == Completion::kFailed);
-	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
-}
-
-void
-Reconciler::Record(std::unique_ptr<RunningOperation> running, reconcile::Step step) {
-	const std::string user_id = running->context.user_id;
-	const int64_t generation = running->context.generation;
-	const int attempts = running->context.attempts;
-	// A failure Fly answered spends the attempt, even when recording it meets a lock.
-	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
-	                     step.completion == reconcile::Completion::kFailed;
-	try {
-		ApplyFailurePolicy(*running, step);
-		bool go_on = false;
-		pg::RunInTransaction("pg_fly: recording a step",
-		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, running->context, step); });
-		if (go_on && step.request) {
-			double due = Now() + step.delay_seconds;
-			if (step.failed_attempt) {
-				running->context.attempts++; // the retry is the next attempt
-				due += running->context.retry_delay_seconds;
-			}
-			held_.push_back(Held{due, std::move(running), nullptr, *step.request});
-		} else {
-			running_.erase(user_id);
-			dispatch_again_ = true;
-		}
-	} catch (const pg::PgError &e) {
-		// Another transaction held the item (an application's uncommitted tier change, say): not a failure of
-		// this attempt, which is given back, so that repeated rollbacks cannot exhaust fly.max_attempts -- unless
-		// the step being recorded was a failure Fly answered, which spent it.
-		Defer(user_id, generation, attempts, e.what(), e.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE && !failure);
-	} catch (const std::exception &e) {
-		Defer(user_id, generation, attempts, e.what());
-	}
-}
-
-void
-Reconciler::SendAllowed() {
+JobRunner::SendAllowed() {
 	if (held_.empty()) {
 		return;
 	}
@@ -677,7 +358,7 @@ Reconciler::SendAllowed() {
 // is an ordinary answer; a 429 holds back that action's scope for Retry-After (or a second), at most
 // fly.retry_max_delay.
 void
-Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
+JobRunner::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 	if (!fly::IsFlyApi(in_flight.endpoint)) {
 		return; // a user app's answer says nothing about Fly
 	}
@@ -696,7 +377,7 @@ Reconciler::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 }
 
 void
-Reconciler::Drive() {
+JobRunner::Drive() {
 	client_->Drive();
 	for (auto &answer : client_->TakeAnswers()) {
 		auto found = in_flight_.find(answer.id);
@@ -718,18 +399,7 @@ Reconciler::Drive() {
 			OnRolloutAnswer(std::move(in_flight.rollout), answer.outcome);
 			continue;
 		}
-		const std::string user_id = in_flight.running->context.user_id;
-		const int64_t generation = in_flight.running->context.generation;
-		const int attempts = in_flight.running->context.attempts;
-		reconcile::Step step;
-		try {
-			in_flight.running->operation.SetNow(Now());
-			step = in_flight.running->operation.OnOutcome(answer.outcome);
-		} catch (const std::exception &e) {
-			Defer(user_id, generation, attempts, e.what());
-			continue;
-		}
-		Record(std::move(in_flight.running), std::move(step));
+		OnReconcileAnswer(std::move(in_flight.running), answer.outcome);
 	}
 	SendAllowed();
 	const double now = Now();
@@ -740,7 +410,7 @@ Reconciler::Drive() {
 }
 
 void
-Reconciler::PublishStatus() const {
+JobRunner::PublishStatus() const {
 	const double now = Now();
 	const auto to_timestamp = [&](double at) {
 		return GetCurrentTimestamp() + static_cast<TimestampTz>((at - now) * USECS_PER_SEC);
@@ -758,12 +428,12 @@ Reconciler::PublishStatus() const {
 }
 
 int
-Reconciler::EventFd() const {
+JobRunner::EventFd() const {
 	return client_->EventFd();
 }
 
 long
-Reconciler::SleepMs() const {
+JobRunner::SleepMs() const {
 	if (dispatch_again_) {
 		return 0;
 	}

@@ -1,7 +1,13 @@
-// Runs reconcile operations for the worker: claims due queue items, drives one reconcile::Operation per user
-// through the Fly client, and records every step. Requests go out paced by the rate limiter and only while the
-// circuit breaker lets them. All of it is C++-regime code: PostgreSQL is reached only through pgfly::pg
-// (guarded), and no transaction is open while a request is in flight.
+// The worker's job runner: it sends the Fly requests of four kinds of jobs through one client, one rate limiter
+// and one circuit breaker, and turns each answer into the job's next step.
+// - reconcile jobs (pgfly_reconcile_runner.cpp): one reconcile::Operation per claimed queue item, every step
+//   recorded;
+// - health jobs (pgfly_health_runner.cpp): checks of active apps' machines, and of rollout canaries;
+// - orphan jobs (pgfly_orphan_runner.cpp): listing the organization's apps, deleting orphans;
+// - rollout jobs (pgfly_rollout_runner.cpp): moving one app's machine to a rollout's image.
+// pgfly_job_runner.cpp holds what they share: configuration, the dispatch loop, sending and observing
+// requests, status and sleep. Never two jobs for one user's app at once. All of it is C++-regime code:
+// PostgreSQL is reached only through pgfly::pg (guarded), and no transaction is open while a request is in flight.
 #pragma once
 
 #include <functional>
@@ -26,13 +32,13 @@
 
 namespace pgfly {
 
-class Reconciler {
+class JobRunner {
 public:
-	explicit Reconciler(SharedState *shared);
+	explicit JobRunner(SharedState *shared);
 	// Gives back the file descriptors reserved for the client.
-	~Reconciler();
-	Reconciler(const Reconciler &) = delete;
-	Reconciler &operator=(const Reconciler &) = delete;
+	~JobRunner();
+	JobRunner(const JobRunner &) = delete;
+	JobRunner &operator=(const JobRunner &) = delete;
 
 	// (Re)reads the fly.* settings, the token and the secrets file; called at start and after SIGHUP.
 	void Configure();
@@ -93,34 +99,44 @@ private:
 		fly::Endpoint endpoint;
 	};
 
-	void Start(const ClaimedItem &item);
+	// pgfly_job_runner.cpp
 	// How many operations may be started now: none while the breaker is open or the configuration is unusable.
 	int Capacity(double now) const;
 	// Runs `body` in a transaction of its own when pg_fly exists in this database; returns whether it does.
 	bool InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body);
-	void StartHealthChecks();
-	bool WantsHealthProbe(double now) const;
-	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
-	void OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome);
-	// Image rollouts (pgfly_rollout_runner.cpp): in a transaction of its own, moves the running rollout on and
-	// claims apps to update (at most `capacity`) or canaries to check; StartRolloutUpdates sends them.
-	void PlanRollout(double now, const std::vector<std::string> &busy, int capacity);
-	void StartRolloutUpdates();
-	void OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome);
-	void FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step);
-	// Records the step; then holds its request for sending, or ends the operation.
-	void Record(std::unique_ptr<RunningOperation> running, reconcile::Step step);
 	void SendAllowed();
 	void Observe(const InFlight &in_flight, const fly::Outcome &outcome);
+	std::vector<std::string> RunningUsers() const;
+	void Log(const std::string &message) const;
+	ConnectionBudget ReserveClientFds();
+	static double Now();
+
+	// pgfly_reconcile_runner.cpp
+	void Start(const ClaimedItem &item);
+	void OnReconcileAnswer(std::unique_ptr<RunningOperation> running, const fly::Outcome &outcome);
+	// Records the step; then holds its request for sending, or ends the operation.
+	void Record(std::unique_ptr<RunningOperation> running, reconcile::Step step);
 	// Applies fly.max_attempts and fly.alert_after_attempts to a failed step.
 	void ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step);
 	double RetryDelay(int attempts, std::optional<double> retry_after);
 	void Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
 			   bool item_was_locked = false);
-	std::vector<std::string> RunningUsers() const;
-	void Log(const std::string &message) const;
-	ConnectionBudget ReserveClientFds();
-	static double Now();
+
+	// pgfly_health_runner.cpp
+	void StartHealthChecks();
+	bool WantsHealthProbe(double now) const;
+	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
+
+	// pgfly_orphan_runner.cpp
+	void StartOrphanPass();
+	void OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome);
+
+	// pgfly_rollout_runner.cpp: in a transaction of its own, moves the running rollout on and claims apps to
+	// update (at most `capacity`) or canaries to check; StartRolloutUpdates sends them.
+	void PlanRollout(double now, const std::vector<std::string> &busy, int capacity);
+	void StartRolloutUpdates();
+	void OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome);
+	void FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step);
 
 	SharedState *shared_;
 	fly::ClientConfig client_config_;

@@ -1,0 +1,136 @@
+// The runner's health jobs: periodic checks of every active app (its machine, then maybe the app's own
+// endpoint), restarting a stopped machine or re-queueing an app whose machine vanished, and the canary checks of
+// image rollouts.
+#include "pgfly/pgfly_job_runner.hpp"
+
+#include "pgfly/core/health.hpp"
+#include "pgfly/pg/transaction.hpp"
+#include "pgfly/pgfly_guc.hpp"
+
+namespace pgfly {
+
+// Health checks share the client, the rate limiter and the breaker with reconciles (the app's own endpoint
+// stays out of Fly's limiter and breaker), and take at most fly.max_concurrency requests at once of their own;
+// apps whose user is being reconciled are skipped.
+void
+JobRunner::StartHealthChecks() {
+	int limit = concurrency_limit_;
+	switch (breaker_.state(Now())) {
+	case CircuitBreaker::State::kClosed:
+		break;
+	case CircuitBreaker::State::kOpen:
+		return;
+	case CircuitBreaker::State::kHalfOpen:
+		if (!WantsHealthProbe(Now())) {
+			return;
+		}
+		limit = 1;
+		break;
+	}
+	while (health_running_ < limit && health_next_ < health_queue_.size()) {
+		const HealthTarget &target = health_queue_[health_next_++];
+		if (running_.count(target.user_id)) {
+			continue;
+		}
+		auto check = std::make_unique<HealthCheck>(HealthCheck{target});
+		fly::Request request = fly::GetMachineRequest(target.app_name, target.machine_id);
+		health_running_++;
+		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
+	}
+	if (health_next_ >= health_queue_.size()) {
+		health_queue_.clear();
+		health_next_ = 0;
+	}
+}
+
+// A half-open breaker lets one request through to see whether Fly is back. With no reconcile to carry it, a
+// health check (a cheap GET machine) does: otherwise the breaker would stay half-open and checks would stop.
+bool
+JobRunner::WantsHealthProbe(double now) const {
+	return configuration_problem_.empty() && settings::health_check_interval_ms > 0 &&
+		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() && running_.empty() &&
+		   health_running_ == 0 && held_.empty();
+}
+
+void
+JobRunner::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome) {
+	using Phase = HealthCheck::Phase;
+	const HealthTarget &target = check->target;
+	std::optional<fly::Request> next;
+	try {
+		if (check->phase == Phase::kStarting) {
+			// The answer to our start request; the next pass sees whether the machine came up.
+			const bool started = outcome.kind == fly::OutcomeKind::kSuccess;
+			Json details = Json::Object();
+			details.Set("machine_id", Json::String(target.machine_id));
+			details.Set("result", Json::String(started ? "started" : outcome.message));
+			pg::RunInTransaction("pg_fly: recording a machine restart", [&](pg::SpiConnection &spi) {
+				RecordHealth(spi, target, nullptr, started ? "machine_restarted" : "machine_restart_failed",
+				             details.Dump());
+			});
+		} else {
+			HealthVerdict verdict = check->phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
+			                                                         : EvaluateMachineHealth(outcome);
+			std::optional<std::string> endpoint_url;
+			if (check->phase == Phase::kMachine && verdict.health == Health::kHealthy &&
+			    settings::app_health_url[0] != '\0') {
+				endpoint_url = AppHealthUrl(settings::app_health_url, target.app_name);
+				if (!endpoint_url) {
+					verdict.health = Health::kUnhealthy;
+					verdict.detail = "the app's own endpoint was not asked: its name is not one Fly accepts";
+				}
+			}
+			if (endpoint_url) {
+				// The machine looks fine; the app's own endpoint has the last word.
+				check->phase = Phase::kEndpoint;
+				check->machine_state = verdict.state;
+				next = fly::AppHealthRequest(*endpoint_url);
+			} else {
+				Json details = Json::Object();
+				details.Set("machine_id", Json::String(target.machine_id));
+				details.Set("state", Json::String(verdict.state));
+				details.Set("detail", Json::String(verdict.detail));
+				std::string event;
+				if (verdict.action == HealthAction::kStartMachine && settings::restart_stopped_machines) {
+					event = "machine_restart_requested";
+					next = fly::StartMachineRequest(target.app_name, target.machine_id);
+				} else if (verdict.action == HealthAction::kReprovision && settings::reprovision_vanished_apps) {
+					event = "app_vanished";
+				}
+				const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
+				pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
+					const bool active = RecordHealth(spi, target, health, event, details.Dump());
+					if (check->canary_of_rollout != 0) {
+						RecordCanaryHealth(spi, check->canary_of_rollout, target.app_id,
+						                   verdict.health == Health::kHealthy);
+					}
+					if (active && event == "app_vanished") {
+						// The reconcile finds or recreates the app and its machine from what the row records. A
+						// queued item (a downgrade, say) is newer than this row's tier and is left as it is.
+						EnqueueUnlessQueued(spi, target.user_id, DesiredState::kPresent, target.tier, "health_check");
+					}
+					if (!active) {
+						next.reset();
+					}
+				});
+				if (next) {
+					check->phase = Phase::kStarting;
+				}
+			}
+		}
+	} catch (const std::exception &e) {
+		Log("recording a health check of " + target.app_name + " failed: " + e.what());
+		next.reset();
+	}
+	if (next) {
+		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(*next)});
+		return;
+	}
+	if (check->canary_of_rollout != 0) {
+		canaries_checking_.erase(target.app_id);
+		next_rollout_pass_ = 0;
+	}
+	health_running_--;
+}
+
+} // namespace pgfly

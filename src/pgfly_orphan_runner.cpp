@@ -1,0 +1,73 @@
+// The runner's orphan jobs: listing the organization's apps on request, recording the orphans among them, and
+// deleting those an operator marked for deletion.
+#include "pgfly/pgfly_job_runner.hpp"
+
+#include <algorithm>
+
+#include "pgfly/core/app_naming.hpp"
+#include "pgfly/pg/transaction.hpp"
+
+namespace pgfly {
+
+// A pass over the organization's apps, when fly.find_orphan_apps() asked for one: list them, then record
+// those with pg_fly's prefix that no live row owns (OnOrphanAnswer).
+void
+JobRunner::StartOrphanPass() {
+	if (configuration_problem_.empty() && pg_atomic_exchange_u32(&shared_->orphan_pass_requested, 0) != 0) {
+		held_.push_back(Held{Now(), nullptr, nullptr, fly::ListAppsRequest(settings_.org_slug),
+		                     std::make_unique<OrphanWork>()});
+	}
+}
+
+void
+JobRunner::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) {
+	try {
+		if (!work.app_name.empty()) {
+			const bool gone =
+			    outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
+			pg::RunInTransaction("pg_fly: recording an orphan deletion", [&](pg::SpiConnection &spi) {
+				RecordOrphanDeleted(spi, work.app_name, gone ? "" : outcome.message);
+			});
+			return;
+		}
+		if (outcome.kind != fly::OutcomeKind::kSuccess) {
+			Log("listing the organization's apps failed: " + outcome.message);
+			return;
+		}
+		std::vector<std::pair<std::string, std::string>> ours;
+		const Json apps = outcome.body.Get("apps");
+		for (size_t i = 0; i < apps.Size(); i++) {
+			const std::string name = apps.At(i).GetString("name").value_or("");
+			if (name.empty() || settings_.app_name_prefix.empty() ||
+				name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) != 0) {
+				continue;
+			}
+			const std::string id = apps.At(i).GetString("id").value_or("");
+			std::optional<std::string> problem = AppNameProblem(name);
+			if (!problem && !id.empty()) {
+				problem = AppIdProblem(id);
+			}
+			if (problem) {
+				// Fly's text goes into the log: no control character may start a line of its own.
+				std::replace_if(
+					problem->begin(), problem->end(),
+					[](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }, '?');
+				Log("an app in the organization's list is not recorded as an orphan: " + *problem);
+				continue;
+			}
+			ours.emplace_back(name, id);
+		}
+		std::vector<std::string> to_delete;
+		pg::RunInTransaction("pg_fly: recording orphan apps", [&](pg::SpiConnection &spi) {
+			to_delete = RecordOrphans(spi, settings_.org_slug, ours);
+		});
+		for (const auto &name : to_delete) {
+			held_.push_back(Held{Now(), nullptr, nullptr, fly::DeleteAppRequest(name),
+			                     std::make_unique<OrphanWork>(OrphanWork{name})});
+		}
+	} catch (const std::exception &e) {
+		Log(std::string("recording orphan apps failed: ") + e.what());
+	}
+}
+
+} // namespace pgfly

@@ -1,0 +1,175 @@
+// The runner's reconcile jobs: starting a claimed queue item's reconcile::Operation, applying fly.max_attempts
+// and fly.alert_after_attempts to its failed steps, recording each step, and deferring the item when a step
+// cannot be recorded.
+#include "pgfly/pgfly_job_runner.hpp"
+
+extern "C" {
+#include "utils/errcodes.h"
+}
+
+#include <algorithm>
+
+#include "pgfly/pg/transaction.hpp"
+#include "pgfly/pgfly_guc.hpp"
+
+namespace pgfly {
+
+double
+JobRunner::RetryDelay(int attempts, std::optional<double> retry_after) {
+	std::uniform_real_distribution<double> unit(0.0, 1.0);
+	return RetryDelaySeconds(attempts, settings::retry_base_delay_ms / 1000.0, settings::retry_max_delay_ms / 1000.0,
+	                         retry_after, unit(random_));
+}
+
+
+void
+JobRunner::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
+				  bool item_was_locked) {
+	running_.erase(user_id);
+	dispatch_again_ = true;
+	Log("reconciling user " + user_id + " failed: " + error);
+	const double delay = RetryDelay(attempts, std::nullopt);
+	bool deferred = false;
+	try {
+		InTransaction("pg_fly: deferring work", [&](pg::SpiConnection &spi) {
+			deferred = DeferItem(spi, user_id, generation, delay, error, item_was_locked);
+		});
+	} catch (const std::exception &e) {
+		Log(std::string("could not defer the item: ") + e.what());
+	}
+	if (!deferred) {
+		// Its claim is released by a later pass (within a second: see SleepMs), rather than holding the item for
+		// the rest of the lease.
+		claims_released_ = false;
+		if (item_was_locked) {
+			attempts_to_return_[user_id] = generation;
+		}
+	}
+}
+
+void
+JobRunner::Start(const ClaimedItem &item) {
+	StepContext context;
+	context.user_id = item.user_id;
+	context.generation = item.generation;
+	context.attempts = item.attempts;
+	context.alerted = item.alerted;
+	context.org_slug = settings_.org_slug;
+	running_[item.user_id] = true;
+	try {
+		std::unique_ptr<RunningOperation> running;
+		reconcile::Target target;
+		target.user_id = item.user_id;
+		target.present = item.present;
+		target.tier = item.tier;
+		target.generation = item.generation;
+		target.operation_id = std::to_string(item.generation) + "-" + std::to_string(item.attempts);
+		std::optional<reconcile::AppRecord> app;
+		pg::RunInTransaction("pg_fly: loading a reconcile", [&](pg::SpiConnection &spi) {
+			if (item.present && item.tier) {
+				auto policy = LoadTierPolicy(spi, *item.tier);
+				if (policy && policy->dedicated) {
+					target.guest = policy->guest;
+					target.region = policy->region;
+				} else {
+					target.present = false; // the tier no longer grants an app
+				}
+			} else if (item.present) {
+				target.present = false;
+			}
+			app = LoadLiveApp(spi, item.user_id);
+			if (app) {
+				context.app_id = app->id;
+				if (!target.present && target.region.empty()) {
+					target.region = app->region;
+				}
+			} else {
+				target.first_name_attempt = FirstFreeNameAttempt(spi, item.user_id, settings_.app_name_prefix);
+				target.look_for_leftover = target.first_name_attempt == 0;
+			}
+		});
+		running = std::make_unique<RunningOperation>(
+		    RunningOperation{reconcile::Operation(target, app, settings_), context});
+		running->operation.SetNow(Now());
+		reconcile::Step step = running->operation.Start();
+		Record(std::move(running), std::move(step));
+	} catch (const std::exception &e) {
+		Defer(item.user_id, item.generation, item.attempts, e.what());
+	}
+}
+
+void
+JobRunner::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step) {
+	using reconcile::Completion;
+	if (step.completion != Completion::kRetry && step.completion != Completion::kFailed && !step.failed_attempt) {
+		return;
+	}
+	StepContext &context = running.context;
+	last_error_ = step.error;
+	last_error_at_ = Now();
+	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= settings::max_attempts) {
+		step.failed_attempt = false;
+		step.request.reset();
+		step.completion = Completion::kFailed;
+		step.events.push_back(reconcile::Event{
+		    running.operation.target().present ? "provision_failed" : "deprovision_failed",
+		    "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
+		        std::to_string(context.attempts) + "}"});
+	}
+	context.raise_alert = !context.alerted && (context.attempts >= settings::alert_after_attempts ||
+	                                          step.completion == Completion::kFailed);
+	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
+}
+
+void
+JobRunner::Record(std::unique_ptr<RunningOperation> running, reconcile::Step step) {
+	const std::string user_id = running->context.user_id;
+	const int64_t generation = running->context.generation;
+	const int attempts = running->context.attempts;
+	// A failure Fly answered spends the attempt, even when recording it meets a lock.
+	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
+	                     step.completion == reconcile::Completion::kFailed;
+	try {
+		ApplyFailurePolicy(*running, step);
+		bool go_on = false;
+		pg::RunInTransaction("pg_fly: recording a step",
+		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, running->context, step); });
+		if (go_on && step.request) {
+			double due = Now() + step.delay_seconds;
+			if (step.failed_attempt) {
+				running->context.attempts++; // the retry is the next attempt
+				due += running->context.retry_delay_seconds;
+			}
+			held_.push_back(Held{due, std::move(running), nullptr, *step.request});
+		} else {
+			running_.erase(user_id);
+			dispatch_again_ = true;
+		}
+	} catch (const pg::PgError &e) {
+		// Another transaction held the item (an application's uncommitted tier change, say): not a failure of
+		// this attempt, which is given back, so that repeated rollbacks cannot exhaust fly.max_attempts -- unless
+		// the step being recorded was a failure Fly answered, which spent it.
+		Defer(user_id, generation, attempts, e.what(), e.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE && !failure);
+	} catch (const std::exception &e) {
+		Defer(user_id, generation, attempts, e.what());
+	}
+}
+
+
+void
+JobRunner::OnReconcileAnswer(std::unique_ptr<RunningOperation> running, const fly::Outcome &outcome) {
+	const std::string user_id = running->context.user_id;
+	const int64_t generation = running->context.generation;
+	const int attempts = running->context.attempts;
+	reconcile::Step step;
+	try {
+		running->operation.SetNow(Now());
+		step = running->operation.OnOutcome(outcome);
+	} catch (const std::exception &e) {
+		Defer(user_id, generation, attempts, e.what());
+		return;
+	}
+	Record(std::move(running), std::move(step));
+}
+
+} // namespace pgfly
