@@ -32,10 +32,9 @@ JobRunner::StartHealthChecks() {
 		if (running_.count(target.user_id)) {
 			continue;
 		}
-		auto check = std::make_unique<HealthCheck>(HealthCheck{target});
 		fly::Request request = fly::GetMachineRequest(target.app_name, target.machine_id);
 		health_running_++;
-		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
+		pending_.push_back(PendingRequest{Now(), HealthJob{target}, std::move(request)});
 	}
 	if (health_next_ >= health_queue_.size()) {
 		health_queue_.clear();
@@ -49,16 +48,16 @@ bool
 JobRunner::WantsHealthProbe(double now) const {
 	return configuration_problem_.empty() && settings::health_check_interval_ms > 0 &&
 		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() && running_.empty() &&
-		   health_running_ == 0 && held_.empty();
+		   health_running_ == 0 && pending_.empty();
 }
 
 void
-JobRunner::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome) {
-	using Phase = HealthCheck::Phase;
-	const HealthTarget &target = check->target;
+JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
+	using Phase = HealthJob::Phase;
+	const HealthTarget &target = check.target;
 	std::optional<fly::Request> next;
 	try {
-		if (check->phase == Phase::kStarting) {
+		if (check.phase == Phase::kStarting) {
 			// The answer to our start request; the next pass sees whether the machine came up.
 			const bool started = outcome.kind == fly::OutcomeKind::kSuccess;
 			Json details = Json::Object();
@@ -69,10 +68,10 @@ JobRunner::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome
 				             details.Dump());
 			});
 		} else {
-			HealthVerdict verdict = check->phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
+			HealthVerdict verdict = check.phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
 			                                                         : EvaluateMachineHealth(outcome);
 			std::optional<std::string> endpoint_url;
-			if (check->phase == Phase::kMachine && verdict.health == Health::kHealthy &&
+			if (check.phase == Phase::kMachine && verdict.health == Health::kHealthy &&
 			    settings::app_health_url[0] != '\0') {
 				endpoint_url = AppHealthUrl(settings::app_health_url, target.app_name);
 				if (!endpoint_url) {
@@ -82,8 +81,8 @@ JobRunner::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome
 			}
 			if (endpoint_url) {
 				// The machine looks fine; the app's own endpoint has the last word.
-				check->phase = Phase::kEndpoint;
-				check->machine_state = verdict.state;
+				check.phase = Phase::kEndpoint;
+				check.machine_state = verdict.state;
 				next = fly::AppHealthRequest(*endpoint_url);
 			} else {
 				Json details = Json::Object();
@@ -100,8 +99,8 @@ JobRunner::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome
 				const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
 				pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
 					const bool active = RecordHealth(spi, target, health, event, details.Dump());
-					if (check->canary_of_rollout != 0) {
-						RecordCanaryHealth(spi, check->canary_of_rollout, target.app_id,
+					if (check.canary_of_rollout != 0) {
+						RecordCanaryHealth(spi, check.canary_of_rollout, target.app_id,
 						                   verdict.health == Health::kHealthy);
 					}
 					if (active && event == "app_vanished") {
@@ -114,7 +113,7 @@ JobRunner::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome
 					}
 				});
 				if (next) {
-					check->phase = Phase::kStarting;
+					check.phase = Phase::kStarting;
 				}
 			}
 		}
@@ -123,10 +122,10 @@ JobRunner::OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome
 		next.reset();
 	}
 	if (next) {
-		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(*next)});
+		pending_.push_back(PendingRequest{Now(), std::move(check), std::move(*next)});
 		return;
 	}
-	if (check->canary_of_rollout != 0) {
+	if (check.canary_of_rollout != 0) {
 		canaries_checking_.erase(target.app_id);
 		next_rollout_pass_ = 0;
 	}

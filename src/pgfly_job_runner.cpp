@@ -28,6 +28,14 @@ constexpr double kSaturatedDispatchSeconds = 1.0;
 // External descriptors left to PostgreSQL when the reservation takes all it can.
 constexpr int kFdHeadroom = 4;
 
+// One callable of lambdas, one for each kind of job, for std::visit.
+template <class... Handlers>
+struct Overloaded : Handlers... {
+	using Handlers::operator()...;
+};
+template <class... Handlers>
+Overloaded(Handlers...) -> Overloaded<Handlers...>;
+
 } // namespace
 
 JobRunner::JobRunner(SharedState *shared) : shared_(shared), random_(std::random_device {}()) {
@@ -172,8 +180,8 @@ std::vector<std::string>
 JobRunner::RunningUsers() const {
 	std::vector<std::string> users;
 	users.reserve(running_.size());
-	for (const auto &entry : running_) {
-		users.push_back(entry.first);
+	for (const auto &user : running_) {
+		users.push_back(user);
 	}
 	return users;
 }
@@ -320,38 +328,37 @@ JobRunner::Dispatch() {
 	StartOrphanPass();
 }
 
-
 void
 JobRunner::SendAllowed() {
-	if (held_.empty()) {
+	if (pending_.empty()) {
 		return;
 	}
-	std::sort(held_.begin(), held_.end(), [](const Held &a, const Held &b) { return a.due < b.due; });
+	std::sort(pending_.begin(), pending_.end(),
+	          [](const PendingRequest &a, const PendingRequest &b) { return a.due < b.due; });
 	const double now = Now();
-	std::vector<Held> still_held;
-	for (auto &held : held_) {
+	std::vector<PendingRequest> still_pending;
+	for (auto &pending : pending_) {
 		// A user app's own health endpoint is not Fly: neither Fly's breaker nor Fly's limits apply to it.
-		const bool fly_api = fly::IsFlyApi(held.request.endpoint);
-		if (held.due > now || (fly_api && !breaker_.CanSend(now))) {
-			still_held.push_back(std::move(held));
+		const bool fly_api = fly::IsFlyApi(pending.request.endpoint);
+		if (pending.due > now || (fly_api && !breaker_.CanSend(now))) {
+			still_pending.push_back(std::move(pending));
 			continue;
 		}
 		std::pair<std::string, std::string> key;
 		if (fly_api) {
-			key = RateLimitKey(held.request, settings_.org_slug);
+			key = RateLimitKey(pending.request, settings_.org_slug);
 			const double wait = limiter_.Acquire(key, now);
 			if (wait > 0) {
-				held.due = now + wait;
-				still_held.push_back(std::move(held));
+				pending.due = now + wait;
+				still_pending.push_back(std::move(pending));
 				continue;
 			}
 			breaker_.MarkSent(now);
 		}
-		const fly::RequestId id = client_->Submit(held.request);
-		in_flight_.emplace(id, InFlight{std::move(held.running), std::move(held.health), std::move(held.orphan),
-		                                std::move(held.rollout), std::move(key), held.request.endpoint});
+		const fly::RequestId id = client_->Submit(pending.request);
+		in_flight_.emplace(id, InFlight{std::move(pending.job), std::move(key), pending.request.endpoint});
 	}
-	held_ = std::move(still_held);
+	pending_ = std::move(still_pending);
 }
 
 // Feeds the answer to the breaker and the limiter: a wait that timed out (408) or a machine that failed to start
@@ -387,19 +394,14 @@ JobRunner::Drive() {
 		InFlight in_flight = std::move(found->second);
 		in_flight_.erase(found);
 		Observe(in_flight, answer.outcome);
-		if (in_flight.health) {
-			OnHealthAnswer(std::move(in_flight.health), answer.outcome);
-			continue;
-		}
-		if (in_flight.orphan) {
-			OnOrphanAnswer(*in_flight.orphan, answer.outcome);
-			continue;
-		}
-		if (in_flight.rollout) {
-			OnRolloutAnswer(std::move(in_flight.rollout), answer.outcome);
-			continue;
-		}
-		OnReconcileAnswer(std::move(in_flight.running), answer.outcome);
+		const fly::Outcome &outcome = answer.outcome;
+		std::visit(Overloaded{
+		               [&](ReconcileJob &job) { OnReconcileAnswer(std::move(job), outcome); },
+		               [&](HealthJob &job) { OnHealthAnswer(std::move(job), outcome); },
+		               [&](OrphanJob &job) { OnOrphanAnswer(job, outcome); },
+		               [&](RolloutJob &job) { OnRolloutAnswer(std::move(job), outcome); },
+		           },
+		           in_flight.job);
 	}
 	SendAllowed();
 	const double now = Now();
@@ -417,7 +419,7 @@ JobRunner::PublishStatus() const {
 	};
 	SpinLockAcquire(&shared_->mutex);
 	shared_->in_flight = static_cast<int>(in_flight_.size());
-	shared_->rate_limited = static_cast<int>(held_.size());
+	shared_->rate_limited = static_cast<int>(pending_.size());
 	shared_->breaker_state = static_cast<int>(breaker_.state(now));
 	shared_->breaker_reopen_at = breaker_.state(now) == CircuitBreaker::State::kOpen ? to_timestamp(breaker_.reopen_at()) : 0;
 	if (!last_error_.empty()) {
@@ -448,11 +450,11 @@ JobRunner::SleepMs() const {
 	if (client_timeout > 0) {
 		wake.At(now + client_timeout / 1000.0);
 	}
-	// A held request goes once its time has come and the breaker lets it: an open breaker at the end of its pause;
-	// while the probe is out, its answer (which wakes the loop) decides.
+	// A pending request goes once its time has come and the breaker lets it: an open breaker at the end of its
+	// pause; while the probe is out, its answer (which wakes the loop) decides.
 	if (const std::optional<double> sendable = breaker_.SendableAt(now)) {
-		for (const auto &held : held_) {
-			wake.At(held.due, *sendable);
+		for (const auto &pending : pending_) {
+			wake.At(pending.due, *sendable);
 		}
 	}
 	const bool saturated = Capacity(now) <= 0;

@@ -14,13 +14,12 @@ namespace pgfly {
 void
 JobRunner::StartOrphanPass() {
 	if (configuration_problem_.empty() && pg_atomic_exchange_u32(&shared_->orphan_pass_requested, 0) != 0) {
-		held_.push_back(Held{Now(), nullptr, nullptr, fly::ListAppsRequest(settings_.org_slug),
-		                     std::make_unique<OrphanWork>()});
+		pending_.push_back(PendingRequest{Now(), OrphanJob{}, fly::ListAppsRequest(settings_.org_slug)});
 	}
 }
 
 void
-JobRunner::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) {
+JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 	try {
 		if (!work.app_name.empty()) {
 			const bool gone =
@@ -62,8 +61,7 @@ JobRunner::OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome) {
 			to_delete = RecordOrphans(spi, settings_.org_slug, ours);
 		});
 		for (const auto &name : to_delete) {
-			held_.push_back(Held{Now(), nullptr, nullptr, fly::DeleteAppRequest(name),
-			                     std::make_unique<OrphanWork>(OrphanWork{name})});
+			pending_.push_back(PendingRequest{Now(), OrphanJob{name}, fly::DeleteAppRequest(name)});
 		}
 	} catch (const std::exception &e) {
 		Log(std::string("recording orphan apps failed: ") + e.what());

@@ -55,9 +55,8 @@ JobRunner::Start(const ClaimedItem &item) {
 	context.attempts = item.attempts;
 	context.alerted = item.alerted;
 	context.org_slug = settings_.org_slug;
-	running_[item.user_id] = true;
+	running_.insert(item.user_id);
 	try {
-		std::unique_ptr<RunningOperation> running;
 		reconcile::Target target;
 		target.user_id = item.user_id;
 		target.present = item.present;
@@ -88,23 +87,22 @@ JobRunner::Start(const ClaimedItem &item) {
 				target.look_for_leftover = target.first_name_attempt == 0;
 			}
 		});
-		running = std::make_unique<RunningOperation>(
-		    RunningOperation{reconcile::Operation(target, app, settings_), context});
-		running->operation.SetNow(Now());
-		reconcile::Step step = running->operation.Start();
-		Record(std::move(running), std::move(step));
+		ReconcileJob job{reconcile::Operation(target, app, settings_), context};
+		job.operation.SetNow(Now());
+		reconcile::Step step = job.operation.Start();
+		Record(std::move(job), std::move(step));
 	} catch (const std::exception &e) {
 		Defer(item.user_id, item.generation, item.attempts, e.what());
 	}
 }
 
 void
-JobRunner::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step) {
+JobRunner::ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step) {
 	using reconcile::Completion;
 	if (step.completion != Completion::kRetry && step.completion != Completion::kFailed && !step.failed_attempt) {
 		return;
 	}
-	StepContext &context = running.context;
+	StepContext &context = job.context;
 	last_error_ = step.error;
 	last_error_at_ = Now();
 	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= settings::max_attempts) {
@@ -112,7 +110,7 @@ JobRunner::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step) 
 		step.request.reset();
 		step.completion = Completion::kFailed;
 		step.events.push_back(reconcile::Event{
-		    running.operation.target().present ? "provision_failed" : "deprovision_failed",
+		    job.operation.target().present ? "provision_failed" : "deprovision_failed",
 		    "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
 		        std::to_string(context.attempts) + "}"});
 	}
@@ -122,25 +120,25 @@ JobRunner::ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step) 
 }
 
 void
-JobRunner::Record(std::unique_ptr<RunningOperation> running, reconcile::Step step) {
-	const std::string user_id = running->context.user_id;
-	const int64_t generation = running->context.generation;
-	const int attempts = running->context.attempts;
+JobRunner::Record(ReconcileJob job, reconcile::Step step) {
+	const std::string user_id = job.context.user_id;
+	const int64_t generation = job.context.generation;
+	const int attempts = job.context.attempts;
 	// A failure Fly answered spends the attempt, even when recording it meets a lock.
 	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
 	                     step.completion == reconcile::Completion::kFailed;
 	try {
-		ApplyFailurePolicy(*running, step);
+		ApplyFailurePolicy(job, step);
 		bool go_on = false;
 		pg::RunInTransaction("pg_fly: recording a step",
-		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, running->context, step); });
+		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
 		if (go_on && step.request) {
 			double due = Now() + step.delay_seconds;
 			if (step.failed_attempt) {
-				running->context.attempts++; // the retry is the next attempt
-				due += running->context.retry_delay_seconds;
+				job.context.attempts++; // the retry is the next attempt
+				due += job.context.retry_delay_seconds;
 			}
-			held_.push_back(Held{due, std::move(running), nullptr, *step.request});
+			pending_.push_back(PendingRequest{due, std::move(job), *step.request});
 		} else {
 			running_.erase(user_id);
 			dispatch_again_ = true;
@@ -155,21 +153,20 @@ JobRunner::Record(std::unique_ptr<RunningOperation> running, reconcile::Step ste
 	}
 }
 
-
 void
-JobRunner::OnReconcileAnswer(std::unique_ptr<RunningOperation> running, const fly::Outcome &outcome) {
-	const std::string user_id = running->context.user_id;
-	const int64_t generation = running->context.generation;
-	const int attempts = running->context.attempts;
+JobRunner::OnReconcileAnswer(ReconcileJob job, const fly::Outcome &outcome) {
+	const std::string user_id = job.context.user_id;
+	const int64_t generation = job.context.generation;
+	const int attempts = job.context.attempts;
 	reconcile::Step step;
 	try {
-		running->operation.SetNow(Now());
-		step = running->operation.OnOutcome(outcome);
+		job.operation.SetNow(Now());
+		step = job.operation.OnOutcome(outcome);
 	} catch (const std::exception &e) {
 		Defer(user_id, generation, attempts, e.what());
 		return;
 	}
-	Record(std::move(running), std::move(step));
+	Record(std::move(job), std::move(step));
 }
 
 } // namespace pgfly

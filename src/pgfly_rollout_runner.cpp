@@ -30,8 +30,8 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 	}
 	// Filled in the transaction, kept only once it has committed.
 	double next_pass = now + settings::poll_interval_ms / 1000.0;
-	std::vector<std::unique_ptr<RolloutUpdate>> updates;
-	std::vector<std::unique_ptr<HealthCheck>> canaries;
+	std::vector<RolloutJob> updates;
+	std::vector<HealthJob> canaries;
 	std::string news;
 	try {
 		InTransaction("pg_fly: image rollout pass", [&](pg::SpiConnection &spi) {
@@ -69,15 +69,15 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 						fly::MachineSpec spec = reconcile::MachineSpecFor(
 						    settings_, app.user_id, app.guest, app.region, running->image,
 						    "rollout-" + std::to_string(running->id), app.secrets_version);
-						updates.push_back(std::make_unique<RolloutUpdate>(
-						    RolloutUpdate{running->id, running->image, app, rollout::ImageUpdate(target, spec)}));
+						updates.push_back(
+						    RolloutJob{running->id, running->image, app, rollout::ImageUpdate(target, spec)});
 					}
 				}
 				break;
 			case rollout::Phase::kCanaryCheck:
 				for (auto &target : LoadCanariesToCheck(spi, running->id, kCanaryCheckEverySeconds)) {
 					if (!canaries_checking_.count(target.app_id)) {
-						canaries.push_back(std::make_unique<HealthCheck>(HealthCheck{target, running->id}));
+						canaries.push_back(HealthJob{target, running->id});
 					}
 				}
 				break;
@@ -102,25 +102,25 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 void
 JobRunner::StartRolloutUpdates() {
 	for (auto &work : rollout_claimed_) {
-		running_[work->app.user_id] = true;
-		const rollout::Step step = work->update.Start();
-		held_.push_back(Held{Now(), nullptr, nullptr, *step.request, nullptr, std::move(work)});
+		running_.insert(work.app.user_id);
+		const rollout::Step step = work.update.Start();
+		pending_.push_back(PendingRequest{Now(), std::move(work), *step.request});
 	}
 	rollout_claimed_.clear();
 	for (auto &check : canaries_claimed_) {
-		canaries_checking_[check->target.app_id] = true;
+		canaries_checking_.insert(check.target.app_id);
 		health_running_++;
-		fly::Request request = fly::GetMachineRequest(check->target.app_name, check->target.machine_id);
-		held_.push_back(Held{Now(), nullptr, std::move(check), std::move(request)});
+		fly::Request request = fly::GetMachineRequest(check.target.app_name, check.target.machine_id);
+		pending_.push_back(PendingRequest{Now(), std::move(check), std::move(request)});
 	}
 	canaries_claimed_.clear();
 }
 
 void
-JobRunner::OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome) {
+JobRunner::OnRolloutAnswer(RolloutJob work, const fly::Outcome &outcome) {
 	rollout::Step step;
 	try {
-		step = work->update.OnOutcome(outcome);
+		step = work.update.OnOutcome(outcome);
 	} catch (const std::exception &e) {
 		step = rollout::Step{};
 		step.result = rollout::Result::kFailed;
@@ -131,34 +131,34 @@ JobRunner::OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outco
 		if (step.failed_attempt) {
 			last_error_ = step.error;
 			last_error_at_ = Now();
-			if (++work->app.attempts >= settings::max_attempts) {
+			if (++work.app.attempts >= settings::max_attempts) {
 				step.result = rollout::Result::kFailed;
 				step.error = "gave up after fly.max_attempts attempts: " + step.error;
-				FinishRolloutUpdate(*work, step);
+				FinishRolloutUpdate(work, step);
 				return;
 			}
 			try {
 				pg::RunInTransaction("pg_fly: recording a failed image update", [&](pg::SpiConnection &spi) {
-					RecordRolloutAttemptFailed(spi, work->rollout_id, work->app, step.error);
+					RecordRolloutAttemptFailed(spi, work.rollout_id, work.app, step.error);
 				});
 			} catch (const std::exception &e) {
 				Log(std::string("recording a failed image update failed: ") + e.what());
 			}
-			due += RetryDelay(work->app.attempts, step.retry_after_seconds);
+			due += RetryDelay(work.app.attempts, step.retry_after_seconds);
 		}
 		fly::Request request = *step.request;
-		held_.push_back(Held{due, nullptr, nullptr, std::move(request), nullptr, std::move(work)});
+		pending_.push_back(PendingRequest{due, std::move(work), std::move(request)});
 		return;
 	}
 	if (step.result == rollout::Result::kContinue) {
 		step.result = rollout::Result::kFailed;
 		step.error = "the update stopped without a result";
 	}
-	FinishRolloutUpdate(*work, step);
+	FinishRolloutUpdate(work, step);
 }
 
 void
-JobRunner::FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step) {
+JobRunner::FinishRolloutUpdate(const RolloutJob &work, const rollout::Step &step) {
 	running_.erase(work.app.user_id);
 	dispatch_again_ = true;
 	next_rollout_pass_ = 0;

@@ -14,8 +14,10 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "pgfly/core/circuit_breaker.hpp"
@@ -52,17 +54,20 @@ public:
 	void PublishStatus() const;
 
 	int EventFd() const;
-	// How long the worker may sleep: the client's timer, a held-back request, the next due item, the breaker's
+	// How long the worker may sleep: the client's timer, a pending request, the next due item, the breaker's
 	// probe time, or the poll interval.
 	long SleepMs() const;
 
 private:
-	struct RunningOperation {
+	// The kinds of job. Each job is in one place at a time: a pending request, the requests in flight, or the
+	// handler of its answer, which may give it a next request.
+	// A reconcile of one claimed queue item.
+	struct ReconcileJob {
 		reconcile::Operation operation;
 		StepContext context;
 	};
-	// A health check of one active app: get its machine, then maybe start it.
-	struct HealthCheck {
+	// A health check of one active app: get its machine, then maybe ask the app's own endpoint or start it.
+	struct HealthJob {
 		HealthTarget target;
 		// The image rollout whose canary this is (0: a routine check).
 		int64_t canary_of_rollout = 0;
@@ -70,31 +75,26 @@ private:
 		// The machine's verdict, kept while the app's own endpoint is asked.
 		std::string machine_state;
 	};
-	// A request waiting to be sent, or in flight, belongs to a reconcile operation or to a health check.
-	// Orphan work: listing the organization's apps (empty name) or deleting one orphan app.
-	struct OrphanWork {
+	// Listing the organization's apps (empty name) or deleting one orphan app.
+	struct OrphanJob {
 		std::string app_name;
 	};
 	// One app's machine moving to a rollout's image.
-	struct RolloutUpdate {
+	struct RolloutJob {
 		int64_t rollout_id;
 		std::string image;
 		RolloutApp app;
 		rollout::ImageUpdate update;
 	};
-	struct Held {
+	using Job = std::variant<ReconcileJob, HealthJob, OrphanJob, RolloutJob>;
+	// A request waiting for its time, the rate limiter and the breaker.
+	struct PendingRequest {
 		double due;
-		std::unique_ptr<RunningOperation> running;
-		std::unique_ptr<HealthCheck> health;
+		Job job;
 		fly::Request request;
-		std::unique_ptr<OrphanWork> orphan = nullptr;
-		std::unique_ptr<RolloutUpdate> rollout = nullptr;
 	};
 	struct InFlight {
-		std::unique_ptr<RunningOperation> running;
-		std::unique_ptr<HealthCheck> health;
-		std::unique_ptr<OrphanWork> orphan;
-		std::unique_ptr<RolloutUpdate> rollout;
+		Job job;
 		std::pair<std::string, std::string> rate_key;
 		fly::Endpoint endpoint;
 	};
@@ -113,11 +113,11 @@ private:
 
 	// pgfly_reconcile_runner.cpp
 	void Start(const ClaimedItem &item);
-	void OnReconcileAnswer(std::unique_ptr<RunningOperation> running, const fly::Outcome &outcome);
+	void OnReconcileAnswer(ReconcileJob job, const fly::Outcome &outcome);
 	// Records the step; then holds its request for sending, or ends the operation.
-	void Record(std::unique_ptr<RunningOperation> running, reconcile::Step step);
+	void Record(ReconcileJob job, reconcile::Step step);
 	// Applies fly.max_attempts and fly.alert_after_attempts to a failed step.
-	void ApplyFailurePolicy(RunningOperation &running, reconcile::Step &step);
+	void ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step);
 	double RetryDelay(int attempts, std::optional<double> retry_after);
 	void Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
 			   bool item_was_locked = false);
@@ -125,18 +125,18 @@ private:
 	// pgfly_health_runner.cpp
 	void StartHealthChecks();
 	bool WantsHealthProbe(double now) const;
-	void OnHealthAnswer(std::unique_ptr<HealthCheck> check, const fly::Outcome &outcome);
+	void OnHealthAnswer(HealthJob check, const fly::Outcome &outcome);
 
 	// pgfly_orphan_runner.cpp
 	void StartOrphanPass();
-	void OnOrphanAnswer(const OrphanWork &work, const fly::Outcome &outcome);
+	void OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome);
 
 	// pgfly_rollout_runner.cpp: in a transaction of its own, moves the running rollout on and claims apps to
 	// update (at most `capacity`) or canaries to check; StartRolloutUpdates sends them.
 	void PlanRollout(double now, const std::vector<std::string> &busy, int capacity);
 	void StartRolloutUpdates();
-	void OnRolloutAnswer(std::unique_ptr<RolloutUpdate> work, const fly::Outcome &outcome);
-	void FinishRolloutUpdate(const RolloutUpdate &work, const rollout::Step &step);
+	void OnRolloutAnswer(RolloutJob work, const fly::Outcome &outcome);
+	void FinishRolloutUpdate(const RolloutJob &work, const rollout::Step &step);
 
 	SharedState *shared_;
 	fly::ClientConfig client_config_;
@@ -145,10 +145,10 @@ private:
 	std::string configuration_problem_;
 	RateLimiter limiter_;
 	CircuitBreaker breaker_;
-	std::vector<Held> held_;
+	std::vector<PendingRequest> pending_;
 	std::map<fly::RequestId, InFlight> in_flight_;
-	// Users with an operation (held or in flight): never two operations for one user.
-	std::map<std::string, bool> running_;
+	// Users with a reconcile or rollout job (pending or in flight): never two for one user.
+	std::set<std::string> running_;
 	// When the next queue item is due (or an unclaimable one is looked at again); nothing: the queue is empty.
 	std::optional<double> next_queue_due_;
 	bool dispatch_again_ = true;
@@ -170,9 +170,9 @@ private:
 	double next_health_pass_ = 0;
 	// Image rollouts: when to look again, what was claimed in this pass, canaries being checked.
 	double next_rollout_pass_ = 0;
-	std::vector<std::unique_ptr<RolloutUpdate>> rollout_claimed_;
-	std::vector<std::unique_ptr<HealthCheck>> canaries_claimed_;
-	std::map<int64_t, bool> canaries_checking_;
+	std::vector<RolloutJob> rollout_claimed_;
+	std::vector<HealthJob> canaries_claimed_;
+	std::set<int64_t> canaries_checking_;
 	std::mt19937_64 random_;
 	// File descriptors reserved with PostgreSQL for the client, and the concurrency and connections they allow.
 	int reserved_fds_ = 0;
