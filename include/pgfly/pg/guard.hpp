@@ -1,4 +1,4 @@
-// The C/C++ boundary (shared/notes/cpp-in-postgres.md §1.4).
+// The C/C++ boundary: how PostgreSQL errors and C++ exceptions are kept from crossing each other.
 //
 // PostgreSQL reports errors with siglongjmp, which skips C++ destructors; C++ exceptions unwinding through
 // PostgreSQL's C frames skip its PG_CATCH cleanup. Neither may cross. So:
