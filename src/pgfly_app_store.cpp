@@ -27,12 +27,12 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 	const pg::Value memory = change.guest ? Number(change.guest->memory_mb) : std::nullopt;
 	if (change.insert) {
 		auto rows = spi.Query(
-		    "INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, name_attempt, fly_org_slug, status, region, "
-		    "cpu_kind, cpus, memory_mb, image) VALUES ($1::pg_catalog.uuid, $2, $3, $4::pg_catalog.int4, $5, $6, "
-		    "COALESCE($7, ''), $8, $9::pg_catalog.int4, $10::pg_catalog.int4, $11) RETURNING id, status",
-		    {context.user_id, Optional(change.tier), Optional(change.name), Number(change.name_attempt.value_or(0)),
-		     context.org_slug, change.status.value_or("provisioning"), Optional(change.region), cpu_kind, cpus, memory,
-		     Optional(change.image)});
+			"INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, name_attempt, fly_org_slug, status, region, "
+			"cpu_kind, cpus, memory_mb, image) VALUES ($1::pg_catalog.uuid, $2, $3, $4::pg_catalog.int4, $5, $6, "
+			"COALESCE($7, ''), $8, $9::pg_catalog.int4, $10::pg_catalog.int4, $11) RETURNING id, status",
+			{context.user_id, Optional(change.tier), Optional(change.name), Number(change.name_attempt.value_or(0)),
+			 context.org_slug, change.status.value_or("provisioning"), Optional(change.region), cpu_kind, cpus, memory,
+			 Optional(change.image)});
 		context.app_id = ToInt(rows.at(0).at(0));
 		return rows.at(0).at(1);
 	}
@@ -40,28 +40,28 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		return std::nullopt;
 	}
 	auto rows = spi.Query(
-	    "UPDATE fly.user_fly_apps SET status = COALESCE($2, status), fly_app_name = COALESCE($3, fly_app_name), "
-	    "name_attempt = COALESCE($4::pg_catalog.int4, name_attempt), fly_app_id = COALESCE($5, fly_app_id), "
-	    "fly_machine_id = CASE WHEN $6 IS NULL THEN fly_machine_id "
-	    "WHEN $6 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $6 END, "
-	    "region = COALESCE($7, region), cpu_kind = COALESCE($8, cpu_kind), "
-	    "cpus = COALESCE($9::pg_catalog.int4, cpus), memory_mb = COALESCE($10::pg_catalog.int4, memory_mb), "
-	    "image = COALESCE($11, image), tier = COALESCE($12, tier), "
-	    "secrets_version = COALESCE($13::pg_catalog.int8, secrets_version), "
-	    "provisioned_at = CASE WHEN $14::pg_catalog.bool THEN pg_catalog.now() ELSE provisioned_at END, "
-	    "last_error = CASE WHEN $14::pg_catalog.bool THEN NULL ELSE last_error END, "
-	    "attempts = CASE WHEN $14::pg_catalog.bool THEN 0 ELSE attempts END, "
-	    "deleted_at = CASE WHEN $15::pg_catalog.bool THEN pg_catalog.now() ELSE deleted_at END, "
-	    "pending_machine_operation = CASE WHEN $16 IS NULL THEN pending_machine_operation "
-	    "WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $16 END, "
-	    "pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
-	    "WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
-	    "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
-	    {std::to_string(context.app_id), Optional(change.status), Optional(change.name), Number(change.name_attempt),
-	     Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
-	     Optional(change.image), Optional(change.tier), Number(change.secrets_version),
-	     std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
-	     Optional(change.pending_create)});
+		"UPDATE fly.user_fly_apps SET status = COALESCE($2, status), fly_app_name = COALESCE($3, fly_app_name), "
+		"name_attempt = COALESCE($4::pg_catalog.int4, name_attempt), fly_app_id = COALESCE($5, fly_app_id), "
+		"fly_machine_id = CASE WHEN $6 IS NULL THEN fly_machine_id "
+		"WHEN $6 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $6 END, "
+		"region = COALESCE($7, region), cpu_kind = COALESCE($8, cpu_kind), "
+		"cpus = COALESCE($9::pg_catalog.int4, cpus), memory_mb = COALESCE($10::pg_catalog.int4, memory_mb), "
+		"image = COALESCE($11, image), tier = COALESCE($12, tier), "
+		"secrets_version = COALESCE($13::pg_catalog.int8, secrets_version), "
+		"provisioned_at = CASE WHEN $14::pg_catalog.bool THEN pg_catalog.now() ELSE provisioned_at END, "
+		"last_error = CASE WHEN $14::pg_catalog.bool THEN NULL ELSE last_error END, "
+		"attempts = CASE WHEN $14::pg_catalog.bool THEN 0 ELSE attempts END, "
+		"deleted_at = CASE WHEN $15::pg_catalog.bool THEN pg_catalog.now() ELSE deleted_at END, "
+		"pending_machine_operation = CASE WHEN $16 IS NULL THEN pending_machine_operation "
+		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $16 END, "
+		"pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
+		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
+		"updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
+		{std::to_string(context.app_id), Optional(change.status), Optional(change.name), Number(change.name_attempt),
+		 Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
+		 Optional(change.image), Optional(change.tier), Number(change.secrets_version),
+		 std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
+		 Optional(change.pending_create)});
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
@@ -72,11 +72,11 @@ RecordFailure(pg::SpiConnection &spi, const StepContext &context, const reconcil
 	}
 	const bool failed = step.completion == reconcile::Completion::kFailed;
 	auto rows = spi.Query("UPDATE fly.user_fly_apps SET last_error = $2, attempts = $3::pg_catalog.int4, "
-	                      "status = CASE WHEN $4::pg_catalog.bool THEN 'failed' ELSE status END, "
-	                      "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
-	                      "RETURNING status",
-	                      {std::to_string(context.app_id), step.error, std::to_string(context.attempts),
-	                       std::string(failed ? "true" : "false")});
+						  "status = CASE WHEN $4::pg_catalog.bool THEN 'failed' ELSE status END, "
+						  "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+						  "RETURNING status",
+						  {std::to_string(context.app_id), step.error, std::to_string(context.attempts),
+						   std::string(failed ? "true" : "false")});
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
@@ -88,23 +88,23 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	const bool failed = step.completion == reconcile::Completion::kFailed;
 	const std::string kind = failed ? "failed" : "repeated_failures";
 	auto rows = spi.Query(
-	    "SELECT pg_catalog.json_build_object('kind', $3, 'user_id', $1, 'fly_app_name', "
-	    "(SELECT a.fly_app_name FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $2::pg_catalog.int8), "
-	    "'status', $4, 'attempts', $5::pg_catalog.int4, 'error', $6, 'at', pg_catalog.now())::pg_catalog.text",
-	    {context.user_id, std::to_string(context.app_id), kind, status, std::to_string(context.attempts), step.error},
-	    true);
+		"SELECT pg_catalog.json_build_object('kind', $3, 'user_id', $1, 'fly_app_name', "
+		"(SELECT a.fly_app_name FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $2::pg_catalog.int8), "
+		"'status', $4, 'attempts', $5::pg_catalog.int4, 'error', $6, 'at', pg_catalog.now())::pg_catalog.text",
+		{context.user_id, std::to_string(context.app_id), kind, status, std::to_string(context.attempts), step.error},
+		true);
 	const pg::Value details = rows.at(0).at(0);
 	auto event = spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-	                       "VALUES ((CASE WHEN $1 OPERATOR(pg_catalog.=) '0' THEN NULL ELSE $1 END)::pg_catalog.int8, "
-	                       "$2::pg_catalog.uuid, 'alert_raised', $3, "
-	                       "$4::pg_catalog.jsonb) RETURNING id",
-	                       {std::to_string(context.app_id), context.user_id, status, details});
+						   "VALUES ((CASE WHEN $1 OPERATOR(pg_catalog.=) '0' THEN NULL ELSE $1 END)::pg_catalog.int8, "
+						   "$2::pg_catalog.uuid, 'alert_raised', $3, "
+						   "$4::pg_catalog.jsonb) RETURNING id",
+						   {std::to_string(context.app_id), context.user_id, status, details});
 	const std::string event_id = event.at(0).at(0).value_or("0");
 	std::string payload;
 	if (settings::notify_payload == settings::kNotifyPayloadFull) {
 		auto full = spi.Query("SELECT ($1::pg_catalog.jsonb OPERATOR(pg_catalog.||) "
-		                      "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::pg_catalog.text",
-		                      {details, event_id}, true);
+							  "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::pg_catalog.text",
+							  {details, event_id}, true);
 		payload = full.at(0).at(0).value_or("{}");
 	} else {
 		Json minimal = Json::Object();
@@ -116,7 +116,7 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	}
 	spi.Query("SELECT pg_catalog.pg_notify($1, $2)", {std::string(kAlertChannel), payload});
 	spi.Query("UPDATE fly.reconcile_queue SET alerted = true WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
-	          {context.user_id});
+			  {context.user_id});
 	context.alerted = true;
 	context.raise_alert = false; // once: not again with the operation's next step (its success, say)
 }
@@ -131,9 +131,9 @@ FirstFreeNameAttempt(pg::SpiConnection &spi, const std::string &user_id, const s
 			return attempt; // exhausted: the operation reports it
 		}
 		auto rows = spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE deleted_at IS NULL "
-		                      "AND fly_app_name OPERATOR(pg_catalog.=) $1 "
-		                      "AND user_id OPERATOR(pg_catalog.<>) $2::pg_catalog.uuid",
-		                      {*name, user_id}, true);
+							  "AND fly_app_name OPERATOR(pg_catalog.=) $1 "
+							  "AND user_id OPERATOR(pg_catalog.<>) $2::pg_catalog.uuid",
+							  {*name, user_id}, true);
 		if (rows.empty()) {
 			return attempt;
 		}
@@ -152,9 +152,9 @@ GuestFromColumns(const pg::Row &row, size_t cpu_kind_column, const char *default
 std::optional<TierPolicyRow>
 LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 	auto rows = spi.Query("SELECT dedicated_app, cpu_kind, cpus, memory_mb, "
-	                      "COALESCE(region, pg_catalog.current_setting('fly.default_region')) "
-	                      "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1",
-	                      {tier}, true);
+						  "COALESCE(region, pg_catalog.current_setting('fly.default_region')) "
+						  "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1",
+						  {tier}, true);
 	if (rows.empty()) {
 		return std::nullopt;
 	}
@@ -168,11 +168,11 @@ LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 std::optional<reconcile::AppRecord>
 LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	auto rows = spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
-	                      "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
-	                      "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since) "
-	                      "FROM fly.user_fly_apps "
-	                      "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
-	                      {user_id}, true);
+						  "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
+						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since) "
+						  "FROM fly.user_fly_apps "
+						  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
+						  {user_id}, true);
 	if (rows.empty()) {
 		return std::nullopt;
 	}
@@ -214,10 +214,10 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	}
 	for (const auto &event : step.events) {
 		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, COALESCE($4, (SELECT a.status FROM "
-		          "fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8)), $5::pg_catalog.jsonb)",
-		          {context.app_id ? pg::Value(std::to_string(context.app_id)) : std::nullopt, context.user_id,
-		           event.type, status, event.details_json});
+				  "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, COALESCE($4, (SELECT a.status FROM "
+				  "fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8)), $5::pg_catalog.jsonb)",
+				  {context.app_id ? pg::Value(std::to_string(context.app_id)) : std::nullopt, context.user_id,
+				   event.type, status, event.details_json});
 	}
 
 	if (context.raise_alert) {
@@ -230,34 +230,36 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	case Completion::kContinue:
 		// A failed attempt retried in place begins another attempt; the lease covers its backoff delay too.
 		still_ours =
-		    !spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
-		               "pg_catalog.make_interval(secs => $3::pg_catalog.float8), updated_at = pg_catalog.now(), "
-		               "attempts = attempts OPERATOR(pg_catalog.+) CASE WHEN $4::pg_catalog.bool THEN 1 ELSE 0 END, "
-		               "last_error = CASE WHEN $4::pg_catalog.bool THEN $5 ELSE last_error END "
-		               "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-		               "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
-		               {context.user_id, std::to_string(context.generation),
-		                Seconds(kLeaseSeconds + context.retry_delay_seconds),
-		                std::string(step.failed_attempt ? "true" : "false"), step.error})
-		         .empty();
+			!spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
+					   "pg_catalog.make_interval(secs => $3::pg_catalog.float8), updated_at = pg_catalog.now(), "
+					   "attempts = attempts OPERATOR(pg_catalog.+) CASE WHEN $4::pg_catalog.bool THEN 1 ELSE 0 END, "
+					   "last_error = CASE WHEN $4::pg_catalog.bool THEN $5 ELSE last_error END "
+					   "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+					   "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+					   {context.user_id, std::to_string(context.generation),
+						Seconds(kLeaseSeconds + context.retry_delay_seconds),
+						std::string(step.failed_attempt ? "true" : "false"), step.error})
+				 .empty();
 		break;
 	case Completion::kDone:
 	case Completion::kFailed:
-		still_ours = !spi.Query("DELETE FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-		                        "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
-		                        item)
-		                  .empty();
+		still_ours =
+			!spi.Query("DELETE FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+					   "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+					   item)
+				 .empty();
 		break;
 	case Completion::kRetry:
 		still_ours =
-		    !spi.Query("UPDATE fly.reconcile_queue SET run_after = pg_catalog.now() OPERATOR(pg_catalog.+) "
-		               "pg_catalog.make_interval(secs => $3::pg_catalog.float8), claimed_at = NULL, lease_until = NULL, "
-		               "last_error = $4, updated_at = pg_catalog.now() "
-		               "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-		               "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
-		               {context.user_id, std::to_string(context.generation), Seconds(context.retry_delay_seconds),
-		                step.error})
-		         .empty();
+			!spi.Query(
+					"UPDATE fly.reconcile_queue SET run_after = pg_catalog.now() OPERATOR(pg_catalog.+) "
+					"pg_catalog.make_interval(secs => $3::pg_catalog.float8), claimed_at = NULL, lease_until = NULL, "
+					"last_error = $4, updated_at = pg_catalog.now() "
+					"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+					"AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+					{context.user_id, std::to_string(context.generation), Seconds(context.retry_delay_seconds),
+					 step.error})
+				 .empty();
 		break;
 	}
 	if (!still_ours) {

@@ -65,14 +65,14 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 			details.Set("result", Json::String(started ? "started" : outcome.message));
 			pg::RunInTransaction("pg_fly: recording a machine restart", [&](pg::SpiConnection &spi) {
 				RecordHealth(spi, target, nullptr, started ? "machine_restarted" : "machine_restart_failed",
-				             details.Dump());
+							 details.Dump());
 			});
 		} else {
 			HealthVerdict verdict = check.phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
-			                                                         : EvaluateMachineHealth(outcome);
+																	: EvaluateMachineHealth(outcome);
 			std::optional<std::string> endpoint_url;
 			if (check.phase == Phase::kMachine && verdict.health == Health::kHealthy &&
-			    settings::app_health_url[0] != '\0') {
+				settings::app_health_url[0] != '\0') {
 				endpoint_url = AppHealthUrl(settings::app_health_url, target.app_name);
 				if (!endpoint_url) {
 					verdict.health = Health::kUnhealthy;
@@ -101,7 +101,7 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 					const bool active = RecordHealth(spi, target, health, event, details.Dump());
 					if (check.canary_of_rollout != 0) {
 						RecordCanaryHealth(spi, check.canary_of_rollout, target.app_id,
-						                   verdict.health == Health::kHealthy);
+										   verdict.health == Health::kHealthy);
 					}
 					if (active && event == "app_vanished") {
 						// The reconcile finds or recreates the app and its machine from what the row records. A

@@ -12,21 +12,21 @@ using pg::ToInt;
 std::vector<HealthTarget>
 LoadHealthTargets(pg::SpiConnection &spi) {
 	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier FROM fly.user_fly_apps "
-	                      "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
-	                      "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
-	                      {}, true);
+						  "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+						  "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
+						  {}, true);
 	std::vector<HealthTarget> targets;
 	targets.reserve(rows.size());
 	for (const auto &row : rows) {
-		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""),
-		                               row[4]});
+		targets.push_back(
+			HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""), row[4]});
 	}
 	return targets;
 }
 
 bool
 RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
-             const std::string &details_json) {
+			 const std::string &details_json) {
 	auto rows =
 		spi.Query("WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
 				  "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
@@ -54,19 +54,19 @@ RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *hea
 		type = "health_changed";
 	}
 	if (!type.empty()) {
-		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, $4, "
-		          "$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::pg_catalog.text, "
-		          "'to', $7::pg_catalog.text))",
-		          {std::to_string(target.app_id), target.user_id, type, rows[0][2], details_json, rows[0][0],
-		           rows[0][1]});
+		spi.Query(
+			"INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+			"VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, $4, "
+			"$5::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('from', $6::pg_catalog.text, "
+			"'to', $7::pg_catalog.text))",
+			{std::to_string(target.app_id), target.user_id, type, rows[0][2], details_json, rows[0][0], rows[0][1]});
 	}
 	return true;
 }
 
 std::vector<std::string>
 RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
-              const std::vector<std::pair<std::string, std::string>> &apps_with_prefix) {
+			  const std::vector<std::pair<std::string, std::string>> &apps_with_prefix) {
 	// One JSON parameter, not array literals pasted together: nothing Fly sends can shift or break the rows.
 	Json apps = Json::Array();
 	for (const auto &[name, id] : apps_with_prefix) {
@@ -97,8 +97,8 @@ RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 		{apps_json});
 	std::vector<std::string> to_delete;
 	for (const auto &row : spi.Query("SELECT fly_app_name FROM fly.orphan_apps WHERE delete_requested "
-	                                 "AND deleted_at IS NULL ORDER BY fly_app_name",
-	                                 {}, true)) {
+									 "AND deleted_at IS NULL ORDER BY fly_app_name",
+									 {}, true)) {
 		to_delete.push_back(row[0].value_or(""));
 	}
 	return to_delete;
@@ -107,8 +107,8 @@ RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 void
 RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error) {
 	spi.Query("UPDATE fly.orphan_apps SET deleted_at = CASE WHEN $2 IS NULL THEN pg_catalog.now() END, "
-	          "last_error = $2 WHERE fly_app_name OPERATOR(pg_catalog.=) $1",
-	          {app_name, error.empty() ? std::nullopt : pg::Value(error)});
+			  "last_error = $2 WHERE fly_app_name OPERATOR(pg_catalog.=) $1",
+			  {app_name, error.empty() ? std::nullopt : pg::Value(error)});
 }
 
 } // namespace pgfly

@@ -29,16 +29,12 @@ constexpr double kSaturatedDispatchSeconds = 1.0;
 constexpr int kFdHeadroom = 4;
 
 // One callable of lambdas, one for each kind of job, for std::visit.
-template <class... Handlers>
-struct Overloaded : Handlers... {
-	using Handlers::operator()...;
-};
-template <class... Handlers>
-Overloaded(Handlers...) -> Overloaded<Handlers...>;
+template <class... Handlers> struct Overloaded : Handlers... { using Handlers::operator()...; };
+template <class... Handlers> Overloaded(Handlers...) -> Overloaded<Handlers...>;
 
 } // namespace
 
-JobRunner::JobRunner(SharedState *shared) : shared_(shared), random_(std::random_device {}()) {
+JobRunner::JobRunner(SharedState *shared) : shared_(shared), random_(std::random_device{}()) {
 	Configure();
 }
 
@@ -91,13 +87,13 @@ JobRunner::Configure() {
 	limits.enabled = settings::rate_limits;
 	limits.action = RateLimit{settings::rate_limit_per_second, static_cast<double>(settings::rate_limit_burst)};
 	limits.get_machine = RateLimit{settings::rate_limit_get_machine_per_second,
-	                               static_cast<double>(settings::rate_limit_get_machine_burst)};
+								   static_cast<double>(settings::rate_limit_get_machine_burst)};
 	limits.delete_app = RateLimit{settings::rate_limit_app_deletes_per_minute / 60.0,
-	                              static_cast<double>(settings::rate_limit_app_deletes_per_minute)};
+								  static_cast<double>(settings::rate_limit_app_deletes_per_minute)};
 	limiter_.Configure(limits);
 	breaker_.Configure(CircuitBreakerSettings{settings::breaker_failure_threshold,
-	                                          settings::breaker_open_time_ms / 1000.0,
-	                                          settings::breaker_max_open_time_ms / 1000.0});
+											  settings::breaker_open_time_ms / 1000.0,
+											  settings::breaker_max_open_time_ms / 1000.0});
 
 	client_config_.base_url = settings::api_url;
 	client_config_.proxy = settings::http_proxy;
@@ -151,7 +147,8 @@ JobRunner::ReserveClientFds() {
 	if (budget.concurrency < settings::max_concurrency && budget.concurrency != concurrency_limit_) {
 		Log("only " + std::to_string(reserved_fds_) + " file descriptors are available for Fly connections (" +
 			std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
-			" users are reconciled at once instead of fly.max_concurrency = " + std::to_string(settings::max_concurrency));
+			" users are reconciled at once instead of fly.max_concurrency = " +
+			std::to_string(settings::max_concurrency));
 	}
 	if (budget.connections != client_connections_) {
 		pg::PgGuard([&]() {
@@ -248,13 +245,13 @@ JobRunner::Dispatch() {
 	}
 	if (present && !running_.empty() && Now() - last_lease_renewal_ > kLeaseSeconds / 4.0) {
 		const double renewed_at = Now();
-		present = InTransaction("pg_fly: renewing leases",
-		                        [&](pg::SpiConnection &spi) { RenewLeases(spi, RunningUsers()); });
+		present =
+			InTransaction("pg_fly: renewing leases", [&](pg::SpiConnection &spi) { RenewLeases(spi, RunningUsers()); });
 		last_lease_renewal_ = renewed_at;
 	}
 	const bool health_requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
 	const bool health_due = configuration_problem_.empty() &&
-	                        (health_requested || (settings::health_check_interval_ms > 0 && now >= next_health_pass_));
+							(health_requested || (settings::health_check_interval_ms > 0 && now >= next_health_pass_));
 	const bool probe_due = WantsHealthProbe(now) && now >= next_probe_check_;
 	std::vector<ClaimedItem> claimed;
 	std::optional<std::vector<HealthTarget>> health_targets;
@@ -302,8 +299,8 @@ JobRunner::Dispatch() {
 	}
 	if (probe_due) {
 		// No app to check yet: look again after the poll interval rather than every second.
-		next_probe_check_ =
-			now + (health_next_ < health_queue_.size() ? kSaturatedDispatchSeconds : settings::poll_interval_ms / 1000.0);
+		next_probe_check_ = now + (health_next_ < health_queue_.size() ? kSaturatedDispatchSeconds
+																	   : settings::poll_interval_ms / 1000.0);
 	}
 	dispatch_again_ = capacity > 0 && static_cast<int>(claimed.size()) == capacity;
 	next_queue_due_.reset();
@@ -334,7 +331,7 @@ JobRunner::SendAllowed() {
 		return;
 	}
 	std::sort(pending_.begin(), pending_.end(),
-	          [](const PendingRequest &a, const PendingRequest &b) { return a.due < b.due; });
+			  [](const PendingRequest &a, const PendingRequest &b) { return a.due < b.due; });
 	const double now = Now();
 	std::vector<PendingRequest> still_pending;
 	for (auto &pending : pending_) {
@@ -396,12 +393,12 @@ JobRunner::Drive() {
 		Observe(in_flight, answer.outcome);
 		const fly::Outcome &outcome = answer.outcome;
 		std::visit(Overloaded{
-		               [&](ReconcileJob &job) { OnReconcileAnswer(std::move(job), outcome); },
-		               [&](HealthJob &job) { OnHealthAnswer(std::move(job), outcome); },
-		               [&](OrphanJob &job) { OnOrphanAnswer(job, outcome); },
-		               [&](RolloutJob &job) { OnRolloutAnswer(std::move(job), outcome); },
-		           },
-		           in_flight.job);
+					   [&](ReconcileJob &job) { OnReconcileAnswer(std::move(job), outcome); },
+					   [&](HealthJob &job) { OnHealthAnswer(std::move(job), outcome); },
+					   [&](OrphanJob &job) { OnOrphanAnswer(job, outcome); },
+					   [&](RolloutJob &job) { OnRolloutAnswer(std::move(job), outcome); },
+				   },
+				   in_flight.job);
 	}
 	SendAllowed();
 	const double now = Now();
@@ -421,7 +418,8 @@ JobRunner::PublishStatus() const {
 	shared_->in_flight = static_cast<int>(in_flight_.size());
 	shared_->rate_limited = static_cast<int>(pending_.size());
 	shared_->breaker_state = static_cast<int>(breaker_.state(now));
-	shared_->breaker_reopen_at = breaker_.state(now) == CircuitBreaker::State::kOpen ? to_timestamp(breaker_.reopen_at()) : 0;
+	shared_->breaker_reopen_at =
+		breaker_.state(now) == CircuitBreaker::State::kOpen ? to_timestamp(breaker_.reopen_at()) : 0;
 	if (!last_error_.empty()) {
 		strlcpy(shared_->last_error, last_error_.c_str(), sizeof(shared_->last_error));
 		shared_->last_error_at = to_timestamp(last_error_at_);
@@ -481,9 +479,9 @@ JobRunner::SleepMs() const {
 		wake.At(next_saturated_dispatch_);
 	}
 	if (saturated && configuration_problem_.empty() &&
-	    (pg_atomic_read_u32(&shared_->health_pass_requested) != 0 ||
-	     pg_atomic_read_u32(&shared_->orphan_pass_requested) != 0 ||
-	     pg_atomic_read_u32(&shared_->rollout_pass_requested) != 0)) {
+		(pg_atomic_read_u32(&shared_->health_pass_requested) != 0 ||
+		 pg_atomic_read_u32(&shared_->orphan_pass_requested) != 0 ||
+		 pg_atomic_read_u32(&shared_->rollout_pass_requested) != 0)) {
 		wake.At(next_saturated_dispatch_);
 	}
 	return wake.SleepMs();

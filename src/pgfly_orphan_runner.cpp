@@ -22,8 +22,7 @@ void
 JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 	try {
 		if (!work.app_name.empty()) {
-			const bool gone =
-			    outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
+			const bool gone = outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
 			pg::RunInTransaction("pg_fly: recording an orphan deletion", [&](pg::SpiConnection &spi) {
 				RecordOrphanDeleted(spi, work.app_name, gone ? "" : outcome.message);
 			});
@@ -57,9 +56,8 @@ JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 			ours.emplace_back(name, id);
 		}
 		std::vector<std::string> to_delete;
-		pg::RunInTransaction("pg_fly: recording orphan apps", [&](pg::SpiConnection &spi) {
-			to_delete = RecordOrphans(spi, settings_.org_slug, ours);
-		});
+		pg::RunInTransaction("pg_fly: recording orphan apps",
+							 [&](pg::SpiConnection &spi) { to_delete = RecordOrphans(spi, settings_.org_slug, ours); });
 		for (const auto &name : to_delete) {
 			pending_.push_back(PendingRequest{Now(), OrphanJob{name}, fly::DeleteAppRequest(name)});
 		}

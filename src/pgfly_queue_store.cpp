@@ -23,26 +23,26 @@ DesiredName(DesiredState desired) {
 
 void
 EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
-                 const char *reason) {
+				 const char *reason) {
 	static const char *const kUpsert =
-	    "INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
-	    "VALUES ($1::pg_catalog.uuid, $2, $3, $4) "
-	    "ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier, "
-	    "reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, alerted = false, "
-	    // The claim goes too: an operation still running for the old generation hands over at its next step, and
-	    // a claim the worker failed to release cannot hold the new desired state back for a whole lease.
-	    "run_after = pg_catalog.now(), claimed_at = NULL, lease_until = NULL, last_error = NULL, "
-	    "updated_at = pg_catalog.now()";
+		"INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
+		"VALUES ($1::pg_catalog.uuid, $2, $3, $4) "
+		"ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier, "
+		"reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, alerted = false, "
+		// The claim goes too: an operation still running for the old generation hands over at its next step, and
+		// a claim the worker failed to release cannot hold the new desired state back for a whole lease.
+		"run_after = pg_catalog.now(), claimed_at = NULL, lease_until = NULL, last_error = NULL, "
+		"updated_at = pg_catalog.now()";
 	spi.Query(kUpsert, {user_id, DesiredName(desired), tier, std::string(reason)});
 	pg::PgGuard([]() { WakeWorkerAtCommit(); });
 }
 
 bool
 EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
-                    const char *reason) {
+					const char *reason) {
 	static const char *const kInsert = "INSERT INTO fly.reconcile_queue (user_id, desired, tier, reason) "
-	                                   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING "
-	                                   "RETURNING 1";
+									   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING "
+									   "RETURNING 1";
 	const bool queued = !spi.Query(kInsert, {user_id, DesiredName(desired), tier, std::string(reason)}).empty();
 	if (queued) {
 		pg::PgGuard([]() { WakeWorkerAtCommit(); });
@@ -53,49 +53,49 @@ EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredS
 void
 ReleaseClaim(pg::SpiConnection &spi, const std::string &user_id) {
 	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL "
-	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
-	          {user_id});
+			  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
+			  {user_id});
 }
 
 bool
 ReleaseOrphanClaims(pg::SpiConnection &spi, const std::vector<std::string> &running) {
 	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL "
-	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
-	          "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) FOR UPDATE SKIP LOCKED)",
-	          {UuidArray(running)});
+			  "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
+			  "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) FOR UPDATE SKIP LOCKED)",
+			  {UuidArray(running)});
 	// Rows another transaction holds were skipped; they are released on a later pass.
 	return spi.Query("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
-	                 "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])))",
-	                 {UuidArray(running)})
-	           .at(0)
-	           .at(0) == std::string("t");
+					 "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])))",
+					 {UuidArray(running)})
+			   .at(0)
+			   .at(0) == std::string("t");
 }
 
 void
 RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users) {
 	// A row another transaction holds keeps its lease until the next renewal, minutes before it runs out.
 	spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
-	          "pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
-	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
-	          "WHERE user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]) AND claimed_at IS NOT NULL "
-	          "FOR UPDATE SKIP LOCKED)",
-	          {UuidArray(users), std::to_string(kLeaseSeconds)});
+			  "pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
+			  "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
+			  "WHERE user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]) AND claimed_at IS NOT NULL "
+			  "FOR UPDATE SKIP LOCKED)",
+			  {UuidArray(users), std::to_string(kLeaseSeconds)});
 }
 
 std::vector<ClaimedItem>
 ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> &running) {
-	auto rows = spi.Query(
-	    "WITH due AS (SELECT user_id FROM fly.reconcile_queue "
-	    "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
-	    "AND (claimed_at IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now()) "
-	    "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
-	    "ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
-	    "UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
-	    "lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8), "
-	    "attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
-	    "FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
-	    "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted",
-	    {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
+	auto rows = spi.Query("WITH due AS (SELECT user_id FROM fly.reconcile_queue "
+						  "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
+						  "AND (claimed_at IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now()) "
+						  "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
+						  "ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
+						  "UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
+						  "lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => "
+						  "$2::pg_catalog.float8), "
+						  "attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
+						  "FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
+						  "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted",
+						  {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
 	std::vector<ClaimedItem> items;
 	for (const auto &row : rows) {
 		ClaimedItem item;
@@ -114,10 +114,11 @@ QueueSummary
 SummarizeQueue(pg::SpiConnection &spi) {
 	// One scan for both: this runs at every pass of the worker's loop. Not read-only: the claims this
 	// transaction just made must be seen as claims, not as items still due.
-	auto rows = spi.Query("SELECT pg_catalog.count(*) FILTER (WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()), "
-	                      "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
-	                      "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
-	                      {});
+	auto rows =
+		spi.Query("SELECT pg_catalog.count(*) FILTER (WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()), "
+				  "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
+				  "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
+				  {});
 	QueueSummary summary;
 	summary.due = ToInt(rows.at(0).at(0));
 	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
@@ -159,17 +160,17 @@ ReturnAttempts(pg::SpiConnection &spi, const std::map<std::string, int64_t> &ite
 	// Only the same generation, still claimed: a newer tier change or a finished item has nothing to give back.
 	// Both statements are literals: the cache of prepared plans is keyed by their address.
 	static const char *const select =
-	    "SELECT q.user_id, q.generation "
-	    "FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
-	    "(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
-	    "AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL";
+		"SELECT q.user_id, q.generation "
+		"FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
+		"(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
+		"AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL";
 	static const char *const update =
-	    "UPDATE fly.reconcile_queue SET attempts = GREATEST(attempts OPERATOR(pg_catalog.-) 1, 0) "
-	    "WHERE user_id OPERATOR(pg_catalog.=) ANY (SELECT q.user_id "
-	    "FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
-	    "(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
-	    "AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL "
-	    "FOR UPDATE OF q SKIP LOCKED) RETURNING user_id";
+		"UPDATE fly.reconcile_queue SET attempts = GREATEST(attempts OPERATOR(pg_catalog.-) 1, 0) "
+		"WHERE user_id OPERATOR(pg_catalog.=) ANY (SELECT q.user_id "
+		"FROM fly.reconcile_queue q JOIN pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS r "
+		"(user_id pg_catalog.uuid, generation pg_catalog.int8) ON q.user_id OPERATOR(pg_catalog.=) r.user_id "
+		"AND q.generation OPERATOR(pg_catalog.=) r.generation WHERE q.claimed_at IS NOT NULL "
+		"FOR UPDATE OF q SKIP LOCKED) RETURNING user_id";
 	const std::string items_json = list.Dump();
 	std::map<std::string, int64_t> held;
 	for (const auto &row : spi.Query(select, {items_json}, true)) {

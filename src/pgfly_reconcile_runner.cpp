@@ -18,13 +18,12 @@ double
 JobRunner::RetryDelay(int attempts, std::optional<double> retry_after) {
 	std::uniform_real_distribution<double> unit(0.0, 1.0);
 	return RetryDelaySeconds(attempts, settings::retry_base_delay_ms / 1000.0, settings::retry_max_delay_ms / 1000.0,
-	                         retry_after, unit(random_));
+							 retry_after, unit(random_));
 }
-
 
 void
 JobRunner::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
-				  bool item_was_locked) {
+				 bool item_was_locked) {
 	running_.erase(user_id);
 	dispatch_again_ = true;
 	Log("reconciling user " + user_id + " failed: " + error);
@@ -109,13 +108,13 @@ JobRunner::ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step) {
 		step.failed_attempt = false;
 		step.request.reset();
 		step.completion = Completion::kFailed;
-		step.events.push_back(reconcile::Event{
-		    job.operation.target().present ? "provision_failed" : "deprovision_failed",
-		    "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
-		        std::to_string(context.attempts) + "}"});
+		step.events.push_back(
+			reconcile::Event{job.operation.target().present ? "provision_failed" : "deprovision_failed",
+							 "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
+								 std::to_string(context.attempts) + "}"});
 	}
 	context.raise_alert = !context.alerted && (context.attempts >= settings::alert_after_attempts ||
-	                                          step.completion == Completion::kFailed);
+											   step.completion == Completion::kFailed);
 	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
 }
 
@@ -126,12 +125,12 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 	const int attempts = job.context.attempts;
 	// A failure Fly answered spends the attempt, even when recording it meets a lock.
 	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
-	                     step.completion == reconcile::Completion::kFailed;
+						 step.completion == reconcile::Completion::kFailed;
 	try {
 		ApplyFailurePolicy(job, step);
 		bool go_on = false;
 		pg::RunInTransaction("pg_fly: recording a step",
-		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
+							 [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
 		if (go_on && step.request) {
 			double due = Now() + step.delay_seconds;
 			if (step.failed_attempt) {

@@ -24,12 +24,12 @@ std::vector<HealthTarget> LoadHealthTargets(pg::SpiConnection &spi);
 // Records a check: health (nothing = unchanged), last_health_check_at, and an event when health changed or an
 // action was taken. Returns false when the app is no longer active (it changed meanwhile).
 bool RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
-                  const std::string &details_json);
+				  const std::string &details_json);
 
 // Records the organization's apps with pg_fly's prefix that no live row owns (from a list-apps answer); returns
 // the reported orphans marked for deletion that are still orphans.
 std::vector<std::string> RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
-                                       const std::vector<std::pair<std::string, std::string>> &apps_with_prefix);
+									   const std::vector<std::pair<std::string, std::string>> &apps_with_prefix);
 void RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error);
 
 } // namespace pgfly

@@ -18,12 +18,12 @@ enum class DesiredState { kPresent, kAbsent };
 
 // Upserts the user's queue item and wakes the worker when the transaction commits.
 // user_id is text that casts to uuid; tier may be empty for kAbsent.
-void EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
-                      const pg::Value &tier, const char *reason);
+void EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
+					  const char *reason);
 // Queues the item only when the user has none: a queued item is newer intent (a tier change, say) than what
 // the caller saw. Returns whether it queued one.
 bool EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
-                         const pg::Value &tier, const char *reason);
+						 const pg::Value &tier, const char *reason);
 
 struct ClaimedItem {
 	std::string user_id;
