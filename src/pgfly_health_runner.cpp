@@ -29,7 +29,7 @@ JobRunner::StartHealthChecks() {
 	}
 	while (health_running_ < limit && health_next_ < health_queue_.size()) {
 		const HealthTarget &target = health_queue_[health_next_++];
-		if (running_.count(target.user_id)) {
+		if (busy_users_.count(target.user_id)) {
 			continue;
 		}
 		fly::Request request = fly::GetMachineRequest(target.app_name, target.machine_id);
@@ -47,8 +47,8 @@ JobRunner::StartHealthChecks() {
 bool
 JobRunner::WantsHealthProbe(double now) const {
 	return configuration_problem_.empty() && settings::health_check_interval_ms > 0 &&
-		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() && running_.empty() &&
-		   health_running_ == 0 && pending_.empty();
+		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() &&
+		   busy_users_.empty() && health_running_ == 0 && pending_.empty();
 }
 
 void

@@ -174,10 +174,10 @@ JobRunner::~JobRunner() {
 }
 
 std::vector<std::string>
-JobRunner::RunningUsers() const {
+JobRunner::BusyUsers() const {
 	std::vector<std::string> users;
-	users.reserve(running_.size());
-	for (const auto &user : running_) {
+	users.reserve(busy_users_.size());
+	for (const auto &user : busy_users_) {
 		users.push_back(user);
 	}
 	return users;
@@ -195,9 +195,9 @@ JobRunner::Capacity(double now) const {
 		return 0;
 	case CircuitBreaker::State::kHalfOpen:
 		// One operation to carry the probe, unless one is already waiting to send it.
-		return running_.empty() && !breaker_.probe_in_flight() ? 1 : 0;
+		return busy_users_.empty() && !breaker_.probe_in_flight() ? 1 : 0;
 	}
-	return concurrency_limit_ - static_cast<int>(running_.size());
+	return concurrency_limit_ - static_cast<int>(busy_users_.size());
 }
 
 bool
@@ -238,15 +238,15 @@ JobRunner::Dispatch() {
 			if (!still_held.empty()) {
 				still_held = ReturnAttempts(spi, still_held);
 			}
-			released = ReleaseOrphanClaims(spi, RunningUsers());
+			released = ReleaseOrphanClaims(spi, BusyUsers());
 		});
 		claims_released_ = released;
 		attempts_to_return_ = std::move(still_held);
 	}
-	if (present && !running_.empty() && Now() - last_lease_renewal_ > kLeaseSeconds / 4.0) {
+	if (present && !busy_users_.empty() && Now() - last_lease_renewal_ > kLeaseSeconds / 4.0) {
 		const double renewed_at = Now();
 		present =
-			InTransaction("pg_fly: renewing leases", [&](pg::SpiConnection &spi) { RenewLeases(spi, RunningUsers()); });
+			InTransaction("pg_fly: renewing leases", [&](pg::SpiConnection &spi) { RenewLeases(spi, BusyUsers()); });
 		last_lease_renewal_ = renewed_at;
 	}
 	const bool health_requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
@@ -261,7 +261,7 @@ JobRunner::Dispatch() {
 		try {
 			present = InTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
 				if (capacity > 0) {
-					claimed = ClaimDueItems(spi, capacity, RunningUsers());
+					claimed = ClaimDueItems(spi, capacity, BusyUsers());
 				}
 				if ((health_due || probe_due) && health_next_ >= health_queue_.size()) {
 					health_targets = LoadHealthTargets(spi);
@@ -310,7 +310,7 @@ JobRunner::Dispatch() {
 		const double in = *summary.seconds_until_next_due;
 		next_queue_due_ = now + (in > 0 ? in : kSaturatedDispatchSeconds);
 	}
-	std::vector<std::string> busy = RunningUsers();
+	std::vector<std::string> busy = BusyUsers();
 	for (const auto &item : claimed) {
 		busy.push_back(item.user_id);
 	}

@@ -24,7 +24,7 @@ JobRunner::RetryDelay(int attempts, std::optional<double> retry_after) {
 void
 JobRunner::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
 				 bool item_was_locked) {
-	running_.erase(user_id);
+	busy_users_.erase(user_id);
 	dispatch_again_ = true;
 	Log("reconciling user " + user_id + " failed: " + error);
 	const double delay = RetryDelay(attempts, std::nullopt);
@@ -54,7 +54,7 @@ JobRunner::Start(const ClaimedItem &item) {
 	context.attempts = item.attempts;
 	context.alerted = item.alerted;
 	context.org_slug = settings_.org_slug;
-	running_.insert(item.user_id);
+	busy_users_.insert(item.user_id);
 	try {
 		reconcile::Target target;
 		target.user_id = item.user_id;
@@ -139,7 +139,7 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 			}
 			pending_.push_back(PendingRequest{due, std::move(job), *step.request});
 		} else {
-			running_.erase(user_id);
+			busy_users_.erase(user_id);
 			dispatch_again_ = true;
 		}
 	} catch (const pg::PgError &e) {

@@ -102,7 +102,7 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 void
 JobRunner::StartRolloutUpdates() {
 	for (auto &work : rollout_claimed_) {
-		running_.insert(work.app.user_id);
+		busy_users_.insert(work.app.user_id);
 		const rollout::Step step = work.update.Start();
 		pending_.push_back(PendingRequest{Now(), std::move(work), *step.request});
 	}
@@ -159,7 +159,7 @@ JobRunner::OnRolloutAnswer(RolloutJob work, const fly::Outcome &outcome) {
 
 void
 JobRunner::FinishRolloutUpdate(const RolloutJob &work, const rollout::Step &step) {
-	running_.erase(work.app.user_id);
+	busy_users_.erase(work.app.user_id);
 	dispatch_again_ = true;
 	next_rollout_pass_ = 0;
 	if (step.result == rollout::Result::kFailed) {

@@ -6,8 +6,9 @@
 // - orphan jobs (pgfly_orphan_runner.cpp): listing the organization's apps, deleting orphans;
 // - rollout jobs (pgfly_rollout_runner.cpp): moving one app's machine to a rollout's image.
 // pgfly_job_runner.cpp holds what they share: configuration, the dispatch loop, sending and observing
-// requests, status and sleep. Never two jobs for one user's app at once. All of it is C++-regime code:
-// PostgreSQL is reached only through pgfly::pg (guarded), and no transaction is open while a request is in flight.
+// requests, status and sleep. A user has at most one reconcile or rollout job at a time, and a health check
+// does not start while they have one. All of it is C++-regime code: PostgreSQL is reached only through pgfly::pg
+// (guarded), and no transaction is open while a request is in flight.
 #pragma once
 
 #include <functional>
@@ -106,7 +107,8 @@ private:
 	bool InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body);
 	void SendAllowed();
 	void Observe(const InFlight &in_flight, const fly::Outcome &outcome);
-	std::vector<std::string> RunningUsers() const;
+	// The users of busy_users_, for the store functions that must leave them alone.
+	std::vector<std::string> BusyUsers() const;
 	void Log(const std::string &message) const;
 	ConnectionBudget ReserveClientFds();
 	static double Now();
@@ -148,7 +150,7 @@ private:
 	std::vector<PendingRequest> pending_;
 	std::map<fly::RequestId, InFlight> in_flight_;
 	// Users with a reconcile or rollout job (pending or in flight): never two for one user.
-	std::set<std::string> running_;
+	std::set<std::string> busy_users_;
 	// When the next queue item is due (or an unclaimable one is looked at again); nothing: the queue is empty.
 	std::optional<double> next_queue_due_;
 	bool dispatch_again_ = true;
