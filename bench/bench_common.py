@@ -13,7 +13,7 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "integration"))
-from harness import PG_BIN, TEST_TOKEN, Cluster, Simulator  # noqa: E402,F401
+from harness import PG_BIN, TEST_TOKEN, Cluster, Polling, Simulator  # noqa: E402,F401
 
 SUBSCRIPTIONS_DDL = "CREATE TABLE user_subscriptions (user_id uuid PRIMARY KEY, tier text NOT NULL DEFAULT 'free')"
 
@@ -72,8 +72,11 @@ def copy_in(pg, table_and_columns, rows):
         fail(f"COPY into {table_and_columns}: {result.stderr.strip()}")
 
 
-class Session:
+class Session(Polling):
     """One psql process kept open, so that a thousand small statements do not cost a thousand connections."""
+
+    # Benchmarks measure latencies: look often.
+    poll_interval = 0.01
 
     def __init__(self, pg):
         command = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-F", "\t",
@@ -97,18 +100,6 @@ class Session:
             if line:
                 rows.append(line.split("\t"))
         fail(f"psql session ended: {self.process.stderr.read().strip()}\nSQL: {sql}")
-
-    def value(self, sql):
-        rows = self.sql(sql)
-        return rows[0][0] if rows else None
-
-    def wait_for(self, sql, timeout, interval=0.01):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.value(sql) == "t":
-                return True
-            time.sleep(interval)
-        return False
 
     def close(self):
         if self.process.poll() is None:

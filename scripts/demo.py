@@ -1,4 +1,6 @@
-"""pg_fly's main job, end to end: the seed's four tests on a throwaway PostgreSQL with pg_fly preloaded.
+"""pg_fly's main job, end to end, on a throwaway PostgreSQL with pg_fly preloaded: the four acceptance tests of the
+edge-function setup pg_fly replaces (upgrade a user, check the status, check the machine is that user's alone,
+downgrade), then its admin monitoring query.
 
 By default the Fly API is the project's simulator on loopback. With FLY_API_TOKEN and FLY_IMAGE set (and
 optionally FLY_ORG_SLUG, FLY_API_URL, FLY_REGION) the same steps run against the real Fly Machines API.
@@ -26,6 +28,14 @@ def wait(pg, condition, what, timeout=180):
         print(pg.table("SELECT * FROM fly.pending_work"))
         raise SystemExit(f"timed out waiting for {what}")
     print(f"({what}: {time.monotonic() - started:.2f} s)")
+
+
+def change_tier(pg, tier, status, what):
+    """Changes ADA's tier as the application would, and waits until her app reaches `status`."""
+    print(f"UPDATE user_subscriptions SET tier = '{tier}' WHERE user_id = '{ADA}';")
+    pg.sql(f"UPDATE user_subscriptions SET tier = '{tier}' WHERE user_id = '{ADA}'")
+    wait(pg, f"SELECT EXISTS (SELECT 1 FROM fly.user_fly_apps WHERE user_id = '{ADA}' AND status = '{status}')",
+         what)
 
 
 def fly_get(url, token, path):
@@ -71,10 +81,7 @@ def main():
         print(pg.table("SELECT u.email, s.tier FROM user_subscriptions s JOIN user_profiles u ON u.id = s.user_id"))
 
         say("Test 1: upgrade a user to Pro")
-        print(f"UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '{ADA}';")
-        pg.sql(f"UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '{ADA}'")
-        wait(pg, f"SELECT EXISTS (SELECT 1 FROM fly.user_fly_apps WHERE user_id = '{ADA}' AND status = 'active')",
-             "app active")
+        change_tier(pg, "pro", "active", "app active")
         print(pg.table(f"SELECT fly_app_name, status, region, fly_machine_id, cpu_kind, cpus, memory_mb "
                        f"FROM fly.user_fly_apps WHERE user_id = '{ADA}'"))
         print(pg.table(f"SELECT event_type, status, details FROM fly.user_fly_app_events "
@@ -95,10 +102,7 @@ def main():
             print("health endpoint:", json.dumps(sim.control("GET", f"apps/{app}/health")))
 
         say("Test 4: downgrade the user to Free")
-        print(f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{ADA}';")
-        pg.sql(f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{ADA}'")
-        wait(pg, f"SELECT EXISTS (SELECT 1 FROM fly.user_fly_apps WHERE user_id = '{ADA}' AND status = 'deleted')",
-             "app deleted")
+        change_tier(pg, "free", "deleted", "app deleted")
         print(pg.table(f"SELECT fly_app_name, status, deleted_at IS NOT NULL AS deleted_at_set "
                        f"FROM fly.user_fly_apps WHERE user_id = '{ADA}'"))
         print(pg.table(f"SELECT event_type, status FROM fly.user_fly_app_events WHERE user_id = '{ADA}' "
@@ -106,7 +110,7 @@ def main():
         if sim:
             print("apps left on Fly:", list(sim.state()["apps"]))
 
-        say("Admin monitoring: provision success rate (the seed's query)")
+        say("Admin monitoring: provision success rate (the edge-function setup's own query, unchanged)")
         print(pg.table("SET search_path = public, fly; SELECT COUNT(*) FILTER (WHERE event_type = "
                        "'provision_completed') as success, COUNT(*) FILTER (WHERE event_type = 'provision_failed') "
                        "as failed, ROUND(COUNT(*) FILTER (WHERE event_type = 'provision_completed') * 100.0 / "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# pg_fly's main job end to end: installs what is missing, builds and installs pg_fly, then runs the seed's
-# four tests on a throwaway PostgreSQL and the project's Fly API simulator (or the real Fly API when
-# FLY_API_TOKEN and FLY_IMAGE are set).
+# pg_fly's main job end to end: installs what is missing, builds and installs pg_fly, then runs the four
+# acceptance tests of the setup pg_fly replaces (docs/architecture.md) on a throwaway PostgreSQL and the
+# project's Fly API simulator (or the real Fly API when FLY_API_TOKEN and FLY_IMAGE are set).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root "$@"

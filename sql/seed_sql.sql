@@ -1,8 +1,9 @@
--- The seed system's own SQL ("What's Ready to Test" and "Admin Monitoring"), run verbatim with schema fly on
--- search_path. Only '<test-user-id>' is replaced by a real id.
+-- The SQL of the edge-function setup pg_fly replaces (its "What's Ready to Test" checks and "Admin Monitoring"
+-- queries; see docs/architecture.md), run verbatim with schema fly on search_path. Only '<test-user-id>' is
+-- replaced by a real id.
 SET search_path = public, fly;
 
--- The application's tables, as the seed's system has them.
+-- The application's tables, as that setup has them.
 CREATE TABLE user_profiles (id uuid PRIMARY KEY, email text NOT NULL);
 CREATE TABLE user_subscriptions (
     user_id uuid PRIMARY KEY REFERENCES user_profiles (id),

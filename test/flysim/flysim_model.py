@@ -170,7 +170,7 @@ def check_names(config, synthetic):
 
 
 def guest_error(guest):
-    """Fly's sizing rules (api-reference §3.1); returns a message or None."""
+    """Fly's machine sizing rules (docs/fly-api.md); returns a message or None."""
     if not guest:
         return None
     kind = guest.get("cpu_kind", "shared")
@@ -807,7 +807,8 @@ class FlyWorld:
     # ----------------------------------------------------------------------------- the app itself
 
     def app_health(self, call):
-        """What the seed's Go backend answers on /health, from the first started machine's env."""
+        """What the user's backend image answers on /health (docs/architecture.md), from the first started
+        machine's env."""
         name = call.params["app"]
         app = self.apps.get(name)
         if app is None:

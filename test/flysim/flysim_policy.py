@@ -27,7 +27,7 @@ KNOWN_ENDPOINTS = frozenset(ENDPOINTS) | {APP_HEALTH}
 ORG_SCOPED = frozenset({"create_app", "list_apps", "delete_app", "list_org_machines"})
 APP_SCOPED = frozenset({"get_app", "list_machines", "create_machine", "list_secrets", "set_secrets"})
 
-# Fly's documented limits (api-reference §5): 1 req/s with burst 3 per action; get machine 5/s
+# Fly's documented limits (docs/fly-api.md): 1 req/s with burst 3 per action; get machine 5/s
 # burst 10; app deletions 100 per minute.
 FLY_RATE_LIMITS = {endpoint: {"rate": 1.0, "burst": 3} for endpoint in ENDPOINTS}
 FLY_RATE_LIMITS["get_machine"] = {"rate": 5.0, "burst": 10}

@@ -1,6 +1,6 @@
 """Compact request-body schemas for the Fly Machines API endpoints the simulator serves.
 
-Hand-written from the OpenAPI spec (fly/openapi.json) and the API reference. Each object schema
+Hand-written from Fly's OpenAPI spec and API docs (docs/fly-api.md names both). Each object schema
 names the spec schema it mirrors, so a test can check every accepted field against the spec.
 Validation is deliberately stricter than Fly (which ignores unknown fields): a client bug should
 fail here, loudly, instead of being silently dropped by the real API.
@@ -63,9 +63,9 @@ def enum(*values):
 # The conformance test allows exactly these deviations and nothing else.
 DOCUMENTED_EXTRAS = {
     ("CreateAppRequest", "app_name"): "the Apps docs and warm-pool blueprint send app_name; "
-                                      "the spec and fly-go send name (api-reference §2.1)",
-    ("fly.MachineService", "autostop", "boolean"): "the docs accept booleans and echo them (api-reference §3.1)",
-    ("AppSecretsUpdateRequest", "values", "null"): "null unsets a secret (spec description, api-reference §4)",
+                                      "the spec and fly-go send name (docs/fly-api.md)",
+    ("fly.MachineService", "autostop", "boolean"): "Fly's machine docs accept booleans and echo them",
+    ("AppSecretsUpdateRequest", "values", "null"): "null unsets a secret (the spec's description)",
 }
 
 _HTTP_HEADER = Obj("fly.MachineHTTPHeader", {"name": STRING, "values": STRINGS})
@@ -222,21 +222,15 @@ REQUEST_SCHEMAS = {
 }
 
 
+# Python type -> JSON type name; bool before int, since a bool is an int in Python.
+_JSON_TYPES = ((type(None), "null"), (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+               (list, "array"), (dict, "object"))
+
+
 def json_type(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
+    for python_type, name in _JSON_TYPES:
+        if isinstance(value, python_type):
+            return name
     return type(value).__name__
 
 

@@ -24,7 +24,10 @@ import flysim_policy  # noqa: E402
 import flysim_schemas  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
-OPENAPI_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "fly", "openapi.json"))
+# Fly's Machines API spec, https://docs.fly.io/api/machines/openapi.json: a copy named by FLYSIM_OPENAPI, or one
+# kept next to the checkout.
+OPENAPI_PATH = os.environ.get("FLYSIM_OPENAPI") or os.path.normpath(
+    os.path.join(REPO, "..", "shared", "fly", "openapi.json"))
 
 TOKEN = "test-token"
 OTHER_TOKEN = "other-token"

@@ -113,7 +113,29 @@ def _alive(pid):
         return False
 
 
-class Cluster:
+class Polling:
+    """value() and wait_for() for anything with a sql() method that returns rows of strings: a Cluster, or the
+    benchmarks' long-lived psql session."""
+
+    # Seconds between two looks; a subclass may poll faster.
+    poll_interval = 0.05
+
+    def value(self, sql):
+        rows = self.sql(sql)
+        return rows[0][0] if rows else None
+
+    def wait_for(self, sql, timeout=30.0, interval=None):
+        """Polls until the query returns 't'; returns whether it did."""
+        interval = self.poll_interval if interval is None else interval
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.value(sql) == "t":
+                return True
+            time.sleep(interval)
+        return False
+
+
+class Cluster(Polling):
     """A throwaway PostgreSQL with pg_fly preloaded, its worker pointed at `api_url`."""
 
     def __init__(self, api_url, settings=None, database="pgfly", token=TEST_TOKEN):
@@ -255,19 +277,6 @@ class Cluster:
         """Rows of the last statement, as lists of strings (None for NULL is not distinguished from '')."""
         output = self.psql(sql).stdout
         return [line.split("\t") for line in output.splitlines() if line != ""]
-
-    def value(self, sql):
-        rows = self.sql(sql)
-        return rows[0][0] if rows else None
-
-    def wait_for(self, sql, timeout=30.0, interval=0.05):
-        """Polls until the query returns 't'; returns whether it did."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.value(sql) == "t":
-                return True
-            time.sleep(interval)
-        return False
 
     def reload(self):
         self.psql("SELECT pg_reload_conf()")

@@ -89,8 +89,8 @@ class HealthTest(ProvisioningTestCase):
 
 
 class AppHealthEndpointTest(ProvisioningTestCase):
-    """The seed's trader-isolation test, automated: the app's own endpoint must report user_dedicated and the
-    app's own user."""
+    """The trader-isolation test of the setup pg_fly replaces (docs/architecture.md), automated: the app's own
+    endpoint must report user_dedicated and the app's own user."""
 
     @classmethod
     def setUpClass(cls):

@@ -46,6 +46,20 @@ class IdleSession:
         return output
 
 
+def start_slow_user(test, seed, delay_ms):
+    """A new pro user whose machine takes delay_ms to create; returns once its create request is at Fly, so that
+    the user's operation is in flight."""
+    slow = users(1, seed)[0]
+    test.sim.configure(faults=[{"endpoint": "create_machine", "app": app_name(slow), "kind": "latency",
+                                "delay_ms": delay_ms}])
+    test.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{slow}', 'pro')")
+    deadline = time.monotonic() + 30
+    while not [r for r in test.sim.requests()["requests"] if r["endpoint"] == "create_machine"]:
+        test.assertLess(time.monotonic(), deadline, "the slow user's machine was never requested")
+        time.sleep(0.05)
+    return slow
+
+
 class LockTest(ProvisioningTestCase):
     cluster_settings = {"fly.request_timeout": "'10s'", "fly.rate_limits": "off"}
 
@@ -64,14 +78,7 @@ class LockTest(ProvisioningTestCase):
         self.assertTrue(self.pg.wait_for(f"SELECT status = 'canary_check' FROM fly.image_rollouts WHERE id = {rollout}",
                                          timeout=60))
         # A user whose operation is in flight (its machine takes 6 s to create) ...
-        slow = users(1, 81)[0]
-        self.sim.configure(faults=[{"endpoint": "create_machine", "app": app_name(slow), "kind": "latency",
-                                    "delay_ms": 6000}])
-        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{slow}', 'pro')")
-        deadline = time.monotonic() + 30
-        while not [r for r in self.sim.requests()["requests"] if r["endpoint"] == "create_machine"]:
-            self.assertLess(time.monotonic(), deadline, "the slow user's machine was never requested")
-            time.sleep(0.05)
+        slow = start_slow_user(self, 81, 6000)
         # ... is downgraded by an application transaction that then sits idle (the trigger's upsert holds the
         # user's queue item), while an operator sits idle in a transaction around cancel_image_rollout.
         holders = [IdleSession(self.pg, "holds_queue_item",
@@ -117,14 +124,7 @@ class RolledBackLockTest(ProvisioningTestCase):
                         "fly.health_check_interval": "0", "fly.max_attempts": "2"}
 
     def test_a_rolled_back_lock_neither_stalls_the_user_nor_costs_an_attempt(self):
-        slow = users(1, 90)[0]
-        self.sim.configure(faults=[{"endpoint": "create_machine", "app": app_name(slow), "kind": "latency",
-                                    "delay_ms": 4000}])
-        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{slow}', 'pro')")
-        deadline = time.monotonic() + 30
-        while not [r for r in self.sim.requests()["requests"] if r["endpoint"] == "create_machine"]:
-            self.assertLess(time.monotonic(), deadline, "the slow user's machine was never requested")
-            time.sleep(0.05)
+        slow = start_slow_user(self, 90, 4000)
         # An application changes the user's tier and sits idle: the worker's next step for the user finds the
         # queue item held and cannot record itself.
         holder = IdleSession(self.pg, "holds_then_rolls_back",
