@@ -66,8 +66,8 @@ Reconciler::PlanRollout(double now, const std::vector<std::string> &busy, int ca
 						target.app_name = app.app_name;
 						target.machine_id = app.machine_id;
 						target.image = running->image;
-						fly::MachineSpec spec = reconcile::MachineSpecFor(
-						    settings_, app.user_id, app.guest, app.region, running->image,
+						fly::MachineSpec spec = machine::MachineSpecFor(
+						    settings_.env, app.user_id, app.guest, app.region, running->image,
 						    "rollout-" + std::to_string(running->id), app.secrets_version);
 						updates.push_back(std::make_unique<RolloutUpdate>(
 						    RolloutUpdate{running->id, running->image, app, rollout::ImageUpdate(target, spec)}));

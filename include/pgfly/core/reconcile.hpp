@@ -16,13 +16,10 @@
 
 #include "pgfly/core/fly_outcome.hpp"
 #include "pgfly/core/fly_requests.hpp"
+#include "pgfly/core/machine_spec.hpp"
 
 namespace pgfly {
 namespace reconcile {
-
-// Metadata keys pg_fly puts on every machine it creates.
-constexpr const char *kUserMetadataKey = "pg_fly_user_id";
-constexpr const char *kOperationMetadataKey = "pg_fly_operation_id";
 
 // The user's live app row, as last recorded.
 struct AppRecord {
@@ -124,15 +121,6 @@ struct Step {
 	double settle_seconds = 0;
 };
 
-// Facts read from Fly's answers (missing or mistyped fields give empty values, never an exception).
-struct MachineFacts {
-	std::string id;
-	std::string state;
-	std::string image;
-	fly::Guest guest;
-	std::string region;
-};
-
 class Operation {
 public:
 	Operation(Target target, std::optional<AppRecord> app, Settings settings);
@@ -200,33 +188,8 @@ private:
 	std::optional<int64_t> secrets_version_;
 	std::vector<std::string> machines_to_stop_;
 	std::vector<std::string> extra_machines_;
-	std::optional<MachineFacts> adopted_;
+	std::optional<machine::MachineFacts> adopted_;
 };
-
-// The full machine config pg_fly runs for a user. An update replaces the whole config, so every request that
-// sends one (create, update, image rollout) builds it here.
-fly::MachineSpec MachineSpecFor(const Settings &settings, const std::string &user_id, const fly::Guest &guest,
-                                const std::string &region, const std::string &image, const std::string &operation_id,
-                                std::optional<int64_t> secrets_version);
-
-// A machine list from Fly, or why it cannot be trusted: then none of it is used, since acting on part of a
-// list (a machine left out) could create a second machine or leave one running.
-struct MachineList {
-	std::vector<MachineFacts> machines;
-	// Empty when every entry is a usable machine.
-	std::string problem;
-};
-
-MachineList MachinesFromList(const fly::Outcome &outcome);
-MachineFacts MachineFromBody(const fly::Outcome &outcome);
-// Not running, and Fly would start it (an update leaves such a machine as it was).
-bool MachineNeedsStart(const std::string &state);
-// Why a machine object from Fly cannot be used (not an object, no usable id, a field pg_fly reads of the wrong
-// JSON type); nothing when it can.
-std::optional<std::string> MachineProblem(const Json &machine);
-// Whether text can be a Fly machine id: 1 to 64 letters, digits, '-' or '_' (Fly's are 14 hex digits). Ids go
-// into request paths, so nothing else is accepted from an answer.
-bool IsUsableMachineId(const std::string &id);
 
 } // namespace reconcile
 } // namespace pgfly
