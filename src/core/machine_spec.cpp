@@ -77,8 +77,8 @@ SameGuest(const fly::Guest &a, const fly::Guest &b) {
 
 fly::MachineSpec
 MachineSpecFor(const std::map<std::string, std::string> &env, const std::string &user_id, const fly::Guest &guest,
-               const std::string &region, const std::string &image, const std::string &operation_id,
-               std::optional<int64_t> secrets_version) {
+			   const std::string &region, const std::string &image, const std::string &operation_id,
+			   std::optional<int64_t> secrets_version) {
 	fly::MachineSpec spec;
 	spec.image = image;
 	spec.guest = guest;

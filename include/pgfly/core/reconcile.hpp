@@ -156,25 +156,47 @@ private:
 		kFinished,
 	};
 
+	// Shared (reconcile.cpp): the dispatch to the phase's handler, the end of an operation, retries and failures.
+	Step Handle(const fly::Outcome &outcome);
+	Step Finish(Step step);
+	Step Retry(const fly::Outcome &outcome, const char *during);
+	Step Fail(const fly::Outcome &outcome, const char *during);
+	Step Unexpected(const fly::Outcome &outcome, const char *during);
+	const char *FailedEvent() const;
+	static Event MakeEvent(const char *type, const Json &details);
+	static Json OutcomeDetails(const fly::Outcome &outcome, const char *during);
+	static fly::Outcome Malformed(const fly::Outcome &outcome, const std::string &problem);
+
+	// Provisioning (reconcile_provision.cpp): the steps, then one handler per phase.
 	Step StartProvision();
-	Step StartDeprovision();
 	Step AppExists(Step step, const fly::Outcome &outcome, const char *event_type);
 	Step AfterAppExists(Step step);
 	Step FindMachine(Step step);
 	Step UseMachine(Step step, const fly::Outcome &outcome);
-	Step CreateMachine(Step step);
 	Step AdoptMachine(Step step);
 	Step BringUp(Step step, const std::string &state);
+	Step CreateMachine(Step step);
 	Step Wait(Step step);
-	Step StopNextOrDelete(Step step);
-	Step Fail(const fly::Outcome &outcome, const char *during);
-	Step Retry(const fly::Outcome &outcome, const char *during);
-	Step Unexpected(const fly::Outcome &outcome, const char *during);
-	Step Finish(Step step);
-	Step Handle(const fly::Outcome &outcome);
 	fly::MachineSpec Spec() const;
 	const std::string &Image() const;
-	const char *FailedEvent() const;
+	Step OnCreateApp(const fly::Outcome &outcome);
+	Step OnGetTakenApp(const fly::Outcome &outcome);
+	Step OnSetSecrets(const fly::Outcome &outcome);
+	Step OnFindMachine(const fly::Outcome &outcome); // kFindMachine and kFindCreatedMachine
+	Step OnCreateMachine(const fly::Outcome &outcome);
+	Step OnDeleteExtraMachine(const fly::Outcome &outcome);
+	Step OnUpdateMachine(const fly::Outcome &outcome);
+	Step OnStartMachine(const fly::Outcome &outcome);
+	Step OnWaitStopped(const fly::Outcome &outcome);
+	Step OnWaitStarted(const fly::Outcome &outcome);
+
+	// Deprovisioning (reconcile_deprovision.cpp).
+	Step StartDeprovision();
+	Step StopNextOrDelete(Step step);
+	Step OnLookUpOrphan(const fly::Outcome &outcome);
+	Step OnListForStop(const fly::Outcome &outcome);
+	Step OnStopMachine(const fly::Outcome &outcome);
+	Step OnDeleteApp(const fly::Outcome &outcome);
 
 	Target target_;
 	std::optional<AppRecord> app_;
