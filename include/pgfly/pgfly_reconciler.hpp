@@ -13,11 +13,11 @@
 #include <vector>
 
 #include "pgfly/core/circuit_breaker.hpp"
+#include "pgfly/core/connection_budget.hpp"
 #include "pgfly/core/fly_client.hpp"
 #include "pgfly/core/image_rollout.hpp"
 #include "pgfly/core/rate_limiter.hpp"
 #include "pgfly/core/reconcile.hpp"
-#include "pgfly/core/worker_settings.hpp"
 #include "pgfly/pgfly_rollout_store.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 #include "pgfly/pgfly_work_store.hpp"
