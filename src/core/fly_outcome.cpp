@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "pgfly/core/fly_auth.hpp"
+#include "pgfly/core/text.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -111,7 +112,7 @@ ReasonPhrase(long status) {
 
 bool
 IsBlank(const std::string &text) {
-	return text.find_first_not_of(" \t\r\n") == std::string::npos;
+	return TrimView(text).empty();
 }
 
 // At most limit bytes of text on one line: control characters become spaces, and a cut never splits a UTF-8
@@ -123,14 +124,7 @@ OneLine(const std::string &text, size_t limit) {
 		const unsigned char byte = static_cast<unsigned char>(c);
 		line.push_back(byte < 0x20 || byte == 0x7f ? ' ' : c);
 	}
-	if (line.size() > limit) {
-		size_t cut = limit;
-		while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xc0) == 0x80) {
-			cut--;
-		}
-		line.resize(cut);
-	}
-	return line;
+	return TruncateUtf8(line, limit);
 }
 
 // The first kMaxBodySnippetLength printable ASCII characters of a body, white space collapsed: enough to
@@ -436,17 +430,8 @@ UrlHost(const std::string &url) {
 
 bool
 IsJsonContentType(const std::string &content_type) {
-	std::string media = content_type.substr(0, content_type.find(';'));
-	const size_t begin = media.find_first_not_of(" \t");
-	if (begin == std::string::npos) {
-		return false;
-	}
-	media = media.substr(begin, media.find_last_not_of(" \t") - begin + 1);
-	for (char &c : media) {
-		if (c >= 'A' && c <= 'Z') {
-			c = static_cast<char>(c - 'A' + 'a');
-		}
-	}
+	const std::string_view type_and_subtype = std::string_view(content_type).substr(0, content_type.find(';'));
+	const std::string media = ToLower(TrimView(type_and_subtype, " \t"));
 	const std::string suffix = "+json";
 	return media == "application/json" ||
 		   (media.size() > suffix.size() && media.compare(media.size() - suffix.size(), suffix.size(), suffix) == 0);
