@@ -92,6 +92,28 @@ MachineConfig(const MachineSpec &spec) {
 	return config;
 }
 
+enum class MachineBodyFor { kCreate, kUpdate };
+
+// The body of a create or an update: the same config either way; region and name only on create, since an
+// update cannot change them.
+std::string
+MachineBody(const MachineSpec &spec, MachineBodyFor purpose) {
+	Json body = Json::Object();
+	if (purpose == MachineBodyFor::kCreate) {
+		if (!spec.region.empty()) {
+			body.Set("region", Text(spec.region, "region"));
+		}
+		if (spec.name) {
+			body.Set("name", Text(*spec.name, "machine name"));
+		}
+	}
+	body.Set("config", MachineConfig(spec));
+	if (spec.min_secrets_version) {
+		body.Set("min_secrets_version", Json::Integer(*spec.min_secrets_version));
+	}
+	return body.Dump();
+}
+
 Request
 Make(const char *method, std::string path, Endpoint endpoint) {
 	Request request;
@@ -230,18 +252,7 @@ SetSecretsRequest(const std::string &app_name, const std::map<std::string, std::
 Request
 CreateMachineRequest(const std::string &app_name, const MachineSpec &spec) {
 	Request request = Make("POST", AppPath(app_name) + "/machines", Endpoint::kCreateMachine);
-	Json body = Json::Object();
-	if (!spec.region.empty()) {
-		body.Set("region", Text(spec.region, "region"));
-	}
-	if (spec.name) {
-		body.Set("name", Text(*spec.name, "machine name"));
-	}
-	body.Set("config", MachineConfig(spec));
-	if (spec.min_secrets_version) {
-		body.Set("min_secrets_version", Json::Integer(*spec.min_secrets_version));
-	}
-	request.body_json = body.Dump();
+	request.body_json = MachineBody(spec, MachineBodyFor::kCreate);
 	return request;
 }
 
@@ -278,12 +289,7 @@ WaitMachineRequest(const std::string &app_name, const std::string &machine_id, c
 Request
 UpdateMachineRequest(const std::string &app_name, const std::string &machine_id, const MachineSpec &spec) {
 	Request request = Make("POST", MachinePath(app_name, machine_id), Endpoint::kUpdateMachine);
-	Json body = Json::Object();
-	body.Set("config", MachineConfig(spec));
-	if (spec.min_secrets_version) {
-		body.Set("min_secrets_version", Json::Integer(*spec.min_secrets_version));
-	}
-	request.body_json = body.Dump();
+	request.body_json = MachineBody(spec, MachineBodyFor::kUpdate);
 	return request;
 }
 
