@@ -21,7 +21,7 @@ constexpr size_t kMaxRetryAfterDigits = 9;
 
 enum class BodyShape { kNone, kOptional, kObject, kArray };
 
-// What each endpoint's success body is (fly/openapi.json responses; api-reference §2-§4). kOptional: Fly sends
+// What each endpoint's success body is (the responses of Fly's OpenAPI spec; docs/fly-api.md). kOptional: Fly sends
 // a small object or nothing (create app 201, delete app 202, stop/start/delete/wait machine 200).
 BodyShape
 ExpectedBody(Endpoint endpoint) {
@@ -231,7 +231,7 @@ ErrorKind(long status, const Outcome &outcome) {
 		return OutcomeKind::kForbidden;
 	}
 	if (status == 422) {
-		// Prefer the status; the text is a fallback for servers that send no status (api-reference §2.2).
+		// Prefer the status; the text is a fallback for servers that send no status (docs/fly-api.md).
 		if (outcome.fly_status == "name_taken" ||
 			(outcome.fly_status.empty() &&
 			 outcome.fly_error.find("Name has already been taken") != std::string::npos)) {

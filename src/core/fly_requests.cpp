@@ -14,7 +14,7 @@ namespace fly {
 namespace {
 
 constexpr int kMinWaitSeconds = 1;
-// Fly blocks a wait for at most 60 s whatever is asked (api-reference §3.4).
+// Fly blocks a wait for at most 60 s whatever is asked (docs/fly-api.md).
 constexpr int kMaxWaitSeconds = 60;
 
 bool
@@ -192,8 +192,8 @@ CreateAppRequest(const std::string &app_name, const std::string &org_slug, const
 		throw std::invalid_argument("the organization slug is empty");
 	}
 	Request request = Make("POST", "/v1/apps", Endpoint::kCreateApp);
-	// The spec and fly-go say "name", the docs "app_name"; which one Fly treats as canonical is unconfirmed
-	// (api-reference §2.1), so both carry the same value.
+	// Fly's OpenAPI spec and fly-go say "name", Fly's docs "app_name"; which one Fly treats as canonical is not
+	// documented (docs/fly-api.md), so both carry the same value.
 	Json body = Json::Object();
 	body.Set("name", Text(app_name, "app name"));
 	body.Set("app_name", Text(app_name, "app name"));

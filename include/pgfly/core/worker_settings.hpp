@@ -16,8 +16,8 @@ struct ParsedMap {
 ParsedMap ParseMachineEnv(const std::string &json_text);
 
 // The file named by fly.app_secrets_file: one NAME=value per line; blank lines and lines starting with '#'
-// are ignored. NAME:base64=value sends base64(value) (the seed's SUPABASE_SERVICE_KEY_B64 avoids Fly's JWT
-// handling that way). Names are upper-case letters, digits and '_', not starting with a digit.
+// are ignored. NAME:base64=value sends base64(value), for an app that reads a secret base64-encoded (e.g. a
+// JWT in SUPABASE_SERVICE_KEY_B64). Names are upper-case letters, digits and '_', not starting with a digit.
 ParsedMap ParseSecretsFile(const std::string &text);
 
 std::string Base64Encode(const std::string &bytes);
