@@ -45,6 +45,12 @@ Operation::Spec() const {
 								   target_.operation_id, secrets_version_);
 }
 
+// The app's machines that carry this user's id in their metadata.
+fly::Request
+Operation::UserMachinesRequest() const {
+	return fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+}
+
 Step
 Operation::StartProvision() {
 	Step step;
@@ -121,7 +127,7 @@ Operation::AfterAppExists(Step step) {
 
 Step
 Operation::FindMachine(Step step) {
-	step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+	step.request = UserMachinesRequest();
 	phase_ = Phase::kFindMachine;
 	return step;
 }
@@ -146,7 +152,7 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 				return CreateMachine(std::move(step)); // long enough: that creation did not happen
 			}
 			// The ambiguous create left nothing behind yet (Fly's machine list lags its writes): look again.
-			step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+			step.request = UserMachinesRequest();
 			step.delay_seconds = kLookAgainSeconds;
 			return step;
 		}
@@ -390,7 +396,7 @@ Operation::OnCreateMachine(const fly::Outcome &outcome) {
 				"provision_attempt_failed",
 				OutcomeDetails(Malformed(outcome, "the created machine is unusable: " + *problem), "create_machine")));
 			create_settles_at_ = now_ + kAnsweredCreateSettleSeconds;
-			step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+			step.request = UserMachinesRequest();
 			phase_ = Phase::kFindCreatedMachine;
 			return step;
 		}
@@ -417,7 +423,7 @@ Operation::OnCreateMachine(const fly::Outcome &outcome) {
 		step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
 		create_settles_at_ =
 			now_ + (outcome.http_status != 0 ? kAnsweredCreateSettleSeconds : settings_.create_settle_seconds);
-		step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+		step.request = UserMachinesRequest();
 		step.delay_seconds = kLookAgainSeconds;
 		phase_ = Phase::kFindCreatedMachine;
 		return step;
@@ -467,7 +473,7 @@ Operation::OnStartMachine(const fly::Outcome &outcome) {
 	if (outcome.http_status == 412) {
 		// Not startable from its current state: a start whose answer was lost, or a stop, is under way. Look
 		// at the machine again, as a failed attempt so that this cannot go round for ever.
-		last_request_ = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
+		last_request_ = UserMachinesRequest();
 		phase_ = Phase::kFindMachine;
 		return Retry(outcome, "start_machine");
 	}

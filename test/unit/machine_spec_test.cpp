@@ -34,18 +34,15 @@ MachineText(const std::string &id, const std::string &state, const fly::Guest &g
 		   ",\"memory_mb\":" + std::to_string(guest.memory_mb) + "}}}";
 }
 
+// A machine list of two entries.
 std::string
-ListText(const std::vector<std::string> &machines) {
-	std::string text = "[";
-	for (size_t i = 0; i < machines.size(); i++) {
-		text += (i ? "," : "") + machines[i];
-	}
-	return text + "]";
+ListText(const std::string &first, const std::string &second) {
+	return "[" + first + "," + second + "]";
 }
 
 TEST(MachinesFromList, ReadsFacts) {
 	MachineList list = MachinesFromList(
-		Ok(ListText({MachineText("m1", "started", kOtherGuest, "img:2", "fra"), MachineText("m2", "stopped")})));
+		Ok(ListText(MachineText("m1", "started", kOtherGuest, "img:2", "fra"), MachineText("m2", "stopped"))));
 	EXPECT_EQ(list.problem, "");
 	ASSERT_EQ(list.machines.size(), 2u);
 	EXPECT_EQ(list.machines[0].id, "m1");
@@ -78,7 +75,7 @@ TEST(MachinesFromList, AnyUnusableEntryMakesTheListMalformed) {
 		 "config.guest: its cpus is a string, not an integer"},
 	};
 	for (const auto &[entry, problem] : cases) {
-		MachineList list = MachinesFromList(Ok(ListText({good, entry})));
+		MachineList list = MachinesFromList(Ok(ListText(good, entry)));
 		EXPECT_TRUE(list.machines.empty()) << entry;
 		EXPECT_EQ(list.problem, "entry 2 of the machine list is unusable: " + problem) << entry;
 	}

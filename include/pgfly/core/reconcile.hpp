@@ -177,6 +177,7 @@ private:
 	Step BringUp(Step step, const std::string &state);
 	Step CreateMachine(Step step);
 	Step Wait(Step step);
+	fly::Request UserMachinesRequest() const;
 	fly::MachineSpec Spec() const;
 	const std::string &Image() const;
 	Step OnCreateApp(const fly::Outcome &outcome);
