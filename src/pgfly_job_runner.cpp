@@ -15,6 +15,7 @@ extern "C" {
 
 #include "pgfly/core/token_source.hpp"
 #include "pgfly/core/wake_schedule.hpp"
+#include "pgfly/core/retry_delay.hpp"
 #include "pgfly/core/worker_settings.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"

@@ -9,6 +9,7 @@ extern "C" {
 
 #include <algorithm>
 
+#include "pgfly/core/retry_delay.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
 

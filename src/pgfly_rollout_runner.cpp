@@ -7,6 +7,7 @@ extern "C" {
 #include "utils/elog.h"
 }
 
+#include "pgfly/core/machine_spec.hpp"
 #include "pgfly/core/reconcile.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
@@ -66,8 +67,8 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 						target.app_name = app.app_name;
 						target.machine_id = app.machine_id;
 						target.image = running->image;
-						fly::MachineSpec spec = reconcile::MachineSpecFor(
-						    settings_, app.user_id, app.guest, app.region, running->image,
+						fly::MachineSpec spec = machine::MachineSpecFor(
+						    settings_.env, app.user_id, app.guest, app.region, running->image,
 						    "rollout-" + std::to_string(running->id), app.secrets_version);
 						updates.push_back(
 						    RolloutJob{running->id, running->image, app, rollout::ImageUpdate(target, spec)});

@@ -22,11 +22,11 @@
 #include <vector>
 
 #include "pgfly/core/circuit_breaker.hpp"
+#include "pgfly/core/connection_budget.hpp"
 #include "pgfly/core/fly_client.hpp"
 #include "pgfly/core/image_rollout.hpp"
 #include "pgfly/core/rate_limiter.hpp"
 #include "pgfly/core/reconcile.hpp"
-#include "pgfly/core/worker_settings.hpp"
 #include "pgfly/pgfly_app_store.hpp"
 #include "pgfly/pgfly_health_store.hpp"
 #include "pgfly/pgfly_queue_store.hpp"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "pgfly/core/fly_outcome.hpp"
+#include "pgfly/core/text.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -19,37 +20,12 @@ namespace {
 constexpr size_t kMinRedactedLength = 4;
 constexpr const char *kRedacted = "<redacted>";
 
-bool
-IsSpace(char c) {
-	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-std::string
-Trim(const std::string &text) {
-	size_t begin = 0;
-	size_t end = text.size();
-	while (begin < end && IsSpace(text[begin])) {
-		begin++;
-	}
-	while (end > begin && IsSpace(text[end - 1])) {
-		end--;
-	}
-	return text.substr(begin, end - begin);
-}
-
 // When text starts with scheme (any case) followed by white space, stores what follows (trimmed) in rest.
 bool
 StripScheme(const std::string &text, const std::string &scheme, std::string *rest) {
-	if (text.size() <= scheme.size() || !IsSpace(text[scheme.size()])) {
+	if (text.size() <= scheme.size() || !IsAsciiSpace(text[scheme.size()]) ||
+		!EqualsIgnoreCase(std::string_view(text).substr(0, scheme.size()), scheme)) {
 		return false;
-	}
-	for (size_t i = 0; i < scheme.size(); i++) {
-		const char a = text[i];
-		const char b = scheme[i];
-		if (a != b && !(a >= 'A' && a <= 'Z' && a + ('a' - 'A') == b) &&
-			!(a >= 'a' && a <= 'z' && a - ('a' - 'A') == b)) {
-			return false;
-		}
 	}
 	*rest = Trim(text.substr(scheme.size()));
 	return true;
@@ -176,9 +152,7 @@ UrlCharacterProblem(const std::string &url) {
 
 bool
 IsLoopbackHost(const std::string &host) {
-	std::string lower = host;
-	std::transform(lower.begin(), lower.end(), lower.begin(),
-				   [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; });
+	const std::string lower = ToLower(host);
 	if (lower == "localhost" || lower == "localhost.") {
 		return true;
 	}

@@ -17,6 +17,7 @@
 
 #include "pgfly/core/c_callback.hpp"
 #include "pgfly/core/fly_auth.hpp"
+#include "pgfly/core/text.hpp"
 #include "pgfly/core/token_source.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
@@ -48,37 +49,6 @@ EnsureCurlGlobalInit() {
 		throw std::runtime_error(std::string("libcurl could not be initialised: ") +
 								 curl_easy_strerror(curl_init_result));
 	}
-}
-
-bool
-EqualsIgnoreCase(std::string_view a, std::string_view b) {
-	if (a.size() != b.size()) {
-		return false;
-	}
-	for (size_t i = 0; i < a.size(); i++) {
-		char x = a[i];
-		char y = b[i];
-		if (x >= 'A' && x <= 'Z') {
-			x = static_cast<char>(x - 'A' + 'a');
-		}
-		if (y >= 'A' && y <= 'Z') {
-			y = static_cast<char>(y - 'A' + 'a');
-		}
-		if (x != y) {
-			return false;
-		}
-	}
-	return true;
-}
-
-std::string_view
-TrimView(std::string_view text) {
-	const char *space = " \t\r\n";
-	const size_t begin = text.find_first_not_of(space);
-	if (begin == std::string_view::npos) {
-		return {};
-	}
-	return text.substr(begin, text.find_last_not_of(space) - begin + 1);
 }
 
 bool

@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "pgfly/core/fly_auth.hpp"
+#include "pgfly/core/text.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -20,7 +21,7 @@ constexpr size_t kMaxRetryAfterDigits = 9;
 
 enum class BodyShape { kNone, kOptional, kObject, kArray };
 
-// What each endpoint's success body is (fly/openapi.json responses; api-reference §2-§4). kOptional: Fly sends
+// What each endpoint's success body is (the responses of Fly's OpenAPI spec; docs/fly-api.md). kOptional: Fly sends
 // a small object or nothing (create app 201, delete app 202, stop/start/delete/wait machine 200).
 BodyShape
 ExpectedBody(Endpoint endpoint) {
@@ -111,7 +112,7 @@ ReasonPhrase(long status) {
 
 bool
 IsBlank(const std::string &text) {
-	return text.find_first_not_of(" \t\r\n") == std::string::npos;
+	return TrimView(text).empty();
 }
 
 // At most limit bytes of text on one line: control characters become spaces, and a cut never splits a UTF-8
@@ -123,14 +124,7 @@ OneLine(const std::string &text, size_t limit) {
 		const unsigned char byte = static_cast<unsigned char>(c);
 		line.push_back(byte < 0x20 || byte == 0x7f ? ' ' : c);
 	}
-	if (line.size() > limit) {
-		size_t cut = limit;
-		while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xc0) == 0x80) {
-			cut--;
-		}
-		line.resize(cut);
-	}
-	return line;
+	return TruncateUtf8(line, limit);
 }
 
 // The first kMaxBodySnippetLength printable ASCII characters of a body, white space collapsed: enough to
@@ -237,7 +231,7 @@ ErrorKind(long status, const Outcome &outcome) {
 		return OutcomeKind::kForbidden;
 	}
 	if (status == 422) {
-		// Prefer the status; the text is a fallback for servers that send no status (api-reference §2.2).
+		// Prefer the status; the text is a fallback for servers that send no status (docs/fly-api.md).
 		if (outcome.fly_status == "name_taken" ||
 			(outcome.fly_status.empty() &&
 			 outcome.fly_error.find("Name has already been taken") != std::string::npos)) {
@@ -436,17 +430,8 @@ UrlHost(const std::string &url) {
 
 bool
 IsJsonContentType(const std::string &content_type) {
-	std::string media = content_type.substr(0, content_type.find(';'));
-	const size_t begin = media.find_first_not_of(" \t");
-	if (begin == std::string::npos) {
-		return false;
-	}
-	media = media.substr(begin, media.find_last_not_of(" \t") - begin + 1);
-	for (char &c : media) {
-		if (c >= 'A' && c <= 'Z') {
-			c = static_cast<char>(c - 'A' + 'a');
-		}
-	}
+	const std::string_view type_and_subtype = std::string_view(content_type).substr(0, content_type.find(';'));
+	const std::string media = ToLower(TrimView(type_and_subtype, " \t"));
 	const std::string suffix = "+json";
 	return media == "application/json" ||
 		   (media.size() > suffix.size() && media.compare(media.size() - suffix.size(), suffix.size(), suffix) == 0);

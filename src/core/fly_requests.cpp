@@ -14,7 +14,7 @@ namespace fly {
 namespace {
 
 constexpr int kMinWaitSeconds = 1;
-// Fly blocks a wait for at most 60 s whatever is asked (api-reference §3.4).
+// Fly blocks a wait for at most 60 s whatever is asked (docs/fly-api.md).
 constexpr int kMaxWaitSeconds = 60;
 
 bool
@@ -90,6 +90,28 @@ MachineConfig(const MachineSpec &spec) {
 	}
 	config.Set("metadata", StringMap(spec.metadata, "metadata"));
 	return config;
+}
+
+enum class MachineBodyFor { kCreate, kUpdate };
+
+// The body of a create or an update: the same config either way; region and name only on create, since an
+// update cannot change them.
+std::string
+MachineBody(const MachineSpec &spec, MachineBodyFor purpose) {
+	Json body = Json::Object();
+	if (purpose == MachineBodyFor::kCreate) {
+		if (!spec.region.empty()) {
+			body.Set("region", Text(spec.region, "region"));
+		}
+		if (spec.name) {
+			body.Set("name", Text(*spec.name, "machine name"));
+		}
+	}
+	body.Set("config", MachineConfig(spec));
+	if (spec.min_secrets_version) {
+		body.Set("min_secrets_version", Json::Integer(*spec.min_secrets_version));
+	}
+	return body.Dump();
 }
 
 Request
@@ -170,8 +192,8 @@ CreateAppRequest(const std::string &app_name, const std::string &org_slug, const
 		throw std::invalid_argument("the organization slug is empty");
 	}
 	Request request = Make("POST", "/v1/apps", Endpoint::kCreateApp);
-	// The spec and fly-go say "name", the docs "app_name"; which one Fly treats as canonical is unconfirmed
-	// (api-reference §2.1), so both carry the same value.
+	// Fly's OpenAPI spec and fly-go say "name", Fly's docs "app_name"; which one Fly treats as canonical is not
+	// documented (docs/fly-api.md), so both carry the same value.
 	Json body = Json::Object();
 	body.Set("name", Text(app_name, "app name"));
 	body.Set("app_name", Text(app_name, "app name"));
@@ -230,18 +252,7 @@ SetSecretsRequest(const std::string &app_name, const std::map<std::string, std::
 Request
 CreateMachineRequest(const std::string &app_name, const MachineSpec &spec) {
 	Request request = Make("POST", AppPath(app_name) + "/machines", Endpoint::kCreateMachine);
-	Json body = Json::Object();
-	if (!spec.region.empty()) {
-		body.Set("region", Text(spec.region, "region"));
-	}
-	if (spec.name) {
-		body.Set("name", Text(*spec.name, "machine name"));
-	}
-	body.Set("config", MachineConfig(spec));
-	if (spec.min_secrets_version) {
-		body.Set("min_secrets_version", Json::Integer(*spec.min_secrets_version));
-	}
-	request.body_json = body.Dump();
+	request.body_json = MachineBody(spec, MachineBodyFor::kCreate);
 	return request;
 }
 
@@ -278,12 +289,7 @@ WaitMachineRequest(const std::string &app_name, const std::string &machine_id, c
 Request
 UpdateMachineRequest(const std::string &app_name, const std::string &machine_id, const MachineSpec &spec) {
 	Request request = Make("POST", MachinePath(app_name, machine_id), Endpoint::kUpdateMachine);
-	Json body = Json::Object();
-	body.Set("config", MachineConfig(spec));
-	if (spec.min_secrets_version) {
-		body.Set("min_secrets_version", Json::Integer(*spec.min_secrets_version));
-	}
-	request.body_json = body.Dump();
+	request.body_json = MachineBody(spec, MachineBodyFor::kUpdate);
 	return request;
 }
 

@@ -1,6 +1,7 @@
 #include "pgfly/core/health.hpp"
 
 #include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/text.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -10,17 +11,9 @@ namespace {
 
 constexpr size_t kMaxReportedLength = 100;
 
-// At most kMaxReportedLength bytes, never cutting a UTF-8 sequence in two.
 std::string
-Shortened(std::string text) {
-	if (text.size() > kMaxReportedLength) {
-		size_t cut = kMaxReportedLength;
-		while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xc0) == 0x80) {
-			cut--;
-		}
-		text.resize(cut);
-	}
-	return text;
+Shortened(const std::string &text) {
+	return TruncateUtf8(text, kMaxReportedLength);
 }
 
 } // namespace

@@ -2,13 +2,12 @@
 
 #include <utility>
 
-#include "pgfly/core/reconcile.hpp"
+#include "pgfly/core/machine_spec.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
 namespace pgfly {
 namespace rollout {
-
 
 ImageUpdate::ImageUpdate(AppTarget target, fly::MachineSpec spec) : target_(std::move(target)), spec_(std::move(spec)) {
 	spec_.image = target_.image;
@@ -89,16 +88,16 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 		if (outcome.kind != OutcomeKind::kSuccess) {
 			break;
 		}
-		const reconcile::MachineFacts machine = reconcile::MachineFromBody(outcome);
+		const machine::MachineFacts current = machine::MachineFromBody(outcome);
 		if (from_image_.empty()) {
-			from_image_ = machine.image; // a re-read after an ambiguous update must not hide the old image
+			from_image_ = current.image; // a re-read after an ambiguous update must not hide the old image
 		}
 		step.from_image = from_image_;
-		if (machine.image == target_.image) {
-			if (machine.state == "started") {
+		if (current.image == target_.image) {
+			if (current.state == "started") {
 				return Finish(Result::kAlreadyCurrent, std::move(step));
 			}
-			if (reconcile::MachineNeedsStart(machine.state)) {
+			if (machine::MachineNeedsStart(current.state)) {
 				return StartMachine(std::move(step));
 			}
 			return FirstWait(std::move(step));
@@ -111,7 +110,7 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 			break;
 		}
 		// Fly updates a stopped machine without starting it; an app must run.
-		if (reconcile::MachineNeedsStart(reconcile::MachineFromBody(outcome).state)) {
+		if (machine::MachineNeedsStart(machine::MachineFromBody(outcome).state)) {
 			return StartMachine(std::move(step));
 		}
 		return FirstWait(std::move(step));

@@ -1,8 +1,10 @@
+// The shared part of a reconcile operation: starting it, routing each of Fly's answers to the handler of the
+// phase that sent the request (reconcile_provision.cpp, reconcile_deprovision.cpp), and the retry and failure
+// rules every phase follows.
 #include "pgfly/core/reconcile.hpp"
 
 #include <utility>
 
-#include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/json.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
@@ -10,33 +12,13 @@
 namespace pgfly {
 namespace reconcile {
 
-namespace {
-
-// After an ambiguous create: how long Fly's machine list may lag an answered create, and how often to look.
-constexpr double kAnsweredCreateSettleSeconds = 2.0;
-constexpr double kLookAgainSeconds = 0.5;
-
-Json
-GuestJson(const fly::Guest &guest) {
-	Json json = Json::Object();
-	json.Set("cpu_kind", Json::String(guest.cpu_kind));
-	json.Set("cpus", Json::Integer(guest.cpus));
-	json.Set("memory_mb", Json::Integer(guest.memory_mb));
-	return json;
-}
-
-bool
-SameGuest(const fly::Guest &a, const fly::Guest &b) {
-	return a.cpu_kind == b.cpu_kind && a.cpus == b.cpus && a.memory_mb == b.memory_mb;
-}
-
 Event
-MakeEvent(const char *type, const Json &details) {
+Operation::MakeEvent(const char *type, const Json &details) {
 	return Event{type, details.Dump()};
 }
 
 Json
-OutcomeDetails(const fly::Outcome &outcome, const char *during) {
+Operation::OutcomeDetails(const fly::Outcome &outcome, const char *during) {
 	Json details = Json::Object();
 	details.Set("step", Json::String(during));
 	details.Set("http_status", Json::Integer(outcome.http_status));
@@ -53,195 +35,21 @@ OutcomeDetails(const fly::Outcome &outcome, const char *during) {
 	return details;
 }
 
-bool
-IsLiveMachine(const std::string &state) {
-	return state != "destroyed" && state != "destroying" && state != "replaced" && state != "migrated";
-}
-
-fly::Guest
-GuestFrom(const Json &config) {
-	fly::Guest guest;
-	Json json = config.Get("guest");
-	guest.cpu_kind = json.GetString("cpu_kind").value_or("");
-	guest.cpus = static_cast<int>(json.GetInteger("cpus").value_or(0));
-	guest.memory_mb = static_cast<int>(json.GetInteger("memory_mb").value_or(0));
-	return guest;
-}
-
-MachineFacts
-FactsFrom(const Json &machine) {
-	MachineFacts facts;
-	facts.id = machine.GetString("id").value_or("");
-	facts.state = machine.GetString("state").value_or("");
-	facts.region = machine.GetString("region").value_or("");
-	Json config = machine.Get("config");
-	facts.image = config.GetString("image").value_or("");
-	facts.guest = GuestFrom(config);
-	return facts;
-}
-
-const char *
-JsonTypeName(const Json &value) {
-	if (value.IsObject()) {
-		return "an object";
-	}
-	if (value.IsArray()) {
-		return "an array";
-	}
-	if (value.IsString()) {
-		return "a string";
-	}
-	if (value.IsNumber()) {
-		return "a number";
-	}
-	if (value.IsBool()) {
-		return "a boolean";
-	}
-	return "null";
-}
-
-// Why member `key` of object is present with another JSON type than `wanted` says (absent is fine).
-std::optional<std::string>
-MemberTypeProblem(const Json &object, const char *key, const char *wanted, bool (Json::*is_wanted)() const) {
-	const Json member = object.Get(key);
-	if (!member.HasValue() || (member.*is_wanted)()) {
-		return std::nullopt;
-	}
-	return std::string("its ") + key + " is " + JsonTypeName(member) + ", not " + wanted;
-}
-
 // An answer that cannot be used although it came with a 2xx: like any malformed answer, it is retried.
 fly::Outcome
-Malformed(const fly::Outcome &outcome, const std::string &problem) {
+Operation::Malformed(const fly::Outcome &outcome, const std::string &problem) {
 	fly::Outcome malformed = outcome;
 	malformed.kind = fly::OutcomeKind::kMalformed;
 	malformed.message += ": " + problem;
 	return malformed;
 }
 
-} // namespace
-
-bool
-IsUsableMachineId(const std::string &id) {
-	constexpr size_t kMaxMachineIdLength = 64;
-	if (id.empty() || id.size() > kMaxMachineIdLength) {
-		return false;
-	}
-	for (char c : id) {
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_')) {
-			return false;
-		}
-	}
-	return true;
-}
-
-std::optional<std::string>
-MachineProblem(const Json &machine) {
-	if (!machine.IsObject()) {
-		return std::string("it is ") + JsonTypeName(machine) + ", not an object";
-	}
-	const auto id = machine.GetString("id");
-	if (!id) {
-		return machine.Get("id").HasValue()
-				   ? "its id is " + std::string(JsonTypeName(machine.Get("id"))) + ", not a string"
-				   : std::string("it has no id");
-	}
-	if (!IsUsableMachineId(*id)) {
-		return std::string("its id is not a machine id (letters, digits, '-' and '_', at most 64)");
-	}
-	for (const char *key : {"state", "region"}) {
-		if (auto problem = MemberTypeProblem(machine, key, "a string", &Json::IsString)) {
-			return problem;
-		}
-	}
-	if (auto problem = MemberTypeProblem(machine, "config", "an object", &Json::IsObject)) {
-		return problem;
-	}
-	const Json config = machine.Get("config");
-	if (auto problem = MemberTypeProblem(config, "image", "a string", &Json::IsString)) {
-		return "config: " + *problem;
-	}
-	if (auto problem = MemberTypeProblem(config, "guest", "an object", &Json::IsObject)) {
-		return "config: " + *problem;
-	}
-	const Json guest = config.Get("guest");
-	if (auto problem = MemberTypeProblem(guest, "cpu_kind", "a string", &Json::IsString)) {
-		return "config.guest: " + *problem;
-	}
-	for (const char *key : {"cpus", "memory_mb"}) {
-		if (auto problem = MemberTypeProblem(guest, key, "an integer", &Json::IsInteger)) {
-			return "config.guest: " + *problem;
-		}
-	}
-	return std::nullopt;
-}
-
-MachineList
-MachinesFromList(const fly::Outcome &outcome) {
-	MachineList list;
-	if (!outcome.body.IsArray()) {
-		list.problem = "the machine list is not an array";
-		return list;
-	}
-	for (size_t i = 0; i < outcome.body.Size(); i++) {
-		const Json machine = outcome.body.At(i);
-		if (auto problem = MachineProblem(machine)) {
-			list.machines.clear();
-			list.problem = "entry " + std::to_string(i + 1) + " of the machine list is unusable: " + *problem;
-			return list;
-		}
-		list.machines.push_back(FactsFrom(machine));
-	}
-	return list;
-}
-
-bool
-MachineNeedsStart(const std::string &state) {
-	return state == "stopped" || state == "suspended" || state == "failed";
-}
-
-MachineFacts
-MachineFromBody(const fly::Outcome &outcome) {
-	return FactsFrom(outcome.body);
-}
-
 Operation::Operation(Target target, std::optional<AppRecord> app, Settings settings)
-    : target_(std::move(target)), app_(std::move(app)), settings_(std::move(settings)) {
-}
+	: target_(std::move(target)), app_(std::move(app)), settings_(std::move(settings)) {}
 
 const char *
 Operation::FailedEvent() const {
 	return target_.present ? "provision_failed" : "deprovision_failed";
-}
-
-fly::MachineSpec
-MachineSpecFor(const Settings &settings, const std::string &user_id, const fly::Guest &guest,
-               const std::string &region, const std::string &image, const std::string &operation_id,
-               std::optional<int64_t> secrets_version) {
-	fly::MachineSpec spec;
-	spec.image = image;
-	spec.guest = guest;
-	spec.region = region;
-	spec.env = settings.env;
-	spec.env["RUN_MODE"] = "user_dedicated";
-	spec.env["USER_ID"] = user_id;
-	spec.restart_policy = "always";
-	spec.metadata[kUserMetadataKey] = user_id;
-	spec.metadata[kOperationMetadataKey] = operation_id;
-	spec.min_secrets_version = secrets_version;
-	return spec;
-}
-
-// An app keeps the image it was given (only an image rollout changes it); a new one gets fly.image.
-const std::string &
-Operation::Image() const {
-	return app_ && !app_->image.empty() ? app_->image : settings_.image;
-}
-
-fly::MachineSpec
-Operation::Spec() const {
-	return MachineSpecFor(settings_, target_.user_id, target_.guest, target_.region, Image(), target_.operation_id,
-	                      secrets_version_);
 }
 
 Step
@@ -262,287 +70,43 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 }
 
 Step
-Operation::StartProvision() {
-	Step step;
-	if (settings_.image.empty()) {
-		step.completion = Completion::kFailed;
-		step.error = "fly.image is not set: there is no image to run";
-		phase_ = Phase::kFinished;
-		return step;
+Operation::Handle(const fly::Outcome &outcome) {
+	switch (phase_) {
+	case Phase::kCreateApp:
+		return OnCreateApp(outcome);
+	case Phase::kGetTakenApp:
+		return OnGetTakenApp(outcome);
+	case Phase::kSetSecrets:
+		return OnSetSecrets(outcome);
+	case Phase::kFindMachine:
+	case Phase::kFindCreatedMachine:
+		return OnFindMachine(outcome);
+	case Phase::kCreateMachine:
+		return OnCreateMachine(outcome);
+	case Phase::kDeleteExtraMachine:
+		return OnDeleteExtraMachine(outcome);
+	case Phase::kUpdateMachine:
+		return OnUpdateMachine(outcome);
+	case Phase::kStartMachine:
+		return OnStartMachine(outcome);
+	case Phase::kWaitStopped:
+		return OnWaitStopped(outcome);
+	case Phase::kWaitStarted:
+		return OnWaitStarted(outcome);
+	case Phase::kLookUpOrphan:
+		return OnLookUpOrphan(outcome);
+	case Phase::kListForStop:
+		return OnListForStop(outcome);
+	case Phase::kStopMachine:
+		return OnStopMachine(outcome);
+	case Phase::kDeleteApp:
+		return OnDeleteApp(outcome);
+	case Phase::kFinished:
+		break;
 	}
-	Json details = Json::Object();
-	details.Set("tier", target_.tier ? Json::String(*target_.tier) : Json::Null());
-	details.Set("region", Json::String(target_.region));
-	details.Set("guest", GuestJson(target_.guest));
-	details.Set("generation", Json::Integer(target_.generation));
-	AppChange change;
-	if (!app_) {
-		auto name = AppNameCandidate(settings_.app_name_prefix, target_.user_id, target_.first_name_attempt);
-		if (!name) {
-			step.completion = Completion::kFailed;
-			step.error = "no app name candidate is left for this user (fly.app_name_prefix too long?)";
-			phase_ = Phase::kFinished;
-			return step;
-		}
-		app_ = AppRecord{};
-		app_->name = *name;
-		app_->name_attempt = target_.first_name_attempt;
-		change.insert = true;
-		change.name = *name;
-		change.name_attempt = target_.first_name_attempt;
-		change.region = target_.region;
-		change.guest = target_.guest;
-		change.image = settings_.image;
-	} else {
-		details.Set("previous_status", Json::String(app_->status));
-	}
-	details.Set("app_name", Json::String(app_->name));
-	change.status = "provisioning";
-	change.tier = target_.tier;
-	app_->status = "provisioning";
-	step.app = change;
-	step.events.push_back(MakeEvent("provision_requested", details));
-	step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
-	phase_ = Phase::kCreateApp;
-	return step;
-}
-
-Step
-Operation::StartDeprovision() {
-	Step step;
-	if (!app_) {
-		// No live row: make sure the contract name is not left on Fly (a half-made app from a lost run).
-		auto name = AppNameCandidate(settings_.app_name_prefix, target_.user_id, 0);
-		if (!name || !target_.look_for_leftover) {
-			step.completion = Completion::kDone;
-			phase_ = Phase::kFinished;
-			return step;
-		}
-		app_ = AppRecord{};
-		app_->name = *name;
-		step.request = fly::GetAppRequest(*name);
-		phase_ = Phase::kLookUpOrphan;
-		return step;
-	}
-	Json details = Json::Object();
-	details.Set("app_name", Json::String(app_->name));
-	details.Set("previous_status", Json::String(app_->status));
-	details.Set("generation", Json::Integer(target_.generation));
-	AppChange change;
-	change.status = "deprovisioning";
-	app_->status = "deprovisioning";
-	step.app = change;
-	step.events.push_back(MakeEvent("deprovision_requested", details));
-	step.request = fly::ListMachinesRequest(app_->name);
-	phase_ = Phase::kListForStop;
-	return step;
-}
-
-// The app is there (created now, or ours from before): record Fly's id for it, then go on.
-Step
-Operation::AppExists(Step step, const fly::Outcome &outcome, const char *event_type) {
-	AppChange change;
-	if (auto id = outcome.body.GetString("id")) {
-		change.fly_app_id = *id;
-	}
-	step.app = change;
-	Json details = Json::Object();
-	details.Set("app_name", Json::String(app_->name));
-	step.events.push_back(MakeEvent(event_type, details));
-	return AfterAppExists(std::move(step));
-}
-
-Step
-Operation::AfterAppExists(Step step) {
-	if (!settings_.secrets.empty()) {
-		std::map<std::string, std::optional<std::string>> values;
-		for (const auto &secret : settings_.secrets) {
-			values.emplace(secret.first, secret.second);
-		}
-		step.request = fly::SetSecretsRequest(app_->name, values);
-		phase_ = Phase::kSetSecrets;
-		return step;
-	}
-	return FindMachine(std::move(step));
-}
-
-Step
-Operation::FindMachine(Step step) {
-	step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
-	phase_ = Phase::kFindMachine;
-	return step;
-}
-
-// Adopts the machine that carries this user's metadata: duplicates (left by a creation whose answer was lost)
-// are destroyed first, then the machine is updated when its guest or image differ, or started when stopped.
-Step
-Operation::UseMachine(Step step, const fly::Outcome &outcome) {
-	MachineList list = MachinesFromList(outcome);
-	if (!list.problem.empty()) {
-		return Unexpected(Malformed(outcome, list.problem), "list_machines");
-	}
-	std::vector<MachineFacts> live;
-	for (auto &machine : list.machines) {
-		if (IsLiveMachine(machine.state)) {
-			live.push_back(std::move(machine));
-		}
-	}
-	if (live.empty()) {
-		if (phase_ == Phase::kFindCreatedMachine) {
-			if (now_ >= create_settles_at_) {
-				return CreateMachine(std::move(step)); // long enough: that creation did not happen
-			}
-			// The ambiguous create left nothing behind yet (Fly's machine list lags its writes): look again.
-			step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
-			step.delay_seconds = kLookAgainSeconds;
-			return step;
-		}
-		// The recorded age was read when this operation started: it grows while we wait.
-		const double pending_age = app_->pending_create_age_seconds + (now_ - started_at_);
-		if (!app_->pending_create_operation.empty() && pending_age < settings_.create_settle_seconds) {
-			// A creation sent by an earlier run may still land: wait for it rather than create a second machine.
-			fly::Outcome pending = outcome;
-			pending.message = "waiting for a machine creation sent before the worker restarted";
-			Step waiting = Retry(pending, "create_machine");
-			waiting.settle_seconds = settings_.create_settle_seconds - pending_age;
-			return waiting;
-		}
-		return CreateMachine(std::move(step));
-	}
-	// A machine cannot move between regions: machines elsewhere are replaced by a new one in the target region.
-	std::vector<MachineFacts> in_region;
-	extra_machines_.clear();
-	for (auto &machine : live) {
-		if (target_.region.empty() || machine.region.empty() || machine.region == target_.region) {
-			in_region.push_back(machine);
-		} else {
-			extra_machines_.push_back(machine.id);
-		}
-	}
-	if (in_region.empty()) {
-		adopted_.reset();
-		return AdoptMachine(std::move(step));
-	}
-	// Keep the machine the row records, else the first one Fly lists.
-	size_t keep = 0;
-	for (size_t i = 0; i < in_region.size(); i++) {
-		if (in_region[i].id == app_->machine_id) {
-			keep = i;
-		}
-	}
-	adopted_ = in_region[keep];
-	for (size_t i = 0; i < in_region.size(); i++) {
-		if (i != keep) {
-			extra_machines_.push_back(in_region[i].id);
-		}
-	}
-	if (!app_->pending_create_operation.empty()) {
-		AppChange change = step.app.value_or(AppChange{});
-		change.pending_create = "";
-		step.app = change;
-		app_->pending_create_operation.clear();
-	}
-	return AdoptMachine(std::move(step));
-}
-
-Step
-Operation::AdoptMachine(Step step) {
-	if (!extra_machines_.empty()) {
-		const std::string id = extra_machines_.back();
-		extra_machines_.pop_back();
-		Json details = Json::Object();
-		details.Set("machine_id", Json::String(id));
-		if (adopted_) {
-			details.Set("kept_machine_id", Json::String(adopted_->id));
-			step.events.push_back(MakeEvent("duplicate_machine_destroyed", details));
-		} else {
-			details.Set("target_region", Json::String(target_.region));
-			step.events.push_back(MakeEvent("machine_replaced_for_region", details));
-		}
-		step.request = fly::DeleteMachineRequest(app_->name, id, true);
-		phase_ = Phase::kDeleteExtraMachine;
-		return step;
-	}
-	if (!adopted_) {
-		app_->machine_id.clear();
-		return CreateMachine(std::move(step));
-	}
-	const MachineFacts &chosen = *adopted_;
-	if (app_->machine_id != chosen.id) {
-		app_->machine_id = chosen.id;
-		AppChange change = step.app.value_or(AppChange{});
-		change.machine_id = chosen.id;
-		step.app = change;
-		Json details = Json::Object();
-		details.Set("machine_id", Json::String(chosen.id));
-		details.Set("state", Json::String(chosen.state));
-		step.events.push_back(MakeEvent("machine_reused", details));
-	}
-	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != Image()) {
-		Json details = Json::Object();
-		details.Set("machine_id", Json::String(chosen.id));
-		details.Set("from_guest", GuestJson(chosen.guest));
-		details.Set("to_guest", GuestJson(target_.guest));
-		details.Set("from_image", Json::String(chosen.image));
-		details.Set("to_image", Json::String(Image()));
-		step.events.push_back(MakeEvent("machine_update_requested", details));
-		step.request = fly::UpdateMachineRequest(app_->name, chosen.id, Spec());
-		phase_ = Phase::kUpdateMachine;
-		return step;
-	}
-	return BringUp(std::move(step), chosen.state);
-}
-
-// The adopted machine, in `state`, is to end up started: start it if it is down, let a stop under way (sent by
-// the deprovision this operation replaced) finish first, else wait for it.
-Step
-Operation::BringUp(Step step, const std::string &state) {
-	if (MachineNeedsStart(state)) {
-		step.request = fly::StartMachineRequest(app_->name, app_->machine_id);
-		phase_ = Phase::kStartMachine;
-		return step;
-	}
-	if (state == "stopping") {
-		step.request =
-		    fly::WaitMachineRequest(app_->name, app_->machine_id, "stopped", settings_.wait_timeout_seconds);
-		phase_ = Phase::kWaitStopped;
-		return step;
-	}
-	wait_round_ = 0;
-	return Wait(std::move(step));
-}
-
-Step
-Operation::CreateMachine(Step step) {
-	// Recorded before the request leaves, so that a restarted worker knows a machine may be on its way.
-	AppChange change = step.app.value_or(AppChange{});
-	change.pending_create = target_.operation_id;
-	step.app = change;
-	app_->pending_create_operation = target_.operation_id;
-	step.request = fly::CreateMachineRequest(app_->name, Spec());
-	phase_ = Phase::kCreateMachine;
-	return step;
-}
-
-Step
-Operation::Wait(Step step) {
-	step.request = fly::WaitMachineRequest(app_->name, app_->machine_id, "started", settings_.wait_timeout_seconds);
-	phase_ = Phase::kWaitStarted;
-	return step;
-}
-
-Step
-Operation::StopNextOrDelete(Step step) {
-	if (!machines_to_stop_.empty()) {
-		std::string id = machines_to_stop_.back();
-		machines_to_stop_.pop_back();
-		step.request = fly::StopMachineRequest(app_->name, id);
-		phase_ = Phase::kStopMachine;
-		return step;
-	}
-	step.request = fly::DeleteAppRequest(app_->name);
-	phase_ = Phase::kDeleteApp;
-	return step;
+	fly::Outcome stray = outcome;
+	stray.message = "an answer arrived for an operation that had finished";
+	return Fail(stray, "worker");
 }
 
 Step
@@ -561,7 +125,7 @@ Operation::Retry(const fly::Outcome &outcome, const char *during) {
 	step.error = outcome.message;
 	step.retry_after_seconds = outcome.retry_after_seconds;
 	step.events.push_back(MakeEvent(target_.present ? "provision_attempt_failed" : "deprovision_attempt_failed",
-	                                OutcomeDetails(outcome, during)));
+									OutcomeDetails(outcome, during)));
 	if (last_request_ && phase_ != Phase::kFinished) {
 		step.failed_attempt = true;
 		step.request = last_request_;
@@ -593,304 +157,6 @@ Operation::Unexpected(const fly::Outcome &outcome, const char *during) {
 		return Retry(outcome, during);
 	}
 	return Fail(outcome, during);
-}
-
-Step
-Operation::Handle(const fly::Outcome &outcome) {
-	using fly::OutcomeKind;
-	Step step;
-	switch (phase_) {
-	case Phase::kLookUpOrphan:
-		// Deleting needs proof of ownership: an answer without the organization is not ours to delete.
-		if (outcome.kind == OutcomeKind::kSuccess &&
-		    outcome.body.Get("organization").GetString("slug") == std::optional<std::string>(settings_.org_slug)) {
-			AppChange change;
-			change.insert = true;
-			change.name = app_->name;
-			change.name_attempt = 0;
-			change.status = "deprovisioning";
-			change.region = target_.region;
-			app_->status = "deprovisioning";
-			step.app = change;
-			Json details = Json::Object();
-			details.Set("app_name", Json::String(app_->name));
-			details.Set("reason", Json::String("found on Fly without a live row"));
-			step.events.push_back(MakeEvent("deprovision_requested", details));
-			step.request = fly::ListMachinesRequest(app_->name);
-			phase_ = Phase::kListForStop;
-			return step;
-		}
-		if (outcome.kind == OutcomeKind::kNotFound || outcome.kind == OutcomeKind::kForbidden ||
-		    outcome.kind == OutcomeKind::kSuccess) {
-			return Finish(std::move(step)); // nothing of ours there
-		}
-		return Unexpected(outcome, "get_app");
-
-	case Phase::kCreateApp:
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			return AppExists(std::move(step), outcome, "app_created");
-		}
-		if (outcome.kind == OutcomeKind::kNameTaken) {
-			step.request = fly::GetAppRequest(app_->name);
-			phase_ = Phase::kGetTakenApp;
-			return step;
-		}
-		return Unexpected(outcome, "create_app");
-
-	case Phase::kGetTakenApp: {
-		const std::optional<std::string> org = outcome.body.Get("organization").GetString("slug");
-		if (outcome.kind == OutcomeKind::kSuccess && !org) {
-			// Without an organization the app is neither provably ours nor another's: ask again.
-			fly::Outcome unusable = outcome;
-			unusable.kind = OutcomeKind::kMalformed;
-			unusable.message += ": the app has no organization";
-			return Retry(unusable, "get_app");
-		}
-		if (outcome.kind == OutcomeKind::kSuccess && org == settings_.org_slug) {
-			return AppExists(std::move(step), outcome, "app_reused");
-		}
-		if (outcome.kind == OutcomeKind::kForbidden || outcome.kind == OutcomeKind::kSuccess) {
-			// Another organization holds the name: take this user's next deterministic name.
-			const int next_attempt = app_->name_attempt + 1;
-			auto next = AppNameCandidate(settings_.app_name_prefix, target_.user_id, next_attempt);
-			if (!next) {
-				fly::Outcome exhausted = outcome;
-				exhausted.message = "every app name candidate for this user is taken by another organization";
-				return Fail(exhausted, "create_app");
-			}
-			Json details = Json::Object();
-			details.Set("taken_name", Json::String(app_->name));
-			details.Set("next_name", Json::String(*next));
-			step.events.push_back(MakeEvent("app_name_taken", details));
-			AppChange change;
-			change.name = *next;
-			change.name_attempt = next_attempt;
-			step.app = change;
-			app_->name = *next;
-			app_->name_attempt = next_attempt;
-			step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
-			phase_ = Phase::kCreateApp;
-			return step;
-		}
-		if (outcome.kind == OutcomeKind::kNotFound) {
-			// Taken a moment ago, gone now (a deletion finishing): create it again, after a pause.
-			phase_ = Phase::kCreateApp;
-			last_request_ = fly::CreateAppRequest(app_->name, settings_.org_slug);
-			return Retry(outcome, "get_app");
-		}
-		return Unexpected(outcome, "get_app");
-	}
-
-	case Phase::kSetSecrets:
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			auto version = outcome.body.GetInteger("version");
-			if (!version) {
-				version = outcome.body.GetInteger("Version");
-			}
-			AppChange change;
-			change.secrets_version = version;
-			step.app = change;
-			Json details = Json::Object();
-			Json names = Json::Array();
-			for (const auto &secret : settings_.secrets) {
-				names.Append(Json::String(secret.first));
-			}
-			details.Set("names", names);
-			if (version) {
-				details.Set("version", Json::Integer(*version));
-			}
-			step.events.push_back(MakeEvent("secrets_set", details));
-			secrets_version_ = version;
-			return FindMachine(std::move(step));
-		}
-		return Unexpected(outcome, "set_secrets");
-
-	case Phase::kFindMachine:
-	case Phase::kFindCreatedMachine:
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			return UseMachine(std::move(step), outcome);
-		}
-		return Unexpected(outcome, "list_machines");
-
-	case Phase::kCreateMachine:
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			MachineFacts machine = MachineFromBody(outcome);
-			if (auto problem = MachineProblem(outcome.body)) {
-				// Unusable answer: the machine may exist all the same, so look for it before creating again.
-				step.events.push_back(
-					MakeEvent("provision_attempt_failed",
-							  OutcomeDetails(Malformed(outcome, "the created machine is unusable: " + *problem),
-											 "create_machine")));
-				create_settles_at_ = now_ + kAnsweredCreateSettleSeconds;
-				step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
-				phase_ = Phase::kFindCreatedMachine;
-				return step;
-			}
-			app_->machine_id = machine.id;
-			app_->pending_create_operation.clear();
-			AppChange change;
-			change.machine_id = machine.id;
-			change.pending_create = "";
-			change.guest = target_.guest;
-			change.image = Image();
-			step.app = change;
-			Json details = Json::Object();
-			details.Set("machine_id", Json::String(machine.id));
-			details.Set("region", Json::String(machine.region));
-			details.Set("operation_id", Json::String(target_.operation_id));
-			step.events.push_back(MakeEvent("machine_created", details));
-			wait_round_ = 0;
-			return Wait(std::move(step));
-		}
-		if (outcome.kind == OutcomeKind::kTransient || outcome.kind == OutcomeKind::kMalformed) {
-			// A 408, 5xx or lost answer may still have created the machine: look before creating again. Once
-			// Fly has answered, its list catches up within moments; with no answer at all the request may still
-			// be running, so wait as long as a request may take.
-			step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
-			create_settles_at_ =
-			    now_ + (outcome.http_status != 0 ? kAnsweredCreateSettleSeconds : settings_.create_settle_seconds);
-			step.request = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
-			step.delay_seconds = kLookAgainSeconds;
-			phase_ = Phase::kFindCreatedMachine;
-			return step;
-		}
-		return Fail(outcome, "create_machine");
-
-	case Phase::kDeleteExtraMachine:
-		if (outcome.kind == OutcomeKind::kSuccess || outcome.kind == OutcomeKind::kNotFound) {
-			return AdoptMachine(std::move(step));
-		}
-		return Unexpected(outcome, "delete_machine");
-
-	case Phase::kUpdateMachine:
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			AppChange change;
-			change.guest = target_.guest;
-			change.image = Image();
-			change.region = target_.region;
-			step.app = change;
-			Json details = Json::Object();
-			details.Set("machine_id", Json::String(app_->machine_id));
-			details.Set("guest", GuestJson(target_.guest));
-			details.Set("image", Json::String(Image()));
-			step.events.push_back(MakeEvent("machine_updated", details));
-			std::string state = MachineFromBody(outcome).state;
-			if (state.empty() && adopted_) {
-				state = adopted_->state;
-			}
-			return BringUp(std::move(step), state); // Fly leaves a machine that was not running as it was
-		}
-		return Unexpected(outcome, "update_machine");
-
-	case Phase::kStartMachine:
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			wait_round_ = 0;
-			return Wait(std::move(step));
-		}
-		if (outcome.http_status == 412) {
-			// Not startable from its current state: a start whose answer was lost, or a stop, is under way. Look
-			// at the machine again, as a failed attempt so that this cannot go round for ever.
-			last_request_ = fly::ListMachinesRequest(app_->name, {{kUserMetadataKey, target_.user_id}});
-			phase_ = Phase::kFindMachine;
-			return Retry(outcome, "start_machine");
-		}
-		return Unexpected(outcome, "start_machine");
-
-	case Phase::kWaitStopped:
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			return FindMachine(std::move(step)); // stopped now: look again, and start it
-		}
-		return Unexpected(outcome, "wait_machine");
-
-	case Phase::kWaitStarted:
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			AppChange change;
-			change.status = "active";
-			change.provisioned = true;
-			change.machine_id = app_->machine_id;
-			change.region = target_.region;
-			change.guest = target_.guest;
-			change.image = Image();
-			step.app = change;
-			Json details = Json::Object();
-			details.Set("app_name", Json::String(app_->name));
-			details.Set("machine_id", Json::String(app_->machine_id));
-			details.Set("region", Json::String(target_.region));
-			details.Set("guest", GuestJson(target_.guest));
-			details.Set("image", Json::String(Image()));
-			step.events.push_back(MakeEvent("provision_completed", details));
-			app_->status = "active";
-			return Finish(std::move(step));
-		}
-		if (outcome.kind == OutcomeKind::kTransient && outcome.http_status == 408) {
-			if (++wait_round_ < settings_.wait_rounds) {
-				return Wait(std::move(step)); // Fly's wait gives up after its timeout; ours is longer
-			}
-			// Still not started after every round: start over later (the machine may need replacing).
-			last_request_.reset();
-			return Retry(outcome, "wait_machine");
-		}
-		if (outcome.kind == OutcomeKind::kNotFound) {
-			// The machine vanished (destroyed behind our back): find or create one again.
-			app_->machine_id.clear();
-			AppChange change;
-			change.machine_id = "";
-			step.app = change;
-			return FindMachine(std::move(step));
-		}
-		return Unexpected(outcome, "wait_machine");
-
-	case Phase::kListForStop:
-		if (outcome.kind == OutcomeKind::kNotFound) {
-			return StopNextOrDelete(std::move(step)); // the app is gone already; the delete confirms it
-		}
-		if (outcome.kind == OutcomeKind::kSuccess) {
-			MachineList list = MachinesFromList(outcome);
-			if (!list.problem.empty()) {
-				return Unexpected(Malformed(outcome, list.problem), "list_machines");
-			}
-			machines_to_stop_.clear();
-			for (const auto &machine : list.machines) {
-				if (machine.state == "started" || machine.state == "starting" || machine.state == "created") {
-					machines_to_stop_.push_back(machine.id);
-				}
-			}
-			return StopNextOrDelete(std::move(step));
-		}
-		return Unexpected(outcome, "list_machines");
-
-	case Phase::kStopMachine:
-		if (outcome.kind == OutcomeKind::kSuccess || outcome.kind == OutcomeKind::kNotFound) {
-			if (machines_to_stop_.empty()) {
-				Json details = Json::Object();
-				details.Set("app_name", Json::String(app_->name));
-				step.events.push_back(MakeEvent("machines_stopped", details));
-			}
-			return StopNextOrDelete(std::move(step));
-		}
-		return Unexpected(outcome, "stop_machine");
-
-	case Phase::kDeleteApp:
-		if (outcome.kind == OutcomeKind::kSuccess || outcome.kind == OutcomeKind::kNotFound) {
-			AppChange change;
-			change.status = "deleted";
-			change.deleted = true;
-			step.app = change;
-			Json details = Json::Object();
-			details.Set("app_name", Json::String(app_->name));
-			details.Set("already_gone", Json::Bool(outcome.kind == OutcomeKind::kNotFound));
-			step.events.push_back(MakeEvent("deprovision_completed", details));
-			app_->status = "deleted";
-			return Finish(std::move(step));
-		}
-		return Unexpected(outcome, "delete_app");
-
-	case Phase::kFinished:
-		break;
-	}
-	fly::Outcome stray = outcome;
-	stray.message = "an answer arrived for an operation that had finished";
-	return Fail(stray, "worker");
 }
 
 } // namespace reconcile

@@ -1,5 +1,7 @@
 #include "pgfly/core/sql_text.hpp"
 
+#include "pgfly/core/text.hpp"
+
 #include "pgfly/core/cpp_only.hpp"
 
 namespace pgfly {
@@ -47,13 +49,7 @@ AppendEscaped(std::string &out, char c) {
 
 std::string
 QuoteForMessage(std::string_view value, size_t max_bytes) {
-	size_t shown = value.size();
-	if (shown > max_bytes) {
-		shown = max_bytes;
-		while (shown > 0 && (static_cast<unsigned char>(value[shown]) & 0xc0) == 0x80) {
-			shown--;
-		}
-	}
+	const size_t shown = Utf8PrefixLength(value, max_bytes);
 	std::string quoted = "\"";
 	for (size_t i = 0; i < shown; i++) {
 		AppendEscaped(quoted, value[i]);

@@ -3,21 +3,13 @@
 #include <fstream>
 #include <iterator>
 
+#include "pgfly/core/text.hpp"
+
 #include "pgfly/core/cpp_only.hpp"
 
 namespace pgfly {
 
 namespace {
-
-std::string
-Trim(const std::string &text) {
-	const char *space = " \t\r\n";
-	const size_t begin = text.find_first_not_of(space);
-	if (begin == std::string::npos) {
-		return "";
-	}
-	return text.substr(begin, text.find_last_not_of(space) - begin + 1);
-}
 
 ResolvedToken
 Checked(TokenSource source, std::string token) {

@@ -1,9 +1,9 @@
 #include "pgfly/core/worker_settings.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <sstream>
 
+#include "pgfly/core/base64.hpp"
 #include "pgfly/core/json.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
@@ -94,71 +94,6 @@ ParseSecretsFile(const std::string &text) {
 		parsed.values[name] = base64 ? Base64Encode(value) : value;
 	}
 	return parsed;
-}
-
-std::string
-Base64Encode(const std::string &bytes) {
-	static const char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	std::string encoded;
-	encoded.reserve((bytes.size() + 2) / 3 * 4);
-	size_t i = 0;
-	for (; i + 2 < bytes.size(); i += 3) {
-		const unsigned v = (static_cast<unsigned char>(bytes[i]) << 16) |
-		                   (static_cast<unsigned char>(bytes[i + 1]) << 8) | static_cast<unsigned char>(bytes[i + 2]);
-		encoded += kAlphabet[(v >> 18) & 63];
-		encoded += kAlphabet[(v >> 12) & 63];
-		encoded += kAlphabet[(v >> 6) & 63];
-		encoded += kAlphabet[v & 63];
-	}
-	if (i < bytes.size()) {
-		unsigned v = static_cast<unsigned char>(bytes[i]) << 16;
-		if (i + 1 < bytes.size()) {
-			v |= static_cast<unsigned char>(bytes[i + 1]) << 8;
-		}
-		encoded += kAlphabet[(v >> 18) & 63];
-		encoded += kAlphabet[(v >> 12) & 63];
-		encoded += i + 1 < bytes.size() ? kAlphabet[(v >> 6) & 63] : '=';
-		encoded += '=';
-	}
-	return encoded;
-}
-
-double
-RetryDelaySeconds(int attempt, double base_seconds, double cap_seconds, std::optional<double> retry_after,
-                  double unit_random) {
-	const int exponent = std::clamp(attempt - 1, 0, 62);
-	const double ceiling = std::min(cap_seconds, base_seconds * std::ldexp(1.0, exponent));
-	double delay = std::clamp(unit_random, 0.0, 1.0) * ceiling;
-	if (retry_after) {
-		delay = std::max(delay, RetryAfterHoldSeconds(*retry_after, cap_seconds));
-	}
-	return delay;
-}
-
-double
-RetryAfterHoldSeconds(std::optional<double> retry_after, double cap_seconds) {
-	// Fly's Retry-After is trusted only up to the cap: a huge one would otherwise park a user, or an org-wide
-	// rate-limit key, until the worker restarts.
-	const double wanted = retry_after.value_or(kDefaultRateLimitHoldSeconds);
-	return std::clamp(std::isfinite(wanted) ? wanted : cap_seconds, 0.0, std::max(0.0, cap_seconds));
-}
-
-ConnectionBudget
-WantedConnections(int max_concurrency) {
-	ConnectionBudget budget;
-	budget.concurrency = std::max(1, max_concurrency);
-	budget.connections = 2 * budget.concurrency + 1;
-	budget.fds = budget.connections + kClientFdOverhead;
-	return budget;
-}
-
-ConnectionBudget
-FitConnections(int max_concurrency, int granted_fds) {
-	const ConnectionBudget wanted = WantedConnections(max_concurrency);
-	if (granted_fds >= wanted.fds) {
-		return wanted;
-	}
-	return WantedConnections((std::max(granted_fds, kMinClientFds) - kClientFdOverhead - 1) / 2);
 }
 
 } // namespace pgfly

@@ -7,7 +7,7 @@ namespace fly {
 namespace {
 
 TEST(AuthorizationHeader, FlyV1TokenAsIssuedIsSentAsFlyV1) {
-	// `fly tokens create` prints the token with its scheme (api-reference §1).
+	// `fly tokens create` prints the token with its scheme.
 	EXPECT_EQ(AuthorizationHeader("FlyV1 fm2_abc"), "FlyV1 fm2_abc");
 	EXPECT_EQ(AuthorizationHeader("FlyV1 fm2_abc,fm2_def"), "FlyV1 fm2_abc,fm2_def");
 	EXPECT_EQ(AuthorizationHeader("  FlyV1   fm2_abc \n"), "FlyV1 fm2_abc");

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "pgfly/core/json.hpp"
-#include "pgfly/core/reconcile.hpp"
+#include "pgfly/core/machine_spec.hpp"
 
 namespace pgfly {
 namespace rollout {
@@ -37,10 +37,8 @@ Machine(const std::string &state, const std::string &image) {
 
 ImageUpdate
 MakeUpdate() {
-	reconcile::Settings settings;
-	settings.env = {{"LOG_LEVEL", "info"}};
-	fly::MachineSpec spec = reconcile::MachineSpecFor(settings, "u-1", fly::Guest{"shared", 1, 256}, "sjc",
-	                                                  "ignored:image", "rollout-3", 2);
+	fly::MachineSpec spec = machine::MachineSpecFor({{"LOG_LEVEL", "info"}}, "u-1", fly::Guest{"shared", 1, 256}, "sjc",
+	                                                "ignored:image", "rollout-3", 2);
 	AppTarget target;
 	target.app_name = kApp;
 	target.machine_id = "m1";
@@ -63,7 +61,7 @@ TEST(ImageUpdate, ReadsTheMachineThenUpdatesItWithTheFullConfigAndWaits) {
 	EXPECT_EQ(config.Get("env").GetString("RUN_MODE"), "user_dedicated");
 	EXPECT_EQ(config.Get("env").GetString("USER_ID"), "u-1");
 	EXPECT_EQ(config.Get("env").GetString("LOG_LEVEL"), "info");
-	EXPECT_EQ(config.Get("metadata").GetString(reconcile::kUserMetadataKey), "u-1");
+	EXPECT_EQ(config.Get("metadata").GetString(machine::kUserMetadataKey), "u-1");
 	EXPECT_EQ(config.Get("guest").GetInteger("memory_mb"), 256);
 	step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, Machine("replacing", kNewImage)));
 	ASSERT_TRUE(step.request);

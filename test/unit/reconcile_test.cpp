@@ -16,6 +16,8 @@ namespace {
 
 using fly::Endpoint;
 using fly::OutcomeKind;
+using machine::kOperationMetadataKey;
+using machine::kUserMetadataKey;
 using Query = std::vector<std::pair<std::string, std::string>>;
 
 const std::string kUser = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
@@ -1289,64 +1291,6 @@ TEST(ReconcileDeprovision, WithoutRowTransientLookupIsRetried) {
 	ExpectRetriedInPlace(step);
 	EXPECT_EQ(EventTypes(step), Types{"deprovision_attempt_failed"});
 	EXPECT_EQ(Details(step.events[0]).GetString("step"), "get_app");
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Reading Fly's answers
-
-TEST(ReconcileMachinesFromList, ReadsFacts) {
-	MachineList list = MachinesFromList(
-		Ok(ListText({MachineText("m1", "started", kOtherGuest, "img:2", "fra"), MachineText("m2", "stopped")})));
-	EXPECT_EQ(list.problem, "");
-	ASSERT_EQ(list.machines.size(), 2u);
-	EXPECT_EQ(list.machines[0].id, "m1");
-	EXPECT_EQ(list.machines[0].state, "started");
-	EXPECT_EQ(list.machines[0].image, "img:2");
-	EXPECT_EQ(list.machines[0].region, "fra");
-	EXPECT_EQ(list.machines[0].guest.cpu_kind, "shared");
-	EXPECT_EQ(list.machines[0].guest.memory_mb, 256);
-	EXPECT_EQ(list.machines[1].id, "m2");
-	EXPECT_TRUE(MachinesFromList(Ok("[]")).machines.empty());
-	EXPECT_EQ(MachinesFromList(Ok("[]")).problem, "");
-}
-
-// One unusable entry makes the whole list untrustworthy: acting on the rest could create a second machine.
-TEST(ReconcileMachinesFromList, AnyUnusableEntryMakesTheListMalformed) {
-	const std::string good = MachineText("m1", "started");
-	const std::vector<std::pair<std::string, std::string>> cases = {
-		{"{\"state\":\"started\"}", "it has no id"},
-		{"17", "it is a number, not an object"},
-		{"\"{\\\"id\\\":\\\"m2\\\"}\"", "it is a string, not an object"},
-		{"{\"id\":null}", "its id is null, not a string"},
-		{"{\"id\":1234567890123}", "its id is a number, not a string"},
-		{"{\"id\":[\"m2\"]}", "its id is an array, not a string"},
-		{"{\"id\":\"../../orgs/x\"}", "its id is not a machine id (letters, digits, '-' and '_', at most 64)"},
-		{"{\"id\":\"\"}", "its id is not a machine id (letters, digits, '-' and '_', at most 64)"},
-		{"{\"id\":\"m2\",\"state\":[\"started\"]}", "its state is an array, not a string"},
-		{"{\"id\":\"m2\",\"config\":\"{}\"}", "its config is a string, not an object"},
-		{"{\"id\":\"m2\",\"config\":{\"guest\":\"big\"}}", "config: its guest is a string, not an object"},
-		{"{\"id\":\"m2\",\"config\":{\"guest\":{\"cpus\":\"2\"}}}",
-		 "config.guest: its cpus is a string, not an integer"},
-	};
-	for (const auto &[entry, problem] : cases) {
-		MachineList list = MachinesFromList(Ok(ListText({good, entry})));
-		EXPECT_TRUE(list.machines.empty()) << entry;
-		EXPECT_EQ(list.problem, "entry 2 of the machine list is unusable: " + problem) << entry;
-	}
-	EXPECT_EQ(MachinesFromList(Ok("{\"machines\":[]}")).problem, "the machine list is not an array");
-	EXPECT_EQ(MachinesFromList(Ok("")).problem, "the machine list is not an array");
-}
-
-TEST(ReconcileMachinesFromList, MachineIds) {
-	EXPECT_TRUE(IsUsableMachineId("1781973f003d89"));
-	EXPECT_TRUE(IsUsableMachineId("M_1-x"));
-	EXPECT_TRUE(IsUsableMachineId(std::string(64, 'a')));
-	EXPECT_FALSE(IsUsableMachineId(std::string(65, 'a')));
-	EXPECT_FALSE(IsUsableMachineId(""));
-	EXPECT_FALSE(IsUsableMachineId(".."));
-	EXPECT_FALSE(IsUsableMachineId("m1/stop"));
-	EXPECT_FALSE(IsUsableMachineId("m1?force=true"));
-	EXPECT_FALSE(IsUsableMachineId("m1 "));
 }
 
 TEST(ReconcileHostileAnswers, GarbledMachineListIsRetriedAndCreatesNothing) {

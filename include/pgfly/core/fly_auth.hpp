@@ -1,4 +1,4 @@
-// The Authorization header for the Fly Machines API (fly/api-reference.md §1), and scrubbing of the token from
+// The Authorization header for the Fly Machines API (docs/fly-api.md), and scrubbing of the token from
 // any text that could reach a log, an event row or an error message.
 #pragma once
 

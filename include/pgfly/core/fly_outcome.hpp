@@ -1,4 +1,5 @@
-// What a Fly API response (or the lack of one) means for the provisioner (fly/api-reference.md §1, §2.2, §5).
+// What a Fly API response (or the lack of one) means for the provisioner (Fly's statuses and error bodies:
+// docs/fly-api.md).
 // Classification is pure: the client collects a RawResponse and Classify turns it into an Outcome.
 #pragma once
 
@@ -19,7 +20,7 @@ enum class OutcomeKind {
 	kNotFound,
 	// 422 with status "name_taken" (or, without a status, Fly's "Name has already been taken" text).
 	kNameTaken,
-	// 403: on get app, another organisation holds the name (api-reference §2.2).
+	// 403: on get app, another organisation holds the name (docs/fly-api.md).
 	kForbidden,
 	// Worth retrying with backoff: 408, 429, 5xx, network errors.
 	kTransient,

@@ -1,5 +1,5 @@
-// Builders for the Fly Machines API requests the provisioner makes (fly/api-reference.md §2-§4; field names as in
-// the OpenAPI spec). A Request is plain data: method, path (segments percent-encoded), raw query pairs (encoded by
+// Builders for the Fly Machines API requests the provisioner makes (docs/fly-api.md; field names as in Fly's
+// OpenAPI spec). A Request is plain data: method, path (segments percent-encoded), raw query pairs (encoded by
 // the client) and an optional JSON body. Builders throw std::invalid_argument for input that cannot form a valid
 // request (an empty app name or machine id, text that is not UTF-8); the message never quotes secret values.
 #pragma once
@@ -82,7 +82,7 @@ Request CreateAppRequest(const std::string &app_name, const std::string &org_slu
 						 const std::optional<std::string> &network = std::nullopt);
 // GET /v1/apps/{app}
 Request GetAppRequest(const std::string &app_name);
-// DELETE /v1/apps/{app}[?force=true] (force is in the docs, not in the spec: api-reference §2.5).
+// DELETE /v1/apps/{app}[?force=true] (force is in Fly's docs, not in its OpenAPI spec).
 Request DeleteAppRequest(const std::string &app_name, bool force = false);
 // GET /v1/apps?org_slug=...[&app_role=...]
 Request ListAppsRequest(const std::string &org_slug, const std::optional<std::string> &app_role = std::nullopt);

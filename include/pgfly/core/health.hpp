@@ -29,8 +29,9 @@ struct HealthVerdict {
 // From the answer to GET /v1/apps/{app}/machines/{id}. A transient failure tells nothing (kUnknown).
 HealthVerdict EvaluateMachineHealth(const fly::Outcome &outcome);
 
-// From the app's own health endpoint (the seed's backend reports run_mode, user_id and trader_count): healthy
-// only when it answers and runs in user_dedicated mode for this very user (the seed's trader-isolation test).
+// From the app's own health endpoint (the user app's backend reports run_mode, user_id and trader_count): healthy
+// only when it answers and runs in user_dedicated mode for this very user, which proves that the machine serves
+// one user and no other.
 HealthVerdict EvaluateAppHealthEndpoint(const fly::Outcome &outcome, const std::string &user_id);
 
 // The health URL for an app: every "{app}" in the template replaced by the app's name. Nothing for a name Fly

@@ -46,7 +46,7 @@ struct Step {
 
 class ImageUpdate {
 public:
-	// `spec` is the full machine config with the new image (reconcile::MachineSpecFor).
+	// `spec` is the full machine config with the new image (machine::MachineSpecFor).
 	ImageUpdate(AppTarget target, fly::MachineSpec spec);
 
 	Step Start();

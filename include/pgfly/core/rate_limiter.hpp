@@ -1,4 +1,4 @@
-// Client-side rate limiting that follows Fly's documented limits (api-reference §5): token buckets per action
+// Client-side rate limiting that follows Fly's documented limits (docs/fly-api.md): token buckets per action
 // and per scope (the organization, app or machine the request is about), so that bulk work runs as fast as
 // Fly allows without provoking 429s, and a 429 slows down only its own scope. Times are seconds on a
 // monotonic clock, passed in so that tests control them.

@@ -16,13 +16,10 @@
 
 #include "pgfly/core/fly_outcome.hpp"
 #include "pgfly/core/fly_requests.hpp"
+#include "pgfly/core/machine_spec.hpp"
 
 namespace pgfly {
 namespace reconcile {
-
-// Metadata keys pg_fly puts on every machine it creates.
-constexpr const char *kUserMetadataKey = "pg_fly_user_id";
-constexpr const char *kOperationMetadataKey = "pg_fly_operation_id";
 
 // The user's live app row, as last recorded.
 struct AppRecord {
@@ -124,15 +121,6 @@ struct Step {
 	double settle_seconds = 0;
 };
 
-// Facts read from Fly's answers (missing or mistyped fields give empty values, never an exception).
-struct MachineFacts {
-	std::string id;
-	std::string state;
-	std::string image;
-	fly::Guest guest;
-	std::string region;
-};
-
 class Operation {
 public:
 	Operation(Target target, std::optional<AppRecord> app, Settings settings);
@@ -168,25 +156,48 @@ private:
 		kFinished,
 	};
 
+	// Shared (reconcile.cpp): the dispatch to the phase's handler, the end of an operation, retries and failures.
+	Step Handle(const fly::Outcome &outcome);
+	Step Finish(Step step);
+	Step Retry(const fly::Outcome &outcome, const char *during);
+	Step Fail(const fly::Outcome &outcome, const char *during);
+	Step Unexpected(const fly::Outcome &outcome, const char *during);
+	const char *FailedEvent() const;
+	static Event MakeEvent(const char *type, const Json &details);
+	static Json OutcomeDetails(const fly::Outcome &outcome, const char *during);
+	static fly::Outcome Malformed(const fly::Outcome &outcome, const std::string &problem);
+
+	// Provisioning (reconcile_provision.cpp): the steps, then one handler per phase.
 	Step StartProvision();
-	Step StartDeprovision();
 	Step AppExists(Step step, const fly::Outcome &outcome, const char *event_type);
 	Step AfterAppExists(Step step);
 	Step FindMachine(Step step);
 	Step UseMachine(Step step, const fly::Outcome &outcome);
-	Step CreateMachine(Step step);
 	Step AdoptMachine(Step step);
 	Step BringUp(Step step, const std::string &state);
+	Step CreateMachine(Step step);
 	Step Wait(Step step);
-	Step StopNextOrDelete(Step step);
-	Step Fail(const fly::Outcome &outcome, const char *during);
-	Step Retry(const fly::Outcome &outcome, const char *during);
-	Step Unexpected(const fly::Outcome &outcome, const char *during);
-	Step Finish(Step step);
-	Step Handle(const fly::Outcome &outcome);
+	fly::Request UserMachinesRequest() const;
 	fly::MachineSpec Spec() const;
 	const std::string &Image() const;
-	const char *FailedEvent() const;
+	Step OnCreateApp(const fly::Outcome &outcome);
+	Step OnGetTakenApp(const fly::Outcome &outcome);
+	Step OnSetSecrets(const fly::Outcome &outcome);
+	Step OnFindMachine(const fly::Outcome &outcome); // kFindMachine and kFindCreatedMachine
+	Step OnCreateMachine(const fly::Outcome &outcome);
+	Step OnDeleteExtraMachine(const fly::Outcome &outcome);
+	Step OnUpdateMachine(const fly::Outcome &outcome);
+	Step OnStartMachine(const fly::Outcome &outcome);
+	Step OnWaitStopped(const fly::Outcome &outcome);
+	Step OnWaitStarted(const fly::Outcome &outcome);
+
+	// Deprovisioning (reconcile_deprovision.cpp).
+	Step StartDeprovision();
+	Step StopNextOrDelete(Step step);
+	Step OnLookUpOrphan(const fly::Outcome &outcome);
+	Step OnListForStop(const fly::Outcome &outcome);
+	Step OnStopMachine(const fly::Outcome &outcome);
+	Step OnDeleteApp(const fly::Outcome &outcome);
 
 	Target target_;
 	std::optional<AppRecord> app_;
@@ -200,33 +211,8 @@ private:
 	std::optional<int64_t> secrets_version_;
 	std::vector<std::string> machines_to_stop_;
 	std::vector<std::string> extra_machines_;
-	std::optional<MachineFacts> adopted_;
+	std::optional<machine::MachineFacts> adopted_;
 };
-
-// The full machine config pg_fly runs for a user. An update replaces the whole config, so every request that
-// sends one (create, update, image rollout) builds it here.
-fly::MachineSpec MachineSpecFor(const Settings &settings, const std::string &user_id, const fly::Guest &guest,
-                                const std::string &region, const std::string &image, const std::string &operation_id,
-                                std::optional<int64_t> secrets_version);
-
-// A machine list from Fly, or why it cannot be trusted: then none of it is used, since acting on part of a
-// list (a machine left out) could create a second machine or leave one running.
-struct MachineList {
-	std::vector<MachineFacts> machines;
-	// Empty when every entry is a usable machine.
-	std::string problem;
-};
-
-MachineList MachinesFromList(const fly::Outcome &outcome);
-MachineFacts MachineFromBody(const fly::Outcome &outcome);
-// Not running, and Fly would start it (an update leaves such a machine as it was).
-bool MachineNeedsStart(const std::string &state);
-// Why a machine object from Fly cannot be used (not an object, no usable id, a field pg_fly reads of the wrong
-// JSON type); nothing when it can.
-std::optional<std::string> MachineProblem(const Json &machine);
-// Whether text can be a Fly machine id: 1 to 64 letters, digits, '-' or '_' (Fly's are 14 hex digits). Ids go
-// into request paths, so nothing else is accepted from an answer.
-bool IsUsableMachineId(const std::string &id);
 
 } // namespace reconcile
 } // namespace pgfly
