@@ -1,6 +1,9 @@
 #include "pgfly/pg/guard.hpp"
 
 #include <cstring>
+#include <string_view>
+
+#include "pgfly/core/text.hpp"
 
 namespace pgfly::pg {
 
@@ -12,8 +15,10 @@ CopyTruncated(char *target, size_t size, const char *source) noexcept {
 		target[0] = '\0';
 		return;
 	}
-	strncpy(target, source, size - 1);
-	target[size - 1] = '\0';
+	// Never cut inside a UTF-8 sequence: the message goes to clients, which would refuse a broken one.
+	const size_t kept = Utf8PrefixLength(std::string_view(source), size - 1);
+	memcpy(target, source, kept);
+	target[kept] = '\0';
 }
 
 int
