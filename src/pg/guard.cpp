@@ -1,9 +1,10 @@
 #include "pgfly/pg/guard.hpp"
 
-#include <cstring>
-#include <string_view>
+extern "C" {
+#include "mb/pg_wchar.h"
+}
 
-#include "pgfly/core/text.hpp"
+#include <cstring>
 
 namespace pgfly::pg {
 
@@ -15,8 +16,10 @@ CopyTruncated(char *target, size_t size, const char *source) noexcept {
 		target[0] = '\0';
 		return;
 	}
-	// Never cut inside a UTF-8 sequence: the message goes to clients, which would refuse a broken one.
-	const size_t kept = Utf8PrefixLength(std::string_view(source), size - 1);
+	// Never cut inside a character of the database's encoding: clients refuse a broken one. pg_mbcliplen only
+	// measures, it never raises an error.
+	const int length = static_cast<int>(strnlen(source, size));
+	const size_t kept = static_cast<size_t>(pg_mbcliplen(source, length, static_cast<int>(size - 1)));
 	memcpy(target, source, kept);
 	target[kept] = '\0';
 }

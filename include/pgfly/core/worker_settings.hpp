@@ -20,6 +20,4 @@ ParsedMap ParseMachineEnv(const std::string &json_text);
 // JWT in SUPABASE_SERVICE_KEY_B64). Names are upper-case letters, digits and '_', not starting with a digit.
 ParsedMap ParseSecretsFile(const std::string &text);
 
-std::string Base64Encode(const std::string &bytes);
-
 } // namespace pgfly
