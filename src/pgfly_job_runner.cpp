@@ -335,11 +335,34 @@ JobRunner::SendAllowed() {
 			  [](const PendingRequest &a, const PendingRequest &b) { return a.due < b.due; });
 	const double now = Now();
 	std::vector<PendingRequest> still_pending;
-	for (auto &pending : pending_) {
+	// Reserved up front, so that keeping a request back cannot fail half-way through the list.
+	still_pending.reserve(pending_.size());
+	size_t next = 0;
+	try {
+		SendDue(now, still_pending, next);
+	} catch (...) {
+		// Requests not yet handed on stay pending (an exception here is out of memory, in practice): the next pass
+		// sends them, instead of finding moved-from jobs.
+		for (; next < pending_.size(); next++) {
+			still_pending.push_back(std::move(pending_[next]));
+		}
+		pending_ = std::move(still_pending);
+		throw;
+	}
+	pending_ = std::move(still_pending);
+}
+
+void
+JobRunner::SendDue(double now, std::vector<PendingRequest> &still_pending, size_t &next) {
+	// `next` moves past a request only once it has been handed on (kept back, or sent): on an exception the
+	// caller keeps pending_[next...] as they are.
+	while (next < pending_.size()) {
+		PendingRequest &pending = pending_[next];
 		// A user app's own health endpoint is not Fly: neither Fly's breaker nor Fly's limits apply to it.
 		const bool fly_api = fly::IsFlyApi(pending.request.endpoint);
 		if (pending.due > now || (fly_api && !breaker_.CanSend(now))) {
 			still_pending.push_back(std::move(pending));
+			next++;
 			continue;
 		}
 		std::pair<std::string, std::string> key;
@@ -349,14 +372,15 @@ JobRunner::SendAllowed() {
 			if (wait > 0) {
 				pending.due = now + wait;
 				still_pending.push_back(std::move(pending));
+				next++;
 				continue;
 			}
 			breaker_.MarkSent(now);
 		}
 		const fly::RequestId id = client_->Submit(pending.request);
+		next++;
 		in_flight_.emplace(id, InFlight{std::move(pending.job), std::move(key), pending.request.endpoint});
 	}
-	pending_ = std::move(still_pending);
 }
 
 // Feeds the answer to the breaker and the limiter: a wait that timed out (408) or a machine that failed to start

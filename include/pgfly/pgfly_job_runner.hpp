@@ -106,6 +106,9 @@ private:
 	// Runs `body` in a transaction of its own when pg_fly exists in this database; returns whether it does.
 	bool InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body);
 	void SendAllowed();
+	// Sends pending_[next...] that are due and allowed, keeping the others in still_pending; `next` says how far
+	// it got.
+	void SendDue(double now, std::vector<PendingRequest> &still_pending, size_t &next);
 	void Observe(const InFlight &in_flight, const fly::Outcome &outcome);
 	// The users of busy_users_, for the store functions that must leave them alone.
 	std::vector<std::string> BusyUsers() const;
