@@ -56,9 +56,10 @@ ReadRow(HeapTuple tuple, TupleDesc desc, int user_attnum, int tier_attnum) {
 }
 
 // The tier's policy and, in the same query (the common path gets no extra one), whether `user_id` waits in
-// fly.tier_waits. A NULL `user_id` asks nothing about waits.
+// fly.tier_waits. A NULL `user_id` asks nothing about waits. `fresh` reads with a new snapshot (what committed
+// since the application's statement began) instead of the statement's.
 TierPolicy
-LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &user_id) {
+LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &user_id, bool fresh = false) {
 	TierPolicy policy;
 	if (!tier) {
 		// A subscription without a tier grants no app.
@@ -77,7 +78,7 @@ LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &use
 	    "$2::pg_catalog.text IS NOT NULL AND EXISTS (SELECT 1 FROM fly.tier_waits w "
 	    "WHERE w.user_id OPERATOR(pg_catalog.=) $2::pg_catalog.text) "
 	    "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
-	auto rows = spi.Query(kPolicy, {tier, user_id}, true);
+	auto rows = spi.Query(kPolicy, {tier, user_id}, !fresh);
 	if (rows.empty()) {
 		return policy;
 	}
@@ -327,7 +328,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 			// A policy being added right now locks fly.tier_waits until it commits, and queues who waits when it
 			// runs: once this lock is ours, that policy has committed (and is seen) or has not yet read the waits.
 			spi.Query("LOCK TABLE fly.tier_waits IN ROW EXCLUSIVE MODE", {});
-			new_policy = pgfly::LookUpPolicy(spi, new_row.tier, new_row.user_id);
+			new_policy = pgfly::LookUpPolicy(spi, new_row.tier, new_row.user_id, true);
 		}
 	} else {
 		new_policy.known = true; // row deleted: no app
