@@ -99,6 +99,13 @@ SET fly.strict_tiers = on;
 INSERT INTO billing_accounts VALUES ('not-a-uuid-either', 'pro');
 INSERT INTO billing_accounts VALUES (NULL, 'pro');
 RESET fly.strict_tiers;
+-- Megabyte values succeed too: a wait's key is the id as messages show it (quoted, cut after 64 bytes), and the
+-- tier is not indexed; the alerts carry the shortened forms.
+INSERT INTO billing_accounts SELECT string_agg(md5(i::text), ''), 'pro' FROM generate_series(1, 30000) i;
+INSERT INTO billing_accounts SELECT 'big-tier-user', string_agg(md5(i::text), '') FROM generate_series(1, 30000) i;
+SELECT left(user_id, 20) AS user_id, length(user_id), reason, length(tier) FROM fly.tier_waits ORDER BY 1;
+DELETE FROM billing_accounts WHERE length(account_owner) > 100 OR length(plan_name) > 100;
+SELECT count(*) AS waits FROM fly.tier_waits;
 SELECT fly.attach_tier_trigger();
 DROP TABLE billing_accounts;
 

@@ -55,6 +55,29 @@ ReadRow(HeapTuple tuple, TupleDesc desc, int user_attnum, int tier_attnum) {
 	return row;
 }
 
+// The user id as a message shows it: a well-formed one as it is, anything else quoted and shortened.
+std::string
+UserForMessage(const pg::Value &user_id) {
+	if (!user_id) {
+		return "(null)";
+	}
+	return IsUuidText(*user_id) ? *user_id : QuoteForMessage(*user_id);
+}
+
+// The user's key in fly.tier_waits: the id as a message shows it, so that an application's megabyte of text
+// neither fails the statement (an index entry has a size limit) nor reaches a notification.
+pg::Value
+WaitKey(const pg::Value &user_id) {
+	return user_id ? pg::Value(UserForMessage(user_id)) : std::nullopt;
+}
+
+// The tier as an alert shows it: as it is when that reads well, otherwise quoted and shortened.
+std::string
+TierForMessage(const std::string &tier) {
+	const std::string quoted = QuoteForMessage(tier);
+	return quoted == "\"" + tier + "\"" ? tier : quoted;
+}
+
 // The tier's policy and, in the same query (the common path gets no extra one), whether `user_id` waits in
 // fly.tier_waits. A NULL `user_id` asks nothing about waits. `fresh` reads with a new snapshot (what committed
 // since the application's statement began) instead of the statement's.
@@ -66,7 +89,7 @@ LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &use
 		policy.known = true;
 		policy.waiting = user_id && spi.Query("SELECT EXISTS (SELECT 1 FROM fly.tier_waits "
 											  "WHERE user_id OPERATOR(pg_catalog.=) $1)",
-											  {user_id}, true)
+											  {WaitKey(user_id)}, true)
 										.at(0)
 										.at(0) == std::string("t");
 		return policy;
@@ -78,7 +101,7 @@ LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &use
 	    "$2::pg_catalog.text IS NOT NULL AND EXISTS (SELECT 1 FROM fly.tier_waits w "
 	    "WHERE w.user_id OPERATOR(pg_catalog.=) $2::pg_catalog.text) "
 	    "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
-	auto rows = spi.Query(kPolicy, {tier, user_id}, !fresh);
+	auto rows = spi.Query(kPolicy, {tier, WaitKey(user_id)}, !fresh);
 	if (rows.empty()) {
 		return policy;
 	}
@@ -101,14 +124,6 @@ ColumnNumber(TupleDesc desc, const char *column, const char *table) {
 	return attnum;
 }
 
-// The user id as a message shows it: a well-formed one as it is, anything else quoted and shortened.
-std::string
-UserForMessage(const pg::Value &user_id) {
-	if (!user_id) {
-		return "(null)";
-	}
-	return IsUuidText(*user_id) ? *user_id : QuoteForMessage(*user_id);
-}
 
 [[noreturn]] void
 ThrowUnknownTier(const std::string &tier, const pg::Value &user_id) {
@@ -162,7 +177,7 @@ SettleWait(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy 
 	const Problem problem = ProblemOf(row, policy);
 	if (problem == Problem::kNone) {
 		if (row.user_id && policy.waiting) {
-			spi.Query("DELETE FROM fly.tier_waits WHERE user_id OPERATOR(pg_catalog.=) $1", {row.user_id});
+			spi.Query("DELETE FROM fly.tier_waits WHERE user_id OPERATOR(pg_catalog.=) $1", {WaitKey(row.user_id)});
 		}
 		return;
 	}
@@ -173,21 +188,21 @@ SettleWait(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy 
 			"ON CONFLICT (user_id) DO UPDATE SET tier = excluded.tier, reason = excluded.reason, since = "
 			"pg_catalog.now() WHERE w.tier IS DISTINCT FROM excluded.tier "
 			"OR w.reason OPERATOR(pg_catalog.<>) excluded.reason RETURNING w.id";
-		auto rows = spi.Query(kRecord, {row.user_id, row.tier, std::string(ProblemKind(problem))});
+		auto rows = spi.Query(kRecord, {WaitKey(row.user_id), row.tier, std::string(ProblemKind(problem))});
 		if (rows.empty()) {
 			return; // waiting already, for this tier and reason: alerted then
 		}
 		wait_id = rows[0][0];
 	}
 	const pg::Value uuid = row.user_id && IsUuidText(*row.user_id) ? row.user_id : std::nullopt;
-	const pg::Value shown = row.user_id ? pg::Value(UserForMessage(row.user_id)) : std::nullopt;
-	RaiseSubscriptionAlert(spi, ProblemKind(problem), uuid, shown, row.tier, wait_id);
+	const pg::Value tier = row.tier ? pg::Value(TierForMessage(*row.tier)) : std::nullopt;
+	RaiseSubscriptionAlert(spi, ProblemKind(problem), uuid, WaitKey(row.user_id), tier, wait_id);
 }
 
 void
 ClearWait(pg::SpiConnection &spi, const pg::Value &user_id, const TierPolicy &policy) {
 	if (user_id && policy.waiting) {
-		spi.Query("DELETE FROM fly.tier_waits WHERE user_id OPERATOR(pg_catalog.=) $1", {user_id});
+		spi.Query("DELETE FROM fly.tier_waits WHERE user_id OPERATOR(pg_catalog.=) $1", {WaitKey(user_id)});
 	}
 }
 

@@ -378,13 +378,15 @@ END $do$;
 -- change of a policy's guest or region queues the tier's live apps; a policy live apps use cannot be deleted.
 --------------------------------------------------------------------------------------------------------------
 CREATE TABLE fly.tier_waits (
-    user_id text PRIMARY KEY,           -- as the subscription table holds it: not always a uuid
+    -- A uuid as the subscription table spells it; any other id quoted and cut after 64 bytes, as messages show it.
+    user_id text PRIMARY KEY,
     tier    text,
     reason  text NOT NULL CHECK (reason IN ('unknown_tier', 'invalid_user_id')),
     since   timestamptz NOT NULL DEFAULT now(),
     id      bigint GENERATED ALWAYS AS IDENTITY UNIQUE  -- what a minimal pg_fly_alerts notification names
 );
-CREATE INDEX tier_waits_tier ON fly.tier_waits (tier);
+-- No index on tier: the table holds only rows an operator has to fix, and a tier is whatever the application
+-- wrote (a megabyte of it would not fit an index entry and would fail the application's statement).
 COMMENT ON TABLE fly.tier_waits IS
     'Subscription rows pg_fly could not act on: a tier without a policy, or a paid tier''s user id that is not a uuid';
 SELECT pg_catalog.pg_extension_config_dump('fly.tier_waits', '');
