@@ -133,12 +133,12 @@ RaiseSubscriptionAlert(pg::SpiConnection &spi, const std::string &kind, const pg
 	pg::Value event_id;
 	if (user_id) {
 		// The event goes with the user's live app, if there is one, and shows its status.
-		auto event = spi.Query(
-			"INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-			"SELECT a.id, $1::pg_catalog.uuid, 'alert_raised', a.status, $2::pg_catalog.jsonb "
-			"FROM (SELECT NULL) AS one LEFT JOIN fly.user_fly_apps a "
-			"ON a.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND a.deleted_at IS NULL RETURNING id",
-			{*user_id, details});
+		auto event =
+			spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+					  "SELECT a.id, $1::pg_catalog.uuid, 'alert_raised', a.status, $2::pg_catalog.jsonb "
+					  "FROM (SELECT NULL) AS one LEFT JOIN fly.user_fly_apps a "
+					  "ON a.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND a.deleted_at IS NULL RETURNING id",
+					  {*user_id, details});
 		event_id = event.at(0).at(0);
 	}
 	// Unless the payload is full, the notification names no user and no tier: the ids lead to them.

@@ -267,10 +267,10 @@ Define() {
 	// PGC_SUSET rather than PGC_SIGHUP: set in postgresql.conf (reload) it applies everywhere, and a superuser may
 	// also turn it on for one application role or database (ALTER ROLE ... SET), which no other role can change.
 	DefineCustomBoolVariable("fly.strict_tiers",
-	                         "Whether a subscription change pg_fly cannot act on fails the application's statement.",
-	                         "off: a tier without a policy, or a user id that is not a uuid, is recorded in "
-	                         "fly.needs_attention and alerted on, and the statement succeeds. on: it is an error.",
-	                         &strict_tiers, false, PGC_SUSET, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+							 "Whether a subscription change pg_fly cannot act on fails the application's statement.",
+							 "off: a tier without a policy, or a user id that is not a uuid, is recorded in "
+							 "fly.needs_attention and alerted on, and the statement succeeds. on: it is an error.",
+							 &strict_tiers, false, PGC_SUSET, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
 }
 
 } // namespace pgfly::settings

@@ -3,8 +3,10 @@
 #include "pgfly/pg/spi.hpp"
 
 extern "C" {
+#include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "commands/trigger.h"
+#include "utils/lsyscache.h"
 }
 
 #include <cstring>
@@ -78,9 +80,19 @@ TierForMessage(const std::string &tier) {
 	return quoted == "\"" + tier + "\"" ? tier : quoted;
 }
 
+// Whether fly.tier_waits exists: not before ALTER EXTENSION pg_fly UPDATE has brought the schema to 0.3.0, and the
+// library must keep serving the older one, with its errors. A catalog cache lookup, not a query.
+bool
+TierWaitsExist() {
+	return pg::PgGuardResult([]() {
+		const Oid schema = get_namespace_oid("fly", true);
+		return OidIsValid(schema) && OidIsValid(get_relname_relid("tier_waits", schema));
+	});
+}
+
 // The tier's policy and, in the same query (the common path gets no extra one), whether `user_id` waits in
-// fly.tier_waits. A NULL `user_id` asks nothing about waits. `fresh` reads with a new snapshot (what committed
-// since the application's statement began) instead of the statement's.
+// fly.tier_waits. A NULL `user_id` asks nothing about waits (and fly.tier_waits need not exist). `fresh` reads with a
+// new snapshot (what committed since the application's statement began) instead of the statement's.
 TierPolicy
 LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &user_id, bool fresh = false) {
 	TierPolicy policy;
@@ -90,18 +102,22 @@ LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &use
 		policy.waiting = user_id && spi.Query("SELECT EXISTS (SELECT 1 FROM fly.tier_waits "
 											  "WHERE user_id OPERATOR(pg_catalog.=) $1)",
 											  {WaitKey(user_id)}, true)
-										.at(0)
-										.at(0) == std::string("t");
+											.at(0)
+											.at(0) == std::string("t");
 		return policy;
 	}
 	static const char *const kPolicy =
-	    "SELECT dedicated_app, "
-	    "CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
-	    "COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END, "
-	    "$2::pg_catalog.text IS NOT NULL AND EXISTS (SELECT 1 FROM fly.tier_waits w "
-	    "WHERE w.user_id OPERATOR(pg_catalog.=) $2::pg_catalog.text) "
-	    "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
-	auto rows = spi.Query(kPolicy, {tier, WaitKey(user_id)}, !fresh);
+		"SELECT dedicated_app, "
+		"CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
+		"COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END, "
+		"EXISTS (SELECT 1 FROM fly.tier_waits w WHERE w.user_id OPERATOR(pg_catalog.=) $2) "
+		"FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
+	static const char *const kPolicyOnly =
+		"SELECT dedicated_app, "
+		"CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
+		"COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END, false "
+		"FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
+	auto rows = user_id ? spi.Query(kPolicy, {tier, WaitKey(user_id)}, !fresh) : spi.Query(kPolicyOnly, {tier}, !fresh);
 	if (rows.empty()) {
 		return policy;
 	}
@@ -224,9 +240,9 @@ RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value 
 // user_column and table say where the user id comes from, for messages.
 void
 Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy, const char *user_column,
-        const char *table) {
+		const char *table, bool strict) {
 	if (!row.user_id) {
-		if (!policy.dedicated || !settings::strict_tiers) {
+		if (!policy.dedicated || !strict) {
 			return; // nothing to tear down for a row without a user; a paid tier's waits (SettleWait)
 		}
 		throw SqlError(sqlstate::kNullValueNotAllowed,
@@ -234,7 +250,7 @@ Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &po
 					   "Its tier " + QuoteForMessage(row.tier.value_or("")) + " grants a dedicated app.");
 	}
 	if (!IsUuidText(*row.user_id)) {
-		if (!policy.dedicated || !settings::strict_tiers) {
+		if (!policy.dedicated || !strict) {
 			return; // pg_fly never made an app for it: nothing to tear down; a paid tier's waits (SettleWait)
 		}
 		// Checked here rather than left to the uuid cast, whose message would repeat the whole value.
@@ -326,18 +342,22 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	}
 	// A row that moved to another user, or was deleted, leaves its old user.
 	const bool old_user_leaves = has_old && (!has_new || old_row.user_id != new_row.user_id);
+	// Without fly.tier_waits (schema older than 0.3.0) a row pg_fly cannot act on is an error, as it was then.
+	const bool waits = pgfly::TierWaitsExist();
+	const bool strict = pgfly::settings::strict_tiers || !waits;
+	const pgfly::pg::Value no_user;
 	pgfly::TierPolicy old_policy;
 	pgfly::TierPolicy new_policy;
 	if (has_old) {
 		// An old tier that has since left fly.tier_policies stays "unknown": reconciling is then always safe.
-		old_policy = pgfly::LookUpPolicy(spi, old_row.tier, old_user_leaves ? old_row.user_id : std::nullopt);
+		old_policy = pgfly::LookUpPolicy(spi, old_row.tier, waits && old_user_leaves ? old_row.user_id : no_user);
 	} else {
 		old_policy.known = true; // no row before: no app
 	}
 	if (has_new) {
-		new_policy = pgfly::LookUpPolicy(spi, new_row.tier, new_row.user_id);
+		new_policy = pgfly::LookUpPolicy(spi, new_row.tier, waits ? new_row.user_id : no_user);
 		if (!new_policy.known) {
-			if (pgfly::settings::strict_tiers) {
+			if (strict) {
 				pgfly::ThrowUnknownTier(*new_row.tier, new_row.user_id);
 			}
 			// A policy being added right now locks fly.tier_waits until it commits, and queues who waits when it
@@ -355,17 +375,19 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		pgfly::TierPolicy none;
 		none.known = true;
 		if (old_user_leaves && !old_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table);
+			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
+						   strict);
 		}
 	} else if (has_old && has_new && old_row.user_id != new_row.user_id) {
 		// The row moved to another user: the old user loses what the row granted, the new one gains it.
 		pgfly::TierPolicy none;
 		none.known = true;
 		if (!old_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table);
+			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
+						   strict);
 		}
 		if (!new_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, new_row, new_policy, user_column, table);
+			pgfly::Enqueue(spi, new_row, new_policy, user_column, table, strict);
 		}
 	} else if (old_policy.SameEffect(new_policy)) {
 		if (has_new && new_row.user_id && old_row.tier != new_row.tier) {
@@ -374,12 +396,12 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	} else {
 		// A deleted row leaves the user without a tier.
 		pgfly::Enqueue(spi, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, new_policy,
-					   user_column, table);
+					   user_column, table, strict);
 	}
-	if (old_user_leaves) {
+	if (old_user_leaves && waits) {
 		pgfly::ClearWait(spi, old_row.user_id, old_policy);
 	}
-	if (has_new) {
+	if (has_new && waits) {
 		pgfly::SettleWait(spi, new_row, new_policy);
 	}
 	return PointerGetDatum(nullptr);
