@@ -397,7 +397,8 @@ CREATE VIEW fly.needs_attention AS
 SELECT w.user_id, w.tier, w.reason,
        CASE w.reason
            WHEN 'unknown_tier' THEN pg_catalog.format('tier %L has no policy in fly.tier_policies', w.tier)
-           WHEN 'invalid_user_id' THEN pg_catalog.format('user id is not a uuid; tier %L grants a dedicated app', w.tier)
+           WHEN 'invalid_user_id'
+               THEN pg_catalog.format('user id is not a uuid; tier %L grants a dedicated app', w.tier)
        END AS detail,
        w.since, pg_catalog.now() OPERATOR(pg_catalog.-) w.since AS waiting_for, w.id AS wait_id
   FROM fly.tier_waits w;
