@@ -140,6 +140,15 @@ UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = 'a2222222-2222-4222-8
 SELECT * FROM waits();
 SELECT * FROM queue();
 
+-- A tier without an app, added for a waiting user who still has one, tears it down.
+TRUNCATE fly.reconcile_queue;
+UPDATE user_subscriptions SET tier = 'hobby' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
+INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('hobby', false);
+SELECT * FROM queue();
+SELECT * FROM waits();
+UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
+DELETE FROM fly.tier_policies WHERE tier = 'hobby';
+
 -- Deleting (or renaming) a policy live apps use is refused, with the count.
 DELETE FROM fly.tier_policies WHERE tier = 'team';
 UPDATE fly.tier_policies SET tier = 'team2' WHERE tier = 'team';

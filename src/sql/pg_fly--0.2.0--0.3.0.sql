@@ -446,44 +446,34 @@ BEGIN
         -- A subscription trigger that found no policy waits for this lock before it records a wait, and looks
         -- the policy up again once it has it: no wait is recorded after this reads them and before it commits.
         LOCK TABLE fly.tier_waits IN SHARE ROW EXCLUSIVE MODE;
-        IF NEW.dedicated_app THEN
-            PERFORM fly._enqueue_reconcile(w.user_id::uuid, 'present', NEW.tier, 'policy_added')
-               FROM fly.tier_waits w
-              WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id ~* uuid_pattern
-              ORDER BY w.since;
-            -- A user id pg_fly cannot use waits on, now for a reason the policy cannot fix.
-            UPDATE fly.tier_waits w SET reason = 'invalid_user_id', since = now()
-             WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id !~* uuid_pattern;
-        ELSE
-            -- A tier without an app: only a user who still has one (from the tier before) needs work.
-            PERFORM fly._enqueue_reconcile(w.user_id::uuid, 'absent', NEW.tier, 'policy_added')
-               FROM fly.tier_waits w
-              WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id ~* uuid_pattern
-                AND (EXISTS (SELECT 1 FROM fly.user_fly_apps a
-                              WHERE a.user_id = w.user_id::uuid AND a.deleted_at IS NULL)
-                     OR EXISTS (SELECT 1 FROM fly.reconcile_queue q
-                                 WHERE q.user_id = w.user_id::uuid AND q.desired = 'present'))
-              ORDER BY w.since;
-        END IF;
+        -- A tier without an app: only a user who still has one (from the tier before) needs work.
+        PERFORM fly._enqueue_reconcile(w.user_id::uuid, CASE WHEN NEW.dedicated_app THEN 'present' ELSE 'absent' END,
+                                       NEW.tier, 'policy_added')
+           FROM fly.tier_waits w
+          WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id ~* uuid_pattern
+            AND (NEW.dedicated_app
+                 OR EXISTS (SELECT 1 FROM fly.user_fly_apps a
+                             WHERE a.user_id = w.user_id::uuid AND a.deleted_at IS NULL)
+                 OR EXISTS (SELECT 1 FROM fly.reconcile_queue q
+                             WHERE q.user_id = w.user_id::uuid AND q.desired = 'present'))
+          ORDER BY w.since;
+        -- A paid tier's user id pg_fly cannot use waits on, now for a reason the policy cannot fix.
+        UPDATE fly.tier_waits w SET reason = 'invalid_user_id', since = now()
+         WHERE NEW.dedicated_app AND w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id !~* uuid_pattern;
         DELETE FROM fly.tier_waits w WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier';
         -- Not a policy being added: the upsert trigger turns the INSERT of an existing tier into this UPDATE.
         IF TG_OP = 'INSERT' THEN
             RETURN NULL;
         END IF;
     END IF;
-    IF OLD.dedicated_app AND NOT NEW.dedicated_app THEN
-        -- The tier no longer grants an app: its live apps and queued provisions are torn down.
-        PERFORM fly._enqueue_reconcile(u.user_id, 'absent', NEW.tier, 'policy_change')
-           FROM (SELECT a.user_id FROM fly.user_fly_apps a WHERE a.tier = NEW.tier AND a.deleted_at IS NULL
-                 UNION SELECT q.user_id FROM fly.reconcile_queue q
-                        WHERE q.tier = NEW.tier AND q.desired = 'present') u
-          ORDER BY u.user_id;
-    ELSIF OLD.dedicated_app AND NEW.dedicated_app
-          AND (OLD.cpu_kind, OLD.cpus, OLD.memory_mb, coalesce(OLD.region, default_region))
-              IS DISTINCT FROM (NEW.cpu_kind, NEW.cpus, NEW.memory_mb, coalesce(NEW.region, default_region)) THEN
-        -- The reconcile updates a machine whose guest differs in place and replaces one in another region; the
-        -- queue and the rate limiter pace them like any other work.
-        PERFORM fly._enqueue_reconcile(u.user_id, 'present', NEW.tier, 'policy_change')
+    -- dedicated_app true -> false: the tier no longer grants an app, so its live apps and queued provisions are
+    -- torn down. A changed guest or region: the reconcile updates a machine whose guest differs in place and
+    -- replaces one in another region. The queue and the rate limiter pace them like any other work.
+    IF OLD.dedicated_app AND (NOT NEW.dedicated_app
+        OR (OLD.cpu_kind, OLD.cpus, OLD.memory_mb, coalesce(OLD.region, default_region))
+           IS DISTINCT FROM (NEW.cpu_kind, NEW.cpus, NEW.memory_mb, coalesce(NEW.region, default_region))) THEN
+        PERFORM fly._enqueue_reconcile(u.user_id, CASE WHEN NEW.dedicated_app THEN 'present' ELSE 'absent' END,
+                                       NEW.tier, 'policy_change')
            FROM (SELECT a.user_id FROM fly.user_fly_apps a WHERE a.tier = NEW.tier AND a.deleted_at IS NULL
                  UNION SELECT q.user_id FROM fly.reconcile_queue q
                         WHERE q.tier = NEW.tier AND q.desired = 'present') u
