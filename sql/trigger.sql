@@ -64,9 +64,12 @@ UPDATE user_subscriptions SET tier = 'elite' WHERE user_id = '33333333-3333-4333
 SELECT * FROM queue();
 UPDATE fly.tier_policies SET memory_mb = 256 WHERE tier = 'elite';
 
--- Unknown tiers are refused, naming the tier; nothing is written.
+-- With fly.strict_tiers = on, unknown tiers are refused, naming the tier; nothing is written. (Off, the default,
+-- the statement succeeds and the user waits: sql/never_block.sql.)
 TRUNCATE fly.reconcile_queue;
+SET fly.strict_tiers = on;
 UPDATE user_subscriptions SET tier = 'platinum' WHERE user_id = '11111111-1111-4111-8111-111111111111';
+RESET fly.strict_tiers;
 SELECT * FROM queue();
 -- An old tier that has left the policy table does not block changes away from it.
 INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) VALUES ('legacy', true, 'shared', 1, 256);
@@ -89,11 +92,13 @@ SELECT fly.attach_tier_trigger('billing_accounts', 'account_owner', 'plan_name')
 SELECT tgrelid::regclass FROM pg_trigger WHERE tgname = 'on_user_tier_change';
 INSERT INTO billing_accounts VALUES ('55555555-5555-4555-8555-555555555555', 'pro');
 SELECT * FROM queue();
--- A malformed id in the application's table is an error that names it.
+-- With fly.strict_tiers = on, a malformed id in the application's table is an error that names it.
+SET fly.strict_tiers = on;
 INSERT INTO billing_accounts VALUES ('not-a-uuid', 'pro');
 -- A NULL user id with a paid tier cannot be provisioned.
 INSERT INTO billing_accounts VALUES (NULL, 'pro');
 INSERT INTO billing_accounts VALUES (NULL, 'free');
+RESET fly.strict_tiers;
 SELECT count(*) FROM billing_accounts;
 
 -- attach_tier_trigger errors name the problem.

@@ -123,6 +123,40 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 
 } // namespace
 
+void
+RaiseSubscriptionAlert(pg::SpiConnection &spi, const std::string &kind, const pg::Value &user_id,
+					   const pg::Value &user_for_message, const pg::Value &tier, const pg::Value &wait_id) {
+	auto rows = spi.Query("SELECT pg_catalog.json_build_object('kind', $1, 'user_id', $2, 'tier', $3, "
+						  "'at', pg_catalog.now())::pg_catalog.text",
+						  {kind, user_for_message, tier}, true);
+	const pg::Value details = rows.at(0).at(0);
+	pg::Value event_id;
+	if (user_id) {
+		// The event goes with the user's live app, if there is one, and shows its status.
+		auto event =
+			spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+					  "SELECT a.id, $1::pg_catalog.uuid, 'alert_raised', a.status, $2::pg_catalog.jsonb "
+					  "FROM (SELECT NULL) AS one LEFT JOIN fly.user_fly_apps a "
+					  "ON a.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND a.deleted_at IS NULL RETURNING id",
+					  {*user_id, details});
+		event_id = event.at(0).at(0);
+	}
+	// Unless the payload is full, the notification names no user and no tier: the ids lead to them.
+	Json payload = Json::Object();
+	if (settings::notify_payload == settings::kNotifyPayloadFull) {
+		payload = ParseJson(details.value_or("{}")).value;
+	} else {
+		payload.Set("kind", Json::String(kind));
+	}
+	if (event_id) {
+		payload.Set("event_id", Json::Integer(ToInt(event_id)));
+	}
+	if (wait_id) {
+		payload.Set("wait_id", Json::Integer(ToInt(wait_id)));
+	}
+	spi.Query("SELECT pg_catalog.pg_notify($1, $2)", {std::string(kAlertChannel), payload.Dump()});
+}
+
 int
 FirstFreeNameAttempt(pg::SpiConnection &spi, const std::string &user_id, const std::string &prefix) {
 	for (int attempt = 0;; attempt++) {

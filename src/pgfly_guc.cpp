@@ -48,6 +48,7 @@ bool restart_stopped_machines = true;
 bool reprovision_vanished_apps = true;
 char *app_secrets_file = nullptr;
 int notify_payload = kNotifyPayloadMinimal;
+bool strict_tiers = false;
 
 namespace {
 
@@ -263,6 +264,13 @@ Define() {
 	                         "ids, app names and error messages.",
 	                         &notify_payload, kNotifyPayloadMinimal, kNotifyPayloadOptions, PGC_SIGHUP, 0, nullptr,
 	                         nullptr, nullptr);
+	// PGC_SUSET rather than PGC_SIGHUP: set in postgresql.conf (reload) it applies everywhere, and a superuser may
+	// also turn it on for one application role or database (ALTER ROLE ... SET), which no other role can change.
+	DefineCustomBoolVariable("fly.strict_tiers",
+							 "Whether a subscription change pg_fly cannot act on fails the application's statement.",
+							 "off: a tier without a policy, or a user id that is not a uuid, is recorded in "
+							 "fly.needs_attention and alerted on, and the statement succeeds. on: it is an error.",
+							 &strict_tiers, false, PGC_SUSET, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
 }
 
 } // namespace pgfly::settings

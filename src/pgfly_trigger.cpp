@@ -3,13 +3,17 @@
 #include "pgfly/pg/spi.hpp"
 
 extern "C" {
+#include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "commands/trigger.h"
+#include "utils/lsyscache.h"
 }
 
 #include <cstring>
 
 #include "pgfly/core/sql_text.hpp"
+#include "pgfly/pgfly_app_store.hpp"
+#include "pgfly/pgfly_guc.hpp"
 #include "pgfly/pgfly_queue_store.hpp"
 
 namespace pgfly {
@@ -21,6 +25,8 @@ struct TierPolicy {
 	bool known = false;
 	bool dedicated = false;
 	std::string guest; // cpu kind, cpus, memory and region; empty when not dedicated
+	// Whether the user asked about has a row in fly.tier_waits; unknown (assume so) when the tier is.
+	bool waiting = true;
 
 	bool
 	SameEffect(const TierPolicy &other) const {
@@ -51,26 +57,74 @@ ReadRow(HeapTuple tuple, TupleDesc desc, int user_attnum, int tier_attnum) {
 	return row;
 }
 
+// The user id as a message shows it: a well-formed one as it is, anything else quoted and shortened.
+std::string
+UserForMessage(const pg::Value &user_id) {
+	if (!user_id) {
+		return "(null)";
+	}
+	return IsUuidText(*user_id) ? *user_id : QuoteForMessage(*user_id);
+}
+
+// The user's key in fly.tier_waits: the id as a message shows it, so that an application's megabyte of text
+// neither fails the statement (an index entry has a size limit) nor reaches a notification.
+pg::Value
+WaitKey(const pg::Value &user_id) {
+	return user_id ? pg::Value(UserForMessage(user_id)) : std::nullopt;
+}
+
+// The tier as an alert shows it: as it is when that reads well, otherwise quoted and shortened.
+std::string
+TierForMessage(const std::string &tier) {
+	const std::string quoted = QuoteForMessage(tier);
+	return quoted == "\"" + tier + "\"" ? tier : quoted;
+}
+
+// Whether fly.tier_waits exists: not before ALTER EXTENSION pg_fly UPDATE has brought the schema to 0.3.0, and the
+// library must keep serving the older one, with its errors. A catalog cache lookup, not a query.
+bool
+TierWaitsExist() {
+	return pg::PgGuardResult([]() {
+		const Oid schema = get_namespace_oid("fly", true);
+		return OidIsValid(schema) && OidIsValid(get_relname_relid("tier_waits", schema));
+	});
+}
+
+// The tier's policy and, in the same query (the common path gets no extra one), whether `user_id` waits in
+// fly.tier_waits. A NULL `user_id` asks nothing about waits (and fly.tier_waits need not exist). `fresh` reads with a
+// new snapshot (what committed since the application's statement began) instead of the statement's.
 TierPolicy
-LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier) {
+LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &user_id, bool fresh = false) {
 	TierPolicy policy;
 	if (!tier) {
 		// A subscription without a tier grants no app.
 		policy.known = true;
+		policy.waiting = user_id && spi.Query("SELECT EXISTS (SELECT 1 FROM fly.tier_waits "
+											  "WHERE user_id OPERATOR(pg_catalog.=) $1)",
+											  {WaitKey(user_id)}, true)
+											.at(0)
+											.at(0) == std::string("t");
 		return policy;
 	}
 	static const char *const kPolicy =
-	    "SELECT dedicated_app, "
-	    "CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
-	    "COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END "
-	    "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
-	auto rows = spi.Query(kPolicy, {tier}, true);
+		"SELECT dedicated_app, "
+		"CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
+		"COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END, "
+		"EXISTS (SELECT 1 FROM fly.tier_waits w WHERE w.user_id OPERATOR(pg_catalog.=) $2) "
+		"FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
+	static const char *const kPolicyOnly =
+		"SELECT dedicated_app, "
+		"CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
+		"COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END, false "
+		"FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
+	auto rows = user_id ? spi.Query(kPolicy, {tier, WaitKey(user_id)}, !fresh) : spi.Query(kPolicyOnly, {tier}, !fresh);
 	if (rows.empty()) {
 		return policy;
 	}
 	policy.known = true;
 	policy.dedicated = rows[0][0] == std::string("t");
 	policy.guest = rows[0][1].value_or("");
+	policy.waiting = rows[0][2] == std::string("t");
 	return policy;
 }
 
@@ -86,14 +140,6 @@ ColumnNumber(TupleDesc desc, const char *column, const char *table) {
 	return attnum;
 }
 
-// The user id as a message shows it: a well-formed one as it is, anything else quoted and shortened.
-std::string
-UserForMessage(const pg::Value &user_id) {
-	if (!user_id) {
-		return "(null)";
-	}
-	return IsUuidText(*user_id) ? *user_id : QuoteForMessage(*user_id);
-}
 
 [[noreturn]] void
 ThrowUnknownTier(const std::string &tier, const pg::Value &user_id) {
@@ -105,6 +151,75 @@ ThrowUnknownTier(const std::string &tier, const pg::Value &user_id) {
 				   printable ? "Add the tier first, e.g. INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES (" +
 								   SqlLiteral(tier) + ", false)."
 							 : "Add the tier to fly.tier_policies first.");
+}
+
+// A subscription row pg_fly cannot act on, and why; kNone when it can.
+enum class Problem { kNone, kUnknownTier, kInvalidUserId, kNullUserId };
+
+const char *
+ProblemKind(Problem problem) {
+	switch (problem) {
+	case Problem::kUnknownTier:
+		return "unknown_tier";
+	case Problem::kInvalidUserId:
+		return "invalid_user_id";
+	case Problem::kNullUserId:
+		return "null_user_id";
+	case Problem::kNone:
+		break;
+	}
+	return "";
+}
+
+Problem
+ProblemOf(const SubscriptionRow &row, const TierPolicy &policy) {
+	if (!policy.known) {
+		return Problem::kUnknownTier;
+	}
+	if (!policy.dedicated) {
+		return Problem::kNone; // nothing to provision: any user id will do
+	}
+	if (!row.user_id) {
+		return Problem::kNullUserId;
+	}
+	return IsUuidText(*row.user_id) ? Problem::kNone : Problem::kInvalidUserId;
+}
+
+// Makes fly.tier_waits say what the row's problem is: records (or updates) the user's wait and raises one alert
+// when the wait is new or its tier or reason changed, or removes a wait that no longer applies. A row without a
+// user cannot wait: its problem is alerted at every change.
+void
+SettleWait(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy) {
+	const Problem problem = ProblemOf(row, policy);
+	if (problem == Problem::kNone) {
+		if (row.user_id && policy.waiting) {
+			spi.Query("DELETE FROM fly.tier_waits WHERE user_id OPERATOR(pg_catalog.=) $1", {WaitKey(row.user_id)});
+		}
+		return;
+	}
+	pg::Value wait_id;
+	if (row.user_id) {
+		static const char *const kRecord =
+			"INSERT INTO fly.tier_waits AS w (user_id, tier, reason) VALUES ($1, $2, $3) "
+			"ON CONFLICT (user_id) DO UPDATE SET tier = excluded.tier, reason = excluded.reason, since = "
+			"pg_catalog.now() WHERE w.tier IS DISTINCT FROM excluded.tier "
+			"OR w.reason OPERATOR(pg_catalog.<>) excluded.reason RETURNING w.id";
+		auto rows = spi.Query(kRecord, {WaitKey(row.user_id), row.tier, std::string(ProblemKind(problem))});
+		if (rows.empty()) {
+			return; // waiting already, for this tier and reason: alerted then
+		}
+		wait_id = rows[0][0];
+	}
+	const pg::Value uuid = row.user_id && IsUuidText(*row.user_id) ? row.user_id : std::nullopt;
+	const pg::Value tier = row.tier ? pg::Value(TierForMessage(*row.tier)) : std::nullopt;
+	RaiseSubscriptionAlert(spi, ProblemKind(problem), uuid, WaitKey(row.user_id), tier, wait_id);
+}
+
+void
+ClearWait(pg::SpiConnection &spi, const pg::Value &user_id, const TierPolicy &policy) {
+	if (user_id && policy.waiting) {
+		spi.Query("DELETE FROM fly.tier_waits WHERE user_id OPERATOR(pg_catalog.=) $1", {WaitKey(user_id)});
+	}
 }
 
 // A tier change with no effect on the app (pro -> elite with equal policies) only renames the tier on the
@@ -125,18 +240,18 @@ RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value 
 // user_column and table say where the user id comes from, for messages.
 void
 Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy, const char *user_column,
-        const char *table) {
+		const char *table, bool strict) {
 	if (!row.user_id) {
-		if (!policy.dedicated) {
-			return; // nothing to provision or tear down for a row without a user
+		if (!policy.dedicated || !strict) {
+			return; // nothing to tear down for a row without a user; a paid tier's waits (SettleWait)
 		}
 		throw SqlError(sqlstate::kNullValueNotAllowed,
 					   "cannot provision an app for a subscription whose user id is NULL",
 					   "Its tier " + QuoteForMessage(row.tier.value_or("")) + " grants a dedicated app.");
 	}
 	if (!IsUuidText(*row.user_id)) {
-		if (!policy.dedicated) {
-			return; // pg_fly never made an app for it: there is nothing to tear down
+		if (!policy.dedicated || !strict) {
+			return; // pg_fly never made an app for it: nothing to tear down; a paid tier's waits (SettleWait)
 		}
 		// Checked here rather than left to the uuid cast, whose message would repeat the whole value.
 		throw SqlError(sqlstate::kInvalidTextRepresentation,
@@ -225,32 +340,54 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	if (!pgfly::FiresOnTierSource(spi, trigger->tg_trigger, RelationGetRelid(trigger->tg_relation), table)) {
 		return PointerGetDatum(nullptr);
 	}
+	// A row that moved to another user, or was deleted, leaves its old user.
+	const bool old_user_leaves = has_old && (!has_new || old_row.user_id != new_row.user_id);
+	// Without fly.tier_waits (schema older than 0.3.0) a row pg_fly cannot act on is an error, as it was then.
+	const bool waits = pgfly::TierWaitsExist();
+	const bool strict = pgfly::settings::strict_tiers || !waits;
+	const pgfly::pg::Value no_user;
 	pgfly::TierPolicy old_policy;
 	pgfly::TierPolicy new_policy;
 	if (has_old) {
 		// An old tier that has since left fly.tier_policies stays "unknown": reconciling is then always safe.
-		old_policy = pgfly::LookUpPolicy(spi, old_row.tier);
+		old_policy = pgfly::LookUpPolicy(spi, old_row.tier, waits && old_user_leaves ? old_row.user_id : no_user);
 	} else {
 		old_policy.known = true; // no row before: no app
 	}
 	if (has_new) {
-		new_policy = pgfly::LookUpPolicy(spi, new_row.tier);
+		new_policy = pgfly::LookUpPolicy(spi, new_row.tier, waits ? new_row.user_id : no_user);
 		if (!new_policy.known) {
-			pgfly::ThrowUnknownTier(*new_row.tier, new_row.user_id);
+			if (strict) {
+				pgfly::ThrowUnknownTier(*new_row.tier, new_row.user_id);
+			}
+			// A policy being added right now locks fly.tier_waits until it commits, and queues who waits when it
+			// runs: once this lock is ours, that policy has committed (and is seen) or has not yet read the waits.
+			spi.Query("LOCK TABLE fly.tier_waits IN ROW EXCLUSIVE MODE", {});
+			new_policy = pgfly::LookUpPolicy(spi, new_row.tier, new_row.user_id, true);
 		}
 	} else {
 		new_policy.known = true; // row deleted: no app
 	}
 
-	if (has_old && has_new && old_row.user_id != new_row.user_id) {
+	if (!new_policy.known) {
+		// The user waits for the tier's policy; the app stays as it is until then. A user the row left loses
+		// what it granted.
+		pgfly::TierPolicy none;
+		none.known = true;
+		if (old_user_leaves && !old_policy.SameEffect(none)) {
+			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
+						   strict);
+		}
+	} else if (has_old && has_new && old_row.user_id != new_row.user_id) {
 		// The row moved to another user: the old user loses what the row granted, the new one gains it.
 		pgfly::TierPolicy none;
 		none.known = true;
 		if (!old_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table);
+			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
+						   strict);
 		}
 		if (!new_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, new_row, new_policy, user_column, table);
+			pgfly::Enqueue(spi, new_row, new_policy, user_column, table, strict);
 		}
 	} else if (old_policy.SameEffect(new_policy)) {
 		if (has_new && new_row.user_id && old_row.tier != new_row.tier) {
@@ -259,7 +396,13 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	} else {
 		// A deleted row leaves the user without a tier.
 		pgfly::Enqueue(spi, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, new_policy,
-					   user_column, table);
+					   user_column, table, strict);
+	}
+	if (old_user_leaves && waits) {
+		pgfly::ClearWait(spi, old_row.user_id, old_policy);
+	}
+	if (has_new && waits) {
+		pgfly::SettleWait(spi, new_row, new_policy);
 	}
 	return PointerGetDatum(nullptr);
 }

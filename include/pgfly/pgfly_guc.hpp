@@ -40,6 +40,8 @@ extern char *app_secrets_file;
 // fly.notify_payload
 enum NotifyPayload { kNotifyPayloadMinimal = 0, kNotifyPayloadFull = 1 };
 extern int notify_payload;
+// fly.strict_tiers: the subscription trigger raises errors instead of recording waits.
+extern bool strict_tiers;
 
 // Defines every fly.* setting; called from _PG_init.
 void Define();

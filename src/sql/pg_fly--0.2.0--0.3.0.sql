@@ -370,3 +370,119 @@ BEGIN
         EXECUTE statement;
     END LOOP;
 END $do$;
+
+--------------------------------------------------------------------------------------------------------------
+-- Issue 13: never block the application. The subscription trigger no longer fails the application's write for
+-- a tier without a policy or a user id pg_fly cannot use (unless fly.strict_tiers = on): it records the user as
+-- waiting in fly.tier_waits and raises one alert. Adding the tier's policy queues every user waiting for it; a
+-- change of a policy's guest or region queues the tier's live apps; a policy live apps use cannot be deleted.
+--------------------------------------------------------------------------------------------------------------
+CREATE TABLE fly.tier_waits (
+    -- A uuid as the subscription table spells it; any other id quoted and cut after 64 bytes, as messages show it.
+    user_id text PRIMARY KEY,
+    tier    text,
+    reason  text NOT NULL CHECK (reason IN ('unknown_tier', 'invalid_user_id')),
+    since   timestamptz NOT NULL DEFAULT now(),
+    id      bigint GENERATED ALWAYS AS IDENTITY UNIQUE  -- what a minimal pg_fly_alerts notification names
+);
+-- No index on tier: the table holds only rows an operator has to fix, and a tier is whatever the application
+-- wrote (a megabyte of it would not fit an index entry and would fail the application's statement).
+COMMENT ON TABLE fly.tier_waits IS
+    'Subscription rows pg_fly could not act on: a tier without a policy, or a paid tier''s user id that is not a uuid';
+SELECT pg_catalog.pg_extension_config_dump('fly.tier_waits', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.tier_waits_id_seq', '');
+
+-- What an operator has to fix: the waits, with the reason in words.
+CREATE VIEW fly.needs_attention AS
+SELECT w.user_id, w.tier, w.reason,
+       CASE w.reason
+           WHEN 'unknown_tier' THEN pg_catalog.format('tier %L has no policy in fly.tier_policies', w.tier)
+           WHEN 'invalid_user_id'
+               THEN pg_catalog.format('user id is not a uuid; tier %L grants a dedicated app', w.tier)
+       END AS detail,
+       w.since, pg_catalog.now() OPERATOR(pg_catalog.-) w.since AS waiting_for, w.id AS wait_id
+  FROM fly.tier_waits w;
+COMMENT ON VIEW fly.needs_attention IS
+    'Users pg_fly is waiting on an operator for: a tier without a policy, or a user id that is not a uuid';
+
+-- A policy that live apps use cannot be deleted or renamed: their users would keep an app no policy describes.
+CREATE FUNCTION fly._tier_policy_in_use() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    live bigint;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.tier = OLD.tier THEN
+        RETURN NEW;
+    END IF;
+    SELECT count(*) INTO live FROM fly.user_fly_apps a WHERE a.tier = OLD.tier AND a.deleted_at IS NULL;
+    IF live > 0 THEN
+        RAISE EXCEPTION 'cannot % the policy of tier "%": % live app(s) use it',
+                        CASE TG_OP WHEN 'DELETE' THEN 'delete' ELSE 'rename' END, OLD.tier, live
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Move those users to another tier first (SELECT user_id FROM fly.live_apps WHERE tier = '
+                         || quote_literal(OLD.tier) || '), or set dedicated_app = false to deprovision them.';
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END $$;
+REVOKE ALL ON FUNCTION fly._tier_policy_in_use() FROM PUBLIC;
+CREATE TRIGGER tier_policy_in_use BEFORE DELETE OR UPDATE OF tier ON fly.tier_policies
+    FOR EACH ROW EXECUTE FUNCTION fly._tier_policy_in_use();
+
+-- After a policy is added or changed, in the same transaction (so the work is queued when it commits, and the
+-- worker is woken then): the users waiting for the tier are queued, and a change of the guest, the region or
+-- dedicated_app queues the tier's live apps (and queued provisions) through the one enqueue path. Reads only
+-- pg_fly's own tables, never the subscription table.
+CREATE FUNCTION fly._tier_policy_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
+    uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
+    default_region constant text := current_setting('fly.default_region', true);
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.tier <> OLD.tier THEN
+        -- A subscription trigger that found no policy waits for this lock before it records a wait, and looks
+        -- the policy up again once it has it: no wait is recorded after this reads them and before it commits.
+        LOCK TABLE fly.tier_waits IN SHARE ROW EXCLUSIVE MODE;
+        -- A tier without an app: only a user who still has one (from the tier before) needs work.
+        PERFORM fly._enqueue_reconcile(w.user_id::uuid, CASE WHEN NEW.dedicated_app THEN 'present' ELSE 'absent' END,
+                                       NEW.tier, 'policy_added')
+           FROM fly.tier_waits w
+          WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id ~* uuid_pattern
+            AND (NEW.dedicated_app
+                 OR EXISTS (SELECT 1 FROM fly.user_fly_apps a
+                             WHERE a.user_id = w.user_id::uuid AND a.deleted_at IS NULL)
+                 OR EXISTS (SELECT 1 FROM fly.reconcile_queue q
+                             WHERE q.user_id = w.user_id::uuid AND q.desired = 'present'))
+          ORDER BY w.since;
+        -- A paid tier's user id pg_fly cannot use waits on, now for a reason the policy cannot fix.
+        UPDATE fly.tier_waits w SET reason = 'invalid_user_id', since = now()
+         WHERE NEW.dedicated_app AND w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id !~* uuid_pattern;
+        DELETE FROM fly.tier_waits w WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier';
+        -- Not a policy being added: the upsert trigger turns the INSERT of an existing tier into this UPDATE.
+        IF TG_OP = 'INSERT' THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    -- dedicated_app true -> false: the tier no longer grants an app, so its live apps and queued provisions are
+    -- torn down. A changed guest or region: the reconcile updates a machine whose guest differs in place and
+    -- replaces one in another region. The queue and the rate limiter pace them like any other work.
+    IF OLD.dedicated_app AND (NOT NEW.dedicated_app
+        OR (OLD.cpu_kind, OLD.cpus, OLD.memory_mb, coalesce(OLD.region, default_region))
+           IS DISTINCT FROM (NEW.cpu_kind, NEW.cpus, NEW.memory_mb, coalesce(NEW.region, default_region))) THEN
+        PERFORM fly._enqueue_reconcile(u.user_id, CASE WHEN NEW.dedicated_app THEN 'present' ELSE 'absent' END,
+                                       NEW.tier, 'policy_change')
+           FROM (SELECT a.user_id FROM fly.user_fly_apps a WHERE a.tier = NEW.tier AND a.deleted_at IS NULL
+                 UNION SELECT q.user_id FROM fly.reconcile_queue q
+                        WHERE q.tier = NEW.tier AND q.desired = 'present') u
+          ORDER BY u.user_id;
+    END IF;
+    -- dedicated_app false -> true: which users have the tier only the subscription table knows; nothing is
+    -- queued here (see the README).
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION fly._tier_policy_changed() FROM PUBLIC;
+CREATE TRIGGER tier_policy_changed AFTER INSERT OR UPDATE ON fly.tier_policies
+    FOR EACH ROW EXECUTE FUNCTION fly._tier_policy_changed();

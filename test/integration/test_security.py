@@ -340,6 +340,11 @@ class HostileInputTest(SecurityTestCase):
         cls.pg.sql("SELECT fly.attach_tier_trigger()")
         cls.pg.sql("CREATE ROLE app_writer LOGIN")
         cls.pg.sql("GRANT SELECT, INSERT, UPDATE, DELETE ON user_subscriptions TO app_writer")
+        # app_writer's writes fail on rows pg_fly cannot act on (a superuser's per-role setting); app_relaxed's,
+        # with the default fly.strict_tiers = off, succeed.
+        cls.pg.sql("ALTER ROLE app_writer SET fly.strict_tiers = on")
+        cls.pg.sql("CREATE ROLE app_relaxed LOGIN")
+        cls.pg.sql("GRANT SELECT, INSERT, UPDATE, DELETE ON user_subscriptions TO app_relaxed")
         cls.pg.sql("INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) "
                    "VALUES ('💎 diamond', true, 'shared', 1, 256)")
         assert cls.pg.wait_for("SELECT pid IS NOT NULL FROM fly.worker_status()", 30)
@@ -404,6 +409,36 @@ class HostileInputTest(SecurityTestCase):
                                        "WHERE user_id::text !~ '^[0-9a-f-]{36}$'"), "0")
         self.assertEqual(self.malformed(), [])
         self.assertEqual(self.worker_pid(), self.pid)
+        self.assert_no_crash()
+
+    def test_hostile_rows_never_fail_the_write_unless_strict(self):
+        good = users(1, 76)[0]
+        rows = [f"('{good}', 'pro''); DROP TABLE fly.reconcile_queue; --')", f"('{good}', repeat('x', {MB}))",
+                "('not-a-uuid', 'pro')", "('''); DELETE FROM fly.user_fly_apps; --', 'pro')",
+                f"(repeat('a', {MB}), 'elite')", "(NULL, 'pro')", f"('{good}x', 'pro')",
+                f"('{good}', E'pro\\nLOG:  forged\\t\\x01')"]
+        for row in rows:
+            with self.subTest(row=row[:80]):
+                code, _, err = self.as_role("app_relaxed", f"INSERT INTO user_subscriptions VALUES {row}")
+                self.assertEqual(code, 0, err)
+        # The application cannot change the setting to get around it, or to make pg_fly strict for others.
+        self.refused("app_relaxed", "SET fly.strict_tiers = on", "permission denied to set parameter")
+        try:
+            waits = {row[0]: row[1:] for row in self.pg.sql(
+                "SELECT user_id, reason, length(user_id), length(tier) FROM fly.needs_attention")}
+            self.assertEqual(waits[good][:1], ["unknown_tier"])  # its last row's tier
+            self.assertEqual(waits['"not-a-uuid"'][:1], ["invalid_user_id"])
+            self.assertEqual(waits['"a' + "a" * 63 + '..." (1048576 bytes)'][:1], ["invalid_user_id"])
+            self.assertEqual(len(waits), 5, waits)
+            self.assertTrue(all(int(length) < 100 for _, length, _ in waits.values()), waits)
+            self.assertEqual(self.pg.value(f"SELECT count(*) FROM fly.reconcile_queue WHERE user_id = '{good}'"), "0")
+            self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_app_events WHERE event_type = "
+                                           f"'alert_raised' AND user_id = '{good}' AND length(details::text) < 400"),
+                             "3")  # one per change of its tier, each cut short
+            self.assertEqual(self.worker_pid(), self.pid)
+        finally:
+            self.pg.sql(f"DELETE FROM user_subscriptions WHERE user_id IN ('{good}', '{good}x', 'not-a-uuid') "
+                        f"OR user_id IS NULL OR length(user_id) > 30; TRUNCATE fly.tier_waits")
         self.assert_no_crash()
 
     def test_sql_functions_refuse_hostile_arguments_clearly(self):

@@ -174,6 +174,10 @@ class UpgradeTest(unittest.TestCase):
         sequences_before = self.run_sql("from_first_release", "SELECT last_value FROM fly.user_fly_apps_id_seq "
                                                               "UNION ALL SELECT last_value FROM "
                                                               "fly.user_fly_app_events_id_seq")
+        # The new library on the old schema (no fly.tier_waits yet): a tier without a policy is still an error.
+        result = self.pg.psql(f"UPDATE public.user_subscriptions SET tier = 'platinum' WHERE user_id = '{USERS[0]}'",
+                              database="from_first_release", check=False)
+        self.assertIn('tier "platinum" has no policy in fly.tier_policies', result.stderr)
 
         self.run_sql("from_first_release", "ALTER EXTENSION pg_fly UPDATE")
         self.assertEqual(self.run_sql("from_first_release",
@@ -190,6 +194,11 @@ class UpgradeTest(unittest.TestCase):
         self.assertEqual(self.run_sql("from_first_release", f"SELECT fly_app_name, status FROM "
                                                             f"fly.get_user_fly_app_status('{USERS[0]}')"),
                          ["vyx-user-0aca198e\tactive"])
+        # Updated, the same change succeeds and the user waits for the tier's policy.
+        self.run_sql("from_first_release", f"UPDATE public.user_subscriptions SET tier = 'platinum' "
+                                           f"WHERE user_id = '{USERS[0]}'")
+        self.assertEqual(self.run_sql("from_first_release", "SELECT user_id, tier, reason FROM fly.needs_attention"),
+                         [f"{USERS[0]}\tplatinum\tunknown_tier"])
 
         self.new_database("fresh")
         fresh = self.run_sql("fresh", DESCRIBE_SCHEMA)

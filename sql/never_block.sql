@@ -1,0 +1,165 @@
+-- Issue 13: a subscription change pg_fly cannot act on never fails the application's statement (unless
+-- fly.strict_tiers = on): the user waits in fly.tier_waits / fly.needs_attention, with one alert.
+SET search_path = public, fly;
+CREATE FUNCTION queue() RETURNS TABLE (user_id text, desired text, tier text, reason text, generation bigint)
+LANGUAGE sql AS $$
+    SELECT left(q.user_id::text, 8), q.desired, q.tier, q.reason, q.generation FROM fly.reconcile_queue q
+     ORDER BY q.user_id
+$$;
+CREATE FUNCTION waits() RETURNS TABLE (user_id text, tier text, reason text, detail text)
+LANGUAGE sql AS $$
+    SELECT left(n.user_id, 12), n.tier, n.reason, n.detail FROM fly.needs_attention n ORDER BY n.user_id
+$$;
+CREATE FUNCTION alerts() RETURNS TABLE (user_id text, app_row boolean, details jsonb)
+LANGUAGE sql AS $$
+    SELECT left(e.user_id::text, 8), e.fly_app_id IS NOT NULL, e.details - 'at' FROM fly.user_fly_app_events e
+     WHERE e.event_type = 'alert_raised' ORDER BY e.id
+$$;
+TRUNCATE fly.reconcile_queue;
+INSERT INTO user_profiles VALUES
+    ('a1111111-1111-4111-8111-111111111111', 'a1@example.com'),
+    ('a2222222-2222-4222-8222-222222222222', 'a2@example.com'),
+    ('a3333333-3333-4333-8333-333333333333', 'a3@example.com'),
+    ('a4444444-4444-4444-8444-444444444444', 'a4@example.com');
+INSERT INTO user_subscriptions VALUES ('a1111111-1111-4111-8111-111111111111', 'free'),
+    ('a2222222-2222-4222-8222-222222222222', 'free'), ('a3333333-3333-4333-8333-333333333333', 'free');
+
+-- A tier added in the payment provider before fly.tier_policies: the UPDATE succeeds, nothing is queued, the
+-- user waits with the reason, and one alert_raised event holds the alert.
+SHOW fly.strict_tiers;
+UPDATE user_subscriptions SET tier = 'team' WHERE user_id = 'a1111111-1111-4111-8111-111111111111';
+SELECT tier FROM user_subscriptions WHERE user_id = 'a1111111-1111-4111-8111-111111111111';
+SELECT * FROM queue();
+SELECT * FROM waits();
+SELECT * FROM alerts();
+-- The webhook retrying the same change, or a neighbouring column's change, raises no second alert.
+UPDATE user_subscriptions SET tier = 'team' WHERE user_id = 'a1111111-1111-4111-8111-111111111111';
+UPDATE user_subscriptions SET tier = 'free' WHERE user_id = 'a1111111-1111-4111-8111-111111111111';
+UPDATE user_subscriptions SET tier = 'team' WHERE user_id = 'a1111111-1111-4111-8111-111111111111';
+-- (team -> free cleared the wait and queued a harmless teardown, since an unknown old tier may have granted an
+-- app; free -> team is a new wait, with a new alert.)
+SELECT count(*) AS alerts FROM fly.user_fly_app_events WHERE event_type = 'alert_raised';
+-- A second user on the same tier, and one on another unknown tier.
+INSERT INTO user_subscriptions VALUES ('a4444444-4444-4444-8444-444444444444', 'team');
+UPDATE user_subscriptions SET tier = 'enterprise' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
+SELECT * FROM waits();
+SELECT * FROM queue();
+
+-- A later change to a known tier clears the wait.
+UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
+SELECT * FROM waits();
+SELECT * FROM queue();
+TRUNCATE fly.reconcile_queue;
+
+-- fly.strict_tiers = on brings back the error, word for word; nothing is written.
+SET fly.strict_tiers = on;
+UPDATE user_subscriptions SET tier = 'platinum' WHERE user_id = 'a3333333-3333-4333-8333-333333333333';
+RESET fly.strict_tiers;
+SELECT * FROM waits();
+
+-- Adding the policy queues every user waiting for it when the INSERT commits, and clears their waits.
+BEGIN;
+INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) VALUES ('team', true, 'shared', 2, 512);
+SELECT * FROM queue();
+SELECT * FROM waits();
+ROLLBACK;
+SELECT * FROM queue();
+INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) VALUES ('team', true, 'shared', 2, 512);
+SELECT * FROM queue();
+SELECT * FROM waits();
+-- A tier without an app queues only waiting users who still have one to tear down (none here).
+TRUNCATE fly.reconcile_queue;
+UPDATE user_subscriptions SET tier = 'basic' WHERE user_id = 'a3333333-3333-4333-8333-333333333333';
+INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('basic', false);
+SELECT * FROM queue();
+SELECT * FROM waits();
+
+-- A user id that is not a uuid, or NULL, on a paid tier: the statement succeeds, with an alert naming the
+-- problem; strict_tiers brings the errors back.
+CREATE TABLE billing_accounts (account_owner text, plan_name text);
+SELECT fly.attach_tier_trigger('billing_accounts', 'account_owner', 'plan_name');
+INSERT INTO billing_accounts VALUES ('not-a-uuid', 'pro');
+INSERT INTO billing_accounts VALUES (NULL, 'pro');
+INSERT INTO billing_accounts VALUES (NULL, 'free');
+INSERT INTO billing_accounts VALUES ('also-not-a-uuid', 'free');
+INSERT INTO billing_accounts VALUES ('still-not-a-uuid', 'gold');
+SELECT count(*) FROM billing_accounts;
+SELECT * FROM waits();
+SELECT * FROM queue();
+-- Only an event can name a uuid user: these alerts went out as notifications alone.
+SELECT count(*) AS alerts FROM fly.user_fly_app_events WHERE event_type = 'alert_raised';
+-- The gold policy arrives: the id still cannot be used, and it now waits for that reason.
+INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) VALUES ('gold', true, 'shared', 1, 256);
+SELECT * FROM waits();
+-- Moving the row to a free tier ends the wait.
+UPDATE billing_accounts SET plan_name = 'free' WHERE account_owner = 'not-a-uuid';
+DELETE FROM billing_accounts WHERE account_owner = 'still-not-a-uuid';
+SELECT * FROM waits();
+SET fly.strict_tiers = on;
+INSERT INTO billing_accounts VALUES ('not-a-uuid-either', 'pro');
+INSERT INTO billing_accounts VALUES (NULL, 'pro');
+RESET fly.strict_tiers;
+-- Megabyte values succeed too: a wait's key is the id as messages show it (quoted, cut after 64 bytes), and the
+-- tier is not indexed; the alerts carry the shortened forms.
+INSERT INTO billing_accounts SELECT string_agg(md5(i::text), ''), 'pro' FROM generate_series(1, 30000) i;
+INSERT INTO billing_accounts SELECT 'big-tier-user', string_agg(md5(i::text), '') FROM generate_series(1, 30000) i;
+SELECT left(user_id, 20) AS user_id, length(user_id), reason, length(tier) FROM fly.tier_waits ORDER BY 1;
+DELETE FROM billing_accounts WHERE length(account_owner) > 100 OR length(plan_name) > 100;
+SELECT count(*) AS waits FROM fly.tier_waits;
+SELECT fly.attach_tier_trigger();
+DROP TABLE billing_accounts;
+
+-- A policy change of guest or region queues every live app of the tier (and queued provisions) for an
+-- in-place update; other changes queue nothing.
+TRUNCATE fly.reconcile_queue;
+INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, status, region, cpu_kind, cpus, memory_mb)
+VALUES ('a1111111-1111-4111-8111-111111111111', 'team', 'vyx-user-a1', 'personal', 'active', 'sjc', 'shared', 2, 512),
+       ('a4444444-4444-4444-8444-444444444444', 'team', 'vyx-user-a4', 'personal', 'active', 'sjc', 'shared', 2, 512),
+       ('a2222222-2222-4222-8222-222222222222', 'pro', 'vyx-user-a2', 'personal', 'active', 'sjc', 'shared', 1, 256);
+UPDATE fly.tier_policies SET updated_at = now() WHERE tier = 'team';
+SELECT * FROM queue();
+UPDATE fly.tier_policies SET cpus = 4, memory_mb = 1024 WHERE tier = 'team';
+SELECT * FROM queue();
+UPDATE fly.tier_policies SET region = 'ams' WHERE tier = 'team';
+SELECT * FROM queue();
+-- Inserting an existing tier replaces it (the upsert trigger), and counts as the same change.
+INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb, region)
+VALUES ('team', true, 'shared', 4, 1024, 'ams');
+SELECT * FROM queue();
+-- dedicated_app true -> false tears the tier's apps down.
+UPDATE fly.tier_policies SET dedicated_app = false, cpu_kind = NULL, cpus = NULL, memory_mb = NULL
+ WHERE tier = 'team';
+SELECT * FROM queue();
+
+-- A user with a live app moving to an unknown tier keeps the app as it is; the event goes with the app.
+TRUNCATE fly.reconcile_queue;
+UPDATE user_subscriptions SET tier = 'mystery' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
+SELECT * FROM queue();
+SELECT * FROM alerts() WHERE details->>'tier' = 'mystery';
+UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
+SELECT * FROM waits();
+SELECT * FROM queue();
+
+-- A tier without an app, added for a waiting user who still has one, tears it down.
+TRUNCATE fly.reconcile_queue;
+UPDATE user_subscriptions SET tier = 'hobby' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
+INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('hobby', false);
+SELECT * FROM queue();
+SELECT * FROM waits();
+UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
+DELETE FROM fly.tier_policies WHERE tier = 'hobby';
+
+-- Deleting (or renaming) a policy live apps use is refused, with the count.
+DELETE FROM fly.tier_policies WHERE tier = 'team';
+UPDATE fly.tier_policies SET tier = 'team2' WHERE tier = 'team';
+DELETE FROM fly.tier_policies WHERE tier = 'basic';
+SELECT tier FROM fly.tier_policies ORDER BY tier;
+
+-- Clean up for the following tests.
+UPDATE user_subscriptions SET tier = 'free' WHERE user_id::text LIKE 'a%';
+DELETE FROM user_subscriptions WHERE user_id::text LIKE 'a%';
+DELETE FROM user_profiles WHERE id::text LIKE 'a%';
+TRUNCATE fly.user_fly_apps CASCADE;
+DELETE FROM fly.tier_policies WHERE tier IN ('team', 'gold');
+TRUNCATE fly.reconcile_queue, fly.tier_waits;
+DROP FUNCTION queue(), waits(), alerts();
