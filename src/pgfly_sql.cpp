@@ -92,6 +92,47 @@ PGFLY_SQL_FUNCTION(_enqueue_reconcile) {
 	PG_RETURN_VOID();
 }
 
+// fly._enqueue_if_unchanged(user_id uuid, desired text, tier text, reason text, seen_generation bigint,
+// seen_enqueued_at timestamptz, seen_app_id bigint) RETURNS boolean: queues the user's desired state only if the
+// user's queue item and live app row are still those the caller saw (NULLs: none); a newer intent wins.
+PGFLY_SQL_FUNCTION(_enqueue_if_unchanged) {
+	RefuseInRestrictedOperation();
+	const std::string user_id = UuidArgument(fcinfo, 0, "user_id");
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(3)) {
+		throw SqlError(sqlstate::kNullValueNotAllowed, "desired and reason must not be NULL");
+	}
+	const std::string desired = TextArgument(fcinfo, 1);
+	if (desired != "present" && desired != "absent") {
+		throw SqlError(sqlstate::kInvalidParameterValue,
+		               "desired state must be 'present' or 'absent', not \"" + desired + "\"");
+	}
+	pgfly::pg::Value tier;
+	if (!PG_ARGISNULL(2)) {
+		tier = TextArgument(fcinfo, 2);
+	}
+	const std::string reason = TextArgument(fcinfo, 3);
+	auto output = [&](int index, PGFunction out) {
+		pgfly::pg::Value value;
+		if (!PG_ARGISNULL(index)) {
+			Datum datum = PG_GETARG_DATUM(index);
+			char *cstring =
+				pgfly::pg::PgGuardResult([&]() { return DatumGetCString(DirectFunctionCall1(out, datum)); });
+			value = std::string(cstring);
+			pfree(cstring);
+		}
+		return value;
+	};
+	pgfly::QueueItemSeen seen;
+	seen.generation = output(4, int8out);
+	seen.enqueued_at = output(5, timestamptz_out);
+	seen.app_id = output(6, int8out);
+	pgfly::pg::SpiConnection spi;
+	const bool queued = pgfly::EnqueueIfUnchanged(
+		spi, user_id, desired == "present" ? pgfly::DesiredState::kPresent : pgfly::DesiredState::kAbsent, tier,
+		reason.c_str(), seen);
+	PG_RETURN_BOOL(queued);
+}
+
 // fly._refuse_in_restricted_operation(): called first by pg_fly's state-changing SECURITY DEFINER functions.
 PGFLY_SQL_FUNCTION(_refuse_in_restricted_operation) {
 	RefuseInRestrictedOperation();
