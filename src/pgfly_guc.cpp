@@ -43,6 +43,7 @@ int breaker_failure_threshold = 10;
 int breaker_open_time_ms = 5000;
 int breaker_max_open_time_ms = 300000;
 int health_check_interval_ms = 300000;
+int drift_check_interval_ms = 900000;
 char *app_health_url = nullptr;
 bool restart_stopped_machines = true;
 bool reprovision_vanished_apps = true;
@@ -242,6 +243,11 @@ Define() {
 	                        "0 turns the periodic checks off; fly.check_fly_apps_health() runs a pass on demand.",
 	                        &health_check_interval_ms, 300000, 0, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
 	                        nullptr, nullptr);
+	DefineCustomIntVariable("fly.drift_check_interval",
+	                        "How often the worker compares the subscription table with pg_fly's records.",
+	                        "It also runs at the worker's start; 0 turns it off (fly.check_drift() runs it on demand).",
+	                        &drift_check_interval_ms, 900000, 0, 7 * 24 * 3600 * 1000, PGC_SIGHUP,
+	                        GUC_UNIT_MS | GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_health_url", "Each user app's own health endpoint, checked with its machine.",
 							   "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
 							   "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",

@@ -17,6 +17,7 @@ extern "C" {
 #include "pgfly/core/wake_schedule.hpp"
 #include "pgfly/core/retry_delay.hpp"
 #include "pgfly/core/worker_settings.hpp"
+#include "pgfly/pg/sql_values.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
 
@@ -324,6 +325,52 @@ JobRunner::Dispatch() {
 	StartRolloutUpdates();
 	StartHealthChecks();
 	StartOrphanPass();
+	if (settings::drift_check_interval_ms > 0 && now >= next_drift_pass_) {
+		// Planned before it runs: a pass that fails is tried again an interval later, not at every wake.
+		next_drift_pass_ = now + settings::drift_check_interval_ms / 1000.0;
+		try {
+			const int64_t queued = RunDriftPass();
+			if (queued > 0) {
+				Log("drift repair queued " + std::to_string(queued) +
+					" user(s) whose subscription differs from pg_fly's records (see drift_repaired events)");
+			}
+		} catch (const std::exception &e) {
+			Log(std::string("drift repair failed, tried again in fly.drift_check_interval: ") + e.what());
+		}
+	}
+}
+
+int64_t
+JobRunner::RunDriftPass() {
+	constexpr const char *kBatchSize = "5000";
+	int64_t queued = 0;
+	// The table's rows in user id order, then the users pg_fly keeps an app for that the table may have lost.
+	const char *const passes[] = {
+		"SELECT last_user, queued FROM fly._drift_table_batch($1, $2::pg_catalog.int4)",
+		"SELECT last_user, queued FROM fly._drift_missing_batch($1::pg_catalog.uuid, $2::pg_catalog.int4)"};
+	for (const char *pass : passes) {
+		pg::Value after;
+		for (;;) {
+			bool more = false;
+			const bool present = InTransaction("pg_fly: drift repair", [&](pg::SpiConnection &spi) {
+				// An older schema (before ALTER EXTENSION pg_fly UPDATE), or no subscription table attached.
+				auto ready = spi.Query("SELECT pg_catalog.to_regprocedure('fly._drift_missing_batch(uuid,integer)') "
+									   "IS NOT NULL AND EXISTS (SELECT 1 FROM fly.tier_source)",
+									   {});
+				if (ready.at(0).at(0) != std::string("t")) {
+					return;
+				}
+				auto rows = spi.Query(pass, {after, std::string(kBatchSize)});
+				queued += pg::ToInt(rows.at(0).at(1));
+				after = rows.at(0).at(0);
+				more = static_cast<bool>(after);
+			});
+			if (!present || !more) {
+				break;
+			}
+		}
+	}
+	return queued;
 }
 
 void
@@ -488,6 +535,9 @@ JobRunner::SleepMs() const {
 			wake.At(next_health_pass_, dispatch_from);
 		}
 		wake.At(next_rollout_pass_, dispatch_from);
+		if (settings::drift_check_interval_ms > 0 && extension_present_) {
+			wake.At(next_drift_pass_, dispatch_from);
+		}
 		if (!saturated) {
 			wake.At(next_queue_due_);
 		}

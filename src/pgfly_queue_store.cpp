@@ -19,22 +19,48 @@ DesiredName(DesiredState desired) {
 	return desired == DesiredState::kPresent ? "present" : "absent";
 }
 
+// An upsert's conflict clause: the latest desired state replaces the item's, as a new generation.
+constexpr const char *kNewIntent =
+	"ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier, "
+	"reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, alerted = false, "
+	// The claim goes too: an operation still running for the old generation hands over at its next step, and
+	// a claim the worker failed to release cannot hold the new desired state back for a whole lease.
+	"run_after = pg_catalog.now(), claimed_at = NULL, lease_until = NULL, last_error = NULL, "
+	"updated_at = pg_catalog.now()";
+
 } // namespace
 
 void
 EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
 				 const char *reason) {
-	static const char *const kUpsert =
-		"INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
-		"VALUES ($1::pg_catalog.uuid, $2, $3, $4) "
-		"ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier, "
-		"reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, alerted = false, "
-		// The claim goes too: an operation still running for the old generation hands over at its next step, and
-		// a claim the worker failed to release cannot hold the new desired state back for a whole lease.
-		"run_after = pg_catalog.now(), claimed_at = NULL, lease_until = NULL, last_error = NULL, "
-		"updated_at = pg_catalog.now()";
-	spi.Query(kUpsert, {user_id, DesiredName(desired), tier, std::string(reason)});
+	static const std::string kUpsert = std::string("INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
+											   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ") +
+									   kNewIntent;
+	spi.Query(kUpsert.c_str(), {user_id, DesiredName(desired), tier, std::string(reason)});
 	pg::PgGuard([]() { WakeWorkerAtCommit(); });
+}
+
+bool
+EnqueueIfUnchanged(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
+				   const char *reason, const QueueItemSeen &seen) {
+	// A queue item of another generation (or queued anew since: generations start at 1 again), or a live app row
+	// other than the one seen, is newer than what the caller compared: it wins, and nothing is queued. A transaction still changing the user's item (a tier
+	// change not yet committed) is waited for, then judged the same way.
+	static const std::string kUpsertIf =
+		std::string("INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
+					"SELECT $1::pg_catalog.uuid, $2, $3, $4 "
+					"WHERE (SELECT a.id FROM fly.user_fly_apps a WHERE a.user_id OPERATOR(pg_catalog.=) "
+					"$1::pg_catalog.uuid AND a.deleted_at IS NULL) IS NOT DISTINCT FROM $6::pg_catalog.int8 ") +
+		kNewIntent + " WHERE q.generation OPERATOR(pg_catalog.=) $5::pg_catalog.int8 "
+					 "AND q.enqueued_at OPERATOR(pg_catalog.=) $7::pg_catalog.timestamptz RETURNING 1";
+	const bool queued =
+		!spi.Query(kUpsertIf.c_str(), {user_id, DesiredName(desired), tier, std::string(reason), seen.generation,
+									   seen.app_id, seen.enqueued_at})
+			 .empty();
+	if (queued) {
+		pg::PgGuard([]() { WakeWorkerAtCommit(); });
+	}
+	return queued;
 }
 
 bool

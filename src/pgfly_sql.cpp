@@ -65,13 +65,18 @@ RequestPassAtCommit(uint32 pass) {
 	pgfly::pg::PgGuard([&]() { pgfly::WakeWorkerAtCommit(pass); });
 }
 
-} // namespace
+// The first four arguments of the enqueue functions: (user_id uuid, desired text, tier text, reason text).
+struct EnqueueArguments {
+	std::string user_id;
+	pgfly::DesiredState desired;
+	pgfly::pg::Value tier;
+	std::string reason;
+};
 
-// fly._enqueue_reconcile(user_id uuid, desired text, tier text, reason text): the one enqueue path shared by
-// the trigger and the SQL functions.
-PGFLY_SQL_FUNCTION(_enqueue_reconcile) {
-	RefuseInRestrictedOperation();
-	const std::string user_id = UuidArgument(fcinfo, 0, "user_id");
+EnqueueArguments
+ReadEnqueueArguments(FunctionCallInfo fcinfo) {
+	EnqueueArguments args;
+	args.user_id = UuidArgument(fcinfo, 0, "user_id");
 	if (PG_ARGISNULL(1) || PG_ARGISNULL(3)) {
 		throw SqlError(sqlstate::kNullValueNotAllowed, "desired and reason must not be NULL");
 	}
@@ -80,16 +85,50 @@ PGFLY_SQL_FUNCTION(_enqueue_reconcile) {
 		throw SqlError(sqlstate::kInvalidParameterValue,
 		               "desired state must be 'present' or 'absent', not \"" + desired + "\"");
 	}
-	pgfly::pg::Value tier;
+	args.desired = desired == "present" ? pgfly::DesiredState::kPresent : pgfly::DesiredState::kAbsent;
 	if (!PG_ARGISNULL(2)) {
-		tier = TextArgument(fcinfo, 2);
+		args.tier = TextArgument(fcinfo, 2);
 	}
-	const std::string reason = TextArgument(fcinfo, 3);
+	args.reason = TextArgument(fcinfo, 3);
+	return args;
+}
+
+} // namespace
+
+// fly._enqueue_reconcile(user_id uuid, desired text, tier text, reason text): the one enqueue path shared by
+// the trigger and the SQL functions.
+PGFLY_SQL_FUNCTION(_enqueue_reconcile) {
+	RefuseInRestrictedOperation();
+	const EnqueueArguments args = ReadEnqueueArguments(fcinfo);
 	pgfly::pg::SpiConnection spi;
-	pgfly::EnqueueReconcile(spi, user_id,
-	                        desired == "present" ? pgfly::DesiredState::kPresent : pgfly::DesiredState::kAbsent, tier,
-	                        reason.c_str());
+	pgfly::EnqueueReconcile(spi, args.user_id, args.desired, args.tier, args.reason.c_str());
 	PG_RETURN_VOID();
+}
+
+// fly._enqueue_if_unchanged(user_id uuid, desired text, tier text, reason text, seen_generation bigint,
+// seen_enqueued_at timestamptz, seen_app_id bigint) RETURNS boolean: queues the user's desired state only if the
+// user's queue item and live app row are still those the caller saw (NULLs: none); a newer intent wins.
+PGFLY_SQL_FUNCTION(_enqueue_if_unchanged) {
+	RefuseInRestrictedOperation();
+	const EnqueueArguments args = ReadEnqueueArguments(fcinfo);
+	auto output = [&](int index, PGFunction out) {
+		pgfly::pg::Value value;
+		if (!PG_ARGISNULL(index)) {
+			Datum datum = PG_GETARG_DATUM(index);
+			char *cstring =
+				pgfly::pg::PgGuardResult([&]() { return DatumGetCString(DirectFunctionCall1(out, datum)); });
+			value = std::string(cstring);
+			pfree(cstring);
+		}
+		return value;
+	};
+	pgfly::QueueItemSeen seen;
+	seen.generation = output(4, int8out);
+	seen.enqueued_at = output(5, timestamptz_out);
+	seen.app_id = output(6, int8out);
+	pgfly::pg::SpiConnection spi;
+	const bool queued = pgfly::EnqueueIfUnchanged(spi, args.user_id, args.desired, args.tier, args.reason.c_str(), seen);
+	PG_RETURN_BOOL(queued);
 }
 
 // fly._refuse_in_restricted_operation(): called first by pg_fly's state-changing SECURITY DEFINER functions.

@@ -160,35 +160,30 @@ RequireArguments(FunctionCallInfo fcinfo, int count) {
 	}
 }
 
-} // namespace
+// Which of the table's rows a read returns.
+struct RowFilter {
+	enum Kind { kAll, kUser, kUsers, kAfter } kind = kAll;
+	Datum value = 0;         // kUser: a uuid; kUsers: a text[] of user ids; kAfter: a text, or 0 for the first batch
+	bool has_value = false;
+	int batch_size = 0;      // kAfter: at least this many rows (more when the last user has several)
+};
 
-extern "C" {
-
-// fly._check_tier_source(tbl regclass, user_column name, tier_column name): errors that name what pg_fly cannot
-// read safely (attach_tier_trigger checks the table with it).
-PG_FUNCTION_INFO_V1(_check_tier_source);
+// The table's rows that `filter` selects, as (user_id text, tier text), read as the table's owner inside a
+// security-restricted operation after checking the table. Every reader of the subscription table goes through
+// here.
 Datum
-_check_tier_source(PG_FUNCTION_ARGS) {
+ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter &filter) {
 	RequireArguments(fcinfo, 3);
-	CheckTierSource(PG_GETARG_OID(0), NameStr(*PG_GETARG_NAME(1)), NameStr(*PG_GETARG_NAME(2)));
-	PG_RETURN_VOID();
-}
-
-// fly._subscription_rows(tbl regclass, user_column name, tier_column name, user_id uuid) RETURNS TABLE (user_id
-// text, tier text): the table's rows (only the user's, when user_id is not NULL), read as the table's owner.
-PG_FUNCTION_INFO_V1(_subscription_rows);
-Datum
-_subscription_rows(PG_FUNCTION_ARGS) {
-	RequireArguments(fcinfo, 3);
-	// It reads with the owner's rights: only pg_fly's own SECURITY DEFINER functions may call it.
+	// It reads with the owner's rights: only pg_fly's own SECURITY DEFINER functions (and its worker) may call it.
 	if (!superuser()) {
-		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("fly._subscription_rows() is pg_fly's own")));
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("%s is pg_fly's own", function)));
 	}
 	const Oid relid = PG_GETARG_OID(0);
 	const char *user_column = NameStr(*PG_GETARG_NAME(1));
 	const char *tier_column = NameStr(*PG_GETARG_NAME(2));
 	List *members = NIL;
 	const Oid user_type = CheckTierSource(relid, user_column, tier_column, &members);
+	const bool uuid_column = user_type == UUIDOID;
 
 	HeapTuple class_tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (!HeapTupleIsValid(class_tuple)) {
@@ -197,15 +192,29 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 	const Oid owner = reinterpret_cast<Form_pg_class>(GETSTRUCT(class_tuple))->relowner;
 	ReleaseSysCache(class_tuple);
 
-	Oid argtypes[1] = {user_type == UUIDOID ? static_cast<Oid>(UUIDOID) : static_cast<Oid>(TEXTOID)};
+	Oid argtypes[1] = {TEXTOID};
 	Datum args[1] = {0};
 	int nargs = 0;
-	if (!PG_ARGISNULL(3)) {
+	if (filter.has_value) {
 		nargs = 1;
-		args[0] = user_type == UUIDOID
-					  ? PG_GETARG_DATUM(3)
-					  : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(3))));
+		switch (filter.kind) {
+		case RowFilter::kUser:
+			argtypes[0] = uuid_column ? static_cast<Oid>(UUIDOID) : static_cast<Oid>(TEXTOID);
+			args[0] = uuid_column ? filter.value
+								  : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, filter.value)));
+			break;
+		case RowFilter::kUsers:
+			argtypes[0] = TEXTARRAYOID;
+			args[0] = filter.value;
+			break;
+		default:
+			args[0] = filter.value;
+			break;
+		}
 	}
+	// The parameter as the column's own type, so that the built-in operator of that type applies (pinned).
+	const char *param = uuid_column ? "$1::pg_catalog.uuid" : "$1";
+	const char *user = quote_identifier(user_column);
 	// Each checked member that holds rows, with ONLY (partitioned tables hold none).
 	StringInfoData sql;
 	initStringInfo(&sql);
@@ -215,16 +224,38 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 		if (get_rel_relkind(member) != RELKIND_RELATION) {
 			continue;
 		}
-		appendStringInfo(&sql, "%sSELECT %s, %s FROM ONLY %s", sql.len > 0 ? " UNION ALL " : "",
-						 quote_identifier(user_column), quote_identifier(tier_column), QualifiedName(member));
-		if (nargs > 0) {
-			// The column's own type on both sides: the built-in equality, pinned.
-			appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) $1", quote_identifier(user_column));
+		appendStringInfo(&sql, "%sSELECT %s, %s FROM ONLY %s", sql.len > 0 ? " UNION ALL " : "", user,
+						 quote_identifier(tier_column), QualifiedName(member));
+		switch (filter.kind) {
+		case RowFilter::kAll:
+			break;
+		case RowFilter::kUser:
+			if (nargs > 0) {
+				appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) $1", user);
+			}
+			break;
+		case RowFilter::kUsers:
+			appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) ANY (%s)", user,
+							 uuid_column ? "$1::pg_catalog.uuid[]" : "$1");
+			break;
+		case RowFilter::kAfter:
+			appendStringInfo(&sql, " WHERE %s IS NOT NULL", user);
+			if (nargs > 0) {
+				appendStringInfo(&sql, " AND %s OPERATOR(pg_catalog.>) %s", user, param);
+			}
+			break;
 		}
 	}
 	if (sql.len == 0) {
 		// A partitioned table without partitions: no rows, and the row shape the caller expects.
 		appendStringInfoString(&sql, "SELECT NULL::pg_catalog.text, NULL::pg_catalog.text WHERE false");
+	} else if (filter.kind == RowFilter::kAfter) {
+		// In the user column's order (its type's default ordering, built in), never splitting one user's rows.
+		StringInfoData ordered;
+		initStringInfo(&ordered);
+		appendStringInfo(&ordered, "SELECT s.u, s.t FROM (%s) AS s(u, t) ORDER BY s.u FETCH FIRST %d ROWS WITH TIES",
+						 sql.data, filter.batch_size);
+		sql = ordered;
 	}
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -242,6 +273,8 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 		if (SPI_connect() != SPI_OK_CONNECT) {
 			elog(ERROR, "pg_fly: SPI_connect failed");
 		}
+		// Read-only: the caller's snapshot, so that a caller comparing the rows with pg_fly's own tables in the
+		// same statement sees both as of one moment.
 		Portal portal = SPI_cursor_open_with_args(nullptr, sql.data, nargs, argtypes, args, nullptr, true, 0);
 		for (;;) {
 			SPI_cursor_fetch(portal, true, kFetchRows);
@@ -283,6 +316,65 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 	AtEOXact_GUC(false, guc_level);
 	SetUserIdAndSecContext(saved_user, saved_context);
 	return static_cast<Datum>(0);
+}
+
+} // namespace
+
+extern "C" {
+
+// fly._check_tier_source(tbl regclass, user_column name, tier_column name): errors that name what pg_fly cannot
+// read safely (attach_tier_trigger checks the table with it).
+PG_FUNCTION_INFO_V1(_check_tier_source);
+Datum
+_check_tier_source(PG_FUNCTION_ARGS) {
+	RequireArguments(fcinfo, 3);
+	CheckTierSource(PG_GETARG_OID(0), NameStr(*PG_GETARG_NAME(1)), NameStr(*PG_GETARG_NAME(2)));
+	PG_RETURN_VOID();
+}
+
+// fly._subscription_rows(tbl regclass, user_column name, tier_column name, user_id uuid) RETURNS TABLE (user_id
+// text, tier text): the table's rows (only the user's, when user_id is not NULL), read as the table's owner.
+PG_FUNCTION_INFO_V1(_subscription_rows);
+Datum
+_subscription_rows(PG_FUNCTION_ARGS) {
+	RowFilter filter;
+	filter.kind = RowFilter::kUser;
+	filter.has_value = !PG_ARGISNULL(3);
+	filter.value = filter.has_value ? PG_GETARG_DATUM(3) : 0;
+	return ReadSubscriptions(fcinfo, "fly._subscription_rows()", filter);
+}
+
+// fly._subscription_batch(tbl regclass, user_column name, tier_column name, after_user text, batch_size integer)
+// RETURNS TABLE (user_id text, tier text): the next batch of rows in user id order after after_user (from the
+// start when NULL; rows without a user id are left out). A user's rows are never split between batches, so a
+// batch may hold more than batch_size rows. Each call locks the table only until its transaction ends.
+PG_FUNCTION_INFO_V1(_subscription_batch);
+Datum
+_subscription_batch(PG_FUNCTION_ARGS) {
+	RowFilter filter;
+	filter.kind = RowFilter::kAfter;
+	filter.has_value = !PG_ARGISNULL(3);
+	filter.value = filter.has_value ? PG_GETARG_DATUM(3) : 0;
+	if (PG_ARGISNULL(4) || PG_GETARG_INT32(4) < 1 || PG_GETARG_INT32(4) > 100000) {
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("batch_size must be between 1 and 100000")));
+	}
+	filter.batch_size = PG_GETARG_INT32(4);
+	return ReadSubscriptions(fcinfo, "fly._subscription_batch()", filter);
+}
+
+// fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids text[]) RETURNS TABLE
+// (user_id text, tier text): the rows whose user id is one of user_ids (as the column's type compares them).
+PG_FUNCTION_INFO_V1(_subscription_rows_of);
+Datum
+_subscription_rows_of(PG_FUNCTION_ARGS) {
+	if (PG_ARGISNULL(3)) {
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("user_ids must not be NULL")));
+	}
+	RowFilter filter;
+	filter.kind = RowFilter::kUsers;
+	filter.has_value = true;
+	filter.value = PG_GETARG_DATUM(3);
+	return ReadSubscriptions(fcinfo, "fly._subscription_rows_of()", filter);
 }
 
 } // extern "C"

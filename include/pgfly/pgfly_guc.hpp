@@ -33,6 +33,7 @@ extern int breaker_failure_threshold;
 extern int breaker_open_time_ms;
 extern int breaker_max_open_time_ms;
 extern int health_check_interval_ms;
+extern int drift_check_interval_ms;
 extern char *app_health_url;
 extern bool restart_stopped_machines;
 extern bool reprovision_vanished_apps;

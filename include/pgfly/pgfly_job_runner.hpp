@@ -134,6 +134,10 @@ private:
 
 	// pgfly_orphan_runner.cpp
 	void StartOrphanPass();
+
+	// Drift repair (pgfly_job_runner.cpp): fly.check_drift()'s batches, each in a transaction of its own, so that
+	// the application's table is locked for one batch at a time. Returns how many users it queued.
+	int64_t RunDriftPass();
 	void OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome);
 
 	// pgfly_rollout_runner.cpp: in a transaction of its own, moves the running rollout on and claims apps to
@@ -175,6 +179,8 @@ private:
 	double next_health_pass_ = 0;
 	// Image rollouts: when to look again, what was claimed in this pass, canaries being checked.
 	double next_rollout_pass_ = 0;
+	// When the next drift pass is due (0: at the first pass of the loop, i.e. at the worker's start).
+	double next_drift_pass_ = 0;
 	std::vector<RolloutJob> rollout_claimed_;
 	std::vector<HealthJob> canaries_claimed_;
 	std::set<int64_t> canaries_checking_;

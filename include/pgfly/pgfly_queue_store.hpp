@@ -24,6 +24,17 @@ void EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, Desire
 // the caller saw. Returns whether it queued one.
 bool EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
 						 const pg::Value &tier, const char *reason);
+// What a caller saw of a user before comparing: the queue item's generation and enqueued_at (NULL: none), and
+// the live app row's id (NULL: none).
+struct QueueItemSeen {
+	pg::Value generation;
+	pg::Value enqueued_at;
+	pg::Value app_id;
+};
+// Queues the item only when the user's queue item and live app row are still the ones `seen` names. Returns
+// whether it queued one.
+bool EnqueueIfUnchanged(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
+						const pg::Value &tier, const char *reason, const QueueItemSeen &seen);
 
 struct ClaimedItem {
 	std::string user_id;

@@ -486,3 +486,207 @@ END $$;
 REVOKE ALL ON FUNCTION fly._tier_policy_changed() FROM PUBLIC;
 CREATE TRIGGER tier_policy_changed AFTER INSERT OR UPDATE ON fly.tier_policies
     FOR EACH ROW EXECUTE FUNCTION fly._tier_policy_changed();
+-- Issue 13: drift repair
+-- The subscription table is the truth. Changes the trigger never sees (logical replication's apply, a trigger
+-- disabled for a bulk load, session_replication_role = replica, TRUNCATE or DROP of one partition, a restore)
+-- are found by comparing, user by user, what the table grants with what pg_fly recorded, and queued.
+-- The table is read in batches through pgfly_tier_source.cpp (as its owner, checked at every call); each batch
+-- is compared in the same statement (one snapshot) and queued only if the user's queue item and live app are
+-- still those compared (fly._enqueue_if_unchanged): a tier change committed meanwhile wins.
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly._subscription_batch(tbl regclass, user_column name, tier_column name, after_user text,
+                                        batch_size integer)
+RETURNS TABLE (user_id text, tier text)
+    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_batch';
+CREATE FUNCTION fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids text[])
+RETURNS TABLE (user_id text, tier text)
+    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_rows_of';
+CREATE FUNCTION fly._enqueue_if_unchanged(user_id uuid, desired text, tier text, reason text,
+                                          seen_generation bigint, seen_enqueued_at timestamptz, seen_app_id bigint)
+RETURNS boolean
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', '_enqueue_if_unchanged';
+REVOKE ALL ON FUNCTION fly._subscription_batch(regclass, name, name, text, integer),
+    fly._subscription_rows_of(regclass, name, name, text[]),
+    fly._enqueue_if_unchanged(uuid, text, text, text, bigint, timestamptz, bigint) FROM PUBLIC;
+
+-- Queues one difference and records it. `d` is a row of the comparison below.
+CREATE FUNCTION fly._drift_repair(uid uuid, action text, differed text, subscription_tier text,
+                                  q_generation bigint, q_enqueued_at timestamptz, q_desired text, q_tier text,
+                                  app_id bigint, app_status text, app_tier text)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT fly._enqueue_if_unchanged(uid, CASE WHEN action = 'deprovision' THEN 'absent' ELSE 'present' END,
+                                     CASE WHEN action = 'deprovision' THEN NULL ELSE subscription_tier END, 'drift',
+                                     q_generation, q_enqueued_at, app_id) THEN
+        RETURN false;  -- changed since it was compared: the newer intent stands
+    END IF;
+    INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details)
+    VALUES (app_id, uid, 'drift_repaired', app_status,
+            jsonb_build_object('action', action, 'differed', differed, 'subscription_tier', subscription_tier,
+                               'queued_before', CASE WHEN q_generation IS NOT NULL THEN
+                                   jsonb_build_object('desired', q_desired, 'tier', q_tier) END,
+                               'app_tier', app_tier));
+    RETURN true;
+END $$;
+REVOKE ALL ON FUNCTION fly._drift_repair(uuid, text, text, text, bigint, timestamptz, text, text, bigint, text, text)
+    FROM PUBLIC;
+
+-- One batch of the subscription table, in user id order after after_user: queues what differs. last_user is
+-- NULL when the table has no rows after after_user.
+CREATE FUNCTION fly._drift_table_batch(after_user text, batch_size integer, OUT last_user text, OUT queued integer)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source := fly._tier_source();
+    d record;
+    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
+    uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
+BEGIN
+    queued := 0;
+    -- One statement: the batch and pg_fly's records of its users are seen as of the same moment.
+    FOR d IN
+        WITH b AS MATERIALIZED (
+            SELECT s.user_id, s.tier, s.n
+              FROM fly._subscription_batch(src.table_name, src.user_column, src.tier_column, after_user,
+                                           batch_size) WITH ORDINALITY AS s(user_id, tier, n)),
+        -- One row per user; a user with several rows gets an app if any of them grants one.
+        w AS (
+            SELECT DISTINCT ON (x.uid) x.uid, x.tier, p.tier IS NOT NULL AS known,
+                   coalesce(p.dedicated_app, false) AS paid, p.cpu_kind, p.cpus, p.memory_mb, p.region
+              FROM (SELECT CASE WHEN b.user_id ~* uuid_pattern THEN b.user_id::uuid END AS uid, b.tier FROM b) x
+              LEFT JOIN fly.tier_policies p ON p.tier = x.tier
+             WHERE x.uid IS NOT NULL
+             ORDER BY x.uid, coalesce(p.dedicated_app, false) DESC, x.tier),
+        c AS (
+            SELECT w.uid, w.tier, q.generation, q.enqueued_at, q.desired AS q_desired, q.tier AS q_tier,
+                   a.id AS app_id, a.status AS app_status, a.tier AS app_tier,
+                   CASE
+                   WHEN NOT w.known THEN NULL  -- a tier without a policy waits for one
+                   WHEN w.paid THEN CASE
+                       WHEN q.desired = 'absent' THEN 'provision'
+                       WHEN q.desired = 'present' THEN CASE
+                           WHEN qp.tier IS NULL OR qp.cpu_kind IS DISTINCT FROM w.cpu_kind
+                                OR qp.cpus IS DISTINCT FROM w.cpus OR qp.memory_mb IS DISTINCT FROM w.memory_mb
+                                OR qp.region IS DISTINCT FROM w.region THEN 'resize' END
+                       WHEN a.id IS NULL THEN 'provision'
+                       WHEN a.status = 'failed' THEN NULL  -- fly.retry_user_app() decides
+                       WHEN a.cpu_kind IS DISTINCT FROM w.cpu_kind OR a.cpus IS DISTINCT FROM w.cpus
+                            OR a.memory_mb IS DISTINCT FROM w.memory_mb
+                            OR (w.region IS NOT NULL AND a.region IS DISTINCT FROM w.region) THEN 'resize'
+                       END
+                   WHEN q.desired = 'present' THEN 'deprovision'
+                   WHEN q.desired IS NULL AND a.id IS NOT NULL THEN 'deprovision'
+                   END AS action
+              FROM w
+              LEFT JOIN fly.reconcile_queue q ON q.user_id = w.uid
+              LEFT JOIN fly.tier_policies qp ON qp.tier = q.tier
+              LEFT JOIN fly.user_fly_apps a ON a.user_id = w.uid AND a.deleted_at IS NULL)
+        SELECT (SELECT b.user_id FROM b ORDER BY b.n DESC LIMIT 1) AS batch_last, c.*,
+               CASE c.action
+               WHEN 'provision' THEN CASE WHEN c.q_desired = 'absent'
+                   THEN 'queued for removal, but the subscription''s tier grants an app'
+                   ELSE 'no app, but the subscription''s tier grants one' END
+               WHEN 'resize' THEN CASE WHEN c.q_desired = 'present'
+                   THEN 'the queued tier''s guest or region differs from the subscription tier''s policy'
+                   ELSE 'the app''s guest or region differs from the subscription tier''s policy' END
+               WHEN 'deprovision' THEN CASE WHEN c.q_desired = 'present'
+                   THEN 'queued for an app, but the subscription''s tier grants none'
+                   ELSE 'a live app, but the subscription''s tier grants none' END
+               END AS differed
+          FROM (SELECT 1) one LEFT JOIN c ON c.action IS NOT NULL
+    LOOP
+        last_user := d.batch_last;
+        IF d.action IS NOT NULL
+           AND fly._drift_repair(d.uid, d.action, d.differed, d.tier, d.generation, d.enqueued_at, d.q_desired,
+                                 d.q_tier, d.app_id, d.app_status, d.app_tier) THEN
+            queued := queued + 1;
+        END IF;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION fly._drift_table_batch(text, integer) FROM PUBLIC;
+
+-- One batch of the users pg_fly keeps an app for (a live app, or a queued 'present'), in user id order after
+-- after_user: those the subscription table no longer has (a deleted row, a truncated or dropped partition) are
+-- queued for removal. last_user is NULL when there are no more.
+CREATE FUNCTION fly._drift_missing_batch(after_user uuid, batch_size integer, OUT last_user uuid,
+                                         OUT queued integer)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source := fly._tier_source();
+    d record;
+BEGIN
+    queued := 0;
+    FOR d IN
+        WITH k AS MATERIALIZED (
+            SELECT u.user_id FROM (
+                SELECT a.user_id FROM fly.user_fly_apps a
+                 WHERE a.deleted_at IS NULL AND a.user_id > coalesce(after_user, '00000000-0000-0000-0000-000000000000')
+                 UNION
+                SELECT q.user_id FROM fly.reconcile_queue q
+                 WHERE q.desired = 'present' AND q.user_id > coalesce(after_user, '00000000-0000-0000-0000-000000000000')
+            ) u ORDER BY u.user_id LIMIT batch_size),
+        -- The forms a text user id column may hold the id in (a uuid column compares uuids).
+        forms AS (
+            SELECT array_agg(f) AS ids FROM k,
+                   LATERAL (VALUES (k.user_id::text), (upper(k.user_id::text)),
+                                   (replace(k.user_id::text, '-', '')), (upper(replace(k.user_id::text, '-', '')))) v(f)),
+        found AS (
+            SELECT DISTINCT replace(lower(btrim(r.user_id, '{}')), '-', '') AS id
+              FROM forms, fly._subscription_rows_of(src.table_name, src.user_column, src.tier_column, forms.ids) r
+             WHERE forms.ids IS NOT NULL),
+        c AS (
+            SELECT k.user_id AS uid, q.generation, q.enqueued_at, q.desired AS q_desired, q.tier AS q_tier,
+                   a.id AS app_id, a.status AS app_status, a.tier AS app_tier
+              FROM k
+              LEFT JOIN fly.reconcile_queue q ON q.user_id = k.user_id
+              LEFT JOIN fly.user_fly_apps a ON a.user_id = k.user_id AND a.deleted_at IS NULL
+             WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.id = replace(k.user_id::text, '-', ''))
+               AND q.desired IS DISTINCT FROM 'absent')
+        SELECT (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1) AS batch_last, c.*
+          FROM (SELECT 1) one LEFT JOIN c ON true
+    LOOP
+        last_user := d.batch_last;
+        IF d.uid IS NOT NULL
+           AND fly._drift_repair(d.uid, 'deprovision',
+                                 CASE WHEN d.app_id IS NOT NULL
+                                      THEN 'a live app, but the user has no subscription row'
+                                      ELSE 'queued for an app, but the user has no subscription row' END,
+                                 NULL, d.generation, d.enqueued_at, d.q_desired, d.q_tier, d.app_id, d.app_status,
+                                 d.app_tier) THEN
+            queued := queued + 1;
+        END IF;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION fly._drift_missing_batch(uuid, integer) FROM PUBLIC;
+
+-- Compares every user's subscription with what pg_fly recorded and queues each difference; returns how many
+-- users it queued. The worker runs the same batches, each in a transaction of its own, at start and every
+-- fly.drift_check_interval; this function runs them all in the caller's transaction.
+CREATE FUNCTION fly.check_drift() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    batch constant integer := 5000;
+    after_text text;
+    after_uuid uuid;
+    r record;
+    total integer := 0;
+BEGIN
+    PERFORM fly._refuse_in_restricted_operation();
+    PERFORM fly._tier_source();  -- an error that says how to attach a table, when none is
+    LOOP
+        SELECT * INTO r FROM fly._drift_table_batch(after_text, batch);
+        total := total + r.queued;
+        EXIT WHEN r.last_user IS NULL;
+        after_text := r.last_user;
+    END LOOP;
+    LOOP
+        SELECT * INTO r FROM fly._drift_missing_batch(after_uuid, batch);
+        total := total + r.queued;
+        EXIT WHEN r.last_user IS NULL;
+        after_uuid := r.last_user;
+    END LOOP;
+    RETURN total;
+END $$;
+REVOKE ALL ON FUNCTION fly.check_drift() FROM PUBLIC;
+COMMENT ON FUNCTION fly.check_drift() IS
+    'Queues every user whose subscription and pg_fly''s records differ (provision, deprovision, resize); returns how many';

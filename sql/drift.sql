@@ -1,0 +1,96 @@
+-- fly.check_drift(): what the subscription table grants vs what pg_fly recorded; every difference is queued.
+SET search_path = public, fly;
+SELECT table_name AS saved_table, user_column AS saved_user_column, tier_column AS saved_tier_column
+  FROM fly.tier_source \gset
+CREATE TABLE drift_subs (user_id uuid PRIMARY KEY, tier text NOT NULL);
+SELECT fly.attach_tier_trigger('drift_subs');
+TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.user_fly_apps CASCADE;
+
+-- A consistent database: nothing to queue.
+SELECT fly.check_drift() AS queued_when_empty;
+
+-- Rows the trigger never saw (as logical replication's apply writes them).
+SET session_replication_role = replica;
+INSERT INTO drift_subs VALUES ('d1000000-0000-4000-8000-000000000001', 'pro'),
+                              ('d1000000-0000-4000-8000-000000000002', 'free'),
+                              ('d1000000-0000-4000-8000-000000000003', 'elite');
+RESET session_replication_role;
+SELECT count(*) AS queued_by_trigger FROM fly.reconcile_queue;
+SELECT fly.check_drift() AS queued;
+SELECT user_id, desired, tier, reason, generation FROM fly.reconcile_queue ORDER BY user_id;
+SELECT user_id, event_type, details->>'action' AS action, details->>'differed' AS differed
+  FROM fly.user_fly_app_events WHERE event_type = 'drift_repaired' ORDER BY user_id;
+-- Queued with the same desired state: not queued again.
+SELECT fly.check_drift() AS queued_again;
+
+-- pg_fly's records as if the worker had done the work: live apps, empty queue.
+TRUNCATE fly.reconcile_queue;
+INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
+VALUES ('d1000000-0000-4000-8000-000000000001', 'pro', 'drift-a', 'personal', 'ams', 'shared', 1, 256, 'active'),
+       ('d1000000-0000-4000-8000-000000000003', 'elite', 'drift-c', 'personal', 'ams', 'shared', 1, 256, 'active'),
+       -- a live app whose user has no subscription row at all
+       ('d1000000-0000-4000-8000-000000000004', 'pro', 'drift-d', 'personal', 'ams', 'shared', 1, 256, 'active');
+TRUNCATE fly.user_fly_app_events;
+-- Changes behind the trigger's back: a downgrade, and a live app whose guest is not its tier's policy (a policy
+-- change queues the tier's live apps itself, so the app's record is what differs here).
+ALTER TABLE drift_subs DISABLE TRIGGER USER;
+UPDATE drift_subs SET tier = 'free' WHERE user_id = 'd1000000-0000-4000-8000-000000000001';
+ALTER TABLE drift_subs ENABLE TRIGGER USER;
+UPDATE fly.user_fly_apps SET memory_mb = 512 WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
+SELECT fly.check_drift() AS queued;
+SELECT user_id, desired, tier, reason FROM fly.reconcile_queue ORDER BY user_id;
+SELECT user_id, details->>'action' AS action, details->>'differed' AS differed,
+       fly_app_id IS NOT NULL AS has_app_row
+  FROM fly.user_fly_app_events WHERE event_type = 'drift_repaired' ORDER BY user_id;
+SELECT fly.check_drift() AS queued_again;
+
+-- A tier without a policy waits for one: not drift.
+SET session_replication_role = replica;
+INSERT INTO drift_subs VALUES ('d1000000-0000-4000-8000-000000000005', 'team');
+RESET session_replication_role;
+TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.user_fly_apps CASCADE;
+DELETE FROM drift_subs WHERE tier <> 'team';
+SELECT fly.check_drift() AS queued_for_unknown_tier;
+
+-- Batches: a user id column of type text, more rows than one batch reads, ids in several forms.
+SELECT fly.detach_tier_trigger();
+CREATE TABLE drift_text_subs (user_id text, tier text);
+SELECT fly.attach_tier_trigger('drift_text_subs');
+SET session_replication_role = replica;
+INSERT INTO drift_text_subs
+SELECT format('d2000000-0000-4000-8000-%s', lpad(i::text, 12, '0')), CASE WHEN i % 2 = 0 THEN 'pro' ELSE 'free' END
+  FROM generate_series(1, 12000) i;
+INSERT INTO drift_text_subs VALUES ('not-a-uuid', 'pro'), (NULL, 'pro'),
+    ('D3000000-0000-4000-8000-000000000001', 'free');
+RESET session_replication_role;
+INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
+VALUES ('d3000000-0000-4000-8000-000000000001', 'pro', 'drift-upper', 'personal', 'ams', 'shared', 1, 256, 'active');
+SELECT fly.check_drift() AS queued;
+SELECT desired, count(*) FROM fly.reconcile_queue GROUP BY desired ORDER BY desired;
+SELECT fly.check_drift() AS queued_again;
+
+-- The batch reader reads the table as its owner and is pg_fly's own.
+CREATE ROLE drift_operator;
+GRANT USAGE ON SCHEMA fly TO drift_operator;
+SET ROLE drift_operator;
+SELECT fly.check_drift();
+SELECT * FROM fly._subscription_batch('drift_text_subs', 'user_id', 'tier', NULL, 10);
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION fly.check_drift() TO drift_operator;
+SET ROLE drift_operator;
+SELECT fly.check_drift() AS operator_queued;
+RESET ROLE;
+SELECT count(*) AS batch_rows
+  FROM fly._subscription_batch('drift_text_subs', 'user_id', 'tier', NULL, 10);
+SELECT fly._subscription_batch('drift_text_subs', 'user_id', 'tier', NULL, 0);
+
+-- Clean up; the earlier tests' table is attached again.
+REVOKE ALL ON FUNCTION fly.check_drift() FROM drift_operator;
+REVOKE ALL ON SCHEMA fly FROM drift_operator;
+DROP ROLE drift_operator;
+SELECT fly.attach_tier_trigger(:'saved_table', :'saved_user_column', :'saved_tier_column');
+DROP TABLE drift_subs, drift_text_subs;
+TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.user_fly_apps CASCADE;

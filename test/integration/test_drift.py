@@ -1,0 +1,134 @@
+"""Drift repair end to end: changes the trigger never sees (session_replication_role = replica, a disabled
+trigger, TRUNCATE of one partition) are found by fly.check_drift() or the worker's periodic pass, and end as the
+subscription table says on the Fly simulator, with no operation done twice."""
+
+import os
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Cluster, Simulator  # noqa: E402
+
+USERS = [f"d{i}000000-0000-4000-8000-00000000000{i}" for i in range(1, 7)]
+
+
+class DriftTestCase(unittest.TestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'"}
+    table_sql = "CREATE TABLE user_subscriptions (user_id uuid PRIMARY KEY, tier text NOT NULL DEFAULT 'free')"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Simulator()
+        cls.pg = Cluster(cls.sim.url, cls.cluster_settings)
+        cls.pg.sql(cls.table_sql)
+        cls.pg.sql("SELECT fly.attach_tier_trigger()")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.pg.destroy()
+        cls.sim.stop()
+
+    def setUp(self):
+        self.pg.sql("TRUNCATE user_subscriptions, fly.reconcile_queue, fly.user_fly_app_events, fly.user_fly_apps")
+        self.sim.control("POST", "reset")
+
+    def settle(self, timeout=60):
+        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout),
+                        "queue did not drain: " + repr(self.pg.sql("SELECT * FROM fly.pending_work")))
+
+    def behind_the_trigger(self, sql):
+        self.pg.sql(f"SET session_replication_role = replica; {sql}; RESET session_replication_role")
+
+    def check_drift(self):
+        return int(self.pg.value("SELECT fly.check_drift()"))
+
+    def assert_as_table_says(self):
+        """Every paid user has exactly one active app on Fly, every other user none."""
+        paid = {r[0] for r in self.pg.sql("SELECT s.user_id FROM user_subscriptions s JOIN fly.tier_policies p "
+                                          "ON p.tier = s.tier AND p.dedicated_app")}
+        live = {r[0] for r in self.pg.sql("SELECT user_id FROM fly.user_fly_apps WHERE status = 'active'")}
+        self.assertEqual(live, paid)
+        self.assertEqual(len(self.sim.state()["apps"]), len(paid))
+        self.assertEqual(self.check_drift(), 0)
+
+    def operations(self, event):
+        return int(self.pg.value(f"SELECT count(*) FROM fly.user_fly_app_events WHERE event_type = '{event}'"))
+
+
+class CheckDriftTest(DriftTestCase):
+    def test_consistent_database_queues_nothing(self):
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USERS[0]}', 'pro'), ('{USERS[1]}', 'free')")
+        self.settle()
+        self.assertEqual(self.check_drift(), 0)
+        self.assertEqual(self.operations("drift_repaired"), 0)
+        self.assert_as_table_says()
+
+    def test_session_replication_role_replica(self):
+        self.behind_the_trigger(f"INSERT INTO user_subscriptions VALUES ('{USERS[0]}', 'pro'), ('{USERS[1]}', 'elite'),"
+                                f" ('{USERS[2]}', 'free')")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.check_drift(), 2)
+        self.settle()
+        self.assert_as_table_says()
+        self.behind_the_trigger(f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{USERS[0]}'")
+        self.behind_the_trigger(f"DELETE FROM user_subscriptions WHERE user_id = '{USERS[1]}'")
+        self.assertEqual(self.check_drift(), 2)
+        self.assertEqual(self.check_drift(), 0)  # queued already: not again
+        self.settle()
+        self.assert_as_table_says()
+        self.assertEqual(self.operations("drift_repaired"), 4)
+        self.assertEqual(self.operations("provision_completed"), 2)
+        self.assertEqual(self.operations("deprovision_completed"), 2)
+
+    def test_trigger_disabled_around_bulk_update(self):
+        self.pg.sql("INSERT INTO user_subscriptions SELECT u::uuid, 'free' FROM unnest(%s) u"
+                    % ("ARRAY[" + ",".join(f"'{u}'" for u in USERS) + "]"))
+        self.pg.sql("ALTER TABLE user_subscriptions DISABLE TRIGGER on_user_tier_change; "
+                    f"UPDATE user_subscriptions SET tier = 'pro' WHERE user_id <> '{USERS[5]}'; "
+                    "ALTER TABLE user_subscriptions ENABLE TRIGGER on_user_tier_change")
+        self.assertEqual(self.check_drift(), 5)
+        self.settle()
+        self.assert_as_table_says()
+        self.assertEqual(self.operations("provision_completed"), 5)
+        self.assertEqual(self.operations("drift_repaired"), 5)
+
+
+class PartitionTruncateTest(DriftTestCase):
+    table_sql = ("CREATE TABLE user_subscriptions (user_id uuid NOT NULL, tier text NOT NULL DEFAULT 'free', "
+                 "region text NOT NULL, PRIMARY KEY (user_id, region)) PARTITION BY LIST (region); "
+                 "CREATE TABLE subs_eu PARTITION OF user_subscriptions FOR VALUES IN ('eu'); "
+                 "CREATE TABLE subs_us PARTITION OF user_subscriptions FOR VALUES IN ('us')")
+
+    def test_truncate_one_partition(self):
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USERS[0]}', 'pro', 'eu'), ('{USERS[1]}', 'pro', 'eu'),"
+                    f" ('{USERS[2]}', 'pro', 'us')")
+        self.settle()
+        self.assert_as_table_says()
+        # The statement-level TRUNCATE trigger is not cloned to partitions: pg_fly does not see this one.
+        self.pg.sql("TRUNCATE subs_eu")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.check_drift(), 2)
+        self.settle()
+        self.assert_as_table_says()
+        self.assertEqual(self.operations("provision_completed"), 3)
+        self.assertEqual(self.operations("deprovision_completed"), 2)
+
+
+class WorkerDriftPassTest(DriftTestCase):
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.drift_check_interval": "'1s'"}
+
+    def test_periodic_pass_repairs_on_its_own(self):
+        self.behind_the_trigger(f"INSERT INTO user_subscriptions VALUES ('{USERS[0]}', 'pro'), ('{USERS[1]}', 'pro')")
+        self.assertTrue(self.pg.wait_for("SELECT count(*) = 2 FROM fly.user_fly_apps WHERE status = 'active'", 30),
+                        self.pg.server_log()[-3000:])
+        self.settle()
+        self.assertIn("drift repair queued 2 user(s)", self.pg.server_log())
+        time.sleep(2.5)  # further passes find nothing more to do
+        self.assertEqual(self.operations("drift_repaired"), 2)
+        self.assertEqual(self.operations("provision_requested"), 2)
+        self.assert_as_table_says()
+
+
+if __name__ == "__main__":
+    unittest.main()
