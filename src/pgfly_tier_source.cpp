@@ -12,6 +12,8 @@
 // destructor.
 #include "pgfly/pg/postgres.hpp"
 
+#include "pgfly/core/sql_text.hpp"
+
 extern "C" {
 #include "access/htup_details.h"
 #include "catalog/pg_class.h"
@@ -150,6 +152,29 @@ CheckTierSource(Oid relid, const char *user_column, const char *tier_column, Lis
 	return user_type;
 }
 
+// The user id of a row as a uuid (0: it is not one, by the trigger's rule, IsUuidText): a uuid column's value
+// as it is, a text one's parsed once it is known to parse. `id_text` is the id as a text Datum.
+Datum
+UserUuid(HeapTuple row, TupleDesc desc, bool uuid_column, Datum id_text) {
+	if (uuid_column) {
+		bool isnull = false;
+		const Datum value = SPI_getbinval(row, desc, 1, &isnull);
+		if (isnull) {
+			return 0;
+		}
+		pg_uuid_t *copy = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
+		memcpy(copy, DatumGetUUIDP(value), sizeof(pg_uuid_t));
+		return UUIDPGetDatum(copy);
+	}
+	char *id = text_to_cstring(DatumGetTextPP(id_text));
+	Datum uuid = 0;
+	if (pgfly::IsUuidText(id)) {
+		uuid = DirectFunctionCall1(uuid_in, CStringGetDatum(id));
+	}
+	pfree(id);
+	return uuid;
+}
+
 void
 RequireArguments(FunctionCallInfo fcinfo, int count) {
 	for (int i = 0; i < count; i++) {
@@ -260,6 +285,9 @@ ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter
 
 	InitMaterializedSRF(fcinfo, 0);
 	ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
+	// A third result column (fly._subscription_batch's uid): the user id as a uuid, so that callers need not
+	// match every id against a pattern and cast it.
+	const bool with_uid = rsinfo->setDesc->natts == 3;
 
 	Oid saved_user;
 	int saved_context;
@@ -282,8 +310,8 @@ ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter
 				break;
 			}
 			for (uint64 i = 0; i < SPI_processed; i++) {
-				Datum values[2];
-				bool nulls[2];
+				Datum values[3] = {0, 0, 0};
+				bool nulls[3] = {true, true, true};
 				for (int c = 0; c < 2; c++) {
 					// The type's output function (uuid, text, varchar or enum: all built in).
 					char *text = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1);
@@ -294,8 +322,12 @@ ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter
 						pfree(text);
 					}
 				}
+				if (with_uid && !nulls[0]) {
+					values[2] = UserUuid(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, uuid_column, values[0]);
+					nulls[2] = values[2] == 0;
+				}
 				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-				for (int c = 0; c < 2; c++) {
+				for (int c = 0; c < 3; c++) {
 					if (!nulls[c]) {
 						pfree(DatumGetPointer(values[c]));
 					}
@@ -345,8 +377,8 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 }
 
 // fly._subscription_batch(tbl regclass, user_column name, tier_column name, after_user text, batch_size integer)
-// RETURNS TABLE (user_id text, tier text): the next batch of rows in user id order after after_user (from the
-// start when NULL; rows without a user id are left out). A user's rows are never split between batches, so a
+// RETURNS TABLE (user_id text, tier text, uid uuid): the next batch of rows in user id order after after_user (from
+// the start when NULL; rows without a user id are left out); uid is the id as a uuid, NULL when it is not one. A user's rows are never split between batches, so a
 // batch may hold more than batch_size rows. Each call locks the table only until its transaction ends.
 PG_FUNCTION_INFO_V1(_subscription_batch);
 Datum
@@ -363,7 +395,8 @@ _subscription_batch(PG_FUNCTION_ARGS) {
 }
 
 // fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids text[]) RETURNS TABLE
-// (user_id text, tier text): the rows whose user id is one of user_ids (as the column's type compares them).
+// (user_id text, tier text, uid uuid): the rows whose user id is one of user_ids (as the column's type compares
+// them); uid is the id as a uuid.
 PG_FUNCTION_INFO_V1(_subscription_rows_of);
 Datum
 _subscription_rows_of(PG_FUNCTION_ARGS) {

@@ -496,11 +496,11 @@ CREATE TRIGGER tier_policy_changed AFTER INSERT OR UPDATE ON fly.tier_policies
 --------------------------------------------------------------------------------------------------------------
 CREATE FUNCTION fly._subscription_batch(tbl regclass, user_column name, tier_column name, after_user text,
                                         batch_size integer)
-RETURNS TABLE (user_id text, tier text)
-    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_batch';
+RETURNS TABLE (user_id text, tier text, uid uuid)  -- uid: the user id as a uuid, NULL when it is not one
+    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_batch' ROWS 5000;
 CREATE FUNCTION fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids text[])
-RETURNS TABLE (user_id text, tier text)
-    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_rows_of';
+RETURNS TABLE (user_id text, tier text, uid uuid)
+    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_rows_of' ROWS 5000;
 CREATE FUNCTION fly._enqueue_if_unchanged(user_id uuid, desired text, tier text, reason text,
                                           seen_generation bigint, seen_enqueued_at timestamptz, seen_app_id bigint)
 RETURNS boolean
@@ -539,24 +539,29 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source := fly._tier_source();
     d record;
-    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
-    uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
 BEGIN
     queued := 0;
-    -- One statement: the batch and pg_fly's records of its users are seen as of the same moment.
+    -- One statement: the batch and pg_fly's records of its users are seen as of the same moment. Set-based:
+    -- the reader gives each user id as a uuid already (NULL when it is not one, as the trigger judges it); pg_fly's
+    -- rows are read by index within the batch's uuid range; only the rows that differ reach the loop.
     FOR d IN
         WITH b AS MATERIALIZED (
-            SELECT s.user_id, s.tier, s.n
+            SELECT s.user_id, s.tier, s.uid, s.n
               FROM fly._subscription_batch(src.table_name, src.user_column, src.tier_column, after_user,
-                                           batch_size) WITH ORDINALITY AS s(user_id, tier, n)),
+                                           batch_size) WITH ORDINALITY AS s(user_id, tier, uid, n)),
         -- One row per user; a user with several rows gets an app if any of them grants one.
-        w AS (
-            SELECT DISTINCT ON (x.uid) x.uid, x.tier, p.tier IS NOT NULL AS known,
+        w AS MATERIALIZED (
+            SELECT DISTINCT ON (b.uid) b.uid, b.tier, p.tier IS NOT NULL AS known,
                    coalesce(p.dedicated_app, false) AS paid, p.cpu_kind, p.cpus, p.memory_mb, p.region
-              FROM (SELECT CASE WHEN b.user_id ~* uuid_pattern THEN b.user_id::uuid END AS uid, b.tier FROM b) x
-              LEFT JOIN fly.tier_policies p ON p.tier = x.tier
-             WHERE x.uid IS NOT NULL
-             ORDER BY x.uid, coalesce(p.dedicated_app, false) DESC, x.tier),
+              FROM b LEFT JOIN fly.tier_policies p ON p.tier = b.tier
+             WHERE b.uid IS NOT NULL
+             ORDER BY b.uid, coalesce(p.dedicated_app, false) DESC, b.tier),
+        -- The batch's uuid range (a uuid column's batch is one range; a text column's is covered by it).
+        r AS (SELECT (SELECT w.uid FROM w ORDER BY w.uid LIMIT 1) AS lo,
+                     (SELECT w.uid FROM w ORDER BY w.uid DESC LIMIT 1) AS hi),
+        q AS (SELECT q.* FROM r, fly.reconcile_queue q WHERE q.user_id BETWEEN r.lo AND r.hi),
+        a AS (SELECT a.* FROM r, fly.user_fly_apps a
+               WHERE a.user_id BETWEEN r.lo AND r.hi AND a.deleted_at IS NULL),
         c AS (
             SELECT w.uid, w.tier, q.generation, q.enqueued_at, q.desired AS q_desired, q.tier AS q_tier,
                    a.id AS app_id, a.status AS app_status, a.tier AS app_tier,
@@ -578,9 +583,9 @@ BEGIN
                    WHEN q.desired IS NULL AND a.id IS NOT NULL THEN 'deprovision'
                    END AS action
               FROM w
-              LEFT JOIN fly.reconcile_queue q ON q.user_id = w.uid
+              LEFT JOIN q ON q.user_id = w.uid
               LEFT JOIN fly.tier_policies qp ON qp.tier = q.tier
-              LEFT JOIN fly.user_fly_apps a ON a.user_id = w.uid AND a.deleted_at IS NULL)
+              LEFT JOIN a ON a.user_id = w.uid)
         SELECT (SELECT b.user_id FROM b ORDER BY b.n DESC LIMIT 1) AS batch_last, c.*,
                CASE c.action
                WHEN 'provision' THEN CASE WHEN c.q_desired = 'absent'
@@ -613,34 +618,46 @@ CREATE FUNCTION fly._drift_missing_batch(after_user uuid, batch_size integer, OU
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source := fly._tier_source();
+    -- A uuid column is asked for each user's uuid; a text one for each form of it the column may hold.
+    uuid_column constant boolean := (SELECT t.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
+                                       FROM pg_catalog.pg_attribute t
+                                      WHERE t.attrelid = src.table_name AND t.attname = src.user_column);
+    after constant uuid := coalesce(after_user, '00000000-0000-0000-0000-000000000000');
     d record;
 BEGIN
     queued := 0;
     FOR d IN
+        -- Each side read by index from after onwards, batch_size at most.
         WITH k AS MATERIALIZED (
             SELECT u.user_id FROM (
-                SELECT a.user_id FROM fly.user_fly_apps a
-                 WHERE a.deleted_at IS NULL AND a.user_id > coalesce(after_user, '00000000-0000-0000-0000-000000000000')
+                (SELECT a.user_id FROM fly.user_fly_apps a
+                  WHERE a.deleted_at IS NULL AND a.user_id > after ORDER BY a.user_id LIMIT batch_size)
                  UNION
-                SELECT q.user_id FROM fly.reconcile_queue q
-                 WHERE q.desired = 'present' AND q.user_id > coalesce(after_user, '00000000-0000-0000-0000-000000000000')
+                (SELECT q.user_id FROM fly.reconcile_queue q
+                  WHERE q.desired = 'present' AND q.user_id > after ORDER BY q.user_id LIMIT batch_size)
             ) u ORDER BY u.user_id LIMIT batch_size),
-        -- The forms a text user id column may hold the id in (a uuid column compares uuids).
+        r AS (SELECT (SELECT k.user_id FROM k ORDER BY k.user_id LIMIT 1) AS lo,
+                     (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1) AS hi),
         forms AS (
-            SELECT array_agg(f) AS ids FROM k,
-                   LATERAL (VALUES (k.user_id::text), (upper(k.user_id::text)),
-                                   (replace(k.user_id::text, '-', '')), (upper(replace(k.user_id::text, '-', '')))) v(f)),
+            SELECT CASE WHEN uuid_column THEN (SELECT array_agg(k.user_id::text) FROM k)
+                   ELSE (SELECT array_agg(f) FROM k,
+                                LATERAL (VALUES (k.user_id::text), (upper(k.user_id::text)),
+                                                (replace(k.user_id::text, '-', '')),
+                                                (upper(replace(k.user_id::text, '-', '')))) v(f)) END AS ids),
         found AS (
-            SELECT DISTINCT replace(lower(btrim(r.user_id, '{}')), '-', '') AS id
-              FROM forms, fly._subscription_rows_of(src.table_name, src.user_column, src.tier_column, forms.ids) r
+            SELECT DISTINCT f.uid
+              FROM forms, fly._subscription_rows_of(src.table_name, src.user_column, src.tier_column, forms.ids) f
              WHERE forms.ids IS NOT NULL),
         c AS (
             SELECT k.user_id AS uid, q.generation, q.enqueued_at, q.desired AS q_desired, q.tier AS q_tier,
                    a.id AS app_id, a.status AS app_status, a.tier AS app_tier
               FROM k
-              LEFT JOIN fly.reconcile_queue q ON q.user_id = k.user_id
-              LEFT JOIN fly.user_fly_apps a ON a.user_id = k.user_id AND a.deleted_at IS NULL
-             WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.id = replace(k.user_id::text, '-', ''))
+              LEFT JOIN (SELECT q.* FROM r, fly.reconcile_queue q WHERE q.user_id BETWEEN r.lo AND r.hi) q
+                ON q.user_id = k.user_id
+              LEFT JOIN (SELECT a.* FROM r, fly.user_fly_apps a
+                          WHERE a.user_id BETWEEN r.lo AND r.hi AND a.deleted_at IS NULL) a
+                ON a.user_id = k.user_id
+             WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.uid = k.user_id)
                AND q.desired IS DISTINCT FROM 'absent')
         SELECT (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1) AS batch_last, c.*
           FROM (SELECT 1) one LEFT JOIN c ON true
