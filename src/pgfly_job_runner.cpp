@@ -120,6 +120,8 @@ JobRunner::Configure() {
 	shared_->token_source = static_cast<int>(token.source);
 	SpinLockRelease(&shared_->mutex);
 	dispatch_again_ = true;
+	// A changed interval starts a pass in progress over (or ends it, when 0).
+	drift_.Configure(settings::drift_check_interval_ms / 1000.0);
 }
 
 // libcurl's sockets and epoll descriptor are opened outside fd.c: PostgreSQL learns of them here, so that its
@@ -220,6 +222,12 @@ JobRunner::InTransaction(const char *activity, const std::function<void(pg::SpiC
 
 void
 JobRunner::Dispatch() {
+	DispatchWork();
+	DriftStep();
+}
+
+void
+JobRunner::DispatchWork() {
 	const double now = Now();
 	const int capacity = Capacity(now);
 	// With every slot taken, a wake by a committing tier change has nothing to claim: the queue is looked at
@@ -325,52 +333,68 @@ JobRunner::Dispatch() {
 	StartRolloutUpdates();
 	StartHealthChecks();
 	StartOrphanPass();
-	if (settings::drift_check_interval_ms > 0 && now >= next_drift_pass_) {
-		// Planned before it runs: a pass that fails is tried again an interval later, not at every wake.
-		next_drift_pass_ = now + settings::drift_check_interval_ms / 1000.0;
-		try {
-			const int64_t queued = RunDriftPass();
-			if (queued > 0) {
-				Log("drift repair queued " + std::to_string(queued) +
-					" user(s) whose subscription differs from pg_fly's records (see drift_repaired events)");
-			}
-		} catch (const std::exception &e) {
-			Log(std::string("drift repair failed, tried again in fly.drift_check_interval: ") + e.what());
-		}
-	}
 }
 
-int64_t
-JobRunner::RunDriftPass() {
-	constexpr const char *kBatchSize = "5000";
-	int64_t queued = 0;
-	// The table's rows in user id order, then the users pg_fly keeps an app for that the table may have lost.
-	const char *const passes[] = {
-		"SELECT last_user, queued FROM fly._drift_table_batch($1, $2::pg_catalog.int4)",
-		"SELECT last_user, queued FROM fly._drift_missing_batch($1::pg_catalog.uuid, $2::pg_catalog.int4)"};
-	for (const char *pass : passes) {
-		pg::Value after;
-		for (;;) {
-			bool more = false;
-			const bool present = InTransaction("pg_fly: drift repair", [&](pg::SpiConnection &spi) {
-				// An older schema (before ALTER EXTENSION pg_fly UPDATE), or no subscription table attached.
-				auto ready = spi.Query("SELECT pg_catalog.to_regprocedure('fly._drift_missing_batch(uuid,integer)') "
-									   "IS NOT NULL AND EXISTS (SELECT 1 FROM fly.tier_source)",
-									   {});
-				if (ready.at(0).at(0) != std::string("t")) {
-					return;
-				}
-				auto rows = spi.Query(pass, {after, std::string(kBatchSize)});
-				queued += pg::ToInt(rows.at(0).at(1));
-				after = rows.at(0).at(0);
-				more = static_cast<bool>(after);
-			});
-			if (!present || !more) {
-				break;
-			}
+void
+JobRunner::DriftStep() {
+	const double now = Now();
+	if (!extension_present_) {
+		if (drift_.InProgress()) {
+			drift_.End(now);
 		}
+		return;
 	}
-	return queued;
+	if (!drift_.InProgress()) {
+		if (!drift_.Due(now)) {
+			return;
+		}
+		drift_.Start();
+	}
+	// The table walk, then the users pg_fly keeps an app for that the table may have lost.
+	static const char *const kTableBatch =
+		"SELECT last_user, queued FROM fly._drift_table_batch($1, $2::pg_catalog.int4)";
+	static const char *const kMissingBatch =
+		"SELECT last_user, queued FROM fly._drift_missing_batch($1::pg_catalog.uuid, $2::pg_catalog.int4)";
+	try {
+		bool ready = false;
+		std::string source;
+		DriftPass::Batch batch;
+		pg::Value last_user;
+		int64_t queued = 0;
+		const double started = Now();
+		const bool present = InTransaction("pg_fly: drift repair", [&](pg::SpiConnection &spi) {
+			// An older schema (before ALTER EXTENSION pg_fly UPDATE), or no subscription table attached. The
+			// table's identity, read in the batch's transaction: another table attached mid-pass starts it over.
+			auto rows = spi.Query("SELECT pg_catalog.to_regprocedure('fly._drift_missing_batch(uuid,integer)') "
+								  "IS NOT NULL, (SELECT s.table_name::pg_catalog.oid::pg_catalog.text "
+								  "OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) s.user_column "
+								  "OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) s.tier_column "
+								  "FROM fly.tier_source s)",
+								  {});
+			if (rows.at(0).at(0) != std::string("t") || !rows.at(0).at(1)) {
+				return;
+			}
+			ready = true;
+			source = *rows.at(0).at(1);
+			batch = drift_.Next(source);
+			auto result = spi.Query(batch.phase == DriftPass::Phase::kTable ? kTableBatch : kMissingBatch,
+									{batch.after, std::to_string(batch.size)});
+			last_user = result.at(0).at(0);
+			queued = pg::ToInt(result.at(0).at(1));
+		});
+		if (!present || !ready) {
+			drift_.End(Now()); // nothing to compare: looked at again an interval later
+			return;
+		}
+		if (drift_.Advance(batch, source, last_user, queued, Now() - started, Now()) && drift_.queued() > 0) {
+			Log("drift repair queued " + std::to_string(drift_.queued()) +
+				" user(s) whose subscription differs from pg_fly's records (see drift_repaired events)");
+		}
+	} catch (const std::exception &e) {
+		// What this pass queued stays queued; the next pass starts from the beginning.
+		drift_.End(Now());
+		Log(std::string("drift repair failed, tried again in fly.drift_check_interval: ") + e.what());
+	}
 }
 
 void
@@ -535,9 +559,6 @@ JobRunner::SleepMs() const {
 			wake.At(next_health_pass_, dispatch_from);
 		}
 		wake.At(next_rollout_pass_, dispatch_from);
-		if (settings::drift_check_interval_ms > 0 && extension_present_) {
-			wake.At(next_drift_pass_, dispatch_from);
-		}
 		if (!saturated) {
 			wake.At(next_queue_due_);
 		}
@@ -547,6 +568,12 @@ JobRunner::SleepMs() const {
 	}
 	if (WantsHealthProbe(now)) {
 		wake.At(next_probe_check_);
+	}
+	// Dispatch runs the drift pass's next batch at every pass of the loop, saturated or not.
+	if (drift_.InProgress()) {
+		wake.Now();
+	} else if (extension_present_) {
+		wake.At(drift_.NextDue());
 	}
 	if (!claims_released_ && extension_present_) {
 		// A claim a failed step left behind (its item was held by another transaction, which may just roll back,

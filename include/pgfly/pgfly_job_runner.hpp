@@ -23,6 +23,7 @@
 
 #include "pgfly/core/circuit_breaker.hpp"
 #include "pgfly/core/connection_budget.hpp"
+#include "pgfly/core/drift_pass.hpp"
 #include "pgfly/core/fly_client.hpp"
 #include "pgfly/core/image_rollout.hpp"
 #include "pgfly/core/rate_limiter.hpp"
@@ -46,7 +47,8 @@ public:
 	// (Re)reads the fly.* settings, the token and the secrets file; called at start and after SIGHUP.
 	void Configure();
 	// Claims due items while below fly.max_concurrency (or the lower concurrency the reserved file descriptors
-	// allow), while the breaker is closed, and starts them.
+	// allow), while the breaker is closed, and starts them; then runs one batch of the drift pass, when one is
+	// in progress or due.
 	void Dispatch();
 	// Serves the client's sockets and timers, turns each answer into the operation's next step, and sends the
 	// requests that the rate limiter and the breaker now allow.
@@ -56,7 +58,7 @@ public:
 
 	int EventFd() const;
 	// How long the worker may sleep: the client's timer, a pending request, the next due item, the breaker's
-	// probe time, or the poll interval.
+	// probe time, the next drift pass, or the poll interval; 0 while a drift pass is in progress.
 	long SleepMs() const;
 
 private:
@@ -101,6 +103,8 @@ private:
 	};
 
 	// pgfly_job_runner.cpp
+	// Dispatch's claims and passes (all but the drift pass).
+	void DispatchWork();
 	// How many operations may be started now: none while the breaker is open or the configuration is unusable.
 	int Capacity(double now) const;
 	// Runs `body` in a transaction of its own when pg_fly exists in this database; returns whether it does.
@@ -135,9 +139,10 @@ private:
 	// pgfly_orphan_runner.cpp
 	void StartOrphanPass();
 
-	// Drift repair (pgfly_job_runner.cpp): fly.check_drift()'s batches, each in a transaction of its own, so that
-	// the application's table is locked for one batch at a time. Returns how many users it queued.
-	int64_t RunDriftPass();
+	// Drift repair (pgfly_job_runner.cpp): one of fly.check_drift()'s batches, in a transaction of its own, per
+	// pass of the loop, so that the application's table is locked for one batch at a time and the loop serves
+	// everything else between two batches. drift_ remembers where the pass is.
+	void DriftStep();
 	void OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome);
 
 	// pgfly_rollout_runner.cpp: in a transaction of its own, moves the running rollout on and claims apps to
@@ -179,8 +184,8 @@ private:
 	double next_health_pass_ = 0;
 	// Image rollouts: when to look again, what was claimed in this pass, canaries being checked.
 	double next_rollout_pass_ = 0;
-	// When the next drift pass is due (0: at the first pass of the loop, i.e. at the worker's start).
-	double next_drift_pass_ = 0;
+	// The drift pass: in progress or not, its cursor, when the next one is due (the first at the worker's start).
+	DriftPass drift_;
 	std::vector<RolloutJob> rollout_claimed_;
 	std::vector<HealthJob> canaries_claimed_;
 	std::set<int64_t> canaries_checking_;

@@ -23,6 +23,9 @@ WakeSchedule::At(double at, double not_before) {
 
 long
 WakeSchedule::SleepMs() const {
+	if (now_ready_) {
+		return 0;
+	}
 	return static_cast<long>(std::ceil((wake_at_ - now_) * 1000.0 - 1e-6));
 }
 

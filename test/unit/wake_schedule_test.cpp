@@ -23,6 +23,14 @@ TEST(WakeSchedule, WakesAtTheEarliestFutureDeadline) {
 	EXPECT_EQ(wake.SleepMs(), 10); // the floor
 }
 
+TEST(WakeSchedule, WorkInProgressMeansNoSleep) {
+	// A drift pass in progress: its next batch runs at the next pass of the loop, without the floor's pause.
+	WakeSchedule wake(100, 10);
+	wake.At(105.0);
+	wake.Now();
+	EXPECT_EQ(wake.SleepMs(), 0);
+}
+
 TEST(WakeSchedule, APastDeadlineNeverMeansABusyLoop) {
 	WakeSchedule wake(100, 10);
 	wake.At(0.0);

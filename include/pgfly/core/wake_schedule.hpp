@@ -22,15 +22,22 @@ public:
 	// Something can change at `at`, but not before `not_before` (when what holds it back lets it go).
 	void At(double at, double not_before);
 
+	// Something is ready now and the loop makes progress on it at every pass (a drift pass in progress): no
+	// sleep at all, not even the floor. Never for a deadline that may already have passed.
+	void Now() {
+		now_ready_ = true;
+	}
+
 	double wake_at() const {
 		return wake_at_;
 	}
-	// Until the earliest deadline, in whole milliseconds rounded up, never less than the floor.
+	// Until the earliest deadline, in whole milliseconds rounded up, never less than the floor; 0 after Now().
 	long SleepMs() const;
 
 private:
 	double now_;
 	double wake_at_;
+	bool now_ready_ = false;
 };
 
 } // namespace pgfly
