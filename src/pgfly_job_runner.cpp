@@ -349,6 +349,8 @@ JobRunner::DriftStep() {
 			return;
 		}
 		drift_.Start();
+		drift_started_ = now;
+		pg::PgGuard([]() { elog(DEBUG1, "pg_fly worker: drift pass started"); });
 	}
 	// The table walk, then the users pg_fly keeps an app for that the table may have lost.
 	static const char *const kTableBatch =
@@ -386,9 +388,13 @@ JobRunner::DriftStep() {
 			drift_.End(Now()); // nothing to compare: looked at again an interval later
 			return;
 		}
-		if (drift_.Advance(batch, source, last_user, queued, Now() - started, Now()) && drift_.queued() > 0) {
-			Log("drift repair queued " + std::to_string(drift_.queued()) +
-				" user(s) whose subscription differs from pg_fly's records (see drift_repaired events)");
+		if (drift_.Advance(batch, source, last_user, queued, Now() - started, Now())) {
+			const double seconds = Now() - drift_started_;
+			pg::PgGuard([&]() { elog(DEBUG1, "pg_fly worker: drift pass ended after %.2f s", seconds); });
+			if (drift_.queued() > 0) {
+				Log("drift repair queued " + std::to_string(drift_.queued()) +
+					" user(s) whose subscription differs from pg_fly's records (see drift_repaired events)");
+			}
 		}
 	} catch (const std::exception &e) {
 		// What this pass queued stays queued; the next pass starts from the beginning.

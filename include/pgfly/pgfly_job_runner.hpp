@@ -186,6 +186,7 @@ private:
 	double next_rollout_pass_ = 0;
 	// The drift pass: in progress or not, its cursor, when the next one is due (the first at the worker's start).
 	DriftPass drift_;
+	double drift_started_ = 0;
 	std::vector<RolloutJob> rollout_claimed_;
 	std::vector<HealthJob> canaries_claimed_;
 	std::set<int64_t> canaries_checking_;

@@ -130,5 +130,50 @@ class WorkerDriftPassTest(DriftTestCase):
         self.assert_as_table_says()
 
 
+class LongPassTest(DriftTestCase):
+    """A pass over a large table runs one batch per pass of the worker's loop: a tier change made meanwhile is
+    provisioned about as fast as without a pass (the old worker ran the whole pass in one go and made it wait
+    until the pass ended), and the pass still finds every difference."""
+    CONSISTENT = 300000  # free users the worker has nothing to do for: the walk before the drifting ones
+    DRIFTING = 50000     # paid users added behind the trigger's back, at the end of the user id order
+    BOUND = 3.0          # seconds: generous; the old worker made the change wait for the whole pass (~10 s here)
+
+    def provision_latency(self, user):
+        started = time.monotonic()
+        self.pg.sql(f"UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '{user}'")
+        self.assertTrue(self.pg.wait_for(f"SELECT EXISTS (SELECT 1 FROM fly.user_fly_apps WHERE user_id = '{user}' "
+                                         "AND status = 'active')", 120, interval=0.02))
+        return time.monotonic() - started
+
+    def test_tier_change_served_during_a_long_pass(self):
+        self.behind_the_trigger(
+            f"INSERT INTO user_subscriptions SELECT lpad(to_hex(n), 32, '0')::uuid, 'free' "
+            f"FROM generate_series(1, {self.CONSISTENT}) n; "
+            f"INSERT INTO user_subscriptions SELECT ('ffff0000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, "
+            f"'pro' FROM generate_series(1, {self.DRIFTING}) n")
+        self.pg.sql("ANALYZE user_subscriptions")
+        without_pass = self.provision_latency("00000000-0000-0000-0000-000000000001")
+        # Passes on (none ran yet: the first starts at once), one per hour: this one only.
+        log_from = len(self.pg.server_log())
+        self.pg.sql("ALTER SYSTEM SET fly.drift_check_interval = '1h'")
+        self.pg.reload()
+        deadline = time.monotonic() + 30
+        while "drift pass started" not in self.pg.server_log()[log_from:]:
+            self.assertLess(time.monotonic(), deadline, "the drift pass did not start")
+            time.sleep(0.01)
+        time.sleep(0.2)
+        during_pass = self.provision_latency("00000000-0000-0000-0000-000000000002")
+        print(f"\nprovisioning latency: {without_pass:.2f} s without a pass, {during_pass:.2f} s during one",
+              file=sys.stderr)
+        self.assertLess(during_pass, max(self.BOUND, 3 * without_pass))
+        self.assertNotIn("drift pass ended", self.pg.server_log()[log_from:], "the pass ended too soon to tell")
+        deadline = time.monotonic() + 300
+        while "drift pass ended" not in self.pg.server_log()[log_from:]:
+            self.assertLess(time.monotonic(), deadline, "the drift pass did not end")
+            time.sleep(0.1)
+        self.assertIn(f"drift repair queued {self.DRIFTING} user(s)", self.pg.server_log()[log_from:])
+        self.assertEqual(self.check_drift(), 0)
+
+
 if __name__ == "__main__":
     unittest.main()
