@@ -9,7 +9,7 @@
 // functions, never through a cast. The owner's code then runs with the owner's rights only.
 //
 // Postgres-regime code: no C++ objects, errors by ereport (as in PgFlyWorkerMain), so no longjmp skips a
-// destructor.
+// destructor. (IsUuidText, from the core, takes a std::string_view: nothing to destroy, and it cannot throw.)
 #include "pgfly/pg/postgres.hpp"
 
 #include "pgfly/core/sql_text.hpp"

@@ -677,8 +677,9 @@ END $$;
 REVOKE ALL ON FUNCTION fly._drift_missing_batch(uuid, integer) FROM PUBLIC;
 
 -- Compares every user's subscription with what pg_fly recorded and queues each difference; returns how many
--- users it queued. The worker runs the same batches, each in a transaction of its own, at start and every
--- fly.drift_check_interval; this function runs them all in the caller's transaction.
+-- users it queued. The worker runs the same batches, each in a transaction of its own and one per pass of its
+-- loop (JobRunner::DriftStep), at start and a fly.drift_check_interval after each pass ends; this function runs
+-- them all in the caller's transaction.
 CREATE FUNCTION fly.check_drift() RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
