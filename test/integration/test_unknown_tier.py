@@ -92,7 +92,7 @@ class UnknownTierTest(ProvisioningTestCase):
         # The tier's policy cannot go while the app uses it.
         result = self.pg.psql("DELETE FROM fly.tier_policies WHERE tier = 'team'", check=False)
         self.assertNotEqual(result.returncode, 0)
-        self.assertIn('cannot delete the policy of tier "team": 1 live app(s) use it', result.stderr)
+        self.assertIn('cannot delete the policy of tier "team": 1 live app(s) and 0 queued provision(s) use it', result.stderr)
 
 
 if __name__ == "__main__":
