@@ -132,6 +132,13 @@ SELECT * FROM waits();
 -- policy and provision nothing.
 DELETE FROM fly.tier_policies WHERE tier = 'squad';
 UPDATE fly.tier_policies SET tier = 'squad2' WHERE tier = 'squad';
+-- A NULL tier grants no app, as a tier without one does: the queued provision turns into a teardown, with no wait
+-- and no alert.
+SELECT count(*) AS alerts FROM fly.user_fly_app_events WHERE event_type = 'alert_raised' \gset
+UPDATE spelled_accounts SET plan_name = NULL WHERE account_owner = 'Ab333333-3333-4333-8333-333333333333';
+SELECT q.desired, q.tier FROM fly.reconcile_queue q WHERE q.user_id = 'ab333333-3333-4333-8333-333333333333';
+SELECT count(*) AS waits FROM fly.tier_waits WHERE user_id = 'Ab333333-3333-4333-8333-333333333333';
+SELECT count(*) - :alerts AS new_alerts FROM fly.user_fly_app_events WHERE event_type = 'alert_raised';
 TRUNCATE fly.reconcile_queue;
 DELETE FROM fly.tier_policies WHERE tier = 'squad';
 SELECT fly.attach_tier_trigger();

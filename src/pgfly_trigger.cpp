@@ -316,6 +316,9 @@ namespace sqlstate = pgfly::sqlstate;
 // fly._as_uuid(text): the uuid a subscription's user id names, by the rules the trigger uses (IsUuidText: what
 // uuid_in reads), or NULL for anything else; it never raises. pg_fly's SQL asks it, never a pattern of its own.
 PGFLY_SQL_FUNCTION(_as_uuid) {
+	if (PG_ARGISNULL(0)) {
+		PG_RETURN_NULL();
+	}
 	char *cstring = pgfly::pg::PgGuardResult([&]() { return text_to_cstring(PG_GETARG_TEXT_PP(0)); });
 	const bool is_uuid = pgfly::IsUuidText(cstring);
 	if (!is_uuid) {
