@@ -74,6 +74,10 @@ SELECT * FROM queue();
 -- An old tier that has left the policy table does not block changes away from it.
 INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) VALUES ('legacy', true, 'shared', 1, 256);
 UPDATE user_subscriptions SET tier = 'legacy' WHERE user_id = '11111111-1111-4111-8111-111111111111';
+-- While a provision of the tier is queued its policy stays: the worker would find none and provision nothing.
+DELETE FROM fly.tier_policies WHERE tier = 'legacy';
+UPDATE fly.tier_policies SET tier = 'legacy2' WHERE tier = 'legacy';
+DELETE FROM fly.reconcile_queue WHERE tier = 'legacy';
 DELETE FROM fly.tier_policies WHERE tier = 'legacy';
 UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '11111111-1111-4111-8111-111111111111';
 SELECT * FROM queue();

@@ -6,7 +6,9 @@ extern "C" {
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "commands/trigger.h"
+#include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/uuid.h"
 }
 
 #include <cstring>
@@ -80,6 +82,17 @@ TierForMessage(const std::string &tier) {
 	return quoted == "\"" + tier + "\"" ? tier : quoted;
 }
 
+// The tier as fly.tier_waits keeps it: as it is up to kMaxQuotedValueBytes (so that a policy's INSERT finds its
+// waiting users), a longer one quoted and shortened, so that an application writing megabytes of distinct tiers
+// cannot grow the table beyond a short row per user.
+pg::Value
+WaitTier(const pg::Value &tier) {
+	if (!tier || tier->size() <= kMaxQuotedValueBytes) {
+		return tier;
+	}
+	return QuoteForMessage(*tier);
+}
+
 // Whether fly.tier_waits exists: not before ALTER EXTENSION pg_fly UPDATE has brought the schema to 0.3.0, and the
 // library must keep serving the older one, with its errors. A catalog cache lookup, not a query.
 bool
@@ -91,10 +104,9 @@ TierWaitsExist() {
 }
 
 // The tier's policy and, in the same query (the common path gets no extra one), whether `user_id` waits in
-// fly.tier_waits. A NULL `user_id` asks nothing about waits (and fly.tier_waits need not exist). `fresh` reads with a
-// new snapshot (what committed since the application's statement began) instead of the statement's.
+// fly.tier_waits. A NULL `user_id` asks nothing about waits (and fly.tier_waits need not exist).
 TierPolicy
-LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &user_id, bool fresh = false) {
+LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &user_id) {
 	TierPolicy policy;
 	if (!tier) {
 		// A subscription without a tier grants no app.
@@ -117,7 +129,7 @@ LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &use
 		"CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
 		"COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END, false "
 		"FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
-	auto rows = user_id ? spi.Query(kPolicy, {tier, WaitKey(user_id)}, !fresh) : spi.Query(kPolicyOnly, {tier}, !fresh);
+	auto rows = user_id ? spi.Query(kPolicy, {tier, WaitKey(user_id)}, true) : spi.Query(kPolicyOnly, {tier}, true);
 	if (rows.empty()) {
 		return policy;
 	}
@@ -204,7 +216,7 @@ SettleWait(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy 
 			"ON CONFLICT (user_id) DO UPDATE SET tier = excluded.tier, reason = excluded.reason, since = "
 			"pg_catalog.now() WHERE w.tier IS DISTINCT FROM excluded.tier "
 			"OR w.reason OPERATOR(pg_catalog.<>) excluded.reason RETURNING w.id";
-		auto rows = spi.Query(kRecord, {WaitKey(row.user_id), row.tier, std::string(ProblemKind(problem))});
+		auto rows = spi.Query(kRecord, {WaitKey(row.user_id), WaitTier(row.tier), std::string(ProblemKind(problem))});
 		if (rows.empty()) {
 			return; // waiting already, for this tier and reason: alerted then
 		}
@@ -301,6 +313,25 @@ FiresOnTierSource(pg::SpiConnection &spi, const Trigger *trigger, Oid relid, con
 using pgfly::SqlError;
 namespace sqlstate = pgfly::sqlstate;
 
+// fly._as_uuid(text): the uuid a subscription's user id names, by the rules the trigger uses (IsUuidText: what
+// uuid_in reads), or NULL for anything else; it never raises. pg_fly's SQL asks it, never a pattern of its own.
+PGFLY_SQL_FUNCTION(_as_uuid) {
+	if (PG_ARGISNULL(0)) {
+		PG_RETURN_NULL();
+	}
+	char *cstring = pgfly::pg::PgGuardResult([&]() { return text_to_cstring(PG_GETARG_TEXT_PP(0)); });
+	const bool is_uuid = pgfly::IsUuidText(cstring);
+	if (!is_uuid) {
+		pgfly::pg::PgGuard([&]() { pfree(cstring); });
+		PG_RETURN_NULL();
+	}
+	return pgfly::pg::PgGuardResult([&]() {
+		Datum uuid = DirectFunctionCall1(uuid_in, CStringGetDatum(cstring));
+		pfree(cstring);
+		return uuid;
+	});
+}
+
 PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	if (!CALLED_AS_TRIGGER(fcinfo)) {
 		throw SqlError("39P01", "on_user_tier_change() must be called as a trigger");
@@ -360,10 +391,9 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 			if (strict) {
 				pgfly::ThrowUnknownTier(*new_row.tier, new_row.user_id);
 			}
-			// A policy being added right now locks fly.tier_waits until it commits, and queues who waits when it
-			// runs: once this lock is ours, that policy has committed (and is seen) or has not yet read the waits.
-			spi.Query("LOCK TABLE fly.tier_waits IN ROW EXCLUSIVE MODE", {});
-			new_policy = pgfly::LookUpPolicy(spi, new_row.tier, new_row.user_id, true);
+			// No lock and no second look: the application's write never waits for pg_fly. A policy committing
+			// while this statement runs may miss the wait recorded here; fly.needs_attention then hides it (the
+			// tier has a policy), and the drift pass provisions the user (see the README).
 		}
 	} else {
 		new_policy.known = true; // row deleted: no app

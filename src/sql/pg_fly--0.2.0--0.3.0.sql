@@ -392,35 +392,57 @@ COMMENT ON TABLE fly.tier_waits IS
 SELECT pg_catalog.pg_extension_config_dump('fly.tier_waits', '');
 SELECT pg_catalog.pg_extension_config_dump('fly.tier_waits_id_seq', '');
 
--- What an operator has to fix: the waits, with the reason in words.
+-- Whether a subscription's user id is a uuid, and which: the trigger's own rule (what uuid_in reads: braces, any
+-- case, a dash after any group of four digits), NULL for anything else, never an error. All of pg_fly's SQL that
+-- decides "is a uuid" asks this.
+-- Not STRICT: the planner would fold a call with a NULL constant without checking EXECUTE.
+CREATE FUNCTION fly._as_uuid(user_id text) RETURNS uuid
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_as_uuid';
+REVOKE ALL ON FUNCTION fly._as_uuid(text) FROM PUBLIC;
+
+-- What an operator has to fix: the waits, with the reason in words, judged by the policies as they are now. The
+-- subscription trigger never waits for a policy's transaction, so a policy committed while a tier change ran can
+-- leave a wait behind that no longer applies (the drift pass provisions that user); it is not shown, and goes at
+-- the user's next tier change. A key is a uuid as the trigger found it (fly._as_uuid), or a quoted id otherwise:
+-- the view reads that from the key, so that a role granted the view needs no function grant.
 CREATE VIEW fly.needs_attention AS
-SELECT w.user_id, w.tier, w.reason,
-       CASE w.reason
+SELECT w.user_id, w.tier, r.reason,
+       CASE r.reason
            WHEN 'unknown_tier' THEN pg_catalog.format('tier %L has no policy in fly.tier_policies', w.tier)
            WHEN 'invalid_user_id'
                THEN pg_catalog.format('user id is not a uuid; tier %L grants a dedicated app', w.tier)
        END AS detail,
        w.since, pg_catalog.now() OPERATOR(pg_catalog.-) w.since AS waiting_for, w.id AS wait_id
-  FROM fly.tier_waits w;
+  FROM fly.tier_waits w
+  LEFT JOIN fly.tier_policies p ON p.tier OPERATOR(pg_catalog.=) w.tier
+ CROSS JOIN LATERAL (SELECT CASE WHEN p.tier IS NULL THEN 'unknown_tier'
+                                 WHEN p.dedicated_app AND w.user_id LIKE '"%' THEN 'invalid_user_id'
+                            END AS reason) r
+ WHERE r.reason IS NOT NULL;
 COMMENT ON VIEW fly.needs_attention IS
     'Users pg_fly is waiting on an operator for: a tier without a policy, or a user id that is not a uuid';
 
--- A policy that live apps use cannot be deleted or renamed: their users would keep an app no policy describes.
+-- A policy that live apps use, or that users are queued to get an app of, cannot be deleted or renamed: their users
+-- would keep an app no policy describes, or the worker would find no policy and silently provision nothing.
 CREATE FUNCTION fly._tier_policy_in_use() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     live bigint;
+    queued bigint;
 BEGIN
     IF TG_OP = 'UPDATE' AND NEW.tier = OLD.tier THEN
         RETURN NEW;
     END IF;
     SELECT count(*) INTO live FROM fly.user_fly_apps a WHERE a.tier = OLD.tier AND a.deleted_at IS NULL;
-    IF live > 0 THEN
-        RAISE EXCEPTION 'cannot % the policy of tier "%": % live app(s) use it',
-                        CASE TG_OP WHEN 'DELETE' THEN 'delete' ELSE 'rename' END, OLD.tier, live
+    SELECT count(*) INTO queued FROM fly.reconcile_queue q WHERE q.tier = OLD.tier AND q.desired = 'present';
+    IF live > 0 OR queued > 0 THEN
+        RAISE EXCEPTION 'cannot % the policy of tier "%": % live app(s) and % queued provision(s) use it',
+                        CASE TG_OP WHEN 'DELETE' THEN 'delete' ELSE 'rename' END, OLD.tier, live, queued
             USING ERRCODE = 'dependent_objects_still_exist',
                   HINT = 'Move those users to another tier first (SELECT user_id FROM fly.live_apps WHERE tier = '
-                         || quote_literal(OLD.tier) || '), or set dedicated_app = false to deprovision them.';
+                         || quote_literal(OLD.tier) || ' UNION SELECT user_id FROM fly.reconcile_queue WHERE tier = '
+                         || quote_literal(OLD.tier)
+                         || '), or set dedicated_app = false to deprovision them.';
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
@@ -438,28 +460,27 @@ CREATE TRIGGER tier_policy_in_use BEFORE DELETE OR UPDATE OF tier ON fly.tier_po
 CREATE FUNCTION fly._tier_policy_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
-    uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
     default_region constant text := current_setting('fly.default_region', true);
 BEGIN
     IF TG_OP = 'INSERT' OR NEW.tier <> OLD.tier THEN
-        -- A subscription trigger that found no policy waits for this lock before it records a wait, and looks
-        -- the policy up again once it has it: no wait is recorded after this reads them and before it commits.
-        LOCK TABLE fly.tier_waits IN SHARE ROW EXCLUSIVE MODE;
+        -- The users waiting for the tier, as far as this statement sees them. No lock: the application's write
+        -- never waits for a policy's transaction. A wait recorded by a tier change that began before this policy
+        -- committed, and committed after this read the waits, is left behind: fly.needs_attention hides it and
+        -- the drift pass provisions the user.
         -- A tier without an app: only a user who still has one (from the tier before) needs work.
-        PERFORM fly._enqueue_reconcile(w.user_id::uuid, CASE WHEN NEW.dedicated_app THEN 'present' ELSE 'absent' END,
+        PERFORM fly._enqueue_reconcile(w.uid, CASE WHEN NEW.dedicated_app THEN 'present' ELSE 'absent' END,
                                        NEW.tier, 'policy_added')
-           FROM fly.tier_waits w
-          WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id ~* uuid_pattern
+           FROM (SELECT fly._as_uuid(w.user_id) AS uid, w.since FROM fly.tier_waits w
+                  WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier') w
+          WHERE w.uid IS NOT NULL
             AND (NEW.dedicated_app
-                 OR EXISTS (SELECT 1 FROM fly.user_fly_apps a
-                             WHERE a.user_id = w.user_id::uuid AND a.deleted_at IS NULL)
-                 OR EXISTS (SELECT 1 FROM fly.reconcile_queue q
-                             WHERE q.user_id = w.user_id::uuid AND q.desired = 'present'))
+                 OR EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = w.uid AND a.deleted_at IS NULL)
+                 OR EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = w.uid AND q.desired = 'present'))
           ORDER BY w.since;
         -- A paid tier's user id pg_fly cannot use waits on, now for a reason the policy cannot fix.
         UPDATE fly.tier_waits w SET reason = 'invalid_user_id', since = now()
-         WHERE NEW.dedicated_app AND w.tier = NEW.tier AND w.reason = 'unknown_tier' AND w.user_id !~* uuid_pattern;
+         WHERE NEW.dedicated_app AND w.tier = NEW.tier AND w.reason = 'unknown_tier'
+           AND fly._as_uuid(w.user_id) IS NULL;
         DELETE FROM fly.tier_waits w WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier';
         -- Not a policy being added: the upsert trigger turns the INSERT of an existing tier into this UPDATE.
         IF TG_OP = 'INSERT' THEN

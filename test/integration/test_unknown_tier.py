@@ -3,12 +3,14 @@ does not fail the application's UPDATE. The user waits (fly.needs_attention), on
 and inserting the policy provisions the app on the simulator, once. A policy's guest change resizes live apps."""
 
 import os
+import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_failures import Listener, fly_requests  # noqa: E402
+from harness import PG_BIN  # noqa: E402
 from test_provisioning import USER, ProvisioningTestCase, app_name  # noqa: E402
 
 
@@ -92,7 +94,45 @@ class UnknownTierTest(ProvisioningTestCase):
         # The tier's policy cannot go while the app uses it.
         result = self.pg.psql("DELETE FROM fly.tier_policies WHERE tier = 'team'", check=False)
         self.assertNotEqual(result.returncode, 0)
-        self.assertIn('cannot delete the policy of tier "team": 1 live app(s) use it', result.stderr)
+        self.assertIn('cannot delete the policy of tier "team": 1 live app(s) and 0 queued provision(s) use it', result.stderr)
+
+    def test_policy_transaction_never_blocks_the_application_and_drift_provisions_the_user_it_missed(self):
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'free')")
+        # An operator's transaction adds the policy and stays open for 3 s.
+        command = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.pg.workdir,
+                   "-p", str(self.pg.port), "-U", "postgres", "-d", self.pg.database, "-c",
+                   "BEGIN; INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) "
+                   "VALUES ('team', true, 'shared', 1, 256); SELECT pg_sleep(3); COMMIT;"]
+        admin = subprocess.Popen(command, cwd=self.pg.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, user="postgres" if os.geteuid() == 0 else None)
+        time.sleep(1)
+        # The application, which gives up on any lock wait, changes the user to the tier meanwhile: no wait.
+        started = time.monotonic()
+        self.pg.sql(f"SET lock_timeout = '200ms'; UPDATE user_subscriptions SET tier = 'team' WHERE user_id = '{USER}'")
+        self.assertLess(time.monotonic() - started, 1.0)
+        _, errors = admin.communicate(timeout=30)
+        self.assertEqual(admin.returncode, 0, errors)
+        # Neither saw the other: the wait is left behind, not shown, and nothing is queued.
+        self.assertEqual(self.pg.sql("SELECT user_id, reason FROM fly.tier_waits"), [[USER, "unknown_tier"]])
+        self.assertEqual(self.pg.sql("SELECT * FROM fly.needs_attention"), [])
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        # The worker's drift pass provisions the user, once.
+        self.pg.sql("ALTER SYSTEM SET fly.drift_check_interval = '1h'")
+        self.pg.reload()
+        try:
+            self.settle()
+            deadline = time.monotonic() + 30
+            while self.pg.value(f"SELECT count(*) FROM fly.user_fly_apps WHERE user_id = '{USER}' "
+                                "AND status = 'active'") != "1" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                self.settle()
+        finally:
+            self.pg.sql("ALTER SYSTEM RESET fly.drift_check_interval")
+            self.pg.reload()
+        self.assertEqual(self.pg.sql(f"SELECT status, tier FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
+                         [["active", "team"]])
+        creates = [r["endpoint"] for r in fly_requests(self.sim) if r["endpoint"].startswith("create_")]
+        self.assertEqual(creates, ["create_app", "create_machine"])
 
 
 if __name__ == "__main__":
