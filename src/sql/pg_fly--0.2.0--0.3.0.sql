@@ -549,6 +549,23 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION fly._drift_batch_size(integer) FROM PUBLIC;
 
+-- Drift repair confirms each decision against a fresh read of the user's rows: a transaction snapshot (REPEATABLE
+-- READ, SERIALIZABLE) would hide a tier change committed meanwhile.
+CREATE FUNCTION fly._drift_require_read_committed() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'fly.check_drift() runs only at the READ COMMITTED isolation level'
+            USING ERRCODE = 'invalid_transaction_state',
+                  DETAIL = format('The transaction is %s: it would not see a tier change committed while it runs, '
+                                  'and could queue a decision that change made stale.',
+                                  upper(current_setting('transaction_isolation'))),
+                  HINT = 'Call it outside an explicit transaction, or in one started with BEGIN ISOLATION LEVEL '
+                         'READ COMMITTED.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION fly._drift_require_read_committed() FROM PUBLIC;
+
 -- Queues the differences a batch found (`diffs`: a jsonb array of the comparison's rows), each only if it still
 -- holds. Each is queued (fly._drift_repair: only if the user's queue item and live app are still those compared,
 -- waiting for a transaction that is changing them); then, in a statement of its own (under READ COMMITTED a
@@ -570,15 +587,7 @@ BEGIN
     IF diffs IS NULL OR jsonb_array_length(diffs) = 0 THEN
         RETURN 0;
     END IF;
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'pg_fly''s drift repair runs only at the READ COMMITTED isolation level'
-            USING ERRCODE = 'invalid_transaction_state',
-                  DETAIL = format('The transaction is %s: it would not see a tier change committed while it runs, '
-                                  'and could queue a decision that change made stale.',
-                                  upper(current_setting('transaction_isolation'))),
-                  HINT = 'Call fly.check_drift() outside an explicit transaction, or in one started with '
-                         'BEGIN ISOLATION LEVEL READ COMMITTED.';
-    END IF;
+    PERFORM fly._drift_require_read_committed();
     src := fly._tier_source();
     LOOP
         BEGIN
@@ -771,15 +780,7 @@ DECLARE
 BEGIN
     PERFORM fly._refuse_in_restricted_operation();
     PERFORM fly._tier_source();  -- an error that says how to attach a table, when none is
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'fly.check_drift() runs only at the READ COMMITTED isolation level'
-            USING ERRCODE = 'invalid_transaction_state',
-                  DETAIL = format('The transaction is %s: it would not see a tier change committed while it runs, '
-                                  'and could queue a decision that change made stale.',
-                                  upper(current_setting('transaction_isolation'))),
-                  HINT = 'Call it outside an explicit transaction, or in one started with BEGIN ISOLATION LEVEL '
-                         'READ COMMITTED.';
-    END IF;
+    PERFORM fly._drift_require_read_committed();
     LOOP
         SELECT * INTO r FROM fly._drift_table_batch(after_text, batch);
         total := total + r.queued;
