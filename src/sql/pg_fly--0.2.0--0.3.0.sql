@@ -506,7 +506,7 @@ RETURNS TABLE (user_id text, tier text, uid uuid)
     LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_rows_of' ROWS 5000;
 -- Whether the user column has a btree index in every member: without one, every batch is a full read.
 CREATE FUNCTION fly._subscription_user_indexed(tbl regclass, user_column name) RETURNS boolean
-    LANGUAGE c STRICT AS 'MODULE_PATHNAME', '_subscription_user_indexed';
+    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_user_indexed';
 CREATE FUNCTION fly._enqueue_if_unchanged(user_id uuid, desired text, tier text, reason text,
                                           seen_generation bigint, seen_enqueued_at timestamptz, seen_app_id bigint)
 RETURNS boolean
