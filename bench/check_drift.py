@@ -2,7 +2,10 @@
 the strongest lock it takes on the application's table (sampled from pg_locks by another session while it runs).
 Target: under 5 s for 100,000 subscriptions; never more than ACCESS SHARE on the table.
 
-    sudo python3 bench/check_drift.py [--users 100000] [--paid-share 0.2]
+    sudo python3 bench/check_drift.py [--users 100000] [--paid-share 0.2] [--text] [--no-index]
+
+--text makes the user id column text (the ids spelled as uuid_out does); --no-index drops the primary key, so
+that every batch is a full read of the table (batches are then 100,000 users).
 
 Each run is rolled back, so every run sees the same database and the worker has nothing to do.
 """
@@ -43,14 +46,20 @@ def timed_check(pg):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--users", type=int, default=100000)
+    parser.add_argument("--rows", "--users", dest="users", type=int, default=100000)
     parser.add_argument("--paid-share", type=float, default=0.2)
+    parser.add_argument("--text", action="store_true", help="a text user id column")
+    parser.add_argument("--no-index", action="store_true", help="no index on the user id column")
     args = parser.parse_args()
     sim = Simulator()
     pg = Cluster(sim.url, {"fly.drift_check_interval": "0"})
     try:
         print_machine(pg)
         pg.sql(SUBSCRIPTIONS_DDL)
+        if args.text:
+            pg.sql("ALTER TABLE user_subscriptions ALTER COLUMN user_id TYPE text")
+        if args.no_index:
+            pg.sql("ALTER TABLE user_subscriptions DROP CONSTRAINT user_subscriptions_pkey")
         pg.sql("SELECT fly.attach_tier_trigger()")
         paid_every = max(1, round(1 / args.paid_share))
         rows = [(user_uuid(n), "pro" if n % paid_every == 0 else "free") for n in range(1, args.users + 1)]
@@ -59,10 +68,12 @@ def main():
         # pg_fly's records as the worker leaves them: one active app per paid user, nothing queued.
         pg.sql("INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, "
                "memory_mb, status) SELECT s.user_id, s.tier, 'bench-' || replace(s.user_id::text, '-', ''), "
-               "'personal', 'sjc', 'shared', 1, 256, 'active' FROM user_subscriptions s WHERE s.tier = 'pro'")
+               "'personal', 'sjc', 'shared', 1, 256, 'active' FROM user_subscriptions s WHERE s.tier = 'pro'"
+               .replace("SELECT s.user_id,", "SELECT s.user_id::uuid,"))
         pg.sql("TRUNCATE fly.reconcile_queue; ANALYZE user_subscriptions; ANALYZE fly.user_fly_apps")
         paid = int(pg.value("SELECT count(*) FROM fly.user_fly_apps"))
-        print(f"{args.users} subscriptions, {paid} live apps", flush=True)
+        print(f"{args.users} subscriptions, {paid} live apps, user id {'text' if args.text else 'uuid'}, "
+              f"{'no index' if args.no_index else 'primary key'}", flush=True)
 
         results = []
         seconds, queued, lock = timed_check(pg)

@@ -56,7 +56,8 @@ SELECT fly.check_drift() AS queued_for_unknown_tier;
 
 -- Batches: a user id column of type text, more rows than one batch reads, ids in several forms.
 SELECT fly.detach_tier_trigger();
-CREATE TABLE drift_text_subs (user_id text, tier text);
+-- Collation "C": 'D…' and 'd…' spellings of one uuid sort far apart, into different batches.
+CREATE TABLE drift_text_subs (user_id text COLLATE "C", tier text);
 SELECT fly.attach_tier_trigger('drift_text_subs');
 SET session_replication_role = replica;
 INSERT INTO drift_text_subs
@@ -70,6 +71,68 @@ VALUES ('d3000000-0000-4000-8000-000000000001', 'pro', 'drift-upper', 'personal'
 SELECT fly.check_drift() AS queued;
 SELECT desired, count(*) FROM fly.reconcile_queue GROUP BY desired ORDER BY desired;
 SELECT fly.check_drift() AS queued_again;
+
+-- Every spelling of a uuid the trigger accepts (IsUuidText, as uuid_in): braces, mixed case, a dash after every
+-- four digits. Those users keep their apps; a row with an unbalanced brace is no uuid and stops nothing. One user
+-- has two rows in two spellings, in two batches: it is decided by both rows (the paid one), not batch by batch.
+SET session_replication_role = replica;
+UPDATE drift_text_subs SET tier = 'free';
+INSERT INTO drift_text_subs VALUES
+    ('{d5000000-0000-4000-8000-000000000001}', 'pro'),
+    ('Da500000-0000-4000-8000-00000000000B', 'pro'),
+    ('d500-0000-0000-4000-8000-0000-0000-0003', 'pro'),
+    ('{d5000000-0000-4000-8000-000000000004', 'pro'),
+    ('D5000000-0000-4000-8000-000000000005', 'free'),
+    ('d5000000-0000-4000-8000-000000000005', 'pro'),
+    ('d5000000-0000-4000-8000-000000000006', 'free');
+RESET session_replication_role;
+TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.user_fly_apps CASCADE;
+INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
+SELECT u::uuid, 'pro', 'drift-' || n, 'personal', 'ams', 'shared', 1, 256, 'active'
+  FROM unnest(ARRAY['d5000000-0000-4000-8000-000000000001', 'da500000-0000-4000-8000-00000000000b',
+                    'd5000000-0000-4000-8000-000000000003', 'd5000000-0000-4000-8000-000000000005'])
+       WITH ORDINALITY AS a(u, n);
+SELECT user_id, tier, uid FROM fly._subscription_batch('drift_text_subs', 'user_id', 'tier', NULL, 100000)
+ WHERE user_id NOT LIKE 'd2%' ORDER BY user_id;
+SELECT fly.check_drift() AS queued_for_spellings;
+SELECT fly._subscription_user_indexed('drift_text_subs', 'user_id') AS indexed;
+-- With an index the table is asked for the common spellings first, the others in one full read.
+CREATE INDEX drift_text_subs_user ON drift_text_subs (user_id);
+SELECT fly._subscription_user_indexed('drift_text_subs', 'user_id') AS indexed;
+SELECT fly.check_drift() AS queued_for_spellings_indexed;
+SELECT user_id, tier FROM fly._subscription_rows_of('drift_text_subs', 'user_id', 'tier',
+    ARRAY['d5000000-0000-4000-8000-000000000001', 'da500000-0000-4000-8000-00000000000b',
+          'd5000000-0000-4000-8000-000000000003', 'd5000000-0000-4000-8000-000000000005']::uuid[])
+ ORDER BY user_id;
+-- Rows gone behind the trigger's back, in any spelling, and a NULL tier (no app, as the trigger has it): torn down.
+SET session_replication_role = replica;
+DELETE FROM drift_text_subs WHERE user_id IN ('{d5000000-0000-4000-8000-000000000001}',
+                                              'd500-0000-0000-4000-8000-0000-0000-0003');
+UPDATE drift_text_subs SET tier = NULL WHERE user_id = 'Da500000-0000-4000-8000-00000000000B';
+RESET session_replication_role;
+SELECT fly.check_drift() AS queued;
+SELECT user_id, desired, tier, reason FROM fly.reconcile_queue ORDER BY user_id;
+SELECT fly.check_drift() AS queued_again;
+
+-- The queue item compared is matched exactly whatever the caller's DateStyle and TimeZone (an abbreviation such as
+-- IST does not read back as the same instant).
+TRUNCATE fly.reconcile_queue, fly.user_fly_app_events;
+DELETE FROM fly.user_fly_apps WHERE user_id <> 'd5000000-0000-4000-8000-000000000005';
+INSERT INTO fly.reconcile_queue (user_id, desired, tier, reason)
+VALUES ('d5000000-0000-4000-8000-000000000006', 'present', 'pro', 'tier_change');
+SET DateStyle = 'SQL, DMY';
+SET TimeZone = 'Asia/Kolkata';
+SELECT fly.check_drift() AS queued_in_sql_dmy_kolkata;
+RESET DateStyle;
+RESET TimeZone;
+SELECT user_id, desired, tier, reason, generation FROM fly.reconcile_queue ORDER BY user_id;
+DROP INDEX drift_text_subs_user;
+
+-- 0 (off) or at least a second.
+ALTER SYSTEM SET fly.drift_check_interval = '500ms';
+ALTER SYSTEM SET fly.drift_check_interval = '1s';
+ALTER SYSTEM RESET fly.drift_check_interval;
 
 -- The batch reader reads the table as its owner and is pg_fly's own.
 CREATE ROLE drift_operator;

@@ -105,6 +105,17 @@ CheckProxy(char **newval, void **, GucSource) noexcept {
 	return CheckUrl("fly.http_proxy", *newval, true, fly::ProxyUrlProblem);
 }
 
+// 0 (off) or at least a second: each pass reads the whole subscription table.
+bool
+CheckDriftInterval(int *newval, void **, GucSource) noexcept {
+	if (*newval > 0 && *newval < 1000) {
+		GUC_check_errdetail("fly.drift_check_interval is 0 (off) or at least 1s: each pass reads the whole "
+							"subscription table.");
+		return false;
+	}
+	return true;
+}
+
 bool
 CheckSlug(char **newval, void **, GucSource) noexcept {
 	if (!IsSlug(*newval) || (*newval)[0] == '\0') {
@@ -245,9 +256,10 @@ Define() {
 	                        nullptr, nullptr);
 	DefineCustomIntVariable("fly.drift_check_interval",
 	                        "How often the worker compares the subscription table with pg_fly's records.",
-	                        "It also runs at the worker's start; 0 turns it off (fly.check_drift() runs it on demand).",
+	                        "It also runs at the worker's start; 0 turns it off (fly.check_drift() runs it on demand), "
+	                        "else at least 1s.",
 	                        &drift_check_interval_ms, 900000, 0, 7 * 24 * 3600 * 1000, PGC_SIGHUP,
-	                        GUC_UNIT_MS | GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	                        GUC_UNIT_MS | GUC_SUPERUSER_ONLY, CheckDriftInterval, nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_health_url", "Each user app's own health endpoint, checked with its machine.",
 							   "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
 							   "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",

@@ -52,7 +52,7 @@ EnqueueIfUnchanged(pg::SpiConnection &spi, const std::string &user_id, DesiredSt
 					"WHERE (SELECT a.id FROM fly.user_fly_apps a WHERE a.user_id OPERATOR(pg_catalog.=) "
 					"$1::pg_catalog.uuid AND a.deleted_at IS NULL) IS NOT DISTINCT FROM $6::pg_catalog.int8 ") +
 		kNewIntent + " WHERE q.generation OPERATOR(pg_catalog.=) $5::pg_catalog.int8 "
-					 "AND q.enqueued_at OPERATOR(pg_catalog.=) $7::pg_catalog.timestamptz RETURNING 1";
+					 "AND EXTRACT(epoch FROM q.enqueued_at) OPERATOR(pg_catalog.=) $7::pg_catalog.numeric RETURNING 1";
 	const bool queued =
 		!spi.Query(kUpsertIf.c_str(), {user_id, DesiredName(desired), tier, std::string(reason), seen.generation,
 									   seen.app_id, seen.enqueued_at})

@@ -124,7 +124,15 @@ PGFLY_SQL_FUNCTION(_enqueue_if_unchanged) {
 	};
 	pgfly::QueueItemSeen seen;
 	seen.generation = output(4, int8out);
-	seen.enqueued_at = output(5, timestamptz_out);
+	// As exact seconds since the Unix epoch: timestamptz_out would write it in the caller's DateStyle and
+	// TimeZone, and an abbreviation such as IST does not always read back as the same instant.
+	if (!PG_ARGISNULL(5)) {
+		const int64 micros = PG_GETARG_TIMESTAMPTZ(5) +
+							 static_cast<int64>(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
+		const uint64 magnitude = micros < 0 ? -static_cast<uint64>(micros) : static_cast<uint64>(micros);
+		seen.enqueued_at = std::string(micros < 0 ? "-" : "") + std::to_string(magnitude / USECS_PER_SEC) + "." +
+						   std::to_string(USECS_PER_SEC + magnitude % USECS_PER_SEC).substr(1);
+	}
 	seen.app_id = output(6, int8out);
 	pgfly::pg::SpiConnection spi;
 	const bool queued = pgfly::EnqueueIfUnchanged(spi, args.user_id, args.desired, args.tier, args.reason.c_str(), seen);

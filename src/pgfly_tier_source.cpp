@@ -16,6 +16,9 @@
 
 extern "C" {
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
@@ -23,7 +26,9 @@ extern "C" {
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/array.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/uuid.h"
 }
@@ -188,14 +193,231 @@ RequireArguments(FunctionCallInfo fcinfo, int count) {
 // Which of the table's rows a read returns.
 struct RowFilter {
 	enum Kind { kAll, kUser, kUsers, kAfter } kind = kAll;
-	Datum value = 0;         // kUser: a uuid; kUsers: a text[] of user ids; kAfter: a text, or 0 for the first batch
+	Datum value = 0;         // kUser: a uuid; kUsers: a uuid[]; kAfter: a text, or 0 for the first batch
 	bool has_value = false;
 	int batch_size = 0;      // kAfter: at least this many rows (more when the last user has several)
 };
 
-// The table's rows that `filter` selects, as (user_id text, tier text), read as the table's owner inside a
-// security-restricted operation after checking the table. Every reader of the subscription table goes through
-// here.
+// A sorted set of uuids (kUsers): which users a read returns, and which of them it found.
+struct UuidSet {
+	pg_uuid_t *items = nullptr;
+	bool *found = nullptr;
+	int count = 0;
+};
+
+int
+CompareUuids(const void *a, const void *b) {
+	return memcmp(a, b, UUID_LEN);
+}
+
+// The non-NULL elements of a uuid[], sorted, without duplicates.
+UuidSet
+UuidSetOf(Datum array) {
+	Datum *elements = nullptr;
+	bool *nulls = nullptr;
+	int n = 0;
+	deconstruct_array(DatumGetArrayTypeP(array), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR, &elements, &nulls, &n);
+	UuidSet set;
+	set.items = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t) * (n > 0 ? n : 1)));
+	for (int i = 0; i < n; i++) {
+		if (!nulls[i]) {
+			memcpy(&set.items[set.count++], DatumGetUUIDP(elements[i]), UUID_LEN);
+		}
+	}
+	qsort(set.items, set.count, sizeof(pg_uuid_t), CompareUuids);
+	int kept = 0;
+	for (int i = 0; i < set.count; i++) {
+		if (kept == 0 || memcmp(&set.items[kept - 1], &set.items[i], UUID_LEN) != 0) {
+			set.items[kept++] = set.items[i];
+		}
+	}
+	set.count = kept;
+	set.found = static_cast<bool *>(palloc0(sizeof(bool) * (kept > 0 ? kept : 1)));
+	return set;
+}
+
+// The set's members not found yet.
+UuidSet
+NotFound(const UuidSet &set) {
+	UuidSet rest;
+	rest.items = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t) * (set.count > 0 ? set.count : 1)));
+	for (int i = 0; i < set.count; i++) {
+		if (!set.found[i]) {
+			rest.items[rest.count++] = set.items[i];
+		}
+	}
+	rest.found = static_cast<bool *>(palloc0(sizeof(bool) * (rest.count > 0 ? rest.count : 1)));
+	return rest;
+}
+
+// The spellings of each uuid a text column is likely to hold, as a text[]: lower or upper case, with or without
+// the dashes, with or without braces. An index finds these; other spellings uuid_in accepts (a dash after any
+// four digits, mixed case) only a full read does.
+Datum
+CommonSpellings(const UuidSet &set) {
+	constexpr int kForms = 6;
+	const int n = set.count * kForms;
+	Datum *forms = static_cast<Datum *>(palloc(sizeof(Datum) * (n > 0 ? n : 1)));
+	for (int i = 0; i < set.count; i++) {
+		char *lower = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&set.items[i])));
+		char upper[UUID_LEN * 2 + 5];
+		char lower_bare[UUID_LEN * 2 + 1];
+		char upper_bare[UUID_LEN * 2 + 1];
+		int bare = 0;
+		size_t j = 0;
+		for (; lower[j] != '\0'; j++) {
+			upper[j] = static_cast<char>(pg_toupper(static_cast<unsigned char>(lower[j])));
+			if (lower[j] != '-') {
+				lower_bare[bare] = lower[j];
+				upper_bare[bare] = upper[j];
+				bare++;
+			}
+		}
+		upper[j] = '\0';
+		lower_bare[bare] = '\0';
+		upper_bare[bare] = '\0';
+		forms[i * kForms] = CStringGetTextDatum(lower);
+		forms[i * kForms + 1] = CStringGetTextDatum(upper);
+		forms[i * kForms + 2] = CStringGetTextDatum(lower_bare);
+		forms[i * kForms + 3] = CStringGetTextDatum(upper_bare);
+		forms[i * kForms + 4] = CStringGetTextDatum(psprintf("{%s}", lower));
+		forms[i * kForms + 5] = CStringGetTextDatum(psprintf("{%s}", upper));
+		pfree(lower);
+	}
+	return PointerGetDatum(construct_array(forms, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+// Whether every member that holds rows has a valid btree index whose first column is the user column: then a
+// read of some users is an index scan, not a full read of the table.
+bool
+UserColumnIndexed(List *members, const char *user_column) {
+	ListCell *cell;
+	foreach (cell, members) {
+		const Oid member = lfirst_oid(cell);
+		if (get_rel_relkind(member) != RELKIND_RELATION) {
+			continue;
+		}
+		const AttrNumber attnum = get_attnum(member, user_column);
+		Relation rel = table_open(member, NoLock); // locked by CheckTierSource
+		List *indexes = RelationGetIndexList(rel);
+		table_close(rel, NoLock);
+		bool indexed = false;
+		ListCell *index_cell;
+		foreach (index_cell, indexes) {
+			const Oid index = lfirst_oid(index_cell);
+			HeapTuple tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(index));
+			if (!HeapTupleIsValid(tuple)) {
+				continue;
+			}
+			const Form_pg_index form = reinterpret_cast<Form_pg_index>(GETSTRUCT(tuple));
+			indexed = form->indisvalid && form->indnatts >= 1 && form->indkey.values[0] == attnum &&
+					  heap_attisnull(tuple, Anum_pg_index_indpred, nullptr);
+			ReleaseSysCache(tuple);
+			if (indexed) {
+				HeapTuple class_tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(index));
+				indexed = HeapTupleIsValid(class_tuple) &&
+						  reinterpret_cast<Form_pg_class>(GETSTRUCT(class_tuple))->relam == BTREE_AM_OID;
+				if (HeapTupleIsValid(class_tuple)) {
+					ReleaseSysCache(class_tuple);
+				}
+			}
+			if (indexed) {
+				break;
+			}
+		}
+		list_free(indexes);
+		if (!indexed) {
+			return false;
+		}
+	}
+	return true;
+}
+
+// The union of the checked members' rows (ONLY each; partitioned tables hold none), each member's rows limited by
+// `where` (printf'd with the quoted user column, or NULL for all rows).
+char *
+MembersSql(List *members, const char *user, const char *tier, const char *where) {
+	StringInfoData sql;
+	initStringInfo(&sql);
+	ListCell *cell;
+	foreach (cell, members) {
+		const Oid member = lfirst_oid(cell);
+		if (get_rel_relkind(member) != RELKIND_RELATION) {
+			continue;
+		}
+		appendStringInfo(&sql, "%sSELECT %s, %s FROM ONLY %s", sql.len > 0 ? " UNION ALL " : "", user, tier,
+						 QualifiedName(member));
+		if (where != nullptr) {
+			appendStringInfoString(&sql, " WHERE ");
+			appendStringInfo(&sql, where, user, user);
+		}
+	}
+	if (sql.len == 0) {
+		// A partitioned table without partitions: no rows, and the row shape the caller expects.
+		appendStringInfoString(&sql, "SELECT NULL::pg_catalog.text, NULL::pg_catalog.text WHERE false");
+	}
+	return sql.data;
+}
+
+// Runs `sql` (read-only, on the caller's snapshot, so that a caller comparing the rows with pg_fly's own tables
+// in the same statement sees both as of one moment) and adds its rows to the result. With `want`, only the rows
+// whose user id is one of its uuids, marking those found. Runs as the table's owner (the caller's doing).
+void
+ReadInto(ReturnSetInfo *rsinfo, const char *sql, int nargs, Oid *argtypes, Datum *args, bool uuid_column,
+		 UuidSet *want) {
+	// A third result column (uid): the user id as a uuid, so that callers need not match every id against a
+	// pattern and cast it.
+	const bool with_uid = rsinfo->setDesc->natts == 3;
+	Portal portal = SPI_cursor_open_with_args(nullptr, sql, nargs, argtypes, args, nullptr, true, 0);
+	for (;;) {
+		SPI_cursor_fetch(portal, true, kFetchRows);
+		if (SPI_processed == 0) {
+			break;
+		}
+		for (uint64 i = 0; i < SPI_processed; i++) {
+			Datum values[3] = {0, 0, 0};
+			bool nulls[3] = {true, true, true};
+			for (int c = 0; c < 2; c++) {
+				// The type's output function (uuid, text, varchar or enum: all built in).
+				char *text = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1);
+				nulls[c] = text == nullptr;
+				values[c] = 0;
+				if (text != nullptr) {
+					values[c] = CStringGetTextDatum(text);
+					pfree(text);
+				}
+			}
+			if ((with_uid || want != nullptr) && !nulls[0]) {
+				values[2] = UserUuid(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, uuid_column, values[0]);
+				nulls[2] = values[2] == 0;
+			}
+			bool keep = true;
+			if (want != nullptr) {
+				void *hit = nulls[2] ? nullptr
+									 : bsearch(DatumGetUUIDP(values[2]), want->items, want->count, sizeof(pg_uuid_t),
+											   CompareUuids);
+				keep = hit != nullptr;
+				if (keep) {
+					want->found[static_cast<pg_uuid_t *>(hit) - want->items] = true;
+				}
+			}
+			if (keep) {
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			}
+			for (int c = 0; c < 3; c++) {
+				if (!nulls[c]) {
+					pfree(DatumGetPointer(values[c]));
+				}
+			}
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+}
+
+// The table's rows that `filter` selects, as (user_id text, tier text[, uid uuid]), read as the table's owner
+// inside a security-restricted operation after checking the table. Every reader of the subscription table goes
+// through here.
 Datum
 ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter &filter) {
 	RequireArguments(fcinfo, 3);
@@ -217,77 +439,62 @@ ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter
 	const Oid owner = reinterpret_cast<Form_pg_class>(GETSTRUCT(class_tuple))->relowner;
 	ReleaseSysCache(class_tuple);
 
+	const char *user = quote_identifier(user_column);
+	const char *tier = quote_identifier(tier_column);
+	// The parameter as the column's own type, so that the built-in operator of that type applies (pinned).
+	const char *param = uuid_column ? "$1::pg_catalog.uuid" : "$1";
 	Oid argtypes[1] = {TEXTOID};
 	Datum args[1] = {0};
-	int nargs = 0;
-	if (filter.has_value) {
-		nargs = 1;
-		switch (filter.kind) {
-		case RowFilter::kUser:
+	int nargs = filter.has_value ? 1 : 0;
+	// kUsers: the users wanted, and (a text column) how to find them.
+	UuidSet want;
+	bool probe = false;
+	char *sql = nullptr;
+	switch (filter.kind) {
+	case RowFilter::kAll:
+		sql = MembersSql(members, user, tier, nullptr);
+		break;
+	case RowFilter::kUser:
+		if (nargs > 0) {
 			argtypes[0] = uuid_column ? static_cast<Oid>(UUIDOID) : static_cast<Oid>(TEXTOID);
 			args[0] = uuid_column ? filter.value
 								  : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, filter.value)));
-			break;
-		case RowFilter::kUsers:
+		}
+		sql = MembersSql(members, user, tier, nargs > 0 ? "%s OPERATOR(pg_catalog.=) $1" : nullptr);
+		break;
+	case RowFilter::kUsers:
+		// A uuid column is asked for the uuids. A text one is asked for their common spellings when an index
+		// answers that; the users it did not find so (and every user, without an index) are looked for in a full
+		// read that compares each row's id as a uuid, the trigger's way (IsUuidText).
+		want = UuidSetOf(filter.value);
+		nargs = 1;
+		if (uuid_column) {
+			argtypes[0] = UUIDARRAYOID;
+			args[0] = filter.value;
+			sql = MembersSql(members, user, tier, "%s OPERATOR(pg_catalog.=) ANY ($1)");
+		} else if (UserColumnIndexed(members, user_column)) {
+			probe = true;
 			argtypes[0] = TEXTARRAYOID;
-			args[0] = filter.value;
-			break;
-		default:
-			args[0] = filter.value;
-			break;
+			args[0] = CommonSpellings(want);
+			sql = MembersSql(members, user, tier, "%s OPERATOR(pg_catalog.=) ANY ($1)");
+		} else {
+			nargs = 0;
+			sql = MembersSql(members, user, tier, "%s IS NOT NULL");
 		}
-	}
-	// The parameter as the column's own type, so that the built-in operator of that type applies (pinned).
-	const char *param = uuid_column ? "$1::pg_catalog.uuid" : "$1";
-	const char *user = quote_identifier(user_column);
-	// Each checked member that holds rows, with ONLY (partitioned tables hold none).
-	StringInfoData sql;
-	initStringInfo(&sql);
-	ListCell *cell;
-	foreach (cell, members) {
-		const Oid member = lfirst_oid(cell);
-		if (get_rel_relkind(member) != RELKIND_RELATION) {
-			continue;
-		}
-		appendStringInfo(&sql, "%sSELECT %s, %s FROM ONLY %s", sql.len > 0 ? " UNION ALL " : "", user,
-						 quote_identifier(tier_column), QualifiedName(member));
-		switch (filter.kind) {
-		case RowFilter::kAll:
-			break;
-		case RowFilter::kUser:
-			if (nargs > 0) {
-				appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) $1", user);
-			}
-			break;
-		case RowFilter::kUsers:
-			appendStringInfo(&sql, " WHERE %s OPERATOR(pg_catalog.=) ANY (%s)", user,
-							 uuid_column ? "$1::pg_catalog.uuid[]" : "$1");
-			break;
-		case RowFilter::kAfter:
-			appendStringInfo(&sql, " WHERE %s IS NOT NULL", user);
-			if (nargs > 0) {
-				appendStringInfo(&sql, " AND %s OPERATOR(pg_catalog.>) %s", user, param);
-			}
-			break;
-		}
-	}
-	if (sql.len == 0) {
-		// A partitioned table without partitions: no rows, and the row shape the caller expects.
-		appendStringInfoString(&sql, "SELECT NULL::pg_catalog.text, NULL::pg_catalog.text WHERE false");
-	} else if (filter.kind == RowFilter::kAfter) {
+		break;
+	case RowFilter::kAfter: {
+		args[0] = filter.value;
+		char *where = psprintf("%%s IS NOT NULL%s", nargs > 0 ? psprintf(" AND %%s OPERATOR(pg_catalog.>) %s", param)
+															   : "");
 		// In the user column's order (its type's default ordering, built in), never splitting one user's rows.
-		StringInfoData ordered;
-		initStringInfo(&ordered);
-		appendStringInfo(&ordered, "SELECT s.u, s.t FROM (%s) AS s(u, t) ORDER BY s.u FETCH FIRST %d ROWS WITH TIES",
-						 sql.data, filter.batch_size);
-		sql = ordered;
+		sql = psprintf("SELECT s.u, s.t FROM (%s) AS s(u, t) ORDER BY s.u FETCH FIRST %d ROWS WITH TIES",
+					   MembersSql(members, user, tier, where), filter.batch_size);
+		break;
+	}
 	}
 
 	InitMaterializedSRF(fcinfo, 0);
 	ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
-	// A third result column (fly._subscription_batch's uid): the user id as a uuid, so that callers need not
-	// match every id against a pattern and cast it.
-	const bool with_uid = rsinfo->setDesc->natts == 3;
 
 	Oid saved_user;
 	int saved_context;
@@ -301,41 +508,14 @@ ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter
 		if (SPI_connect() != SPI_OK_CONNECT) {
 			elog(ERROR, "pg_fly: SPI_connect failed");
 		}
-		// Read-only: the caller's snapshot, so that a caller comparing the rows with pg_fly's own tables in the
-		// same statement sees both as of one moment.
-		Portal portal = SPI_cursor_open_with_args(nullptr, sql.data, nargs, argtypes, args, nullptr, true, 0);
-		for (;;) {
-			SPI_cursor_fetch(portal, true, kFetchRows);
-			if (SPI_processed == 0) {
-				break;
+		const bool filtered = filter.kind == RowFilter::kUsers && !uuid_column;
+		ReadInto(rsinfo, sql, nargs, argtypes, args, uuid_column, filtered ? &want : nullptr);
+		if (probe) {
+			UuidSet rest = NotFound(want);
+			if (rest.count > 0) {
+				ReadInto(rsinfo, MembersSql(members, user, tier, "%s IS NOT NULL"), 0, argtypes, args, false, &rest);
 			}
-			for (uint64 i = 0; i < SPI_processed; i++) {
-				Datum values[3] = {0, 0, 0};
-				bool nulls[3] = {true, true, true};
-				for (int c = 0; c < 2; c++) {
-					// The type's output function (uuid, text, varchar or enum: all built in).
-					char *text = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1);
-					nulls[c] = text == nullptr;
-					values[c] = 0;
-					if (text != nullptr) {
-						values[c] = CStringGetTextDatum(text);
-						pfree(text);
-					}
-				}
-				if (with_uid && !nulls[0]) {
-					values[2] = UserUuid(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, uuid_column, values[0]);
-					nulls[2] = values[2] == 0;
-				}
-				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-				for (int c = 0; c < 3; c++) {
-					if (!nulls[c]) {
-						pfree(DatumGetPointer(values[c]));
-					}
-				}
-			}
-			SPI_freetuptable(SPI_tuptable);
 		}
-		SPI_cursor_close(portal);
 		SPI_finish();
 	}
 	PG_CATCH();
@@ -394,9 +574,9 @@ _subscription_batch(PG_FUNCTION_ARGS) {
 	return ReadSubscriptions(fcinfo, "fly._subscription_batch()", filter);
 }
 
-// fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids text[]) RETURNS TABLE
-// (user_id text, tier text, uid uuid): the rows whose user id is one of user_ids (as the column's type compares
-// them); uid is the id as a uuid.
+// fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids uuid[]) RETURNS TABLE
+// (user_id text, tier text, uid uuid): the rows whose user id, read as a uuid the trigger's way, is one of
+// user_ids, in whatever spelling a text column holds it; uid is the id as a uuid.
 PG_FUNCTION_INFO_V1(_subscription_rows_of);
 Datum
 _subscription_rows_of(PG_FUNCTION_ARGS) {
@@ -408,6 +588,24 @@ _subscription_rows_of(PG_FUNCTION_ARGS) {
 	filter.has_value = true;
 	filter.value = PG_GETARG_DATUM(3);
 	return ReadSubscriptions(fcinfo, "fly._subscription_rows_of()", filter);
+}
+
+// fly._subscription_user_indexed(tbl regclass, user_column name) RETURNS boolean: whether every member of the
+// table that holds rows has a btree index on the user column (first key). Without one, every batch is a full
+// read of the table, so the drift pass reads larger ones.
+PG_FUNCTION_INFO_V1(_subscription_user_indexed);
+Datum
+_subscription_user_indexed(PG_FUNCTION_ARGS) {
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1)) {
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("table and column names must not be NULL")));
+	}
+	const Oid relid = PG_GETARG_OID(0);
+	LockRelationOid(relid, AccessShareLock);
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid))) {
+		PG_RETURN_BOOL(false);
+	}
+	List *members = find_all_inheritors(relid, AccessShareLock, nullptr);
+	PG_RETURN_BOOL(UserColumnIndexed(members, NameStr(*PG_GETARG_NAME(1))));
 }
 
 } // extern "C"

@@ -162,6 +162,10 @@ WorkerLoop(SharedState *shared) {
 	// The worker is a superuser: a database owner's ALTER DATABASE ... SET search_path must not choose the
 	// operators and functions its SQL resolves.
 	pg::PgGuard([]() { SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE); });
+	// Each statement sees what committed before it (the drift pass confirms a difference against a fresh read),
+	// whatever default_transaction_isolation the server or database sets.
+	pg::PgGuard(
+		[]() { SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE); });
 	JobRunner runner(shared);
 	LoopWait wait;
 	// A commit may have asked for a wake-up before this worker existed: look at the queue once at start.

@@ -24,7 +24,8 @@ void EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, Desire
 // the caller saw. Returns whether it queued one.
 bool EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
 						 const pg::Value &tier, const char *reason);
-// What a caller saw of a user before comparing: the queue item's generation and enqueued_at (NULL: none), and
+// What a caller saw of a user before comparing: the queue item's generation and enqueued_at (exact seconds since
+// the Unix epoch, as text: independent of DateStyle and TimeZone; NULL: none), and
 // the live app row's id (NULL: none).
 struct QueueItemSeen {
 	pg::Value generation;

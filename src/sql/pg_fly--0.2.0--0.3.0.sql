@@ -512,23 +512,30 @@ CREATE TRIGGER tier_policy_changed AFTER INSERT OR UPDATE ON fly.tier_policies
 -- disabled for a bulk load, session_replication_role = replica, TRUNCATE or DROP of one partition, a restore)
 -- are found by comparing, user by user, what the table grants with what pg_fly recorded, and queued.
 -- The table is read in batches through pgfly_tier_source.cpp (as its owner, checked at every call); each batch
--- is compared in the same statement (one snapshot) and queued only if the user's queue item and live app are
--- still those compared (fly._enqueue_if_unchanged): a tier change committed meanwhile wins.
+-- is compared in the same statement (one snapshot). Each difference is then confirmed against the user's rows
+-- read again after waiting for the user's queue item (fly._drift_repair_all), and queued only if the user's
+-- queue item and live app are still those compared (fly._enqueue_if_unchanged): a tier change committed
+-- meanwhile wins, even one the worker has already carried out.
 --------------------------------------------------------------------------------------------------------------
 CREATE FUNCTION fly._subscription_batch(tbl regclass, user_column name, tier_column name, after_user text,
                                         batch_size integer)
 RETURNS TABLE (user_id text, tier text, uid uuid)  -- uid: the user id as a uuid, NULL when it is not one
     LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_batch' ROWS 5000;
-CREATE FUNCTION fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids text[])
+-- The rows of these users, whatever spelling of the uuid a text column holds (IsUuidText, the trigger's rule).
+CREATE FUNCTION fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids uuid[])
 RETURNS TABLE (user_id text, tier text, uid uuid)
     LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_rows_of' ROWS 5000;
+-- Whether the user column has a btree index in every member: without one, every batch is a full read.
+CREATE FUNCTION fly._subscription_user_indexed(tbl regclass, user_column name) RETURNS boolean
+    LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_user_indexed';
 CREATE FUNCTION fly._enqueue_if_unchanged(user_id uuid, desired text, tier text, reason text,
                                           seen_generation bigint, seen_enqueued_at timestamptz, seen_app_id bigint)
 RETURNS boolean
     LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', '_enqueue_if_unchanged';
 REVOKE ALL ON FUNCTION fly._subscription_batch(regclass, name, name, text, integer),
-    fly._subscription_rows_of(regclass, name, name, text[]),
+    fly._subscription_rows_of(regclass, name, name, uuid[]),
+    fly._subscription_user_indexed(regclass, name),
     fly._enqueue_if_unchanged(uuid, text, text, text, bigint, timestamptz, bigint) FROM PUBLIC;
 
 -- Queues one difference and records it. `d` is a row of the comparison below.
@@ -553,26 +560,124 @@ END $$;
 REVOKE ALL ON FUNCTION fly._drift_repair(uuid, text, text, text, bigint, timestamptz, text, text, bigint, text, text)
     FROM PUBLIC;
 
+-- The batch size a walk reads: a table without an index on the user column is read in full by every batch, so
+-- its batches are large (fewer full reads: a walk over n rows reads the table about n / 100,000 times).
+CREATE FUNCTION fly._drift_batch_size(requested integer) RETURNS integer
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN fly._subscription_user_indexed(s.table_name, s.user_column) THEN requested
+                ELSE greatest(requested, 100000) END
+      FROM fly._tier_source() s
+$$;
+REVOKE ALL ON FUNCTION fly._drift_batch_size(integer) FROM PUBLIC;
+
+-- Drift repair confirms each decision against a fresh read of the user's rows: a transaction snapshot (REPEATABLE
+-- READ, SERIALIZABLE) would hide a tier change committed meanwhile.
+CREATE FUNCTION fly._drift_require_read_committed() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'fly.check_drift() runs only at the READ COMMITTED isolation level'
+            USING ERRCODE = 'invalid_transaction_state',
+                  DETAIL = format('The transaction is %s: it would not see a tier change committed while it runs, '
+                                  'and could queue a decision that change made stale.',
+                                  upper(current_setting('transaction_isolation'))),
+                  HINT = 'Call it outside an explicit transaction, or in one started with BEGIN ISOLATION LEVEL '
+                         'READ COMMITTED.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION fly._drift_require_read_committed() FROM PUBLIC;
+
+-- Queues the differences a batch found (`diffs`: a jsonb array of the comparison's rows), each only if it still
+-- holds. Each is queued (fly._drift_repair: only if the user's queue item and live app are still those compared,
+-- waiting for a transaction that is changing them); then, in a statement of its own (under READ COMMITTED a
+-- snapshot taken after every such wait), the users queued have their rows read again, in every spelling, and the
+-- decision is made again per user from all of them. If any no longer holds, all of this batch's queuing is undone
+-- and done again without those users. So a tier change that committed since the batch was read wins, even one
+-- the worker already carried out (its queue item gone); one that commits later found the user's queue item held
+-- by this transaction and overrides it when this one commits. A user whose rows fell into two batches (two
+-- spellings of one uuid in a text column) is decided by all its rows.
+CREATE FUNCTION fly._drift_repair_all(diffs jsonb) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src fly.tier_source;
+    left_out uuid[] := '{}';
+    queued_users uuid[];
+    stale uuid[];
+    d record;
+BEGIN
+    IF diffs IS NULL OR jsonb_array_length(diffs) = 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM fly._drift_require_read_committed();
+    src := fly._tier_source();
+    LOOP
+        BEGIN
+            queued_users := '{}';
+            FOR d IN
+                SELECT * FROM jsonb_to_recordset(diffs) AS x(uid uuid, action text, differed text, tier text,
+                                                            generation bigint, enqueued_at timestamptz,
+                                                            q_desired text, q_tier text, app_id bigint,
+                                                            app_status text, app_tier text)
+                 WHERE x.uid <> ALL (left_out)
+                 ORDER BY x.uid
+            LOOP
+                IF fly._drift_repair(d.uid, d.action, d.differed, d.tier, d.generation, d.enqueued_at,
+                                     d.q_desired, d.q_tier, d.app_id, d.app_status, d.app_tier) THEN
+                    queued_users := queued_users || d.uid;
+                END IF;
+            END LOOP;
+            IF cardinality(queued_users) = 0 THEN
+                RETURN 0;
+            END IF;
+            -- The users' rows now. As the batch decides: a user gets an app if any row grants one; a NULL tier
+            -- grants none.
+            stale := ARRAY(
+                WITH x AS (
+                    SELECT * FROM jsonb_to_recordset(diffs) AS x(uid uuid, action text, tier text)
+                     WHERE x.uid = ANY (queued_users)),
+                n AS (
+                    SELECT DISTINCT ON (s.uid) s.uid, s.tier, p.tier IS NOT NULL OR s.tier IS NULL AS known,
+                           coalesce(p.dedicated_app, false) AS paid
+                      FROM fly._subscription_rows_of(src.table_name, src.user_column, src.tier_column,
+                                                     queued_users) s
+                      LEFT JOIN fly.tier_policies p ON p.tier = s.tier
+                     ORDER BY s.uid, coalesce(p.dedicated_app, false) DESC, s.tier)
+                SELECT x.uid FROM x LEFT JOIN n ON n.uid = x.uid
+                 WHERE NOT CASE WHEN x.action = 'deprovision' THEN n.uid IS NULL OR (n.known AND NOT n.paid)
+                                ELSE coalesce(n.known AND n.paid AND n.tier = x.tier, false) END);
+            IF cardinality(stale) = 0 THEN
+                RETURN cardinality(queued_users);
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'PFD01';  -- undoes this batch's queuing and events
+        EXCEPTION WHEN SQLSTATE 'PFD01' THEN
+            left_out := left_out || stale;
+        END;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION fly._drift_repair_all(jsonb) FROM PUBLIC;
+
 -- One batch of the subscription table, in user id order after after_user: queues what differs. last_user is
 -- NULL when the table has no rows after after_user.
 CREATE FUNCTION fly._drift_table_batch(after_user text, batch_size integer, OUT last_user text, OUT queued integer)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source := fly._tier_source();
-    d record;
+    size constant integer := fly._drift_batch_size(batch_size);
+    diffs jsonb;
 BEGIN
-    queued := 0;
     -- One statement: the batch and pg_fly's records of its users are seen as of the same moment. Set-based:
     -- the reader gives each user id as a uuid already (NULL when it is not one, as the trigger judges it); pg_fly's
     -- rows are read by index within the batch's uuid range; only the rows that differ reach the loop.
-    FOR d IN
-        WITH b AS MATERIALIZED (
+    -- Batches follow the column's order, in which two spellings of one uuid (a text column) may fall into two
+    -- batches: each batch decides on what it saw, and fly._drift_repair_all decides again from all the user's rows.
+    WITH b AS MATERIALIZED (
             SELECT s.user_id, s.tier, s.uid, s.n
               FROM fly._subscription_batch(src.table_name, src.user_column, src.tier_column, after_user,
-                                           batch_size) WITH ORDINALITY AS s(user_id, tier, uid, n)),
-        -- One row per user; a user with several rows gets an app if any of them grants one.
+                                           size) WITH ORDINALITY AS s(user_id, tier, uid, n)),
+        -- One row per user; a user with several rows gets an app if any of them grants one. A NULL tier grants
+        -- none, as in the trigger.
         w AS MATERIALIZED (
-            SELECT DISTINCT ON (b.uid) b.uid, b.tier, p.tier IS NOT NULL AS known,
+            SELECT DISTINCT ON (b.uid) b.uid, b.tier, p.tier IS NOT NULL OR b.tier IS NULL AS known,
                    coalesce(p.dedicated_app, false) AS paid, p.cpu_kind, p.cpus, p.memory_mb, p.region
               FROM b LEFT JOIN fly.tier_policies p ON p.tier = b.tier
              WHERE b.uid IS NOT NULL
@@ -606,8 +711,9 @@ BEGIN
               FROM w
               LEFT JOIN q ON q.user_id = w.uid
               LEFT JOIN fly.tier_policies qp ON qp.tier = q.tier
-              LEFT JOIN a ON a.user_id = w.uid)
-        SELECT (SELECT b.user_id FROM b ORDER BY b.n DESC LIMIT 1) AS batch_last, c.*,
+              LEFT JOIN a ON a.user_id = w.uid),
+        d AS (
+        SELECT c.*,
                CASE c.action
                WHEN 'provision' THEN CASE WHEN c.q_desired = 'absent'
                    THEN 'queued for removal, but the subscription''s tier grants an app'
@@ -619,15 +725,11 @@ BEGIN
                    THEN 'queued for an app, but the subscription''s tier grants none'
                    ELSE 'a live app, but the subscription''s tier grants none' END
                END AS differed
-          FROM (SELECT 1) one LEFT JOIN c ON c.action IS NOT NULL
-    LOOP
-        last_user := d.batch_last;
-        IF d.action IS NOT NULL
-           AND fly._drift_repair(d.uid, d.action, d.differed, d.tier, d.generation, d.enqueued_at, d.q_desired,
-                                 d.q_tier, d.app_id, d.app_status, d.app_tier) THEN
-            queued := queued + 1;
-        END IF;
-    END LOOP;
+          FROM c WHERE c.action IS NOT NULL)
+    SELECT (SELECT b.user_id FROM b ORDER BY b.n DESC LIMIT 1),
+           (SELECT jsonb_agg(to_jsonb(d)) FROM d)
+      INTO last_user, diffs;
+    queued := fly._drift_repair_all(diffs);
 END $$;
 REVOKE ALL ON FUNCTION fly._drift_table_batch(text, integer) FROM PUBLIC;
 
@@ -639,36 +741,26 @@ CREATE FUNCTION fly._drift_missing_batch(after_user uuid, batch_size integer, OU
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source := fly._tier_source();
-    -- A uuid column is asked for each user's uuid; a text one for each form of it the column may hold.
-    uuid_column constant boolean := (SELECT t.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
-                                       FROM pg_catalog.pg_attribute t
-                                      WHERE t.attrelid = src.table_name AND t.attname = src.user_column);
+    size constant integer := fly._drift_batch_size(batch_size);
     after constant uuid := coalesce(after_user, '00000000-0000-0000-0000-000000000000');
-    d record;
+    diffs jsonb;
 BEGIN
-    queued := 0;
-    FOR d IN
-        -- Each side read by index from after onwards, batch_size at most.
-        WITH k AS MATERIALIZED (
+    -- pg_fly's side read by index from after onwards, size at most; the table asked for those users, in every
+    -- spelling (fly._subscription_rows_of).
+    WITH k AS MATERIALIZED (
             SELECT u.user_id FROM (
                 (SELECT a.user_id FROM fly.user_fly_apps a
-                  WHERE a.deleted_at IS NULL AND a.user_id > after ORDER BY a.user_id LIMIT batch_size)
+                  WHERE a.deleted_at IS NULL AND a.user_id > after ORDER BY a.user_id LIMIT size)
                  UNION
                 (SELECT q.user_id FROM fly.reconcile_queue q
-                  WHERE q.desired = 'present' AND q.user_id > after ORDER BY q.user_id LIMIT batch_size)
-            ) u ORDER BY u.user_id LIMIT batch_size),
+                  WHERE q.desired = 'present' AND q.user_id > after ORDER BY q.user_id LIMIT size)
+            ) u ORDER BY u.user_id LIMIT size),
         r AS (SELECT (SELECT k.user_id FROM k ORDER BY k.user_id LIMIT 1) AS lo,
                      (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1) AS hi),
-        forms AS (
-            SELECT CASE WHEN uuid_column THEN (SELECT array_agg(k.user_id::text) FROM k)
-                   ELSE (SELECT array_agg(f) FROM k,
-                                LATERAL (VALUES (k.user_id::text), (upper(k.user_id::text)),
-                                                (replace(k.user_id::text, '-', '')),
-                                                (upper(replace(k.user_id::text, '-', '')))) v(f)) END AS ids),
         found AS (
             SELECT DISTINCT f.uid
-              FROM forms, fly._subscription_rows_of(src.table_name, src.user_column, src.tier_column, forms.ids) f
-             WHERE forms.ids IS NOT NULL),
+              FROM fly._subscription_rows_of(src.table_name, src.user_column, src.tier_column,
+                                             ARRAY(SELECT k.user_id FROM k)) f),
         c AS (
             SELECT k.user_id AS uid, q.generation, q.enqueued_at, q.desired AS q_desired, q.tier AS q_tier,
                    a.id AS app_id, a.status AS app_status, a.tier AS app_tier
@@ -679,28 +771,25 @@ BEGIN
                           WHERE a.user_id BETWEEN r.lo AND r.hi AND a.deleted_at IS NULL) a
                 ON a.user_id = k.user_id
              WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.uid = k.user_id)
-               AND q.desired IS DISTINCT FROM 'absent')
-        SELECT (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1) AS batch_last, c.*
-          FROM (SELECT 1) one LEFT JOIN c ON true
-    LOOP
-        last_user := d.batch_last;
-        IF d.uid IS NOT NULL
-           AND fly._drift_repair(d.uid, 'deprovision',
-                                 CASE WHEN d.app_id IS NOT NULL
-                                      THEN 'a live app, but the user has no subscription row'
-                                      ELSE 'queued for an app, but the user has no subscription row' END,
-                                 NULL, d.generation, d.enqueued_at, d.q_desired, d.q_tier, d.app_id, d.app_status,
-                                 d.app_tier) THEN
-            queued := queued + 1;
-        END IF;
-    END LOOP;
+               AND q.desired IS DISTINCT FROM 'absent'),
+        d AS (
+            SELECT c.*, 'deprovision' AS action, NULL::text AS tier,
+                   CASE WHEN c.app_id IS NOT NULL THEN 'a live app, but the user has no subscription row'
+                        ELSE 'queued for an app, but the user has no subscription row' END AS differed
+              FROM c)
+    SELECT (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1),
+           (SELECT jsonb_agg(to_jsonb(d)) FROM d)
+      INTO last_user, diffs;
+    queued := fly._drift_repair_all(diffs);
 END $$;
 REVOKE ALL ON FUNCTION fly._drift_missing_batch(uuid, integer) FROM PUBLIC;
 
 -- Compares every user's subscription with what pg_fly recorded and queues each difference; returns how many
 -- users it queued. The worker runs the same batches, each in a transaction of its own and one per pass of its
 -- loop (JobRunner::DriftStep), at start and a fly.drift_check_interval after each pass ends; this function runs
--- them all in the caller's transaction.
+-- them all in the caller's transaction, so it holds ACCESS SHARE on the subscription table, and the row locks of
+-- every queue item it touched, until the caller commits: the worker's pass is the way to repair a large table.
+-- Only at READ COMMITTED: each difference is confirmed against a fresh read of the user's rows.
 CREATE FUNCTION fly.check_drift() RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -712,6 +801,7 @@ DECLARE
 BEGIN
     PERFORM fly._refuse_in_restricted_operation();
     PERFORM fly._tier_source();  -- an error that says how to attach a table, when none is
+    PERFORM fly._drift_require_read_committed();
     LOOP
         SELECT * INTO r FROM fly._drift_table_batch(after_text, batch);
         total := total + r.queued;
@@ -728,4 +818,7 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION fly.check_drift() FROM PUBLIC;
 COMMENT ON FUNCTION fly.check_drift() IS
-    'Queues every user whose subscription and pg_fly''s records differ (provision, deprovision, resize); returns how many';
+    'Queues every user whose subscription and pg_fly''s records differ (provision, deprovision, resize); returns how '
+    'many. Runs the whole pass in the caller''s transaction (READ COMMITTED only), holding ACCESS SHARE on the '
+    'subscription table and the queue items it touched until that transaction ends: on a large table let the '
+    'worker''s pass (fly.drift_check_interval) do it, one short transaction per batch';

@@ -1,14 +1,17 @@
 """Drift repair end to end: changes the trigger never sees (session_replication_role = replica, a disabled
-trigger, TRUNCATE of one partition) are found by fly.check_drift() or the worker's periodic pass, and end as the
+trigger, TRUNCATE of one partition, a user id spelled any way uuid_in reads) are found by fly.check_drift() or the
+worker's periodic pass, and end as the
 subscription table says on the Fly simulator, with no operation done twice."""
 
 import os
 import sys
+import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Cluster, Simulator  # noqa: E402
+from test_locks import IdleSession  # noqa: E402
 
 USERS = [f"d{i}000000-0000-4000-8000-00000000000{i}" for i in range(1, 7)]
 
@@ -113,6 +116,72 @@ class PartitionTruncateTest(DriftTestCase):
         self.assert_as_table_says()
         self.assertEqual(self.operations("provision_completed"), 3)
         self.assertEqual(self.operations("deprovision_completed"), 2)
+
+
+class TextUserIdTest(DriftTestCase):
+    """A text user id column holds uuids in any spelling uuid_in reads (the trigger accepts them all): the drift
+    pass finds each user under its canonical uuid, so it never tears down an app the trigger made, and a row that
+    is no uuid (an unbalanced brace) stops nothing."""
+    table_sql = "CREATE TABLE user_subscriptions (user_id text, tier text)"
+    SPELLED = {  # the row's spelling: the user's uuid
+        "{b1111111-1111-4111-8111-111111111111}": "b1111111-1111-4111-8111-111111111111",
+        "Ab333333-3333-4333-8333-333333333333": "ab333333-3333-4333-8333-333333333333",
+        "c444-4444-4444-4444-8444-4444-4444-4444": "c4444444-4444-4444-8444-444444444444",
+        "E5555555555545558555555555555555": "e5555555-5555-4555-8555-555555555555",
+    }
+
+    def live(self):
+        return {r[0] for r in self.pg.sql("SELECT user_id FROM fly.user_fly_apps WHERE status = 'active'")}
+
+    def test_every_spelling_keeps_its_app(self):
+        self.pg.sql("INSERT INTO user_subscriptions VALUES " +
+                    ", ".join(f"('{spelled}', 'pro')" for spelled in self.SPELLED))
+        self.settle()
+        self.assertEqual(self.live(), set(self.SPELLED.values()))
+        self.pg.sql("INSERT INTO user_subscriptions VALUES ('{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'free')")
+        for indexed in (False, True):
+            self.assertEqual(self.check_drift(), 0, f"indexed: {indexed}")
+            self.pg.sql("CREATE INDEX IF NOT EXISTS subs_user ON user_subscriptions (user_id)")
+        self.assertEqual(self.operations("drift_repaired"), 0)
+        # Gone behind the trigger's back: torn down, whatever the spelling.
+        self.behind_the_trigger("DELETE FROM user_subscriptions WHERE user_id IN "
+                                "('{b1111111-1111-4111-8111-111111111111}', 'c444-4444-4444-4444-8444-4444-4444-4444')")
+        self.assertEqual(self.check_drift(), 2)
+        self.settle()
+        self.assertEqual(self.live(), {"ab333333-3333-4333-8333-333333333333", "e5555555-5555-4555-8555-555555555555"})
+        self.assertEqual(len(self.sim.state()["apps"]), 2)
+        self.assertEqual(self.check_drift(), 0)
+        self.pg.sql("DROP INDEX subs_user")
+
+
+class ConcurrentChangeTest(DriftTestCase):
+    """A tier change the worker carried out while check_drift() waited for another user's uncommitted change wins:
+    check_drift() does not queue its older view of that user (it did, and left a paid app to a free user)."""
+    A = "a0000001-0000-4000-8000-000000000001"
+    U = "b0000001-0000-4000-8000-000000000001"
+
+    def test_change_carried_out_while_check_drift_waits(self):
+        self.behind_the_trigger(f"INSERT INTO user_subscriptions VALUES ('{self.A}', 'pro'), ('{self.U}', 'pro')")
+        holder = IdleSession(self.pg, "drift_holder",
+                             f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{self.A}';")
+        holder.wait_idle(self)
+        result = {}
+        drift = threading.Thread(target=lambda: result.setdefault("queued", self.check_drift()))
+        drift.start()
+        self.assertTrue(self.pg.wait_for("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = "
+                                         "'Lock' AND query LIKE '%check_drift%')", 10))
+        self.pg.sql(f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{self.U}'")
+        self.settle()  # U's item carried out by the worker (no app to remove) and deleted
+        holder.end("COMMIT")
+        drift.join(30)
+        self.assertEqual(result.get("queued"), 0)
+        self.settle()
+        self.assertEqual(self.live_users(), set())
+        self.assertEqual(self.operations("drift_repaired"), 0)
+        self.assertEqual(len(self.sim.state()["apps"]), 0)
+
+    def live_users(self):
+        return {r[0] for r in self.pg.sql("SELECT user_id FROM fly.user_fly_apps WHERE deleted_at IS NULL")}
 
 
 class WorkerDriftPassTest(DriftTestCase):
