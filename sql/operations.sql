@@ -56,7 +56,12 @@ TRUNCATE fly.reconcile_queue;
 CREATE TABLE text_subscriptions (user_id text PRIMARY KEY, tier text NOT NULL);
 INSERT INTO text_subscriptions VALUES ('not-a-uuid', 'pro'), ('16161616161646168616161616161616', 'pro'),
     ('{17171717-1717-4717-8717-171717171717}', 'free');
+-- Written while the trigger was detached: an unbalanced brace on a free row, and on a paid one, are no uuids (the
+-- trigger's rule, fly._as_uuid); a dash after every four digits is one. None of them makes onboarding fail.
+INSERT INTO text_subscriptions VALUES ('{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'free'),
+    ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12}', 'pro'), ('a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a13', 'pro');
 SELECT fly.attach_tier_trigger('text_subscriptions');
+SELECT * FROM fly.unusable_subscriptions() ORDER BY 1;
 SELECT user_id, tier, queued FROM fly.onboard_existing_users();
 SELECT fly.attach_tier_trigger();
 DROP TABLE text_subscriptions;

@@ -221,12 +221,12 @@ DECLARE
     src fly.tier_source;
 BEGIN
     src := fly._tier_source();
-    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
+    -- "Is a uuid" as the trigger decides it (fly._as_uuid), so this agrees with fly.needs_attention.
     RETURN QUERY
     SELECT r.user_id, r.tier
       FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
       JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app
-     WHERE r.user_id !~* '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
+     WHERE r.user_id IS NOT NULL AND fly._as_uuid(r.user_id) IS NULL;
 END $$;
 REVOKE ALL ON FUNCTION fly.unusable_subscriptions() FROM PUBLIC;
 COMMENT ON FUNCTION fly.unusable_subscriptions() IS
@@ -238,8 +238,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source;
     skipped bigint;
-    -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
-    uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
 BEGIN
     PERFORM fly._refuse_in_restricted_operation();
     src := fly._tier_source();
@@ -248,10 +246,11 @@ BEGIN
         RAISE WARNING '% subscription row(s) on a paid tier have a user id that is not a uuid; they are skipped',
             skipped USING HINT = 'Find them with: SELECT * FROM fly.unusable_subscriptions();';
     END IF;
-    -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (CASE keeps the cast from failing).
+    -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (fly._as_uuid, the trigger's rule: it
+    -- never fails, wherever the planner evaluates it).
     FOR user_id, tier IN
         SELECT s.uid, s.tier
-          FROM (SELECT CASE WHEN r.user_id ~* uuid_pattern THEN r.user_id::uuid END AS uid, r.tier
+          FROM (SELECT fly._as_uuid(r.user_id) AS uid, r.tier
                   FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
                   JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app) s
          WHERE s.uid IS NOT NULL
