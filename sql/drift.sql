@@ -45,6 +45,43 @@ SELECT user_id, details->>'action' AS action, details->>'differed' AS differed,
   FROM fly.user_fly_app_events WHERE event_type = 'drift_repaired' ORDER BY user_id;
 SELECT fly.check_drift() AS queued_again;
 
+-- fly.deprovision_user_app() stands until the user's tier changes again: drift queues no provision for them.
+TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.user_fly_apps CASCADE;
+SET session_replication_role = replica;
+DELETE FROM drift_subs;
+INSERT INTO drift_subs VALUES ('d1000000-0000-4000-8000-000000000006', 'pro');
+RESET session_replication_role;
+INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
+VALUES ('d1000000-0000-4000-8000-000000000006', 'pro', 'drift-f', 'personal', 'ams', 'shared', 1, 256, 'active');
+SELECT fly.deprovision_user_app('d1000000-0000-4000-8000-000000000006');
+SELECT user_id FROM fly.manual_teardowns WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
+SELECT fly.check_drift() AS queued_while_teardown_queued;
+SELECT user_id, desired, tier, reason FROM fly.reconcile_queue;
+-- As if the worker had torn the app down.
+TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.user_fly_apps CASCADE;
+SELECT fly.check_drift() AS queued_after_teardown;
+SELECT count(*) AS onboarding_would_queue FROM fly.onboard_existing_users();
+SELECT count(*) AS queued FROM fly.reconcile_queue;
+-- fly.provision_user_app() ends it.
+SELECT fly.provision_user_app('d1000000-0000-4000-8000-000000000006');
+SELECT count(*) AS teardowns_after_provision FROM fly.manual_teardowns
+ WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
+-- So does a tier change through the trigger; a drift pass then decides as usual.
+SELECT fly.deprovision_user_app('d1000000-0000-4000-8000-000000000006');
+TRUNCATE fly.reconcile_queue;
+UPDATE drift_subs SET tier = 'free' WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
+SELECT count(*) AS teardowns_after_tier_change FROM fly.manual_teardowns
+ WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
+SELECT user_id, desired, tier, reason FROM fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue;
+SET session_replication_role = replica;
+UPDATE drift_subs SET tier = 'pro' WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
+RESET session_replication_role;
+SELECT fly.check_drift() AS queued_after_tier_change;
+SELECT user_id, desired, tier, reason FROM fly.reconcile_queue;
+
 -- A tier without a policy waits for one: not drift.
 SET session_replication_role = replica;
 INSERT INTO drift_subs VALUES ('d1000000-0000-4000-8000-000000000005', 'team');

@@ -6,6 +6,11 @@
 #include "pgfly/pg/sql_values.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 
+extern "C" {
+#include "catalog/namespace.h"
+#include "utils/lsyscache.h"
+}
+
 namespace pgfly {
 
 using pg::Seconds;
@@ -28,6 +33,17 @@ constexpr const char *kNewIntent =
 	"run_after = pg_catalog.now(), claimed_at = NULL, lease_until = NULL, last_error = NULL, "
 	"updated_at = pg_catalog.now()";
 
+// Whether fly.manual_teardowns exists: not before ALTER EXTENSION pg_fly UPDATE has brought the schema to 0.3.0,
+// and the library must keep serving the older one (the trigger's enqueue among them). A catalog cache lookup, not
+// a query.
+bool
+ManualTeardownsExist() {
+	return pg::PgGuardResult([]() {
+		const Oid schema = get_namespace_oid("fly", true);
+		return OidIsValid(schema) && OidIsValid(get_relname_relid("manual_teardowns", schema));
+	});
+}
+
 } // namespace
 
 void
@@ -36,7 +52,13 @@ EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredStat
 	static const std::string kUpsert = std::string("INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
 											   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ") +
 									   kNewIntent;
-	spi.Query(kUpsert.c_str(), {user_id, DesiredName(desired), tier, std::string(reason)});
+	// The same statement ends a manual teardown (fly.manual_teardowns, schema 0.3.0): a newer intent replaces it,
+	// and the trigger's path gains no query.
+	static const std::string kClearAndUpsert = std::string("WITH cleared AS (DELETE FROM fly.manual_teardowns t "
+												   "WHERE t.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid) ") +
+											   kUpsert;
+	spi.Query(ManualTeardownsExist() ? kClearAndUpsert.c_str() : kUpsert.c_str(),
+			  {user_id, DesiredName(desired), tier, std::string(reason)});
 	pg::PgGuard([]() { WakeWorkerAtCommit(); });
 }
 

@@ -257,6 +257,7 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = s.uid AND a.deleted_at IS NULL
                            AND a.status <> 'failed')
            AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = s.uid)
+           AND NOT EXISTS (SELECT 1 FROM fly.manual_teardowns t WHERE t.user_id = s.uid)
          ORDER BY 1
     LOOP
         IF NOT dry_run THEN
@@ -506,6 +507,37 @@ END $$;
 REVOKE ALL ON FUNCTION fly._tier_policy_changed() FROM PUBLIC;
 CREATE TRIGGER tier_policy_changed AFTER INSERT OR UPDATE ON fly.tier_policies
     FOR EACH ROW EXECUTE FUNCTION fly._tier_policy_changed();
+-- Issue 13: a manual teardown stays in force until the user's tier changes again
+-- fly.deprovision_user_app() records the user here; the drift pass then queues no provision (nor resize) for
+-- them. The enqueue path (EnqueueReconcile: a tier change through the trigger, fly.provision_user_app(),
+-- fly.retry_user_app(), onboarding, a policy change) removes the row in the same statement that queues, so the
+-- trigger's path gains no query. Drift's own queuing (fly._enqueue_if_unchanged) leaves it.
+CREATE TABLE fly.manual_teardowns (
+    user_id uuid PRIMARY KEY,
+    since   timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE fly.manual_teardowns IS
+    'Users torn down by fly.deprovision_user_app(): drift does not provision them until their tier changes again';
+SELECT pg_catalog.pg_extension_config_dump('fly.manual_teardowns', '');
+
+CREATE OR REPLACE FUNCTION fly.deprovision_user_app(user_id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'deprovision_user_app: user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Queued even when no live app is known: the worker then makes sure nothing is left on Fly, and a
+    -- provisioning that has not committed yet cannot slip past a deprovision that came after it.
+    IF NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a
+                    WHERE a.user_id = deprovision_user_app.user_id AND a.deleted_at IS NULL) THEN
+        RAISE NOTICE 'user % has no live app; the worker will only check that none is left on Fly', user_id;
+    END IF;
+    PERFORM fly._enqueue_reconcile(user_id, 'absent', NULL, 'manual');
+    -- After the enqueue (which clears the record): drift leaves the user alone until their tier changes again.
+    INSERT INTO fly.manual_teardowns AS t (user_id) VALUES (deprovision_user_app.user_id)
+    ON CONFLICT ON CONSTRAINT manual_teardowns_pkey DO UPDATE SET since = pg_catalog.now();
+END $$;
+
 -- Issue 13: drift repair
 -- The subscription table is the truth. Changes the trigger never sees (logical replication's apply, a trigger
 -- disabled for a bulk load, session_replication_role = replica, TRUNCATE or DROP of one partition, a restore)
@@ -692,6 +724,8 @@ BEGIN
                    a.id AS app_id, a.status AS app_status, a.tier AS app_tier,
                    CASE
                    WHEN NOT w.known THEN NULL  -- a tier without a policy waits for one
+                   -- fly.deprovision_user_app() stands until the user's tier changes again
+                   WHEN w.paid AND mt.user_id IS NOT NULL THEN NULL
                    WHEN w.paid THEN CASE
                        WHEN q.desired = 'absent' THEN 'provision'
                        WHEN q.desired = 'present' THEN CASE
@@ -710,7 +744,8 @@ BEGIN
               FROM w
               LEFT JOIN q ON q.user_id = w.uid
               LEFT JOIN fly.tier_policies qp ON qp.tier = q.tier
-              LEFT JOIN a ON a.user_id = w.uid),
+              LEFT JOIN a ON a.user_id = w.uid
+              LEFT JOIN fly.manual_teardowns mt ON mt.user_id = w.uid),
         d AS (
         SELECT c.*,
                CASE c.action
