@@ -223,6 +223,7 @@ JobRunner::InTransaction(const char *activity, const std::function<void(pg::SpiC
 void
 JobRunner::Dispatch() {
 	DispatchWork();
+	PolicyStep();
 	DriftStep();
 }
 
@@ -575,7 +576,14 @@ JobRunner::SleepMs() const {
 	if (WantsHealthProbe(now)) {
 		wake.At(next_probe_check_);
 	}
-	// Dispatch runs the drift pass's next batch at every pass of the loop, saturated or not.
+	// Dispatch runs the policy step and the drift pass's next batch at every pass of the loop, saturated or not.
+	if (extension_present_) {
+		if (policy_more_) {
+			wake.Now();
+		} else {
+			wake.At(next_policy_sweep_);
+		}
+	}
 	if (drift_.InProgress()) {
 		wake.Now();
 	} else if (extension_present_) {

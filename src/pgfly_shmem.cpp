@@ -51,6 +51,7 @@ ShmemStartup() noexcept {
 		pg_atomic_init_u32(&shared_state->health_pass_requested, 0);
 		pg_atomic_init_u32(&shared_state->orphan_pass_requested, 0);
 		pg_atomic_init_u32(&shared_state->rollout_pass_requested, 0);
+		pg_atomic_init_u32(&shared_state->policy_pass_requested, 0);
 		pg_atomic_init_u64(&shared_state->commit_wakes, 0);
 		pg_atomic_init_u64(&shared_state->timer_wakes, 0);
 		pg_atomic_init_u64(&shared_state->iterations, 0);
@@ -75,6 +76,9 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 			}
 			if (passes_at_commit & kRolloutPass) {
 				pg_atomic_write_u32(&shared_state->rollout_pass_requested, 1);
+			}
+			if (passes_at_commit & kPolicyPass) {
+				pg_atomic_write_u32(&shared_state->policy_pass_requested, 1);
 			}
 			uint32 expected = 0;
 			if (pg_atomic_compare_exchange_u32(&shared_state->wake_pending, &expected, 1)) {

@@ -179,6 +179,15 @@ PGFLY_SQL_FUNCTION(_request_rollout_pass) {
 	PG_RETURN_VOID();
 }
 
+// fly._request_policy_pass(): the worker queues what a change of fly.tier_policies asks for once the caller's
+// transaction commits. Without pg_fly preloaded there is no worker to wake (it looks at its start), and a policy
+// must still be writable, so this is not an error then.
+PGFLY_SQL_FUNCTION(_request_policy_pass) {
+	RefuseInRestrictedOperation();
+	pgfly::pg::PgGuard([]() { pgfly::WakeWorkerAtCommit(pgfly::kPolicyPass); });
+	PG_RETURN_VOID();
+}
+
 // fly.worker_status(): what the worker reports about itself through shared memory.
 PGFLY_SQL_FUNCTION(worker_status) {
 	pgfly::SharedState *shared = pgfly::Shared();

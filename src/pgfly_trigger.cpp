@@ -234,10 +234,11 @@ ClearWait(pg::SpiConnection &spi, const pg::Value &user_id, const TierPolicy &po
 	}
 }
 
-// A tier change with no effect on the app (pro -> elite with equal policies) only renames the tier on the
-// pending item and the live app, without waking the worker.
+// A change between two tiers with the same app (pro -> elite with equal policies) only renames the tier on the
+// pending item and the live app, without waking the worker. It is a tier change all the same: a teardown by
+// fly.deprovision_user_app() (fly.manual_teardowns, from 0.3.0 on) ends, and the app is queued again.
 void
-RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value &tier) {
+RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value &tier, bool manual_teardowns) {
 	if (!IsUuidText(user_id)) {
 		return; // pg_fly keeps nothing for a user id that is not a uuid
 	}
@@ -247,6 +248,13 @@ RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value 
 	    "UPDATE fly.user_fly_apps SET tier = $2, updated_at = pg_catalog.now() "
 	    "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL";
 	spi.Query(kRelabel, {user_id, tier});
+	if (manual_teardowns &&
+		!spi.Query("DELETE FROM fly.manual_teardowns WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+				   "RETURNING 1",
+				   {user_id})
+			 .empty()) {
+		EnqueueReconcile(spi, user_id, DesiredState::kPresent, tier, "tier_change");
+	}
 }
 
 // user_column and table say where the user id comes from, for messages.
@@ -420,8 +428,10 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 			pgfly::Enqueue(spi, new_row, new_policy, user_column, table, strict);
 		}
 	} else if (old_policy.SameEffect(new_policy)) {
-		if (has_new && new_row.user_id && old_row.tier != new_row.tier) {
-			pgfly::RelabelTier(spi, *new_row.user_id, new_row.tier);
+		// Only a row that grants the app names its tier: a second row of a user, on a tier without one, is not
+		// the app's.
+		if (has_old && has_new && new_policy.dedicated && new_row.user_id && old_row.tier != new_row.tier) {
+			pgfly::RelabelTier(spi, *new_row.user_id, new_row.tier, waits);
 		}
 	} else {
 		// A deleted row leaves the user without a tier.

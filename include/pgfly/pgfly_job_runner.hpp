@@ -139,6 +139,11 @@ private:
 	// pgfly_orphan_runner.cpp
 	void StartOrphanPass();
 
+	// pgfly_policy_runner.cpp: queues what fly.tier_policies changes ask for (fly._apply_policy_changes), one
+	// short transaction per pass of the loop while there is more, when asked at a policy's commit, and every
+	// few seconds for waits a policy's wake-up came too early to see.
+	void PolicyStep();
+
 	// Drift repair (pgfly_job_runner.cpp): one of fly.check_drift()'s batches, in a transaction of its own, per
 	// pass of the loop, so that the application's table is locked for one batch at a time and the loop serves
 	// everything else between two batches. drift_ remembers where the pass is.
@@ -187,6 +192,10 @@ private:
 	// The drift pass: in progress or not, its cursor, when the next one is due (the first at the worker's start).
 	DriftPass drift_;
 	double drift_started_ = 0;
+	// The policy step: when it next looks without being asked (at once at the worker's start), and whether its
+	// last call stopped at its limit.
+	double next_policy_sweep_ = 0;
+	bool policy_more_ = false;
 	std::vector<RolloutJob> rollout_claimed_;
 	std::vector<HealthJob> canaries_claimed_;
 	std::set<int64_t> canaries_checking_;

@@ -34,6 +34,7 @@ struct SharedState {
 	pg_atomic_uint32 health_pass_requested; // fly.check_fly_apps_health()
 	pg_atomic_uint32 orphan_pass_requested; // fly.find_orphan_apps(), fly.delete_orphan_apps()
 	pg_atomic_uint32 rollout_pass_requested; // fly.start_image_rollout(), fly.resume_image_rollout()
+	pg_atomic_uint32 policy_pass_requested;  // a change of fly.tier_policies
 	pg_atomic_uint64 commit_wakes;
 	pg_atomic_uint64 timer_wakes;
 	pg_atomic_uint64 iterations;
@@ -52,6 +53,7 @@ void InstallShmemHooks();
 constexpr uint32 kHealthPass = 1;
 constexpr uint32 kOrphanPass = 2;
 constexpr uint32 kRolloutPass = 4;
+constexpr uint32 kPolicyPass = 8;
 
 // Arranges for the worker to be woken when the current transaction commits, to look at the queue and run the
 // given passes; nothing happens if it aborts.

@@ -453,35 +453,38 @@ REVOKE ALL ON FUNCTION fly._tier_policy_in_use() FROM PUBLIC;
 CREATE TRIGGER tier_policy_in_use BEFORE DELETE OR UPDATE OF tier ON fly.tier_policies
     FOR EACH ROW EXECUTE FUNCTION fly._tier_policy_in_use();
 
--- After a policy is added or changed, in the same transaction (so the work is queued when it commits, and the
--- worker is woken then): the users waiting for the tier are queued, and a change of the guest, the region or
--- dedicated_app queues the tier's live apps (and queued provisions) through the one enqueue path. Reads only
--- pg_fly's own tables, never the subscription table.
+-- A policy added or changed writes no row the subscription trigger also writes (a queue item, a wait): the
+-- application's write never waits for a policy's transaction, and cannot deadlock with one. The policy's
+-- transaction records what its live apps need (fly.policy_changes) and wakes the worker when it commits; the worker
+-- queues the work in short transactions of its own (fly._apply_policy_changes), paced by the queue like any other.
+CREATE TABLE fly.policy_changes (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tier          text NOT NULL,
+    -- How far the worker's walk over the tier's users has come, and the users another transaction held then
+    -- (tried again at the next sweep).
+    after_user    uuid,
+    skipped_users uuid[] NOT NULL DEFAULT '{}',
+    changed_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE fly.policy_changes IS
+    'Policy changes (guest, region, dedicated_app) whose live apps the worker has still to queue';
+SELECT pg_catalog.pg_extension_config_dump('fly.policy_changes', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.policy_changes_id_seq', '');
+
+-- Wakes the worker when the caller's transaction commits, to queue the work policy changes need.
+CREATE FUNCTION fly._request_policy_pass() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', '_request_policy_pass';
+REVOKE ALL ON FUNCTION fly._request_policy_pass() FROM PUBLIC;
+
 CREATE FUNCTION fly._tier_policy_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     default_region constant text := current_setting('fly.default_region', true);
 BEGIN
     IF TG_OP = 'INSERT' OR NEW.tier <> OLD.tier THEN
-        -- The users waiting for the tier, as far as this statement sees them. No lock: the application's write
-        -- never waits for a policy's transaction. A wait recorded by a tier change that began before this policy
-        -- committed, and committed after this read the waits, is left behind: fly.needs_attention hides it and
-        -- the drift pass provisions the user.
-        -- A tier without an app: only a user who still has one (from the tier before) needs work.
-        PERFORM fly._enqueue_reconcile(w.uid, CASE WHEN NEW.dedicated_app THEN 'present' ELSE 'absent' END,
-                                       NEW.tier, 'policy_added')
-           FROM (SELECT fly._as_uuid(w.user_id) AS uid, w.since FROM fly.tier_waits w
-                  WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier') w
-          WHERE w.uid IS NOT NULL
-            AND (NEW.dedicated_app
-                 OR EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = w.uid AND a.deleted_at IS NULL)
-                 OR EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = w.uid AND q.desired = 'present'))
-          ORDER BY w.since;
-        -- A paid tier's user id pg_fly cannot use waits on, now for a reason the policy cannot fix.
-        UPDATE fly.tier_waits w SET reason = 'invalid_user_id', since = now()
-         WHERE NEW.dedicated_app AND w.tier = NEW.tier AND w.reason = 'unknown_tier'
-           AND fly._as_uuid(w.user_id) IS NULL;
-        DELETE FROM fly.tier_waits w WHERE w.tier = NEW.tier AND w.reason = 'unknown_tier';
+        -- The users waiting for the tier are queued by the worker once this commits: it finds every wait whose
+        -- tier has a policy, including one a tier change recorded while this transaction ran.
+        PERFORM fly._request_policy_pass();
         -- Not a policy being added: the upsert trigger turns the INSERT of an existing tier into this UPDATE.
         IF TG_OP = 'INSERT' THEN
             RETURN NULL;
@@ -489,24 +492,21 @@ BEGIN
     END IF;
     -- dedicated_app true -> false: the tier no longer grants an app, so its live apps and queued provisions are
     -- torn down. A changed guest or region: the reconcile updates a machine whose guest differs in place and
-    -- replaces one in another region. The queue and the rate limiter pace them like any other work.
+    -- replaces one in another region.
     IF OLD.dedicated_app AND (NOT NEW.dedicated_app
         OR (OLD.cpu_kind, OLD.cpus, OLD.memory_mb, coalesce(OLD.region, default_region))
            IS DISTINCT FROM (NEW.cpu_kind, NEW.cpus, NEW.memory_mb, coalesce(NEW.region, default_region))) THEN
-        PERFORM fly._enqueue_reconcile(u.user_id, CASE WHEN NEW.dedicated_app THEN 'present' ELSE 'absent' END,
-                                       NEW.tier, 'policy_change')
-           FROM (SELECT a.user_id FROM fly.user_fly_apps a WHERE a.tier = NEW.tier AND a.deleted_at IS NULL
-                 UNION SELECT q.user_id FROM fly.reconcile_queue q
-                        WHERE q.tier = NEW.tier AND q.desired = 'present') u
-          ORDER BY u.user_id;
+        INSERT INTO fly.policy_changes (tier) VALUES (NEW.tier);
+        PERFORM fly._request_policy_pass();
     END IF;
     -- dedicated_app false -> true: which users have the tier only the subscription table knows; nothing is
-    -- queued here (see the README).
+    -- queued here (the drift pass provisions them; see the README).
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION fly._tier_policy_changed() FROM PUBLIC;
 CREATE TRIGGER tier_policy_changed AFTER INSERT OR UPDATE ON fly.tier_policies
     FOR EACH ROW EXECUTE FUNCTION fly._tier_policy_changed();
+
 -- Issue 13: a manual teardown stays in force until the user's tier changes again
 -- fly.deprovision_user_app() records the user here; the drift pass then queues no provision (nor resize) for
 -- them. The enqueue path (EnqueueReconcile: a tier change through the trigger, fly.provision_user_app(),
@@ -537,6 +537,220 @@ BEGIN
     INSERT INTO fly.manual_teardowns AS t (user_id) VALUES (deprovision_user_app.user_id)
     ON CONFLICT ON CONSTRAINT manual_teardowns_pkey DO UPDATE SET since = pg_catalog.now();
 END $$;
+
+-- Queues one user of a changed policy again, in a subtransaction that never waits for a queue item another
+-- transaction holds: 'queued', 'skipped' (nothing to do: the user is no longer this tier's, or was queued after
+-- the change, or the app already has the policy's guest) or 'held' (another transaction is changing the user, or
+-- did since it was read: tried again later).
+CREATE FUNCTION fly._policy_change_user(tier text, changed_at timestamptz, uid uuid) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q record;
+    app record;
+    p fly.tier_policies;
+BEGIN
+    SELECT * INTO p FROM fly.tier_policies x WHERE x.tier = _policy_change_user.tier;
+    -- A queue item another transaction holds (a tier change in progress) fails at once (lock_not_available).
+    SELECT x.generation, x.enqueued_at, x.desired, x.tier INTO q FROM fly.reconcile_queue x WHERE x.user_id = uid
+       FOR UPDATE NOWAIT;
+    SELECT a.id, a.tier, a.cpu_kind, a.cpus, a.memory_mb, a.region INTO app
+      FROM fly.user_fly_apps a WHERE a.user_id = uid AND a.deleted_at IS NULL;
+    -- Only a user whose intent is still this tier's (one moved to another tier since has its own queue item), and
+    -- whose provision was queued before the change (one queued since is carried out with the new policy), or whose
+    -- app differs from the policy.
+    IF NOT ((q.desired = 'present' AND q.tier = _policy_change_user.tier
+             AND (q.enqueued_at <= changed_at OR NOT p.dedicated_app))
+            OR (q.desired IS NULL AND app.tier = _policy_change_user.tier
+                AND (NOT p.dedicated_app
+                     OR (app.cpu_kind, app.cpus, app.memory_mb, app.region)
+                        IS DISTINCT FROM (p.cpu_kind, p.cpus, p.memory_mb,
+                                          coalesce(p.region, current_setting('fly.default_region', true)))))) THEN
+        RETURN 'skipped';
+    END IF;
+    IF fly._enqueue_if_unchanged(uid, CASE WHEN p.dedicated_app THEN 'present' ELSE 'absent' END,
+                                 _policy_change_user.tier, 'policy_change',
+                                 q.generation, q.enqueued_at, app.id) THEN
+        RETURN 'queued';
+    END IF;
+    RETURN 'held';
+EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+    RETURN 'held';
+END $$;
+REVOKE ALL ON FUNCTION fly._policy_change_user(text, timestamptz, uuid) FROM PUBLIC;
+
+-- Settles one wait whose tier has a policy now (`w`: a row of the query in fly._apply_policy_changes), in a
+-- subtransaction that gives up on any lock after 20 ms: 'queued', 'settled' or 'held' (tried again later).
+CREATE FUNCTION fly._settle_stale_wait(wait_id bigint, tier text, since timestamptz, uid uuid,
+                                       dedicated_app boolean) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q record;
+    app_id bigint;
+    torn_down_at timestamptz;
+    result text := 'settled';
+BEGIN
+    -- The user's queue item and live app first, then the wait locked and checked unchanged: a tier change that
+    -- committed in between replaced or removed the wait, and its own queue item stands.
+    SELECT x.generation, x.enqueued_at, x.desired INTO q FROM fly.reconcile_queue x WHERE x.user_id = uid;
+    SELECT a.id INTO app_id FROM fly.user_fly_apps a WHERE a.user_id = uid AND a.deleted_at IS NULL;
+    PERFORM FROM fly.tier_waits x
+      WHERE x.id = wait_id AND x.tier = _settle_stale_wait.tier AND x.reason = 'unknown_tier' FOR UPDATE NOWAIT;
+    IF NOT FOUND THEN
+        RETURN 'settled';
+    END IF;
+    -- Then the queue item, if any: one another transaction holds fails at once too.
+    PERFORM FROM fly.reconcile_queue x WHERE x.user_id = uid FOR UPDATE NOWAIT;
+    IF uid IS NULL THEN
+        IF dedicated_app THEN
+            UPDATE fly.tier_waits x SET reason = 'invalid_user_id', since = now() WHERE x.id = wait_id;
+        ELSE
+            DELETE FROM fly.tier_waits x WHERE x.id = wait_id;  -- a tier without an app takes any user id
+        END IF;
+        RETURN 'settled';
+    END IF;
+    SELECT t.since INTO torn_down_at FROM fly.manual_teardowns t WHERE t.user_id = uid;
+    IF dedicated_app AND torn_down_at > since THEN
+        NULL;  -- torn down by an operator after the tier change: that stands until the next one
+    ELSIF dedicated_app OR app_id IS NOT NULL OR q.desired = 'present' THEN
+        IF NOT fly._enqueue_if_unchanged(uid, CASE WHEN dedicated_app THEN 'present' ELSE 'absent' END,
+                                         _settle_stale_wait.tier, 'policy_added',
+                                         q.generation, q.enqueued_at, app_id) THEN
+            RETURN 'held';  -- queued by someone else meanwhile: decided again with what is queued then
+        END IF;
+        DELETE FROM fly.manual_teardowns t WHERE t.user_id = uid;  -- the tier change came after it
+        result := 'queued';
+    END IF;
+    DELETE FROM fly.tier_waits x WHERE x.id = wait_id;
+    RETURN result;
+EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+    RETURN 'held';
+END $$;
+REVOKE ALL ON FUNCTION fly._settle_stale_wait(bigint, text, timestamptz, uuid, boolean) FROM PUBLIC;
+
+-- Run by the worker (JobRunner::PolicyStep), in short transactions of its own, at start, when a policy change
+-- commits and every few seconds: queues the work policies ask for, at most max_users users per call; `more` says
+-- whether it stopped at that limit. Each user is handled in a subtransaction that gives up on any lock after
+-- 20 ms: an application transaction changing that user is in progress, and its own queue item stands. So the
+-- application never waits on this for longer than one call and never deadlocks with it; after three such users
+-- the call ends, so that the worker's loop is not held either.
+-- 1. A wait whose tier has a policy now (added since, or committed while the tier change ran): the user is queued
+--    (or, for a tier without an app, torn down if pg_fly keeps one), unless fly.deprovision_user_app() came after
+--    the tier change; a paid tier's user id pg_fly cannot use waits on for that reason instead.
+-- 2. A policy change recorded in fly.policy_changes: the tier's live apps and queued provisions are queued again
+--    (for removal, when the tier no longer grants an app).
+CREATE FUNCTION fly._apply_policy_changes(max_users integer, OUT queued integer, OUT more boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '20ms' AS $$
+DECLARE
+    max_held constant integer := 3;
+    budget integer := greatest(max_users, 1);
+    held integer := 0;
+    progress boolean := false;
+    outcome text;
+    waiting record;
+    c record;
+    u record;
+    uid uuid;
+    skipped uuid[];
+    walk_done boolean;
+BEGIN
+    queued := 0;
+    more := false;
+    FOR waiting IN
+        SELECT w.id, w.tier, w.since, fly._as_uuid(w.user_id) AS uid, p.dedicated_app
+          FROM fly.tier_waits w JOIN fly.tier_policies p ON p.tier = w.tier
+         WHERE w.reason = 'unknown_tier'
+         ORDER BY w.id LIMIT budget + 1
+    LOOP
+        IF budget = 0 THEN
+            more := progress;  -- when only held waits are left, the next sweep tries them again
+            RETURN;
+        END IF;
+        budget := budget - 1;
+        outcome := fly._settle_stale_wait(waiting.id, waiting.tier, waiting.since, waiting.uid,
+                                          waiting.dedicated_app);
+        IF outcome = 'held' THEN
+            held := held + 1;
+            IF held >= max_held THEN
+                RETURN;
+            END IF;
+        ELSE
+            progress := true;
+            queued := queued + (outcome = 'queued')::integer;
+        END IF;
+    END LOOP;
+
+    FOR c IN
+        SELECT pc.id, pc.tier, pc.after_user, pc.skipped_users, pc.changed_at,
+               p.tier IS NULL OR EXISTS (SELECT FROM fly.policy_changes n WHERE n.tier = pc.tier AND n.id > pc.id)
+                   AS superseded
+          FROM fly.policy_changes pc LEFT JOIN fly.tier_policies p ON p.tier = pc.tier
+         ORDER BY pc.id
+    LOOP
+        IF c.superseded THEN
+            -- The policy is gone (only possible once no app uses it), or changed again: the newer row walks anew.
+            DELETE FROM fly.policy_changes pc WHERE pc.id = c.id;
+            CONTINUE;
+        END IF;
+        IF budget = 0 OR held >= max_held THEN
+            more := held < max_held;
+            RETURN;
+        END IF;
+        skipped := '{}';
+        -- The users another transaction held at an earlier call, then the walk from where it stopped (after_user
+        -- NULL: from the start; the largest uuid: walked to the end).
+        FOREACH uid IN ARRAY c.skipped_users LOOP
+            IF budget = 0 OR held >= max_held THEN
+                skipped := skipped || uid;
+                CONTINUE;
+            END IF;
+            budget := budget - 1;
+            IF fly._policy_change_user(c.tier, c.changed_at, uid) = 'held' THEN
+                held := held + 1;
+                skipped := skipped || uid;
+            END IF;
+        END LOOP;
+        walk_done := true;
+        FOR u IN
+            SELECT x.user_id FROM (
+                SELECT a.user_id FROM fly.user_fly_apps a
+                 WHERE a.tier = c.tier AND a.deleted_at IS NULL
+                   AND a.user_id > coalesce(c.after_user, '00000000-0000-0000-0000-000000000000')
+                UNION
+                SELECT x.user_id FROM fly.reconcile_queue x
+                 WHERE x.tier = c.tier AND x.desired = 'present'
+                   AND x.user_id > coalesce(c.after_user, '00000000-0000-0000-0000-000000000000')) x
+             ORDER BY x.user_id LIMIT budget + 1
+        LOOP
+            IF budget = 0 OR held >= max_held THEN
+                walk_done := false;
+                EXIT;
+            END IF;
+            budget := budget - 1;
+            c.after_user := u.user_id;
+            outcome := fly._policy_change_user(c.tier, c.changed_at, u.user_id);
+            IF outcome = 'held' THEN
+                held := held + 1;
+                skipped := skipped || u.user_id;
+            ELSE
+                queued := queued + (outcome = 'queued')::integer;
+            END IF;
+        END LOOP;
+        IF walk_done AND cardinality(skipped) = 0 THEN
+            DELETE FROM fly.policy_changes pc WHERE pc.id = c.id;
+        ELSE
+            UPDATE fly.policy_changes pc
+               SET after_user = CASE WHEN walk_done THEN 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid
+                                     ELSE c.after_user END,
+                   skipped_users = skipped
+             WHERE pc.id = c.id;
+            IF NOT walk_done THEN
+                more := held < max_held;
+                RETURN;
+            END IF;
+        END IF;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION fly._apply_policy_changes(integer) FROM PUBLIC;
 
 -- Issue 13: drift repair
 -- The subscription table is the truth. Changes the trigger never sees (logical replication's apply, a trigger
@@ -575,6 +789,8 @@ CREATE FUNCTION fly._drift_repair(uid uuid, action text, differed text, subscrip
                                   app_id bigint, app_status text, app_tier text)
 RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- A queue item another transaction holds (a tier change in progress) fails at once (lock_not_available).
+    PERFORM FROM fly.reconcile_queue q WHERE q.user_id = uid FOR UPDATE NOWAIT;
     IF NOT fly._enqueue_if_unchanged(uid, CASE WHEN action = 'deprovision' THEN 'absent' ELSE 'present' END,
                                      CASE WHEN action = 'deprovision' THEN NULL ELSE subscription_tier END, 'drift',
                                      q_generation, q_enqueued_at, app_id) THEN
@@ -618,20 +834,25 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION fly._drift_require_read_committed() FROM PUBLIC;
 
--- Queues the differences a batch found (`diffs`: a jsonb array of the comparison's rows), each only if it still
--- holds. Each is queued (fly._drift_repair: only if the user's queue item and live app are still those compared,
--- waiting for a transaction that is changing them); then, in a statement of its own (under READ COMMITTED a
--- snapshot taken after every such wait), the users queued have their rows read again, in every spelling, and the
--- decision is made again per user from all of them. If any no longer holds, all of this batch's queuing is undone
--- and done again without those users. So a tier change that committed since the batch was read wins, even one
--- the worker already carried out (its queue item gone); one that commits later found the user's queue item held
--- by this transaction and overrides it when this one commits. A user whose rows fell into two batches (two
--- spellings of one uuid in a text column) is decided by all its rows.
+-- Queues the differences a batch found (`diffs`: a jsonb array of the comparison's rows, at most
+-- fly._drift_max_repairs()), each only if it still holds. Each is queued (fly._drift_repair: only if the user's
+-- queue item and live app are still those compared) in a subtransaction that gives up on any lock after 20 ms: a
+-- transaction changing that user is in progress, its own intent stands, and the user is left to the next pass.
+-- So neither the application nor the worker waits on the other for long, and they cannot deadlock. Then, in a
+-- statement of its own (under READ COMMITTED a snapshot taken after every such wait), the users queued have
+-- their rows read again, in every spelling, and the decision is made again per user from all of them. If any no
+-- longer holds, all of this batch's queuing is undone and done again without those users. So a tier change that
+-- committed since the batch was read wins, even one the worker already carried out (its queue item gone); one
+-- that commits later found the user's queue item held by this transaction and overrides it when this one
+-- commits. A user whose rows fell into two batches (two spellings of one uuid in a text column) is decided by all
+-- its rows.
 CREATE FUNCTION fly._drift_repair_all(diffs jsonb) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '20ms' AS $$
 DECLARE
     src fly.tier_source;
+    max_held constant integer := 3;
     left_out uuid[] := '{}';
+    held uuid[] := '{}';
     queued_users uuid[];
     stale uuid[];
     d record;
@@ -649,16 +870,26 @@ BEGIN
                                                             generation bigint, enqueued_at timestamptz,
                                                             q_desired text, q_tier text, app_id bigint,
                                                             app_status text, app_tier text)
-                 WHERE x.uid <> ALL (left_out)
+                 WHERE x.uid <> ALL (left_out) AND x.uid <> ALL (held)
                  ORDER BY x.uid
             LOOP
-                IF fly._drift_repair(d.uid, d.action, d.differed, d.tier, d.generation, d.enqueued_at,
-                                     d.q_desired, d.q_tier, d.app_id, d.app_status, d.app_tier) THEN
-                    queued_users := queued_users || d.uid;
+                IF cardinality(held) >= max_held THEN
+                    -- Each wait costs the lock timeout, with this batch's queue rows held meanwhile; an
+                    -- application transaction changing many of these users would be kept waiting.
+                    held := held || d.uid;
+                    CONTINUE;
                 END IF;
+                BEGIN
+                    IF fly._drift_repair(d.uid, d.action, d.differed, d.tier, d.generation, d.enqueued_at,
+                                         d.q_desired, d.q_tier, d.app_id, d.app_status, d.app_tier) THEN
+                        queued_users := queued_users || d.uid;
+                    END IF;
+                EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                    held := held || d.uid;  -- not tried again in this batch's later rounds either
+                END;
             END LOOP;
             IF cardinality(queued_users) = 0 THEN
-                RETURN 0;
+                EXIT;
             END IF;
             -- The users' rows now. As the batch decides: a user gets an app if any row grants one; a NULL tier
             -- grants none.
@@ -677,15 +908,26 @@ BEGIN
                  WHERE NOT CASE WHEN x.action = 'deprovision' THEN n.uid IS NULL OR (n.known AND NOT n.paid)
                                 ELSE coalesce(n.known AND n.paid AND n.tier = x.tier, false) END);
             IF cardinality(stale) = 0 THEN
-                RETURN cardinality(queued_users);
+                EXIT;
             END IF;
             RAISE EXCEPTION USING ERRCODE = 'PFD01';  -- undoes this batch's queuing and events
         EXCEPTION WHEN SQLSTATE 'PFD01' THEN
             left_out := left_out || stale;
         END;
     END LOOP;
+    IF cardinality(held) > 0 THEN
+        RAISE NOTICE 'drift repair left % user(s) to the next pass: other transactions were changing them',
+                     cardinality(held);
+    END IF;
+    RETURN cardinality(queued_users);
 END $$;
 REVOKE ALL ON FUNCTION fly._drift_repair_all(jsonb) FROM PUBLIC;
+
+-- At most this many differences are queued by one batch: their queue rows stay locked until it commits. A batch
+-- that finds more ends before the first it leaves, and the next batch reads on from there.
+CREATE FUNCTION fly._drift_max_repairs() RETURNS integer
+    LANGUAGE sql IMMUTABLE AS 'SELECT 500';
+REVOKE ALL ON FUNCTION fly._drift_max_repairs() FROM PUBLIC;
 
 -- One batch of the subscription table, in user id order after after_user: queues what differs. last_user is
 -- NULL when the table has no rows after after_user.
@@ -694,6 +936,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source := fly._tier_source();
     size constant integer := fly._drift_batch_size(batch_size);
+    max_repairs constant integer := fly._drift_max_repairs();
     diffs jsonb;
 BEGIN
     -- One statement: the batch and pg_fly's records of its users are seen as of the same moment. Set-based:
@@ -707,9 +950,11 @@ BEGIN
                                            size) WITH ORDINALITY AS s(user_id, tier, uid, n)),
         -- One row per user; a user with several rows gets an app if any of them grants one. A NULL tier grants
         -- none, as in the trigger.
+        -- pos: where the user's first row is in the batch.
         w AS MATERIALIZED (
             SELECT DISTINCT ON (b.uid) b.uid, b.tier, p.tier IS NOT NULL OR b.tier IS NULL AS known,
-                   coalesce(p.dedicated_app, false) AS paid, p.cpu_kind, p.cpus, p.memory_mb, p.region
+                   coalesce(p.dedicated_app, false) AS paid, p.cpu_kind, p.cpus, p.memory_mb, p.region,
+                   min(b.n) OVER (PARTITION BY b.uid) AS pos
               FROM b LEFT JOIN fly.tier_policies p ON p.tier = b.tier
              WHERE b.uid IS NOT NULL
              ORDER BY b.uid, coalesce(p.dedicated_app, false) DESC, b.tier),
@@ -720,7 +965,7 @@ BEGIN
         a AS (SELECT a.* FROM r, fly.user_fly_apps a
                WHERE a.user_id BETWEEN r.lo AND r.hi AND a.deleted_at IS NULL),
         c AS (
-            SELECT w.uid, w.tier, q.generation, q.enqueued_at, q.desired AS q_desired, q.tier AS q_tier,
+            SELECT w.uid, w.pos, w.tier, q.generation, q.enqueued_at, q.desired AS q_desired, q.tier AS q_tier,
                    a.id AS app_id, a.status AS app_status, a.tier AS app_tier,
                    CASE
                    WHEN NOT w.known THEN NULL  -- a tier without a policy waits for one
@@ -759,9 +1004,13 @@ BEGIN
                    THEN 'queued for an app, but the subscription''s tier grants none'
                    ELSE 'a live app, but the subscription''s tier grants none' END
                END AS differed
-          FROM c WHERE c.action IS NOT NULL)
-    SELECT (SELECT b.user_id FROM b ORDER BY b.n DESC LIMIT 1),
-           (SELECT jsonb_agg(to_jsonb(d)) FROM d)
+          FROM c WHERE c.action IS NOT NULL),
+        kept AS (SELECT d.* FROM d ORDER BY d.pos LIMIT max_repairs),
+        -- The first difference left for the next batch: this one ends on the row before it.
+        cut AS (SELECT d.pos FROM d ORDER BY d.pos OFFSET max_repairs LIMIT 1)
+    SELECT coalesce((SELECT b.user_id FROM b, cut WHERE b.n < cut.pos ORDER BY b.n DESC LIMIT 1),
+                    (SELECT b.user_id FROM b ORDER BY b.n DESC LIMIT 1)),
+           (SELECT jsonb_agg(to_jsonb(kept)) FROM kept)
       INTO last_user, diffs;
     queued := fly._drift_repair_all(diffs);
 END $$;
@@ -777,6 +1026,7 @@ DECLARE
     src fly.tier_source := fly._tier_source();
     size constant integer := fly._drift_batch_size(batch_size);
     after constant uuid := coalesce(after_user, '00000000-0000-0000-0000-000000000000');
+    max_repairs constant integer := fly._drift_max_repairs();
     diffs jsonb;
 BEGIN
     -- pg_fly's side read by index from after onwards, size at most; the table asked for those users, in every
@@ -810,9 +1060,13 @@ BEGIN
             SELECT c.*, 'deprovision' AS action, NULL::text AS tier,
                    CASE WHEN c.app_id IS NOT NULL THEN 'a live app, but the user has no subscription row'
                         ELSE 'queued for an app, but the user has no subscription row' END AS differed
-              FROM c)
-    SELECT (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1),
-           (SELECT jsonb_agg(to_jsonb(d)) FROM d)
+              FROM c),
+        kept AS (SELECT d.* FROM d ORDER BY d.uid LIMIT max_repairs),
+        -- More differences than one batch queues: it ends on the last it queues, and the next reads on from there.
+        cut AS (SELECT 1 FROM d ORDER BY d.uid OFFSET max_repairs LIMIT 1)
+    SELECT CASE WHEN EXISTS (SELECT FROM cut) THEN (SELECT kept.uid FROM kept ORDER BY kept.uid DESC LIMIT 1)
+                ELSE (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1) END,
+           (SELECT jsonb_agg(to_jsonb(kept)) FROM kept)
       INTO last_user, diffs;
     queued := fly._drift_repair_all(diffs);
 END $$;
