@@ -108,6 +108,33 @@ VALUES ('d3000000-0000-4000-8000-000000000001', 'pro', 'drift-upper', 'personal'
 SELECT fly.check_drift() AS queued;
 SELECT desired, count(*) FROM fly.reconcile_queue GROUP BY desired ORDER BY desired;
 SELECT fly.check_drift() AS queued_again;
+-- One batch queues at most fly._drift_max_repairs() differences (their queue rows stay locked until it commits):
+-- it ends on the row before the first difference it leaves, and the next batch reads on from there.
+TRUNCATE fly.reconcile_queue;
+SELECT fly._drift_max_repairs() AS max_repairs, fly._drift_batch_size(5000) AS batch_size;
+-- The upper-case user's live app and 499 paid users; the 501st difference is user ...1000.
+SELECT * FROM fly._drift_table_batch(NULL, 5000) \gset first_
+SELECT :'first_last_user' AS last_user, :first_queued AS queued;
+SELECT count(*) AS queued FROM fly.reconcile_queue;
+SELECT * FROM fly._drift_table_batch(:'first_last_user', 5000);
+SELECT count(*) AS queued, min(user_id::text) FILTER (WHERE user_id::text > :'first_last_user') AS first_of_second,
+       max(user_id::text) FILTER (WHERE user_id::text LIKE 'd2%') AS last_queued
+  FROM fly.reconcile_queue;
+-- The same for live apps whose users have no row: the batch ends on the last user it queued.
+TRUNCATE fly.reconcile_queue;
+INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
+SELECT format('d4000000-0000-4000-8000-%s', lpad(i::text, 12, '0'))::uuid, 'pro', 'drift-gone-' || i, 'personal',
+       'ams', 'shared', 1, 256, 'active'
+  FROM generate_series(1, 600) i;
+SELECT * FROM fly._drift_missing_batch(NULL, 5000);
+SELECT count(*) AS queued FROM fly.reconcile_queue;
+SELECT * FROM fly._drift_missing_batch('d4000000-0000-4000-8000-000000000500', 5000);
+SELECT count(*) AS queued FROM fly.reconcile_queue;
+DELETE FROM fly.user_fly_app_events;
+DELETE FROM fly.user_fly_apps WHERE fly_app_name LIKE 'drift-gone-%';
+-- check_drift() walks on through capped batches: every difference (6000 paid users, the upper-case user's app).
+TRUNCATE fly.reconcile_queue;
+SELECT fly.check_drift() AS queued_after_capped_batches;
 
 -- Every spelling of a uuid the trigger accepts (IsUuidText, as uuid_in): braces, mixed case, a dash after every
 -- four digits. Those users keep their apps; a row with an unbalanced brace is no uuid and stops nothing. One user

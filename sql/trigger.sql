@@ -104,6 +104,29 @@ INSERT INTO billing_accounts VALUES (NULL, 'pro');
 INSERT INTO billing_accounts VALUES (NULL, 'free');
 RESET fly.strict_tiers;
 SELECT count(*) FROM billing_accounts;
+-- A user with a live pro app gains a second row on a tier without an app, which then changes to another such
+-- tier: neither names the app's tier (only a row that grants the app does), so the pro policy stays in use.
+INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
+VALUES ('55555555-5555-4555-8555-555555555555', 'pro', 'vyx-user-55', 'personal', 'sjc', 'shared', 1, 256, 'active');
+TRUNCATE fly.reconcile_queue;
+INSERT INTO billing_accounts VALUES ('55555555-5555-4555-8555-555555555555', 'free');
+UPDATE billing_accounts SET plan_name = 'trial' WHERE account_owner = '55555555-5555-4555-8555-555555555555'
+   AND plan_name = 'free';
+SELECT tier FROM fly.user_fly_apps WHERE user_id = '55555555-5555-4555-8555-555555555555';
+SELECT * FROM queue();
+-- A change between two tiers with the same app after fly.deprovision_user_app(): a tier change, so the teardown
+-- ends and the app is queued again.
+SELECT fly.deprovision_user_app('55555555-5555-4555-8555-555555555555');
+UPDATE fly.user_fly_apps SET deleted_at = now(), status = 'deleted'
+ WHERE user_id = '55555555-5555-4555-8555-555555555555';
+TRUNCATE fly.reconcile_queue;
+UPDATE billing_accounts SET plan_name = 'elite' WHERE account_owner = '55555555-5555-4555-8555-555555555555'
+   AND plan_name = 'pro';
+SELECT count(*) AS manual_teardowns FROM fly.manual_teardowns;
+SELECT * FROM queue();
+TRUNCATE fly.user_fly_apps CASCADE;
+TRUNCATE fly.reconcile_queue;
+DELETE FROM billing_accounts WHERE plan_name = 'trial';
 
 -- attach_tier_trigger errors name the problem.
 SELECT fly.attach_tier_trigger('no_such_table');

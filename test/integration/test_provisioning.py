@@ -44,8 +44,14 @@ class ProvisioningTestCase(unittest.TestCase):
         self.sim.control("POST", "reset")
 
     def settle(self, timeout=60):
-        """Waits until the queue is empty and no operation is in flight."""
-        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout),
+        """Waits until the queue is empty and no operation is in flight, and (from 0.3.0 on) the worker has queued
+        what policy changes ask for."""
+        done = "NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)"
+        if self.pg.value("SELECT to_regclass('fly.policy_changes') IS NOT NULL") == "t":
+            done += (" AND NOT EXISTS (SELECT 1 FROM fly.policy_changes)"
+                     " AND NOT EXISTS (SELECT 1 FROM fly.tier_waits w JOIN fly.tier_policies p ON p.tier = w.tier"
+                     " WHERE w.reason = 'unknown_tier')")
+        self.assertTrue(self.pg.wait_for("SELECT " + done, timeout),
                         "queue did not drain: " + repr(self.pg.sql("SELECT * FROM fly.pending_work")))
 
     def live_apps_on_fly(self):

@@ -96,44 +96,77 @@ class UnknownTierTest(ProvisioningTestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn('cannot delete the policy of tier "team": 1 live app(s) and 0 queued provision(s) use it', result.stderr)
 
-    def test_policy_transaction_never_blocks_the_application_and_drift_provisions_the_user_it_missed(self):
-        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'free')")
-        # An operator's transaction adds the policy and stays open for 3 s.
+    def hold(self, statement, seconds=3):
+        """Runs `statement` in an operator's transaction that stays open for `seconds`."""
         command = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.pg.workdir,
                    "-p", str(self.pg.port), "-U", "postgres", "-d", self.pg.database, "-c",
-                   "BEGIN; INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) "
-                   "VALUES ('team', true, 'shared', 1, 256); SELECT pg_sleep(3); COMMIT;"]
+                   f"BEGIN; {statement}; SELECT pg_sleep({seconds}); COMMIT;"]
         admin = subprocess.Popen(command, cwd=self.pg.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True, user="postgres" if os.geteuid() == 0 else None)
         time.sleep(1)
-        # The application, which gives up on any lock wait, changes the user to the tier meanwhile: no wait.
+        return admin
+
+    def app_write(self, statement):
+        """The application's statement, which gives up on any lock wait; returns how long it took."""
         started = time.monotonic()
-        self.pg.sql(f"SET lock_timeout = '200ms'; UPDATE user_subscriptions SET tier = 'team' WHERE user_id = '{USER}'")
-        self.assertLess(time.monotonic() - started, 1.0)
+        self.pg.sql(f"SET lock_timeout = '200ms'; {statement}")
+        return time.monotonic() - started
+
+    def test_tier_change_racing_the_policy_is_provisioned_without_drift(self):
+        # The harness runs with fly.drift_check_interval = 0: only the worker's policy step can find this user.
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'free')")
+        admin = self.hold("INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) "
+                          "VALUES ('team', true, 'shared', 1, 256)")
+        # The application changes the user to the tier meanwhile: no wait. Its snapshot has no policy, so the user
+        # waits, and the policy's INSERT does not see that wait.
+        self.assertLess(self.app_write(f"UPDATE user_subscriptions SET tier = 'team' WHERE user_id = '{USER}'"), 1.0)
         _, errors = admin.communicate(timeout=30)
         self.assertEqual(admin.returncode, 0, errors)
-        # Neither saw the other: the wait is left behind, not shown, and nothing is queued.
-        self.assertEqual(self.pg.sql("SELECT user_id, reason FROM fly.tier_waits"), [[USER, "unknown_tier"]])
         self.assertEqual(self.pg.sql("SELECT * FROM fly.needs_attention"), [])
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
-        # The worker's drift pass provisions the user, once.
-        self.pg.sql("ALTER SYSTEM SET fly.drift_check_interval = '1h'")
-        self.pg.reload()
-        try:
-            self.settle()
-            deadline = time.monotonic() + 30
-            while self.pg.value(f"SELECT count(*) FROM fly.user_fly_apps WHERE user_id = '{USER}' "
-                                "AND status = 'active'") != "1" and time.monotonic() < deadline:
-                time.sleep(0.2)
-                self.settle()
-        finally:
-            self.pg.sql("ALTER SYSTEM RESET fly.drift_check_interval")
-            self.pg.reload()
+        # The worker finds the wait whose tier has a policy now, queues the user and provisions the app, once.
+        deadline = time.monotonic() + 30
+        while self.pg.value(f"SELECT count(*) FROM fly.user_fly_apps WHERE user_id = '{USER}' "
+                            "AND status = 'active'") != "1" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.settle()
         self.assertEqual(self.pg.sql(f"SELECT status, tier FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
                          [["active", "team"]])
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.tier_waits"), "0")
         creates = [r["endpoint"] for r in fly_requests(self.sim) if r["endpoint"].startswith("create_")]
         self.assertEqual(creates, ["create_app", "create_machine"])
 
+    def test_a_waiting_users_write_never_waits_for_the_policy_transaction(self):
+        other = "bbbbbbbb-2222-4222-8222-222222222222"
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'team'), ('{other}', 'team')")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.needs_attention"), "2")
+        admin = self.hold("INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) "
+                          "VALUES ('team', true, 'shared', 1, 256)")
+        # Before the fix the policy's INSERT locked the waiting users' queue and wait rows until it committed, and
+        # this statement failed with a lock timeout.
+        self.assertLess(self.app_write(f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{USER}'"), 1.0)
+        _, errors = admin.communicate(timeout=30)
+        self.assertEqual(admin.returncode, 0, errors)
+        self.settle()
+        # The user the application moved to free gets nothing; the other waiting user gets the app.
+        self.assertEqual(self.pg.sql("SELECT user_id, status FROM fly.user_fly_apps WHERE deleted_at IS NULL"),
+                         [[other, "active"]])
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.tier_waits"), "0")
+
+    def test_a_live_apps_write_never_waits_for_a_guest_change(self):
+        self.pg.sql("INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) "
+                    "VALUES ('team', true, 'shared', 1, 256)")
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'team')")
+        self.settle()
+        admin = self.hold("UPDATE fly.tier_policies SET memory_mb = 512 WHERE tier = 'team'")
+        # Before the fix the policy's UPDATE locked every live app's queue row of the tier until it committed.
+        self.assertLess(self.app_write(f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{USER}'"), 1.0)
+        _, errors = admin.communicate(timeout=30)
+        self.assertEqual(admin.returncode, 0, errors)
+        self.settle()
+        # The application's change stands: the app is gone, and the guest change did not bring it back.
+        self.assertEqual(self.pg.value(f"SELECT count(*) FROM fly.user_fly_apps WHERE user_id = '{USER}' "
+                                       "AND deleted_at IS NULL"), "0")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.policy_changes"), "0")
 
 if __name__ == "__main__":
     unittest.main()
