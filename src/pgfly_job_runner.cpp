@@ -345,10 +345,11 @@ JobRunner::DriftStep() {
 		}
 		return;
 	}
+	// The next batch waits as long as the last one took (or a failed one's retry delay); a pass, its interval.
+	if (!drift_.Due(now)) {
+		return;
+	}
 	if (!drift_.InProgress()) {
-		if (!drift_.Due(now)) {
-			return;
-		}
 		drift_.Start();
 		drift_started_ = now;
 		pg::PgGuard([]() { elog(DEBUG1, "pg_fly worker: drift pass started"); });
@@ -398,9 +399,14 @@ JobRunner::DriftStep() {
 			}
 		}
 	} catch (const std::exception &e) {
-		// What this pass queued stays queued; the next pass starts from the beginning.
-		drift_.End(Now());
-		Log(std::string("drift repair failed, tried again in fly.drift_check_interval: ") + e.what());
+		// What this pass queued stays queued. The same batch is tried again shortly (a deadlock or a timeout does
+		// not last), so that on a large, busy table the pass still reaches its end; only a batch that keeps failing
+		// ends the pass, and the next one starts from the beginning.
+		if (const std::optional<double> retry = drift_.Fail(Now())) {
+			Log("drift repair failed, retried in " + std::to_string(static_cast<int>(*retry)) + " s: " + e.what());
+		} else {
+			Log(std::string("drift repair failed, tried again in fly.drift_check_interval: ") + e.what());
+		}
 	}
 }
 
@@ -576,7 +582,8 @@ JobRunner::SleepMs() const {
 	if (WantsHealthProbe(now)) {
 		wake.At(next_probe_check_);
 	}
-	// Dispatch runs the policy step and the drift pass's next batch at every pass of the loop, saturated or not.
+	// Dispatch runs the policy step, and the drift pass's next batch when it is due, saturated or not: a batch is
+	// followed by a pause as long as it took, so a pass of slow batches leaves the worker at least half of its time.
 	if (extension_present_) {
 		if (policy_more_) {
 			wake.Now();
@@ -584,9 +591,7 @@ JobRunner::SleepMs() const {
 			wake.At(next_policy_sweep_);
 		}
 	}
-	if (drift_.InProgress()) {
-		wake.Now();
-	} else if (extension_present_) {
+	if (drift_.InProgress() || extension_present_) {
 		wake.At(drift_.NextDue());
 	}
 	if (!claims_released_ && extension_present_) {

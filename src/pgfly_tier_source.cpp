@@ -22,6 +22,7 @@ extern "C" {
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "lib/stringinfo.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
@@ -287,8 +288,40 @@ CommonSpellings(const UuidSet &set) {
 	return PointerGetDatum(construct_array(forms, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-// Whether every member that holds rows has a valid btree index whose first column is the user column: then a
-// read of some users is an index scan, not a full read of the table.
+// Whether `index` serves the batch reader's `user > $1 ORDER BY user` as an ordered scan: valid, not partial, its
+// first key the column itself (not an expression), with the column type's default btree opclass (so btree, and
+// ordered by the type's own `<`: a pattern_ops index is not) and the column's own collation, ascending with nulls
+// last or the exact reverse (scanned backward). Anything else leaves the planner a full read and a sort.
+bool
+IndexServesBatch(Oid index, AttrNumber attnum, Oid opclass, Oid collation) {
+	HeapTuple tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(index));
+	if (!HeapTupleIsValid(tuple)) {
+		return false;
+	}
+	const Form_pg_index form = reinterpret_cast<Form_pg_index>(GETSTRUCT(tuple));
+	bool serves = form->indisvalid && form->indnkeyatts >= 1 && form->indkey.values[0] == attnum &&
+				  heap_attisnull(tuple, Anum_pg_index_indpred, nullptr);
+	if (serves) {
+		bool null_classes = false;
+		bool null_collations = false;
+		bool null_options = false;
+		const Datum classes = SysCacheGetAttr(INDEXRELID, tuple, Anum_pg_index_indclass, &null_classes);
+		const Datum collations = SysCacheGetAttr(INDEXRELID, tuple, Anum_pg_index_indcollation, &null_collations);
+		const Datum options = SysCacheGetAttr(INDEXRELID, tuple, Anum_pg_index_indoption, &null_options);
+		serves = !null_classes && !null_collations && !null_options;
+		if (serves) {
+			const int16 option = reinterpret_cast<int2vector *>(DatumGetPointer(options))->values[0];
+			serves = reinterpret_cast<oidvector *>(DatumGetPointer(classes))->values[0] == opclass &&
+					 reinterpret_cast<oidvector *>(DatumGetPointer(collations))->values[0] == collation &&
+					 ((option & INDOPTION_DESC) != 0) == ((option & INDOPTION_NULLS_FIRST) != 0);
+		}
+	}
+	ReleaseSysCache(tuple);
+	return serves;
+}
+
+// Whether every member that holds rows has an index that serves the batch reader (IndexServesBatch): then a batch
+// is an index scan, not a full read of the table.
 bool
 UserColumnIndexed(List *members, const char *user_column) {
 	ListCell *cell;
@@ -298,30 +331,25 @@ UserColumnIndexed(List *members, const char *user_column) {
 			continue;
 		}
 		const AttrNumber attnum = get_attnum(member, user_column);
+		if (attnum <= 0) {
+			return false; // no such column (an expression index's key is 0 too)
+		}
+		Oid type = InvalidOid;
+		int32 typmod = -1;
+		Oid collation = InvalidOid;
+		get_atttypetypmodcoll(member, attnum, &type, &typmod, &collation);
+		const Oid opclass = GetDefaultOpClass(type, BTREE_AM_OID);
+		if (!OidIsValid(opclass)) {
+			return false;
+		}
 		Relation rel = table_open(member, NoLock); // locked by CheckTierSource
 		List *indexes = RelationGetIndexList(rel);
 		table_close(rel, NoLock);
 		bool indexed = false;
 		ListCell *index_cell;
 		foreach (index_cell, indexes) {
-			const Oid index = lfirst_oid(index_cell);
-			HeapTuple tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(index));
-			if (!HeapTupleIsValid(tuple)) {
-				continue;
-			}
-			const Form_pg_index form = reinterpret_cast<Form_pg_index>(GETSTRUCT(tuple));
-			indexed = form->indisvalid && form->indnatts >= 1 && form->indkey.values[0] == attnum &&
-					  heap_attisnull(tuple, Anum_pg_index_indpred, nullptr);
-			ReleaseSysCache(tuple);
-			if (indexed) {
-				HeapTuple class_tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(index));
-				indexed = HeapTupleIsValid(class_tuple) &&
-						  reinterpret_cast<Form_pg_class>(GETSTRUCT(class_tuple))->relam == BTREE_AM_OID;
-				if (HeapTupleIsValid(class_tuple)) {
-					ReleaseSysCache(class_tuple);
-				}
-			}
-			if (indexed) {
+			if (IndexServesBatch(lfirst_oid(index_cell), attnum, opclass, collation)) {
+				indexed = true;
 				break;
 			}
 		}

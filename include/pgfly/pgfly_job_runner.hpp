@@ -47,8 +47,7 @@ public:
 	// (Re)reads the fly.* settings, the token and the secrets file; called at start and after SIGHUP.
 	void Configure();
 	// Claims due items while below fly.max_concurrency (or the lower concurrency the reserved file descriptors
-	// allow), while the breaker is closed, and starts them; then runs one batch of the drift pass, when one is
-	// in progress or due.
+	// allow), while the breaker is closed, and starts them; then runs the drift pass's next batch, when it is due.
 	void Dispatch();
 	// Serves the client's sockets and timers, turns each answer into the operation's next step, and sends the
 	// requests that the rate limiter and the breaker now allow.
@@ -58,7 +57,7 @@ public:
 
 	int EventFd() const;
 	// How long the worker may sleep: the client's timer, a pending request, the next due item, the breaker's
-	// probe time, the next drift pass, or the poll interval; 0 while a drift pass is in progress.
+	// probe time, the drift pass's next batch or next pass, or the poll interval.
 	long SleepMs() const;
 
 private:

@@ -1,7 +1,8 @@
 // The worker's drift pass, walked one batch per pass of the worker's loop so that Fly's answers, wake-ups and
 // other work are served in between: which walk it is in (the subscription table, then the users pg_fly keeps an
-// app for), the last user id each batch reached, how large the next batch is, and when the next pass is due.
-// Times are seconds on a monotonic clock, passed in so that tests control them.
+// app for), the last user id each batch reached, how large the next batch is, when the next batch or pass is due,
+// and how often the batch at the cursor has failed. Times are seconds on a monotonic clock, passed in so that
+// tests control them.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +20,9 @@ public:
 	static constexpr int kMinBatchSize = 100;
 	static constexpr int kFirstBatchSize = 1000;
 	static constexpr int kMaxBatchSize = 5000;
+	// A failed batch is tried again after 1 s, then 2 s, ...; the kMaxFailures-th failure in a row ends the pass.
+	static constexpr double kFirstRetrySeconds = 1;
+	static constexpr int kMaxFailures = 3;
 
 	// What the next batch reads.
 	struct Batch {
@@ -35,12 +39,13 @@ public:
 	// worker's start).
 	void Configure(double interval_seconds);
 
-	bool InProgress() const {
+	bool
+	InProgress() const {
 		return phase_ != Phase::kIdle;
 	}
-	// Whether a pass should start now.
+	// Whether there is something to do now: the next batch of the pass in progress, or a new pass.
 	bool Due(double now) const;
-	// When the next pass is due; nothing while one is in progress or passes are off.
+	// When that is: the next batch while a pass is in progress, else the next pass (nothing: passes are off).
 	std::optional<double> NextDue() const;
 
 	void Start();
@@ -48,18 +53,30 @@ public:
 	// when another table or other columns are attached).
 	Batch Next(const std::string &source) const;
 	// After `batch` committed: the last user id it read (nothing: its walk is done), how many users it queued and
-	// how long it took. Returns whether the pass ended with it.
+	// how long it took. The next batch is due no sooner than `seconds` after `now`, so that a pass whose batches
+	// are slow (full reads of a large table) takes at most about half of the worker's time. Returns whether the
+	// pass ended with it.
 	bool Advance(const Batch &batch, const std::string &source, const std::optional<std::string> &last_user,
 				 int64_t queued, double seconds, double now);
+	// The next batch failed: the cursor stays, and the same batch is tried again after a delay. Returns that delay,
+	// or nothing when this was the kMaxFailures-th failure in a row and the pass ended (End).
+	std::optional<double> Fail(double now);
 	// Ends the pass in progress (it failed, or there is nothing to compare): the next is due an interval later.
 	void End(double now);
 
-	Phase phase() const {
+	Phase
+	phase() const {
 		return phase_;
 	}
 	// Users queued by the pass in progress (or the last one, once it ended).
-	int64_t queued() const {
+	int64_t
+	queued() const {
 		return queued_;
+	}
+	// Failures in a row of the batch at the cursor.
+	int
+	failures() const {
+		return failures_;
 	}
 
 private:
@@ -72,6 +89,9 @@ private:
 	std::optional<std::string> after_;
 	int batch_size_ = kFirstBatchSize;
 	int64_t queued_ = 0;
+	// When the pass in progress may run its next batch.
+	double next_batch_ = 0;
+	int failures_ = 0;
 };
 
 } // namespace pgfly
