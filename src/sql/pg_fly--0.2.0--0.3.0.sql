@@ -770,7 +770,8 @@ RETURNS TABLE (user_id text, tier text, uid uuid)  -- uid: the user id as a uuid
 CREATE FUNCTION fly._subscription_rows_of(tbl regclass, user_column name, tier_column name, user_ids uuid[])
 RETURNS TABLE (user_id text, tier text, uid uuid)
     LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_rows_of' ROWS 5000;
--- Whether the user column has a btree index in every member: without one, every batch is a full read.
+-- Whether every member has an index that can serve a batch's order (UserColumnIndexed): without one, every batch
+-- is a full read.
 CREATE FUNCTION fly._subscription_user_indexed(tbl regclass, user_column name) RETURNS boolean
     LANGUAGE c AS 'MODULE_PATHNAME', '_subscription_user_indexed';
 CREATE FUNCTION fly._enqueue_if_unchanged(user_id uuid, desired text, tier text, reason text,
