@@ -108,15 +108,16 @@ VALUES ('d3000000-0000-4000-8000-000000000001', 'pro', 'drift-upper', 'personal'
 SELECT fly.check_drift() AS queued;
 SELECT desired, count(*) FROM fly.reconcile_queue GROUP BY desired ORDER BY desired;
 SELECT fly.check_drift() AS queued_again;
--- One batch queues at most fly._drift_max_repairs() differences (their queue rows stay locked until it commits):
--- it ends on the row before the first difference it leaves, and the next batch reads on from there.
+-- One of the worker's batches queues at most fly._drift_max_repairs() differences (their queue rows stay locked
+-- until it commits): it ends on the row before the first difference it leaves, and the next batch reads on from
+-- there. Shown here with 500.
 TRUNCATE fly.reconcile_queue;
 SELECT fly._drift_max_repairs() AS max_repairs, fly._drift_batch_size(5000) AS batch_size;
 -- The upper-case user's live app and 499 paid users; the 501st difference is user ...1000.
-SELECT * FROM fly._drift_table_batch(NULL, 5000) \gset first_
+SELECT * FROM fly._drift_table_batch(NULL, 5000, 500) \gset first_
 SELECT :'first_last_user' AS last_user, :first_queued AS queued;
 SELECT count(*) AS queued FROM fly.reconcile_queue;
-SELECT * FROM fly._drift_table_batch(:'first_last_user', 5000);
+SELECT * FROM fly._drift_table_batch(:'first_last_user', 5000, 500);
 SELECT count(*) AS queued, min(user_id::text) FILTER (WHERE user_id::text > :'first_last_user') AS first_of_second,
        max(user_id::text) FILTER (WHERE user_id::text LIKE 'd2%') AS last_queued
   FROM fly.reconcile_queue;
@@ -126,9 +127,9 @@ INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region
 SELECT format('d4000000-0000-4000-8000-%s', lpad(i::text, 12, '0'))::uuid, 'pro', 'drift-gone-' || i, 'personal',
        'ams', 'shared', 1, 256, 'active'
   FROM generate_series(1, 600) i;
-SELECT * FROM fly._drift_missing_batch(NULL, 5000);
+SELECT * FROM fly._drift_missing_batch(NULL, 5000, 500);
 SELECT count(*) AS queued FROM fly.reconcile_queue;
-SELECT * FROM fly._drift_missing_batch('d4000000-0000-4000-8000-000000000500', 5000);
+SELECT * FROM fly._drift_missing_batch('d4000000-0000-4000-8000-000000000500', 5000, 500);
 SELECT count(*) AS queued FROM fly.reconcile_queue;
 DELETE FROM fly.user_fly_app_events;
 DELETE FROM fly.user_fly_apps WHERE fly_app_name LIKE 'drift-gone-%';

@@ -356,9 +356,10 @@ JobRunner::DriftStep() {
 	}
 	// The table walk, then the users pg_fly keeps an app for that the table may have lost.
 	static const char *const kTableBatch =
-		"SELECT last_user, queued FROM fly._drift_table_batch($1, $2::pg_catalog.int4)";
+		"SELECT last_user, queued FROM fly._drift_table_batch($1, $2::pg_catalog.int4, fly._drift_max_repairs())";
 	static const char *const kMissingBatch =
-		"SELECT last_user, queued FROM fly._drift_missing_batch($1::pg_catalog.uuid, $2::pg_catalog.int4)";
+		"SELECT last_user, queued FROM fly._drift_missing_batch($1::pg_catalog.uuid, $2::pg_catalog.int4, "
+		"fly._drift_max_repairs())";
 	try {
 		bool ready = false;
 		std::string source;
@@ -369,7 +370,7 @@ JobRunner::DriftStep() {
 		const bool present = InTransaction("pg_fly: drift repair", [&](pg::SpiConnection &spi) {
 			// An older schema (before ALTER EXTENSION pg_fly UPDATE), or no subscription table attached. The
 			// table's identity, read in the batch's transaction: another table attached mid-pass starts it over.
-			auto rows = spi.Query("SELECT pg_catalog.to_regprocedure('fly._drift_missing_batch(uuid,integer)') "
+			auto rows = spi.Query("SELECT pg_catalog.to_regprocedure('fly._drift_missing_batch(uuid,integer,integer)') "
 								  "IS NOT NULL, (SELECT s.table_name::pg_catalog.oid::pg_catalog.text "
 								  "OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) s.user_column "
 								  "OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) s.tier_column "

@@ -836,7 +836,7 @@ END $$;
 REVOKE ALL ON FUNCTION fly._drift_require_read_committed() FROM PUBLIC;
 
 -- Queues the differences a batch found (`diffs`: a jsonb array of the comparison's rows, at most
--- fly._drift_max_repairs()), each only if it still holds. Each is queued (fly._drift_repair: only if the user's
+-- the batch's max_repairs), each only if it still holds. Each is queued (fly._drift_repair: only if the user's
 -- queue item and live app are still those compared) in a subtransaction that gives up on any lock after 20 ms: a
 -- transaction changing that user is in progress, its own intent stands, and the user is left to the next pass.
 -- So neither the application nor the worker waits on the other for long, and they cannot deadlock. Then, in a
@@ -924,20 +924,22 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION fly._drift_repair_all(jsonb) FROM PUBLIC;
 
--- At most this many differences are queued by one batch: their queue rows stay locked until it commits. A batch
--- that finds more ends before the first it leaves, and the next batch reads on from there.
+-- At most this many differences are queued by one of the worker's batches: their queue rows stay locked until it
+-- commits. A batch that finds more ends before the first it leaves, and the next batch reads on from there.
+-- fly.check_drift() holds every row lock until its caller commits anyway, so its batches are not capped (each cut
+-- would cost another read of a table without an index).
 CREATE FUNCTION fly._drift_max_repairs() RETURNS integer
-    LANGUAGE sql IMMUTABLE AS 'SELECT 500';
+    LANGUAGE sql IMMUTABLE AS 'SELECT 1000';
 REVOKE ALL ON FUNCTION fly._drift_max_repairs() FROM PUBLIC;
 
 -- One batch of the subscription table, in user id order after after_user: queues what differs. last_user is
 -- NULL when the table has no rows after after_user.
-CREATE FUNCTION fly._drift_table_batch(after_user text, batch_size integer, OUT last_user text, OUT queued integer)
+CREATE FUNCTION fly._drift_table_batch(after_user text, batch_size integer, max_repairs integer,
+                                       OUT last_user text, OUT queued integer)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source := fly._tier_source();
     size constant integer := fly._drift_batch_size(batch_size);
-    max_repairs constant integer := fly._drift_max_repairs();
     diffs jsonb;
 BEGIN
     -- One statement: the batch and pg_fly's records of its users are seen as of the same moment. Set-based:
@@ -1008,26 +1010,25 @@ BEGIN
           FROM c WHERE c.action IS NOT NULL),
         kept AS (SELECT d.* FROM d ORDER BY d.pos LIMIT max_repairs),
         -- The first difference left for the next batch: this one ends on the row before it.
-        cut AS (SELECT d.pos FROM d ORDER BY d.pos OFFSET max_repairs LIMIT 1)
+        cut AS (SELECT d.pos FROM d WHERE max_repairs IS NOT NULL ORDER BY d.pos OFFSET max_repairs LIMIT 1)
     SELECT coalesce((SELECT b.user_id FROM b, cut WHERE b.n < cut.pos ORDER BY b.n DESC LIMIT 1),
                     (SELECT b.user_id FROM b ORDER BY b.n DESC LIMIT 1)),
            (SELECT jsonb_agg(to_jsonb(kept)) FROM kept)
       INTO last_user, diffs;
     queued := fly._drift_repair_all(diffs);
 END $$;
-REVOKE ALL ON FUNCTION fly._drift_table_batch(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fly._drift_table_batch(text, integer, integer) FROM PUBLIC;
 
 -- One batch of the users pg_fly keeps an app for (a live app, or a queued 'present'), in user id order after
 -- after_user: those the subscription table no longer has (a deleted row, a truncated or dropped partition) are
 -- queued for removal. last_user is NULL when there are no more.
-CREATE FUNCTION fly._drift_missing_batch(after_user uuid, batch_size integer, OUT last_user uuid,
+CREATE FUNCTION fly._drift_missing_batch(after_user uuid, batch_size integer, max_repairs integer, OUT last_user uuid,
                                          OUT queued integer)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source := fly._tier_source();
     size constant integer := fly._drift_batch_size(batch_size);
     after constant uuid := coalesce(after_user, '00000000-0000-0000-0000-000000000000');
-    max_repairs constant integer := fly._drift_max_repairs();
     diffs jsonb;
 BEGIN
     -- pg_fly's side read by index from after onwards, size at most; the table asked for those users, in every
@@ -1064,14 +1065,14 @@ BEGIN
               FROM c),
         kept AS (SELECT d.* FROM d ORDER BY d.uid LIMIT max_repairs),
         -- More differences than one batch queues: it ends on the last it queues, and the next reads on from there.
-        cut AS (SELECT 1 FROM d ORDER BY d.uid OFFSET max_repairs LIMIT 1)
+        cut AS (SELECT 1 FROM d WHERE max_repairs IS NOT NULL ORDER BY d.uid OFFSET max_repairs LIMIT 1)
     SELECT CASE WHEN EXISTS (SELECT FROM cut) THEN (SELECT kept.uid FROM kept ORDER BY kept.uid DESC LIMIT 1)
                 ELSE (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1) END,
            (SELECT jsonb_agg(to_jsonb(kept)) FROM kept)
       INTO last_user, diffs;
     queued := fly._drift_repair_all(diffs);
 END $$;
-REVOKE ALL ON FUNCTION fly._drift_missing_batch(uuid, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fly._drift_missing_batch(uuid, integer, integer) FROM PUBLIC;
 
 -- Compares every user's subscription with what pg_fly recorded and queues each difference; returns how many
 -- users it queued. The worker runs the same batches, each in a transaction of its own and one per pass of its
@@ -1092,13 +1093,13 @@ BEGIN
     PERFORM fly._tier_source();  -- an error that says how to attach a table, when none is
     PERFORM fly._drift_require_read_committed();
     LOOP
-        SELECT * INTO r FROM fly._drift_table_batch(after_text, batch);
+        SELECT * INTO r FROM fly._drift_table_batch(after_text, batch, NULL);
         total := total + r.queued;
         EXIT WHEN r.last_user IS NULL;
         after_text := r.last_user;
     END LOOP;
     LOOP
-        SELECT * INTO r FROM fly._drift_missing_batch(after_uuid, batch);
+        SELECT * INTO r FROM fly._drift_missing_batch(after_uuid, batch, NULL);
         total := total + r.queued;
         EXIT WHEN r.last_user IS NULL;
         after_uuid := r.last_user;
