@@ -189,7 +189,14 @@ TRUNCATE fly.reconcile_queue;
 INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, status, region, cpu_kind, cpus, memory_mb)
 VALUES ('a1111111-1111-4111-8111-111111111111', 'team', 'vyx-user-a1', 'personal', 'active', 'sjc', 'shared', 2, 512),
        ('a4444444-4444-4444-8444-444444444444', 'team', 'vyx-user-a4', 'personal', 'active', 'sjc', 'shared', 2, 512),
-       ('a2222222-2222-4222-8222-222222222222', 'pro', 'vyx-user-a2', 'personal', 'active', 'sjc', 'shared', 1, 256);
+       ('a2222222-2222-4222-8222-222222222222', 'pro', 'vyx-user-a2', 'personal', 'active', 'sjc', 'shared', 1, 256),
+       -- the first uuid of all is a user too
+       ('00000000-0000-0000-0000-000000000000', 'team', 'vyx-user-00', 'personal', 'active', 'sjc', 'shared', 2, 512);
+-- Provisions of the tier queued after the change: one the worker is carrying out (claimed, with the policy it read
+-- then) is queued again; one not claimed yet will read the new policy.
+INSERT INTO fly.reconcile_queue (user_id, desired, tier, reason, enqueued_at, claimed_at)
+VALUES ('a5555555-5555-4555-8555-555555555555', 'present', 'team', 'tier_change', now() + interval '1 hour', now()),
+       ('a6666666-6666-4666-8666-666666666666', 'present', 'team', 'tier_change', now() + interval '1 hour', NULL);
 UPDATE fly.tier_policies SET updated_at = now() WHERE tier = 'team';
 SELECT settle();
 SELECT * FROM queue();
@@ -228,6 +235,21 @@ SELECT * FROM queue();
 SELECT * FROM waits();
 UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
 DELETE FROM fly.tier_policies WHERE tier = 'hobby';
+-- ... but not when another of the user's rows still grants one (a table with several rows per user): the app
+-- stays, and the wait ends.
+CREATE TABLE plan_rows (account_owner text, plan_name text);
+SELECT fly.attach_tier_trigger('plan_rows', 'account_owner', 'plan_name');
+INSERT INTO plan_rows VALUES ('a2222222-2222-4222-8222-222222222222', 'pro'),
+    ('a2222222-2222-4222-8222-222222222222', 'hobby3');
+TRUNCATE fly.reconcile_queue;
+SELECT user_id, tier, reason FROM fly.tier_waits;
+INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('hobby3', false);
+SELECT settle();
+SELECT * FROM queue();
+SELECT count(*) AS waits FROM fly.tier_waits;
+SELECT fly.attach_tier_trigger();
+DROP TABLE plan_rows;
+DELETE FROM fly.tier_policies WHERE tier = 'hobby3';
 
 -- Deleting (or renaming) a policy live apps use is refused, with the count.
 DELETE FROM fly.tier_policies WHERE tier = 'team';

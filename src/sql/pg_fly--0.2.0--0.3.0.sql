@@ -385,8 +385,9 @@ CREATE TABLE fly.tier_waits (
     since   timestamptz NOT NULL DEFAULT now(),
     id      bigint GENERATED ALWAYS AS IDENTITY UNIQUE  -- what a minimal pg_fly_alerts notification names
 );
--- No index on tier: the table holds only rows an operator has to fix, and a tier is whatever the application
--- wrote (a megabyte of it would not fit an index entry and would fail the application's statement).
+-- The worker looks for waits whose tier has a policy now (fly._apply_policy_changes) every few seconds: by tier,
+-- which the trigger cuts to 64 bytes, so an index entry always fits.
+CREATE INDEX tier_waits_unknown_tier ON fly.tier_waits (tier) WHERE reason = 'unknown_tier';
 COMMENT ON TABLE fly.tier_waits IS
     'Subscription rows pg_fly could not act on: a tier without a policy, or a paid tier''s user id that is not a uuid';
 SELECT pg_catalog.pg_extension_config_dump('fly.tier_waits', '');
@@ -551,15 +552,15 @@ DECLARE
 BEGIN
     SELECT * INTO p FROM fly.tier_policies x WHERE x.tier = _policy_change_user.tier;
     -- A queue item another transaction holds (a tier change in progress) fails at once (lock_not_available).
-    SELECT x.generation, x.enqueued_at, x.desired, x.tier INTO q FROM fly.reconcile_queue x WHERE x.user_id = uid
-       FOR UPDATE NOWAIT;
+    SELECT x.generation, x.enqueued_at, x.desired, x.tier, x.claimed_at INTO q
+      FROM fly.reconcile_queue x WHERE x.user_id = uid FOR UPDATE NOWAIT;
     SELECT a.id, a.tier, a.cpu_kind, a.cpus, a.memory_mb, a.region INTO app
       FROM fly.user_fly_apps a WHERE a.user_id = uid AND a.deleted_at IS NULL;
     -- Only a user whose intent is still this tier's (one moved to another tier since has its own queue item), and
-    -- whose provision was queued before the change (one queued since is carried out with the new policy), or whose
-    -- app differs from the policy.
+    -- whose provision was queued before the change or is being carried out (the worker reads the policy when it
+    -- claims an item; one queued since and not claimed yet gets the new policy), or whose app differs from it.
     IF NOT ((q.desired = 'present' AND q.tier = _policy_change_user.tier
-             AND (q.enqueued_at <= changed_at OR NOT p.dedicated_app))
+             AND (q.enqueued_at <= changed_at OR q.claimed_at IS NOT NULL OR NOT p.dedicated_app))
             OR (q.desired IS NULL AND app.tier = _policy_change_user.tier
                 AND (NOT p.dedicated_app
                      OR (app.cpu_kind, app.cpus, app.memory_mb, app.region)
@@ -587,6 +588,7 @@ DECLARE
     q record;
     app_id bigint;
     torn_down_at timestamptz;
+    src fly.tier_source;
     result text := 'settled';
 BEGIN
     -- The user's queue item and live app first, then the wait locked and checked unchanged: a tier change that
@@ -609,6 +611,17 @@ BEGIN
         RETURN 'settled';
     END IF;
     SELECT t.since INTO torn_down_at FROM fly.manual_teardowns t WHERE t.user_id = uid;
+    IF NOT dedicated_app AND (app_id IS NOT NULL OR q.desired = 'present') THEN
+        -- A tier without an app: the app goes only if none of the user's other rows grants one (as the drift
+        -- pass decides). The rows are read as the table's owner (fly._subscription_rows_of).
+        SELECT * INTO src FROM fly.tier_source s;
+        IF FOUND AND EXISTS (SELECT FROM fly._subscription_rows_of(src.table_name, src.user_column,
+                                                                  src.tier_column, ARRAY[uid]) r
+                               JOIN fly.tier_policies p ON p.tier = r.tier WHERE p.dedicated_app) THEN
+            DELETE FROM fly.tier_waits x WHERE x.id = wait_id;
+            RETURN 'settled';
+        END IF;
+    END IF;
     IF dedicated_app AND torn_down_at > since THEN
         NULL;  -- torn down by an operator after the tier change: that stands until the next one
     ELSIF dedicated_app OR app_id IS NOT NULL OR q.desired = 'present' THEN
@@ -628,22 +641,23 @@ END $$;
 REVOKE ALL ON FUNCTION fly._settle_stale_wait(bigint, text, timestamptz, uuid, boolean) FROM PUBLIC;
 
 -- Run by the worker (JobRunner::PolicyStep), in short transactions of its own, at start, when a policy change
--- commits and every few seconds: queues the work policies ask for, at most max_users users per call; `more` says
--- whether it stopped at that limit. Each user is handled in a subtransaction that gives up on any lock after
--- 20 ms: an application transaction changing that user is in progress, and its own queue item stands. So the
--- application never waits on this for longer than one call and never deadlocks with it; after three such users
--- the call ends, so that the worker's loop is not held either.
+-- commits and every 10 seconds: queues the work policies ask for, at most max_users users and about 200 ms per
+-- call; `more` says whether it stopped at a limit with work left. Each user is handled in a subtransaction that
+-- takes the user's rows with NOWAIT (and gives up any other lock after 20 ms): a user an application transaction
+-- is changing is left to that change, and looked at again later. So an application never waits on this for
+-- longer than one call and never deadlocks with it, and users held by open transactions hold up no one else.
 -- 1. A wait whose tier has a policy now (added since, or committed while the tier change ran): the user is queued
---    (or, for a tier without an app, torn down if pg_fly keeps one), unless fly.deprovision_user_app() came after
---    the tier change; a paid tier's user id pg_fly cannot use waits on for that reason instead.
+--    (or, for a tier without an app, torn down if pg_fly keeps one and no other row of theirs grants one), unless
+--    fly.deprovision_user_app() came after the tier change; a paid tier's user id pg_fly cannot use waits on for
+--    that reason instead. Waits another transaction holds are skipped.
 -- 2. A policy change recorded in fly.policy_changes: the tier's live apps and queued provisions are queued again
---    (for removal, when the tier no longer grants an app).
+--    (for removal, when the tier no longer grants an app); users held are kept in skipped_users and tried again
+--    at the next call.
 CREATE FUNCTION fly._apply_policy_changes(max_users integer, OUT queued integer, OUT more boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '20ms' AS $$
 DECLARE
-    max_held constant integer := 3;
+    deadline constant timestamptz := clock_timestamp() + interval '200 milliseconds';
     budget integer := greatest(max_users, 1);
-    held integer := 0;
     progress boolean := false;
     outcome text;
     waiting record;
@@ -660,20 +674,16 @@ BEGIN
           FROM fly.tier_waits w JOIN fly.tier_policies p ON p.tier = w.tier
          WHERE w.reason = 'unknown_tier'
          ORDER BY w.id LIMIT budget + 1
+           FOR UPDATE OF w SKIP LOCKED
     LOOP
-        IF budget = 0 THEN
+        IF budget = 0 OR clock_timestamp() > deadline THEN
             more := progress;  -- when only held waits are left, the next sweep tries them again
             RETURN;
         END IF;
         budget := budget - 1;
         outcome := fly._settle_stale_wait(waiting.id, waiting.tier, waiting.since, waiting.uid,
                                           waiting.dedicated_app);
-        IF outcome = 'held' THEN
-            held := held + 1;
-            IF held >= max_held THEN
-                RETURN;
-            END IF;
-        ELSE
+        IF outcome <> 'held' THEN
             progress := true;
             queued := queued + (outcome = 'queued')::integer;
         END IF;
@@ -691,50 +701,52 @@ BEGIN
             DELETE FROM fly.policy_changes pc WHERE pc.id = c.id;
             CONTINUE;
         END IF;
-        IF budget = 0 OR held >= max_held THEN
-            more := held < max_held;
+        IF budget = 0 OR clock_timestamp() > deadline THEN
+            more := true;
             RETURN;
         END IF;
         skipped := '{}';
         -- The users another transaction held at an earlier call, then the walk from where it stopped (after_user
         -- NULL: from the start; the largest uuid: walked to the end).
         FOREACH uid IN ARRAY c.skipped_users LOOP
-            IF budget = 0 OR held >= max_held THEN
+            IF budget = 0 OR clock_timestamp() > deadline THEN
                 skipped := skipped || uid;
+                more := true;  -- not tried yet
                 CONTINUE;
             END IF;
             budget := budget - 1;
             IF fly._policy_change_user(c.tier, c.changed_at, uid) = 'held' THEN
-                held := held + 1;
                 skipped := skipped || uid;
             END IF;
         END LOOP;
-        walk_done := true;
-        FOR u IN
-            SELECT x.user_id FROM (
-                SELECT a.user_id FROM fly.user_fly_apps a
-                 WHERE a.tier = c.tier AND a.deleted_at IS NULL
-                   AND a.user_id > coalesce(c.after_user, '00000000-0000-0000-0000-000000000000')
-                UNION
-                SELECT x.user_id FROM fly.reconcile_queue x
-                 WHERE x.tier = c.tier AND x.desired = 'present'
-                   AND x.user_id > coalesce(c.after_user, '00000000-0000-0000-0000-000000000000')) x
-             ORDER BY x.user_id LIMIT budget + 1
-        LOOP
-            IF budget = 0 OR held >= max_held THEN
-                walk_done := false;
-                EXIT;
-            END IF;
-            budget := budget - 1;
-            c.after_user := u.user_id;
-            outcome := fly._policy_change_user(c.tier, c.changed_at, u.user_id);
-            IF outcome = 'held' THEN
-                held := held + 1;
-                skipped := skipped || u.user_id;
-            ELSE
-                queued := queued + (outcome = 'queued')::integer;
-            END IF;
-        END LOOP;
+        walk_done := coalesce(c.after_user = 'ffffffff-ffff-ffff-ffff-ffffffffffff', false);
+        IF NOT walk_done THEN
+            walk_done := true;
+            FOR u IN
+                SELECT x.user_id FROM (
+                    SELECT a.user_id FROM fly.user_fly_apps a
+                     WHERE a.tier = c.tier AND a.deleted_at IS NULL
+                       AND (c.after_user IS NULL OR a.user_id > c.after_user)
+                    UNION
+                    SELECT x.user_id FROM fly.reconcile_queue x
+                     WHERE x.tier = c.tier AND x.desired = 'present'
+                       AND (c.after_user IS NULL OR x.user_id > c.after_user)) x
+                 ORDER BY x.user_id LIMIT budget + 1
+            LOOP
+                IF budget = 0 OR clock_timestamp() > deadline THEN
+                    walk_done := false;
+                    EXIT;
+                END IF;
+                budget := budget - 1;
+                c.after_user := u.user_id;
+                outcome := fly._policy_change_user(c.tier, c.changed_at, u.user_id);
+                IF outcome = 'held' THEN
+                    skipped := skipped || u.user_id;
+                ELSE
+                    queued := queued + (outcome = 'queued')::integer;
+                END IF;
+            END LOOP;
+        END IF;
         IF walk_done AND cardinality(skipped) = 0 THEN
             DELETE FROM fly.policy_changes pc WHERE pc.id = c.id;
         ELSE
@@ -743,8 +755,8 @@ BEGIN
                                      ELSE c.after_user END,
                    skipped_users = skipped
              WHERE pc.id = c.id;
-            IF NOT walk_done THEN
-                more := held < max_held;
+            IF NOT walk_done OR more THEN
+                more := true;
                 RETURN;
             END IF;
         END IF;
@@ -851,7 +863,10 @@ CREATE FUNCTION fly._drift_repair_all(diffs jsonb) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '20ms' AS $$
 DECLARE
     src fly.tier_source;
-    max_held constant integer := 3;
+    -- Time spent in lock waits that gave up (a queue item another transaction is inserting): this batch's queue
+    -- rows are held meanwhile. A queue item held already costs nothing (NOWAIT).
+    waited interval := '0';
+    attempt timestamptz;
     left_out uuid[] := '{}';
     held uuid[] := '{}';
     queued_users uuid[];
@@ -874,12 +889,11 @@ BEGIN
                  WHERE x.uid <> ALL (left_out) AND x.uid <> ALL (held)
                  ORDER BY x.uid
             LOOP
-                IF cardinality(held) >= max_held THEN
-                    -- Each wait costs the lock timeout, with this batch's queue rows held meanwhile; an
-                    -- application transaction changing many of these users would be kept waiting.
-                    held := held || d.uid;
+                IF waited > interval '100 milliseconds' THEN
+                    held := held || d.uid;  -- an application transaction changing many of these users
                     CONTINUE;
                 END IF;
+                attempt := clock_timestamp();
                 BEGIN
                     IF fly._drift_repair(d.uid, d.action, d.differed, d.tier, d.generation, d.enqueued_at,
                                          d.q_desired, d.q_tier, d.app_id, d.app_status, d.app_tier) THEN
@@ -887,6 +901,7 @@ BEGIN
                     END IF;
                 EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
                     held := held || d.uid;  -- not tried again in this batch's later rounds either
+                    waited := waited + (clock_timestamp() - attempt);
                 END;
             END LOOP;
             IF cardinality(queued_users) = 0 THEN
@@ -1028,7 +1043,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     src fly.tier_source := fly._tier_source();
     size constant integer := fly._drift_batch_size(batch_size);
-    after constant uuid := coalesce(after_user, '00000000-0000-0000-0000-000000000000');
+    after constant uuid := after_user;  -- NULL: from the start (the all-zero uuid is a user id too)
     diffs jsonb;
 BEGIN
     -- pg_fly's side read by index from after onwards, size at most; the table asked for those users, in every
@@ -1036,10 +1051,10 @@ BEGIN
     WITH k AS MATERIALIZED (
             SELECT u.user_id FROM (
                 (SELECT a.user_id FROM fly.user_fly_apps a
-                  WHERE a.deleted_at IS NULL AND a.user_id > after ORDER BY a.user_id LIMIT size)
+                  WHERE a.deleted_at IS NULL AND (after IS NULL OR a.user_id > after) ORDER BY a.user_id LIMIT size)
                  UNION
                 (SELECT q.user_id FROM fly.reconcile_queue q
-                  WHERE q.desired = 'present' AND q.user_id > after ORDER BY q.user_id LIMIT size)
+                  WHERE q.desired = 'present' AND (after IS NULL OR q.user_id > after) ORDER BY q.user_id LIMIT size)
             ) u ORDER BY u.user_id LIMIT size),
         r AS (SELECT (SELECT k.user_id FROM k ORDER BY k.user_id LIMIT 1) AS lo,
                      (SELECT k.user_id FROM k ORDER BY k.user_id DESC LIMIT 1) AS hi),
