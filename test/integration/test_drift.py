@@ -165,9 +165,8 @@ class ConcurrentChangeTest(DriftTestCase):
         holder = IdleSession(self.pg, "drift_holder",
                              f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{self.A}';")
         holder.wait_idle(self)
-        started = time.monotonic()
+        # The holder stays open until the end: check_drift() returning at all shows it did not wait for it.
         queued = self.check_drift()
-        self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual(queued, 1)  # U; A is the holder's
         holder.end("COMMIT")
         self.settle()

@@ -31,6 +31,11 @@ class IdleSession:
         self.process.stdin.write(f"BEGIN;\n{sql}\n")
         self.process.stdin.flush()
 
+    def run(self, sql):
+        """Runs more statements in the open transaction; wait_idle() again to know they ran."""
+        self.process.stdin.write(f"{sql}\n")
+        self.process.stdin.flush()
+
     def wait_idle(self, test):
         test.assertTrue(self.pg.wait_for(f"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = "
                                          f"'{self.name}' AND state = 'idle in transaction')", timeout=30),

@@ -10,6 +10,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_failures import Listener, fly_requests  # noqa: E402
+from test_locks import IdleSession  # noqa: E402
 from harness import PG_BIN  # noqa: E402
 from test_provisioning import USER, ProvisioningTestCase, app_name  # noqa: E402
 
@@ -103,7 +104,9 @@ class UnknownTierTest(ProvisioningTestCase):
                    f"BEGIN; {statement}; SELECT pg_sleep({seconds}); COMMIT;"]
         admin = subprocess.Popen(command, cwd=self.pg.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True, user="postgres" if os.geteuid() == 0 else None)
-        time.sleep(1)
+        # Its statement has run once the session sleeps.
+        self.assertTrue(self.pg.wait_for("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
+                                         "AND wait_event = 'PgSleep')", timeout=30))
         return admin
 
     def app_write(self, statement):
@@ -113,17 +116,22 @@ class UnknownTierTest(ProvisioningTestCase):
         return time.monotonic() - started
 
     def test_tier_change_racing_the_policy_is_provisioned_without_drift(self):
-        # The harness runs with fly.drift_check_interval = 0: only the worker's policy step can find this user.
+        # The harness runs with fly.drift_check_interval = 0: only the worker's periodic policy sweep can find this
+        # user. A REPEATABLE READ transaction whose snapshot predates the policy changes the user's tier after the
+        # policy committed (and after the worker's wake-up at that commit found nothing): the trigger records a
+        # wait for a tier that has a policy, and nothing wakes the worker for it.
         self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'free')")
-        admin = self.hold("INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) "
-                          "VALUES ('team', true, 'shared', 1, 256)")
-        # The application changes the user to the tier meanwhile: no wait. Its snapshot has no policy, so the user
-        # waits, and the policy's INSERT does not see that wait.
-        self.assertLess(self.app_write(f"UPDATE user_subscriptions SET tier = 'team' WHERE user_id = '{USER}'"), 1.0)
-        _, errors = admin.communicate(timeout=30)
-        self.assertEqual(admin.returncode, 0, errors)
+        app = IdleSession(self.pg, "rr_app", "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
+                                             "SELECT count(*) FROM user_subscriptions;")
+        app.wait_idle(self)
+        self.pg.sql("INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) "
+                    "VALUES ('team', true, 'shared', 1, 256)")
+        app.run(f"UPDATE user_subscriptions SET tier = 'team' WHERE user_id = '{USER}';")
+        app.wait_idle(self)
+        app.end("COMMIT")
         self.assertEqual(self.pg.sql("SELECT * FROM fly.needs_attention"), [])
-        # The worker finds the wait whose tier has a policy now, queues the user and provisions the app, once.
+        # The worker's sweep (every 10 s) finds the wait whose tier has a policy now, queues the user and provisions
+        # the app, once.
         deadline = time.monotonic() + 30
         while self.pg.value(f"SELECT count(*) FROM fly.user_fly_apps WHERE user_id = '{USER}' "
                             "AND status = 'active'") != "1" and time.monotonic() < deadline:
