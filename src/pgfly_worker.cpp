@@ -159,6 +159,10 @@ WorkerLoop(SharedState *shared) {
 	// An application transaction holding a queue or app row (its trigger upserted it) must not stall every
 	// user's work: the worker's statements give up after a second and the item is retried.
 	pg::PgGuard([]() { SetConfigOption("lock_timeout", "1000", PGC_SUSET, PGC_S_OVERRIDE); });
+	// The drift pass and the policy step read the subscription table as its owner, whose row security or
+	// functions may take their time: no statement may hold the loop for longer than a minute (the longest, a
+	// drift batch over a table without an index, takes about a second per 100,000 rows).
+	pg::PgGuard([]() { SetConfigOption("statement_timeout", "60000", PGC_SUSET, PGC_S_OVERRIDE); });
 	// The worker is a superuser: a database owner's ALTER DATABASE ... SET search_path must not choose the
 	// operators and functions its SQL resolves.
 	pg::PgGuard([]() { SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE); });

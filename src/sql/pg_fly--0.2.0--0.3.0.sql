@@ -554,8 +554,10 @@ BEGIN
     -- A queue item another transaction holds (a tier change in progress) fails at once (lock_not_available).
     SELECT x.generation, x.enqueued_at, x.desired, x.tier, x.claimed_at INTO q
       FROM fly.reconcile_queue x WHERE x.user_id = uid FOR UPDATE NOWAIT;
+    -- The live app too: a relabel in progress (pro -> elite) holds it, and would be undone by an item for the
+    -- old tier.
     SELECT a.id, a.tier, a.cpu_kind, a.cpus, a.memory_mb, a.region INTO app
-      FROM fly.user_fly_apps a WHERE a.user_id = uid AND a.deleted_at IS NULL;
+      FROM fly.user_fly_apps a WHERE a.user_id = uid AND a.deleted_at IS NULL FOR UPDATE NOWAIT;
     -- Only a user whose intent is still this tier's (one moved to another tier since has its own queue item), and
     -- whose provision was queued before the change or is being carried out (the worker reads the policy when it
     -- claims an item; one queued since and not claimed yet gets the new policy), or whose app differs from it.
@@ -612,14 +614,28 @@ BEGIN
     END IF;
     SELECT t.since INTO torn_down_at FROM fly.manual_teardowns t WHERE t.user_id = uid;
     IF NOT dedicated_app AND (app_id IS NOT NULL OR q.desired = 'present') THEN
-        -- A tier without an app: the app goes only if none of the user's other rows grants one (as the drift
-        -- pass decides). The rows are read as the table's owner (fly._subscription_rows_of).
+        -- A tier without an app: the app goes only if none of the user's other rows grants one or may (a tier
+        -- without a policy yet), as the drift pass decides. The rows are read as the table's owner
+        -- (fly._subscription_rows_of). A table that cannot be read (its owner's row security failing, a column
+        -- renamed) keeps the app: the wait ends, and the drift pass decides once the table reads again.
         SELECT * INTO src FROM fly.tier_source s;
-        IF FOUND AND EXISTS (SELECT FROM fly._subscription_rows_of(src.table_name, src.user_column,
-                                                                  src.tier_column, ARRAY[uid]) r
-                               JOIN fly.tier_policies p ON p.tier = r.tier WHERE p.dedicated_app) THEN
-            DELETE FROM fly.tier_waits x WHERE x.id = wait_id;
-            RETURN 'settled';
+        IF FOUND THEN
+            BEGIN
+                IF EXISTS (SELECT FROM fly._subscription_rows_of(src.table_name, src.user_column, src.tier_column,
+                                                                 ARRAY[uid]) r
+                             LEFT JOIN fly.tier_policies p ON p.tier = r.tier
+                            WHERE r.tier IS NOT NULL AND coalesce(p.dedicated_app, true)) THEN
+                    DELETE FROM fly.tier_waits x WHERE x.id = wait_id;
+                    RETURN 'settled';
+                END IF;
+            EXCEPTION
+                WHEN lock_not_available OR deadlock_detected THEN
+                    RETURN 'held';
+                WHEN OTHERS THEN
+                    RAISE WARNING 'pg_fly: the subscription table could not be read to settle a wait: %', SQLERRM;
+                    DELETE FROM fly.tier_waits x WHERE x.id = wait_id;
+                    RETURN 'settled';
+            END;
         END IF;
     END IF;
     IF dedicated_app AND torn_down_at > since THEN
@@ -656,39 +672,51 @@ REVOKE ALL ON FUNCTION fly._settle_stale_wait(bigint, text, timestamptz, uuid, b
 CREATE FUNCTION fly._apply_policy_changes(max_users integer, OUT queued integer, OUT more boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '20ms' AS $$
 DECLARE
-    deadline constant timestamptz := clock_timestamp() + interval '200 milliseconds';
-    budget integer := greatest(max_users, 1);
+    started constant timestamptz := clock_timestamp();
+    budget integer;
+    -- Something moved on: a user settled or queued, a walk advanced, a row went. `more` is asked for only then,
+    -- so that users held by open transactions cannot keep the worker calling this in a loop.
     progress boolean := false;
+    limited boolean := false;  -- stopped at a limit with work left
     outcome text;
+    pol record;
     waiting record;
     c record;
     u record;
     uid uuid;
-    skipped uuid[];
+    held_in_walk uuid[];
+    retry uuid[];
     walk_done boolean;
 BEGIN
     queued := 0;
-    more := false;
-    FOR waiting IN
-        SELECT w.id, w.tier, w.since, fly._as_uuid(w.user_id) AS uid, p.dedicated_app
-          FROM fly.tier_waits w JOIN fly.tier_policies p ON p.tier = w.tier
-         WHERE w.reason = 'unknown_tier'
-         ORDER BY w.id LIMIT budget + 1
-           FOR UPDATE OF w SKIP LOCKED
-    LOOP
-        IF budget = 0 OR clock_timestamp() > deadline THEN
-            more := progress;  -- when only held waits are left, the next sweep tries them again
-            RETURN;
-        END IF;
-        budget := budget - 1;
-        outcome := fly._settle_stale_wait(waiting.id, waiting.tier, waiting.since, waiting.uid,
-                                          waiting.dedicated_app);
-        IF outcome <> 'held' THEN
-            progress := true;
-            queued := queued + (outcome = 'queued')::integer;
-        END IF;
+    -- 1. Waits whose tier has a policy now, tier by tier (the index tier_waits_unknown_tier finds them however
+    --    many waits there are for tiers without one). Waits another transaction holds are skipped.
+    budget := greatest(max_users, 1);
+    <<waits>>
+    FOR pol IN SELECT p.tier, p.dedicated_app FROM fly.tier_policies p ORDER BY p.tier LOOP
+        FOR waiting IN
+            SELECT w.id, w.since, fly._as_uuid(w.user_id) AS uid FROM fly.tier_waits w
+             WHERE w.tier = pol.tier AND w.reason = 'unknown_tier'
+             ORDER BY w.id LIMIT budget + 1
+               FOR UPDATE SKIP LOCKED
+        LOOP
+            IF budget = 0 OR clock_timestamp() > started + interval '100 milliseconds' THEN
+                limited := true;
+                EXIT waits;
+            END IF;
+            budget := budget - 1;
+            outcome := fly._settle_stale_wait(waiting.id, pol.tier, waiting.since, waiting.uid, pol.dedicated_app);
+            IF outcome <> 'held' THEN
+                progress := true;
+                queued := queued + (outcome = 'queued')::integer;
+            END IF;
+        END LOOP;
     END LOOP;
 
+    -- 2. Policy changes, with a budget of their own: each tier's walk over its live apps and queued provisions,
+    --    then the users another transaction held at an earlier call (after_user NULL: the walk starts; the
+    --    largest uuid: it is done).
+    budget := greatest(max_users, 1);
     FOR c IN
         SELECT pc.id, pc.tier, pc.after_user, pc.skipped_users, pc.changed_at,
                p.tier IS NULL OR EXISTS (SELECT FROM fly.policy_changes n WHERE n.tier = pc.tier AND n.id > pc.id)
@@ -699,26 +727,14 @@ BEGIN
         IF c.superseded THEN
             -- The policy is gone (only possible once no app uses it), or changed again: the newer row walks anew.
             DELETE FROM fly.policy_changes pc WHERE pc.id = c.id;
+            progress := true;
             CONTINUE;
         END IF;
-        IF budget = 0 OR clock_timestamp() > deadline THEN
-            more := true;
-            RETURN;
+        IF budget = 0 OR clock_timestamp() > started + interval '200 milliseconds' THEN
+            limited := true;
+            EXIT;
         END IF;
-        skipped := '{}';
-        -- The users another transaction held at an earlier call, then the walk from where it stopped (after_user
-        -- NULL: from the start; the largest uuid: walked to the end).
-        FOREACH uid IN ARRAY c.skipped_users LOOP
-            IF budget = 0 OR clock_timestamp() > deadline THEN
-                skipped := skipped || uid;
-                more := true;  -- not tried yet
-                CONTINUE;
-            END IF;
-            budget := budget - 1;
-            IF fly._policy_change_user(c.tier, c.changed_at, uid) = 'held' THEN
-                skipped := skipped || uid;
-            END IF;
-        END LOOP;
+        held_in_walk := '{}';
         walk_done := coalesce(c.after_user = 'ffffffff-ffff-ffff-ffff-ffffffffffff', false);
         IF NOT walk_done THEN
             walk_done := true;
@@ -733,34 +749,52 @@ BEGIN
                        AND (c.after_user IS NULL OR x.user_id > c.after_user)) x
                  ORDER BY x.user_id LIMIT budget + 1
             LOOP
-                IF budget = 0 OR clock_timestamp() > deadline THEN
+                IF budget = 0 OR clock_timestamp() > started + interval '200 milliseconds' THEN
                     walk_done := false;
+                    limited := true;
                     EXIT;
                 END IF;
                 budget := budget - 1;
                 c.after_user := u.user_id;
+                progress := true;  -- the walk moved on, past a held user too
                 outcome := fly._policy_change_user(c.tier, c.changed_at, u.user_id);
                 IF outcome = 'held' THEN
-                    skipped := skipped || u.user_id;
+                    held_in_walk := held_in_walk || u.user_id;
                 ELSE
                     queued := queued + (outcome = 'queued')::integer;
                 END IF;
             END LOOP;
         END IF;
-        IF walk_done AND cardinality(skipped) = 0 THEN
+        -- Once the walk is done, the users held before are tried again; those held now wait for a later call.
+        retry := '{}';
+        FOREACH uid IN ARRAY c.skipped_users LOOP
+            IF NOT walk_done OR budget = 0 OR clock_timestamp() > started + interval '200 milliseconds' THEN
+                retry := retry || uid;
+                limited := limited OR walk_done;
+                CONTINUE;
+            END IF;
+            budget := budget - 1;
+            outcome := fly._policy_change_user(c.tier, c.changed_at, uid);
+            IF outcome = 'held' THEN
+                retry := retry || uid;
+            ELSE
+                progress := true;
+                queued := queued + (outcome = 'queued')::integer;
+            END IF;
+        END LOOP;
+        retry := retry || held_in_walk;
+        IF walk_done AND cardinality(retry) = 0 THEN
             DELETE FROM fly.policy_changes pc WHERE pc.id = c.id;
         ELSE
             UPDATE fly.policy_changes pc
                SET after_user = CASE WHEN walk_done THEN 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid
                                      ELSE c.after_user END,
-                   skipped_users = skipped
+                   skipped_users = retry
              WHERE pc.id = c.id;
-            IF NOT walk_done OR more THEN
-                more := true;
-                RETURN;
-            END IF;
         END IF;
+        EXIT WHEN limited;
     END LOOP;
+    more := limited AND progress;
 END $$;
 REVOKE ALL ON FUNCTION fly._apply_policy_changes(integer) FROM PUBLIC;
 
@@ -890,8 +924,8 @@ BEGIN
                  ORDER BY x.uid
             LOOP
                 IF waited > interval '100 milliseconds' THEN
-                    held := held || d.uid;  -- an application transaction changing many of these users
-                    CONTINUE;
+                    -- Many queue items being inserted by open transactions: give up on each at once from now on.
+                    PERFORM set_config('lock_timeout', '1ms', true);
                 END IF;
                 attempt := clock_timestamp();
                 BEGIN
