@@ -247,6 +247,17 @@ INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('hobby3', false);
 SELECT settle();
 SELECT * FROM queue();
 SELECT count(*) AS waits FROM fly.tier_waits;
+-- A table pg_fly cannot read at that moment (here a column renamed behind its back) keeps the app too, with a
+-- warning; the step goes on with the other users. In one transaction, so that the worker does not do it first.
+INSERT INTO plan_rows VALUES ('a2222222-2222-4222-8222-222222222222', 'hobby4');
+BEGIN;
+ALTER TABLE plan_rows RENAME COLUMN plan_name TO plan;
+INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('hobby4', false);
+SELECT queued FROM fly._apply_policy_changes(100);
+SELECT * FROM queue();
+SELECT count(*) AS waits FROM fly.tier_waits;
+ROLLBACK;
+DELETE FROM plan_rows WHERE plan_name = 'hobby4';
 SELECT fly.attach_tier_trigger();
 DROP TABLE plan_rows;
 DELETE FROM fly.tier_policies WHERE tier = 'hobby3';
