@@ -123,6 +123,15 @@ OTHER_CALLS = [
 ]
 
 
+def _create_hostile_role(pg):
+    """The attacker: an ordinary role with its own schema, USAGE on fly and the README's operator functions."""
+    pg.sql("CREATE ROLE hostile LOGIN; CREATE SCHEMA hostile AUTHORIZATION hostile; "
+           "GRANT USAGE ON SCHEMA fly TO hostile; "
+           "GRANT EXECUTE ON FUNCTION fly.provision_user_app(uuid), fly.deprovision_user_app(uuid), "
+           "fly.retry_user_app(uuid), fly.get_user_fly_app_status(uuid), fly.provision_user_app(), "
+           "fly.onboard_existing_users(boolean) TO hostile")
+
+
 class HostileOwnerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -131,11 +140,7 @@ class HostileOwnerTest(unittest.TestCase):
         # No token: the worker stays idle, so the queue and app rows stay as the calls leave them.
         cls.pg = Cluster(cls.sim.url, token="")
         cls.addClassCleanup(cls.pg.destroy)
-        cls.pg.sql("CREATE ROLE hostile LOGIN; CREATE SCHEMA hostile AUTHORIZATION hostile; "
-                   "GRANT USAGE ON SCHEMA fly TO hostile; "
-                   "GRANT EXECUTE ON FUNCTION fly.provision_user_app(uuid), fly.deprovision_user_app(uuid), "
-                   "fly.retry_user_app(uuid), fly.get_user_fly_app_status(uuid), fly.provision_user_app(), "
-                   "fly.onboard_existing_users(boolean) TO hostile")
+        _create_hostile_role(cls.pg)
         cls.pg.sql("CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw; "
                    "GRANT USAGE ON FOREIGN SERVER files TO hostile")
         code, _, err = cls.as_hostile(MARKER)
@@ -259,11 +264,7 @@ class HostileOwnerFollowUpTest(unittest.TestCase):
         cls.addClassCleanup(cls.sim.stop)
         cls.pg = Cluster(cls.sim.url, token="")  # the worker stays idle: the queue stays as the writes leave it
         cls.addClassCleanup(cls.pg.destroy)
-        cls.pg.sql("CREATE ROLE hostile LOGIN; CREATE SCHEMA hostile AUTHORIZATION hostile; "
-                   "GRANT USAGE ON SCHEMA fly TO hostile; "
-                   "GRANT EXECUTE ON FUNCTION fly.provision_user_app(uuid), fly.deprovision_user_app(uuid), "
-                   "fly.retry_user_app(uuid), fly.get_user_fly_app_status(uuid), fly.provision_user_app(), "
-                   "fly.onboard_existing_users(boolean) TO hostile")
+        _create_hostile_role(cls.pg)
         code, _, err = cls.as_hostile(MARKER)
         assert code == 0, err
 
