@@ -197,7 +197,7 @@ class Waiter:
 
 class Machine:
     __slots__ = ("id", "app", "name", "region", "state", "instance_id", "private_ip", "config",
-                 "image_ref", "created_at", "updated_at", "events", "event_count", "check_names",
+                 "image_ref", "created_at", "created_mono", "updated_at", "events", "event_count", "check_names",
                  "checks_changed_at", "started_mono", "update_seq", "timer", "waiters")
 
     def __init__(self, app, machine_id, name, region, config, instance_id, private_ip, synthetic_check):
@@ -210,6 +210,7 @@ class Machine:
         self.instance_id = instance_id
         self.private_ip = private_ip
         self.created_at = now
+        self.created_mono = time.monotonic()
         self.updated_at = now
         self.events = collections.deque(maxlen=20)
         self.event_count = 0
@@ -227,8 +228,8 @@ class Machine:
 
 
 class App:
-    __slots__ = ("name", "id", "org", "network", "created_at", "numeric_id", "machines", "destroyed",
-                 "check_status", "secrets", "secret_values", "secrets_version")
+    __slots__ = ("name", "id", "org", "network", "created_at", "created_mono", "invisible_answers", "numeric_id",
+                 "machines", "destroyed", "check_status", "secrets", "secret_values", "secrets_version")
 
     def __init__(self, name, app_id, org, network, numeric_id):
         self.name = name
@@ -237,6 +238,8 @@ class App:
         self.network = network
         self.numeric_id = numeric_id
         self.created_at = time.time()
+        self.created_mono = time.monotonic()
+        self.invisible_answers = 0  # answers given while not yet visible (app_invisible_status "alternate")
         self.machines = {}          # live machines, creation order
         self.destroyed = collections.OrderedDict()  # recently destroyed, still answer GET
         self.check_status = "passing"
@@ -253,6 +256,11 @@ def bool_param(query, name):
 def one_param(query, name, default=None):
     values = query.get(name)
     return values[-1] if values else default
+
+
+def young(created_mono, window_ms):
+    """Whether something created at created_mono (time.monotonic()) is still within window_ms of its create."""
+    return window_ms > 0 and (time.monotonic() - created_mono) * 1000 < window_ms
 
 
 class Call:
@@ -324,7 +332,35 @@ class FlyWorld:
                     schemas.validate(schema, call.body)
                 except schemas.SchemaError as exc:
                     raise ApiError(400, f"invalid request body: {exc}") from None
+        self.check_visible(call)
         return self.handlers[call.endpoint](call)
+
+    # Calls that name an app (or a machine) but are not about creating it.
+    UNDER_APP = frozenset({"get_app", "delete_app", "list_machines", "create_machine", "get_machine",
+                           "update_machine", "delete_machine", "stop_machine", "start_machine", "wait_machine",
+                           "list_secrets", "set_secrets"})
+    UNDER_MACHINE = frozenset({"get_machine", "wait_machine", "start_machine"})
+
+    def check_visible(self, call):
+        """Fly's reads lag its writes: a new app, or a new machine, is not found for a while (api-reference 2.1,
+        6). Only the owner's calls are affected; another org's get the answers they would anyway."""
+        if call.endpoint not in self.UNDER_APP:
+            return
+        app = self.apps.get(call.params.get("app"))
+        if app is None or app.org != call.org:
+            return
+        if young(app.created_mono, self.config["app_visible_after_ms"]):
+            status = self.config["app_invisible_status"]
+            if status == "alternate":
+                status = (404, 401)[app.invisible_answers % 2]
+            app.invisible_answers += 1
+            if status == 401:
+                raise ApiError(401, "Authenticate: token validation error")
+            raise ApiError(404, f'Could not find App "{app.name}"')
+        if call.endpoint in self.UNDER_MACHINE:
+            machine = app.machines.get(call.params.get("machine"))
+            if machine is not None and young(machine.created_mono, self.config["machine_visible_after_ms"]):
+                raise ApiError(404, "machine not found")
 
     # ----------------------------------------------------------------------------- lookups
 
@@ -607,6 +643,8 @@ class FlyWorld:
         wanted_meta = [(k[9:], v[-1]) for k, v in query.items() if k.startswith("metadata.")]
         out = []
         for machine in machines:
+            if young(machine.created_mono, self.config["machine_visible_after_ms"]):
+                continue  # not in the replicated store the list reads yet
             if states and machine.state not in states:
                 continue
             if region and machine.region != region:

@@ -42,6 +42,12 @@ DEFAULT_CONFIG = {
     "destroy_delay_ms": 0,          # destroying -> destroyed (0: at once)
     "name_reuse_delay_ms": 0,       # how long a deleted app's name stays taken
     "checks_pass_after_ms": 0,      # checks stay "warning" this long after a machine starts
+    # Eventual consistency after create (README "Consistency after create"): for this long after its create,
+    # calls under a new app answer 404 or 401 (app_invisible_status: 404, 401, or "alternate"), and a new
+    # machine answers 404 to get/wait/start and is missing from its app's list.
+    "app_visible_after_ms": 0,
+    "app_invisible_status": 404,
+    "machine_visible_after_ms": 0,
     "synthetic_check": True,        # give machines without configured checks one http check
     "unhealthy_images": [],         # machines running one of these images fail their checks (a bad deploy)
     "default_region": "sjc",
@@ -110,10 +116,12 @@ def normalize_config(raw):
     config.update(copy.deepcopy(raw))
     _require(isinstance(config["seed"], int), "seed must be an integer")
     for key in ("boot_delay_ms", "stop_delay_ms", "destroy_delay_ms", "name_reuse_delay_ms",
-                "checks_pass_after_ms", "hang_cap_s"):
+                "checks_pass_after_ms", "hang_cap_s", "app_visible_after_ms", "machine_visible_after_ms"):
         _require(_is_number(config[key]) and config[key] >= 0, f"{key} must be a number >= 0")
     for key in ("request_log_cap", "destroyed_retention"):
         _require(isinstance(config[key], int) and config[key] >= 0, f"{key} must be an integer >= 0")
+    _require(config["app_invisible_status"] in (404, 401, "alternate"),
+             "app_invisible_status must be 404, 401 or \"alternate\"")
     _require(isinstance(config["default_region"], str), "default_region must be a string")
     _require(isinstance(config["synthetic_check"], bool), "synthetic_check must be a boolean")
     _require(isinstance(config["unhealthy_images"], list) and all(isinstance(i, str) for i in config["unhealthy_images"]),

@@ -293,6 +293,56 @@ class AppTests(SimTestCase):
         self.assertEqual(self.api.get("/v1/apps/late-foreign").status, 404)
 
 
+class ConsistencyAfterCreateTests(SimTestCase):
+    """Fly's reads lag its writes (api-reference 2.1, 6): a new app answers 404 or 401 for a while, and a new machine
+    is not found and not listed; flyctl polls GET /v1/apps/{name} until it answers 200."""
+
+    def test_a_new_app_is_not_found_then_is(self):
+        self.reset(app_visible_after_ms=300)
+        self.create_app("settling")
+        self.assertEqual(self.api.get("/v1/apps/settling").json(), {"error": 'Could not find App "settling"'})
+        self.assertEqual(self.api.get("/v1/apps/settling/machines").status, 404)
+        self.assertEqual(self.api.post("/v1/apps/settling/machines", {"config": machine_config()}).status, 404)
+        # Another org's calls answer as they would anyway; the name is taken at once.
+        self.assertEqual(self.client(OTHER_TOKEN).get("/v1/apps/settling").status, 403)
+        self.assertEqual(self.api.post("/v1/apps", {"name": "settling", "org_slug": "personal"}).status, 422)
+        time.sleep(0.35)
+        self.assertEqual(self.api.get("/v1/apps/settling").status, 200)
+        self.assertEqual(self.api.get("/v1/apps/settling/machines").json(), [])
+
+    def test_unauthorized_or_alternating_answers(self):
+        self.reset(app_visible_after_ms=300, app_invisible_status=401)
+        self.create_app("settling-401")
+        answer = self.api.get("/v1/apps/settling-401/secrets")
+        self.assertEqual((answer.status, answer.error), (401, "Authenticate: token validation error"))
+        self.reset(app_visible_after_ms=300, app_invisible_status="alternate")
+        self.create_app("settling-both")
+        statuses = [self.api.get("/v1/apps/settling-both").status for _ in range(4)]
+        self.assertEqual(statuses, [404, 401, 404, 401])
+        time.sleep(0.35)
+        self.assertEqual(self.api.get("/v1/apps/settling-both").status, 200)
+
+    def test_a_new_machine_is_not_found_nor_listed_then_is(self):
+        self.reset(machine_visible_after_ms=300)
+        self.create_app("vyx-user-0001")
+        machine_id = self.create_machine()["id"]
+        for suffix in ("", "/wait?state=started&timeout=1"):
+            answer = self.api.get(f"/v1/apps/vyx-user-0001/machines/{machine_id}{suffix}")
+            self.assertEqual((answer.status, answer.error), (404, "machine not found"), suffix)
+        self.assertEqual(self.api.post(f"/v1/apps/vyx-user-0001/machines/{machine_id}/start").status, 404)
+        self.assertEqual(self.api.get("/v1/apps/vyx-user-0001/machines").json(), [])
+        time.sleep(0.35)
+        self.assertEqual([m["id"] for m in self.api.get("/v1/apps/vyx-user-0001/machines").json()], [machine_id])
+        self.assertEqual(self.wait("vyx-user-0001", machine_id).status, 200)
+
+    def test_the_settings_are_checked(self):
+        for bad in ({"app_invisible_status": 500}, {"app_visible_after_ms": -1}, {"machine_visible_after_ms": "x"}):
+            answer = Api(token=None)
+            result = answer.post("/__flysim/reset", dict(BASE_CONFIG, **bad))
+            answer.close()
+            self.assertEqual(result.status, 400, bad)
+
+
 class AuthTests(SimTestCase):
     def test_missing_or_invalid_token_is_401_with_flys_body(self):
         self.create_app("authed")
