@@ -19,6 +19,11 @@ Optional(const std::optional<std::string> &value) {
 	return value;
 }
 
+std::string
+Bool(bool value) {
+	return value ? "true" : "false";
+}
+
 // Inserts or updates the live app row; returns its status afterwards.
 pg::Value
 WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChange &change) {
@@ -56,12 +61,17 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $16 END, "
 		"pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
+		"fly_app_created_at = CASE WHEN $17::pg_catalog.bool THEN pg_catalog.now() "
+		"WHEN $18::pg_catalog.bool THEN COALESCE(fly_app_created_at, pg_catalog.now()) ELSE fly_app_created_at END, "
+		"fly_machine_created_at = CASE WHEN $19::pg_catalog.bool IS NULL THEN fly_machine_created_at "
+		"WHEN $19::pg_catalog.bool THEN pg_catalog.now() END, "
 		"updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
 		{std::to_string(context.app_id), Optional(change.status), Optional(change.name), Number(change.name_attempt),
 		 Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
 		 Optional(change.image), Optional(change.tier), Number(change.secrets_version),
 		 std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
-		 Optional(change.pending_create)});
+		 Optional(change.pending_create), Bool(change.app_created), Bool(change.app_adopted),
+		 change.machine_created ? pg::Value(Bool(*change.machine_created)) : std::nullopt});
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
@@ -203,7 +213,9 @@ std::optional<reconcile::AppRecord>
 LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	auto rows = spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
 						  "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
-						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since) "
+						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since), "
+						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) fly_app_created_at), "
+						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) fly_machine_created_at) "
 						  "FROM fly.user_fly_apps "
 						  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
 						  {user_id}, true);
@@ -222,6 +234,12 @@ LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	app.image = row[9].value_or("");
 	app.pending_create_operation = row[10].value_or("");
 	app.pending_create_age_seconds = row[11] ? std::stod(*row[11]) : 0;
+	if (row[12]) {
+		app.app_created_age_seconds = std::stod(*row[12]);
+	}
+	if (row[13]) {
+		app.machine_created_age_seconds = std::stod(*row[13]);
+	}
 	return app;
 }
 

@@ -28,6 +28,7 @@ int poll_interval_ms = 10000;
 int max_concurrency = 16;
 int connect_timeout_ms = fly::kDefaultConnectTimeoutMs;
 int request_timeout_ms = fly::kDefaultRequestTimeoutMs;
+int create_settle_time_ms = 60000;
 int retry_base_delay_ms = 1000;
 int retry_max_delay_ms = 300000;
 char *machine_env = nullptr;
@@ -209,6 +210,11 @@ Define() {
 	                        "Wait-for-state calls get their own server-side timeout plus 5 seconds.",
 	                        &request_timeout_ms, fly::kDefaultRequestTimeoutMs, 1000, 600 * 1000, PGC_SIGHUP,
 	                        GUC_UNIT_MS, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.create_settle_time",
+	                        "How long after creating an app or machine a 404 or 401 under it is taken as not yet.",
+	                        "Fly's reads lag its writes: such answers are asked again with backoff, without alerts.",
+	                        &create_settle_time_ms, 60000, 0, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+	                        nullptr);
 	DefineCustomIntVariable("fly.retry_base_delay", "First retry delay after a transient failure.",
 	                        "Delays double per attempt, capped by fly.retry_max_delay, with full jitter.",
 	                        &retry_base_delay_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,

@@ -9,6 +9,16 @@
 
 namespace pgfly {
 
+namespace {
+
+// The age was read when the pass loaded its targets; the check follows within the pass.
+bool
+RecentlyCreated(const HealthTarget &target) {
+	return target.machine_age_seconds && *target.machine_age_seconds * 1000.0 < settings::create_settle_time_ms;
+}
+
+} // namespace
+
 // Health checks share the client, the rate limiter and the breaker with reconciles (the app's own endpoint
 // stays out of Fly's limiter and breaker), and take at most fly.max_concurrency requests at once of their own;
 // apps whose user is being reconciled are skipped.
@@ -69,7 +79,7 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 			});
 		} else {
 			HealthVerdict verdict = check.phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
-																	: EvaluateMachineHealth(outcome);
+																	: EvaluateMachineHealth(outcome, RecentlyCreated(target));
 			std::optional<std::string> endpoint_url;
 			if (check.phase == Phase::kMachine && verdict.health == Health::kHealthy &&
 				settings::app_health_url[0] != '\0') {

@@ -11,15 +11,20 @@ using pg::ToInt;
 
 std::vector<HealthTarget>
 LoadHealthTargets(pg::SpiConnection &spi) {
-	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier FROM fly.user_fly_apps "
+	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier, "
+						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) fly_machine_created_at) "
+						  "FROM fly.user_fly_apps "
 						  "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
 						  "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
 						  {}, true);
 	std::vector<HealthTarget> targets;
 	targets.reserve(rows.size());
 	for (const auto &row : rows) {
-		targets.push_back(
-			HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""), row[4]});
+		HealthTarget target{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""), row[4]};
+		if (row[5]) {
+			target.machine_age_seconds = std::stod(*row[5]);
+		}
+		targets.push_back(std::move(target));
 	}
 	return targets;
 }

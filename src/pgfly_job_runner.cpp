@@ -62,6 +62,7 @@ JobRunner::Configure() {
 	settings_.app_name_prefix = settings::app_name_prefix;
 	settings_.image = settings::image;
 	settings_.create_settle_seconds = settings::request_timeout_ms / 1000.0;
+	settings_.visibility_window_seconds = settings::create_settle_time_ms / 1000.0;
 	ParsedMap env = ParseMachineEnv(settings::machine_env);
 	if (!env.problem.empty()) {
 		problem = env.problem;

@@ -18,6 +18,7 @@ extern int poll_interval_ms;
 extern int max_concurrency;
 extern int connect_timeout_ms;
 extern int request_timeout_ms;
+extern int create_settle_time_ms;
 extern int retry_base_delay_ms;
 extern int retry_max_delay_ms;
 extern char *machine_env;

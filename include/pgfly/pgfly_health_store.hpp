@@ -19,6 +19,8 @@ struct HealthTarget {
 	std::string app_name;
 	std::string machine_id;
 	pg::Value tier;
+	// Seconds since pg_fly created the machine, when it did.
+	std::optional<double> machine_age_seconds;
 };
 std::vector<HealthTarget> LoadHealthTargets(pg::SpiConnection &spi);
 // Records a check: health (nothing = unchanged), last_health_check_at, and an event when health changed or an

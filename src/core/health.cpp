@@ -32,8 +32,12 @@ HealthName(Health health) {
 }
 
 HealthVerdict
-EvaluateMachineHealth(const fly::Outcome &outcome) {
+EvaluateMachineHealth(const fly::Outcome &outcome, bool created_recently) {
 	HealthVerdict verdict;
+	if (outcome.kind == fly::OutcomeKind::kNotFound && created_recently) {
+		verdict.detail = "the machine was created moments ago and Fly does not show it yet";
+		return verdict;
+	}
 	if (outcome.kind == fly::OutcomeKind::kNotFound) {
 		verdict.health = Health::kUnhealthy;
 		verdict.action = HealthAction::kReprovision;

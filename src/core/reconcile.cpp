@@ -55,6 +55,12 @@ Operation::FailedEvent() const {
 Step
 Operation::Start() {
 	started_at_ = now_;
+	if (app_ && app_->app_created_age_seconds) {
+		app_created_at_ = now_ - *app_->app_created_age_seconds;
+	}
+	if (app_ && app_->machine_created_age_seconds) {
+		machine_created_at_ = now_ - *app_->machine_created_age_seconds;
+	}
 	Step step = target_.present ? StartProvision() : StartDeprovision();
 	last_request_ = step.request;
 	return step;
@@ -71,9 +77,14 @@ Operation::OnOutcome(const fly::Outcome &outcome) {
 
 Step
 Operation::Handle(const fly::Outcome &outcome) {
+	if (auto settling = SettleIfYoung(outcome)) {
+		return *settling;
+	}
 	switch (phase_) {
 	case Phase::kCreateApp:
 		return OnCreateApp(outcome);
+	case Phase::kWaitAppVisible:
+		return OnWaitAppVisible(outcome);
 	case Phase::kGetTakenApp:
 		return OnGetTakenApp(outcome);
 	case Phase::kSetSecrets:

@@ -3,6 +3,7 @@
 // Each On* method handles Fly's answer to the request its phase sent.
 #include "pgfly/core/reconcile.hpp"
 
+#include <algorithm>
 #include <utility>
 
 #include "pgfly/core/app_naming.hpp"
@@ -97,7 +98,7 @@ Operation::StartProvision() {
 	return step;
 }
 
-// The app is there (created now, or ours from before): record Fly's id for it, then go on.
+// The app is there (created now, or ours from before): record Fly's id for it; the caller goes on.
 Step
 Operation::AppExists(Step step, const fly::Outcome &outcome, const char *event_type) {
 	AppChange change;
@@ -108,7 +109,7 @@ Operation::AppExists(Step step, const fly::Outcome &outcome, const char *event_t
 	Json details = Json::Object();
 	details.Set("app_name", Json::String(app_->name));
 	step.events.push_back(MakeEvent(event_type, details));
-	return AfterAppExists(std::move(step));
+	return step;
 }
 
 Step
@@ -147,6 +148,10 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 		}
 	}
 	if (live.empty()) {
+		if (phase_ == Phase::kFindMachine && !app_->machine_id.empty() && MachineIsYoung()) {
+			// The machine pg_fly created a moment ago may not be listed yet: look again, do not create another.
+			return Settle(outcome, machine_created_at_);
+		}
 		if (phase_ == Phase::kFindCreatedMachine) {
 			if (now_ >= create_settles_at_) {
 				return CreateMachine(std::move(step)); // long enough: that creation did not happen
@@ -229,8 +234,10 @@ Operation::AdoptMachine(Step step) {
 	const MachineFacts &chosen = *adopted_;
 	if (app_->machine_id != chosen.id) {
 		app_->machine_id = chosen.id;
+		machine_created_at_ = -1e18;
 		AppChange change = step.app.value_or(AppChange{});
 		change.machine_id = chosen.id;
+		change.machine_created = false;
 		step.app = change;
 		Json details = Json::Object();
 		details.Set("machine_id", Json::String(chosen.id));
@@ -293,7 +300,13 @@ Step
 Operation::OnCreateApp(const fly::Outcome &outcome) {
 	Step step;
 	if (outcome.kind == OutcomeKind::kSuccess) {
-		return AppExists(std::move(step), outcome, "app_created");
+		// Calls under a new app can answer 404 or 401 for a while: look it up until Fly shows it.
+		step = AppExists(std::move(step), outcome, "app_created");
+		step.app->app_created = true;
+		app_created_at_ = now_;
+		step.request = fly::GetAppRequest(app_->name);
+		phase_ = Phase::kWaitAppVisible;
+		return step;
 	}
 	if (outcome.kind == OutcomeKind::kNameTaken) {
 		step.request = fly::GetAppRequest(app_->name);
@@ -315,7 +328,13 @@ Operation::OnGetTakenApp(const fly::Outcome &outcome) {
 		return Retry(unusable, "get_app");
 	}
 	if (outcome.kind == OutcomeKind::kSuccess && org == settings_.org_slug) {
-		return AppExists(std::move(step), outcome, "app_reused");
+		step = AppExists(std::move(step), outcome, "app_reused");
+		if (!app_->app_created_age_seconds) {
+			// Created by a request whose answer was lost, perhaps a moment ago: as young as a new app.
+			step.app->app_adopted = true;
+			app_created_at_ = std::max(app_created_at_, now_);
+		}
+		return AfterAppExists(std::move(step));
 	}
 	if (outcome.kind == OutcomeKind::kForbidden || outcome.kind == OutcomeKind::kSuccess) {
 		// Another organization holds the name: take this user's next deterministic name.
@@ -402,8 +421,10 @@ Operation::OnCreateMachine(const fly::Outcome &outcome) {
 		}
 		app_->machine_id = machine.id;
 		app_->pending_create_operation.clear();
+		machine_created_at_ = now_;
 		AppChange change;
 		change.machine_id = machine.id;
+		change.machine_created = true;
 		change.pending_create = "";
 		change.guest = target_.guest;
 		change.image = Image();
@@ -524,6 +545,7 @@ Operation::OnWaitStarted(const fly::Outcome &outcome) {
 		app_->machine_id.clear();
 		AppChange change;
 		change.machine_id = "";
+		change.machine_created = false;
 		step.app = change;
 		return FindMachine(std::move(step));
 	}

@@ -12,7 +12,7 @@ namespace pgfly::pg {
 
 namespace {
 
-constexpr int kMaxParams = 16;
+constexpr int kMaxParams = 32;
 
 // Plans live for the backend's lifetime; the plan cache revalidates them after DDL.
 std::unordered_map<const char *, SPIPlanPtr> &

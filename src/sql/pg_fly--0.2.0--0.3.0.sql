@@ -1161,3 +1161,14 @@ COMMENT ON FUNCTION fly.check_drift() IS
     'many. Runs the whole pass in the caller''s transaction (READ COMMITTED only), holding ACCESS SHARE on the '
     'subscription table and the queue items it touched until that transaction ends: on a large table let the '
     'worker''s pass (fly.drift_check_interval) do it, one short transaction per batch';
+
+-- Issue 14: consistency after create. When pg_fly created (or first adopted) the app and created the recorded
+-- machine: for fly.create_settle_time after either, a 404 or 401 under it is asked again rather than believed,
+-- also by an operation that starts after a worker restart, and by the health pass.
+ALTER TABLE fly.user_fly_apps
+    ADD COLUMN fly_app_created_at timestamptz,
+    ADD COLUMN fly_machine_created_at timestamptz;
+COMMENT ON COLUMN fly.user_fly_apps.fly_app_created_at IS
+    'When pg_fly created this app on Fly (or first found it already there, as ours); NULL for rows older than 0.3.0';
+COMMENT ON COLUMN fly.user_fly_apps.fly_machine_created_at IS
+    'When pg_fly created the recorded machine; NULL when the machine was found rather than created';

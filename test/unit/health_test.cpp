@@ -48,6 +48,15 @@ TEST(EvaluateMachineHealth, StoppedMachinesAreStartedVanishedOnesReprovisioned) 
 	EXPECT_EQ(gone.health, Health::kUnhealthy);
 }
 
+// Fly may not show a machine it created moments ago: a 404 then says nothing yet.
+TEST(EvaluateMachineHealth, ANotFoundMachineCreatedMomentsAgoIsUnknown) {
+	auto young = EvaluateMachineHealth(Answer(fly::OutcomeKind::kNotFound), true);
+	EXPECT_EQ(young.health, Health::kUnknown);
+	EXPECT_EQ(young.action, HealthAction::kNone);
+	EXPECT_EQ(EvaluateMachineHealth(Answer(fly::OutcomeKind::kSuccess, R"({"state":"destroyed"})"), true).action,
+	          HealthAction::kReprovision);
+}
+
 TEST(EvaluateMachineHealth, TransitionsAndFailuresTellNothing) {
 	EXPECT_EQ(EvaluateMachineHealth(Answer(fly::OutcomeKind::kSuccess, R"({"state":"starting"})")).health,
 	          Health::kUnknown);

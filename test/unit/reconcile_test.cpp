@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <utility>
@@ -208,11 +209,26 @@ ExpectGuest(const Json &guest, const fly::Guest &expected) {
 	EXPECT_EQ(guest.GetInteger("memory_mb"), expected.memory_mb);
 }
 
+// The answers to create_app (201, `body`) and to the look-up that follows until Fly shows the new app (200):
+// one step with the events and app changes of both and the request sent after them.
+Step
+AppCreated(Operation &operation, const std::string &body = "{}") {
+	Step created = operation.OnOutcome(Ok(body, 201));
+	EXPECT_TRUE(created.request && created.request->endpoint == Endpoint::kGetApp);
+	EXPECT_TRUE(created.app && created.app->app_created);
+	Step visible = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	visible.events.insert(visible.events.begin(), created.events.begin(), created.events.end());
+	if (!visible.app) {
+		visible.app = created.app;
+	}
+	return visible;
+}
+
 // A provision of a new user, driven until it sends list_machines (the app exists, no secrets).
 Step
 DriveToFindMachine(Operation &operation) {
 	Step step = operation.Start();
-	step = operation.OnOutcome(Ok("{\"id\":\"app-1\"}", 201));
+	step = AppCreated(operation, "{\"id\":\"app-1\"}");
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
 	return step;
 }
@@ -278,7 +294,7 @@ TEST(ReconcileProvision, NewUserRunsTheWholeSequence) {
 	EXPECT_EQ(create_app.GetString("org_slug"), kOrg);
 
 	// 2. 201 → app_created, list this user's machines.
-	step = operation.OnOutcome(Ok("{\"id\":\"app-1\",\"created_at\":1700000000}", 201));
+	step = AppCreated(operation, "{\"id\":\"app-1\",\"created_at\":1700000000}");
 	EXPECT_EQ(EventTypes(step), Types{"app_created"});
 	EXPECT_EQ(Details(step.events[0]).GetString("app_name"), Candidate(0));
 	ASSERT_TRUE(step.app.has_value());
@@ -367,6 +383,7 @@ TEST(ReconcileProvision, WaitClampsTheTimeoutToFlysLimit) {
 TEST(ReconcileProvision, MachineVanishingDuringWaitIsFoundOrCreatedAgain) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToWait(operation);
+	operation.SetNow(61); // past fly.create_settle_time: a 404 now means what it says
 	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
 	ASSERT_TRUE(step.app.has_value());
 	EXPECT_EQ(step.app->machine_id, "");
@@ -408,7 +425,7 @@ TEST(ReconcileProvision, FirstNameAttemptChoosesTheStartingCandidate) {
 	Json body = Body(Req(step));
 	EXPECT_EQ(body.GetString("name"), Candidate(2));
 	EXPECT_EQ(body.GetString("app_name"), Candidate(2));
-	step = operation.OnOutcome(Ok("{\"id\":\"app-2\"}", 201));
+	step = AppCreated(operation, "{\"id\":\"app-2\"}");
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath(Candidate(2)) + "/machines", UserFilter());
 }
 
@@ -445,7 +462,7 @@ TEST(ReconcileSecrets, SecretsAreSetBeforeTheMachineAndItsVersionIsRequired) {
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	std::vector<Step> steps;
 	steps.push_back(operation.Start());
-	steps.push_back(operation.OnOutcome(Ok("{\"id\":\"app-1\"}", 201)));
+	steps.push_back(AppCreated(operation, "{\"id\":\"app-1\"}"));
 	const Step &after_create = steps.back();
 	EXPECT_EQ(EventTypes(after_create), Types{"app_created"});
 	ExpectRequest(after_create, Endpoint::kSetSecrets, "POST", AppPath() + "/secrets");
@@ -494,7 +511,7 @@ TEST(ReconcileSecrets, DeprecatedVersionFieldIsRead) {
 	settings.secrets = {{"K", "v"}};
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	Step step = operation.OnOutcome(Ok("{\"secrets\":[],\"Version\":9}"));
 	ASSERT_TRUE(step.app.has_value());
 	EXPECT_EQ(step.app->secrets_version, 9);
@@ -505,7 +522,7 @@ TEST(ReconcileSecrets, FailureToSetSecretsDoesNotLeakValues) {
 	settings.secrets = {{"DB_PASSWORD", "hunter2-very-secret"}};
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 500, "", "", "req-9"));
 	ExpectRetriedInPlace(step);
 	ASSERT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
@@ -518,7 +535,7 @@ TEST(ReconcileSecrets, MachineUpdateAlsoCarriesMinSecretsVersion) {
 	settings.secrets = {{"K", "v"}};
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	operation.OnOutcome(Ok("{\"version\":12}"));
 	Step step = operation.OnOutcome(Ok(ListText({MachineText("m1", "started", kOtherGuest)})));
 	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m1");
@@ -579,7 +596,7 @@ TEST(ReconcileAppName, TakenByAnotherOrgMovesToTheNextCandidate) {
 	EXPECT_EQ(body.GetString("org_slug"), kOrg);
 
 	// The next candidate is ours from then on.
-	step = operation.OnOutcome(Ok("{\"id\":\"app-x\"}", 201));
+	step = AppCreated(operation, "{\"id\":\"app-x\"}");
 	EXPECT_EQ(EventTypes(step), Types{"app_created"});
 	EXPECT_EQ(Details(step.events[0]).GetString("app_name"), Candidate(1));
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath(Candidate(1)) + "/machines", UserFilter());
@@ -776,7 +793,7 @@ TEST(ReconcileMachine, MatchingRecordedMachineIsAwaitedDirectly) {
 	record.machine_id = "m7";
 	Operation operation(MakeTarget(), record, MakeSettings());
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "started")})));
 	EXPECT_TRUE(step.events.empty());
 	EXPECT_FALSE(step.app.has_value());
@@ -788,7 +805,7 @@ TEST(ReconcileMachine, DuplicateIsDestroyedKeepingTheRecordedMachine) {
 	record.machine_id = "m2";
 	Operation operation(MakeTarget(), record, MakeSettings());
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	// m1 is listed first, but the row records m2; m3 is already destroyed and left alone.
 	Step step = operation.OnOutcome(Ok(ListText(
 	    {MachineText("m1", "started"), MachineText("m2", "started"), MachineText("m3", "destroyed")})));
@@ -930,7 +947,7 @@ TEST(ReconcileCreate, YoungPendingCreateWaitsInsteadOfCreating) {
 	record.pending_create_age_seconds = 12;
 	Operation operation(MakeTarget(), record, MakeSettings());
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	Step step = operation.OnOutcome(Ok("[]"));
 	ExpectRetriedInPlace(step);
 	// Our own wait, not Fly's Retry-After: fly.retry_max_delay (which caps only Fly's header) leaves it whole.
@@ -949,7 +966,7 @@ TEST(ReconcileCreate, PendingCreateThatNeverLandsIsReplacedOnceItIsOldEnough) {
 	Operation operation(MakeTarget(), record, MakeSettings());
 	operation.SetNow(1000);
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	operation.SetNow(1001);
 	Step step = operation.OnOutcome(Ok("[]"));
 	ExpectRetriedInPlace(step);
@@ -968,7 +985,7 @@ TEST(ReconcileCreate, OldPendingCreateIsReplacedByANewOne) {
 	record.pending_create_age_seconds = 45;
 	Operation operation(MakeTarget(), record, MakeSettings());
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	Step step = operation.OnOutcome(Ok("[]"));
 	ASSERT_TRUE(step.app.has_value());
 	EXPECT_EQ(step.app->pending_create, "7-1");
@@ -982,7 +999,7 @@ TEST(ReconcileCreate, PendingCreateThatLandedIsAdoptedAndCleared) {
 	record.pending_create_age_seconds = 3;
 	Operation operation(MakeTarget(), record, MakeSettings());
 	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
+	AppCreated(operation, "{}");
 	Step step = operation.OnOutcome(Ok(ListText({MachineText("m4", "started")})));
 	EXPECT_EQ(EventTypes(step), Types{"machine_reused"});
 	ASSERT_TRUE(step.app.has_value());
@@ -1002,6 +1019,7 @@ ProvisionAt(Endpoint endpoint) {
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	std::vector<std::function<fly::Outcome()>> answers = {
 	    [] { return Ok("{}", 201); },                                               // create_app
+	    [] { return Ok(AppText(Candidate(0), kOrg)); },                             // get_app: visible
 	    [] { return Ok("{\"version\":2}"); },                                       // set_secrets
 	    [] { return Ok(ListText({MachineText("m1", "stopped", kOtherGuest)})); }, // list → update
 	    [] { return Ok(MachineText("m1", "stopped")); },                            // update → start
@@ -1121,6 +1139,7 @@ TEST(ReconcileFailure, PermanentCreateMachineFailureFails) {
 TEST(ReconcileFailure, UnauthorizedWaitFails) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToWait(operation);
+	operation.SetNow(61);
 	Step step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 401));
 	ExpectEnded(step, Completion::kFailed);
 	EXPECT_EQ(EventTypes(step), Types{"provision_failed"});
@@ -1362,6 +1381,120 @@ TEST(ReconcileMachine, MachineInAnotherRegionIsReplaced) {
 	ASSERT_TRUE(step.request.has_value());
 	EXPECT_EQ(step.request->endpoint, Endpoint::kCreateMachine);
 	EXPECT_EQ(Body(Req(step)).GetString("region"), "ams");
+}
+
+// Consistency after create
+
+TEST(ReconcileSettle, ANewAppIsLookedUpUntilFlyShowsIt) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Ok("{\"id\":\"app-1\"}", 201));
+	EXPECT_EQ(EventTypes(step), Types{"app_created"});
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_TRUE(step.app->app_created);
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	// 404, then 401 (both seen right after a create), then 200: asked again with a growing pause, no attempt
+	// counted, one event.
+	operation.SetNow(1);
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	EXPECT_FALSE(step.failed_attempt);
+	EXPECT_EQ(step.completion, Completion::kContinue);
+	EXPECT_DOUBLE_EQ(step.delay_seconds, 0.5);
+	ASSERT_EQ(EventTypes(step), Types{"app_settling"});
+	EXPECT_EQ(Details(step.events[0]).GetInteger("http_status"), 404);
+	step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 401));
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	EXPECT_FALSE(step.failed_attempt);
+	EXPECT_DOUBLE_EQ(step.delay_seconds, 1.0);
+	EXPECT_TRUE(step.events.empty());
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+}
+
+TEST(ReconcileSettle, AnAppStillInvisibleAfterTheWindowFails) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok("{}", 201));
+	operation.SetNow(60.5);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ExpectEnded(step, Completion::kFailed);
+	EXPECT_EQ(EventTypes(step), Types{"provision_failed"});
+	EXPECT_NE(step.error.find("still cannot be read"), std::string::npos) << step.error;
+}
+
+TEST(ReconcileSettle, NotFoundUnderAYoungAppIsAskedAgainNotBelieved) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	operation.SetNow(5);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	EXPECT_FALSE(step.failed_attempt);
+	EXPECT_EQ(step.completion, Completion::kContinue);
+	EXPECT_EQ(EventTypes(step), Types{"app_settling"});
+	// The pause doubles and stays at 4 s.
+	std::vector<double> delays;
+	for (int i = 0; i < 5; i++) {
+		delays.push_back(operation.OnOutcome(Out(OutcomeKind::kNotFound, 404)).delay_seconds);
+	}
+	EXPECT_EQ(delays, (std::vector<double>{1, 2, 4, 4, 4}));
+	// Past the window the 404 is believed.
+	operation.SetNow(61);
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ExpectEnded(step, Completion::kFailed);
+}
+
+TEST(ReconcileSettle, AMachineJustCreatedIsWaitedForWhenFlyDoesNotShowItYet) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	DriveToWait(operation);
+	// The wait right after the create answers 404: wait again, do not look for (and create) another machine.
+	operation.SetNow(2);
+	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	EXPECT_EQ(step.request->endpoint, Endpoint::kWaitMachine);
+	EXPECT_FALSE(step.failed_attempt);
+	EXPECT_FALSE(step.app.has_value());
+	EXPECT_EQ(EventTypes(step), Types{"app_settling"});
+}
+
+TEST(ReconcileSettle, AfterARestartTheRecordedAgesKeepTheWindowOpen) {
+	// The worker restarted 10 s after creating the machine: the list does not show it yet.
+	AppRecord record = MakeRecord("provisioning");
+	record.machine_id = "m1";
+	record.app_created_age_seconds = 12;
+	record.machine_created_age_seconds = 10;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	DriveRecordedAppToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok("[]"));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+	EXPECT_GT(step.delay_seconds, 0);
+	EXPECT_FALSE(step.app && step.app->pending_create);
+	// Once the machine is old enough, an empty list means it is gone: create one.
+	operation.SetNow(51);
+	step = operation.OnOutcome(Ok("[]"));
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+}
+
+TEST(ReconcileSettle, AnOldAppAnswersAsItSays) {
+	AppRecord record = MakeRecord("active");
+	record.app_created_age_seconds = 3600;
+	Operation operation(MakeTarget(false), record, MakeSettings());
+	Step step = operation.Start();
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	EXPECT_TRUE(std::find_if(step.events.begin(), step.events.end(), [](const Event &event) {
+		            return event.type == "app_settling";
+	            }) == step.events.end());
+}
+
+TEST(ReconcileSettle, AYoungAppIsNotTakenForGoneByATeardown) {
+	AppRecord record = MakeRecord("active");
+	record.app_created_age_seconds = 3;
+	Operation operation(MakeTarget(false), record, MakeSettings());
+	Step step = operation.Start();
+	const Endpoint first = step.request->endpoint;
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	EXPECT_EQ(step.completion, Completion::kContinue);
+	EXPECT_EQ(step.request->endpoint, first);
+	EXPECT_EQ(EventTypes(step), Types{"app_settling"});
 }
 
 } // namespace

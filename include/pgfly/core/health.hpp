@@ -26,8 +26,9 @@ struct HealthVerdict {
 	std::string detail;
 };
 
-// From the answer to GET /v1/apps/{app}/machines/{id}. A transient failure tells nothing (kUnknown).
-HealthVerdict EvaluateMachineHealth(const fly::Outcome &outcome);
+// From the answer to GET /v1/apps/{app}/machines/{id}. A transient failure tells nothing (kUnknown), nor does a
+// 404 about a machine created less than fly.create_settle_time ago (`created_recently`): Fly may not show it yet.
+HealthVerdict EvaluateMachineHealth(const fly::Outcome &outcome, bool created_recently = false);
 
 // From the app's own health endpoint (the user app's backend reports run_mode, user_id and trader_count): healthy
 // only when it answers and runs in user_dedicated mode for this very user, which proves that the machine serves

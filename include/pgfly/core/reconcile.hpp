@@ -36,6 +36,9 @@ struct AppRecord {
 	// long ago it was sent: the machine may still appear.
 	std::string pending_create_operation;
 	double pending_create_age_seconds = 0;
+	// How long ago pg_fly created (or first adopted) the app, and created the recorded machine, when it did.
+	std::optional<double> app_created_age_seconds;
+	std::optional<double> machine_created_age_seconds;
 };
 
 struct Settings {
@@ -52,6 +55,9 @@ struct Settings {
 	// How long a create-machine request that got no recorded answer may still take effect on Fly; until then
 	// the operation waits for its machine instead of creating another.
 	double create_settle_seconds = 30;
+	// fly.create_settle_time: for this long after an app or machine is created, Fly may answer 404 or 401 to
+	// calls under it (reads lag writes). Such answers are asked again with backoff instead of being believed.
+	double visibility_window_seconds = 60;
 };
 
 struct Target {
@@ -85,6 +91,11 @@ struct AppChange {
 	std::optional<int64_t> secrets_version;
 	// The operation id of a create-machine request about to be sent; "" once its answer is recorded.
 	std::optional<std::string> pending_create;
+	// Sets fly_app_created_at to now (app_created) or to now unless it is set (app_adopted: a name we hold).
+	bool app_created = false;
+	bool app_adopted = false;
+	// true: fly_machine_created_at = now (pg_fly created the machine); false: cleared (a machine it found).
+	std::optional<bool> machine_created;
 	bool provisioned = false; // sets provisioned_at and clears last_error
 	bool deleted = false;     // sets deleted_at
 };
@@ -140,6 +151,7 @@ private:
 	enum class Phase {
 		kLookUpOrphan,
 		kCreateApp,
+		kWaitAppVisible,
 		kGetTakenApp,
 		kSetSecrets,
 		kFindMachine,
@@ -166,6 +178,13 @@ private:
 	static Event MakeEvent(const char *type, const Json &details);
 	static Json OutcomeDetails(const fly::Outcome &outcome, const char *during);
 	static fly::Outcome Malformed(const fly::Outcome &outcome, const std::string &problem);
+
+	// Consistency after create (reconcile_settle.cpp): Fly's 404s and 401s under a young app or machine.
+	std::optional<Step> SettleIfYoung(const fly::Outcome &outcome);
+	Step Settle(const fly::Outcome &outcome, double created_at);
+	bool AppIsYoung() const;
+	bool MachineIsYoung() const;
+	Step OnWaitAppVisible(const fly::Outcome &outcome);
 
 	// Provisioning (reconcile_provision.cpp): the steps, then one handler per phase.
 	Step StartProvision();
@@ -207,6 +226,11 @@ private:
 	double now_ = 0;
 	double started_at_ = 0;
 	double create_settles_at_ = 0;
+	// When the app and the recorded machine were created (or the app adopted), on now_'s clock; -1e18: unknown.
+	double app_created_at_ = -1e18;
+	double machine_created_at_ = -1e18;
+	int settle_round_ = 0;
+	bool settling_reported_ = false;
 	std::optional<fly::Request> last_request_;
 	std::optional<int64_t> secrets_version_;
 	std::vector<std::string> machines_to_stop_;
