@@ -33,11 +33,12 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 	if (change.insert) {
 		auto rows = spi.Query(
 			"INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, name_attempt, fly_org_slug, status, region, "
-			"cpu_kind, cpus, memory_mb, image) VALUES ($1::pg_catalog.uuid, $2, $3, $4::pg_catalog.int4, $5, $6, "
-			"COALESCE($7, ''), $8, $9::pg_catalog.int4, $10::pg_catalog.int4, $11) RETURNING id, status",
+			"cpu_kind, cpus, memory_mb, image, fly_app_created_at) VALUES ($1::pg_catalog.uuid, $2, $3, "
+			"$4::pg_catalog.int4, $5, $6, COALESCE($7, ''), $8, $9::pg_catalog.int4, $10::pg_catalog.int4, $11, "
+			"CASE WHEN $12::pg_catalog.bool THEN pg_catalog.now() END) RETURNING id, status",
 			{context.user_id, Optional(change.tier), Optional(change.name), Number(change.name_attempt.value_or(0)),
 			 context.org_slug, change.status.value_or("provisioning"), Optional(change.region), cpu_kind, cpus, memory,
-			 Optional(change.image)});
+			 Optional(change.image), Bool(change.app_created || change.app_create_sent)});
 		context.app_id = ToInt(rows.at(0).at(0));
 		return rows.at(0).at(1);
 	}
@@ -62,7 +63,8 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		"pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
 		"fly_app_created_at = CASE WHEN $17::pg_catalog.bool THEN pg_catalog.now() "
-		"WHEN $18::pg_catalog.bool THEN COALESCE(fly_app_created_at, pg_catalog.now()) ELSE fly_app_created_at END, "
+		"WHEN $18::pg_catalog.bool THEN COALESCE(fly_app_created_at, pg_catalog.now()) "
+		"WHEN $20::pg_catalog.bool THEN NULL ELSE fly_app_created_at END, "
 		"fly_machine_created_at = CASE WHEN $19::pg_catalog.bool IS NULL THEN fly_machine_created_at "
 		"WHEN $19::pg_catalog.bool THEN pg_catalog.now() END, "
 		"updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
@@ -70,8 +72,9 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		 Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
 		 Optional(change.image), Optional(change.tier), Number(change.secrets_version),
 		 std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
-		 Optional(change.pending_create), Bool(change.app_created), Bool(change.app_adopted),
-		 change.machine_created ? pg::Value(Bool(*change.machine_created)) : std::nullopt});
+		 Optional(change.pending_create), Bool(change.app_created), Bool(change.app_create_sent),
+		 change.machine_created ? pg::Value(Bool(*change.machine_created)) : std::nullopt,
+		 Bool(change.app_delete_sent)});
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
@@ -211,14 +214,19 @@ LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 
 std::optional<reconcile::AppRecord>
 LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
-	auto rows = spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
-						  "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
-						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since), "
-						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) fly_app_created_at), "
-						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) fly_machine_created_at) "
-						  "FROM fly.user_fly_apps "
-						  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
-						  {user_id}, true);
+	auto rows =
+		spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
+				  "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
+				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since), "
+				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
+				  "CASE WHEN fly_app_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
+				  "ELSE fly_app_created_at END), "
+				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
+				  "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
+				  "ELSE fly_machine_created_at END) "
+				  "FROM fly.user_fly_apps "
+				  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
+				  {user_id}, true);
 	if (rows.empty()) {
 		return std::nullopt;
 	}

@@ -78,8 +78,9 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 							 details.Dump());
 			});
 		} else {
-			HealthVerdict verdict = check.phase == Phase::kEndpoint ? EvaluateAppHealthEndpoint(outcome, target.user_id)
-																	: EvaluateMachineHealth(outcome, RecentlyCreated(target));
+			HealthVerdict verdict = check.phase == Phase::kEndpoint
+										? EvaluateAppHealthEndpoint(outcome, target.user_id)
+										: EvaluateMachineHealth(outcome, RecentlyCreated(target));
 			std::optional<std::string> endpoint_url;
 			if (check.phase == Phase::kMachine && verdict.health == Health::kHealthy &&
 				settings::app_health_url[0] != '\0') {

@@ -11,12 +11,15 @@ using pg::ToInt;
 
 std::vector<HealthTarget>
 LoadHealthTargets(pg::SpiConnection &spi) {
-	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier, "
-						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) fly_machine_created_at) "
-						  "FROM fly.user_fly_apps "
-						  "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
-						  "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
-						  {}, true);
+	auto rows =
+		spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier, "
+				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
+				  "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
+				  "ELSE fly_machine_created_at END) "
+				  "FROM fly.user_fly_apps "
+				  "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+				  "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
+				  {}, true);
 	std::vector<HealthTarget> targets;
 	targets.reserve(rows.size());
 	for (const auto &row : rows) {

@@ -74,7 +74,8 @@ EvaluateMachineHealth(const fly::Outcome &outcome, bool created_recently) {
 		if (status == "passing") {
 			passing++;
 		} else if (verdict.detail.empty()) {
-			verdict.detail = check.GetString("name").value_or("a check") + " is " + (status.empty() ? "unknown" : status);
+			verdict.detail =
+				check.GetString("name").value_or("a check") + " is " + (status.empty() ? "unknown" : status);
 		}
 	}
 	if (passing == checks.Size()) {

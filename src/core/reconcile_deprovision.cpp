@@ -57,6 +57,11 @@ Operation::StopNextOrDelete(Step step) {
 		phase_ = Phase::kStopMachine;
 		return step;
 	}
+	// This operation still reads 404s of a young app as "not visible yet"; one restarted after the delete went
+	// out reads them as the deletion it asked for.
+	AppChange change = step.app.value_or(AppChange{});
+	change.app_delete_sent = true;
+	step.app = change;
 	step.request = fly::DeleteAppRequest(app_->name);
 	phase_ = Phase::kDeleteApp;
 	return step;

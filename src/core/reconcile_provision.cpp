@@ -3,7 +3,6 @@
 // Each On* method handles Fly's answer to the request its phase sent.
 #include "pgfly/core/reconcile.hpp"
 
-#include <algorithm>
 #include <utility>
 
 #include "pgfly/core/app_naming.hpp"
@@ -88,6 +87,12 @@ Operation::StartProvision() {
 		details.Set("previous_status", Json::String(app_->status));
 	}
 	details.Set("app_name", Json::String(app_->name));
+	if (!app_->app_created_age_seconds) {
+		// The first create of this app: should its answer be lost, the app may appear all the same, and the
+		// name_taken that follows must be read as young (consistency after create).
+		change.app_create_sent = true;
+		app_created_at_ = now_;
+	}
 	change.status = "provisioning";
 	change.tier = target_.tier;
 	app_->status = "provisioning";
@@ -329,11 +334,6 @@ Operation::OnGetTakenApp(const fly::Outcome &outcome) {
 	}
 	if (outcome.kind == OutcomeKind::kSuccess && org == settings_.org_slug) {
 		step = AppExists(std::move(step), outcome, "app_reused");
-		if (!app_->app_created_age_seconds) {
-			// Created by a request whose answer was lost, perhaps a moment ago: as young as a new app.
-			step.app->app_adopted = true;
-			app_created_at_ = std::max(app_created_at_, now_);
-		}
 		return AfterAppExists(std::move(step));
 	}
 	if (outcome.kind == OutcomeKind::kForbidden || outcome.kind == OutcomeKind::kSuccess) {
@@ -352,6 +352,8 @@ Operation::OnGetTakenApp(const fly::Outcome &outcome) {
 		AppChange change;
 		change.name = *next;
 		change.name_attempt = next_attempt;
+		change.app_created = true; // the window of the new name starts with its create
+		app_created_at_ = now_;
 		step.app = change;
 		app_->name = *next;
 		app_->name_attempt = next_attempt;

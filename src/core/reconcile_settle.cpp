@@ -38,8 +38,9 @@ Operation::MachineIsYoung() const {
 	return now_ - machine_created_at_ < settings_.visibility_window_seconds;
 }
 
-// Which 404s and 401s may be Fly not showing yet what it has just created: any under a young app (the app's
-// own lookup after a name clash excepted, where a 404 means the name is free), and those about a young machine.
+// Which 404s and 401s may be Fly not showing yet what it has just created: any under a young app (including the
+// look-up after a name_taken: a create whose answer was lost, before a restart say, makes that one too), and those
+// about a young machine. After the window, a 404 to that look-up means the name is free again.
 std::optional<Step>
 Operation::SettleIfYoung(const fly::Outcome &outcome) {
 	if (!LooksInvisible(outcome)) {
@@ -47,7 +48,6 @@ Operation::SettleIfYoung(const fly::Outcome &outcome) {
 	}
 	switch (phase_) {
 	case Phase::kCreateApp:
-	case Phase::kGetTakenApp:
 	case Phase::kLookUpOrphan:
 	case Phase::kDeleteExtraMachine:
 	case Phase::kFinished:

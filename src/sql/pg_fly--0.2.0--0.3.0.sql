@@ -1166,9 +1166,11 @@ COMMENT ON FUNCTION fly.check_drift() IS
 -- machine: for fly.create_settle_time after either, a 404 or 401 under it is asked again rather than believed,
 -- also by an operation that starts after a worker restart, and by the health pass.
 ALTER TABLE fly.user_fly_apps
-    ADD COLUMN fly_app_created_at timestamptz,
-    ADD COLUMN fly_machine_created_at timestamptz;
+    ADD COLUMN fly_app_created_at timestamptz CHECK (isfinite(fly_app_created_at)),
+    ADD COLUMN fly_machine_created_at timestamptz CHECK (isfinite(fly_machine_created_at));
+-- Apps from before 0.3.0 are as old as their rows: none of them is young.
+UPDATE fly.user_fly_apps SET fly_app_created_at = created_at;
 COMMENT ON COLUMN fly.user_fly_apps.fly_app_created_at IS
-    'When pg_fly created this app on Fly (or first found it already there, as ours); NULL for rows older than 0.3.0';
+    'When pg_fly created this app on Fly, or first asked to (a create whose answer was lost may still take effect)';
 COMMENT ON COLUMN fly.user_fly_apps.fly_machine_created_at IS
     'When pg_fly created the recorded machine; NULL when the machine was found rather than created';

@@ -15,7 +15,10 @@ from test_provisioning import USER, ProvisioningTestCase, app_name  # noqa: E402
 
 
 class HealthTest(ProvisioningTestCase):
-    cluster_settings = {"fly.request_timeout": "'5s'", "fly.health_check_interval": "'1s'", "fly.rate_limits": "off"}
+    # Apps here vanish seconds after they were made: past fly.create_settle_time, a 404 is believed (a young
+    # machine's 404 is "unknown": test_consistency.py).
+    cluster_settings = {"fly.request_timeout": "'5s'", "fly.health_check_interval": "'1s'", "fly.rate_limits": "off",
+                        "fly.create_settle_time": "'1s'"}
 
     def provision(self):
         self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")

@@ -616,6 +616,7 @@ TEST(ReconcileAppName, TakenThenGoneIsRetried) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	operation.Start();
 	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	operation.SetNow(61); // within fly.create_settle_time the 404 could be our own create not visible yet
 	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404, "{\"error\":\"Could not find App\"}"));
 	ExpectRetriedInPlace(step);
 	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
@@ -1479,10 +1480,65 @@ TEST(ReconcileSettle, AnOldAppAnswersAsItSays) {
 	record.app_created_age_seconds = 3600;
 	Operation operation(MakeTarget(false), record, MakeSettings());
 	Step step = operation.Start();
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines");
+	// The app is gone: the teardown goes on to confirm it with the delete, without asking again.
 	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
-	EXPECT_TRUE(std::find_if(step.events.begin(), step.events.end(), [](const Event &event) {
-		            return event.type == "app_settling";
-	            }) == step.events.end());
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+	EXPECT_EQ(std::count_if(step.events.begin(), step.events.end(),
+							[](const Event &event) { return event.type == "app_settling"; }),
+			  0);
+}
+
+TEST(ReconcileSettle, TheFirstCreateOfAnAppOpensTheWindow) {
+	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
+	Step step = operation.Start();
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_TRUE(step.app->app_create_sent);
+	// The create's answer is lost; the next try finds the name taken and the look-up does not see the app yet:
+	// a lost create that took effect, not a free name nor a bad token.
+	operation.SetNow(3);
+	operation.OnOutcome(Out(OutcomeKind::kTransient, 504));
+	step = operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 401));
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	EXPECT_FALSE(step.failed_attempt);
+	EXPECT_EQ(EventTypes(step), Types{"app_settling"});
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	EXPECT_FALSE(step.failed_attempt);
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	EXPECT_EQ(EventTypes(step), Types{"app_reused"});
+}
+
+TEST(ReconcileSettle, AnAppRecordedYoungIsLookedUpAgainAfterARestart) {
+	AppRecord record = MakeRecord("provisioning");
+	record.app_created_age_seconds = 5;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	Step step = operation.Start();
+	EXPECT_FALSE(step.app->app_create_sent); // the window keeps its start
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 401));
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	EXPECT_EQ(step.completion, Completion::kContinue);
+	// Past the window a 404 there means the name is free again: create it.
+	operation.SetNow(56);
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	EXPECT_EQ(step.request->endpoint, Endpoint::kCreateApp);
+	EXPECT_TRUE(step.failed_attempt);
+}
+
+TEST(ReconcileSettle, AnOldAppFoundAgainIsNotYoung) {
+	AppRecord record = MakeRecord("active");
+	record.app_created_age_seconds = 3600;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	Step step = operation.Start();
+	EXPECT_FALSE(step.app->app_create_sent);
+	operation.OnOutcome(Out(OutcomeKind::kNameTaken, 422, "", "name_taken"));
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	EXPECT_FALSE(step.app->app_created);
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	ExpectEnded(step, Completion::kFailed);
 }
 
 TEST(ReconcileSettle, AYoungAppIsNotTakenForGoneByATeardown) {
@@ -1495,6 +1551,21 @@ TEST(ReconcileSettle, AYoungAppIsNotTakenForGoneByATeardown) {
 	EXPECT_EQ(step.completion, Completion::kContinue);
 	EXPECT_EQ(step.request->endpoint, first);
 	EXPECT_EQ(EventTypes(step), Types{"app_settling"});
+}
+
+TEST(ReconcileSettle, TheDeleteEndsTheWindowForARestartedTeardown) {
+	AppRecord record = MakeRecord("active");
+	record.app_created_age_seconds = 3;
+	Operation operation(MakeTarget(false), record, MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Ok("[]"));
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_TRUE(step.app->app_delete_sent);
+	// This operation itself still asks a 404 again (the app may not be visible yet).
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	EXPECT_EQ(EventTypes(step), Types{"app_settling"});
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
 }
 
 } // namespace

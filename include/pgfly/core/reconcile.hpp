@@ -91,9 +91,12 @@ struct AppChange {
 	std::optional<int64_t> secrets_version;
 	// The operation id of a create-machine request about to be sent; "" once its answer is recorded.
 	std::optional<std::string> pending_create;
-	// Sets fly_app_created_at to now (app_created) or to now unless it is set (app_adopted: a name we hold).
+	// Sets fly_app_created_at to now (app_created: created, or a new name about to be), or to now unless it is
+	// set (app_create_sent: pg_fly is about to ask for the app; if that answer is lost the app may still appear).
 	bool app_created = false;
-	bool app_adopted = false;
+	bool app_create_sent = false;
+	// Clears fly_app_created_at: pg_fly is about to delete the app, so after a restart a 404 is what it asked for.
+	bool app_delete_sent = false;
 	// true: fly_machine_created_at = now (pg_fly created the machine); false: cleared (a machine it found).
 	std::optional<bool> machine_created;
 	bool provisioned = false; // sets provisioned_at and clears last_error
