@@ -21,6 +21,9 @@ namespace {
 // updated canary's health is read.
 constexpr double kRolloutPassSeconds = 1.0;
 constexpr double kCanaryCheckEverySeconds = 2.0;
+// Besides after each reload, how often apps are compared with the secrets file: an app whose provision was under
+// way at the reload set the set it started with.
+constexpr double kSecretsCheckEverySeconds = 60.0;
 
 } // namespace
 
@@ -29,6 +32,10 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 	const bool requested = pg_atomic_exchange_u32(&shared_->rollout_pass_requested, 0) != 0;
 	if (!requested && now < next_rollout_pass_) {
 		return;
+	}
+	if (now >= next_secrets_check_) {
+		secrets_check_due_ = true;
+		next_secrets_check_ = now + kSecretsCheckEverySeconds;
 	}
 	// Filled in the transaction, kept only once it has committed.
 	double next_pass = now + settings::poll_interval_ms / 1000.0;
@@ -148,12 +155,16 @@ JobRunner::OnRolloutAnswer(RolloutJob work, const fly::Outcome &outcome) {
 		step.result = rollout::Result::kFailed;
 		step.error = e.what();
 	}
-	if (step.secrets_set && step.secrets_version) {
+	if (step.secrets_set && step.secrets_version && work.update.target().secrets) {
+		// The names as sent (a reload since may have changed the file): set ones, and those unset with null.
+		std::vector<std::string> names;
+		std::vector<std::string> unset;
+		for (const auto &value : *work.update.target().secrets) {
+			(value.second ? names : unset).push_back(value.first);
+		}
 		try {
 			pg::RunInTransaction("pg_fly: recording secrets set", [&](pg::SpiConnection &spi) {
-				RecordSecretsSet(spi, work.rollout_id, work.app, *step.secrets_version,
-				                 secrets::Names(settings_.secrets),
-				                 secrets::RemovedNames(settings_.secrets, work.app.secret_names));
+				RecordSecretsSet(spi, work.rollout_id, work.app, *step.secrets_version, names, unset);
 			});
 		} catch (const std::exception &e) {
 			// The names stay as they were: a later rollout unsets the removed ones again, which is harmless.

@@ -327,18 +327,26 @@ StartSecretsRollout(pg::SpiConnection &spi, const std::string &digest, bool empt
 	if (!SecretsColumnsExist(spi)) {
 		return std::nullopt;
 	}
-	auto latest = spi.Query("SELECT secrets_digest FROM fly.image_rollouts WHERE kind OPERATOR(pg_catalog.=) 'secrets' "
-	                        "ORDER BY id DESC LIMIT 1",
+	auto latest = spi.Query("SELECT secrets_digest, status FROM fly.image_rollouts "
+	                        "WHERE kind OPERATOR(pg_catalog.=) 'secrets' ORDER BY id DESC LIMIT 1",
 	                        {}, true);
-	if (!latest.empty() && latest[0][0] == digest) {
-		return std::nullopt;
+	if (!latest.empty() && latest[0][0] == digest &&
+	    (latest[0][1] == std::string("halted") || latest[0][1] == std::string("cancelled"))) {
+		return std::nullopt; // the admin's to resume or to leave
 	}
-	// An app that never had secrets set (no digest, no names) needs nothing while the set is empty.
-	const char *differs = "a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) 'active' "
-	                      "AND a.fly_machine_id IS NOT NULL "
-	                      "AND (a.secrets_digest IS NULL OR a.secrets_digest OPERATOR(pg_catalog.<>) $1) "
-	                      "AND NOT (a.secrets_digest IS NULL AND $2::pg_catalog.bool "
-	                      "AND COALESCE(pg_catalog.cardinality(a.secret_names), 0) OPERATOR(pg_catalog.=) 0)";
+	// An app that never had secrets set (no digest, no names) needs nothing while the set is empty. An app the
+	// rollouts for this set already took (since the file last held another set) is not taken again: one whose
+	// machine was gone would otherwise be tried at every check.
+	const char *differs =
+	    "a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) 'active' AND a.fly_machine_id IS NOT NULL "
+	    "AND (a.secrets_digest IS NULL OR a.secrets_digest OPERATOR(pg_catalog.<>) $1) "
+	    "AND NOT (a.secrets_digest IS NULL AND $2::pg_catalog.bool "
+	    "AND COALESCE(pg_catalog.cardinality(a.secret_names), 0) OPERATOR(pg_catalog.=) 0) "
+	    "AND NOT EXISTS (SELECT 1 FROM fly.image_rollout_apps ra JOIN fly.image_rollouts r "
+	    "ON r.id OPERATOR(pg_catalog.=) ra.rollout_id WHERE ra.fly_app_id OPERATOR(pg_catalog.=) a.id "
+	    "AND r.kind OPERATOR(pg_catalog.=) 'secrets' AND r.secrets_digest OPERATOR(pg_catalog.=) $1 "
+	    "AND r.id OPERATOR(pg_catalog.>) (SELECT COALESCE(pg_catalog.max(o.id), 0) FROM fly.image_rollouts o "
+	    "WHERE o.kind OPERATOR(pg_catalog.=) 'secrets' AND o.secrets_digest OPERATOR(pg_catalog.<>) $1))";
 	const std::string count_sql = std::string("SELECT pg_catalog.count(*) FROM fly.user_fly_apps a WHERE ") + differs;
 	auto count = spi.Query(count_sql.c_str(),
 	                       {digest, std::string(empty_set ? "true" : "false")}, true);

@@ -192,6 +192,7 @@ private:
 	// after each reload) at the next rollout pass that finds no rollout running.
 	std::string secrets_digest_;
 	bool secrets_check_due_ = true;
+	double next_secrets_check_ = 0;
 	// The drift pass: in progress or not, its cursor, when the next one is due (the first at the worker's start).
 	DriftPass drift_;
 	double drift_started_ = 0;

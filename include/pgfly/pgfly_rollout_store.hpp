@@ -64,9 +64,9 @@ void RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::
 
 // Secrets that change (a rollout of kind 'secrets'); none of these exist before the 0.3.0 schema.
 bool SecretsColumnsExist(pg::SpiConnection &spi);
-// When no rollout is running, and the last secrets rollout was not for `digest` (one that halted or was cancelled
-// is not started again for the same set): a secrets rollout of every active app whose recorded digest differs,
-// one canary first. Its id, or nothing when there is nothing to do.
+// When no rollout is running: a secrets rollout of every active app whose recorded digest differs from `digest`
+// and that no rollout for this set took yet, one canary first. Not when the last secrets rollout, for the same
+// set, halted or was cancelled (the admin resumes it, or changes the file). Its id, or nothing to do.
 std::optional<int64_t> StartSecretsRollout(pg::SpiConnection &spi, const std::string &digest, bool empty_set);
 // Fly answered setting the app's secrets with `version`: the names now set, the version, a secrets_set event.
 void RecordSecretsSet(pg::SpiConnection &spi, int64_t rollout_id, const RolloutApp &app, int64_t version,
