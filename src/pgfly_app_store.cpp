@@ -5,6 +5,7 @@
 #include "pgfly/pg/sql_values.hpp"
 #include "pgfly/pgfly_guc.hpp"
 #include "pgfly/pgfly_queue_store.hpp"
+#include "pgfly/pgfly_rollout_store.hpp"
 
 namespace pgfly {
 
@@ -22,6 +23,27 @@ Optional(const std::optional<std::string> &value) {
 std::string
 Bool(bool value) {
 	return value ? "true" : "false";
+}
+
+// Secrets a provision just set. A name set before and no longer in the set stays recorded, and the digest is
+// cleared, so that a secrets rollout unsets it later (a provision sets only the file's names).
+void
+WriteSecretsRecord(pg::SpiConnection &spi, const StepContext &context, const reconcile::AppChange &change) {
+	if (!change.secrets_digest || context.app_id == 0 || !SecretsColumnsExist(spi)) {
+		return;
+	}
+	Json names = Json::Array();
+	for (const auto &name : change.secret_names) {
+		names.Append(Json::String(name));
+	}
+	spi.Query("WITH n AS (SELECT ARRAY(SELECT pg_catalog.jsonb_array_elements_text($3::pg_catalog.jsonb)) AS names) "
+			  "UPDATE fly.user_fly_apps a SET "
+			  "secrets_digest = CASE WHEN COALESCE(a.secret_names, '{}') OPERATOR(pg_catalog.<@) n.names "
+			  "THEN $2 END, "
+			  "secret_names = CASE WHEN COALESCE(a.secret_names, '{}') OPERATOR(pg_catalog.<@) n.names THEN n.names "
+			  "ELSE a.secret_names OPERATOR(pg_catalog.||) n.names END "
+			  "FROM n WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+			  {std::to_string(context.app_id), *change.secrets_digest, names.Dump()});
 }
 
 // Inserts or updates the live app row; returns its status afterwards.
@@ -75,6 +97,7 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		 Optional(change.pending_create), Bool(change.app_created), Bool(change.app_create_sent),
 		 change.machine_created ? pg::Value(Bool(*change.machine_created)) : std::nullopt,
 		 Bool(change.app_delete_sent)});
+	WriteSecretsRecord(spi, context, change);
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 

@@ -16,6 +16,7 @@ extern "C" {
 #include "pgfly/core/token_source.hpp"
 #include "pgfly/core/wake_schedule.hpp"
 #include "pgfly/core/retry_delay.hpp"
+#include "pgfly/core/secrets.hpp"
 #include "pgfly/core/worker_settings.hpp"
 #include "pgfly/pg/sql_values.hpp"
 #include "pgfly/pg/transaction.hpp"
@@ -81,6 +82,9 @@ JobRunner::Configure() {
 		}
 		settings_.secrets = secrets.values;
 	}
+	secrets_digest_ = secrets::Digest(settings_.secrets);
+	secrets_check_due_ = true;
+	next_rollout_pass_ = 0;
 	if (problem != configuration_problem_ && !problem.empty()) {
 		Log(problem + "; provisioning waits until the configuration is fixed");
 	}

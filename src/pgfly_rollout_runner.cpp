@@ -9,6 +9,7 @@ extern "C" {
 
 #include "pgfly/core/machine_spec.hpp"
 #include "pgfly/core/reconcile.hpp"
+#include "pgfly/core/secrets.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
 
@@ -20,6 +21,9 @@ namespace {
 // updated canary's health is read.
 constexpr double kRolloutPassSeconds = 1.0;
 constexpr double kCanaryCheckEverySeconds = 2.0;
+// Besides after each reload, how often apps are compared with the secrets file: an app whose provision was under
+// way at the reload set the set it started with.
+constexpr double kSecretsCheckEverySeconds = 60.0;
 
 } // namespace
 
@@ -29,6 +33,10 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 	if (!requested && now < next_rollout_pass_) {
 		return;
 	}
+	if (now >= next_secrets_check_) {
+		secrets_check_due_ = true;
+		next_secrets_check_ = now + kSecretsCheckEverySeconds;
+	}
 	// Filled in the transaction, kept only once it has committed.
 	double next_pass = now + settings::poll_interval_ms / 1000.0;
 	std::vector<RolloutJob> updates;
@@ -37,6 +45,16 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 	try {
 		InTransaction("pg_fly: image rollout pass", [&](pg::SpiConnection &spi) {
 			std::optional<RunningRollout> running = LoadRunningRollout(spi);
+			if (!running && secrets_check_due_ && configuration_problem_.empty()) {
+				// After a start or a reload: apps whose secrets differ from the file get a rollout of their own.
+				secrets_check_due_ = false;
+				if (auto id = StartSecretsRollout(spi, secrets_digest_, settings_.secrets.empty())) {
+					// Read-only queries in this transaction would not see it yet: the next pass (at once) takes it.
+					news = "secrets rollout " + std::to_string(*id) + " started: fly.app_secrets_file changed";
+					next_pass = now;
+					return;
+				}
+			}
 			if (!running) {
 				return;
 			}
@@ -52,26 +70,36 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 			if (decision.phase != running->phase) {
 				AdvanceRollout(spi, *running, decision);
 				running->phase = decision.phase;
+				const std::string what = running->kind + " rollout " + std::to_string(running->id);
 				if (decision.phase == rollout::Phase::kHalted) {
-					news = "image rollout " + std::to_string(running->id) + " halted: " + decision.reason;
+					news = what + " halted: " + decision.reason;
 				} else if (decision.phase == rollout::Phase::kCompleted) {
-					news = "image rollout " + std::to_string(running->id) + " completed";
+					news = what + " completed";
 				}
 			}
 			switch (running->phase) {
 			case rollout::Phase::kCanary:
 			case rollout::Phase::kRolling:
+				if (running->kind == "secrets" && !configuration_problem_.empty()) {
+					break; // the secrets file cannot be read: nothing is set until it can
+				}
 				if (capacity > 0) {
 					for (auto &app : ClaimRolloutApps(spi, *running, capacity, busy)) {
 						rollout::AppTarget target;
 						target.app_name = app.app_name;
 						target.machine_id = app.machine_id;
 						target.image = running->image;
+						if (app.secrets_rollout) {
+							// The app keeps its image; its secrets move to the file's set.
+							target.image = app.image.empty() ? settings_.image : app.image;
+							target.secrets = secrets::ValuesToSet(settings_.secrets, app.secret_names);
+							app.secrets_digest = secrets_digest_;
+						}
 						fly::MachineSpec spec = machine::MachineSpecFor(
-						    settings_.env, app.user_id, app.guest, app.region, running->image,
+						    settings_.env, app.user_id, app.guest, app.region, target.image,
 						    "rollout-" + std::to_string(running->id), app.secrets_version);
 						updates.push_back(
-						    RolloutJob{running->id, running->image, app, rollout::ImageUpdate(target, spec)});
+						    RolloutJob{running->id, target.image, app, rollout::ImageUpdate(target, spec)});
 					}
 				}
 				break;
@@ -127,6 +155,22 @@ JobRunner::OnRolloutAnswer(RolloutJob work, const fly::Outcome &outcome) {
 		step.result = rollout::Result::kFailed;
 		step.error = e.what();
 	}
+	if (step.secrets_set && step.secrets_version && work.update.target().secrets) {
+		// The names as sent (a reload since may have changed the file): set ones, and those unset with null.
+		std::vector<std::string> names;
+		std::vector<std::string> unset;
+		for (const auto &value : *work.update.target().secrets) {
+			(value.second ? names : unset).push_back(value.first);
+		}
+		try {
+			pg::RunInTransaction("pg_fly: recording secrets set", [&](pg::SpiConnection &spi) {
+				RecordSecretsSet(spi, work.rollout_id, work.app, *step.secrets_version, names, unset);
+			});
+		} catch (const std::exception &e) {
+			// The names stay as they were: a later rollout unsets the removed ones again, which is harmless.
+			Log(std::string("recording secrets set failed: ") + e.what());
+		}
+	}
 	if (step.result == rollout::Result::kContinue && step.request) {
 		double due = Now();
 		if (step.failed_attempt) {
@@ -164,7 +208,8 @@ JobRunner::FinishRolloutUpdate(const RolloutJob &work, const rollout::Step &step
 	dispatch_again_ = true;
 	next_rollout_pass_ = 0;
 	if (step.result == rollout::Result::kFailed) {
-		Log("updating " + work.app.app_name + " to image " + work.image + " failed: " + step.error);
+		Log("updating " + work.app.app_name + (work.app.secrets_rollout ? " to new secrets" : " to image " + work.image) +
+		    " failed: " + step.error);
 	}
 	try {
 		pg::RunInTransaction("pg_fly: recording an image update", [&](pg::SpiConnection &spi) {

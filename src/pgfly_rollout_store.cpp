@@ -30,6 +30,45 @@ InsertEvent(pg::SpiConnection &spi, const RolloutApp &app, const char *type, con
 }
 
 Json
+NamesJson(const std::vector<std::string> &names) {
+	Json array = Json::Array();
+	for (const auto &name : names) {
+		array.Append(Json::String(name));
+	}
+	return array;
+}
+
+std::vector<std::string>
+NamesFromJson(const pg::Value &text) {
+	std::vector<std::string> names;
+	if (!text) {
+		return names;
+	}
+	const Json array = ParseJson(*text).value;
+	for (size_t i = 0; array.IsArray() && i < array.Size(); i++) {
+		if (auto name = array.At(i).AsString()) {
+			names.push_back(*name);
+		}
+	}
+	return names;
+}
+
+// For a secrets rollout: each claimed app's image and the secret names last set on it.
+void
+LoadSecretsTargets(pg::SpiConnection &spi, std::vector<RolloutApp> &apps) {
+	for (auto &app : apps) {
+		auto rows = spi.Query("SELECT image, pg_catalog.array_to_json(secret_names)::pg_catalog.text "
+		                      "FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+		                      {std::to_string(app.app_id)}, true);
+		app.secrets_rollout = true;
+		if (!rows.empty()) {
+			app.image = rows[0][0].value_or("");
+			app.secret_names = NamesFromJson(rows[0][1]);
+		}
+	}
+}
+
+Json
 EventDetails(int64_t rollout_id, const RolloutApp &app) {
 	Json details = Json::Object();
 	details.Set("rollout_id", Json::Integer(rollout_id));
@@ -69,6 +108,11 @@ LoadRunningRollout(pg::SpiConnection &spi) {
 	rollout.phase = rollout::PhaseFromName(rows[0][2].value_or("")).value_or(rollout::Phase::kHalted);
 	rollout.max_failures = static_cast<int>(ToInt(rows[0][3]));
 	rollout.canary_deadline_passed = rows[0][4] == std::string("t");
+	if (SecretsColumnsExist(spi)) {
+		auto kind = spi.Query("SELECT kind FROM fly.image_rollouts WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+		                      {std::to_string(rollout.id)});
+		rollout.kind = kind.at(0).at(0).value_or("image");
+	}
 	auto counts = spi.Query(
 	    "SELECT pg_catalog.count(*) "
 	    "FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'updating'])), "
@@ -103,11 +147,12 @@ AdvanceRollout(pg::SpiConnection &spi, const RunningRollout &rollout, const roll
 	          {std::to_string(rollout.id), phase, decision.reason});
 	if (decision.phase == rollout::Phase::kHalted) {
 		Json payload = Json::Object();
-		payload.Set("kind", Json::String("image_rollout_halted"));
+		const bool secrets = rollout.kind == "secrets";
+		payload.Set("kind", Json::String(secrets ? "secrets_rollout_halted" : "image_rollout_halted"));
 		payload.Set("rollout_id", Json::Integer(rollout.id));
 		// The image and the reason are for roles granted fly.image_rollout_progress (LISTEN takes no privilege).
 		if (settings::notify_payload == settings::kNotifyPayloadFull) {
-			payload.Set("image", Json::String(rollout.image));
+			payload.Set("image", secrets ? Json::Null() : Json::String(rollout.image));
 			payload.Set("reason", Json::String(decision.reason));
 		}
 		spi.Query("SELECT pg_catalog.pg_notify($1, $2)", {std::string(kAlertChannel), payload.Dump()});
@@ -156,6 +201,9 @@ ClaimRolloutApps(pg::SpiConnection &spi, const RunningRollout &rollout, int limi
 		app.attempts = static_cast<int>(ToInt(row[10]));
 		apps.push_back(std::move(app));
 	}
+	if (rollout.kind == "secrets") {
+		LoadSecretsTargets(spi, apps);
+	}
 	return apps;
 }
 
@@ -176,7 +224,8 @@ RecordRolloutAttemptFailed(pg::SpiConnection &spi, int64_t rollout_id, const Rol
 	          {std::to_string(rollout_id), std::to_string(app.app_id), error});
 	Json details = EventDetails(rollout_id, app);
 	details.Set("error", Json::String(error));
-	InsertEvent(spi, app, "image_update_attempt_failed", details);
+	InsertEvent(spi, app, app.secrets_rollout ? "secrets_rollout_attempt_failed" : "image_update_attempt_failed",
+	            details);
 }
 
 void
@@ -202,6 +251,22 @@ RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::strin
 	case Result::kContinue:
 		break;
 	}
+	if (app.secrets_rollout) {
+		switch (step.result) {
+		case Result::kUpdated:
+			event = "secrets_rollout_updated";
+			break;
+		case Result::kAlreadyCurrent:
+			event = "secrets_rollout_already_current";
+			break;
+		case Result::kVanished:
+			event = "secrets_rollout_skipped";
+			break;
+		default:
+			event = "secrets_rollout_failed";
+			break;
+		}
+	}
 	const bool runs_image = step.result == Result::kUpdated || step.result == Result::kAlreadyCurrent;
 	if (runs_image) {
 		// An app row another transaction holds fails this at once instead of stalling the loop for lock_timeout:
@@ -218,18 +283,109 @@ RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::strin
 	          "AND fly_app_id OPERATOR(pg_catalog.=) $2::pg_catalog.int8",
 	          {std::to_string(rollout_id), std::to_string(app.app_id), std::string(status), step.from_image,
 	           step.error});
-	if (runs_image) {
+	if (runs_image && app.secrets_rollout) {
+		// The machine now runs with the set: the app no longer differs from the file.
+		spi.Query("UPDATE fly.user_fly_apps SET secrets_digest = $2, updated_at = pg_catalog.now() "
+		          "WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND deleted_at IS NULL",
+		          {std::to_string(app.app_id), app.secrets_digest});
+	} else if (runs_image) {
 		spi.Query("UPDATE fly.user_fly_apps SET image = $2, updated_at = pg_catalog.now() "
 		          "WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND deleted_at IS NULL",
 		          {std::to_string(app.app_id), image});
 	}
 	Json details = EventDetails(rollout_id, app);
+	if (app.secrets_rollout) {
+		details.Set("secrets_digest", Json::String(app.secrets_digest));
+		if (step.secrets_version) {
+			details.Set("secrets_version", Json::Integer(*step.secrets_version));
+		}
+		if (!step.error.empty()) {
+			details.Set("error", Json::String(step.error));
+		}
+		InsertEvent(spi, app, event, details);
+		return;
+	}
 	details.Set("from_image", step.from_image.empty() ? Json::Null() : Json::String(step.from_image));
 	details.Set("to_image", Json::String(image));
 	if (!step.error.empty()) {
 		details.Set("error", Json::String(step.error));
 	}
 	InsertEvent(spi, app, event, details);
+}
+
+bool
+SecretsColumnsExist(pg::SpiConnection &spi) {
+	auto rows = spi.Query("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
+	                      "WHERE attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('fly.image_rollouts') "
+	                      "AND attname OPERATOR(pg_catalog.=) 'kind' AND NOT attisdropped)",
+	                      {}, true);
+	return rows.at(0).at(0) == std::string("t");
+}
+
+std::optional<int64_t>
+StartSecretsRollout(pg::SpiConnection &spi, const std::string &digest, bool empty_set) {
+	if (!SecretsColumnsExist(spi)) {
+		return std::nullopt;
+	}
+	auto latest = spi.Query("SELECT secrets_digest, status FROM fly.image_rollouts "
+	                        "WHERE kind OPERATOR(pg_catalog.=) 'secrets' ORDER BY id DESC LIMIT 1",
+	                        {}, true);
+	if (!latest.empty() && latest[0][0] == digest &&
+	    (latest[0][1] == std::string("halted") || latest[0][1] == std::string("cancelled"))) {
+		return std::nullopt; // the admin's to resume or to leave
+	}
+	// An app that never had secrets set (no digest, no names) needs nothing while the set is empty. An app the
+	// rollouts for this set already took (since the file last held another set) is not taken again: one whose
+	// machine was gone would otherwise be tried at every check.
+	const char *differs =
+	    "a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) 'active' AND a.fly_machine_id IS NOT NULL "
+	    "AND (a.secrets_digest IS NULL OR a.secrets_digest OPERATOR(pg_catalog.<>) $1) "
+	    "AND NOT (a.secrets_digest IS NULL AND $2::pg_catalog.bool "
+	    "AND COALESCE(pg_catalog.cardinality(a.secret_names), 0) OPERATOR(pg_catalog.=) 0) "
+	    "AND NOT EXISTS (SELECT 1 FROM fly.image_rollout_apps ra JOIN fly.image_rollouts r "
+	    "ON r.id OPERATOR(pg_catalog.=) ra.rollout_id WHERE ra.fly_app_id OPERATOR(pg_catalog.=) a.id "
+	    "AND r.kind OPERATOR(pg_catalog.=) 'secrets' AND r.secrets_digest OPERATOR(pg_catalog.=) $1 "
+	    "AND r.id OPERATOR(pg_catalog.>) (SELECT COALESCE(pg_catalog.max(o.id), 0) FROM fly.image_rollouts o "
+	    "WHERE o.kind OPERATOR(pg_catalog.=) 'secrets' AND o.secrets_digest OPERATOR(pg_catalog.<>) $1))";
+	const std::string count_sql = std::string("SELECT pg_catalog.count(*) FROM fly.user_fly_apps a WHERE ") + differs;
+	auto count = spi.Query(count_sql.c_str(),
+	                       {digest, std::string(empty_set ? "true" : "false")}, true);
+	if (ToInt(count.at(0).at(0)) == 0) {
+		return std::nullopt;
+	}
+	// An image rollout started meanwhile wins (one rollout runs at a time): this one waits for the next pass.
+	auto rows = spi.Query("INSERT INTO fly.image_rollouts (kind, image, secrets_digest, canary_count, canary_wait, "
+	                      "max_failures) VALUES ('secrets', NULL, $1, 1, '5 minutes', 0) ON CONFLICT DO NOTHING "
+	                      "RETURNING id",
+	                      {digest});
+	if (rows.empty()) {
+		return std::nullopt;
+	}
+	const int64_t id = ToInt(rows[0][0]);
+	const std::string insert_sql =
+	    std::string("INSERT INTO fly.image_rollout_apps (rollout_id, fly_app_id, user_id, fly_app_name, canary, "
+	                "position, from_image) SELECT $3::pg_catalog.int8, a.id, a.user_id, a.fly_app_name, "
+	                "a.n OPERATOR(pg_catalog.<=) 1, a.n, a.image FROM (SELECT a.*, pg_catalog.row_number() "
+	                "OVER (ORDER BY a.id) AS n FROM fly.user_fly_apps a WHERE ") +
+	    differs + ") a";
+	spi.Query(insert_sql.c_str(),
+	          {digest, std::string(empty_set ? "true" : "false"), std::to_string(id)});
+	return id;
+}
+
+void
+RecordSecretsSet(pg::SpiConnection &spi, int64_t rollout_id, const RolloutApp &app, int64_t version,
+                 const std::vector<std::string> &names, const std::vector<std::string> &unset) {
+	spi.Query("UPDATE fly.user_fly_apps SET secrets_version = $2::pg_catalog.int8, "
+	          "secret_names = ARRAY(SELECT pg_catalog.jsonb_array_elements_text($3::pg_catalog.jsonb)), "
+	          "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+	          "AND deleted_at IS NULL",
+	          {std::to_string(app.app_id), std::to_string(version), NamesJson(names).Dump()});
+	Json details = EventDetails(rollout_id, app);
+	details.Set("names", NamesJson(names));
+	details.Set("unset", NamesJson(unset));
+	details.Set("version", Json::Integer(version));
+	InsertEvent(spi, app, "secrets_set", details);
 }
 
 std::vector<HealthTarget>

@@ -18,6 +18,8 @@ struct RunningRollout {
 	int64_t id = 0;
 	bool held_by_another = false;
 	std::string image;
+	// "image", or "secrets" (a rollout the worker started when fly.app_secrets_file changed: image is empty).
+	std::string kind = "image";
 	rollout::Phase phase = rollout::Phase::kCanary;
 	int max_failures = 0;
 	bool canary_deadline_passed = false;
@@ -40,6 +42,12 @@ struct RolloutApp {
 	std::optional<int64_t> secrets_version;
 	bool canary = false;
 	int attempts = 0;
+	// For a secrets rollout: the app's image (kept), the names last set on it, and the digest of the set the
+	// update sends (filled in by the worker).
+	bool secrets_rollout = false;
+	std::string image;
+	std::vector<std::string> secret_names;
+	std::string secrets_digest;
 };
 // Marks up to `limit` pending apps of the phase (canaries, or the others) as updating, in rollout order, never
 // one of `running` (users with an operation going). Apps that stopped being active are skipped.
@@ -53,6 +61,16 @@ void RecordRolloutAttemptFailed(pg::SpiConnection &spi, int64_t rollout_id, cons
                                 const std::string &error);
 void RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::string &image, const RolloutApp &app,
                          const rollout::Step &step);
+
+// Secrets that change (a rollout of kind 'secrets'); none of these exist before the 0.3.0 schema.
+bool SecretsColumnsExist(pg::SpiConnection &spi);
+// When no rollout is running: a secrets rollout of every active app whose recorded digest differs from `digest`
+// and that no rollout for this set took yet, one canary first. Not when the last secrets rollout, for the same
+// set, halted or was cancelled (the admin resumes it, or changes the file). Its id, or nothing to do.
+std::optional<int64_t> StartSecretsRollout(pg::SpiConnection &spi, const std::string &digest, bool empty_set);
+// Fly answered setting the app's secrets with `version`: the names now set, the version, a secrets_set event.
+void RecordSecretsSet(pg::SpiConnection &spi, int64_t rollout_id, const RolloutApp &app, int64_t version,
+                      const std::vector<std::string> &names, const std::vector<std::string> &unset);
 
 // Updated canaries due for a health check (not checked in the last `every_seconds`).
 std::vector<HealthTarget> LoadCanariesToCheck(pg::SpiConnection &spi, int64_t rollout_id, double every_seconds);

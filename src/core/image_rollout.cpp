@@ -16,6 +16,13 @@ ImageUpdate::ImageUpdate(AppTarget target, fly::MachineSpec spec) : target_(std:
 // The machine is read first, so that an update interrupted by a restart is not sent twice.
 Step
 ImageUpdate::Start() {
+	if (target_.secrets) {
+		if (target_.secrets->empty()) {
+			// No name to set or unset: Fly's secrets and the machine stay as they are.
+			return Finish(Result::kAlreadyCurrent, Step{});
+		}
+		return Send(Step{}, Phase::kSetSecrets, fly::SetSecretsRequest(target_.app_name, *target_.secrets));
+	}
 	return Send(Step{}, Phase::kGetMachine, fly::GetMachineRequest(target_.app_name, target_.machine_id));
 }
 
@@ -84,6 +91,24 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 		return Retry(outcome, std::move(step));
 	}
 	switch (phase_) {
+	case Phase::kSetSecrets: {
+		if (outcome.kind != OutcomeKind::kSuccess) {
+			break;
+		}
+		auto version = outcome.body.GetInteger("version");
+		if (!version) {
+			version = outcome.body.GetInteger("Version"); // the deprecated spelling
+		}
+		if (!version) {
+			step.error = "Fly's answer to setting the secrets has no version";
+			return Finish(Result::kFailed, std::move(step));
+		}
+		spec_.min_secrets_version = version;
+		step.secrets_set = true;
+		step.secrets_version = version;
+		return Send(std::move(step), Phase::kGetMachine,
+		            fly::GetMachineRequest(target_.app_name, target_.machine_id));
+	}
 	case Phase::kGetMachine: {
 		if (outcome.kind != OutcomeKind::kSuccess) {
 			break;
@@ -93,7 +118,7 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 			from_image_ = current.image; // a re-read after an ambiguous update must not hide the old image
 		}
 		step.from_image = from_image_;
-		if (current.image == target_.image) {
+		if (current.image == target_.image && !target_.secrets) {
 			if (current.state == "started") {
 				return Finish(Result::kAlreadyCurrent, std::move(step));
 			}

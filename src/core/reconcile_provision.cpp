@@ -7,6 +7,7 @@
 
 #include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/json.hpp"
+#include "pgfly/core/secrets.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -380,6 +381,9 @@ Operation::OnSetSecrets(const fly::Outcome &outcome) {
 		}
 		AppChange change;
 		change.secrets_version = version;
+		// Recorded so that no secrets rollout sets them again (the machine is created or updated with them).
+		change.secrets_digest = secrets::Digest(settings_.secrets);
+		change.secret_names = secrets::Names(settings_.secrets);
 		step.app = change;
 		Json details = Json::Object();
 		Json names = Json::Array();

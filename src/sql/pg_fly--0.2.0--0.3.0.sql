@@ -1174,3 +1174,45 @@ COMMENT ON COLUMN fly.user_fly_apps.fly_app_created_at IS
     'When pg_fly created this app on Fly, or first asked to (a create whose answer was lost may still take effect)';
 COMMENT ON COLUMN fly.user_fly_apps.fly_machine_created_at IS
     'When pg_fly created the recorded machine; NULL when the machine was found rather than created';
+--------------------------------------------------------------------------------------------------------------
+-- Issue 14: secrets that change. Each app records a digest of the secrets set its machine runs with (SHA-256
+-- over every name and value together, never one value alone) and the names last set on Fly, so that a name
+-- removed from fly.app_secrets_file can be unset. When the file changes the worker starts a rollout of kind
+-- 'secrets': per app it sets the secrets again (removed names as null), then updates the machine to the new
+-- min_secrets_version, canary first, halting on failure, seen and resumed or cancelled like an image rollout.
+--------------------------------------------------------------------------------------------------------------
+ALTER TABLE fly.user_fly_apps
+    ADD COLUMN secrets_digest text CHECK (secrets_digest ~ '^[0-9a-f]{64}$'),
+    ADD COLUMN secret_names   text[];
+COMMENT ON COLUMN fly.user_fly_apps.secrets_digest IS
+    'SHA-256 (hex) of the whole secrets set the app''s machine was last created or updated with; never a value';
+COMMENT ON COLUMN fly.user_fly_apps.secret_names IS 'The secret names pg_fly last set on the app (names only)';
+
+ALTER TABLE fly.image_rollouts
+    ADD COLUMN kind text NOT NULL DEFAULT 'image' CHECK (kind IN ('image', 'secrets')),
+    ADD COLUMN secrets_digest text CHECK (secrets_digest ~ '^[0-9a-f]{64}$'),
+    ALTER COLUMN image DROP NOT NULL,
+    ADD CONSTRAINT image_rollouts_kind_target
+        CHECK (CASE kind WHEN 'image' THEN image IS NOT NULL ELSE image IS NULL AND secrets_digest IS NOT NULL END);
+COMMENT ON COLUMN fly.image_rollouts.kind IS
+    'image: fly.start_image_rollout(); secrets: started by the worker when fly.app_secrets_file changed';
+COMMENT ON COLUMN fly.image_rollouts.secrets_digest IS 'For a secrets rollout: the digest of the set it was started for';
+
+-- The kind and the digest, after the columns the view already had.
+CREATE OR REPLACE VIEW fly.image_rollout_progress AS
+SELECT r.id, r.image, r.status,
+       count(a.*) AS apps,
+       count(a.*) FILTER (WHERE a.canary) AS canaries,
+       count(a.*) FILTER (WHERE a.status IN ('pending', 'updating')) AS pending,
+       count(a.*) FILTER (WHERE a.status IN ('updated', 'healthy')) AS updated,
+       count(a.*) FILTER (WHERE a.canary AND a.status = 'healthy') AS canaries_healthy,
+       count(a.*) FILTER (WHERE a.status = 'failed') AS failed,
+       count(a.*) FILTER (WHERE a.status = 'skipped') AS skipped,
+       CASE WHEN count(a.*) = 0 THEN 100
+            ELSE round(100.0 * count(a.*) FILTER (WHERE a.status IN ('updated', 'healthy', 'failed', 'skipped'))
+                       / count(a.*), 1) END AS percent_done,
+       r.max_failures, r.canary_deadline, r.halted_reason, r.started_by, r.created_at, r.finished_at,
+       r.kind, r.secrets_digest
+  FROM fly.image_rollouts r
+  LEFT JOIN fly.image_rollout_apps a ON a.rollout_id = r.id
+ GROUP BY r.id;

@@ -198,7 +198,7 @@ class Waiter:
 class Machine:
     __slots__ = ("id", "app", "name", "region", "state", "instance_id", "private_ip", "config",
                  "image_ref", "created_at", "created_mono", "updated_at", "events", "event_count", "check_names",
-                 "checks_changed_at", "started_mono", "update_seq", "timer", "waiters")
+                 "checks_changed_at", "started_mono", "update_seq", "timer", "waiters", "min_secrets_version")
 
     def __init__(self, app, machine_id, name, region, config, instance_id, private_ip, synthetic_check):
         now = rfc3339()
@@ -219,6 +219,7 @@ class Machine:
         self.timer = None
         self.waiters = []
         self.checks_changed_at = rfc3339(millis=True)
+        self.min_secrets_version = None  # from the create or last update request; not part of Fly's Machine
         self.set_config(config, synthetic_check)
 
     def set_config(self, config, synthetic_check):
@@ -672,6 +673,7 @@ class FlyWorld:
                           body.get("region") or self.config["default_region"], config,
                           self.ids.ulid(), self.ids.private_ip(), self.config["synthetic_check"])
         app.machines[machine_id] = machine
+        machine.min_secrets_version = body.get("min_secrets_version")
         self.set_state(machine, "created", "launch", "user")
         out = self.machine_json(machine)
         if body.get("lease_ttl"):
@@ -702,6 +704,7 @@ class FlyWorld:
         self.check_secrets_version(app, body)
         was_running = machine.state in RUNNING_STATES
         machine.set_config(body["config"], self.config["synthetic_check"])
+        machine.min_secrets_version = body.get("min_secrets_version")
         machine.instance_id = self.ids.ulid()
         if was_running and body.get("skip_launch"):
             self.stop(machine)
@@ -871,8 +874,12 @@ class FlyWorld:
     def state_json(self):
         apps = {}
         for app in self.apps.values():
-            machines = {m.id: self.machine_json(m) for m in app.machines.values()}
-            machines.update((m.id, self.machine_json(m)) for m in app.destroyed.values())
+            # min_secrets_version is not in Fly's Machine object: the control API shows what the last create or
+            # update asked for, so that tests can see which secrets version a machine runs with.
+            machines = {m.id: dict(self.machine_json(m), min_secrets_version=m.min_secrets_version)
+                        for m in app.machines.values()}
+            machines.update((m.id, dict(self.machine_json(m), min_secrets_version=m.min_secrets_version))
+                            for m in app.destroyed.values())
             apps[app.name] = {
                 "id": app.id,
                 "org": app.org,

@@ -564,6 +564,22 @@ class MachineTests(SimTestCase):
         version = self.api.post("/v1/apps/vyx-user-0001/secrets", {"values": {"K": "v"}}).json()["version"]
         self.create_machine(min_secrets_version=version)
 
+    def test_control_state_shows_each_machine_min_secrets_version(self):
+        first = self.api.post("/v1/apps/vyx-user-0001/secrets", {"values": {"K": "v"}}).json()["version"]
+        machine_id = self.create_machine(min_secrets_version=first)["id"]
+        # Fly's Machine object has no such field; only the control API shows it.
+        self.assertNotIn("min_secrets_version", self.machine("vyx-user-0001", machine_id))
+        state = self.ctl("GET", "state")["apps"]["vyx-user-0001"]["machines"][machine_id]
+        self.assertEqual(state["min_secrets_version"], first)
+        second = self.api.post("/v1/apps/vyx-user-0001/secrets", {"values": {"K": None, "L": "w"}}).json()["version"]
+        self.assertEqual(second, first + 1)
+        result = self.api.post(f"/v1/apps/vyx-user-0001/machines/{machine_id}",
+                               {"config": machine_config(), "min_secrets_version": second})
+        self.assertEqual(result.status, 200, result.body)
+        state = self.ctl("GET", "state")["apps"]["vyx-user-0001"]
+        self.assertEqual(state["machines"][machine_id]["min_secrets_version"], second)
+        self.assertEqual(sorted(state["secrets"]["names"]), ["L"])
+
     def test_guest_sizes_are_checked(self):
         for guest in ({"cpu_kind": "shared", "cpus": 1, "memory_mb": 4096},
                       {"cpu_kind": "shared", "cpus": 1, "memory_mb": 300},

@@ -230,3 +230,90 @@ TEST(RolloutPhase, NamesRoundTrip) {
 } // namespace
 } // namespace rollout
 } // namespace pgfly
+
+namespace pgfly {
+namespace rollout {
+namespace {
+
+ImageUpdate
+MakeSecretsUpdate(std::map<std::string, std::optional<std::string>> values) {
+	fly::MachineSpec spec = machine::MachineSpecFor({}, "u-1", fly::Guest{"shared", 1, 256}, "sjc", kNewImage,
+	                                                "rollout-4", 2);
+	AppTarget target;
+	target.app_name = kApp;
+	target.machine_id = "m1";
+	target.image = kNewImage;
+	target.secrets = std::move(values);
+	return ImageUpdate(target, spec);
+}
+
+TEST(SecretsUpdate, SetsTheSecretsThenUpdatesTheMachineToTheVersionFlyAnswered) {
+	ImageUpdate update = MakeSecretsUpdate({{"A", std::string("new")}, {"GONE", std::nullopt}});
+	Step step = update.Start();
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kSetSecrets);
+	const Json values = ParseJson(step.request->body_json.value_or("null")).value.Get("values");
+	EXPECT_EQ(values.GetString("A"), "new");
+	EXPECT_TRUE(values.Get("GONE").IsNull());
+	step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, "{\"secrets\":[],\"version\":7,\"Version\":7}"));
+	EXPECT_TRUE(step.secrets_set);
+	EXPECT_EQ(step.secrets_version, 7);
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kGetMachine);
+	// The machine runs the image already, but its secrets version cannot be seen: it is updated anyway.
+	step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, Machine("started", kNewImage)));
+	EXPECT_FALSE(step.secrets_set);
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kUpdateMachine);
+	const Json body = ParseJson(step.request->body_json.value_or("null")).value;
+	EXPECT_EQ(body.GetInteger("min_secrets_version"), 7);
+	EXPECT_EQ(body.Get("config").GetString("image"), kNewImage);
+	step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, Machine("replacing", kNewImage)));
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kWaitMachine);
+	step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, "{\"ok\":true}"));
+	EXPECT_EQ(step.result, Result::kUpdated);
+}
+
+TEST(SecretsUpdate, TheDeprecatedVersionSpellingIsRead) {
+	ImageUpdate update = MakeSecretsUpdate({{"A", std::string("v")}});
+	update.Start();
+	Step step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, "{\"Version\":3}"));
+	EXPECT_EQ(step.secrets_version, 3);
+}
+
+TEST(SecretsUpdate, AnAnswerWithoutAVersionFailsTheApp) {
+	ImageUpdate update = MakeSecretsUpdate({{"A", std::string("v")}});
+	update.Start();
+	Step step = update.OnOutcome(Out(OutcomeKind::kSuccess, 200, "{\"secrets\":[]}"));
+	EXPECT_EQ(step.result, Result::kFailed);
+	EXPECT_FALSE(step.secrets_set);
+	EXPECT_FALSE(step.request);
+}
+
+TEST(SecretsUpdate, ATransientFailureSetsTheSecretsAgainAndARefusalFails) {
+	ImageUpdate update = MakeSecretsUpdate({{"A", std::string("v")}});
+	update.Start();
+	Step step = update.OnOutcome(Out(OutcomeKind::kTransient, 503));
+	EXPECT_TRUE(step.failed_attempt);
+	ASSERT_TRUE(step.request);
+	EXPECT_EQ(step.request->endpoint, Endpoint::kSetSecrets);
+	step = update.OnOutcome(Out(OutcomeKind::kPermanent, 400));
+	EXPECT_EQ(step.result, Result::kFailed);
+	// The error is Fly's message, never the request body.
+	EXPECT_EQ(step.error.find("\"v\""), std::string::npos);
+}
+
+TEST(SecretsUpdate, AGoneAppIsSkippedAndNothingToSendIsAlreadyCurrent) {
+	ImageUpdate gone = MakeSecretsUpdate({{"A", std::string("v")}});
+	gone.Start();
+	EXPECT_EQ(gone.OnOutcome(Out(OutcomeKind::kNotFound, 404)).result, Result::kVanished);
+	ImageUpdate empty = MakeSecretsUpdate({});
+	Step step = empty.Start();
+	EXPECT_EQ(step.result, Result::kAlreadyCurrent);
+	EXPECT_FALSE(step.request);
+}
+
+} // namespace
+} // namespace rollout
+} // namespace pgfly

@@ -10,6 +10,7 @@
 
 #include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/json.hpp"
+#include "pgfly/core/secrets.hpp"
 
 namespace pgfly {
 namespace reconcile {
@@ -477,6 +478,9 @@ TEST(ReconcileSecrets, SecretsAreSetBeforeTheMachineAndItsVersionIsRequired) {
 	const Step &after_secrets = steps.back();
 	ASSERT_TRUE(after_secrets.app.has_value());
 	EXPECT_EQ(after_secrets.app->secrets_version, 4);
+	// The set is recorded as one digest and its names, so that no secrets rollout sets it again.
+	EXPECT_EQ(after_secrets.app->secrets_digest, secrets::Digest(settings.secrets));
+	EXPECT_EQ(after_secrets.app->secret_names, (std::vector<std::string>{"API_KEY", "DB_PASSWORD"}));
 	EXPECT_EQ(EventTypes(after_secrets), Types{"secrets_set"});
 	Json set = Details(after_secrets.events[0]);
 	ASSERT_EQ(set.Get("names").Size(), 2u);

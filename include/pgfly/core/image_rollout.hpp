@@ -5,6 +5,8 @@
 // rollout halts and when it is complete. Both are pure: the worker sends the requests and records the results.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -23,6 +25,10 @@ struct AppTarget {
 	// Wait calls for "started" after the update before the app counts as failed.
 	int wait_timeout_seconds = 60;
 	int wait_rounds = 5;
+	// A secrets rollout: these are set first (null unsets a name), then the machine is updated to the version
+	// Fly answers with. A machine does not show which secrets version it has, so it is updated even when it
+	// already runs `image`.
+	std::optional<std::map<std::string, std::optional<std::string>>> secrets;
 };
 
 enum class Result {
@@ -42,6 +48,9 @@ struct Step {
 	// What went wrong (kFailed, failed attempts), and the image the machine ran before.
 	std::string error;
 	std::string from_image;
+	// Set on the step that follows Fly's answer to setting the secrets: the version it returned.
+	bool secrets_set = false;
+	std::optional<int64_t> secrets_version;
 };
 
 class ImageUpdate {
@@ -57,7 +66,7 @@ public:
 	}
 
 private:
-	enum class Phase { kGetMachine, kUpdate, kStart, kWaitStarted, kFinished };
+	enum class Phase { kSetSecrets, kGetMachine, kUpdate, kStart, kWaitStarted, kFinished };
 
 	Step Send(Step step, Phase phase, fly::Request request);
 	Step StartMachine(Step step);

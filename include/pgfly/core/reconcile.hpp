@@ -89,6 +89,9 @@ struct AppChange {
 	std::optional<std::string> image;
 	std::optional<std::string> tier;
 	std::optional<int64_t> secrets_version;
+	// Secrets just set: the digest of the set and its names (never a value).
+	std::optional<std::string> secrets_digest;
+	std::vector<std::string> secret_names;
 	// The operation id of a create-machine request about to be sent; "" once its answer is recorded.
 	std::optional<std::string> pending_create;
 	// Sets fly_app_created_at to now (app_created: created, or a new name about to be), or to now unless it is
