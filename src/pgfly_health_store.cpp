@@ -11,17 +11,41 @@ using pg::ToInt;
 
 std::vector<HealthTarget>
 LoadHealthTargets(pg::SpiConnection &spi) {
-	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier FROM fly.user_fly_apps "
+	auto rows = spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier, "
+						  "pending_machine_operation IS NOT NULL FROM fly.user_fly_apps "
 						  "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
 						  "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
 						  {}, true);
 	std::vector<HealthTarget> targets;
 	targets.reserve(rows.size());
 	for (const auto &row : rows) {
-		targets.push_back(
-			HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""), row[4]});
+		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""),
+									   row[4], row[5] == std::string("t")});
 	}
 	return targets;
+}
+
+bool
+RecordDuplicateDestroy(pg::SpiConnection &spi, const HealthTarget &target, const std::string &machine_id) {
+	auto rows = spi.Query(
+		"SELECT a.status FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+		"AND a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) 'active' "
+		"AND a.fly_machine_id OPERATOR(pg_catalog.=) $2 AND a.pending_machine_operation IS NULL "
+		"AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id OPERATOR(pg_catalog.=) a.user_id "
+		"AND q.claimed_at IS NOT NULL) FOR UPDATE OF a SKIP LOCKED",
+		{std::to_string(target.app_id), target.machine_id}, true);
+	if (rows.empty()) {
+		return false;
+	}
+	Json details = Json::Object();
+	details.Set("machine_id", Json::String(machine_id));
+	details.Set("kept_machine_id", Json::String(target.machine_id));
+	details.Set("found_by", Json::String("health_check"));
+	spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+			  "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, 'duplicate_machine_destroyed', $3, "
+			  "$4::pg_catalog.jsonb)",
+			  {std::to_string(target.app_id), target.user_id, rows[0][0], details.Dump()});
+	return true;
 }
 
 bool
