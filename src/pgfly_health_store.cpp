@@ -33,7 +33,7 @@ RecordDuplicateDestroy(pg::SpiConnection &spi, const HealthTarget &target, const
 		"AND a.fly_machine_id OPERATOR(pg_catalog.=) $2 AND a.pending_machine_operation IS NULL "
 		"AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id OPERATOR(pg_catalog.=) a.user_id "
 		"AND q.claimed_at IS NOT NULL) FOR UPDATE OF a SKIP LOCKED",
-		{std::to_string(target.app_id), target.machine_id}, true);
+		{std::to_string(target.app_id), target.machine_id});
 	if (rows.empty()) {
 		return false;
 	}

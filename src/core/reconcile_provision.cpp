@@ -518,6 +518,11 @@ Operation::NoCapacity(const fly::Outcome &outcome) {
 	last_request_.reset(); // start afresh later, from the policy's region
 	Step later = Retry(exhausted, "create_machine");
 	later.no_capacity = true;
+	// Fly created nothing: the next run need not wait for this create to land.
+	AppChange change;
+	change.pending_create = "";
+	later.app = change;
+	app_->pending_create_operation.clear();
 	return later;
 }
 

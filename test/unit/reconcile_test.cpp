@@ -1475,6 +1475,8 @@ TEST(ReconcileCapacity, NoCapacityAnywhereRetriesLater) {
 	ExpectEnded(step, Completion::kRetry);
 	EXPECT_TRUE(step.no_capacity);
 	EXPECT_NE(step.error.find("no capacity for the machine in any region (ams, lhr)"), std::string::npos) << step.error;
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->pending_create, ""); // nothing was created: the next run does not wait for it
 	Operation without(MakeTarget(), std::nullopt, settings);
 	DriveToCreateMachine(without);
 	step = without.OnOutcome(NoCapacityOut());
