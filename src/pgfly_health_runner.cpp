@@ -159,7 +159,9 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 				});
 				if (next) {
 					check.phase = Phase::kStarting;
-				} else if (active && verdict.action != HealthAction::kReprovision) {
+				} else if (active && verdict.health != Health::kUnknown &&
+						   verdict.action != HealthAction::kReprovision) {
+					// Only after an answer about the machine: a failing Fly is not asked for more.
 					next = DuplicateSearch(check);
 					if (next) {
 						check.phase = Phase::kDuplicates;
