@@ -45,6 +45,25 @@ SELECT user_id, details->>'action' AS action, details->>'differed' AS differed,
   FROM fly.user_fly_app_events WHERE event_type = 'drift_repaired' ORDER BY user_id;
 SELECT fly.check_drift() AS queued_again;
 
+-- An app in one of its policy's fallback regions (the policy's own had no capacity) is where it should be; an app
+-- in any other region differs. (The policy changes are dropped in their own transaction: only drift queues here.)
+BEGIN;
+UPDATE fly.tier_policies SET region = 'sjc', fallback_regions = '{lhr,ams}' WHERE tier = 'elite';
+DELETE FROM fly.policy_changes;
+COMMIT;
+TRUNCATE fly.reconcile_queue;
+UPDATE fly.user_fly_apps SET memory_mb = 256 WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
+SELECT fly.check_drift() >= 0 AS checked;
+SELECT count(*) AS queued_in_fallback_region FROM fly.reconcile_queue
+ WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
+UPDATE fly.user_fly_apps SET region = 'fra' WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
+SELECT fly.check_drift() >= 0 AS checked;
+SELECT desired, tier, reason FROM fly.reconcile_queue WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
+BEGIN;
+UPDATE fly.tier_policies SET region = NULL, fallback_regions = '{}' WHERE tier = 'elite';
+DELETE FROM fly.policy_changes;
+COMMIT;
+
 -- fly.deprovision_user_app() stands until the user's tier changes again: drift queues no provision for them.
 TRUNCATE fly.reconcile_queue;
 TRUNCATE fly.user_fly_apps CASCADE;

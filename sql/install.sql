@@ -9,7 +9,7 @@ SELECT c.relname, c.relkind, c.relpersistence
  ORDER BY c.relname;
 
 -- Default tier policy: pro and elite get a dedicated shared-cpu-1x 256 MB app in fly.default_region.
-SELECT tier, dedicated_app, cpu_kind, cpus, memory_mb, region FROM fly.tier_policies ORDER BY tier;
+SELECT tier, dedicated_app, cpu_kind, cpus, memory_mb, region, fallback_regions FROM fly.tier_policies ORDER BY tier;
 
 -- Every setting of the contract exists with its default; the token is hidden from pg_settings.
 SELECT name, setting, context FROM pg_settings WHERE name LIKE 'fly.%' ORDER BY name;
@@ -52,4 +52,15 @@ UPDATE fly.tier_policies SET memory_mb = 256 WHERE tier = 'pro';
 INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) VALUES ('big', true, 'shared', 1, 4096);
 INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) VALUES ('odd', true, 'shared', 3, 768);
 INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('half', true);
+-- Fallback regions are region codes, like region.
+UPDATE fly.tier_policies SET fallback_regions = '{ams,"a/b"}' WHERE tier = 'pro';
+UPDATE fly.tier_policies SET fallback_regions = '{ams,NULL}' WHERE tier = 'pro';
+UPDATE fly.tier_policies SET fallback_regions = '{{ams},{lhr}}' WHERE tier = 'pro';
+UPDATE fly.tier_policies SET fallback_regions = '{""}' WHERE tier = 'pro';
+UPDATE fly.tier_policies SET fallback_regions = '{ams,lhr}' WHERE tier = 'pro';
+-- An upsert replaces them with the rest of the policy.
+INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb, fallback_regions)
+    VALUES ('pro', true, 'shared', 1, 256, '{fra}');
+SELECT tier, fallback_regions FROM fly.tier_policies WHERE tier = 'pro';
+UPDATE fly.tier_policies SET fallback_regions = '{}' WHERE tier = 'pro';
 \set VERBOSITY default

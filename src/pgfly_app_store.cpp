@@ -221,9 +221,12 @@ GuestFromColumns(const pg::Row &row, size_t cpu_kind_column, const char *default
 
 std::optional<TierPolicyRow>
 LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
+	// fallback_regions read through the row's JSON: an older schema (before ALTER EXTENSION pg_fly UPDATE) has no
+	// such column and gives NULL.
 	auto rows = spi.Query("SELECT dedicated_app, cpu_kind, cpus, memory_mb, "
-						  "COALESCE(region, pg_catalog.current_setting('fly.default_region')) "
-						  "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1",
+						  "COALESCE(region, pg_catalog.current_setting('fly.default_region')), "
+						  "pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->) 'fallback_regions' "
+						  "FROM fly.tier_policies p WHERE tier OPERATOR(pg_catalog.=) $1",
 						  {tier}, true);
 	if (rows.empty()) {
 		return std::nullopt;
@@ -232,6 +235,19 @@ LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 	policy.dedicated = rows[0][0] == std::string("t");
 	policy.guest = GuestFromColumns(rows[0], 1, "shared");
 	policy.region = rows[0][4].value_or("");
+	if (rows[0][5]) {
+		const Json regions = ParseJson(*rows[0][5]).value;
+		for (size_t i = 0; i < regions.Size(); i++) {
+			const std::string region = regions.At(i).AsString().value_or("");
+			bool seen = region.empty() || region == policy.region;
+			for (const auto &other : policy.fallback_regions) {
+				seen = seen || other == region;
+			}
+			if (!seen) {
+				policy.fallback_regions.push_back(region);
+			}
+		}
+	}
 	return policy;
 }
 

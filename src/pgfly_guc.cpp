@@ -34,6 +34,7 @@ int retry_max_delay_ms = 300000;
 char *machine_env = nullptr;
 int max_attempts = 20;
 int alert_after_attempts = 3;
+int capacity_retries = 3;
 bool rate_limits = true;
 double rate_limit_per_second = 1.0;
 int rate_limit_burst = 3;
@@ -224,6 +225,11 @@ Define() {
 	DefineCustomIntVariable("fly.max_attempts", "Attempts before a user's operation is marked failed.",
 	                        "Only transient failures are retried; permanent ones fail at once.", &max_attempts, 20, 1,
 	                        1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.capacity_retries",
+							"Insufficient-capacity answers in one region before the tier's next fallback region.",
+							"Each answer is a failed attempt, retried with backoff; with no room in any region the "
+							"operation is tried again later and never fails for that reason.",
+							&capacity_retries, 3, 1, 100, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.alert_after_attempts", "Failed attempts for one user that raise an alert.",
 	                        "The alert is an alert_raised event and a NOTIFY on channel pg_fly_alerts, once per run "
 	                        "of failures (or at a permanent failure, if that comes first).",

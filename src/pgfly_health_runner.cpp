@@ -4,6 +4,7 @@
 #include "pgfly/pgfly_job_runner.hpp"
 
 #include "pgfly/core/health.hpp"
+#include "pgfly/core/machine_spec.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
 
@@ -61,13 +62,56 @@ JobRunner::WantsHealthProbe(double now) const {
 		   busy_users_.empty() && health_running_ == 0 && pending_.empty();
 }
 
+// Only a routine check of an app whose user has no reconcile in flight and no create pending looks for duplicates:
+// a machine that is being created is no duplicate yet.
+std::optional<fly::Request>
+JobRunner::DuplicateSearch(const HealthJob &check) const {
+	if (check.canary_of_rollout != 0 || check.target.pending_create || busy_users_.count(check.target.user_id)) {
+		return std::nullopt;
+	}
+	return fly::ListMachinesRequest(check.target.app_name, {{machine::kUserMetadataKey, check.target.user_id}});
+}
+
+std::optional<fly::Request>
+JobRunner::NextDuplicateDestroy(HealthJob &check) {
+	while (!check.duplicates.empty()) {
+		const std::string machine_id = check.duplicates.back();
+		check.duplicates.pop_back();
+		if (busy_users_.count(check.target.user_id)) {
+			return std::nullopt; // a reconcile started meanwhile: it decides
+		}
+		bool recorded = false;
+		pg::RunInTransaction("pg_fly: recording a duplicate machine's destruction", [&](pg::SpiConnection &spi) {
+			recorded = RecordDuplicateDestroy(spi, check.target, machine_id);
+		});
+		if (!recorded) {
+			return std::nullopt;
+		}
+		Log("destroying machine " + machine_id + " of " + check.target.app_name +
+			": a duplicate of the recorded machine " + check.target.machine_id);
+		check.phase = HealthJob::Phase::kDestroyingDuplicate;
+		return fly::DeleteMachineRequest(check.target.app_name, machine_id, true);
+	}
+	return std::nullopt;
+}
+
 void
 JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 	using Phase = HealthJob::Phase;
 	const HealthTarget &target = check.target;
 	std::optional<fly::Request> next;
 	try {
-		if (check.phase == Phase::kStarting) {
+		if (check.phase == Phase::kDuplicates) {
+			DuplicateMachines found = FindDuplicateMachines(outcome, target.machine_id);
+			check.duplicates = found.extra;
+			next = NextDuplicateDestroy(check);
+		} else if (check.phase == Phase::kDestroyingDuplicate) {
+			if (outcome.kind != fly::OutcomeKind::kSuccess && outcome.kind != fly::OutcomeKind::kNotFound) {
+				// The next pass finds it again.
+				Log("destroying a duplicate machine of " + target.app_name + " failed: " + outcome.message);
+			}
+			next = NextDuplicateDestroy(check);
+		} else if (check.phase == Phase::kStarting) {
 			// The answer to our start request; the next pass sees whether the machine came up.
 			const bool started = outcome.kind == fly::OutcomeKind::kSuccess;
 			Json details = Json::Object();
@@ -108,8 +152,9 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 					event = "app_vanished";
 				}
 				const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
+				bool active = false;
 				pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
-					const bool active = RecordHealth(spi, target, health, event, details.Dump());
+					active = RecordHealth(spi, target, health, event, details.Dump());
 					if (check.canary_of_rollout != 0) {
 						RecordCanaryHealth(spi, check.canary_of_rollout, target.app_id,
 										   verdict.health == Health::kHealthy);
@@ -125,6 +170,13 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 				});
 				if (next) {
 					check.phase = Phase::kStarting;
+				} else if (active && verdict.health != Health::kUnknown &&
+						   verdict.action != HealthAction::kReprovision) {
+					// Only after an answer about the machine: a failing Fly is not asked for more.
+					next = DuplicateSearch(check);
+					if (next) {
+						check.phase = Phase::kDuplicates;
+					}
 				}
 			}
 		}

@@ -15,8 +15,8 @@ LoadHealthTargets(pg::SpiConnection &spi) {
 		spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier, "
 				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
 				  "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
-				  "ELSE fly_machine_created_at END) "
-				  "FROM fly.user_fly_apps "
+				  "ELSE fly_machine_created_at END), "
+				  "pending_machine_operation IS NOT NULL FROM fly.user_fly_apps "
 				  "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
 				  "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
 				  {}, true);
@@ -27,9 +27,33 @@ LoadHealthTargets(pg::SpiConnection &spi) {
 		if (row[5]) {
 			target.machine_age_seconds = std::stod(*row[5]);
 		}
+		target.pending_create = row[6] == std::string("t");
 		targets.push_back(std::move(target));
 	}
 	return targets;
+}
+
+bool
+RecordDuplicateDestroy(pg::SpiConnection &spi, const HealthTarget &target, const std::string &machine_id) {
+	auto rows = spi.Query(
+		"SELECT a.status FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+		"AND a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) 'active' "
+		"AND a.fly_machine_id OPERATOR(pg_catalog.=) $2 AND a.pending_machine_operation IS NULL "
+		"AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id OPERATOR(pg_catalog.=) a.user_id "
+		"AND q.claimed_at IS NOT NULL) FOR UPDATE OF a SKIP LOCKED",
+		{std::to_string(target.app_id), target.machine_id});
+	if (rows.empty()) {
+		return false;
+	}
+	Json details = Json::Object();
+	details.Set("machine_id", Json::String(machine_id));
+	details.Set("kept_machine_id", Json::String(target.machine_id));
+	details.Set("found_by", Json::String("health_check"));
+	spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+			  "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, 'duplicate_machine_destroyed', $3, "
+			  "$4::pg_catalog.jsonb)",
+			  {std::to_string(target.app_id), target.user_id, rows[0][0], details.Dump()});
+	return true;
 }
 
 bool

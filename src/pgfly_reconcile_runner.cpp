@@ -70,6 +70,7 @@ JobRunner::Start(const ClaimedItem &item) {
 				if (policy && policy->dedicated) {
 					target.guest = policy->guest;
 					target.region = policy->region;
+					target.fallback_regions = policy->fallback_regions;
 				} else {
 					target.present = false; // the tier no longer grants an app
 				}
@@ -105,7 +106,9 @@ JobRunner::ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step) {
 	StepContext &context = job.context;
 	last_error_ = step.error;
 	last_error_at_ = Now();
-	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= settings::max_attempts) {
+	// A lack of capacity is Fly's, not the user's: it is retried (in the fallback regions, then later) for good.
+	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= settings::max_attempts &&
+		!step.no_capacity) {
 		step.failed_attempt = false;
 		step.request.reset();
 		step.completion = Completion::kFailed;

@@ -401,8 +401,7 @@ LoadCanariesToCheck(pg::SpiConnection &spi, int64_t rollout_id, double every_sec
 	    {std::to_string(rollout_id), Seconds(every_seconds)}, true);
 	std::vector<HealthTarget> targets;
 	for (const auto &row : rows) {
-		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""),
-		                               row[4]});
+		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""), row[4]});
 	}
 	return targets;
 }

@@ -16,6 +16,8 @@ struct TierPolicyRow {
 	bool dedicated = false;
 	fly::Guest guest;
 	std::string region;
+	// Where to create the machine when `region` has no capacity, in order (none before the 0.3.0 schema).
+	std::vector<std::string> fallback_regions;
 };
 
 // The first app name candidate for the user that no other user's live app holds (two users' names can collide).

@@ -23,6 +23,7 @@ extern int retry_base_delay_ms;
 extern int retry_max_delay_ms;
 extern char *machine_env;
 extern int max_attempts;
+extern int capacity_retries;
 extern int alert_after_attempts;
 extern bool rate_limits;
 extern double rate_limit_per_second;

@@ -21,12 +21,20 @@ struct HealthTarget {
 	pg::Value tier;
 	// Seconds since pg_fly created the machine, when it did.
 	std::optional<double> machine_age_seconds;
+	// A create-machine request of the user's is unanswered (pending_machine_operation): no duplicate is destroyed.
+	bool pending_create = false;
 };
 std::vector<HealthTarget> LoadHealthTargets(pg::SpiConnection &spi);
 // Records a check: health (nothing = unchanged), last_health_check_at, and an event when health changed or an
 // action was taken. Returns false when the app is no longer active (it changed meanwhile).
 bool RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
 				  const std::string &details_json);
+
+// Records, before the request leaves, that the health check destroys `machine_id`, a duplicate of the app's
+// recorded machine (event duplicate_machine_destroyed). Returns false, recording nothing, when that must not
+// happen now: the app is no longer active with that recorded machine, a create is pending, the user's reconcile
+// is claimed, or another transaction holds the row.
+bool RecordDuplicateDestroy(pg::SpiConnection &spi, const HealthTarget &target, const std::string &machine_id);
 
 // Records the organization's apps with pg_fly's prefix that no live row owns (from a list-apps answer); returns
 // the reported orphans marked for deletion that are still orphans.

@@ -68,14 +68,18 @@ private:
 		reconcile::Operation operation;
 		StepContext context;
 	};
-	// A health check of one active app: get its machine, then maybe ask the app's own endpoint or start it.
+	// A health check of one active app: get its machine, then maybe ask the app's own endpoint or start it; a
+	// routine check then lists the machines that carry the user's metadata and destroys any besides the recorded
+	// one (kDuplicates, kDestroyingDuplicate).
 	struct HealthJob {
 		HealthTarget target;
 		// The image rollout whose canary this is (0: a routine check).
 		int64_t canary_of_rollout = 0;
-		enum class Phase { kMachine, kEndpoint, kStarting } phase = Phase::kMachine;
+		enum class Phase { kMachine, kEndpoint, kStarting, kDuplicates, kDestroyingDuplicate } phase = Phase::kMachine;
 		// The machine's verdict, kept while the app's own endpoint is asked.
 		std::string machine_state;
+		// Duplicates still to destroy.
+		std::vector<std::string> duplicates;
 	};
 	// Listing the organization's apps (empty name) or deleting one orphan app.
 	struct OrphanJob {
@@ -134,6 +138,10 @@ private:
 	void StartHealthChecks();
 	bool WantsHealthProbe(double now) const;
 	void OnHealthAnswer(HealthJob check, const fly::Outcome &outcome);
+	// The duplicate search's steps: the list to ask for once the check is done (nothing when the app must be left
+	// alone this pass), and the next duplicate's destruction (recorded first), if any.
+	std::optional<fly::Request> DuplicateSearch(const HealthJob &check) const;
+	std::optional<fly::Request> NextDuplicateDestroy(HealthJob &check);
 
 	// pgfly_orphan_runner.cpp
 	void StartOrphanPass();

@@ -327,6 +327,12 @@ ClassifyError(const RawResponse &response, const char *name, Outcome &outcome) {
 	}
 	const bool json = ReadErrorBody(response.body, outcome);
 	outcome.kind = ErrorKind(status, outcome);
+	if (outcome.fly_status == "insufficient_capacity") {
+		// Neither Fly's reference nor its spec fixes the HTTP status of this answer (412 has been seen): the
+		// status field decides, and the caller must retry or choose another region (docs/fly-api.md).
+		outcome.kind = OutcomeKind::kTransient;
+		outcome.no_capacity = true;
+	}
 	if (!outcome.fly_error.empty()) {
 		outcome.message += ": " + outcome.fly_error;
 	} else if (!json && !IsBlank(response.body)) {
@@ -447,7 +453,7 @@ RedactValues(Outcome &outcome, const std::vector<std::string> &values) {
 bool
 FailsFly(Endpoint endpoint, const Outcome &outcome) {
 	const bool wait_timed_out = endpoint == Endpoint::kWaitMachine && outcome.http_status == 408;
-	return outcome.kind == OutcomeKind::kTransient && !wait_timed_out && !outcome.app_failure;
+	return outcome.kind == OutcomeKind::kTransient && !wait_timed_out && !outcome.app_failure && !outcome.no_capacity;
 }
 
 Outcome

@@ -1,6 +1,9 @@
 #include "pgfly/core/health.hpp"
 
+#include <utility>
+
 #include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/machine_spec.hpp"
 #include "pgfly/core/text.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
@@ -113,6 +116,38 @@ EvaluateAppHealthEndpoint(const fly::Outcome &outcome, const std::string &user_i
 		}
 	}
 	return verdict;
+}
+
+DuplicateMachines
+FindDuplicateMachines(const fly::Outcome &outcome, const std::string &recorded_machine_id) {
+	DuplicateMachines result;
+	if (outcome.kind != fly::OutcomeKind::kSuccess) {
+		result.problem = outcome.message;
+		return result;
+	}
+	machine::MachineList list = machine::MachinesFromList(outcome);
+	if (!list.problem.empty()) {
+		result.problem = list.problem;
+		return result;
+	}
+	bool recorded_live = false;
+	std::vector<std::string> others;
+	for (const auto &machine : list.machines) {
+		if (!machine::IsLiveMachine(machine.state)) {
+			continue;
+		}
+		if (machine.id == recorded_machine_id) {
+			recorded_live = true;
+		} else {
+			others.push_back(machine.id);
+		}
+	}
+	if (!recorded_live) {
+		result.problem = "the recorded machine is not among the user's live machines";
+		return result;
+	}
+	result.extra = std::move(others);
+	return result;
 }
 
 std::optional<std::string>

@@ -3,6 +3,7 @@
 // Each On* method handles Fly's answer to the request its phase sent.
 #include "pgfly/core/reconcile.hpp"
 
+#include <algorithm>
 #include <utility>
 
 #include "pgfly/core/app_naming.hpp"
@@ -19,6 +20,25 @@ namespace {
 // After an ambiguous create: how long Fly's machine list may lag an answered create, and how often to look.
 constexpr double kAnsweredCreateSettleSeconds = 2.0;
 constexpr double kLookAgainSeconds = 0.5;
+// Looking longer (an ambiguous answer: fly.request_timeout), after the first kAnsweredCreateSettleSeconds the list
+// is asked less often, to stay within Fly's per-app rate limit.
+constexpr double kLookAgainSlowSeconds = 2.0;
+
+// An answer after which the create may still take effect: a timeout at Fly's end, a gateway that lost Fly's
+// answer, or no answer at all.
+bool
+AmbiguousCreateAnswer(const fly::Outcome &outcome) {
+	switch (outcome.http_status) {
+	case 0:
+	case 408:
+	case 502:
+	case 503:
+	case 504:
+		return true;
+	default:
+		return false;
+	}
+}
 
 } // namespace
 
@@ -42,8 +62,30 @@ Operation::Image() const {
 
 fly::MachineSpec
 Operation::Spec() const {
-	return machine::MachineSpecFor(settings_.env, target_.user_id, target_.guest, target_.region, Image(),
-								   target_.operation_id, secrets_version_);
+	const std::string &region =
+		create_region_index_ == 0 ? target_.region : target_.fallback_regions.at(create_region_index_ - 1);
+	return machine::MachineSpecFor(settings_.env, target_.user_id, target_.guest, region, Image(), target_.operation_id,
+								   secrets_version_);
+}
+
+// A machine in the policy's region or in one of its fallback regions is where it should be.
+bool
+Operation::AcceptableRegion(const std::string &region) const {
+	if (target_.region.empty() || region.empty() || region == target_.region) {
+		return true;
+	}
+	for (const auto &fallback : target_.fallback_regions) {
+		if (region == fallback) {
+			return true;
+		}
+	}
+	return false;
+}
+
+// The region of the machine this operation uses (created or adopted), else the policy's.
+const std::string &
+Operation::MachineRegion() const {
+	return machine_region_.empty() ? target_.region : machine_region_;
 }
 
 // The app's machines that carry this user's id in their metadata.
@@ -164,7 +206,8 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 			}
 			// The ambiguous create left nothing behind yet (Fly's machine list lags its writes): look again.
 			step.request = UserMachinesRequest();
-			step.delay_seconds = kLookAgainSeconds;
+			step.delay_seconds =
+				now_ - create_looked_since_ < kAnsweredCreateSettleSeconds ? kLookAgainSeconds : kLookAgainSlowSeconds;
 			return step;
 		}
 		// The recorded age was read when this operation started: it grows while we wait.
@@ -183,7 +226,7 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 	std::vector<MachineFacts> in_region;
 	extra_machines_.clear();
 	for (auto &machine : live) {
-		if (target_.region.empty() || machine.region.empty() || machine.region == target_.region) {
+		if (AcceptableRegion(machine.region)) {
 			in_region.push_back(machine);
 		} else {
 			extra_machines_.push_back(machine.id);
@@ -238,6 +281,7 @@ Operation::AdoptMachine(Step step) {
 		return CreateMachine(std::move(step));
 	}
 	const MachineFacts &chosen = *adopted_;
+	machine_region_ = chosen.region;
 	if (app_->machine_id != chosen.id) {
 		app_->machine_id = chosen.id;
 		machine_created_at_ = -1e18;
@@ -421,6 +465,7 @@ Operation::OnCreateMachine(const fly::Outcome &outcome) {
 				"provision_attempt_failed",
 				OutcomeDetails(Malformed(outcome, "the created machine is unusable: " + *problem), "create_machine")));
 			create_settles_at_ = now_ + kAnsweredCreateSettleSeconds;
+			create_looked_since_ = now_;
 			step.request = UserMachinesRequest();
 			phase_ = Phase::kFindCreatedMachine;
 			return step;
@@ -428,12 +473,14 @@ Operation::OnCreateMachine(const fly::Outcome &outcome) {
 		app_->machine_id = machine.id;
 		app_->pending_create_operation.clear();
 		machine_created_at_ = now_;
+		machine_region_ = machine.region.empty() ? Spec().region : machine.region;
 		AppChange change;
 		change.machine_id = machine.id;
 		change.machine_created = true;
 		change.pending_create = "";
 		change.guest = target_.guest;
 		change.image = Image();
+		change.region = machine_region_; // the cost estimate follows the region actually used
 		step.app = change;
 		Json details = Json::Object();
 		details.Set("machine_id", Json::String(machine.id));
@@ -443,19 +490,67 @@ Operation::OnCreateMachine(const fly::Outcome &outcome) {
 		wait_round_ = 0;
 		return Wait(std::move(step));
 	}
+	if (outcome.no_capacity) {
+		return NoCapacity(outcome);
+	}
 	if (outcome.kind == OutcomeKind::kTransient || outcome.kind == OutcomeKind::kMalformed) {
-		// A 408, 5xx or lost answer may still have created the machine: look before creating again. Once
-		// Fly has answered, its list catches up within moments; with no answer at all the request may still
-		// be running, so wait as long as a request may take.
+		// A 408, 5xx or lost answer may still have created the machine: look before creating again. After an
+		// ambiguous answer (a timeout, a gateway's error, none at all) the create may still be running on Fly's
+		// side: look for as long as a request may take (fly.request_timeout). Other answers (a 429, a 500) leave
+		// only the list's lag to wait for.
 		step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
-		create_settles_at_ =
-			now_ + (outcome.http_status != 0 ? kAnsweredCreateSettleSeconds : settings_.create_settle_seconds);
+		create_looked_since_ = now_;
+		create_settles_at_ = now_ + (AmbiguousCreateAnswer(outcome) ? settings_.ambiguous_create_wait_seconds
+																	: kAnsweredCreateSettleSeconds);
 		step.request = UserMachinesRequest();
 		step.delay_seconds = kLookAgainSeconds;
 		phase_ = Phase::kFindCreatedMachine;
 		return step;
 	}
 	return Fail(outcome, "create_machine");
+}
+
+// Fly has no room for the machine in this region (nothing was created): retried with backoff up to
+// capacity_retries times, then the next fallback region is tried; when none has room the operation is tried
+// again later, from the policy's region. Never a permanent failure.
+Step
+Operation::NoCapacity(const fly::Outcome &outcome) {
+	const std::string from_region = Spec().region;
+	capacity_failures_++;
+	if (capacity_failures_ < std::max(1, settings_.capacity_retries)) {
+		Step retry = Retry(outcome, "create_machine");
+		retry.no_capacity = true;
+		return retry;
+	}
+	if (create_region_index_ < target_.fallback_regions.size()) {
+		Step step;
+		step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
+		const int attempts = capacity_failures_;
+		create_region_index_++;
+		capacity_failures_ = 0;
+		Json details = Json::Object();
+		details.Set("from_region", Json::String(from_region));
+		details.Set("to_region", Json::String(Spec().region));
+		details.Set("attempts", Json::Integer(attempts));
+		step.events.push_back(MakeEvent("region_fallback", details));
+		return CreateMachine(std::move(step));
+	}
+	fly::Outcome exhausted = outcome;
+	std::string regions = target_.region;
+	for (const auto &fallback : target_.fallback_regions) {
+		regions += ", " + fallback;
+	}
+	exhausted.message =
+		"no capacity for the machine in any region (" + regions + "); tried again later: " + outcome.message;
+	last_request_.reset(); // start afresh later, from the policy's region
+	Step later = Retry(exhausted, "create_machine");
+	later.no_capacity = true;
+	// Fly created nothing: the next run need not wait for this create to land.
+	AppChange change;
+	change.pending_create = "";
+	later.app = change;
+	app_->pending_create_operation.clear();
+	return later;
 }
 
 Step
@@ -474,7 +569,7 @@ Operation::OnUpdateMachine(const fly::Outcome &outcome) {
 		AppChange change;
 		change.guest = target_.guest;
 		change.image = Image();
-		change.region = target_.region;
+		change.region = MachineRegion();
 		step.app = change;
 		Json details = Json::Object();
 		details.Set("machine_id", Json::String(app_->machine_id));
@@ -524,14 +619,14 @@ Operation::OnWaitStarted(const fly::Outcome &outcome) {
 		change.status = "active";
 		change.provisioned = true;
 		change.machine_id = app_->machine_id;
-		change.region = target_.region;
+		change.region = MachineRegion();
 		change.guest = target_.guest;
 		change.image = Image();
 		step.app = change;
 		Json details = Json::Object();
 		details.Set("app_name", Json::String(app_->name));
 		details.Set("machine_id", Json::String(app_->machine_id));
-		details.Set("region", Json::String(target_.region));
+		details.Set("region", Json::String(MachineRegion()));
 		details.Set("guest", GuestJson(target_.guest));
 		details.Set("image", Json::String(Image()));
 		step.events.push_back(MakeEvent("provision_completed", details));

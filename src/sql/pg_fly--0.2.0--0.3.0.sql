@@ -495,8 +495,9 @@ BEGIN
     -- torn down. A changed guest or region: the reconcile updates a machine whose guest differs in place and
     -- replaces one in another region.
     IF OLD.dedicated_app AND (NOT NEW.dedicated_app
-        OR (OLD.cpu_kind, OLD.cpus, OLD.memory_mb, coalesce(OLD.region, default_region))
-           IS DISTINCT FROM (NEW.cpu_kind, NEW.cpus, NEW.memory_mb, coalesce(NEW.region, default_region))) THEN
+        OR (OLD.cpu_kind, OLD.cpus, OLD.memory_mb, coalesce(OLD.region, default_region), OLD.fallback_regions)
+           IS DISTINCT FROM (NEW.cpu_kind, NEW.cpus, NEW.memory_mb, coalesce(NEW.region, default_region),
+                             NEW.fallback_regions)) THEN
         INSERT INTO fly.policy_changes (tier) VALUES (NEW.tier);
         PERFORM fly._request_policy_pass();
     END IF;
@@ -565,9 +566,10 @@ BEGIN
              AND (q.enqueued_at <= changed_at OR q.claimed_at IS NOT NULL OR NOT p.dedicated_app))
             OR (q.desired IS NULL AND app.tier = _policy_change_user.tier
                 AND (NOT p.dedicated_app
-                     OR (app.cpu_kind, app.cpus, app.memory_mb, app.region)
-                        IS DISTINCT FROM (p.cpu_kind, p.cpus, p.memory_mb,
-                                          coalesce(p.region, current_setting('fly.default_region', true)))))) THEN
+                     OR (app.cpu_kind, app.cpus, app.memory_mb) IS DISTINCT FROM (p.cpu_kind, p.cpus, p.memory_mb)
+                     -- an app in one of the policy's fallback regions (no capacity in its own) is where it should be
+                     OR (app.region IS DISTINCT FROM coalesce(p.region, current_setting('fly.default_region', true))
+                         AND NOT coalesce(app.region = ANY (p.fallback_regions), false))))) THEN
         RETURN 'skipped';
     END IF;
     IF fly._enqueue_if_unchanged(uid, CASE WHEN p.dedicated_app THEN 'present' ELSE 'absent' END,
@@ -1006,7 +1008,7 @@ BEGIN
         w AS MATERIALIZED (
             SELECT DISTINCT ON (b.uid) b.uid, b.tier, p.tier IS NOT NULL OR b.tier IS NULL AS known,
                    coalesce(p.dedicated_app, false) AS paid, p.cpu_kind, p.cpus, p.memory_mb, p.region,
-                   min(b.n) OVER (PARTITION BY b.uid) AS pos
+                   p.fallback_regions, min(b.n) OVER (PARTITION BY b.uid) AS pos
               FROM b LEFT JOIN fly.tier_policies p ON p.tier = b.tier
              WHERE b.uid IS NOT NULL
              ORDER BY b.uid, coalesce(p.dedicated_app, false) DESC, b.tier),
@@ -1033,7 +1035,8 @@ BEGIN
                        WHEN a.status = 'failed' THEN NULL  -- fly.retry_user_app() decides
                        WHEN a.cpu_kind IS DISTINCT FROM w.cpu_kind OR a.cpus IS DISTINCT FROM w.cpus
                             OR a.memory_mb IS DISTINCT FROM w.memory_mb
-                            OR (w.region IS NOT NULL AND a.region IS DISTINCT FROM w.region) THEN 'resize'
+                            OR (w.region IS NOT NULL AND a.region IS DISTINCT FROM w.region
+                                AND NOT coalesce(a.region = ANY (w.fallback_regions), false)) THEN 'resize'
                        END
                    WHEN q.desired = 'present' THEN 'deprovision'
                    WHEN q.desired IS NULL AND a.id IS NOT NULL THEN 'deprovision'
@@ -1216,3 +1219,30 @@ SELECT r.id, r.image, r.status,
   FROM fly.image_rollouts r
   LEFT JOIN fly.image_rollout_apps a ON a.rollout_id = r.id
  GROUP BY r.id;
+-- Issue 14: capacity -- fallback regions
+-- Create machine can fail for lack of capacity (status insufficient_capacity). After fly.capacity_retries such
+-- answers in the policy's region, the worker tries these regions in order; a machine in any of them is kept, and
+-- the app row (its cost estimate, the views) records the region actually used. Codes are checked like region's.
+ALTER TABLE fly.tier_policies
+    ADD COLUMN fallback_regions text[] NOT NULL DEFAULT '{}'
+        CONSTRAINT tier_policies_fallback_regions CHECK (
+            cardinality(fallback_regions) = 0
+            OR (array_ndims(fallback_regions) = 1 AND array_position(fallback_regions, NULL) IS NULL
+                AND array_to_string(fallback_regions, ',') ~ '^[a-z0-9-]+(,[a-z0-9-]+)*$'));
+COMMENT ON COLUMN fly.tier_policies.fallback_regions IS
+    'Regions tried in order when the policy''s region has no capacity for a new machine';
+
+-- The upsert copies every column of the policy, the fallback regions too.
+CREATE OR REPLACE FUNCTION fly._tier_policies_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE fly.tier_policies
+       SET dedicated_app = NEW.dedicated_app, cpu_kind = NEW.cpu_kind, cpus = NEW.cpus,
+           memory_mb = NEW.memory_mb, region = NEW.region, fallback_regions = NEW.fallback_regions,
+           updated_at = now()
+     WHERE tier = NEW.tier;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;

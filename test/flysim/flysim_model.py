@@ -52,6 +52,14 @@ def error_reply(http_status, message, **extra):
     return json_reply(http_status, dict(error=message, **extra))
 
 
+# The text of a create refused for lack of capacity, as flyd words it.
+NO_CAPACITY_TEXT = ("insufficient resources available to fulfill request: could not reserve resource for machine: "
+                    "insufficient memory available to fulfill request")
+# What an ambiguous create (create_lands_late_ms) answers.
+LATE_CREATE_TEXT = {408: "deadline_exceeded: request timed out", 502: "bad gateway", 503: "service unavailable",
+                    504: "gateway timeout"}
+
+
 class ApiError(Exception):
     """Raised by handlers; becomes a Fly-style `{"error": ...}` answer."""
 
@@ -665,6 +673,12 @@ class FlyWorld:
         if problem:
             raise ApiError(400, problem)
         self.check_secrets_version(app, body)
+        region = body.get("region") or self.config["default_region"]
+        if region in self.config["no_capacity_regions"]:
+            # Fly's ErrorResponse with status insufficient_capacity; the HTTP status is not documented (412 seen).
+            raise ApiError(412, NO_CAPACITY_TEXT, status="insufficient_capacity")
+        if self.config["create_lands_late_ms"] > 0:
+            return self.create_machine_late(app, body)
         machine_id = self.ids.hex(14)
         while machine_id in self.machine_ids:
             machine_id = self.ids.hex(14)
@@ -682,6 +696,32 @@ class FlyWorld:
         if not body.get("skip_launch"):
             self.boot(machine, None, "launch")
         return reply
+
+    def new_machine(self, app, body):
+        machine_id = self.ids.hex(14)
+        while machine_id in self.machine_ids:
+            machine_id = self.ids.hex(14)
+        self.machine_ids.add(machine_id)
+        return Machine(app, machine_id, body.get("name") or self.ids.machine_name(),
+                       body.get("region") or self.config["default_region"], body["config"],
+                       self.ids.ulid(), self.ids.private_ip(), self.config["synthetic_check"])
+
+    def create_machine_late(self, app, body):
+        """An ambiguous create: the answer is a timeout or a gateway's error, but the machine lands later."""
+        machine = self.new_machine(app, body)
+
+        def land():
+            if self.apps.get(app.name) is not app:
+                return  # the app was deleted meanwhile
+            machine.created_mono = time.monotonic()
+            app.machines[machine.id] = machine
+            self.set_state(machine, "created", "launch", "user")
+            if not body.get("skip_launch"):
+                self.boot(machine, None, "launch")
+
+        self.loop.call_later(self.config["create_lands_late_ms"] / 1000, land)
+        status = self.config["create_lands_late_status"]
+        raise ApiError(status, LATE_CREATE_TEXT[status])
 
     def get_machine(self, call):
         machine = self.find_machine(self.own_app(call), call.params["machine"])

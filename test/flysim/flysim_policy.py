@@ -48,6 +48,13 @@ DEFAULT_CONFIG = {
     "app_visible_after_ms": 0,
     "app_invisible_status": 404,
     "machine_visible_after_ms": 0,
+    # Capacity (README "Capacity"): a create in one of these regions answers 412 with status
+    # "insufficient_capacity" and creates nothing.
+    "no_capacity_regions": [],
+    # Ambiguous creates (README "Ambiguous creates"): every create answers create_lands_late_status (408, 502,
+    # 503 or 504) and its machine appears this long afterwards.
+    "create_lands_late_ms": 0,
+    "create_lands_late_status": 504,
     "synthetic_check": True,        # give machines without configured checks one http check
     "unhealthy_images": [],         # machines running one of these images fail their checks (a bad deploy)
     "default_region": "sjc",
@@ -116,13 +123,19 @@ def normalize_config(raw):
     config.update(copy.deepcopy(raw))
     _require(isinstance(config["seed"], int), "seed must be an integer")
     for key in ("boot_delay_ms", "stop_delay_ms", "destroy_delay_ms", "name_reuse_delay_ms",
-                "checks_pass_after_ms", "hang_cap_s", "app_visible_after_ms", "machine_visible_after_ms"):
+                "checks_pass_after_ms", "hang_cap_s", "app_visible_after_ms", "machine_visible_after_ms",
+                "create_lands_late_ms"):
         _require(_is_number(config[key]) and config[key] >= 0, f"{key} must be a number >= 0")
     for key in ("request_log_cap", "destroyed_retention"):
         _require(isinstance(config[key], int) and config[key] >= 0, f"{key} must be an integer >= 0")
     _require(config["app_invisible_status"] in (404, 401, "alternate"),
              "app_invisible_status must be 404, 401 or \"alternate\"")
     _require(isinstance(config["default_region"], str), "default_region must be a string")
+    _require(isinstance(config["no_capacity_regions"], list)
+             and all(isinstance(r, str) for r in config["no_capacity_regions"]),
+             "no_capacity_regions must be a list of region codes")
+    _require(config["create_lands_late_status"] in (408, 502, 503, 504),
+             "create_lands_late_status must be 408, 502, 503 or 504")
     _require(isinstance(config["synthetic_check"], bool), "synthetic_check must be a boolean")
     _require(isinstance(config["unhealthy_images"], list) and all(isinstance(i, str) for i in config["unhealthy_images"]),
              "unhealthy_images must be a list of image strings")

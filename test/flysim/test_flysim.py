@@ -343,6 +343,61 @@ class ConsistencyAfterCreateTests(SimTestCase):
             self.assertEqual(result.status, 400, bad)
 
 
+class CapacityTests(SimTestCase):
+    """Create can fail for lack of capacity (api-reference 3.1): Fly's ErrorResponse with status
+    "insufficient_capacity" (spec main.statusCode); nothing is created."""
+
+    def test_a_region_without_capacity_refuses_creates(self):
+        self.reset(no_capacity_regions=["sjc", "ams"])
+        self.create_app("vyx-user-0001")
+        for region in (None, "ams"):
+            body = {"config": machine_config()}
+            if region:
+                body["region"] = region
+            answer = self.api.post("/v1/apps/vyx-user-0001/machines", body)
+            self.assertEqual(answer.status, 412)
+            self.assertEqual(answer.json()["status"], "insufficient_capacity")
+            self.assertTrue(answer.json()["error"].startswith("insufficient resources available"))
+        self.assertEqual(self.api.get("/v1/apps/vyx-user-0001/machines").json(), [])
+        machine = self.create_machine(region="lhr")
+        self.assertEqual(machine["region"], "lhr")
+        # Run-time change: capacity comes back.
+        self.ctl("POST", "config", {"no_capacity_regions": []})
+        self.assertEqual(self.create_machine(region="ams")["region"], "ams")
+
+
+class AmbiguousCreateTests(SimTestCase):
+    """A create whose answer is a timeout or a gateway's error may still take effect (api-reference 5, 6):
+    the machine lands later."""
+
+    def test_the_machine_lands_after_the_error(self):
+        self.reset(create_lands_late_ms=300, create_lands_late_status=503)
+        self.create_app("vyx-user-0001")
+        answer = self.api.post("/v1/apps/vyx-user-0001/machines",
+                               {"config": machine_config(metadata={"pg_fly_user_id": "u-1"})})
+        self.assertEqual((answer.status, answer.json()), (503, {"error": "service unavailable"}))
+        self.assertEqual(self.api.get("/v1/apps/vyx-user-0001/machines").json(), [])
+        time.sleep(0.4)
+        machines = self.api.get("/v1/apps/vyx-user-0001/machines?metadata.pg_fly_user_id=u-1").json()
+        self.assertEqual(len(machines), 1)
+        self.assertEqual(self.wait("vyx-user-0001", machines[0]["id"]).status, 200)
+
+    def test_a_deleted_app_gets_no_late_machine(self):
+        self.reset(create_lands_late_ms=200)
+        self.create_app("vyx-user-0001")
+        self.assertEqual(self.api.post("/v1/apps/vyx-user-0001/machines", {"config": machine_config()}).status, 504)
+        self.assertEqual(self.api.delete("/v1/apps/vyx-user-0001").status, 202)
+        time.sleep(0.3)
+        self.assertNotIn("vyx-user-0001", self.ctl("GET", "state")["apps"])
+
+    def test_the_settings_are_checked(self):
+        for bad in ({"create_lands_late_status": 500}, {"create_lands_late_ms": -1}, {"no_capacity_regions": "sjc"}):
+            answer = Api(token=None)
+            result = answer.post("/__flysim/reset", dict(BASE_CONFIG, **bad))
+            answer.close()
+            self.assertEqual(result.status, 400, bad)
+
+
 class AuthTests(SimTestCase):
     def test_missing_or_invalid_token_is_401_with_flys_body(self):
         self.create_app("authed")

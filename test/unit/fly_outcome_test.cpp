@@ -225,6 +225,23 @@ TEST(Classify, PreconditionFailed412IsPermanent) {
 			  OutcomeKind::kPermanent);
 }
 
+// Fly's reference gives no HTTP status for a lack of capacity: the body's status decides, and nothing was created.
+TEST(Classify, InsufficientCapacityIsTransientWhateverTheStatus) {
+	const std::string body =
+		R"({"error":"insufficient resources available to fulfill request","status":"insufficient_capacity"})";
+	for (long status : {412L, 409L, 422L, 503L}) {
+		const Outcome outcome = Classified(Endpoint::kCreateMachine, status, body);
+		EXPECT_EQ(outcome.kind, OutcomeKind::kTransient) << status;
+		EXPECT_TRUE(outcome.no_capacity) << status;
+		EXPECT_EQ(outcome.fly_status, "insufficient_capacity");
+		EXPECT_FALSE(FailsFly(Endpoint::kCreateMachine, outcome)) << status;
+	}
+	const Outcome other = Classified(Endpoint::kCreateMachine, 412, R"({"error":"x","status":"unknown"})");
+	EXPECT_EQ(other.kind, OutcomeKind::kPermanent);
+	EXPECT_FALSE(other.no_capacity);
+	EXPECT_FALSE(Classified(Endpoint::kCreateMachine, 503, "{}").no_capacity);
+}
+
 TEST(Classify, NameTaken422WithStatus) {
 	const Outcome outcome =
 		Classified(Endpoint::kCreateApp, 422,

@@ -124,5 +124,34 @@ TEST(AppHealthRequest, GoesToItsOwnUrlWithoutTheToken) {
 	EXPECT_STREQ(fly::EndpointName(request.endpoint), "app_health");
 }
 
+TEST(FindDuplicateMachines, LiveMachinesBesidesTheRecordedOneAreExtra) {
+	const std::string list =
+	    R"([{"id":"m1","state":"started"},{"id":"m2","state":"created"},{"id":"m3","state":"destroyed"},)"
+	    R"({"id":"m4","state":"stopped"}])";
+	DuplicateMachines found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, list), "m1");
+	EXPECT_EQ(found.problem, "");
+	EXPECT_EQ(found.extra, (std::vector<std::string>{"m2", "m4"}));
+	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"started"}])"), "m1");
+	EXPECT_TRUE(found.extra.empty());
+	EXPECT_EQ(found.problem, "");
+}
+
+// Without the recorded machine live in the list, nothing is destroyed: a reconcile decides which to keep.
+TEST(FindDuplicateMachines, NothingIsDecidedWithoutTheRecordedMachine) {
+	DuplicateMachines found =
+	    FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m2","state":"started"}])"), "m1");
+	EXPECT_TRUE(found.extra.empty());
+	EXPECT_NE(found.problem, "");
+	found = FindDuplicateMachines(
+	    Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"destroying"},{"id":"m2","state":"started"}])"), "m1");
+	EXPECT_TRUE(found.extra.empty());
+	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kTransient), "m1");
+	EXPECT_TRUE(found.extra.empty());
+	EXPECT_NE(found.problem, "");
+	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"../x","state":"started"}])"), "m1");
+	EXPECT_TRUE(found.extra.empty());
+	EXPECT_NE(found.problem, "");
+}
+
 } // namespace
 } // namespace pgfly

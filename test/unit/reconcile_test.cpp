@@ -894,10 +894,11 @@ TEST(ReconcileCreate, AmbiguousCreateWithNothingFoundLooksAgainThenCreates) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToCreateMachine(operation);
 	operation.SetNow(100);
-	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 503));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 500));
 	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
 	EXPECT_GT(step.delay_seconds, 0);
-	// Fly answered, so its list catches up within moments: look again, without counting a failure.
+	// Fly answered (not a timeout nor a gateway's error), so its list catches up within moments: look again,
+	// without counting a failure.
 	operation.SetNow(101);
 	step = operation.OnOutcome(Ok("[]"));
 	EXPECT_FALSE(step.failed_attempt);
@@ -915,7 +916,7 @@ TEST(ReconcileCreate, AmbiguousCreateWithNothingFoundLooksAgainThenCreates) {
 
 TEST(ReconcileCreate, UnansweredCreateWaitsAsLongAsARequestMayTake) {
 	Settings settings = MakeSettings();
-	settings.create_settle_seconds = 30;
+	settings.ambiguous_create_wait_seconds = 30;
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	DriveToCreateMachine(operation);
 	operation.SetNow(100);
@@ -925,6 +926,42 @@ TEST(ReconcileCreate, UnansweredCreateWaitsAsLongAsARequestMayTake) {
 	EXPECT_EQ(step.request->endpoint, Endpoint::kListMachines);
 	operation.SetNow(131);
 	step = operation.OnOutcome(Ok("[]"));
+	EXPECT_EQ(step.request->endpoint, Endpoint::kCreateMachine);
+}
+
+// A timeout at Fly's end or a gateway's error may hide a create still running: no second machine is created
+// before fly.request_timeout has passed, and the list is looked at meanwhile, less often after the first seconds.
+TEST(ReconcileCreate, AmbiguousAnswersWaitTheRequestTimeoutBeforeCreatingAgain) {
+	for (long status : {408L, 502L, 503L, 504L}) {
+		Settings settings = MakeSettings();
+		settings.ambiguous_create_wait_seconds = 10;
+		Operation operation(MakeTarget(), std::nullopt, settings);
+		DriveToCreateMachine(operation);
+		operation.SetNow(100);
+		Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, status));
+		ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+		operation.SetNow(103);
+		step = operation.OnOutcome(Ok("[]"));
+		ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
+		EXPECT_FALSE(step.failed_attempt);
+		EXPECT_GE(step.delay_seconds, 2.0) << status;
+		operation.SetNow(109.5);
+		step = operation.OnOutcome(Ok("[]"));
+		EXPECT_EQ(step.request->endpoint, Endpoint::kListMachines) << status;
+		// The machine lands late: it is adopted, nothing else is created.
+		operation.SetNow(109.9);
+		step = operation.OnOutcome(Ok(ListText({MachineText("m7", "created")})));
+		EXPECT_EQ(EventTypes(step), Types{"machine_reused"});
+		EXPECT_EQ(step.request->endpoint, Endpoint::kWaitMachine) << status;
+	}
+	Settings settings = MakeSettings();
+	settings.ambiguous_create_wait_seconds = 10;
+	Operation operation(MakeTarget(), std::nullopt, settings);
+	DriveToCreateMachine(operation);
+	operation.SetNow(100);
+	operation.OnOutcome(Out(OutcomeKind::kTransient, 504));
+	operation.SetNow(110.1);
+	Step step = operation.OnOutcome(Ok("[]"));
 	EXPECT_EQ(step.request->endpoint, Endpoint::kCreateMachine);
 }
 
@@ -1570,6 +1607,110 @@ TEST(ReconcileSettle, TheDeleteEndsTheWindowForARestartedTeardown) {
 	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
 	EXPECT_EQ(EventTypes(step), Types{"app_settling"});
 	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Capacity
+
+fly::Outcome
+NoCapacityOut() {
+	fly::Outcome outcome = Out(OutcomeKind::kTransient, 412, "", "insufficient_capacity");
+	outcome.no_capacity = true;
+	return outcome;
+}
+
+Target
+TargetWithFallbacks(std::vector<std::string> fallbacks) {
+	Target target = MakeTarget();
+	target.fallback_regions = std::move(fallbacks);
+	return target;
+}
+
+TEST(ReconcileCapacity, NoCapacityIsRetriedThenTheFallbackRegionIsUsed) {
+	Settings settings = MakeSettings();
+	settings.capacity_retries = 2;
+	Operation operation(TargetWithFallbacks({"lhr", "fra"}), std::nullopt, settings);
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(NoCapacityOut());
+	ExpectRetriedInPlace(step);
+	EXPECT_TRUE(step.no_capacity);
+	EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+	EXPECT_EQ(Body(Req(step)).GetString("region"), "ams");
+	step = operation.OnOutcome(NoCapacityOut());
+	EXPECT_EQ(EventTypes(step), (Types{"provision_attempt_failed", "region_fallback"}));
+	Json details = Details(step.events[1]);
+	EXPECT_EQ(details.GetString("from_region"), "ams");
+	EXPECT_EQ(details.GetString("to_region"), "lhr");
+	EXPECT_EQ(details.GetInteger("attempts"), 2);
+	EXPECT_FALSE(step.failed_attempt);
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+	EXPECT_EQ(Body(Req(step)).GetString("region"), "lhr");
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_TRUE(step.app->pending_create.has_value());
+	// Created in lhr: the row, the cost estimate and the completion event show lhr.
+	step = operation.OnOutcome(Ok(MachineText("m1", "created", kGuest, kImage, "lhr")));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->region, "lhr");
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	ExpectEnded(step, Completion::kDone);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->region, "lhr");
+	EXPECT_EQ(Details(step.events.back()).GetString("region"), "lhr");
+}
+
+TEST(ReconcileCapacity, EveryFallbackRegionIsTriedInOrder) {
+	Settings settings = MakeSettings();
+	settings.capacity_retries = 1;
+	Operation operation(TargetWithFallbacks({"lhr", "fra"}), std::nullopt, settings);
+	DriveToCreateMachine(operation);
+	Step step = operation.OnOutcome(NoCapacityOut());
+	EXPECT_EQ(Body(Req(step)).GetString("region"), "lhr");
+	step = operation.OnOutcome(NoCapacityOut());
+	EXPECT_EQ(Body(Req(step)).GetString("region"), "fra");
+	Json details = Details(step.events.back());
+	EXPECT_EQ(details.GetString("from_region"), "lhr");
+	EXPECT_EQ(details.GetString("to_region"), "fra");
+}
+
+// No region has room: the operation is tried again later, never failed for good.
+TEST(ReconcileCapacity, NoCapacityAnywhereRetriesLater) {
+	Settings settings = MakeSettings();
+	settings.capacity_retries = 1;
+	Operation operation(TargetWithFallbacks({"lhr"}), std::nullopt, settings);
+	DriveToCreateMachine(operation);
+	operation.OnOutcome(NoCapacityOut());
+	Step step = operation.OnOutcome(NoCapacityOut());
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_TRUE(step.no_capacity);
+	EXPECT_NE(step.error.find("no capacity for the machine in any region (ams, lhr)"), std::string::npos) << step.error;
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->pending_create, ""); // nothing was created: the next run does not wait for it
+	Operation without(MakeTarget(), std::nullopt, settings);
+	DriveToCreateMachine(without);
+	step = without.OnOutcome(NoCapacityOut());
+	ExpectEnded(step, Completion::kRetry);
+	EXPECT_TRUE(step.no_capacity);
+}
+
+// A later reconcile keeps a machine that sits in a fallback region: it is not "in the wrong region".
+TEST(ReconcileCapacity, MachineInAFallbackRegionIsKept) {
+	Operation operation(TargetWithFallbacks({"lhr"}), std::nullopt, MakeSettings());
+	DriveToFindMachine(operation);
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m9", "started", kGuest, kImage, "lhr")})));
+	EXPECT_EQ(EventTypes(step), Types{"machine_reused"});
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m9/wait", WaitQuery());
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	ExpectEnded(step, Completion::kDone);
+	EXPECT_EQ(step.app->region, "lhr");
+	// A resize updates it where it is.
+	Target target = TargetWithFallbacks({"lhr"});
+	target.guest = kOtherGuest;
+	Operation resize(target, std::nullopt, MakeSettings());
+	DriveToFindMachine(resize);
+	step = resize.OnOutcome(Ok(ListText({MachineText("m9", "started", kGuest, kImage, "lhr")})));
+	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m9");
+	step = resize.OnOutcome(Ok(MachineText("m9", "replacing", kOtherGuest, kImage, "lhr")));
+	EXPECT_EQ(step.app->region, "lhr");
 }
 
 } // namespace

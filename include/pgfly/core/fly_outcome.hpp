@@ -96,6 +96,9 @@ struct Outcome {
 	// Fly answered properly about a failure of this app's own (a start reporting status "error", e.g. a bad
 	// image): retried like a transient failure, but no sign that Fly is failing.
 	bool app_failure = false;
+	// Fly has no room for the machine here (status "insufficient_capacity", whatever the HTTP status): nothing was
+	// created; retried, then another region is tried. Not a sign that Fly is failing either.
+	bool no_capacity = false;
 };
 
 constexpr size_t kMaxFlyErrorLength = 500;

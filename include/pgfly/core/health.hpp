@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "pgfly/core/fly_outcome.hpp"
 
@@ -29,6 +30,17 @@ struct HealthVerdict {
 // From the answer to GET /v1/apps/{app}/machines/{id}. A transient failure tells nothing (kUnknown), nor does a
 // 404 about a machine created less than fly.create_settle_time ago (`created_recently`): Fly may not show it yet.
 HealthVerdict EvaluateMachineHealth(const fly::Outcome &outcome, bool created_recently = false);
+
+// From the list of an app's machines that carry the user's metadata: the live ones besides the recorded machine
+// (a create whose answer was lost, or one made behind pg_fly's back), to destroy. Nothing when the answer is not
+// a usable list, or when the recorded machine is not live in it: which machine to keep is then a reconcile's
+// decision, not a health check's.
+struct DuplicateMachines {
+	std::vector<std::string> extra;
+	// Why nothing can be decided ("" when the list was usable).
+	std::string problem;
+};
+DuplicateMachines FindDuplicateMachines(const fly::Outcome &outcome, const std::string &recorded_machine_id);
 
 // From the app's own health endpoint (the user app's backend reports run_mode, user_id and trader_count): healthy
 // only when it answers and runs in user_dedicated mode for this very user, which proves that the machine serves

@@ -58,6 +58,11 @@ struct Settings {
 	// fly.create_settle_time: for this long after an app or machine is created, Fly may answer 404 or 401 to
 	// calls under it (reads lag writes). Such answers are asked again with backoff instead of being believed.
 	double visibility_window_seconds = 60;
+	// After an ambiguous answer to a create (408, 502, 503, 504 or none), how long the machine may still land
+	// (fly.request_timeout): the operation looks for it that long before it creates another.
+	double ambiguous_create_wait_seconds = 30;
+	// How many "insufficient_capacity" answers one region gets before the next fallback region is tried.
+	int capacity_retries = 3;
 };
 
 struct Target {
@@ -66,6 +71,8 @@ struct Target {
 	std::optional<std::string> tier;
 	fly::Guest guest;
 	std::string region;
+	// Where to create the machine, in order, when `region` has no capacity; a machine in any of them is kept.
+	std::vector<std::string> fallback_regions;
 	int64_t generation = 0;
 	// Distinguishes this run's machine creations (metadata), e.g. "<generation>-<attempt>".
 	std::string operation_id;
@@ -136,6 +143,9 @@ struct Step {
 	// this long. Unlike Fly's Retry-After it is not capped by fly.retry_max_delay: shortened, it would turn into
 	// many short retries, each costing an attempt.
 	double settle_seconds = 0;
+	// The failure is Fly's lack of capacity (nothing was created): fly.max_attempts does not end the operation,
+	// which moves on through the fallback regions and, when none has room, is tried again later.
+	bool no_capacity = false;
 };
 
 class Operation {
@@ -201,6 +211,9 @@ private:
 	Step AdoptMachine(Step step);
 	Step BringUp(Step step, const std::string &state);
 	Step CreateMachine(Step step);
+	Step NoCapacity(const fly::Outcome &outcome);
+	bool AcceptableRegion(const std::string &region) const;
+	const std::string &MachineRegion() const;
 	Step Wait(Step step);
 	fly::Request UserMachinesRequest() const;
 	fly::MachineSpec Spec() const;
@@ -237,6 +250,12 @@ private:
 	double machine_created_at_ = -1e18;
 	int settle_round_ = 0;
 	bool settling_reported_ = false;
+	double create_looked_since_ = 0;
+	// Capacity: the region the next create goes to (index 0 is the policy's, then its fallbacks), how many of its
+	// answers said "insufficient_capacity", and the region of the machine the operation uses.
+	size_t create_region_index_ = 0;
+	int capacity_failures_ = 0;
+	std::string machine_region_;
 	std::optional<fly::Request> last_request_;
 	std::optional<int64_t> secrets_version_;
 	std::vector<std::string> machines_to_stop_;
