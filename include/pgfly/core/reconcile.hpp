@@ -52,6 +52,11 @@ struct Settings {
 	// How long a create-machine request that got no recorded answer may still take effect on Fly; until then
 	// the operation waits for its machine instead of creating another.
 	double create_settle_seconds = 30;
+	// fly.app_network: each new app gets a private network named after it, unless shared (the org's default).
+	bool shared_network = false;
+	// fly.app_internal_port and fly.app_health_path: with a port, machines carry a service and an HTTP check, and
+	// the app gets a shared IPv4 and an IPv6 (docs/fly-api.md).
+	fly::AppService service;
 };
 
 struct Target {
@@ -142,6 +147,8 @@ private:
 		kCreateApp,
 		kGetTakenApp,
 		kSetSecrets,
+		kListIps,
+		kAssignIp,
 		kFindMachine,
 		kCreateMachine,
 		kFindCreatedMachine,
@@ -190,6 +197,14 @@ private:
 	Step OnStartMachine(const fly::Outcome &outcome);
 	Step OnWaitStopped(const fly::Outcome &outcome);
 	Step OnWaitStarted(const fly::Outcome &outcome);
+	// Networks and public addresses (reconcile_provision.cpp).
+	std::optional<std::string> AppNetwork() const;
+	fly::Request AppCreateRequest() const;
+	bool NeedsIpCheck() const;
+	Step ListIps(Step step);
+	Step AssignNextIp(Step step);
+	Step OnListIps(const fly::Outcome &outcome);
+	Step OnAssignIp(const fly::Outcome &outcome);
 
 	// Deprovisioning (reconcile_deprovision.cpp).
 	Step StartDeprovision();
@@ -212,6 +227,10 @@ private:
 	std::vector<std::string> machines_to_stop_;
 	std::vector<std::string> extra_machines_;
 	std::optional<machine::MachineFacts> adopted_;
+	// The app's addresses were listed in this operation; the types still to assign, and the one in flight.
+	bool ips_checked_ = false;
+	std::vector<std::string> ips_to_assign_;
+	std::string assigning_ip_type_;
 };
 
 } // namespace reconcile
