@@ -62,6 +62,9 @@ JobRunner::Configure() {
 	settings_.app_name_prefix = settings::app_name_prefix;
 	settings_.image = settings::image;
 	settings_.create_settle_seconds = settings::request_timeout_ms / 1000.0;
+	settings_.shared_network = settings::app_network == settings::kAppNetworkShared;
+	settings_.service.internal_port = settings::app_internal_port;
+	settings_.service.health_path = settings::app_health_path;
 	ParsedMap env = ParseMachineEnv(settings::machine_env);
 	if (!env.problem.empty()) {
 		problem = env.problem;
