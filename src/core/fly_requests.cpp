@@ -17,8 +17,6 @@ namespace {
 constexpr int kMinWaitSeconds = 1;
 // Fly blocks a wait for at most 60 s whatever is asked (docs/fly-api.md).
 constexpr int kMaxWaitSeconds = 60;
-// The name of the HTTP check pg_fly configures (a key of fly.MachineConfig.checks).
-constexpr const char *kHealthCheckName = "pg_fly_health";
 
 bool
 IsUnreserved(unsigned char c) {

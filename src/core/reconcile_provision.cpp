@@ -58,8 +58,8 @@ PublicIpTypes(const Json &body) {
 		if (ip->find(':') == std::string::npos) {
 			types.v4 = true;
 		} else {
-			const std::string head = ip->substr(0, 2);
-			const bool unique_local = head == "fc" || head == "fd" || head == "FC" || head == "FD";
+			const bool unique_local = ip->size() > 2 && ((*ip)[0] == 'f' || (*ip)[0] == 'F') &&
+									  ((*ip)[1] == 'c' || (*ip)[1] == 'C' || (*ip)[1] == 'd' || (*ip)[1] == 'D');
 			types.v6 = types.v6 || !unique_local;
 		}
 	}
@@ -289,7 +289,8 @@ Operation::AdoptMachine(Step step) {
 		details.Set("state", Json::String(chosen.state));
 		step.events.push_back(MakeEvent("machine_reused", details));
 	}
-	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != Image()) {
+	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != Image() ||
+		!machine::SameService(chosen.service, settings_.service)) {
 		Json details = Json::Object();
 		details.Set("machine_id", Json::String(chosen.id));
 		details.Set("from_guest", GuestJson(chosen.guest));

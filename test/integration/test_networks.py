@@ -180,6 +180,17 @@ class UnservedAppTest(ReachableAppsTestCase):
         self.assertEqual(self.machine_config(OTHER_USER)["services"][0]["internal_port"], 8080)
         status, detail = self.health_after_a_pass(OTHER_USER)
         self.assertEqual(status, "healthy", detail)
+        # The first user's next provision updates its machine in place and gives its app the addresses.
+        machine_id = self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{USER}'")
+        self.pg.sql(f"SELECT fly.provision_user_app('{USER}')")
+        self.settle()
+        self.assertIn("machine_updated", self.events(USER))
+        self.assertEqual(list(self.live_apps_on_fly()[app_name(USER)]["machines"]), [machine_id])
+        self.assertEqual(self.machine_config(USER)["services"][0]["internal_port"], 8080)
+        self.assertEqual(sorted(ip["type"] for ip in self.live_apps_on_fly()[app_name(USER)]["ips"]),
+                         ["shared_v4", "v6"])
+        self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'healthy' FROM fly.user_fly_apps "
+                                         f"WHERE user_id = '{USER}'", timeout=20))
 
 
 if __name__ == "__main__":

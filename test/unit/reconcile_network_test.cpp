@@ -176,6 +176,42 @@ TEST(ReconcileNetwork, AReusedAppWithItsAddressesGetsNoneMore) {
 	EXPECT_EQ(Sent(step), Endpoint::kListMachines);
 }
 
+std::string
+MachineText(const std::string &services_and_checks) {
+	return "[{\"id\":\"m1\",\"state\":\"started\",\"region\":\"ams\",\"config\":{\"image\":\"registry.fly.io/"
+		   "vyx:1\",\"guest\":{\"cpu_kind\":\"shared\",\"cpus\":1,\"memory_mb\":256}" +
+		   services_and_checks + "}}]";
+}
+
+// A machine made before the port was set (or with another port or path) is updated in place to carry the service.
+TEST(ReconcileNetwork, AMachineWithoutTheServiceIsUpdatedToCarryIt) {
+	Target target = MakeTarget();
+	target.guest = fly::Guest{"shared", 1, 256};
+	const std::string served =
+		",\"services\":[{\"protocol\":\"tcp\",\"internal_port\":8080}],\"checks\":{\"pg_fly_health\":{"
+		"\"type\":\"http\",\"path\":\"/health\"}}";
+	struct Case {
+		int port;
+		std::string config;
+		bool update;
+	};
+	for (const Case &c : {Case{8080, "", true}, Case{8080, served, false}, Case{9090, served, true}, Case{0, "", false},
+						  Case{0, served, true}}) {
+		Operation operation(target, std::nullopt, MakeSettings(c.port));
+		operation.Start();
+		Step step = operation.OnOutcome(Ok("{}", 201));
+		if (c.port > 0) {
+			step = operation.OnOutcome(Ok("{\"ips\":[{\"ip\":\"192.0.2.7\"},{\"ip\":\"2001:db8::7\"}]}"));
+		}
+		ASSERT_EQ(Sent(step), Endpoint::kListMachines);
+		step = operation.OnOutcome(Ok(MachineText(c.config)));
+		EXPECT_EQ(Sent(step), c.update ? Endpoint::kUpdateMachine : Endpoint::kWaitMachine) << c.port << c.config;
+		if (c.update) {
+			EXPECT_EQ(Body(step).Get("config").Get("services").HasValue(), c.port > 0);
+		}
+	}
+}
+
 TEST(ReconcileNetwork, OnlyTheMissingTypeIsAssignedAndWithoutANetworkWhenShared) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings(8080, true));
 	operation.Start();

@@ -63,6 +63,9 @@ struct Guest {
 
 // The one public service a user app's machine offers when an internal port is configured: Fly's proxy takes
 // 443 (TLS + HTTP) and 80 (HTTP, redirected to HTTPS) to internal_port, and an HTTP check asks health_path.
+// The name of pg_fly's HTTP check (a key of fly.MachineConfig.checks).
+constexpr const char *kHealthCheckName = "pg_fly_health";
+
 struct AppService {
 	int internal_port = 0; // 0: no service, no check (the config carries neither)
 	std::string health_path = "/health";
