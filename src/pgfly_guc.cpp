@@ -52,11 +52,32 @@ bool reprovision_vanished_apps = true;
 char *app_secrets_file = nullptr;
 int notify_payload = kNotifyPayloadMinimal;
 bool strict_tiers = false;
+int app_network = kAppNetworkPerApp;
+int app_internal_port = 0;
+char *app_health_path = nullptr;
 
 namespace {
 
 const struct config_enum_entry kNotifyPayloadOptions[] = {
     {"minimal", kNotifyPayloadMinimal, false}, {"full", kNotifyPayloadFull, false}, {nullptr, 0, false}};
+
+const struct config_enum_entry kAppNetworkOptions[] = {
+    {"per_app", kAppNetworkPerApp, false}, {"shared", kAppNetworkShared, false}, {nullptr, 0, false}};
+
+// The path of the machines' HTTP check: goes into every machine config, so an absolute path of visible ASCII.
+bool
+CheckHealthPath(char **newval, void **, GucSource) noexcept {
+	const char *value = *newval;
+	bool ok = value[0] == '/' && std::strlen(value) <= 200;
+	for (const char *c = value; ok && *c; c++) {
+		ok = *c > ' ' && *c < 0x7f;
+	}
+	if (!ok) {
+		GUC_check_errdetail("fly.app_health_path is an absolute path (starting with /) of at most 200 visible "
+		                    "ASCII characters.");
+	}
+	return ok;
+}
 
 // Settings whose value goes into a URL path: lower-case letters, digits and dashes only.
 bool
@@ -301,6 +322,19 @@ Define() {
 							 "off: a tier without a policy, or a user id that is not a uuid, is recorded in "
 							 "fly.needs_attention and alerted on, and the statement succeeds. on: it is an error.",
 							 &strict_tiers, false, PGC_SUSET, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	DefineCustomEnumVariable("fly.app_network", "Which private network a new app is created on.",
+	                         "per_app: its own, named after the app (no other user's machine can reach it); shared: "
+	                         "the organization's default network.",
+	                         &app_network, kAppNetworkPerApp, kAppNetworkOptions, PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+	                         nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.app_internal_port", "The port the user app listens on inside its machine.",
+	                        "When set, machines get a public service (443 and 80) to it and an HTTP check on "
+	                        "fly.app_health_path, and each app a shared IPv4 and an IPv6. 0: none of these.",
+	                        &app_internal_port, 0, 0, 65535, PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr,
+	                        nullptr);
+	DefineCustomStringVariable("fly.app_health_path", "The path of the machines' HTTP health check.",
+	                           "Used only when fly.app_internal_port is set.", &app_health_path, "/health",
+	                           PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckHealthPath, nullptr, nullptr);
 }
 
 } // namespace pgfly::settings

@@ -66,6 +66,9 @@ JobRunner::Configure() {
 	settings_.visibility_window_seconds = settings::create_settle_time_ms / 1000.0;
 	settings_.ambiguous_create_wait_seconds = settings::request_timeout_ms / 1000.0;
 	settings_.capacity_retries = settings::capacity_retries;
+	settings_.shared_network = settings::app_network == settings::kAppNetworkShared;
+	settings_.service.internal_port = settings::app_internal_port;
+	settings_.service.health_path = settings::app_health_path;
 	ParsedMap env = ParseMachineEnv(settings::machine_env);
 	if (!env.problem.empty()) {
 		problem = env.problem;

@@ -98,6 +98,7 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 						fly::MachineSpec spec = machine::MachineSpecFor(
 						    settings_.env, app.user_id, app.guest, app.region, target.image,
 						    "rollout-" + std::to_string(running->id), app.secrets_version);
+						spec.service = settings_.service; // an update replaces the whole config
 						updates.push_back(
 						    RolloutJob{running->id, target.image, app, rollout::ImageUpdate(target, spec)});
 					}

@@ -45,6 +45,11 @@ enum NotifyPayload { kNotifyPayloadMinimal = 0, kNotifyPayloadFull = 1 };
 extern int notify_payload;
 // fly.strict_tiers: the subscription trigger raises errors instead of recording waits.
 extern bool strict_tiers;
+// fly.app_network
+enum AppNetwork { kAppNetworkPerApp = 0, kAppNetworkShared = 1 };
+extern int app_network;
+extern int app_internal_port;
+extern char *app_health_path;
 
 // Defines every fly.* setting; called from _PG_init.
 void Define();

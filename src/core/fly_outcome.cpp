@@ -32,6 +32,8 @@ ExpectedBody(Endpoint endpoint) {
 	case Endpoint::kCreateMachine:
 	case Endpoint::kGetMachine:
 	case Endpoint::kUpdateMachine:
+	case Endpoint::kListIpAssignments:
+	case Endpoint::kAssignIp:
 	case Endpoint::kAppHealth:
 		return BodyShape::kObject;
 	case Endpoint::kListMachines:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <stdexcept>
 
 #include "pgfly/core/json.hpp"
@@ -67,6 +68,57 @@ StringMap(const std::map<std::string, std::string> &map, const std::string &fiel
 	return object;
 }
 
+Json
+PortJson(int port, std::initializer_list<const char *> handlers, bool force_https) {
+	Json json = Json::Object();
+	json.Set("port", Json::Integer(port));
+	Json names = Json::Array();
+	for (const char *handler : handlers) {
+		names.Append(Json::String(handler));
+	}
+	json.Set("handlers", names);
+	if (force_https) {
+		json.Set("force_https", Json::Bool(true));
+	}
+	return json;
+}
+
+// fly.MachineService: the app's one public service. Always running (a user's traders must not be stopped by
+// the proxy when no request comes), so autostop off and autostart on.
+Json
+ServicesJson(const AppService &service) {
+	Json json = Json::Object();
+	json.Set("protocol", Json::String("tcp"));
+	json.Set("internal_port", Json::Integer(service.internal_port));
+	Json ports = Json::Array();
+	ports.Append(PortJson(443, {"tls", "http"}, false));
+	ports.Append(PortJson(80, {"http"}, true));
+	json.Set("ports", ports);
+	json.Set("autostop", Json::String("off"));
+	json.Set("autostart", Json::Bool(true));
+	json.Set("min_machines_running", Json::Integer(1));
+	Json services = Json::Array();
+	services.Append(json);
+	return services;
+}
+
+// fly.MachineConfig.checks: one named HTTP check on the health path, so that Fly's checks[] mean "answers".
+Json
+ChecksJson(const AppService &service) {
+	Json check = Json::Object();
+	check.Set("type", Json::String("http"));
+	check.Set("port", Json::Integer(service.internal_port));
+	check.Set("method", Json::String("GET"));
+	check.Set("path", Text(service.health_path, "health path"));
+	check.Set("protocol", Json::String("http"));
+	check.Set("interval", Json::String("15s"));
+	check.Set("timeout", Json::String("5s"));
+	check.Set("grace_period", Json::String("10s"));
+	Json checks = Json::Object();
+	checks.Set(kHealthCheckName, check);
+	return checks;
+}
+
 // fly.MachineConfig with the fields the provisioner manages. Update replaces the whole config (no partial
 // updates), so create and update must build exactly the same object.
 Json
@@ -89,6 +141,10 @@ MachineConfig(const MachineSpec &spec) {
 		config.Set("restart", restart);
 	}
 	config.Set("metadata", StringMap(spec.metadata, "metadata"));
+	if (spec.service.internal_port > 0) {
+		config.Set("services", ServicesJson(spec.service));
+		config.Set("checks", ChecksJson(spec.service));
+	}
 	return config;
 }
 
@@ -154,6 +210,10 @@ EndpointName(Endpoint endpoint) {
 		return "start_machine";
 	case Endpoint::kDeleteMachine:
 		return "delete_machine";
+	case Endpoint::kListIpAssignments:
+		return "list_ip_assignments";
+	case Endpoint::kAssignIp:
+		return "assign_ip";
 	case Endpoint::kAppHealth:
 		return "app_health";
 	}
@@ -322,6 +382,26 @@ DeleteMachineRequest(const std::string &app_name, const std::string &machine_id,
 	if (force) {
 		request.query.emplace_back("force", "true");
 	}
+	return request;
+}
+
+Request
+ListIpAssignmentsRequest(const std::string &app_name) {
+	return Make("GET", AppPath(app_name) + "/ip_assignments", Endpoint::kListIpAssignments);
+}
+
+Request
+AssignIpRequest(const std::string &app_name, const std::string &type, const std::optional<std::string> &network) {
+	Request request = Make("POST", AppPath(app_name) + "/ip_assignments", Endpoint::kAssignIp);
+	if (type.empty()) {
+		throw std::invalid_argument("the IP address type is empty");
+	}
+	Json body = Json::Object();
+	body.Set("type", Text(type, "IP address type"));
+	if (network) {
+		body.Set("network", Text(*network, "network name"));
+	}
+	request.body_json = body.Dump();
 	return request;
 }
 

@@ -26,6 +26,11 @@ FactsFrom(const Json &machine) {
 	Json config = machine.Get("config");
 	facts.image = config.GetString("image").value_or("");
 	facts.guest = GuestFrom(config);
+	const Json services = config.Get("services");
+	if (services.IsArray() && services.Size() > 0) {
+		facts.service.internal_port = static_cast<int>(services.At(0).GetInteger("internal_port").value_or(0));
+	}
+	facts.service.health_path = config.Get("checks").Get(fly::kHealthCheckName).GetString("path").value_or("");
 	return facts;
 }
 
@@ -91,6 +96,14 @@ MachineSpecFor(const std::map<std::string, std::string> &env, const std::string 
 	spec.metadata[kOperationMetadataKey] = operation_id;
 	spec.min_secrets_version = secrets_version;
 	return spec;
+}
+
+bool
+SameService(const fly::AppService &have, const fly::AppService &want) {
+	if (have.internal_port != want.internal_port) {
+		return false;
+	}
+	return want.internal_port == 0 || have.health_path == want.health_path;
 }
 
 bool

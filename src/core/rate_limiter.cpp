@@ -42,6 +42,8 @@ RateLimitKey(const fly::Request &request, const std::string &org_slug) {
 	case fly::Endpoint::kSetSecrets:
 	case fly::Endpoint::kCreateMachine:
 	case fly::Endpoint::kListMachines:
+	case fly::Endpoint::kListIpAssignments:
+	case fly::Endpoint::kAssignIp:
 		return {action, "app:" + (segments.size() > 2 ? segments[2] : "")};
 	default:
 		return {action, "machine:" + (segments.size() > 4 ? segments[4] : "")};

@@ -89,6 +89,10 @@ Operation::Handle(const fly::Outcome &outcome) {
 		return OnGetTakenApp(outcome);
 	case Phase::kSetSecrets:
 		return OnSetSecrets(outcome);
+	case Phase::kListIps:
+		return OnListIps(outcome);
+	case Phase::kAssignIp:
+		return OnAssignIp(outcome);
 	case Phase::kFindMachine:
 	case Phase::kFindCreatedMachine:
 		return OnFindMachine(outcome);

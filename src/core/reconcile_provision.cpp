@@ -9,6 +9,7 @@
 #include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/json.hpp"
 #include "pgfly/core/secrets.hpp"
+#include "pgfly/core/text.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -40,6 +41,52 @@ AmbiguousCreateAnswer(const fly::Outcome &outcome) {
 	}
 }
 
+// The public addresses an app with a service gets (IPAssignmentType): a shared IPv4 (free) and an IPv6.
+constexpr const char *kSharedV4 = "shared_v4";
+constexpr const char *kV6 = "v6";
+constexpr size_t kMaxIpLength = 64;
+
+struct IpTypes {
+	bool v4 = false;
+	bool v6 = false;
+	std::string problem;
+};
+
+// Which public address families an app already has, from listIPAssignmentsResponse. Its entries carry no type:
+// an IPv4 (shared or dedicated) serves v4; an IPv6 outside fc00::/7 serves v6 (private_v6 addresses are
+// unique-local, fdaa:...); egress addresses serve nothing inbound.
+IpTypes
+PublicIpTypes(const Json &body) {
+	IpTypes types;
+	const Json ips = body.Get("ips");
+	if (!ips.HasValue() || ips.IsNull()) {
+		return types; // no addresses yet
+	}
+	if (!ips.IsArray()) {
+		types.problem = "the IP assignment list is not an array";
+		return types;
+	}
+	for (size_t i = 0; i < ips.Size(); i++) {
+		const Json entry = ips.At(i);
+		const auto ip = entry.GetString("ip");
+		if (!entry.IsObject() || !ip) {
+			types.problem = "entry " + std::to_string(i + 1) + " of the IP assignment list has no ip";
+			return types;
+		}
+		if (entry.GetBool("egress").value_or(false)) {
+			continue;
+		}
+		if (ip->find(':') == std::string::npos) {
+			types.v4 = true;
+		} else {
+			const bool unique_local = ip->size() > 2 && ((*ip)[0] == 'f' || (*ip)[0] == 'F') &&
+									  ((*ip)[1] == 'c' || (*ip)[1] == 'C' || (*ip)[1] == 'd' || (*ip)[1] == 'D');
+			types.v6 = types.v6 || !unique_local;
+		}
+	}
+	return types;
+}
+
 } // namespace
 
 using fly::OutcomeKind;
@@ -64,8 +111,10 @@ fly::MachineSpec
 Operation::Spec() const {
 	const std::string &region =
 		create_region_index_ == 0 ? target_.region : target_.fallback_regions.at(create_region_index_ - 1);
-	return machine::MachineSpecFor(settings_.env, target_.user_id, target_.guest, region, Image(), target_.operation_id,
-								   secrets_version_);
+	fly::MachineSpec spec = machine::MachineSpecFor(settings_.env, target_.user_id, target_.guest, region, Image(),
+													target_.operation_id, secrets_version_);
+	spec.service = settings_.service;
+	return spec;
 }
 
 // A machine in the policy's region or in one of its fallback regions is where it should be.
@@ -141,7 +190,7 @@ Operation::StartProvision() {
 	app_->status = "provisioning";
 	step.app = change;
 	step.events.push_back(MakeEvent("provision_requested", details));
-	step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
+	step.request = AppCreateRequest();
 	phase_ = Phase::kCreateApp;
 	return step;
 }
@@ -162,6 +211,9 @@ Operation::AppExists(Step step, const fly::Outcome &outcome, const char *event_t
 
 Step
 Operation::AfterAppExists(Step step) {
+	if (NeedsIpCheck()) {
+		return ListIps(std::move(step)); // comes back here once the app has its addresses
+	}
 	if (!settings_.secrets.empty()) {
 		std::map<std::string, std::optional<std::string>> values;
 		for (const auto &secret : settings_.secrets) {
@@ -294,7 +346,8 @@ Operation::AdoptMachine(Step step) {
 		details.Set("state", Json::String(chosen.state));
 		step.events.push_back(MakeEvent("machine_reused", details));
 	}
-	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != Image()) {
+	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != Image() ||
+		!machine::SameService(chosen.service, settings_.service)) {
 		Json details = Json::Object();
 		details.Set("machine_id", Json::String(chosen.id));
 		details.Set("from_guest", GuestJson(chosen.guest));
@@ -402,14 +455,14 @@ Operation::OnGetTakenApp(const fly::Outcome &outcome) {
 		step.app = change;
 		app_->name = *next;
 		app_->name_attempt = next_attempt;
-		step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
+		step.request = AppCreateRequest();
 		phase_ = Phase::kCreateApp;
 		return step;
 	}
 	if (outcome.kind == OutcomeKind::kNotFound) {
 		// Taken a moment ago, gone now (a deletion finishing): create it again, after a pause.
 		phase_ = Phase::kCreateApp;
-		last_request_ = fly::CreateAppRequest(app_->name, settings_.org_slug);
+		last_request_ = AppCreateRequest();
 		return Retry(outcome, "get_app");
 	}
 	return Unexpected(outcome, "get_app");
@@ -651,6 +704,89 @@ Operation::OnWaitStarted(const fly::Outcome &outcome) {
 		return FindMachine(std::move(step));
 	}
 	return Unexpected(outcome, "wait_machine");
+}
+
+// Each app on its own private network (named after it), so that no user's machine can reach another's; an app
+// that already exists keeps the network it has (Fly cannot move an app).
+std::optional<std::string>
+Operation::AppNetwork() const {
+	if (settings_.shared_network) {
+		return std::nullopt;
+	}
+	return app_->name;
+}
+
+fly::Request
+Operation::AppCreateRequest() const {
+	return fly::CreateAppRequest(app_->name, settings_.org_slug, AppNetwork());
+}
+
+// Public addresses only matter when the machine offers a service; they are listed first so that a provision
+// run again (or a lost answer) never assigns a second one.
+bool
+Operation::NeedsIpCheck() const {
+	return settings_.service.internal_port > 0 && !ips_checked_;
+}
+
+Step
+Operation::ListIps(Step step) {
+	step.request = fly::ListIpAssignmentsRequest(app_->name);
+	phase_ = Phase::kListIps;
+	return step;
+}
+
+Step
+Operation::AssignNextIp(Step step) {
+	if (ips_to_assign_.empty()) {
+		return AfterAppExists(std::move(step));
+	}
+	assigning_ip_type_ = ips_to_assign_.front();
+	ips_to_assign_.erase(ips_to_assign_.begin());
+	step.request = fly::AssignIpRequest(app_->name, assigning_ip_type_, AppNetwork());
+	phase_ = Phase::kAssignIp;
+	return step;
+}
+
+Step
+Operation::OnListIps(const fly::Outcome &outcome) {
+	Step step;
+	if (outcome.kind != OutcomeKind::kSuccess) {
+		return Unexpected(outcome, "list_ip_assignments");
+	}
+	const IpTypes present = PublicIpTypes(outcome.body);
+	if (!present.problem.empty()) {
+		return Unexpected(Malformed(outcome, present.problem), "list_ip_assignments");
+	}
+	ips_checked_ = true;
+	ips_to_assign_.clear();
+	if (!present.v4) {
+		ips_to_assign_.push_back(kSharedV4);
+	}
+	if (!present.v6) {
+		ips_to_assign_.push_back(kV6);
+	}
+	return AssignNextIp(std::move(step));
+}
+
+Step
+Operation::OnAssignIp(const fly::Outcome &outcome) {
+	Step step;
+	if (outcome.kind == OutcomeKind::kSuccess) {
+		Json details = Json::Object();
+		details.Set("type", Json::String(assigning_ip_type_));
+		const auto ip = outcome.body.GetString("ip");
+		details.Set("ip", ip ? Json::String(TruncateUtf8(*ip, kMaxIpLength)) : Json::Null());
+		step.events.push_back(MakeEvent("ip_assigned", details));
+		return AssignNextIp(std::move(step));
+	}
+	if (outcome.kind == OutcomeKind::kTransient || outcome.kind == OutcomeKind::kMalformed) {
+		// The address may have been assigned all the same: list again rather than assign a second one.
+		ips_checked_ = false;
+		phase_ = Phase::kListIps;
+		last_request_ = fly::ListIpAssignmentsRequest(app_->name);
+		return Retry(outcome, "assign_ip");
+	}
+	return Fail(outcome, "assign_ip");
 }
 
 } // namespace reconcile

@@ -53,6 +53,8 @@ ROUTES = {
     ("apps", "*", "machines", "*", "start"): {"POST": "start_machine"},
     ("apps", "*", "machines", "*", "wait"): {"GET": "wait_machine"},
     ("apps", "*", "secrets"): {"GET": "list_secrets", "POST": "set_secrets"},
+    ("apps", "*", "ip_assignments"): {"GET": "list_ip_assignments", "POST": "assign_ip"},
+    ("apps", "*", "ip_assignments", "*"): {"DELETE": "delete_ip_assignment"},
     ("orgs", "*", "machines"): {"GET": "list_org_machines"},
 }
 MACHINE_STATES = ("created", "starting", "started", "stopping", "stopped", "suspended", "failed",
@@ -80,7 +82,8 @@ def route(method, path):
                 allow = (("Allow", ", ".join(methods)),)
                 return "unknown", model.Reply(405, b"Method Not Allowed\n", "text/plain; charset=utf-8", allow)
             ids = [unquote(s) if "%" in s else s for s in segments[1::2]]
-            params = dict(zip(("org" if segments[0] == "orgs" else "app", "machine"), ids))
+            second = "ip" if len(segments) > 2 and segments[2] == "ip_assignments" else "machine"
+            params = dict(zip(("org" if segments[0] == "orgs" else "app", second), ids))
             return endpoint, params
     # Fly's router answers unknown paths with Go's plain-text 404.
     return "unknown", model.Reply(404, b"404 page not found\n", "text/plain; charset=utf-8")
@@ -491,7 +494,7 @@ class Simulator:
 
     def finish(self, job, reply):
         conn, call, entry, early, fault, arrival = job
-        if reply is policy.RESET:
+        if reply is model.RESET:
             outcome = "reset"
             conn.reset()
         elif reply is policy.HANG:
@@ -546,6 +549,9 @@ class Simulator:
             return model.json_reply(200, self.take_foreign_names(data))
         if head == "apps" and len(rest) == 3 and rest[2] == "health" and method == "POST":
             return model.json_reply(200, self.set_app_checks(self.control_app(rest[1]), data.get("checks")))
+        if method == "GET" and rest == ["reachable"]:
+            return model.json_reply(200, world.reachable(self.control_app(query.get("from", [""])[-1]),
+                                                         self.control_app(query.get("to", [""])[-1])))
         if head == "apps" and len(rest) == 2 and method == "DELETE":
             world.delete_app_now(self.control_app(rest[1]))
             return model.json_reply(200, {"ok": True})

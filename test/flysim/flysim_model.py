@@ -43,6 +43,10 @@ class StreamedReply:
         self.interval_s = interval_s
 
 
+# No answer at all: the connection is reset (a fault, or an app nobody can reach).
+RESET = object()
+
+
 def json_reply(status, obj, headers=()):
     return Reply(status, _encode_json(obj).encode(), "application/json", headers)
 
@@ -238,7 +242,7 @@ class Machine:
 
 class App:
     __slots__ = ("name", "id", "org", "network", "created_at", "created_mono", "invisible_answers", "numeric_id",
-                 "machines", "destroyed", "check_status", "secrets", "secret_values", "secrets_version")
+                 "machines", "destroyed", "check_status", "secrets", "secret_values", "secrets_version", "ips")
 
     def __init__(self, name, app_id, org, network, numeric_id):
         self.name = name
@@ -255,6 +259,7 @@ class App:
         self.secrets = {}           # name -> {name, digest, created_at, updated_at}
         self.secret_values = {}     # name -> value; only the reveal endpoint and show_secrets expose it
         self.secrets_version = 0
+        self.ips = []               # IPAssignment objects plus "type" and "network" (not shown by the API)
 
 
 def bool_param(query, name):
@@ -300,6 +305,7 @@ class FlyWorld:
         self.name_released_at = {}   # deleted app name -> monotonic time it becomes free
         self.machine_ids = set()
         self.update_seq = 0
+        self.ip_count = 0            # addresses handed out; a counter, so that the id RNG is not disturbed
         self.handlers = {
             "create_app": self.create_app,
             "list_apps": self.list_apps,
@@ -316,6 +322,9 @@ class FlyWorld:
             "list_secrets": self.list_secrets,
             "set_secrets": self.set_secrets,
             "list_org_machines": self.list_org_machines,
+            "list_ip_assignments": self.list_ip_assignments,
+            "assign_ip": self.assign_ip,
+            "delete_ip_assignment": self.delete_ip_assignment,
             "app_health": self.app_health,
         }
         for name, org in config["foreign_apps"].items():
@@ -347,7 +356,8 @@ class FlyWorld:
     # Calls that name an app (or a machine) but are not about creating it.
     UNDER_APP = frozenset({"get_app", "delete_app", "list_machines", "create_machine", "get_machine",
                            "update_machine", "delete_machine", "stop_machine", "start_machine", "wait_machine",
-                           "list_secrets", "set_secrets"})
+                           "list_secrets", "set_secrets", "list_ip_assignments", "assign_ip",
+                           "delete_ip_assignment"})
     UNDER_MACHINE = frozenset({"get_machine", "wait_machine", "start_machine"})
 
     def check_visible(self, call):
@@ -844,6 +854,63 @@ class FlyWorld:
         version = app.secrets_version
         return json_reply(200, {"secrets": self.secret_list(app), "version": version, "Version": version})
 
+    # ----------------------------------------------------------------------------- IP assignments
+
+    # Documentation ranges (RFC 5737, RFC 3849): nothing is ever reachable at them.
+    IP_FORMATS = {
+        "shared_v4": lambda n: f"192.0.2.{n % 254 + 1}",
+        "v4": lambda n: f"198.51.100.{n % 254 + 1}",
+        "egress_v4": lambda n: f"203.0.113.{n % 254 + 1}",
+        "v6": lambda n: f"2001:db8:{n:x}::1",
+        "egress_v6": lambda n: f"2001:db8:e:{n:x}::1",
+        "private_v6": lambda n: f"fdaa:0:1:a7b:{n:x}::2",
+    }
+    PUBLIC_IP_TYPES = frozenset({"shared_v4", "v4", "v6"})
+
+    @staticmethod
+    def ip_json(entry):
+        return {k: entry[k] for k in ("ip", "region", "shared", "egress", "service_name", "created_at")}
+
+    def list_ip_assignments(self, call):
+        app = self.own_app(call)
+        return json_reply(200, {"ips": [self.ip_json(e) for e in app.ips]})
+
+    def assign_ip(self, call):
+        """Every request assigns a new address, even of a type the app has: whether Fly refuses or reuses a
+        second shared IPv4 is not documented, and a client that does not list first must show up."""
+        app = self.own_app(call)
+        body = call.body
+        kind = body["type"]
+        if kind == "egress_pair":
+            raise ApiError(400, "egress_pair is not simulated")
+        network = body.get("network")
+        if network and network != app.network:
+            # The warm-pool blueprint: an IP for an app on its own network must name that network.
+            raise ApiError(400, f"network {network!r} is not the app's network ({app.network!r})")
+        self.ip_count += 1
+        entry = {"ip": self.IP_FORMATS[kind](self.ip_count), "region": body.get("region") or "global",
+                 "shared": kind == "shared_v4", "egress": kind.startswith("egress"),
+                 "service_name": body.get("service_name") or "", "created_at": rfc3339(),
+                 "type": kind, "network": network or app.network}
+        app.ips.append(entry)
+        return json_reply(200, self.ip_json(entry))
+
+    def delete_ip_assignment(self, call):
+        app = self.own_app(call)
+        ip = call.params["ip"]
+        for entry in app.ips:
+            if entry["ip"] == ip:
+                app.ips.remove(entry)
+                return Reply(204)
+        raise ApiError(404, f"IP address {ip} not found")
+
+    def reachable(self, source, target):
+        """Whether source's machines can reach target's over the private network (6PN): same org and same
+        network (api-reference 2.1, `network`)."""
+        return {"from": source.name, "to": target.name, "from_network": source.network,
+                "to_network": target.network,
+                "reachable": source.org == target.org and source.network == target.network}
+
     # ----------------------------------------------------------------------------- org listing
 
     def list_org_machines(self, call):
@@ -895,6 +962,8 @@ class FlyWorld:
         if app is None:
             return error_reply(404, f'Could not find App "{name}"')
         machine = next((m for m in app.machines.values() if m.state == "started"), None)
+        if self.config["health_needs_service_and_ip"] and not self.publicly_served(app, machine):
+            return RESET  # {app}.fly.dev does not resolve, or Fly's proxy has nowhere to send the request
         if machine is None:
             return json_reply(503, {"status": "unavailable", "error": "no started machine"})
         env = machine.config.get("env") or {}
@@ -908,6 +977,13 @@ class FlyWorld:
                 "run_mode": env.get("RUN_MODE", "shared_backend"),
                 "user_id": env.get("USER_ID"), "trader_count": trader_count}
         return json_reply(200 if app.check_status == "passing" else 503, body)
+
+    def publicly_served(self, app, machine):
+        """Fly's proxy routes <app>.fly.dev only to an app with a public IP, and only to a machine whose config
+        has services with ports (api-reference 2.1 and 3.1)."""
+        has_ip = any(entry["type"] in self.PUBLIC_IP_TYPES for entry in app.ips)
+        services = (machine.config.get("services") or ()) if machine is not None else ()
+        return has_ip and any(service.get("ports") for service in services)
 
     # ----------------------------------------------------------------------------- control API views
 
@@ -927,6 +1003,7 @@ class FlyWorld:
                 "created_at": rfc3339(app.created_at),
                 "status": self.app_json(app)["status"],
                 "check_status": app.check_status,
+                "ips": [dict(entry) for entry in app.ips],
                 "secrets": {"version": app.secrets_version,
                             "names": {n: dict(meta) for n, meta in app.secrets.items()}},
                 "machines": machines,

@@ -9,7 +9,7 @@ import math
 import random
 import re
 
-from flysim_model import Reply, StreamedReply, json_reply
+from flysim_model import RESET, Reply, StreamedReply, json_reply
 
 # The Fly API endpoints the simulator serves; these names are used in config, stats and the log.
 ENDPOINTS = (
@@ -17,6 +17,7 @@ ENDPOINTS = (
     "list_machines", "create_machine", "get_machine", "update_machine", "delete_machine",
     "stop_machine", "start_machine", "wait_machine",
     "list_secrets", "set_secrets", "list_org_machines",
+    "list_ip_assignments", "assign_ip", "delete_ip_assignment",
 )
 # The simulated user app's own /health endpoint; not part of Fly's API, so "*" never matches it.
 APP_HEALTH = "app_health"
@@ -25,7 +26,8 @@ KNOWN_ENDPOINTS = frozenset(ENDPOINTS) | {APP_HEALTH}
 # What a rate limit is counted against: Fly scopes limits per action and per app or machine.
 # Org-level calls (no app in the path) are counted per org; delete_app too (100/min per org).
 ORG_SCOPED = frozenset({"create_app", "list_apps", "delete_app", "list_org_machines"})
-APP_SCOPED = frozenset({"get_app", "list_machines", "create_machine", "list_secrets", "set_secrets"})
+APP_SCOPED = frozenset({"get_app", "list_machines", "create_machine", "list_secrets", "set_secrets",
+                        "list_ip_assignments", "assign_ip", "delete_ip_assignment"})
 
 # Fly's documented limits (docs/fly-api.md): 1 req/s with burst 3 per action; get machine 5/s
 # burst 10; app deletions 100 per minute.
@@ -57,6 +59,9 @@ DEFAULT_CONFIG = {
     "create_lands_late_status": 504,
     "synthetic_check": True,        # give machines without configured checks one http check
     "unhealthy_images": [],         # machines running one of these images fail their checks (a bad deploy)
+    # Reachable apps (README "IP assignments"): the app's own health endpoint answers only for an app with a public
+    # IP whose started machine has services; otherwise the connection is reset, as for a name that does not resolve.
+    "health_needs_service_and_ip": False,
     "default_region": "sjc",
     "latency": {},                  # endpoint or "*" -> {"fixed_ms": n, "jitter_ms": n}
     "rate_limits": {"mode": "fly", "retry_after": True, "actions": {}},
@@ -91,8 +96,7 @@ DEFAULT_ERROR_TEXT = {
 HTML_500 = (b"<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>\n"
             b"<body><h1>Internal Server Error</h1><p>Something went wrong.</p></body></html>\n")
 
-# Sentinels for faults that do not answer at all.
-RESET = object()
+# Sentinels for faults that do not answer at all (RESET comes from the model: an unreachable app answers so too).
 HANG = object()
 
 
@@ -137,6 +141,7 @@ def normalize_config(raw):
     _require(config["create_lands_late_status"] in (408, 502, 503, 504),
              "create_lands_late_status must be 408, 502, 503 or 504")
     _require(isinstance(config["synthetic_check"], bool), "synthetic_check must be a boolean")
+    _require(isinstance(config["health_needs_service_and_ip"], bool), "health_needs_service_and_ip must be a boolean")
     _require(isinstance(config["unhealthy_images"], list) and all(isinstance(i, str) for i in config["unhealthy_images"]),
              "unhealthy_images must be a list of image strings")
     tokens = config["tokens"]

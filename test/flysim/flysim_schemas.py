@@ -209,6 +209,14 @@ CREATE_APP_REQUEST = Obj("CreateAppRequest", {
     "enable_subdomains": BOOLEAN,
 }, required=("org_slug",))
 
+ASSIGN_IP_REQUEST = Obj("assignIPRequest", {
+    "type": enum("v4", "v6", "shared_v4", "private_v6", "egress_v4", "egress_v6", "egress_pair"),
+    "region": STRING,
+    "network": STRING,
+    "org_slug": STRING,
+    "service_name": STRING,
+}, required=("type",))
+
 APP_SECRETS_UPDATE_REQUEST = Obj("AppSecretsUpdateRequest",
                                  {"values": MapOf(Scalar("string", "null"))}, required=("values",))
 
@@ -219,6 +227,7 @@ REQUEST_SCHEMAS = {
     "update_machine": UPDATE_MACHINE_REQUEST,
     "stop_machine": STOP_REQUEST,
     "set_secrets": APP_SECRETS_UPDATE_REQUEST,
+    "assign_ip": ASSIGN_IP_REQUEST,
 }
 
 

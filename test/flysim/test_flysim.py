@@ -398,6 +398,84 @@ class AmbiguousCreateTests(SimTestCase):
             self.assertEqual(result.status, 400, bad)
 
 
+class NetworkAndIpTests(SimTestCase):
+    """Private networks (api-reference 2.1 `network`) and IP assignments (2.6; openapi
+    /v1/apps/{app_name}/ip_assignments), and an app's own endpoint reachable only with a service and an IP."""
+
+    def test_an_app_keeps_its_network_and_other_networks_are_unreachable(self):
+        self.api.post("/v1/apps", {"name": "net-a", "org_slug": "personal", "network": "net-a"})
+        self.api.post("/v1/apps", {"name": "net-b", "org_slug": "personal", "network": "net-b"})
+        self.api.post("/v1/apps", {"name": "plain-c", "org_slug": "personal"})
+        self.api.post("/v1/apps", {"name": "plain-d", "org_slug": "personal"})
+        self.assertEqual(self.api.get("/v1/apps/net-a").json()["network"], "net-a")
+        self.assertEqual(self.api.get("/v1/apps/plain-c").json()["network"], "default")
+        self.assertEqual(self.ctl("GET", "state")["apps"]["net-b"]["network"], "net-b")
+        self.assertFalse(self.ctl("GET", "reachable?from=net-a&to=net-b")["reachable"])
+        self.assertFalse(self.ctl("GET", "reachable?from=net-a&to=plain-c")["reachable"])
+        self.assertTrue(self.ctl("GET", "reachable?from=plain-c&to=plain-d")["reachable"])
+        self.assertTrue(self.ctl("GET", "reachable?from=net-a&to=net-a")["reachable"])
+        self.assertEqual(self.ctl_api.get("/__flysim/reachable?from=net-a&to=nope").status, 404)
+
+    def test_assign_list_and_delete(self):
+        self.api.post("/v1/apps", {"name": "ips", "org_slug": "personal", "network": "ips"})
+        self.assertEqual(self.api.get("/v1/apps/ips/ip_assignments").json(), {"ips": []})
+        v4 = self.api.post("/v1/apps/ips/ip_assignments", {"type": "shared_v4", "network": "ips"})
+        self.assertEqual(v4.status, 200, v4.body)
+        self.assertTrue(v4.json()["shared"])
+        self.assertTrue(v4.json()["ip"].startswith("192.0.2."))
+        v6 = self.api.post("/v1/apps/ips/ip_assignments", {"type": "v6"}).json()
+        self.assertTrue(v6["ip"].startswith("2001:db8:"))
+        self.assertFalse(v6["shared"])
+        # Every request assigns another address: only listing first keeps a client to one of each.
+        self.api.post("/v1/apps/ips/ip_assignments", {"type": "v6"})
+        listed = self.api.get("/v1/apps/ips/ip_assignments").json()["ips"]
+        self.assertEqual(len(listed), 3)
+        self.assertEqual(set(listed[0]), {"ip", "region", "shared", "egress", "service_name", "created_at"})
+        self.assertEqual([e["type"] for e in self.ctl("GET", "state")["apps"]["ips"]["ips"]], ["shared_v4", "v6", "v6"])
+        self.assertEqual(self.api.delete(f"/v1/apps/ips/ip_assignments/{v6['ip']}").status, 204)
+        self.assertEqual(self.api.delete(f"/v1/apps/ips/ip_assignments/{v6['ip']}").status, 404)
+        self.assertEqual(len(self.api.get("/v1/apps/ips/ip_assignments").json()["ips"]), 2)
+        # Another network than the app's, a type Fly does not know, another org's app.
+        self.assertEqual(self.api.post("/v1/apps/ips/ip_assignments", {"type": "v6", "network": "x"}).status, 400)
+        self.assertEqual(self.api.post("/v1/apps/ips/ip_assignments", {"type": "v5"}).status, 400)
+        self.assertEqual(self.client(OTHER_TOKEN).get("/v1/apps/ips/ip_assignments").status, 403)
+        self.assertEqual(self.api.get("/v1/apps/nope/ip_assignments").status, 404)
+
+    def test_health_needs_a_service_and_an_ip_when_configured(self):
+        self.reset(health_needs_service_and_ip=True, boot_delay_ms=0)
+        service = [{"protocol": "tcp", "internal_port": 8080,
+                    "ports": [{"port": 443, "handlers": ["tls", "http"]},
+                              {"port": 80, "handlers": ["http"], "force_https": True}],
+                    "autostop": "off", "autostart": True, "min_machines_running": 1}]
+        checks = {"pg_fly_health": {"type": "http", "port": 8080, "path": "/health", "interval": "15s"}}
+        for name, config in (("bare", machine_config()),
+                             ("served", machine_config(services=service, checks=checks))):
+            self.create_app(name)
+            machine = self.create_machine(name, config=config)
+            self.wait(name, machine["id"])
+        self.assertEqual([c["name"] for c in self.machine("served", machine["id"])["checks"]], ["pg_fly_health"])
+
+        def probe(name):
+            api = Api(token=None)
+            try:
+                return api.get(f"/__flysim/apps/{name}/health").status
+            except (OSError, http.client.HTTPException):
+                return "unreachable"
+            finally:
+                api.close()
+
+        self.assertEqual(probe("served"), "unreachable")  # a service, but no IP yet
+        for name in ("bare", "served"):
+            self.api.post(f"/v1/apps/{name}/ip_assignments", {"type": "shared_v4"})
+        self.assertEqual(probe("bare"), "unreachable")    # an IP, but nothing to route to
+        self.assertEqual(probe("served"), 200)
+        self.reset(boot_delay_ms=0)                        # off by default
+        self.create_app("bare")
+        machine = self.create_machine("bare")
+        self.wait("bare", machine["id"])
+        self.assertEqual(probe("bare"), 200)
+
+
 class AuthTests(SimTestCase):
     def test_missing_or_invalid_token_is_401_with_flys_body(self):
         self.create_app("authed")
@@ -869,7 +947,8 @@ class SchemaConformanceTests(unittest.TestCase):
 
     def test_routes_exist_in_the_spec(self):
         for shape, methods in flysim.ROUTES.items():
-            names = iter(("{org_slug}" if shape[0] == "orgs" else "{app_name}", "{machine_id}"))
+            names = iter(("{org_slug}" if shape[0] == "orgs" else "{app_name}",
+                          "{ip}" if "ip_assignments" in shape else "{machine_id}"))
             path = "/v1/" + "/".join(next(names) if seg == "*" else seg for seg in shape)
             self.assertIn(path, self.spec["paths"])
             for method in methods:
@@ -896,6 +975,9 @@ class SchemaConformanceTests(unittest.TestCase):
                 "OrgMachinesResponse": api.get("/v1/orgs/personal/machines").json(),
                 "OrgMachine": api.get("/v1/orgs/personal/machines").json()["machines"][0],
                 "ErrorResponse": api.get("/v1/apps/nope").json(),
+                "AssignIPResponse": api.post("/v1/apps/conform/ip_assignments", {"type": "v6"}).json(),
+                "listIPAssignmentsResponse": api.get("/v1/apps/conform/ip_assignments").json(),
+                "IPAssignment": api.get("/v1/apps/conform/ip_assignments").json()["ips"][0],
             }
             for name, sample in samples.items():
                 allowed = set(self.schemas[name]["properties"])

@@ -101,7 +101,7 @@ class SeedFlowTest(ProvisioningTestCase):
         # Both create_app keys were sent, and every request was authenticated.
         fly_requests = [r for r in self.sim.requests()["requests"] if r["path"].startswith("/v1/")]
         creates = [r for r in fly_requests if r["endpoint"] == "create_app"]
-        self.assertEqual(creates[0]["body"], {"name": name, "app_name": name, "org_slug": "personal"})
+        self.assertEqual(creates[0]["body"], {"name": name, "app_name": name, "org_slug": "personal", "network": name})
         self.assertTrue(all(r["headers"].get("authorization") == "Bearer <redacted>" for r in fly_requests))
 
     def test_hundred_users_in_one_transaction(self):

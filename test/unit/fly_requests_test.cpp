@@ -69,6 +69,8 @@ TEST(EndpointName, MatchesTheSimulatorNames) {
 	EXPECT_STREQ(EndpointName(Endpoint::kStopMachine), "stop_machine");
 	EXPECT_STREQ(EndpointName(Endpoint::kStartMachine), "start_machine");
 	EXPECT_STREQ(EndpointName(Endpoint::kDeleteMachine), "delete_machine");
+	EXPECT_STREQ(EndpointName(Endpoint::kListIpAssignments), "list_ip_assignments");
+	EXPECT_STREQ(EndpointName(Endpoint::kAssignIp), "assign_ip");
 }
 
 TEST(PercentEncode, KeepsUnreservedAndEncodesTheRest) {
@@ -199,6 +201,65 @@ TEST(CreateMachineRequest, OptionalFieldsAreOmitted) {
 	EXPECT_TRUE(config.Get("metadata").IsObject());
 	MachineSpec no_image;
 	EXPECT_THROW(CreateMachineRequest("app-1", no_image), std::invalid_argument);
+}
+
+TEST(CreateMachineRequest, NoServicesOrChecksWithoutAPort) {
+	const Json config = Body(CreateMachineRequest("app-1", SampleSpec())).Get("config");
+	EXPECT_FALSE(config.Get("services").HasValue());
+	EXPECT_FALSE(config.Get("checks").HasValue());
+}
+
+TEST(CreateMachineRequest, ServiceAndHttpCheckWithAPort) {
+	MachineSpec spec = SampleSpec();
+	spec.service.internal_port = 8080;
+	spec.service.health_path = "/healthz";
+	const Json config = Body(CreateMachineRequest("app-1", spec)).Get("config");
+	const Json services = config.Get("services");
+	ASSERT_TRUE(services.IsArray());
+	ASSERT_EQ(services.Size(), 1u);
+	const Json service = services.At(0);
+	EXPECT_EQ(service.GetString("protocol"), "tcp");
+	EXPECT_EQ(service.GetInteger("internal_port"), 8080);
+	EXPECT_EQ(service.GetString("autostop"), "off");
+	EXPECT_EQ(service.GetBool("autostart"), true);
+	EXPECT_EQ(service.GetInteger("min_machines_running"), 1);
+	const Json ports = service.Get("ports");
+	ASSERT_EQ(ports.Size(), 2u);
+	EXPECT_EQ(ports.At(0).GetInteger("port"), 443);
+	EXPECT_EQ(ports.At(0).Get("handlers").Dump(), "[\"tls\",\"http\"]");
+	EXPECT_FALSE(ports.At(0).Get("force_https").HasValue());
+	EXPECT_EQ(ports.At(1).GetInteger("port"), 80);
+	EXPECT_EQ(ports.At(1).Get("handlers").Dump(), "[\"http\"]");
+	EXPECT_EQ(ports.At(1).GetBool("force_https"), true);
+	const Json check = config.Get("checks").Get("pg_fly_health");
+	EXPECT_EQ(check.GetString("type"), "http");
+	EXPECT_EQ(check.GetInteger("port"), 8080);
+	EXPECT_EQ(check.GetString("path"), "/healthz");
+	EXPECT_EQ(check.GetString("method"), "GET");
+	EXPECT_EQ(check.GetString("interval"), "15s"); // durations are Go duration strings, never numbers
+	EXPECT_EQ(check.GetString("timeout"), "5s");
+	EXPECT_EQ(check.GetString("grace_period"), "10s");
+	// An update carries the same service: it replaces the whole config.
+	EXPECT_EQ(Body(UpdateMachineRequest("app-1", "m1", spec)).Get("config").Dump(), config.Dump());
+}
+
+TEST(IpAssignmentRequests, ListAndAssignWithNetwork) {
+	const Request list = ListIpAssignmentsRequest("vyx-user-1");
+	EXPECT_EQ(list.method, "GET");
+	EXPECT_EQ(list.path, "/v1/apps/vyx-user-1/ip_assignments");
+	EXPECT_FALSE(list.body_json.has_value());
+	const Request assign = AssignIpRequest("vyx-user-1", "shared_v4", std::string("vyx-user-1"));
+	EXPECT_EQ(assign.method, "POST");
+	EXPECT_EQ(assign.path, "/v1/apps/vyx-user-1/ip_assignments");
+	EXPECT_EQ(assign.endpoint, Endpoint::kAssignIp);
+	const Json body = Body(assign);
+	EXPECT_EQ(body.Keys(), (std::vector<std::string>{"type", "network"}));
+	EXPECT_EQ(body.GetString("type"), "shared_v4");
+	EXPECT_EQ(body.GetString("network"), "vyx-user-1");
+	EXPECT_EQ(Body(AssignIpRequest("a", "v6")).Keys(), (std::vector<std::string>{"type"}));
+	EXPECT_THROW(AssignIpRequest("", "v6"), std::invalid_argument);
+	EXPECT_THROW(AssignIpRequest("a", ""), std::invalid_argument);
+	EXPECT_THROW(ListIpAssignmentsRequest(""), std::invalid_argument);
 }
 
 TEST(UpdateMachineRequest, SameConfigWithoutRegionOrName) {

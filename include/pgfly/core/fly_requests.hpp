@@ -28,6 +28,8 @@ enum class Endpoint {
 	kStopMachine,
 	kStartMachine,
 	kDeleteMachine,
+	kListIpAssignments,
+	kAssignIp,
 	// Not Fly's API: a user app's own health endpoint (absolute URL, no token).
 	kAppHealth,
 };
@@ -59,6 +61,16 @@ struct Guest {
 	int memory_mb = 256;
 };
 
+// The one public service a user app's machine offers when an internal port is configured: Fly's proxy takes
+// 443 (TLS + HTTP) and 80 (HTTP, redirected to HTTPS) to internal_port, and an HTTP check asks health_path.
+// The name of pg_fly's HTTP check (a key of fly.MachineConfig.checks).
+constexpr const char *kHealthCheckName = "pg_fly_health";
+
+struct AppService {
+	int internal_port = 0; // 0: no service, no check (the config carries neither)
+	std::string health_path = "/health";
+};
+
 struct MachineSpec {
 	std::string image;
 	Guest guest;
@@ -71,6 +83,7 @@ struct MachineSpec {
 	std::optional<int64_t> min_secrets_version;
 	// Create only: Fly generates a name when absent, and a name cannot be changed by an update.
 	std::optional<std::string> name;
+	AppService service;
 };
 
 // Percent-encodes everything but RFC 3986 unreserved characters; "." and ".." are encoded entirely so that no
@@ -108,6 +121,13 @@ Request StopMachineRequest(const std::string &app_name, const std::string &machi
 Request StartMachineRequest(const std::string &app_name, const std::string &machine_id);
 // DELETE /v1/apps/{app}/machines/{id}[?force=true]
 Request DeleteMachineRequest(const std::string &app_name, const std::string &machine_id, bool force = false);
+
+// GET /v1/apps/{app}/ip_assignments
+Request ListIpAssignmentsRequest(const std::string &app_name);
+// POST /v1/apps/{app}/ip_assignments {"type", "network"}: type is an IPAssignmentType ("shared_v4", "v6", ...);
+// network only if given (the app's private network, so that the address belongs to it).
+Request AssignIpRequest(const std::string &app_name, const std::string &type,
+						const std::optional<std::string> &network = std::nullopt);
 
 // GET <url> without the Fly token: a user app's own health endpoint.
 Request AppHealthRequest(const std::string &url);

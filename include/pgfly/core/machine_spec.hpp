@@ -26,7 +26,13 @@ struct MachineFacts {
 	std::string image;
 	fly::Guest guest;
 	std::string region;
+	// The service pg_fly configures, as the config holds it: the first service's internal port (0: none) and the
+	// path of pg_fly's HTTP check.
+	fly::AppService service;
 };
+
+// Whether a machine's config carries the service (or, with port 0, none) that settings ask for.
+bool SameService(const fly::AppService &have, const fly::AppService &want);
 
 // The full machine config pg_fly runs for a user: the operator's env, then RUN_MODE and USER_ID (which win),
 // and the metadata that finds the machine again. An update replaces the whole config, so every request that

@@ -63,6 +63,11 @@ struct Settings {
 	double ambiguous_create_wait_seconds = 30;
 	// How many "insufficient_capacity" answers one region gets before the next fallback region is tried.
 	int capacity_retries = 3;
+	// fly.app_network: each new app gets a private network named after it, unless shared (the org's default).
+	bool shared_network = false;
+	// fly.app_internal_port and fly.app_health_path: with a port, machines carry a service and an HTTP check, and
+	// the app gets a shared IPv4 and an IPv6 (docs/fly-api.md).
+	fly::AppService service;
 };
 
 struct Target {
@@ -170,6 +175,8 @@ private:
 		kWaitAppVisible,
 		kGetTakenApp,
 		kSetSecrets,
+		kListIps,
+		kAssignIp,
 		kFindMachine,
 		kCreateMachine,
 		kFindCreatedMachine,
@@ -228,6 +235,14 @@ private:
 	Step OnStartMachine(const fly::Outcome &outcome);
 	Step OnWaitStopped(const fly::Outcome &outcome);
 	Step OnWaitStarted(const fly::Outcome &outcome);
+	// Networks and public addresses (reconcile_provision.cpp).
+	std::optional<std::string> AppNetwork() const;
+	fly::Request AppCreateRequest() const;
+	bool NeedsIpCheck() const;
+	Step ListIps(Step step);
+	Step AssignNextIp(Step step);
+	Step OnListIps(const fly::Outcome &outcome);
+	Step OnAssignIp(const fly::Outcome &outcome);
 
 	// Deprovisioning (reconcile_deprovision.cpp).
 	Step StartDeprovision();
@@ -261,6 +276,10 @@ private:
 	std::vector<std::string> machines_to_stop_;
 	std::vector<std::string> extra_machines_;
 	std::optional<machine::MachineFacts> adopted_;
+	// The app's addresses were listed in this operation; the types still to assign, and the one in flight.
+	bool ips_checked_ = false;
+	std::vector<std::string> ips_to_assign_;
+	std::string assigning_ip_type_;
 };
 
 } // namespace reconcile
