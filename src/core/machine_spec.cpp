@@ -26,6 +26,8 @@ FactsFrom(const Json &machine) {
 	Json config = machine.Get("config");
 	facts.image = config.GetString("image").value_or("");
 	facts.guest = GuestFrom(config);
+	facts.metadata_user_id = config.Get("metadata").GetString(kUserMetadataKey).value_or("");
+	facts.env_user_id = config.Get("env").GetString("USER_ID").value_or("");
 	return facts;
 }
 

@@ -147,6 +147,9 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 		}
 	}
 	if (live.empty()) {
+		if (phase_ == Phase::kFindMachine && app_was_there_ && !looked_for_unmarked_) {
+			return FindUnmarkedMachine(std::move(step), outcome); // the previous system's machine, maybe
+		}
 		if (phase_ == Phase::kFindCreatedMachine) {
 			if (now_ >= create_settles_at_) {
 				return CreateMachine(std::move(step)); // long enough: that creation did not happen
@@ -225,6 +228,9 @@ Operation::AdoptMachine(Step step) {
 	if (!adopted_) {
 		app_->machine_id.clear();
 		return CreateMachine(std::move(step));
+	}
+	if (adopting_unmarked_) {
+		return AdoptUnmarkedMachine(std::move(step));
 	}
 	const MachineFacts &chosen = *adopted_;
 	if (app_->machine_id != chosen.id) {
@@ -315,6 +321,7 @@ Operation::OnGetTakenApp(const fly::Outcome &outcome) {
 		return Retry(unusable, "get_app");
 	}
 	if (outcome.kind == OutcomeKind::kSuccess && org == settings_.org_slug) {
+		app_was_there_ = true;
 		return AppExists(std::move(step), outcome, "app_reused");
 	}
 	if (outcome.kind == OutcomeKind::kForbidden || outcome.kind == OutcomeKind::kSuccess) {

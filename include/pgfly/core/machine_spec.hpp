@@ -26,6 +26,10 @@ struct MachineFacts {
 	std::string image;
 	fly::Guest guest;
 	std::string region;
+	// Who the machine belongs to: pg_fly's metadata (empty on a machine pg_fly never configured), and the
+	// USER_ID in its env (the previous system marked its machines only so).
+	std::string metadata_user_id;
+	std::string env_user_id;
 };
 
 // The full machine config pg_fly runs for a user: the operator's env, then RUN_MODE and USER_ID (which win),

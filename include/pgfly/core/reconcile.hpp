@@ -95,6 +95,14 @@ struct Event {
 	std::string details_json = "{}";
 };
 
+// A machine in the user's app that belongs to nobody (neither pg_fly's metadata nor the env's USER_ID names the
+// user): reported (fly.orphan_machines, an orphan_machine_found event the first time), never touched.
+struct OrphanMachine {
+	std::string app_name;
+	std::string machine_id;
+	std::string user_id_env; // the env's USER_ID, empty when it has none
+};
+
 enum class Completion {
 	kContinue, // send `request` next (after `retry_after_seconds` when `failed_attempt`)
 	kDone,     // the user's app matches the target
@@ -119,6 +127,8 @@ struct Step {
 	// this long. Unlike Fly's Retry-After it is not capped by fly.retry_max_delay: shortened, it would turn into
 	// many short retries, each costing an attempt.
 	double settle_seconds = 0;
+	// Machines found in the app that belong to nobody, to record.
+	std::vector<OrphanMachine> orphan_machines;
 };
 
 class Operation {
@@ -145,6 +155,7 @@ private:
 		kFindMachine,
 		kCreateMachine,
 		kFindCreatedMachine,
+		kFindUnmarkedMachine,
 		kDeleteExtraMachine,
 		kUpdateMachine,
 		kStartMachine,
@@ -190,6 +201,10 @@ private:
 	Step OnStartMachine(const fly::Outcome &outcome);
 	Step OnWaitStopped(const fly::Outcome &outcome);
 	Step OnWaitStarted(const fly::Outcome &outcome);
+	// Adopting a machine the previous system left (reconcile_adopt.cpp).
+	Step FindUnmarkedMachine(Step step, const fly::Outcome &user_list);
+	Step OnFindUnmarkedMachine(const fly::Outcome &outcome);
+	Step AdoptUnmarkedMachine(Step step);
 
 	// Deprovisioning (reconcile_deprovision.cpp).
 	Step StartDeprovision();
@@ -212,6 +227,13 @@ private:
 	std::vector<std::string> machines_to_stop_;
 	std::vector<std::string> extra_machines_;
 	std::optional<machine::MachineFacts> adopted_;
+	// Adoption of machines without pg_fly's metadata: whether the app was there before this operation (only then
+	// may it hold one), whether the app's whole machine list was read, the empty list of the user's machines
+	// that led there, and whether adopted_ is such a machine.
+	bool app_was_there_ = false;
+	bool looked_for_unmarked_ = false;
+	fly::Outcome user_list_;
+	bool adopting_unmarked_ = false;
 };
 
 } // namespace reconcile
