@@ -5,6 +5,8 @@
 #include <algorithm>
 
 #include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/machine_spec.hpp"
+#include "pgfly/pgfly_health_store.hpp"
 #include "pgfly/pg/transaction.hpp"
 
 namespace pgfly {
@@ -15,11 +17,16 @@ void
 JobRunner::StartOrphanPass() {
 	if (configuration_problem_.empty() && pg_atomic_exchange_u32(&shared_->orphan_pass_requested, 0) != 0) {
 		pending_.push_back(PendingRequest{Now(), OrphanJob{}, fly::ListAppsRequest(settings_.org_slug)});
+		StartOrphanMachineDeletions();
 	}
 }
 
 void
 JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
+	if (!work.machine_id.empty()) {
+		OnOrphanMachineDeleted(work, outcome);
+		return;
+	}
 	try {
 		if (!work.app_name.empty()) {
 			const bool gone = outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
@@ -63,6 +70,38 @@ JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 		}
 	} catch (const std::exception &e) {
 		Log(std::string("recording orphan apps failed: ") + e.what());
+	}
+}
+
+void
+JobRunner::StartOrphanMachineDeletions() {
+	try {
+		std::vector<std::pair<std::string, std::string>> machines;
+		pg::RunInTransaction("pg_fly: reading orphan machines to delete",
+							 [&](pg::SpiConnection &spi) { machines = OrphanMachinesToDelete(spi); });
+		for (const auto &[app, id] : machines) {
+			// Whoever can write the table must not steer the request elsewhere.
+			if (AppNameProblem(app) || !machine::IsUsableMachineId(id)) {
+				Log("an orphan machine marked for deletion is skipped: its app name or machine id is not usable");
+				continue;
+			}
+			// Forced: the machine is running (reported, never stopped), and it is to go.
+			pending_.push_back(PendingRequest{Now(), OrphanJob{app, id}, fly::DeleteMachineRequest(app, id, true)});
+		}
+	} catch (const std::exception &e) {
+		Log(std::string("reading orphan machines to delete failed: ") + e.what());
+	}
+}
+
+void
+JobRunner::OnOrphanMachineDeleted(const OrphanJob &work, const fly::Outcome &outcome) {
+	try {
+		const bool gone = outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
+		pg::RunInTransaction("pg_fly: recording an orphan machine deletion", [&](pg::SpiConnection &spi) {
+			RecordOrphanMachineDeleted(spi, work.app_name, work.machine_id, gone ? "" : outcome.message);
+		});
+	} catch (const std::exception &e) {
+		Log(std::string("recording an orphan machine deletion failed: ") + e.what());
 	}
 }
 

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "pgfly/core/reconcile.hpp"
 #include "pgfly/pg/spi.hpp"
 
 namespace pgfly {
@@ -31,5 +32,14 @@ bool RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char
 std::vector<std::string> RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 									   const std::vector<std::pair<std::string, std::string>> &apps_with_prefix);
 void RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error);
+
+// Records machines found in a user's app that belong to nobody (fly.orphan_machines), with an
+// orphan_machine_found event for each one not reported yet. Nothing before the schema has the table.
+void RecordOrphanMachines(pg::SpiConnection &spi, int64_t app_id, const std::string &user_id,
+						  const std::vector<reconcile::OrphanMachine> &machines);
+// The reported orphan machines marked for deletion that no live row records as its machine: (app, machine id).
+std::vector<std::pair<std::string, std::string>> OrphanMachinesToDelete(pg::SpiConnection &spi);
+void RecordOrphanMachineDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &machine_id,
+								const std::string &error);
 
 } // namespace pgfly

@@ -77,9 +77,10 @@ private:
 		// The machine's verdict, kept while the app's own endpoint is asked.
 		std::string machine_state;
 	};
-	// Listing the organization's apps (empty name) or deleting one orphan app.
+	// Listing the organization's apps (empty name), deleting one orphan app, or one orphan machine (machine_id).
 	struct OrphanJob {
 		std::string app_name;
+		std::string machine_id;
 	};
 	// One app's machine moving to a rollout's image.
 	struct RolloutJob {
@@ -137,6 +138,9 @@ private:
 
 	// pgfly_orphan_runner.cpp
 	void StartOrphanPass();
+	// Destroys the orphan machines fly.delete_orphan_machines() marked, and records each answer.
+	void StartOrphanMachineDeletions();
+	void OnOrphanMachineDeleted(const OrphanJob &work, const fly::Outcome &outcome);
 
 	// pgfly_policy_runner.cpp: queues what fly.tier_policies changes ask for (fly._apply_policy_changes), one
 	// short transaction per pass of the loop while there is more, when asked at a policy's commit, and every
