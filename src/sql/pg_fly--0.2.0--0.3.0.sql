@@ -1235,28 +1235,27 @@ BEGIN
         src fly.tier_source;
         skipped bigint;
         seen timestamptz;
-        -- What uuid_in accepts: 32 hex digits, optionally in braces, with or without the dashes.
-        uuid_pattern constant text := '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$';
-        -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (CASE keeps the cast from failing).
-        paid constant text := 'SELECT CASE WHEN s.%1$I::text ~* $1 THEN s.%1$I::text::uuid END AS uid, '
-                              's.%1$I IS NOT NULL AS has_id, s.%2$I::text AS tier FROM %3$s s '
-                              'JOIN fly.tier_policies p ON p.tier = s.%2$I::text AND p.dedicated_app';
     BEGIN
+        PERFORM fly._refuse_in_restricted_operation();
         src := fly._tier_source();
-        EXECUTE format('SELECT count(*) FROM (' || paid || ') s WHERE s.has_id AND s.uid IS NULL',
-                       src.user_column, src.tier_column, src.table_name)
-           INTO skipped USING uuid_pattern;
+        SELECT count(*) INTO skipped FROM fly.unusable_subscriptions();
         IF skipped > 0 THEN
             RAISE WARNING '% subscription row(s) on a paid tier have a user id that is not a uuid; they are skipped',
-                skipped USING HINT = format('Find them with: SELECT * FROM %s WHERE %I::text !~* %L',
-                                            src.table_name, src.user_column, uuid_pattern);
+                skipped USING HINT = 'Find them with: SELECT * FROM fly.unusable_subscriptions();';
         END IF;
-        FOR user_id, tier IN EXECUTE format(
-            'SELECT s.uid, s.tier FROM (' || paid || ') s WHERE s.uid IS NOT NULL '
-            'AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = s.uid AND a.deleted_at IS NULL '
-            '                AND a.status <> ''failed'') '
-            'AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = s.uid) '
-            'ORDER BY 1', src.user_column, src.tier_column, src.table_name) USING uuid_pattern
+        -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (fly._as_uuid, the trigger's rule: it
+        -- never fails, wherever the planner evaluates it).
+        FOR user_id, tier IN
+            SELECT s.uid, s.tier
+              FROM (SELECT fly._as_uuid(r.user_id) AS uid, r.tier
+                      FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
+                      JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app) s
+             WHERE s.uid IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = s.uid AND a.deleted_at IS NULL
+                               AND a.status <> 'failed')
+               AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = s.uid)
+               AND NOT EXISTS (SELECT 1 FROM fly.manual_teardowns t WHERE t.user_id = s.uid)
+             ORDER BY 1
         LOOP
             IF NOT dry_run THEN
                 PERFORM fly._enqueue_reconcile(user_id, 'present', tier, 'onboarding');
