@@ -181,4 +181,32 @@ RecordOrphanMachineDeleted(pg::SpiConnection &spi, const std::string &app_name, 
 			  {app_name, machine_id, error.empty() ? std::nullopt : pg::Value(error)});
 }
 
+std::vector<OrphanMachineCheck>
+LoadOrphanMachineChecks(pg::SpiConnection &spi) {
+	std::vector<OrphanMachineCheck> apps;
+	if (!HaveOrphanMachines(spi)) {
+		return apps;
+	}
+	for (const auto &row : spi.Query("SELECT id, user_id, fly_app_name FROM fly.user_fly_apps WHERE deleted_at IS NULL "
+									 "ORDER BY id",
+									 {}, true)) {
+		apps.push_back(OrphanMachineCheck{ToInt(row[0]), row[1].value_or(""), row[2].value_or("")});
+	}
+	return apps;
+}
+
+void
+RecordOrphanMachinesGone(pg::SpiConnection &spi, const std::string &app_name,
+						 const std::vector<std::string> &listed_ids) {
+	Json ids = Json::Array();
+	for (const auto &id : listed_ids) {
+		ids.Append(Json::String(id));
+	}
+	spi.Query("UPDATE fly.orphan_machines o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
+			  "AND o.fly_app_name OPERATOR(pg_catalog.=) $1 AND NOT EXISTS (SELECT 1 FROM "
+			  "pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS l (id) "
+			  "WHERE l.id OPERATOR(pg_catalog.=) o.fly_machine_id)",
+			  {app_name, ids.Dump()});
+}
+
 } // namespace pgfly

@@ -27,6 +27,10 @@ JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 		OnOrphanMachineDeleted(work, outcome);
 		return;
 	}
+	if (work.check.app_id != 0) {
+		OnOrphanMachineList(work, outcome);
+		return;
+	}
 	try {
 		if (!work.app_name.empty()) {
 			const bool gone = outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
@@ -68,6 +72,7 @@ JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 		for (const auto &name : to_delete) {
 			pending_.push_back(PendingRequest{Now(), OrphanJob{name}, fly::DeleteAppRequest(name)});
 		}
+		StartOrphanMachineLists();
 	} catch (const std::exception &e) {
 		Log(std::string("recording orphan apps failed: ") + e.what());
 	}
@@ -102,6 +107,64 @@ JobRunner::OnOrphanMachineDeleted(const OrphanJob &work, const fly::Outcome &out
 		});
 	} catch (const std::exception &e) {
 		Log(std::string("recording an orphan machine deletion failed: ") + e.what());
+	}
+}
+
+void
+JobRunner::StartOrphanMachineLists() {
+	try {
+		std::vector<OrphanMachineCheck> apps;
+		pg::RunInTransaction("pg_fly: reading live apps for orphan machines",
+							 [&](pg::SpiConnection &spi) { apps = LoadOrphanMachineChecks(spi); });
+		for (auto &app : apps) {
+			if (AppNameProblem(app.app_name)) {
+				continue; // never put into a path what Fly would not accept as a name
+			}
+			fly::Request request = fly::ListMachinesRequest(app.app_name, {});
+			pending_.push_back(PendingRequest{Now(), OrphanJob{"", "", std::move(app)}, std::move(request)});
+		}
+	} catch (const std::exception &e) {
+		Log(std::string("reading live apps for orphan machines failed: ") + e.what());
+	}
+}
+
+// A machine of the app is the user's when pg_fly's metadata names the user, or when it has none and the env's
+// USER_ID does (provisioning's rule, UseMachine and OnFindUnmarkedMachine); any other is reported. The user's
+// machines are left to provisioning and health checks.
+void
+JobRunner::OnOrphanMachineList(const OrphanJob &work, const fly::Outcome &outcome) {
+	try {
+		if (outcome.kind != fly::OutcomeKind::kSuccess) {
+			if (outcome.kind != fly::OutcomeKind::kNotFound) {
+				Log("listing the machines of " + work.check.app_name + " failed: " + outcome.message);
+			}
+			return;
+		}
+		const machine::MachineList list = machine::MachinesFromList(outcome);
+		if (!list.problem.empty()) {
+			Log("the machines of " + work.check.app_name + " are not checked for orphans: " + list.problem);
+			return;
+		}
+		std::vector<reconcile::OrphanMachine> orphans;
+		std::vector<std::string> listed;
+		for (const auto &machine : list.machines) {
+			if (!machine::IsLiveMachine(machine.state)) {
+				continue;
+			}
+			listed.push_back(machine.id);
+			const std::string &user = work.check.user_id;
+			const bool users = machine.metadata_user_id == user ||
+							   (machine.metadata_user_id.empty() && machine.env_user_id == user);
+			if (!users) {
+				orphans.push_back(reconcile::OrphanMachine{work.check.app_name, machine.id, machine.env_user_id});
+			}
+		}
+		pg::RunInTransaction("pg_fly: recording orphan machines", [&](pg::SpiConnection &spi) {
+			RecordOrphanMachines(spi, work.check.app_id, work.check.user_id, orphans);
+			RecordOrphanMachinesGone(spi, work.check.app_name, listed);
+		});
+	} catch (const std::exception &e) {
+		Log(std::string("recording orphan machines failed: ") + e.what());
 	}
 }
 

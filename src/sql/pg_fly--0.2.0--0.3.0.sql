@@ -1167,7 +1167,9 @@ COMMENT ON FUNCTION fly.check_drift() IS
 -- Users moved over from the previous system have an app of pg_fly's name whose machine carries their id in its
 -- env (USER_ID) but none of pg_fly's metadata. Provisioning adopts that machine (machine_adopted) instead of
 -- creating a second one. A machine found in a user's app that belongs to nobody (another USER_ID, or none) is
--- reported here, with an orphan_machine_found event the first time, and deleted only when asked.
+-- reported here, with an orphan_machine_found event the first time, and deleted only when asked. Provisioning
+-- finds them when it reads an app's whole machine list; so does the orphan pass (fly.find_orphan_apps()), for
+-- every live app.
 --------------------------------------------------------------------------------------------------------------
 CREATE TABLE fly.orphan_machines (
     fly_app_name     text NOT NULL,

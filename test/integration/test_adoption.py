@@ -132,6 +132,39 @@ class AdoptionTest(ProvisioningTestCase):
         self.assertEqual(len(self.event_details("machine_adopted")), 1)
         self.assertEqual(self.pg.value("SELECT count(*) FROM fly.orphan_machines"), "0")
 
+    def test_the_orphan_pass_reports_machines_of_nobody_in_live_apps(self):
+        self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
+        self.settle()
+        ours = self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{USER}'")
+        # Machines that appear in the user's app later (a manual `fly machine run`, the previous system's deployer).
+        stray, gone = [m["id"] for m in self.sim.control("POST", "seeded_apps", {"name": app_name(USER), "machines": [
+            {"env": {"RUN_MODE": "user_dedicated", "USER_ID": OTHER_USER}}, {"env": {}}]})["machines"]]
+        for _ in range(2):  # a second pass reports nothing new
+            self.pg.sql("SELECT fly.find_orphan_apps()")
+            self.assertTrue(self.pg.wait_for("SELECT count(*) = 2 FROM fly.orphan_machines", timeout=15),
+                            self.pg.server_log()[-3000:])
+            self.assertTrue(self.pg.wait_for(
+                f"SELECT count(*) = 2 FROM fly.user_fly_app_events WHERE event_type = 'orphan_machine_found'",
+                timeout=5))
+        found = self.event_details("orphan_machine_found")
+        self.assertEqual(sorted((d["machine_id"], d["user_id_env"]) for d in found),
+                         sorted([(stray, OTHER_USER), (gone, None)]))
+        machines = self.fly_machines()
+        self.assertEqual(sorted(machines), sorted([ours, stray, gone]))
+        self.assertTrue(all(m["state"] == "started" for m in machines.values()))
+
+        # One disappears from Fly: the next pass says so. The other goes on request, the app's own machine stays.
+        self.sim.control("POST", f"machines/{app_name(USER)}/{gone}/state", {"state": "destroyed"})
+        self.pg.sql("SELECT fly.find_orphan_apps()")
+        self.assertTrue(self.pg.wait_for(f"SELECT deleted_at IS NOT NULL FROM fly.orphan_machines "
+                                         f"WHERE fly_machine_id = '{gone}'", timeout=15))
+        self.assertEqual(self.pg.value(f"SELECT fly.delete_orphan_machines('{app_name(USER)}')"), "1")
+        self.assertTrue(self.pg.wait_for(f"SELECT deleted_at IS NOT NULL FROM fly.orphan_machines "
+                                         f"WHERE fly_machine_id = '{stray}'", timeout=15))
+        self.assertEqual(list(self.fly_machines()), [ours])
+        self.assertEqual(self.pg.value(f"SELECT status FROM fly.user_fly_apps WHERE user_id = '{USER}'"), "active")
+        self.assertEqual(self.events().count("orphan_machine_found"), 2)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
