@@ -1263,13 +1263,18 @@ BEGIN
                 PERFORM fly._enqueue_reconcile(user_id, 'present', tier, 'onboarding');
             END IF;
             queued := NOT dry_run;
-            -- The worker's choice (FirstFreeNameAttempt): the first candidate no other user's live app holds.
-            SELECT c.name INTO app_name
-              FROM generate_series(0, 12) n, LATERAL (SELECT fly.app_name_for(user_id, n) AS name) c
-             WHERE c.name IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL
-                                  AND a.fly_app_name = c.name AND a.user_id <> onboard_existing_users.user_id)
-             ORDER BY n LIMIT 1;
+            -- The worker's choice: the user's live (failed) row's name, else (FirstFreeNameAttempt) the first
+            -- candidate no other user's live app holds.
+            SELECT a.fly_app_name INTO app_name FROM fly.user_fly_apps a
+             WHERE a.user_id = onboard_existing_users.user_id AND a.deleted_at IS NULL;
+            IF app_name IS NULL THEN
+                SELECT c.name INTO app_name
+                  FROM generate_series(0, 12) n, LATERAL (SELECT fly.app_name_for(user_id, n) AS name) c
+                 WHERE c.name IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL
+                                      AND a.fly_app_name = c.name AND a.user_id <> onboard_existing_users.user_id)
+                 ORDER BY n LIMIT 1;
+            END IF;
             SELECT o.last_seen_at INTO seen FROM fly.orphan_apps o
              WHERE o.fly_app_name = onboard_existing_users.app_name AND o.deleted_at IS NULL;
             on_fly := CASE
