@@ -131,16 +131,16 @@ RecordOrphanMachines(pg::SpiConnection &spi, int64_t app_id, const std::string &
 	}
 	for (const auto &machine : machines) {
 		// found_at is now() for a machine not reported before (or gone and back): only then is there an event.
-		auto rows = spi.Query(
-			"INSERT INTO fly.orphan_machines (fly_app_name, fly_machine_id, user_id_env, app_user_id) "
-			"VALUES ($1, $2, pg_catalog.left(NULLIF($3, ''), 200), $4::pg_catalog.uuid) "
-			"ON CONFLICT (fly_app_name, fly_machine_id) DO UPDATE SET last_seen_at = pg_catalog.now(), "
-			"user_id_env = excluded.user_id_env, app_user_id = excluded.app_user_id, deleted_at = NULL, "
-			"found_at = CASE WHEN fly.orphan_machines.deleted_at IS NULL THEN fly.orphan_machines.found_at "
-			"ELSE pg_catalog.now() END, delete_requested = fly.orphan_machines.delete_requested "
-			"AND fly.orphan_machines.deleted_at IS NULL "
-			"RETURNING found_at OPERATOR(pg_catalog.=) pg_catalog.now(), user_id_env",
-			{machine.app_name, machine.machine_id, machine.user_id_env, user_id});
+		auto rows =
+			spi.Query("INSERT INTO fly.orphan_machines (fly_app_name, fly_machine_id, user_id_env, app_user_id) "
+					  "VALUES ($1, $2, pg_catalog.left(NULLIF($3, ''), 200), $4::pg_catalog.uuid) "
+					  "ON CONFLICT (fly_app_name, fly_machine_id) DO UPDATE SET last_seen_at = pg_catalog.now(), "
+					  "user_id_env = excluded.user_id_env, app_user_id = excluded.app_user_id, deleted_at = NULL, "
+					  "found_at = CASE WHEN fly.orphan_machines.deleted_at IS NULL THEN fly.orphan_machines.found_at "
+					  "ELSE pg_catalog.now() END, delete_requested = fly.orphan_machines.delete_requested "
+					  "AND fly.orphan_machines.deleted_at IS NULL "
+					  "RETURNING found_at OPERATOR(pg_catalog.=) pg_catalog.now(), user_id_env",
+					  {machine.app_name, machine.machine_id, machine.user_id_env, user_id});
 		if (rows.empty() || rows[0][0].value_or("f") != "t") {
 			continue;
 		}
