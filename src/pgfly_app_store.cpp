@@ -4,6 +4,7 @@
 #include "pgfly/core/json.hpp"
 #include "pgfly/pg/sql_values.hpp"
 #include "pgfly/pgfly_guc.hpp"
+#include "pgfly/pgfly_health_store.hpp"
 #include "pgfly/pgfly_queue_store.hpp"
 #include "pgfly/pgfly_rollout_store.hpp"
 
@@ -318,6 +319,8 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 				  {context.app_id ? pg::Value(std::to_string(context.app_id)) : std::nullopt, context.user_id,
 				   event.type, status, event.details_json});
 	}
+
+	RecordOrphanMachines(spi, context.app_id, context.user_id, step.orphan_machines);
 
 	if (context.raise_alert) {
 		RaiseAlert(spi, context, step, status);

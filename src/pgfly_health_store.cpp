@@ -143,4 +143,102 @@ RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const s
 			  {app_name, error.empty() ? std::nullopt : pg::Value(error)});
 }
 
+namespace {
+
+bool
+HaveOrphanMachines(pg::SpiConnection &spi) {
+	return spi.Query("SELECT pg_catalog.to_regclass('fly.orphan_machines') IS NOT NULL", {}, true)
+			   .at(0)
+			   .at(0)
+			   .value_or("f") == "t";
+}
+
+} // namespace
+
+void
+RecordOrphanMachines(pg::SpiConnection &spi, int64_t app_id, const std::string &user_id,
+					 const std::vector<reconcile::OrphanMachine> &machines) {
+	if (machines.empty() || !HaveOrphanMachines(spi)) {
+		return;
+	}
+	for (const auto &machine : machines) {
+		// found_at is now() for a machine not reported before (or gone and back): only then is there an event.
+		auto rows =
+			spi.Query("INSERT INTO fly.orphan_machines (fly_app_name, fly_machine_id, user_id_env, app_user_id) "
+					  "VALUES ($1, $2, pg_catalog.left(NULLIF($3, ''), 200), $4::pg_catalog.uuid) "
+					  "ON CONFLICT (fly_app_name, fly_machine_id) DO UPDATE SET last_seen_at = pg_catalog.now(), "
+					  "user_id_env = excluded.user_id_env, app_user_id = excluded.app_user_id, deleted_at = NULL, "
+					  "found_at = CASE WHEN fly.orphan_machines.deleted_at IS NULL THEN fly.orphan_machines.found_at "
+					  "ELSE pg_catalog.now() END, delete_requested = fly.orphan_machines.delete_requested "
+					  "AND fly.orphan_machines.deleted_at IS NULL "
+					  "RETURNING found_at OPERATOR(pg_catalog.=) pg_catalog.now(), user_id_env",
+					  {machine.app_name, machine.machine_id, machine.user_id_env, user_id});
+		if (rows.empty() || rows[0][0].value_or("f") != "t") {
+			continue;
+		}
+		Json details = Json::Object();
+		details.Set("app_name", Json::String(machine.app_name));
+		details.Set("machine_id", Json::String(machine.machine_id));
+		details.Set("user_id_env", rows[0][1] ? Json::String(*rows[0][1]) : Json::Null());
+		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+				  "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, 'orphan_machine_found', (SELECT a.status FROM "
+				  "fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8), $3::pg_catalog.jsonb)",
+				  {app_id ? pg::Value(std::to_string(app_id)) : std::nullopt, user_id, details.Dump()});
+	}
+}
+
+std::vector<std::pair<std::string, std::string>>
+OrphanMachinesToDelete(pg::SpiConnection &spi) {
+	std::vector<std::pair<std::string, std::string>> machines;
+	if (!HaveOrphanMachines(spi)) {
+		return machines;
+	}
+	// Checked again: a machine a live row records is the user's now, whatever was reported.
+	for (const auto &row : spi.Query("SELECT o.fly_app_name, o.fly_machine_id FROM fly.orphan_machines o "
+									 "WHERE o.delete_requested AND o.deleted_at IS NULL AND NOT EXISTS (SELECT 1 "
+									 "FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL AND a.fly_machine_id "
+									 "OPERATOR(pg_catalog.=) o.fly_machine_id) ORDER BY 1, 2",
+									 {}, true)) {
+		machines.emplace_back(row[0].value_or(""), row[1].value_or(""));
+	}
+	return machines;
+}
+
+void
+RecordOrphanMachineDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &machine_id,
+						   const std::string &error) {
+	spi.Query("UPDATE fly.orphan_machines SET deleted_at = CASE WHEN $3 IS NULL THEN pg_catalog.now() END, "
+			  "last_error = $3 WHERE fly_app_name OPERATOR(pg_catalog.=) $1 "
+			  "AND fly_machine_id OPERATOR(pg_catalog.=) $2",
+			  {app_name, machine_id, error.empty() ? std::nullopt : pg::Value(error)});
+}
+
+std::vector<OrphanMachineCheck>
+LoadOrphanMachineChecks(pg::SpiConnection &spi) {
+	std::vector<OrphanMachineCheck> apps;
+	if (!HaveOrphanMachines(spi)) {
+		return apps;
+	}
+	for (const auto &row : spi.Query("SELECT id, user_id, fly_app_name FROM fly.user_fly_apps WHERE deleted_at IS NULL "
+									 "ORDER BY id",
+									 {}, true)) {
+		apps.push_back(OrphanMachineCheck{ToInt(row[0]), row[1].value_or(""), row[2].value_or("")});
+	}
+	return apps;
+}
+
+void
+RecordOrphanMachinesGone(pg::SpiConnection &spi, const std::string &app_name,
+						 const std::vector<std::string> &listed_ids) {
+	Json ids = Json::Array();
+	for (const auto &id : listed_ids) {
+		ids.Append(Json::String(id));
+	}
+	spi.Query("UPDATE fly.orphan_machines o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
+			  "AND o.fly_app_name OPERATOR(pg_catalog.=) $1 AND NOT EXISTS (SELECT 1 FROM "
+			  "pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS l (id) "
+			  "WHERE l.id OPERATOR(pg_catalog.=) o.fly_machine_id)",
+			  {app_name, ids.Dump()});
+}
+
 } // namespace pgfly

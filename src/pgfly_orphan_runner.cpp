@@ -5,6 +5,8 @@
 #include <algorithm>
 
 #include "pgfly/core/app_naming.hpp"
+#include "pgfly/core/machine_spec.hpp"
+#include "pgfly/pgfly_health_store.hpp"
 #include "pgfly/pg/transaction.hpp"
 
 namespace pgfly {
@@ -15,11 +17,20 @@ void
 JobRunner::StartOrphanPass() {
 	if (configuration_problem_.empty() && pg_atomic_exchange_u32(&shared_->orphan_pass_requested, 0) != 0) {
 		pending_.push_back(PendingRequest{Now(), OrphanJob{}, fly::ListAppsRequest(settings_.org_slug)});
+		StartOrphanMachineDeletions();
 	}
 }
 
 void
 JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
+	if (!work.machine_id.empty()) {
+		OnOrphanMachineDeleted(work, outcome);
+		return;
+	}
+	if (work.check.app_id != 0) {
+		OnOrphanMachineList(work, outcome);
+		return;
+	}
 	try {
 		if (!work.app_name.empty()) {
 			const bool gone = outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
@@ -61,8 +72,99 @@ JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 		for (const auto &name : to_delete) {
 			pending_.push_back(PendingRequest{Now(), OrphanJob{name}, fly::DeleteAppRequest(name)});
 		}
+		StartOrphanMachineLists();
 	} catch (const std::exception &e) {
 		Log(std::string("recording orphan apps failed: ") + e.what());
+	}
+}
+
+void
+JobRunner::StartOrphanMachineDeletions() {
+	try {
+		std::vector<std::pair<std::string, std::string>> machines;
+		pg::RunInTransaction("pg_fly: reading orphan machines to delete",
+							 [&](pg::SpiConnection &spi) { machines = OrphanMachinesToDelete(spi); });
+		for (const auto &[app, id] : machines) {
+			// Whoever can write the table must not steer the request elsewhere.
+			if (AppNameProblem(app) || !machine::IsUsableMachineId(id)) {
+				Log("an orphan machine marked for deletion is skipped: its app name or machine id is not usable");
+				continue;
+			}
+			// Forced: the machine is running (reported, never stopped), and it is to go.
+			pending_.push_back(PendingRequest{Now(), OrphanJob{app, id}, fly::DeleteMachineRequest(app, id, true)});
+		}
+	} catch (const std::exception &e) {
+		Log(std::string("reading orphan machines to delete failed: ") + e.what());
+	}
+}
+
+void
+JobRunner::OnOrphanMachineDeleted(const OrphanJob &work, const fly::Outcome &outcome) {
+	try {
+		const bool gone = outcome.kind == fly::OutcomeKind::kSuccess || outcome.kind == fly::OutcomeKind::kNotFound;
+		pg::RunInTransaction("pg_fly: recording an orphan machine deletion", [&](pg::SpiConnection &spi) {
+			RecordOrphanMachineDeleted(spi, work.app_name, work.machine_id, gone ? "" : outcome.message);
+		});
+	} catch (const std::exception &e) {
+		Log(std::string("recording an orphan machine deletion failed: ") + e.what());
+	}
+}
+
+void
+JobRunner::StartOrphanMachineLists() {
+	try {
+		std::vector<OrphanMachineCheck> apps;
+		pg::RunInTransaction("pg_fly: reading live apps for orphan machines",
+							 [&](pg::SpiConnection &spi) { apps = LoadOrphanMachineChecks(spi); });
+		for (auto &app : apps) {
+			if (AppNameProblem(app.app_name)) {
+				continue; // never put into a path what Fly would not accept as a name
+			}
+			fly::Request request = fly::ListMachinesRequest(app.app_name, {});
+			pending_.push_back(PendingRequest{Now(), OrphanJob{"", "", std::move(app)}, std::move(request)});
+		}
+	} catch (const std::exception &e) {
+		Log(std::string("reading live apps for orphan machines failed: ") + e.what());
+	}
+}
+
+// A machine of the app is the user's when pg_fly's metadata names the user, or when it has none and the env's
+// USER_ID does (provisioning's rule, UseMachine and OnFindUnmarkedMachine); any other is reported. The user's
+// machines are left to provisioning and health checks.
+void
+JobRunner::OnOrphanMachineList(const OrphanJob &work, const fly::Outcome &outcome) {
+	try {
+		if (outcome.kind != fly::OutcomeKind::kSuccess) {
+			if (outcome.kind != fly::OutcomeKind::kNotFound) {
+				Log("listing the machines of " + work.check.app_name + " failed: " + outcome.message);
+			}
+			return;
+		}
+		const machine::MachineList list = machine::MachinesFromList(outcome);
+		if (!list.problem.empty()) {
+			Log("the machines of " + work.check.app_name + " are not checked for orphans: " + list.problem);
+			return;
+		}
+		std::vector<reconcile::OrphanMachine> orphans;
+		std::vector<std::string> listed;
+		for (const auto &machine : list.machines) {
+			if (!machine::IsLiveMachine(machine.state)) {
+				continue;
+			}
+			listed.push_back(machine.id);
+			const std::string &user = work.check.user_id;
+			const bool users =
+				machine.metadata_user_id == user || (machine.metadata_user_id.empty() && machine.env_user_id == user);
+			if (!users) {
+				orphans.push_back(reconcile::OrphanMachine{work.check.app_name, machine.id, machine.env_user_id});
+			}
+		}
+		pg::RunInTransaction("pg_fly: recording orphan machines", [&](pg::SpiConnection &spi) {
+			RecordOrphanMachines(spi, work.check.app_id, work.check.user_id, orphans);
+			RecordOrphanMachinesGone(spi, work.check.app_name, listed);
+		});
+	} catch (const std::exception &e) {
+		Log(std::string("recording orphan machines failed: ") + e.what());
 	}
 }
 

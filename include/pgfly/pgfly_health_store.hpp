@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "pgfly/core/reconcile.hpp"
 #include "pgfly/pg/spi.hpp"
 
 namespace pgfly {
@@ -41,5 +42,25 @@ bool RecordDuplicateDestroy(pg::SpiConnection &spi, const HealthTarget &target, 
 std::vector<std::string> RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 									   const std::vector<std::pair<std::string, std::string>> &apps_with_prefix);
 void RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error);
+
+// Records machines found in a user's app that belong to nobody (fly.orphan_machines), with an
+// orphan_machine_found event for each one not reported yet. Nothing before the schema has the table.
+void RecordOrphanMachines(pg::SpiConnection &spi, int64_t app_id, const std::string &user_id,
+						  const std::vector<reconcile::OrphanMachine> &machines);
+// A live app whose whole machine list the orphan pass reads, to find machines that belong to nobody.
+struct OrphanMachineCheck {
+	int64_t app_id = 0;
+	std::string user_id;
+	std::string app_name;
+};
+// Every live app (none before the schema has fly.orphan_machines).
+std::vector<OrphanMachineCheck> LoadOrphanMachineChecks(pg::SpiConnection &spi);
+// After an app's whole list was read: reported orphans of the app that it no longer holds are gone.
+void RecordOrphanMachinesGone(pg::SpiConnection &spi, const std::string &app_name,
+							  const std::vector<std::string> &listed_ids);
+// The reported orphan machines marked for deletion that no live row records as its machine: (app, machine id).
+std::vector<std::pair<std::string, std::string>> OrphanMachinesToDelete(pg::SpiConnection &spi);
+void RecordOrphanMachineDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &machine_id,
+								const std::string &error);
 
 } // namespace pgfly

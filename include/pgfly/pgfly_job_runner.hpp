@@ -81,9 +81,12 @@ private:
 		// Duplicates still to destroy.
 		std::vector<std::string> duplicates;
 	};
-	// Listing the organization's apps (empty name) or deleting one orphan app.
+	// Listing the organization's apps (empty name), deleting one orphan app, or one orphan machine (machine_id),
+	// or listing one live app's machines (check.app_id set) for machines that belong to nobody.
 	struct OrphanJob {
 		std::string app_name;
+		std::string machine_id;
+		OrphanMachineCheck check;
 	};
 	// One app's machine moving to a rollout's image.
 	struct RolloutJob {
@@ -145,6 +148,12 @@ private:
 
 	// pgfly_orphan_runner.cpp
 	void StartOrphanPass();
+	// Destroys the orphan machines fly.delete_orphan_machines() marked, and records each answer.
+	void StartOrphanMachineDeletions();
+	void OnOrphanMachineDeleted(const OrphanJob &work, const fly::Outcome &outcome);
+	// Lists every live app's machines, and records those that belong to nobody.
+	void StartOrphanMachineLists();
+	void OnOrphanMachineList(const OrphanJob &work, const fly::Outcome &outcome);
 
 	// pgfly_policy_runner.cpp: queues what fly.tier_policies changes ask for (fly._apply_policy_changes), one
 	// short transaction per pass of the loop while there is more, when asked at a policy's commit, and every

@@ -31,6 +31,8 @@ FactsFrom(const Json &machine) {
 		facts.service.internal_port = static_cast<int>(services.At(0).GetInteger("internal_port").value_or(0));
 	}
 	facts.service.health_path = config.Get("checks").Get(fly::kHealthCheckName).GetString("path").value_or("");
+	facts.metadata_user_id = config.Get("metadata").GetString(kUserMetadataKey).value_or("");
+	facts.env_user_id = config.Get("env").GetString("USER_ID").value_or("");
 	return facts;
 }
 

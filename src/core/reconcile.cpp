@@ -96,6 +96,8 @@ Operation::Handle(const fly::Outcome &outcome) {
 	case Phase::kFindMachine:
 	case Phase::kFindCreatedMachine:
 		return OnFindMachine(outcome);
+	case Phase::kFindUnmarkedMachine:
+		return OnFindUnmarkedMachine(outcome);
 	case Phase::kCreateMachine:
 		return OnCreateMachine(outcome);
 	case Phase::kDeleteExtraMachine:

@@ -252,6 +252,9 @@ Operation::UseMachine(Step step, const fly::Outcome &outcome) {
 			// The machine pg_fly created a moment ago may not be listed yet: look again, do not create another.
 			return Settle(outcome, machine_created_at_);
 		}
+		if (phase_ == Phase::kFindMachine && app_was_there_ && !looked_for_unmarked_) {
+			return FindUnmarkedMachine(std::move(step), outcome); // the previous system's machine, maybe
+		}
 		if (phase_ == Phase::kFindCreatedMachine) {
 			if (now_ >= create_settles_at_) {
 				return CreateMachine(std::move(step)); // long enough: that creation did not happen
@@ -331,6 +334,9 @@ Operation::AdoptMachine(Step step) {
 	if (!adopted_) {
 		app_->machine_id.clear();
 		return CreateMachine(std::move(step));
+	}
+	if (adopting_unmarked_) {
+		return AdoptUnmarkedMachine(std::move(step));
 	}
 	const MachineFacts &chosen = *adopted_;
 	machine_region_ = chosen.region;
@@ -431,6 +437,7 @@ Operation::OnGetTakenApp(const fly::Outcome &outcome) {
 		return Retry(unusable, "get_app");
 	}
 	if (outcome.kind == OutcomeKind::kSuccess && org == settings_.org_slug) {
+		app_was_there_ = true;
 		step = AppExists(std::move(step), outcome, "app_reused");
 		return AfterAppExists(std::move(step));
 	}

@@ -1246,3 +1246,136 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
+--------------------------------------------------------------------------------------------------------------
+-- Issue 14: adopting the previous system's apps
+-- Users moved over from the previous system have an app of pg_fly's name whose machine carries their id in its
+-- env (USER_ID) but none of pg_fly's metadata. Provisioning adopts that machine (machine_adopted) instead of
+-- creating a second one. A machine found in a user's app that belongs to nobody (another USER_ID, or none) is
+-- reported here, with an orphan_machine_found event the first time, and deleted only when asked. Provisioning
+-- finds them when it reads an app's whole machine list; so does the orphan pass (fly.find_orphan_apps()), for
+-- every live app.
+--------------------------------------------------------------------------------------------------------------
+CREATE TABLE fly.orphan_machines (
+    fly_app_name     text NOT NULL,
+    fly_machine_id   text NOT NULL,
+    user_id_env      text,                 -- the machine's env USER_ID; NULL when it has none
+    app_user_id      uuid,                 -- the user whose app it was found in
+    found_at         timestamptz NOT NULL DEFAULT now(),
+    last_seen_at     timestamptz NOT NULL DEFAULT now(),
+    delete_requested boolean NOT NULL DEFAULT false,
+    deleted_at       timestamptz,          -- deleted by pg_fly, or gone from Fly
+    last_error       text,
+    PRIMARY KEY (fly_app_name, fly_machine_id)
+);
+SELECT pg_catalog.pg_extension_config_dump('fly.orphan_machines', '');
+COMMENT ON TABLE fly.orphan_machines IS
+    'Machines found in a user''s app that belong to nobody (neither pg_fly''s metadata nor the env''s USER_ID names '
+    'the user); left running until fly.delete_orphan_machines() asks for their deletion';
+
+CREATE FUNCTION fly.delete_orphan_machines(app_name text DEFAULT NULL, machine_id text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    marked bigint;
+BEGIN
+    PERFORM fly._refuse_in_restricted_operation();
+    UPDATE fly.orphan_machines o SET delete_requested = true
+     WHERE o.deleted_at IS NULL AND (app_name IS NULL OR o.fly_app_name = app_name)
+       AND (machine_id IS NULL OR o.fly_machine_id = machine_id);
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    IF (app_name IS NOT NULL OR machine_id IS NOT NULL) AND marked = 0 THEN
+        RAISE EXCEPTION 'no reported orphan machine matches app "%" and machine "%"',
+            coalesce(app_name, '*'), coalesce(machine_id, '*')
+            USING ERRCODE = 'no_data_found', HINT = 'See fly.orphan_machines.';
+    END IF;
+    PERFORM fly._request_orphan_pass();
+    RETURN marked;
+END $$;
+COMMENT ON FUNCTION fly.delete_orphan_machines(text, text) IS
+    'Marks reported orphan machines (one, an app''s, or all) for deletion; the worker destroys them at its next '
+    'orphan pass (now). Returns how many were marked';
+REVOKE ALL ON fly.orphan_machines FROM PUBLIC;
+REVOKE ALL ON FUNCTION fly.delete_orphan_machines(text, text) FROM PUBLIC;
+
+-- Onboarding's dry run says which app each user would get and what happens to a machine the previous system left
+-- there. SQL does not call Fly: what the organization holds is known only from the last orphan pass
+-- (fly.find_orphan_apps(), which lists the apps of pg_fly's prefix no live row owns). New result columns need
+-- DROP + CREATE; the grants are carried over.
+DO $do$
+DECLARE
+    grants text[];
+    statement text;
+BEGIN
+    SELECT coalesce(array_agg(format('GRANT %s ON FUNCTION fly.onboard_existing_users(boolean) TO %s%s',
+                                     a.privilege_type,
+                                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
+      INTO grants
+      FROM pg_proc p, aclexplode(p.proacl) a
+      LEFT JOIN pg_roles r ON r.oid = a.grantee
+     WHERE p.oid = 'fly.onboard_existing_users(boolean)'::regprocedure AND a.grantee <> p.proowner;
+    DROP FUNCTION fly.onboard_existing_users(boolean);
+    CREATE FUNCTION fly.onboard_existing_users(dry_run boolean DEFAULT true)
+    RETURNS TABLE (user_id uuid, tier text, queued boolean, app_name text, on_fly text)
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    DECLARE
+        src fly.tier_source;
+        skipped bigint;
+        seen timestamptz;
+    BEGIN
+        PERFORM fly._refuse_in_restricted_operation();
+        src := fly._tier_source();
+        SELECT count(*) INTO skipped FROM fly.unusable_subscriptions();
+        IF skipped > 0 THEN
+            RAISE WARNING '% subscription row(s) on a paid tier have a user id that is not a uuid; they are skipped',
+                skipped USING HINT = 'Find them with: SELECT * FROM fly.unusable_subscriptions();';
+        END IF;
+        -- Paid-tier subscriptions; uid is NULL for an id that is not a uuid (fly._as_uuid, the trigger's rule: it
+        -- never fails, wherever the planner evaluates it).
+        FOR user_id, tier IN
+            SELECT s.uid, s.tier
+              FROM (SELECT fly._as_uuid(r.user_id) AS uid, r.tier
+                      FROM fly._subscription_rows(src.table_name, src.user_column, src.tier_column, NULL) r
+                      JOIN fly.tier_policies p ON p.tier = r.tier AND p.dedicated_app) s
+             WHERE s.uid IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.user_id = s.uid AND a.deleted_at IS NULL
+                               AND a.status <> 'failed')
+               AND NOT EXISTS (SELECT 1 FROM fly.reconcile_queue q WHERE q.user_id = s.uid)
+               AND NOT EXISTS (SELECT 1 FROM fly.manual_teardowns t WHERE t.user_id = s.uid)
+             ORDER BY 1
+        LOOP
+            IF NOT dry_run THEN
+                PERFORM fly._enqueue_reconcile(user_id, 'present', tier, 'onboarding');
+            END IF;
+            queued := NOT dry_run;
+            -- The worker's choice: the user's live (failed) row's name, else (FirstFreeNameAttempt) the first
+            -- candidate no other user's live app holds.
+            SELECT a.fly_app_name INTO app_name FROM fly.user_fly_apps a
+             WHERE a.user_id = onboard_existing_users.user_id AND a.deleted_at IS NULL;
+            IF app_name IS NULL THEN
+                SELECT c.name INTO app_name
+                  FROM generate_series(0, 12) n, LATERAL (SELECT fly.app_name_for(user_id, n) AS name) c
+                 WHERE c.name IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL
+                                      AND a.fly_app_name = c.name AND a.user_id <> onboard_existing_users.user_id)
+                 ORDER BY n LIMIT 1;
+            END IF;
+            SELECT o.last_seen_at INTO seen FROM fly.orphan_apps o
+             WHERE o.fly_app_name = onboard_existing_users.app_name AND o.deleted_at IS NULL;
+            on_fly := CASE
+                WHEN seen IS NOT NULL THEN format(
+                    'the app exists (orphan pass of %s): it is reused, and its machine whose env USER_ID is this user '
+                    'is adopted (machine_adopted) instead of a second one being created', seen)
+                ELSE 'not checked: SQL does not call Fly (run fly.find_orphan_apps() first to see the organization''s '
+                     'apps); if the app exists it is reused, and its machine whose env USER_ID is this user is '
+                     'adopted (machine_adopted) instead of a second one being created' END;
+            RETURN NEXT;
+        END LOOP;
+    END $fn$;
+    COMMENT ON FUNCTION fly.onboard_existing_users(boolean) IS
+        'Users whose tier needs an app and who have none, the app each would get and what happens on Fly; with '
+        'dry_run => false they are queued';
+    REVOKE ALL ON FUNCTION fly.onboard_existing_users(boolean) FROM PUBLIC;
+    FOREACH statement IN ARRAY grants LOOP
+        EXECUTE statement;
+    END LOOP;
+END $do$;

@@ -547,6 +547,8 @@ class Simulator:
             return model.json_reply(200, {"ok": True, "config": self.public_config(self.config)})
         if method == "POST" and rest == ["foreign_apps"]:
             return model.json_reply(200, self.take_foreign_names(data))
+        if method == "POST" and rest == ["seeded_apps"]:
+            return model.json_reply(200, world.seed_app(data))
         if head == "apps" and len(rest) == 3 and rest[2] == "health" and method == "POST":
             return model.json_reply(200, self.set_app_checks(self.control_app(rest[1]), data.get("checks")))
         if method == "GET" and rest == ["reachable"]:

@@ -584,6 +584,46 @@ class FlyWorld:
         while len(app.destroyed) > self.config["destroyed_retention"]:
             app.destroyed.popitem(last=False)
 
+    def seed_app(self, data):
+        """Control API: an app with machines as another deployer left them (the previous system: env RUN_MODE and
+        USER_ID, flyctl's metadata, none of pg_fly's), created directly in the state asked for."""
+        name = data.get("name")
+        org = data.get("org", "personal")
+        machines = data.get("machines", [])
+        if not isinstance(name, str) or not APP_NAME_RE.match(name) or not isinstance(org, str) \
+                or not isinstance(machines, list) or not all(isinstance(m, dict) for m in machines):
+            raise ApiError(400, 'body must be {"name": app, "org": slug, "machines": [{"env", "metadata", '
+                                '"image", "guest", "region", "state"}]}')
+        app = self.apps.get(name)
+        if app is None:
+            app = self.take_name(name, org)
+        elif app.org != org:
+            raise ApiError(409, f"app {name} belongs to org {app.org}")
+        out = []
+        for spec in machines:
+            state = spec.get("state", "started")
+            if state not in ("created", "started", "stopped", "suspended", "failed"):
+                raise ApiError(400, "state must be one of created, started, stopped, suspended, failed")
+            guest = spec.get("guest", {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256})
+            problem = guest_error(guest)
+            if problem:
+                raise ApiError(400, problem)
+            config = {"image": spec.get("image", "registry.fly.io/vyx-app:deployment-01"), "guest": guest,
+                      "env": dict(spec.get("env", {})), "restart": {"policy": "always"},
+                      "metadata": dict(spec.get("metadata", {"fly_platform_version": "v2",
+                                                              "fly_process_group": "app"}))}
+            machine_id = self.ids.hex(14)
+            while machine_id in self.machine_ids:
+                machine_id = self.ids.hex(14)
+            self.machine_ids.add(machine_id)
+            machine = Machine(app, machine_id, self.ids.machine_name(), spec.get("region", self.config["default_region"]),
+                              config, self.ids.ulid(), self.ids.private_ip(), self.config["synthetic_check"])
+            machine.created_mono -= 3600  # long since visible in every list
+            app.machines[machine_id] = machine
+            self.set_state(machine, state, "launch", "user")
+            out.append(self.machine_json(machine))
+        return {"app": name, "org": app.org, "machines": out}
+
     def force_state(self, machine, state):
         """Control API: put a machine into `state` as if it happened on the host."""
         if machine.timer:

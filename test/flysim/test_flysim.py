@@ -476,6 +476,43 @@ class NetworkAndIpTests(SimTestCase):
         self.assertEqual(probe("bare"), 200)
 
 
+class SeededAppTests(SimTestCase):
+    """The control API seeds an app as the previous system left it: machines with env RUN_MODE/USER_ID and flyctl's
+    metadata, none of pg_fly's; the API then serves them like any other."""
+
+    def test_a_seeded_machine_is_listed_without_a_metadata_filter_only(self):
+        seeded = self.ctl("POST", "seeded_apps", {"name": "vyx-user-5eed0001", "machines": [
+            {"env": {"RUN_MODE": "user_dedicated", "USER_ID": "u-1"}},
+            {"env": {"RUN_MODE": "user_dedicated"}, "state": "stopped", "region": "ams"}]})
+        self.assertEqual(seeded["org"], "personal")
+        first, second = seeded["machines"]
+        self.assertEqual((first["state"], second["state"], second["region"]), ("started", "stopped", "ams"))
+        self.assertEqual(first["config"]["metadata"], {"fly_platform_version": "v2", "fly_process_group": "app"})
+        listed = self.api.get("/v1/apps/vyx-user-5eed0001/machines").json()
+        self.assertEqual([m["id"] for m in listed], [first["id"], second["id"]])
+        self.assertEqual(listed[0]["config"]["env"]["USER_ID"], "u-1")
+        self.assertEqual(self.api.get("/v1/apps/vyx-user-5eed0001/machines?metadata.pg_fly_user_id=u-1").json(), [])
+        self.assertEqual(self.api.get("/v1/apps/vyx-user-5eed0001").json()["organization"]["slug"], "personal")
+        # The name is taken like any app's, and the machine is updated like any other.
+        answer = self.api.post("/v1/apps", {"name": "vyx-user-5eed0001", "org_slug": "personal"})
+        self.assertEqual(answer.status, 422)
+        config = dict(first["config"], metadata={"pg_fly_user_id": "u-1"})
+        self.assertEqual(self.api.post(f"/v1/apps/vyx-user-5eed0001/machines/{first['id']}", {"config": config}).status,
+                         200)
+        self.assertEqual(self.wait("vyx-user-5eed0001", first["id"]).status, 200)
+        self.assertEqual([m["id"] for m in self.api.get(
+            "/v1/apps/vyx-user-5eed0001/machines?metadata.pg_fly_user_id=u-1").json()], [first["id"]])
+
+    def test_bad_seeds_are_refused(self):
+        self.create_app("vyx-user-5eed0002", api=self.client(OTHER_TOKEN), org="other-org")
+        for body in ({"name": "Bad_Name"}, {"name": "vyx-user-5eed0003", "machines": [{"state": "destroyed"}]},
+                     {"name": "vyx-user-5eed0003", "machines": [{"guest": {"cpu_kind": "shared", "cpus": 3,
+                                                                           "memory_mb": 256}}]},
+                     {"name": "vyx-user-5eed0002"}):
+            result = self.ctl_api.call("POST", "/__flysim/seeded_apps", body)
+            self.assertIn(result.status, (400, 409), body)
+
+
 class AuthTests(SimTestCase):
     def test_missing_or_invalid_token_is_401_with_flys_body(self):
         self.create_app("authed")

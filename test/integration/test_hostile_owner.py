@@ -414,7 +414,8 @@ class HostileOwnerFollowUpTest(unittest.TestCase):
             CREATE POLICY everything ON hostile.rsubs USING (hostile.spoof())""")
         self.pg.sql("SELECT fly.attach_tier_trigger('hostile.rsubs', 'user_id', 'tier'); "
                     "GRANT EXECUTE ON FUNCTION fly.start_image_rollout(text, integer, integer, interval) TO hostile")
-        self.assertEqual(self.pg.sql("SELECT * FROM fly.onboard_existing_users(true)"), [[U_A, "pro", "f"]])
+        self.assertEqual(self.pg.sql("SELECT user_id, tier, queued FROM fly.onboard_existing_users(true)"),
+                         [[U_A, "pro", "f"]])
         self.assertEqual(self.pg.sql("SELECT id, started_by FROM fly.image_rollouts"), [])
         spoofs = [row[0] for row in self.pg.sql("SELECT DISTINCT result FROM hostile.spoofs")]
         self.assertEqual(len(spoofs), 1, spoofs)

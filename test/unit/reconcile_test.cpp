@@ -1510,8 +1510,11 @@ TEST(ReconcileSettle, AfterARestartTheRecordedAgesKeepTheWindowOpen) {
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
 	EXPECT_GT(step.delay_seconds, 0);
 	EXPECT_FALSE(step.app && step.app->pending_create);
-	// Once the machine is old enough, an empty list means it is gone: create one.
+	// Once the machine is old enough, an empty list means it is gone: after a look for a machine the previous
+	// system left in the app (none), create one.
 	operation.SetNow(51);
+	step = operation.OnOutcome(Ok("[]"));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines");
 	step = operation.OnOutcome(Ok("[]"));
 	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
 }

@@ -29,6 +29,10 @@ struct MachineFacts {
 	// The service pg_fly configures, as the config holds it: the first service's internal port (0: none) and the
 	// path of pg_fly's HTTP check.
 	fly::AppService service;
+	// Who the machine belongs to: pg_fly's metadata (empty on a machine pg_fly never configured), and the
+	// USER_ID in its env (the previous system marked its machines only so).
+	std::string metadata_user_id;
+	std::string env_user_id;
 };
 
 // Whether a machine's config carries the service (or, with port 0, none) that settings ask for.

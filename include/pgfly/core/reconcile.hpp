@@ -124,6 +124,14 @@ struct Event {
 	std::string details_json = "{}";
 };
 
+// A machine in the user's app that belongs to nobody (neither pg_fly's metadata nor the env's USER_ID names the
+// user): reported (fly.orphan_machines, an orphan_machine_found event the first time), never touched.
+struct OrphanMachine {
+	std::string app_name;
+	std::string machine_id;
+	std::string user_id_env; // the env's USER_ID, empty when it has none
+};
+
 enum class Completion {
 	kContinue, // send `request` next (after `retry_after_seconds` when `failed_attempt`)
 	kDone,     // the user's app matches the target
@@ -151,6 +159,8 @@ struct Step {
 	// The failure is Fly's lack of capacity (nothing was created): fly.max_attempts does not end the operation,
 	// which moves on through the fallback regions and, when none has room, is tried again later.
 	bool no_capacity = false;
+	// Machines found in the app that belong to nobody, to record.
+	std::vector<OrphanMachine> orphan_machines;
 };
 
 class Operation {
@@ -180,6 +190,7 @@ private:
 		kFindMachine,
 		kCreateMachine,
 		kFindCreatedMachine,
+		kFindUnmarkedMachine,
 		kDeleteExtraMachine,
 		kUpdateMachine,
 		kStartMachine,
@@ -243,6 +254,10 @@ private:
 	Step AssignNextIp(Step step);
 	Step OnListIps(const fly::Outcome &outcome);
 	Step OnAssignIp(const fly::Outcome &outcome);
+	// Adopting a machine the previous system left (reconcile_adopt.cpp).
+	Step FindUnmarkedMachine(Step step, const fly::Outcome &user_list);
+	Step OnFindUnmarkedMachine(const fly::Outcome &outcome);
+	Step AdoptUnmarkedMachine(Step step);
 
 	// Deprovisioning (reconcile_deprovision.cpp).
 	Step StartDeprovision();
@@ -280,6 +295,13 @@ private:
 	bool ips_checked_ = false;
 	std::vector<std::string> ips_to_assign_;
 	std::string assigning_ip_type_;
+	// Adoption of machines without pg_fly's metadata: whether the app was there before this operation (only then
+	// may it hold one), whether the app's whole machine list was read, the empty list of the user's machines
+	// that led there, and whether adopted_ is such a machine.
+	bool app_was_there_ = false;
+	bool looked_for_unmarked_ = false;
+	fly::Outcome user_list_;
+	bool adopting_unmarked_ = false;
 };
 
 } // namespace reconcile
