@@ -56,12 +56,16 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $16 END, "
 		"pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
+		"delete_requested_at = CASE WHEN $17::pg_catalog.bool IS NULL THEN delete_requested_at "
+		"WHEN $17::pg_catalog.bool THEN pg_catalog.now() END, "
 		"updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
 		{std::to_string(context.app_id), Optional(change.status), Optional(change.name), Number(change.name_attempt),
 		 Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
 		 Optional(change.image), Optional(change.tier), Number(change.secrets_version),
 		 std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
-		 Optional(change.pending_create)});
+		 Optional(change.pending_create),
+		 change.delete_requested ? pg::Value(std::string(*change.delete_requested ? "true" : "false"))
+								 : std::nullopt});
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
@@ -203,7 +207,8 @@ std::optional<reconcile::AppRecord>
 LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	auto rows = spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
 						  "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
-						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since) "
+						  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since), "
+						  "delete_requested_at IS NOT NULL "
 						  "FROM fly.user_fly_apps "
 						  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
 						  {user_id}, true);
@@ -222,6 +227,7 @@ LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	app.image = row[9].value_or("");
 	app.pending_create_operation = row[10].value_or("");
 	app.pending_create_age_seconds = row[11] ? std::stod(*row[11]) : 0;
+	app.delete_requested = row[12].value_or("") == "t";
 	return app;
 }
 

@@ -92,6 +92,9 @@ Operation::StartProvision() {
 	app_->status = "provisioning";
 	step.app = change;
 	step.events.push_back(MakeEvent("provision_requested", details));
+	if (app_->delete_requested) {
+		return DeleteApp(std::move(step)); // a deletion was sent: finish it, never reuse a dying app
+	}
 	step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
 	phase_ = Phase::kCreateApp;
 	return step;

@@ -36,6 +36,8 @@ struct AppRecord {
 	// long ago it was sent: the machine may still appear.
 	std::string pending_create_operation;
 	double pending_create_age_seconds = 0;
+	// A DELETE of this app was recorded as sent: the app may be dying on Fly, so it is never reused.
+	bool delete_requested = false;
 };
 
 struct Settings {
@@ -52,6 +54,8 @@ struct Settings {
 	// How long a create-machine request that got no recorded answer may still take effect on Fly; until then
 	// the operation waits for its machine instead of creating another.
 	double create_settle_seconds = 30;
+	// After Fly accepts an app's deletion (202), how long to wait for its GET to answer 404.
+	double delete_confirm_seconds = 300;
 };
 
 struct Target {
@@ -87,6 +91,8 @@ struct AppChange {
 	std::optional<std::string> pending_create;
 	bool provisioned = false; // sets provisioned_at and clears last_error
 	bool deleted = false;     // sets deleted_at
+	// true: a DELETE of the app is about to be sent (sets delete_requested_at); false: the name is in use again.
+	std::optional<bool> delete_requested;
 };
 
 struct Event {
@@ -153,6 +159,8 @@ private:
 		kListForStop,
 		kStopMachine,
 		kDeleteApp,
+		kWaitStoppedForDelete,
+		kConfirmAppGone,
 		kFinished,
 	};
 
@@ -198,6 +206,14 @@ private:
 	Step OnListForStop(const fly::Outcome &outcome);
 	Step OnStopMachine(const fly::Outcome &outcome);
 	Step OnDeleteApp(const fly::Outcome &outcome);
+	// Deletion (reconcile_deprovision.cpp): stopped machines first, then DELETE, then GET until 404.
+	Step WaitNextStoppedOrDelete(Step step);
+	Step DeleteApp(Step step);
+	Step ConfirmAppGone(Step step);
+	Step AppGone(Step step, bool already_gone);
+	Step MoveOnToNextName(Step step, const fly::Outcome &outcome);
+	Step OnWaitStoppedForDelete(const fly::Outcome &outcome);
+	Step OnConfirmAppGone(const fly::Outcome &outcome);
 
 	Target target_;
 	std::optional<AppRecord> app_;
@@ -210,6 +226,11 @@ private:
 	std::optional<fly::Request> last_request_;
 	std::optional<int64_t> secrets_version_;
 	std::vector<std::string> machines_to_stop_;
+	std::vector<std::string> machines_to_wait_;
+	bool force_delete_ = false;
+	double delete_accepted_at_ = 0;
+	double confirm_delay_ = 0;
+	int confirm_polls_ = 0;
 	std::vector<std::string> extra_machines_;
 	std::optional<machine::MachineFacts> adopted_;
 };
