@@ -79,8 +79,8 @@ Operation::StopNextOrDelete(Step step) {
 Step
 Operation::WaitNextStoppedOrDelete(Step step) {
 	if (!machines_to_wait_.empty()) {
-		step.request = fly::WaitMachineRequest(app_->name, machines_to_wait_.back(), "stopped",
-											   settings_.wait_timeout_seconds);
+		step.request =
+			fly::WaitMachineRequest(app_->name, machines_to_wait_.back(), "stopped", settings_.wait_timeout_seconds);
 		phase_ = Phase::kWaitStoppedForDelete;
 		return step;
 	}
@@ -223,8 +223,9 @@ Operation::OnListForStop(const fly::Outcome &outcome) {
 		for (const auto &machine : list.machines) {
 			if (machine.state == "started" || machine.state == "starting" || machine.state == "created") {
 				machines_to_stop_.push_back(machine.id);
-				machines_to_wait_.push_back(machine.id);
-			} else if (machine.state == "stopping") {
+			}
+			// A machine that never ran ("created") has nothing to stop, and may never report "stopped".
+			if (machine.state == "started" || machine.state == "starting" || machine.state == "stopping") {
 				machines_to_wait_.push_back(machine.id);
 			}
 		}
