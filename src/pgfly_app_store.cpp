@@ -56,16 +56,18 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $16 END, "
 		"pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
-		"delete_requested_at = CASE WHEN $17::pg_catalog.bool IS NULL THEN delete_requested_at "
-		"WHEN $17::pg_catalog.bool THEN pg_catalog.now() END, "
 		"updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
 		{std::to_string(context.app_id), Optional(change.status), Optional(change.name), Number(change.name_attempt),
 		 Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
 		 Optional(change.image), Optional(change.tier), Number(change.secrets_version),
 		 std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
-		 Optional(change.pending_create),
-		 change.delete_requested ? pg::Value(std::string(*change.delete_requested ? "true" : "false"))
-								 : std::nullopt});
+		 Optional(change.pending_create)});
+	if (change.delete_requested) {
+		// Its own statement: the update above has as many parameters as a statement may take.
+		spi.Query("UPDATE fly.user_fly_apps SET delete_requested_at = CASE WHEN $2::pg_catalog.bool "
+				  "THEN pg_catalog.now() END WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+				  {std::to_string(context.app_id), std::string(*change.delete_requested ? "true" : "false")});
+	}
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
