@@ -63,10 +63,16 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		 std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
 		 Optional(change.pending_create)});
 	if (change.delete_requested) {
-		// Its own statement: the update above has as many parameters as a statement may take.
+		// Its own statement: the update above has as many parameters as a statement may take. A DELETE is recorded
+		// only when it will leave: not when a newer generation superseded the operation (its request is dropped,
+		// and the next operation must not take a live app for a dying one). The queue item is locked already.
 		spi.Query("UPDATE fly.user_fly_apps SET delete_requested_at = CASE WHEN $2::pg_catalog.bool "
-				  "THEN pg_catalog.now() END WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
-				  {std::to_string(context.app_id), std::string(*change.delete_requested ? "true" : "false")});
+				  "THEN pg_catalog.now() END WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+				  "AND (NOT $2::pg_catalog.bool OR EXISTS (SELECT 1 FROM fly.reconcile_queue q "
+				  "WHERE q.user_id OPERATOR(pg_catalog.=) $3::pg_catalog.uuid "
+				  "AND q.generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8))",
+				  {std::to_string(context.app_id), std::string(*change.delete_requested ? "true" : "false"),
+				   context.user_id, std::to_string(context.generation)});
 	}
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
