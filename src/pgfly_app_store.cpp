@@ -85,9 +85,9 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $16 END, "
 		"pending_machine_since = CASE WHEN $16 IS NULL THEN pending_machine_since "
 		"WHEN $16 OPERATOR(pg_catalog.=) '' THEN NULL ELSE pg_catalog.now() END, "
-		"fly_app_created_at = CASE WHEN $17::pg_catalog.bool THEN pg_catalog.now() "
-		"WHEN $18::pg_catalog.bool THEN COALESCE(fly_app_created_at, pg_catalog.now()) "
-		"WHEN $20::pg_catalog.bool THEN NULL ELSE fly_app_created_at END, "
+		"fly_app_created_at = CASE WHEN $20::pg_catalog.bool THEN NULL "
+		"WHEN $17::pg_catalog.bool THEN pg_catalog.now() "
+		"WHEN $18::pg_catalog.bool THEN COALESCE(fly_app_created_at, pg_catalog.now()) ELSE fly_app_created_at END, "
 		"fly_machine_created_at = CASE WHEN $19::pg_catalog.bool IS NULL THEN fly_machine_created_at "
 		"WHEN $19::pg_catalog.bool THEN pg_catalog.now() END, "
 		"updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
@@ -99,6 +99,18 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		 change.machine_created ? pg::Value(Bool(*change.machine_created)) : std::nullopt,
 		 Bool(change.app_delete_sent)});
 	WriteSecretsRecord(spi, context, change);
+	if (change.delete_requested) {
+		// Its own statement. A DELETE is recorded only when it will leave: not when a newer generation superseded
+		// the operation (its request is dropped, and the next operation must not take a live app for a dying
+		// one). The queue item is locked already.
+		spi.Query("UPDATE fly.user_fly_apps SET delete_requested_at = CASE WHEN $2::pg_catalog.bool "
+				  "THEN pg_catalog.now() END WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+				  "AND (NOT $2::pg_catalog.bool OR EXISTS (SELECT 1 FROM fly.reconcile_queue q "
+				  "WHERE q.user_id OPERATOR(pg_catalog.=) $3::pg_catalog.uuid "
+				  "AND q.generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8))",
+				  {std::to_string(context.app_id), std::string(*change.delete_requested ? "true" : "false"),
+				   context.user_id, std::to_string(context.generation)});
+	}
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
@@ -263,7 +275,8 @@ LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 				  "ELSE fly_app_created_at END), "
 				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
 				  "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
-				  "ELSE fly_machine_created_at END) "
+				  "ELSE fly_machine_created_at END), "
+				  "delete_requested_at IS NOT NULL "
 				  "FROM fly.user_fly_apps "
 				  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
 				  {user_id}, true);
@@ -288,6 +301,7 @@ LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	if (row[13]) {
 		app.machine_created_age_seconds = std::stod(*row[13]);
 	}
+	app.delete_requested = row[14].value_or("") == "t";
 	return app;
 }
 

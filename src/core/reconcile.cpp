@@ -118,6 +118,10 @@ Operation::Handle(const fly::Outcome &outcome) {
 		return OnStopMachine(outcome);
 	case Phase::kDeleteApp:
 		return OnDeleteApp(outcome);
+	case Phase::kWaitStoppedForDelete:
+		return OnWaitStoppedForDelete(outcome);
+	case Phase::kConfirmAppGone:
+		return OnConfirmAppGone(outcome);
 	case Phase::kFinished:
 		break;
 	}

@@ -179,7 +179,7 @@ Operation::StartProvision() {
 		details.Set("previous_status", Json::String(app_->status));
 	}
 	details.Set("app_name", Json::String(app_->name));
-	if (!app_->app_created_age_seconds) {
+	if (!app_->app_created_age_seconds && !app_->delete_requested) {
 		// The first create of this app: should its answer be lost, the app may appear all the same, and the
 		// name_taken that follows must be read as young (consistency after create).
 		change.app_create_sent = true;
@@ -190,6 +190,9 @@ Operation::StartProvision() {
 	app_->status = "provisioning";
 	step.app = change;
 	step.events.push_back(MakeEvent("provision_requested", details));
+	if (app_->delete_requested) {
+		return DeleteApp(std::move(step)); // a deletion was sent: finish it, never reuse a dying app
+	}
 	step.request = AppCreateRequest();
 	phase_ = Phase::kCreateApp;
 	return step;

@@ -50,6 +50,7 @@ Operation::SettleIfYoung(const fly::Outcome &outcome) {
 	case Phase::kCreateApp:
 	case Phase::kLookUpOrphan:
 	case Phase::kDeleteExtraMachine:
+	case Phase::kConfirmAppGone: // after our own DELETE, a 404 is what we wait for
 	case Phase::kFinished:
 		return std::nullopt;
 	case Phase::kWaitAppVisible:
@@ -59,6 +60,7 @@ Operation::SettleIfYoung(const fly::Outcome &outcome) {
 	case Phase::kStartMachine:
 	case Phase::kUpdateMachine:
 	case Phase::kStopMachine:
+	case Phase::kWaitStoppedForDelete:
 		if (MachineIsYoung()) {
 			return Settle(outcome, machine_created_at_);
 		}

@@ -1379,3 +1379,9 @@ BEGIN
         EXECUTE statement;
     END LOOP;
 END $do$;
+-- Issue 14: deletion
+-- Set when a DELETE of the app is about to be sent: Fly deletes asynchronously, so from then on the app may be
+-- dying and is never reused; the row is marked deleted only once Fly answers 404 for the app.
+ALTER TABLE fly.user_fly_apps ADD COLUMN delete_requested_at timestamptz;
+COMMENT ON COLUMN fly.user_fly_apps.delete_requested_at IS
+    'When pg_fly recorded a DELETE of this app as sent (NULL: never, or the name is in use again)';

@@ -242,7 +242,8 @@ class Machine:
 
 class App:
     __slots__ = ("name", "id", "org", "network", "created_at", "created_mono", "invisible_answers", "numeric_id",
-                 "machines", "destroyed", "check_status", "secrets", "secret_values", "secrets_version", "ips")
+                 "machines", "destroyed", "check_status", "secrets", "secret_values", "secrets_version", "ips",
+                 "deletion")
 
     def __init__(self, name, app_id, org, network, numeric_id):
         self.name = name
@@ -260,6 +261,7 @@ class App:
         self.secret_values = {}     # name -> value; only the reveal endpoint and show_secrets expose it
         self.secrets_version = 0
         self.ips = []               # IPAssignment objects plus "type" and "network" (not shown by the API)
+        self.deletion = None        # the timer of a deletion accepted but not finished (app_delete_lag_ms)
 
 
 def bool_param(query, name):
@@ -306,6 +308,9 @@ class FlyWorld:
         self.machine_ids = set()
         self.update_seq = 0
         self.ip_count = 0            # addresses handed out; a counter, so that the id RNG is not disturbed
+        # Every accepted app deletion: whether force was asked and which machines were not stopped (tests check
+        # that clients stop machines first, as Fly's docs ask).
+        self.app_deletions = []
         self.handlers = {
             "create_app": self.create_app,
             "list_apps": self.list_apps,
@@ -332,6 +337,8 @@ class FlyWorld:
 
     def close(self):
         for app in self.apps.values():
+            if app.deletion is not None:
+                app.deletion.cancel()
             for machine in app.machines.values():
                 if machine.timer:
                     machine.timer.cancel()
@@ -677,11 +684,29 @@ class FlyWorld:
         return json_reply(200, self.app_json(self.own_app(call)))
 
     def delete_app(self, call):
-        self.delete_app_now(self.own_app(call))
+        app = self.own_app(call)
+        self.app_deletions.append({
+            "app": app.name, "force": bool_param(call.query, "force"), "t_mono": time.monotonic(),
+            "machines_not_stopped": sorted(m.state for m in app.machines.values()
+                                           if m.state not in ("created", "stopped", "suspended", "failed"))})
+        lag_ms = self.config["app_delete_lag_ms"]
+        if lag_ms <= 0:
+            self.delete_app_now(app)
+        elif app.deletion is None:
+            # Fly deletes asynchronously (202): the app, its name and its machines stay until the lag ends.
+            app.deletion = self.loop.call_later(lag_ms / 1000, lambda: self.finish_deletion(app))
         return Reply(202)
+
+    def finish_deletion(self, app):
+        app.deletion = None
+        if self.apps.get(app.name) is app:
+            self.delete_app_now(app)
 
     def delete_app_now(self, app):
         """Cascade like Fly: machines destroyed, secrets gone, name freed (optionally after a delay)."""
+        if app.deletion is not None:
+            app.deletion.cancel()
+            app.deletion = None
         for machine in list(app.machines.values()):
             self.destroy(machine, app)
         del self.apps[app.name]
@@ -1054,4 +1079,6 @@ class FlyWorld:
             "now": rfc3339(millis=True),
             "apps": apps,
             "names_being_released": {n: int((t - now) * 1000) for n, t in self.name_released_at.items() if t > now},
+            "apps_being_deleted": sorted(a.name for a in self.apps.values() if a.deletion is not None),
+            "app_deletions": [dict(d) for d in self.app_deletions],
         }

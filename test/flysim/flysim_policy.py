@@ -57,6 +57,9 @@ DEFAULT_CONFIG = {
     # 503 or 504) and its machine appears this long afterwards.
     "create_lands_late_ms": 0,
     "create_lands_late_status": 504,
+    # Asynchronous app deletion (README "Deletion"): for this long after DELETE answers 202 the app is still
+    # there (GET 200, create 422 name_taken, calls under it answer as before); then it goes with its machines.
+    "app_delete_lag_ms": 0,
     "synthetic_check": True,        # give machines without configured checks one http check
     "unhealthy_images": [],         # machines running one of these images fail their checks (a bad deploy)
     # Reachable apps (README "IP assignments"): the app's own health endpoint answers only for an app with a public
@@ -128,7 +131,7 @@ def normalize_config(raw):
     _require(isinstance(config["seed"], int), "seed must be an integer")
     for key in ("boot_delay_ms", "stop_delay_ms", "destroy_delay_ms", "name_reuse_delay_ms",
                 "checks_pass_after_ms", "hang_cap_s", "app_visible_after_ms", "machine_visible_after_ms",
-                "create_lands_late_ms"):
+                "create_lands_late_ms", "app_delete_lag_ms"):
         _require(_is_number(config[key]) and config[key] >= 0, f"{key} must be a number >= 0")
     for key in ("request_log_cap", "destroyed_retention"):
         _require(isinstance(config[key], int) and config[key] >= 0, f"{key} must be an integer >= 0")

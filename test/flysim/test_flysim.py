@@ -293,6 +293,57 @@ class AppTests(SimTestCase):
         self.assertEqual(self.api.get("/v1/apps/late-foreign").status, 404)
 
 
+class AsynchronousDeletionTests(SimTestCase):
+    """DELETE /v1/apps/{name} answers 202 and Fly finishes later (api-reference 2.5); whether the name can be taken
+    again meanwhile is undocumented (2.5, 10.10): with app_delete_lag_ms the app stays until the lag ends."""
+
+    def test_the_app_stays_until_the_lag_ends(self):
+        self.reset(app_delete_lag_ms=300)
+        self.create_app("dying")
+        machine_id = self.create_machine("dying", skip_launch=True)["id"]
+        self.assertEqual(self.api.delete("/v1/apps/dying").status, 202)
+        answer = self.api.get("/v1/apps/dying")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.json()["organization"]["slug"], "personal")
+        taken = self.api.post("/v1/apps", {"name": "dying", "org_slug": "personal"})
+        self.assertEqual((taken.status, taken.json().get("status")), (422, "name_taken"))
+        self.assertEqual(self.api.get("/v1/apps/dying/machines").status, 200)
+        self.assertEqual(self.api.delete("/v1/apps/dying").status, 202)  # again: still accepted, same end
+        self.assertEqual(self.ctl("GET", "state")["apps_being_deleted"], ["dying"])
+        time.sleep(0.4)
+        self.assertEqual(self.api.get("/v1/apps/dying").status, 404)
+        self.assertEqual(self.api.get(f"/v1/apps/dying/machines/{machine_id}").status, 404)
+        self.assertEqual(self.api.post("/v1/apps", {"name": "dying", "org_slug": "personal"}).status, 201)
+        self.assertEqual(self.ctl("GET", "state")["apps_being_deleted"], [])
+
+    def test_without_a_lag_the_app_goes_at_once(self):
+        self.create_app("quick")
+        self.assertEqual(self.api.delete("/v1/apps/quick").status, 202)
+        self.assertEqual(self.api.get("/v1/apps/quick").status, 404)
+
+    def test_deletions_record_force_and_machines_not_stopped(self):
+        self.create_app("with-running")
+        self.create_machine("with-running")
+        self.create_machine("with-running", skip_launch=True)  # never ran: nothing to stop
+        stopped = self.create_machine("with-running")["id"]
+        self.assertEqual(self.wait("with-running", stopped).status, 200)
+        self.assertEqual(self.api.post(f"/v1/apps/with-running/machines/{stopped}/stop").status, 200)
+        self.assertEqual(self.wait("with-running", stopped, "stopped").status, 200)
+        self.assertEqual(self.api.delete("/v1/apps/with-running?force=true").status, 202)
+        self.create_app("all-stopped")
+        self.assertEqual(self.api.delete("/v1/apps/all-stopped").status, 202)
+        deletions = self.ctl("GET", "state")["app_deletions"]
+        self.assertEqual([(d["app"], d["force"]) for d in deletions], [("with-running", True), ("all-stopped", False)])
+        self.assertEqual(deletions[0]["machines_not_stopped"], ["started"])
+        self.assertEqual(deletions[1]["machines_not_stopped"], [])
+
+    def test_the_lag_is_checked(self):
+        answer = Api(token=None)
+        result = answer.post("/__flysim/reset", dict(BASE_CONFIG, app_delete_lag_ms=-5))
+        answer.close()
+        self.assertEqual(result.status, 400)
+
+
 class ConsistencyAfterCreateTests(SimTestCase):
     """Fly's reads lag its writes (api-reference 2.1, 6): a new app answers 404 or 401 for a while, and a new machine
     is not found and not listed; flyctl polls GET /v1/apps/{name} until it answers 200."""

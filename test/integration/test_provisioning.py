@@ -97,7 +97,8 @@ class SeedFlowTest(ProvisioningTestCase):
         self.assertEqual(self.live_apps_on_fly(), {})
         row = self.pg.sql(f"SELECT status, deleted_at IS NOT NULL FROM fly.user_fly_apps WHERE user_id = '{USER}'")
         self.assertEqual(row, [["deleted", "t"]])
-        self.assertEqual(self.events()[-3:], ["deprovision_requested", "machines_stopped", "deprovision_completed"])
+        self.assertEqual(self.events()[-5:], ["deprovision_requested", "machines_stopped", "app_delete_requested",
+                                              "app_delete_confirmed", "deprovision_completed"])
         # Both create_app keys were sent, and every request was authenticated.
         fly_requests = [r for r in self.sim.requests()["requests"] if r["path"].startswith("/v1/")]
         creates = [r for r in fly_requests if r["endpoint"] == "create_app"]
@@ -206,7 +207,7 @@ class CrashTest(ProvisioningTestCase):
     """kill -9 of the worker, and an immediate restart of the whole server, while a step is in flight."""
 
     provision_steps = ["create_app", "list_machines", "create_machine", "wait_machine"]
-    deprovision_steps = ["list_machines", "stop_machine", "delete_app"]
+    deprovision_steps = ["list_machines", "stop_machine", "wait_machine", "delete_app", "get_app"]
 
     def crash_during(self, endpoint, tier, how):
         self.sim.configure(latency={endpoint: {"fixed_ms": 1500, "jitter_ms": 0}})

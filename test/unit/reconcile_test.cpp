@@ -1210,7 +1210,20 @@ TEST(ReconcileFailure, OutcomeBeforeStartFails) {
 // ---------------------------------------------------------------------------------------------------------------
 // Deprovision
 
-TEST(ReconcileDeprovision, LiveRowStopsMachinesThenDeletesTheApp) {
+Query
+StoppedWait() {
+	return {{"state", "stopped"}, {"timeout", "45"}};
+}
+
+// After DELETE answered 202: expects the GET app that confirms the deletion, after `delay` seconds.
+void
+ExpectConfirmGet(const Step &step, double delay) {
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	EXPECT_DOUBLE_EQ(step.delay_seconds, delay);
+	EXPECT_FALSE(step.failed_attempt);
+}
+
+TEST(ReconcileDeprovision, LiveRowStopsMachinesWaitsUntilStoppedThenDeletesTheApp) {
 	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
 	Step step = operation.Start();
 	EXPECT_EQ(EventTypes(step), Types{"deprovision_requested"});
@@ -1223,12 +1236,12 @@ TEST(ReconcileDeprovision, LiveRowStopsMachinesThenDeletesTheApp) {
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines"); // no metadata filter
 
 	step = operation.OnOutcome(Ok(ListText({MachineText("m1", "started"), MachineText("m2", "stopped"),
-	                                        MachineText("m3", "started"), MachineText("m4", "destroyed")})));
+	                                        MachineText("m3", "started"), MachineText("m4", "destroyed"),
+	                                        MachineText("m5", "stopping")})));
 	EXPECT_TRUE(step.events.empty());
 	EXPECT_FALSE(step.app.has_value());
 	ExpectRequest(step, Endpoint::kStopMachine, "POST", AppPath() + "/machines/m3/stop");
 	EXPECT_FALSE(Req(step).body_json.has_value());
-	std::vector<std::string> stopped = {"m3"};
 
 	step = operation.OnOutcome(Ok("{\"ok\":true}"));
 	EXPECT_TRUE(step.events.empty());
@@ -1236,12 +1249,51 @@ TEST(ReconcileDeprovision, LiveRowStopsMachinesThenDeletesTheApp) {
 
 	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404)); // gone already counts as stopped
 	EXPECT_EQ(EventTypes(step), Types{"machines_stopped"});
+	// A stop only begins stopping: each machine that was running or stopping is awaited in "stopped".
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m5/wait", StoppedWait());
+	step = operation.OnOutcome(Ok("{\"ok\":true,\"state\":\"stopped\"}"));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m3/wait", StoppedWait());
+	step = operation.OnOutcome(Ok("{\"ok\":true,\"state\":\"stopped\"}"));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", StoppedWait());
+	EXPECT_FALSE(step.app.has_value());
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404)); // destroyed meanwhile
+
+	EXPECT_EQ(EventTypes(step), Types{"app_delete_requested"});
+	EXPECT_EQ(Details(step.events[0]).GetBool("force"), false);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->delete_requested, std::optional<bool>(true)); // recorded before the DELETE leaves
+	EXPECT_FALSE(step.app->deleted);
 	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
 
+	// 202 is not "gone": the app is polled until it answers 404, with a growing pause.
+	operation.SetNow(100);
 	step = operation.OnOutcome(Ok("", 202));
+	EXPECT_TRUE(step.events.empty());
+	EXPECT_FALSE(step.app.has_value());
+	ExpectConfirmGet(step, 0.5);
+	operation.SetNow(101);
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	EXPECT_FALSE(step.app.has_value());
+	ExpectConfirmGet(step, 1);
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	ExpectConfirmGet(step, 2);
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	ExpectConfirmGet(step, 4);
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	ExpectConfirmGet(step, 5);
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	ExpectConfirmGet(step, 5);
+
+	operation.SetNow(112.5);
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
 	ExpectEnded(step, Completion::kDone);
-	EXPECT_EQ(EventTypes(step), Types{"deprovision_completed"});
-	EXPECT_EQ(Details(step.events[0]).GetBool("already_gone"), false);
+	EXPECT_EQ(EventTypes(step), (Types{"app_delete_confirmed", "deprovision_completed"}));
+	Json confirmed = Details(step.events[0]);
+	EXPECT_EQ(confirmed.GetString("app_name"), Candidate(0));
+	EXPECT_EQ(confirmed.GetBool("already_gone"), false);
+	EXPECT_EQ(confirmed.GetNumber("waited_seconds"), 12.5);
+	EXPECT_EQ(confirmed.GetInteger("polls"), 6);
+	EXPECT_EQ(Details(step.events[1]).GetBool("already_gone"), false);
 	ASSERT_TRUE(step.app.has_value());
 	EXPECT_EQ(step.app->status, "deleted");
 	EXPECT_TRUE(step.app->deleted);
@@ -1251,12 +1303,13 @@ TEST(ReconcileDeprovision, NotFoundOnListOrDeleteCountsAsDone) {
 	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
 	operation.Start();
 	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
-	EXPECT_TRUE(step.events.empty());
+	EXPECT_EQ(EventTypes(step), Types{"app_delete_requested"});
 	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
 	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
 	ExpectEnded(step, Completion::kDone);
-	EXPECT_EQ(EventTypes(step), Types{"deprovision_completed"});
+	EXPECT_EQ(EventTypes(step), (Types{"app_delete_confirmed", "deprovision_completed"}));
 	EXPECT_EQ(Details(step.events[0]).GetBool("already_gone"), true);
+	EXPECT_EQ(Details(step.events[1]).GetBool("already_gone"), true);
 	ASSERT_TRUE(step.app.has_value());
 	EXPECT_EQ(step.app->status, "deleted");
 	EXPECT_TRUE(step.app->deleted);
@@ -1265,9 +1318,70 @@ TEST(ReconcileDeprovision, NotFoundOnListOrDeleteCountsAsDone) {
 TEST(ReconcileDeprovision, NoRunningMachinesGoesStraightToDelete) {
 	Operation operation(MakeTarget(false), MakeRecord("failed"), MakeSettings());
 	operation.Start();
-	Step step = operation.OnOutcome(Ok(ListText({MachineText("m1", "stopped")})));
-	EXPECT_TRUE(step.events.empty());
+	Step step = operation.OnOutcome(Ok(ListText({MachineText("m1", "stopped"), MachineText("m2", "suspended")})));
+	EXPECT_EQ(EventTypes(step), Types{"app_delete_requested"});
 	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+}
+
+// A machine that does not reach "stopped" within the wait rounds, or that Fly will not wait for, makes the
+// delete use force=true (documented in Fly's docs).
+TEST(ReconcileDeprovision, MachineNotStoppedInTimeMakesTheDeleteForced) {
+	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok(ListText({MachineText("m1", "started"), MachineText("m2", "stopping")})));
+	Step step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m2/wait", StoppedWait());
+	step = operation.OnOutcome(Out(OutcomeKind::kPermanent, 400));
+	EXPECT_EQ(EventTypes(step), Types{"machine_stop_unconfirmed"});
+	EXPECT_EQ(Details(step.events[0]).GetString("machine_id"), "m2");
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", StoppedWait());
+	for (int round = 1; round < 3; round++) { // wait_rounds = 3
+		step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408));
+		EXPECT_TRUE(step.events.empty());
+		EXPECT_FALSE(step.failed_attempt);
+		ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", StoppedWait());
+	}
+	step = operation.OnOutcome(Out(OutcomeKind::kTransient, 408));
+	EXPECT_EQ(EventTypes(step), (Types{"machine_stop_unconfirmed", "app_delete_requested"}));
+	EXPECT_EQ(Details(step.events[1]).GetBool("force"), true);
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath(), {{"force", "true"}});
+}
+
+TEST(ReconcileDeprovision, TransientWaitOrConfirmFailuresAreRetriedInPlace) {
+	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok(ListText({MachineText("m1", "stopping")})));
+	Step step = operation.OnOutcome(Out(OutcomeKind::kTransient, 503));
+	ExpectRetriedInPlace(step);
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "wait_machine");
+	step = operation.OnOutcome(Ok("{\"ok\":true}"));
+	step = operation.OnOutcome(Ok("", 202));
+	step = operation.OnOutcome(Out(OutcomeKind::kTransient, 500));
+	ExpectRetriedInPlace(step);
+	EXPECT_EQ(Details(step.events[0]).GetString("step"), "get_app");
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	step = operation.OnOutcome(Out(OutcomeKind::kForbidden, 403)); // another org holds the name: ours is gone
+	ExpectEnded(step, Completion::kDone);
+	EXPECT_EQ(EventTypes(step), (Types{"app_delete_confirmed", "deprovision_completed"}));
+}
+
+// An app still there when the bound is reached is not recorded gone: each further look is a failed attempt, so
+// fly.max_attempts ends it.
+TEST(ReconcileDeprovision, AppStillThereAfterTheBoundIsNeverRecordedGone) {
+	Operation operation(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	operation.Start();
+	operation.OnOutcome(Ok("[]"));
+	operation.SetNow(10);
+	operation.OnOutcome(Ok("", 202));
+	operation.SetNow(10 + 299);
+	Step step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	ExpectConfirmGet(step, 1);
+	operation.SetNow(10 + 300);
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	ExpectRetriedInPlace(step);
+	EXPECT_EQ(EventTypes(step), Types{"deprovision_attempt_failed"});
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+	EXPECT_FALSE(step.app.has_value());
 }
 
 TEST(ReconcileDeprovision, TransientFailuresAreRetriedAsDeprovisionAttempts) {
@@ -1338,11 +1452,70 @@ TEST(ReconcileDeprovision, WithoutRowOurOrphanIsRecordedAndDeleted) {
 	ExpectRequest(step, Endpoint::kStopMachine, "POST", AppPath() + "/machines/m1/stop");
 	step = operation.OnOutcome(Ok("{\"ok\":true}"));
 	EXPECT_EQ(EventTypes(step), Types{"machines_stopped"});
+	ExpectRequest(step, Endpoint::kWaitMachine, "GET", AppPath() + "/machines/m1/wait", StoppedWait());
+	step = operation.OnOutcome(Ok("{\"ok\":true,\"state\":\"stopped\"}"));
 	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
 	step = operation.OnOutcome(Ok("", 202));
+	ExpectConfirmGet(step, 0.5);
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
 	ExpectEnded(step, Completion::kDone);
 	EXPECT_TRUE(step.app->deleted);
-	EXPECT_EQ(EventTypes(step), Types{"deprovision_completed"});
+	EXPECT_EQ(EventTypes(step), (Types{"app_delete_confirmed", "deprovision_completed"}));
+}
+
+// A provision over a row whose app was being deleted: it never reuses that app. It sends the DELETE again (the
+// first may never have left), waits for 404, and creates the app afresh under the same name.
+TEST(ReconcileDeprovision, ProvisionFinishesADeletionBeforeCreatingTheAppAgain) {
+	AppRecord record = MakeRecord("deprovisioning");
+	record.delete_requested = true;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	Step step = operation.Start();
+	EXPECT_EQ(EventTypes(step), (Types{"provision_requested", "app_delete_requested"}));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->status, "provisioning");
+	EXPECT_EQ(step.app->delete_requested, std::optional<bool>(true));
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+	step = operation.OnOutcome(Ok("", 202));
+	ExpectConfirmGet(step, 0.5);
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg))); // ours, and dying: not reused
+	ExpectConfirmGet(step, 1);
+	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+	EXPECT_EQ(EventTypes(step), Types{"app_delete_confirmed"});
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->delete_requested, std::optional<bool>(false));
+	EXPECT_FALSE(step.app->deleted);
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	EXPECT_EQ(Body(Req(step)).GetString("name"), Candidate(0));
+}
+
+// ... and when the dying app still answers at the end of the bound, it moves on to the user's next name.
+TEST(ReconcileDeprovision, ProvisionMovesOnToTheNextNameWhenTheDyingAppLingers) {
+	AppRecord record = MakeRecord("deprovisioning");
+	record.delete_requested = true;
+	record.machine_id = "m1";
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.Start();
+	operation.SetNow(5);
+	operation.OnOutcome(Ok("", 202));
+	operation.SetNow(5 + 300);
+	Step step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	EXPECT_EQ(EventTypes(step), Types{"app_name_moved_on"});
+	Json details = Details(step.events[0]);
+	EXPECT_EQ(details.GetString("from_name"), Candidate(0));
+	EXPECT_EQ(details.GetString("to_name"), Candidate(1));
+	EXPECT_EQ(details.GetNumber("waited_seconds"), 300);
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->name, Candidate(1));
+	EXPECT_EQ(step.app->name_attempt, 1);
+	EXPECT_EQ(step.app->delete_requested, std::optional<bool>(false));
+	EXPECT_EQ(step.app->machine_id, std::optional<std::string>(""));
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	EXPECT_EQ(Body(Req(step)).GetString("name"), Candidate(1));
+	step = operation.OnOutcome(Ok("{\"id\":\"app-2\"}", 201));
+	EXPECT_EQ(EventTypes(step), Types{"app_created"});
+	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath(Candidate(1)));
+	step = operation.OnOutcome(Ok(AppText(Candidate(1), kOrg)));
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath(Candidate(1)) + "/machines", UserFilter());
 }
 
 TEST(ReconcileDeprovision, WithoutRowTransientLookupIsRetried) {

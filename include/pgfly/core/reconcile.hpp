@@ -39,6 +39,8 @@ struct AppRecord {
 	// How long ago pg_fly created (or first adopted) the app, and created the recorded machine, when it did.
 	std::optional<double> app_created_age_seconds;
 	std::optional<double> machine_created_age_seconds;
+	// A DELETE of this app was recorded as sent: the app may be dying on Fly, so it is never reused.
+	bool delete_requested = false;
 };
 
 struct Settings {
@@ -68,6 +70,8 @@ struct Settings {
 	// fly.app_internal_port and fly.app_health_path: with a port, machines carry a service and an HTTP check, and
 	// the app gets a shared IPv4 and an IPv6 (docs/fly-api.md).
 	fly::AppService service;
+	// After Fly accepts an app's deletion (202), how long to wait for its GET to answer 404.
+	double delete_confirm_seconds = 300;
 };
 
 struct Target {
@@ -116,6 +120,8 @@ struct AppChange {
 	std::optional<bool> machine_created;
 	bool provisioned = false; // sets provisioned_at and clears last_error
 	bool deleted = false;     // sets deleted_at
+	// true: a DELETE of the app is about to be sent (sets delete_requested_at); false: the name is in use again.
+	std::optional<bool> delete_requested;
 };
 
 struct Event {
@@ -199,6 +205,8 @@ private:
 		kListForStop,
 		kStopMachine,
 		kDeleteApp,
+		kWaitStoppedForDelete,
+		kConfirmAppGone,
 		kFinished,
 	};
 
@@ -266,6 +274,14 @@ private:
 	Step OnListForStop(const fly::Outcome &outcome);
 	Step OnStopMachine(const fly::Outcome &outcome);
 	Step OnDeleteApp(const fly::Outcome &outcome);
+	// Deletion (reconcile_deprovision.cpp): stopped machines first, then DELETE, then GET until 404.
+	Step WaitNextStoppedOrDelete(Step step);
+	Step DeleteApp(Step step);
+	Step ConfirmAppGone(Step step);
+	Step AppGone(Step step, bool already_gone);
+	Step MoveOnToNextName(Step step, const fly::Outcome &outcome);
+	Step OnWaitStoppedForDelete(const fly::Outcome &outcome);
+	Step OnConfirmAppGone(const fly::Outcome &outcome);
 
 	Target target_;
 	std::optional<AppRecord> app_;
@@ -289,6 +305,11 @@ private:
 	std::optional<fly::Request> last_request_;
 	std::optional<int64_t> secrets_version_;
 	std::vector<std::string> machines_to_stop_;
+	std::vector<std::string> machines_to_wait_;
+	bool force_delete_ = false;
+	double delete_accepted_at_ = 0;
+	double confirm_delay_ = 0;
+	int confirm_polls_ = 0;
 	std::vector<std::string> extra_machines_;
 	std::optional<machine::MachineFacts> adopted_;
 	// The app's addresses were listed in this operation; the types still to assign, and the one in flight.
