@@ -166,18 +166,12 @@ Operation::MoveOnToNextName(Step step, const fly::Outcome &outcome) {
 	details.Set("waited_seconds", Json::Real(now_ - delete_accepted_at_));
 	step.events.push_back(MakeEvent("app_name_moved_on", details));
 	AppChange change = step.app.value_or(AppChange{});
-	change.name = *next;
-	change.name_attempt = next_attempt;
 	change.delete_requested = false;
 	change.machine_id = "";
 	step.app = change;
-	app_->name = *next;
-	app_->name_attempt = next_attempt;
 	app_->delete_requested = false;
 	app_->machine_id.clear();
-	step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
-	phase_ = Phase::kCreateApp;
-	return step;
+	return CreateUnderName(std::move(step), *next, next_attempt);
 }
 
 Step

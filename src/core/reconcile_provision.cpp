@@ -428,6 +428,23 @@ Operation::OnCreateApp(const fly::Outcome &outcome) {
 	return Unexpected(outcome, "create_app");
 }
 
+// The user's app moves to another of its deterministic names (the last one is taken, or still being deleted):
+// record it and create the app under it, on its own network, with the visibility window of a new create.
+Step
+Operation::CreateUnderName(Step step, const std::string &name, int attempt) {
+	AppChange change = step.app.value_or(AppChange{});
+	change.name = name;
+	change.name_attempt = attempt;
+	change.app_created = true;
+	app_created_at_ = now_;
+	step.app = change;
+	app_->name = name;
+	app_->name_attempt = attempt;
+	step.request = AppCreateRequest();
+	phase_ = Phase::kCreateApp;
+	return step;
+}
+
 Step
 Operation::OnGetTakenApp(const fly::Outcome &outcome) {
 	Step step;
@@ -457,17 +474,7 @@ Operation::OnGetTakenApp(const fly::Outcome &outcome) {
 		details.Set("taken_name", Json::String(app_->name));
 		details.Set("next_name", Json::String(*next));
 		step.events.push_back(MakeEvent("app_name_taken", details));
-		AppChange change;
-		change.name = *next;
-		change.name_attempt = next_attempt;
-		change.app_created = true; // the window of the new name starts with its create
-		app_created_at_ = now_;
-		step.app = change;
-		app_->name = *next;
-		app_->name_attempt = next_attempt;
-		step.request = AppCreateRequest();
-		phase_ = Phase::kCreateApp;
-		return step;
+		return CreateUnderName(std::move(step), *next, next_attempt);
 	}
 	if (outcome.kind == OutcomeKind::kNotFound) {
 		// Taken a moment ago, gone now (a deletion finishing): create it again, after a pause.

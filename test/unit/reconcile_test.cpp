@@ -1511,6 +1511,7 @@ TEST(ReconcileDeprovision, ProvisionMovesOnToTheNextNameWhenTheDyingAppLingers) 
 	EXPECT_EQ(step.app->machine_id, std::optional<std::string>(""));
 	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
 	EXPECT_EQ(Body(Req(step)).GetString("name"), Candidate(1));
+	EXPECT_EQ(Body(Req(step)).GetString("network"), Candidate(1)); // its own network, like any new app
 	step = operation.OnOutcome(Ok("{\"id\":\"app-2\"}", 201));
 	EXPECT_EQ(EventTypes(step), Types{"app_created"});
 	ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath(Candidate(1)));

@@ -246,6 +246,7 @@ private:
 	const std::string &Image() const;
 	Step OnCreateApp(const fly::Outcome &outcome);
 	Step OnGetTakenApp(const fly::Outcome &outcome);
+	Step CreateUnderName(Step step, const std::string &name, int attempt);
 	Step OnSetSecrets(const fly::Outcome &outcome);
 	Step OnFindMachine(const fly::Outcome &outcome); // kFindMachine and kFindCreatedMachine
 	Step OnCreateMachine(const fly::Outcome &outcome);
