@@ -102,7 +102,7 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 	std::optional<fly::Request> next;
 	try {
 		if (check.phase == Phase::kDuplicates) {
-			DuplicateMachines found = FindDuplicateMachines(outcome, target.machine_id);
+			DuplicateMachines found = FindDuplicateMachines(outcome, target.machine_id, target.user_id);
 			check.duplicates = found.extra;
 			next = NextDuplicateDestroy(check);
 		} else if (check.phase == Phase::kDestroyingDuplicate) {

@@ -119,7 +119,7 @@ EvaluateAppHealthEndpoint(const fly::Outcome &outcome, const std::string &user_i
 }
 
 DuplicateMachines
-FindDuplicateMachines(const fly::Outcome &outcome, const std::string &recorded_machine_id) {
+FindDuplicateMachines(const fly::Outcome &outcome, const std::string &recorded_machine_id, const std::string &user_id) {
 	DuplicateMachines result;
 	if (outcome.kind != fly::OutcomeKind::kSuccess) {
 		result.problem = outcome.message;
@@ -138,7 +138,9 @@ FindDuplicateMachines(const fly::Outcome &outcome, const std::string &recorded_m
 		}
 		if (machine.id == recorded_machine_id) {
 			recorded_live = true;
-		} else {
+		} else if (machine.metadata_user_id == user_id) {
+			// Only machines that say they are this user's: were Fly's metadata filter ever ignored, the rest of
+			// the app's machines (the previous system's, reported orphans) are not duplicates to destroy.
 			others.push_back(machine.id);
 		}
 	}

@@ -1,8 +1,8 @@
 // Adopting the machine the previous system left in a user's app: it carries the user's id in its env (USER_ID)
 // but none of pg_fly's metadata, so the metadata-filtered list misses it and pg_fly would create a second one.
 // When the user's list is empty in an app that was there before this operation, the app's whole list is read:
-// a machine whose env names the user is adopted (pg_fly's config, the tier's guest and the current image, in one
-// update), others with that env are duplicates, and the rest belong to nobody and are reported, not touched.
+// a machine whose env names the user is adopted, wherever it runs (pg_fly's config, the tier's guest and the
+// current image, in one update); other machines are reported, not touched.
 #include "pgfly/core/reconcile.hpp"
 
 #include <utility>
@@ -59,11 +59,12 @@ Operation::OnFindUnmarkedMachine(const fly::Outcome &outcome) {
 	if (users.empty()) {
 		return UseMachine(std::move(step), user_list_);
 	}
-	// Keep a started machine in the target region if there is one, else any in the region; the others go as
-	// duplicates. With none in the region, every one is replaced, as a machine of pg_fly's would be.
+	// Adopt one machine, wherever it runs: a started one in the policy's (or a fallback) region first. It is the
+	// user's, with whatever state it holds: it is never replaced for its region here (a later change of the
+	// policy's region does that explicitly). Other machines of pg_fly's for this user are duplicates; other
+	// machines the previous system left for this user are reported with the orphans, never destroyed unasked.
 	auto rank = [&](const MachineFacts &machine) {
-		const bool in_region = target_.region.empty() || machine.region.empty() || machine.region == target_.region;
-		return (in_region ? 2 : 0) + (machine.state == "started" ? 1 : 0);
+		return (AcceptableRegion(machine.region) ? 2 : 0) + (machine.state == "started" ? 1 : 0);
 	};
 	size_t keep = 0;
 	for (size_t i = 1; i < users.size(); i++) {
@@ -73,16 +74,17 @@ Operation::OnFindUnmarkedMachine(const fly::Outcome &outcome) {
 	}
 	extra_machines_.clear();
 	for (size_t i = 0; i < users.size(); i++) {
-		if (i != keep || rank(users[i]) < 2) {
+		if (i == keep) {
+			continue;
+		}
+		if (users[i].metadata_user_id == target_.user_id) {
 			extra_machines_.push_back(users[i].id);
+		} else {
+			step.orphan_machines.push_back(OrphanMachine{app_->name, users[i].id, users[i].env_user_id});
 		}
 	}
-	if (rank(users[keep]) < 2) {
-		adopted_.reset();
-	} else {
-		adopted_ = users[keep];
-		adopting_unmarked_ = adopted_->metadata_user_id.empty();
-	}
+	adopted_ = users[keep];
+	adopting_unmarked_ = adopted_->metadata_user_id.empty();
 	return AdoptMachine(std::move(step));
 }
 
@@ -93,6 +95,7 @@ Operation::AdoptUnmarkedMachine(Step step) {
 	adopting_unmarked_ = false;
 	const MachineFacts &chosen = *adopted_;
 	app_->machine_id = chosen.id;
+	machine_region_ = chosen.region;
 	AppChange change = step.app.value_or(AppChange{});
 	change.machine_id = chosen.id;
 	step.app = change;

@@ -118,19 +118,40 @@ class AdoptionTest(ProvisioningTestCase):
         self.assertEqual(self.pg.value(f"SELECT deleted_at IS NULL FROM fly.orphan_machines "
                                        f"WHERE fly_machine_id = '{unnamed}'"), "t")
 
-    def test_duplicates_of_the_user_keep_the_started_one(self):
+    def test_of_two_machines_of_the_user_the_started_one_is_adopted_and_the_other_reported(self):
         stopped, started = self.seed_previous_system([
             {"env": {"RUN_MODE": "user_dedicated", "USER_ID": USER}, "state": "stopped"},
             {"env": {"RUN_MODE": "user_dedicated", "USER_ID": USER}}])
         self.pg.sql("SELECT count(*) FROM fly.onboard_existing_users(dry_run => false)")
         self.settle()
+        # The user's other machine may hold state of its own: it is reported, left as it is, deleted on request.
         machines = self.fly_machines()
-        self.assertEqual(list(machines), [started], machines)
-        self.assertEqual(machines[started]["state"], "started")
-        self.assertEqual(self.event_details("duplicate_machine_destroyed"),
-                         [{"machine_id": stopped, "kept_machine_id": started}])
+        self.assertEqual(sorted(machines), sorted([started, stopped]), machines)
+        self.assertEqual((machines[started]["state"], machines[stopped]["state"]), ("started", "stopped"))
+        self.assertEqual(self.event_details("duplicate_machine_destroyed"), [])
         self.assertEqual(len(self.event_details("machine_adopted")), 1)
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.orphan_machines"), "0")
+        self.assertEqual(self.pg.sql("SELECT fly_machine_id, user_id_env FROM fly.orphan_machines"),
+                         [[stopped, USER]])
+        self.assertEqual(self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
+                         started)
+
+    def test_a_machine_in_another_region_is_adopted_where_it_runs(self):
+        # The policy's region is sjc; the previous system ran the user in ams. Destroying it to move it would lose
+        # what it holds: it is adopted in ams, and the row (and the cost) say ams.
+        (machine,) = self.seed_previous_system([{"env": {"RUN_MODE": "user_dedicated", "USER_ID": USER},
+                                                 "region": "ams"}])
+        self.pg.sql("SELECT count(*) FROM fly.onboard_existing_users(dry_run => false)")
+        self.settle()
+        machines = self.fly_machines()
+        self.assertEqual(list(machines), [machine], machines)
+        self.assertEqual(machines[machine]["region"], "ams")
+        self.assertEqual(machines[machine]["config"]["metadata"].get("pg_fly_user_id"), USER)
+        self.assertEqual(self.pg.sql(f"SELECT fly_machine_id, region, status FROM fly.user_fly_apps "
+                                     f"WHERE user_id = '{USER}'"), [[machine, "ams", "active"]])
+        events = self.events()
+        self.assertIn("machine_adopted", events)
+        self.assertNotIn("machine_replaced_for_region", events)
+        self.assertNotIn("machine_created", events)
 
     def test_the_orphan_pass_reports_machines_of_nobody_in_live_apps(self):
         self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")

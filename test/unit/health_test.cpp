@@ -124,14 +124,20 @@ TEST(AppHealthRequest, GoesToItsOwnUrlWithoutTheToken) {
 	EXPECT_STREQ(fly::EndpointName(request.endpoint), "app_health");
 }
 
-TEST(FindDuplicateMachines, LiveMachinesBesidesTheRecordedOneAreExtra) {
+TEST(FindDuplicateMachines, LiveMachinesOfTheUserBesidesTheRecordedOneAreExtra) {
 	const std::string list =
-	    R"([{"id":"m1","state":"started"},{"id":"m2","state":"created"},{"id":"m3","state":"destroyed"},)"
-	    R"({"id":"m4","state":"stopped"}])";
-	DuplicateMachines found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, list), "m1");
+	    R"([{"id":"m1","state":"started","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+	    R"({"id":"m2","state":"created","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+	    R"({"id":"m3","state":"destroyed","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+	    R"({"id":"m4","state":"stopped","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+	    R"({"id":"m5","state":"started","config":{"metadata":{"pg_fly_user_id":"u2"}}},)"
+	    R"({"id":"m6","state":"started","config":{"env":{"USER_ID":"u1"}}}])";
+	// m5 (another user's) and m6 (no metadata: the previous system's) are never duplicates, even should Fly's
+	// metadata filter have let them through.
+	DuplicateMachines found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, list), "m1", "u1");
 	EXPECT_EQ(found.problem, "");
 	EXPECT_EQ(found.extra, (std::vector<std::string>{"m2", "m4"}));
-	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"started"}])"), "m1");
+	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"started"}])"), "m1", "u1");
 	EXPECT_TRUE(found.extra.empty());
 	EXPECT_EQ(found.problem, "");
 }
@@ -139,16 +145,16 @@ TEST(FindDuplicateMachines, LiveMachinesBesidesTheRecordedOneAreExtra) {
 // Without the recorded machine live in the list, nothing is destroyed: a reconcile decides which to keep.
 TEST(FindDuplicateMachines, NothingIsDecidedWithoutTheRecordedMachine) {
 	DuplicateMachines found =
-	    FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m2","state":"started"}])"), "m1");
+	    FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m2","state":"started"}])"), "m1", "u1");
 	EXPECT_TRUE(found.extra.empty());
 	EXPECT_NE(found.problem, "");
 	found = FindDuplicateMachines(
-	    Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"destroying"},{"id":"m2","state":"started"}])"), "m1");
+	    Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"destroying"},{"id":"m2","state":"started"}])"), "m1", "u1");
 	EXPECT_TRUE(found.extra.empty());
-	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kTransient), "m1");
+	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kTransient), "m1", "u1");
 	EXPECT_TRUE(found.extra.empty());
 	EXPECT_NE(found.problem, "");
-	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"../x","state":"started"}])"), "m1");
+	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"../x","state":"started"}])"), "m1", "u1");
 	EXPECT_TRUE(found.extra.empty());
 	EXPECT_NE(found.problem, "");
 }

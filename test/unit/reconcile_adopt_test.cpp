@@ -173,15 +173,19 @@ TEST(ReconcileAdopt, EnvMatchingMachineIsAdoptedInOneUpdate) {
 	EXPECT_EQ(step.app->machine_id, "m1");
 }
 
-TEST(ReconcileAdopt, StartedMachineIsPreferredAndOtherEnvMatchesAreDuplicates) {
+TEST(ReconcileAdopt, AStartedMachineIsPreferredOtherLegacyOnesAreReportedNotDestroyed) {
 	Operation operation = MakeOperation();
 	DriveReusedAppToEmptyUserList(operation);
-	Step step =
-		operation.OnOutcome(Ok(List({Machine("m1", "stopped", kUser, ""), Machine("m2", "started", kUser, "")})));
+	// m1 and m2 are the previous system's (env only), m3 carries pg_fly's metadata (a duplicate of ours).
+	Step step = operation.OnOutcome(Ok(List({Machine("m1", "stopped", kUser, ""), Machine("m2", "started", kUser, ""),
+											 Machine("m3", "stopped", "", kUser)})));
+	ASSERT_EQ(step.orphan_machines.size(), 1u);
+	EXPECT_EQ(step.orphan_machines[0].machine_id, "m1");
+	EXPECT_EQ(step.orphan_machines[0].user_id_env, kUser);
 	EXPECT_EQ(Types(step), std::vector<std::string>{"duplicate_machine_destroyed"});
-	EXPECT_EQ(Details(step, "duplicate_machine_destroyed").GetString("machine_id"), "m1");
+	EXPECT_EQ(Details(step, "duplicate_machine_destroyed").GetString("machine_id"), "m3");
 	EXPECT_EQ(Details(step, "duplicate_machine_destroyed").GetString("kept_machine_id"), "m2");
-	ExpectRequest(step, Endpoint::kDeleteMachine, "DELETE", Path() + "/m1", {{"force", "true"}});
+	ExpectRequest(step, Endpoint::kDeleteMachine, "DELETE", Path() + "/m3", {{"force", "true"}});
 	step = operation.OnOutcome(Ok("{\"ok\":true}"));
 	EXPECT_EQ(Types(step), std::vector<std::string>{"machine_adopted"});
 	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", Path() + "/m2");
@@ -216,14 +220,14 @@ TEST(ReconcileAdopt, NoEnvMatchCreatesAMachineAndReportsTheOthers) {
 	EXPECT_EQ(step.app->pending_create, "3-1");
 }
 
-TEST(ReconcileAdopt, EnvMatchInAnotherRegionIsReplaced) {
+TEST(ReconcileAdopt, AnEnvMatchInAnotherRegionIsAdoptedWhereItRuns) {
+	// The user's machine, with whatever it holds, is never destroyed to move it: it is adopted in its region.
 	Operation operation = MakeOperation();
 	DriveReusedAppToEmptyUserList(operation);
 	Step step = operation.OnOutcome(Ok(List({Machine("m1", "started", kUser, "", "sjc")})));
-	EXPECT_EQ(Types(step), std::vector<std::string>{"machine_replaced_for_region"});
-	ExpectRequest(step, Endpoint::kDeleteMachine, "DELETE", Path() + "/m1", {{"force", "true"}});
-	step = operation.OnOutcome(Ok("{\"ok\":true}"));
-	ExpectRequest(step, Endpoint::kCreateMachine, "POST", Path());
+	EXPECT_EQ(Types(step), std::vector<std::string>{"machine_adopted"});
+	EXPECT_TRUE(step.orphan_machines.empty());
+	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", Path() + "/m1");
 }
 
 TEST(ReconcileAdopt, ANewAppIsNotListedTwice) {
