@@ -348,13 +348,14 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 		still_ours =
 			!spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
 					   "pg_catalog.make_interval(secs => $3::pg_catalog.float8), updated_at = pg_catalog.now(), "
-					   "attempts = attempts OPERATOR(pg_catalog.+) CASE WHEN $4::pg_catalog.bool THEN 1 ELSE 0 END, "
+					   "attempts = attempts OPERATOR(pg_catalog.+) CASE WHEN $6::pg_catalog.bool THEN 1 ELSE 0 END, "
 					   "last_error = CASE WHEN $4::pg_catalog.bool THEN $5 ELSE last_error END "
 					   "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
 					   "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
 					   {context.user_id, std::to_string(context.generation),
 						Seconds(kLeaseSeconds + context.retry_delay_seconds),
-						std::string(step.failed_attempt ? "true" : "false"), step.error})
+						std::string(step.failed_attempt ? "true" : "false"), step.error,
+						std::string(step.failed_attempt && !step.no_capacity ? "true" : "false")})
 				 .empty();
 		break;
 	case Completion::kDone:
@@ -370,11 +371,14 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 			!spi.Query(
 					"UPDATE fly.reconcile_queue SET run_after = pg_catalog.now() OPERATOR(pg_catalog.+) "
 					"pg_catalog.make_interval(secs => $3::pg_catalog.float8), claimed_at = NULL, lease_until = NULL, "
-					"last_error = $4, updated_at = pg_catalog.now() "
+					"last_error = $4, updated_at = pg_catalog.now(), "
+					// No room in any region: the claim's attempt is given back (capacity spends none).
+					"attempts = CASE WHEN $5::pg_catalog.bool THEN GREATEST(attempts OPERATOR(pg_catalog.-) 1, 0) "
+					"ELSE attempts END "
 					"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
 					"AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
 					{context.user_id, std::to_string(context.generation), Seconds(context.retry_delay_seconds),
-					 step.error})
+					 step.error, std::string(step.no_capacity ? "true" : "false")})
 				 .empty();
 		break;
 	}

@@ -6,6 +6,7 @@
 
 #include "pgfly/core/app_naming.hpp"
 #include "pgfly/core/machine_spec.hpp"
+#include "pgfly/core/text.hpp"
 #include "pgfly/pgfly_health_store.hpp"
 #include "pgfly/pg/transaction.hpp"
 
@@ -116,12 +117,17 @@ JobRunner::StartOrphanMachineLists() {
 		std::vector<OrphanMachineCheck> apps;
 		pg::RunInTransaction("pg_fly: reading live apps for orphan machines",
 							 [&](pg::SpiConnection &spi) { apps = LoadOrphanMachineChecks(spi); });
+		// Paced, two lists a second: thousands of apps at once would queue behind the connection limit, where
+		// libcurl counts the wait against each request's timeout, failing reconciles and health checks too.
+		constexpr double kListSpacingSeconds = 0.5;
+		double due = Now();
 		for (auto &app : apps) {
 			if (AppNameProblem(app.app_name)) {
 				continue; // never put into a path what Fly would not accept as a name
 			}
 			fly::Request request = fly::ListMachinesRequest(app.app_name, {});
-			pending_.push_back(PendingRequest{Now(), OrphanJob{"", "", std::move(app)}, std::move(request)});
+			pending_.push_back(PendingRequest{due, OrphanJob{"", "", std::move(app)}, std::move(request)});
+			due += kListSpacingSeconds;
 		}
 	} catch (const std::exception &e) {
 		Log(std::string("reading live apps for orphan machines failed: ") + e.what());

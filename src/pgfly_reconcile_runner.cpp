@@ -117,8 +117,10 @@ JobRunner::ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step) {
 							 "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
 								 std::to_string(context.attempts) + "}"});
 	}
-	context.raise_alert = !context.alerted && (context.attempts >= settings::alert_after_attempts ||
-											   step.completion == Completion::kFailed);
+	// No room in any region is worth one alert, though it spends no attempt.
+	context.raise_alert =
+		!context.alerted && (context.attempts >= settings::alert_after_attempts || step.completion == Completion::kFailed ||
+							 (step.no_capacity && step.completion == Completion::kRetry));
 	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
 }
 
@@ -137,8 +139,8 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 							 [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
 		if (go_on && step.request) {
 			double due = Now() + step.delay_seconds;
-			if (step.failed_attempt) {
-				job.context.attempts++; // the retry is the next attempt
+			if (step.failed_attempt && !step.no_capacity) {
+				job.context.attempts++; // the retry is the next attempt (a lack of capacity spends none)
 				due += job.context.retry_delay_seconds;
 			}
 			pending_.push_back(PendingRequest{due, std::move(job), *step.request});

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "pgfly/core/json.hpp"
+#include "pgfly/core/text.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -46,7 +47,8 @@ Operation::OnFindUnmarkedMachine(const fly::Outcome &outcome) {
 			continue;
 		}
 		const bool ours = machine.metadata_user_id == target_.user_id;
-		if (ours || (machine.metadata_user_id.empty() && machine.env_user_id == target_.user_id)) {
+		// A uuid written in capitals by the previous system is the same user.
+		if (ours || (machine.metadata_user_id.empty() && EqualsIgnoreCase(machine.env_user_id, target_.user_id))) {
 			users.push_back(std::move(machine));
 		} else {
 			step.orphan_machines.push_back(OrphanMachine{app_->name, machine.id, machine.env_user_id});

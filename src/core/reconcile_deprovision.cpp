@@ -132,9 +132,7 @@ Operation::AppGone(Step step, bool already_gone) {
 		change.delete_requested = false;
 		step.app = change;
 		app_->delete_requested = false;
-		step.request = fly::CreateAppRequest(app_->name, settings_.org_slug);
-		phase_ = Phase::kCreateApp;
-		return step;
+		return CreateUnderName(std::move(step), app_->name, app_->name_attempt); // a new app, as any other
 	}
 	AppChange change = step.app.value_or(AppChange{});
 	change.status = "deleted";

@@ -191,7 +191,10 @@ Operation::StartProvision() {
 	step.app = change;
 	step.events.push_back(MakeEvent("provision_requested", details));
 	if (app_->delete_requested) {
-		return DeleteApp(std::move(step)); // a deletion was sent: finish it, never reuse a dying app
+		// A deletion was sent: finish it, never reuse a dying app. Sent again with force=true: the first one
+		// stopped the machines, or found one that would not stop; either way nothing is left to keep.
+		force_delete_ = true;
+		return DeleteApp(std::move(step));
 	}
 	step.request = AppCreateRequest();
 	phase_ = Phase::kCreateApp;

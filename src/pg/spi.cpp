@@ -14,10 +14,11 @@ namespace {
 
 constexpr int kMaxParams = 32;
 
-// Plans live for the backend's lifetime; the plan cache revalidates them after DDL.
-std::unordered_map<const char *, SPIPlanPtr> &
+// Plans live for the backend's lifetime; the plan cache revalidates them after DDL. Keyed by the statement's
+// text, not its address: a statement built at run time must neither leak a plan per call nor meet another's.
+std::unordered_map<std::string, SPIPlanPtr> &
 PlanCache() {
-	static std::unordered_map<const char *, SPIPlanPtr> cache;
+	static std::unordered_map<std::string, SPIPlanPtr> cache;
 	return cache;
 }
 

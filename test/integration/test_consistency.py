@@ -22,6 +22,7 @@ class ConsistencyAfterCreateTest(ProvisioningTestCase):
     def tearDown(self):
         self.sim.configure(app_visible_after_ms=0, machine_visible_after_ms=0, app_invisible_status=404)
         self.pg.sql("ALTER SYSTEM RESET fly.create_settle_time")
+        self.pg.sql("ALTER SYSTEM RESET fly.max_attempts")
         self.pg.sql("ALTER SYSTEM RESET fly.health_check_interval")
         self.pg.reload()
 
@@ -68,17 +69,24 @@ class ConsistencyAfterCreateTest(ProvisioningTestCase):
         self.assertEqual(len(self.live_apps_on_fly()[app_name(USER)]["machines"]), 1)
 
     def test_the_window_is_bounded(self):
-        # An app that never becomes visible fails once fly.create_settle_time has passed, not before.
+        # An app that never becomes visible: nothing counts as a failure until fly.create_settle_time has passed;
+        # then each look-up is a failed attempt, and fly.max_attempts ends it.
         self.pg.sql("ALTER SYSTEM SET fly.create_settle_time = '3s'")
+        self.pg.sql("ALTER SYSTEM SET fly.max_attempts = 3")
         self.pg.reload()
         self.sim.configure(app_visible_after_ms=600000)
         started = time.monotonic()
         self.upgrade()
         self.assertTrue(self.pg.wait_for(
-            f"SELECT status = 'failed' FROM fly.user_fly_apps WHERE user_id = '{USER}'", timeout=30))
+            f"SELECT status = 'failed' FROM fly.user_fly_apps WHERE user_id = '{USER}'", timeout=60))
         self.assertGreaterEqual(time.monotonic() - started, 3.0)
         error = self.pg.value(f"SELECT last_error FROM fly.user_fly_apps WHERE user_id = '{USER}'")
         self.assertIn("still cannot be read", error)
+        first_failure = self.pg.value(
+            f"SELECT extract(epoch FROM min(f.created_at) - min(r.created_at)) FROM fly.user_fly_app_events f, "
+            f"fly.user_fly_app_events r WHERE f.event_type = 'provision_attempt_failed' "
+            f"AND r.event_type = 'provision_requested' AND f.user_id = '{USER}' AND r.user_id = '{USER}'")
+        self.assertGreaterEqual(float(first_failure), 3.0)
         self.pg.sql(f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{USER}'")
         self.sim.configure(app_visible_after_ms=0)
         self.settle()

@@ -2,6 +2,8 @@
 // nobody (src/core/reconcile_adopt.cpp).
 #include <gtest/gtest.h>
 
+#include <cctype>
+
 #include <string>
 #include <utility>
 #include <vector>
@@ -266,6 +268,18 @@ TEST(ReconcileAdopt, AnUnmarkedListIsReadOncePerOperation) {
 	ExpectRequest(step, Endpoint::kListMachines, "GET", Path(), UserFilter());
 	step = operation.OnOutcome(Ok("[]"));
 	ExpectRequest(step, Endpoint::kCreateMachine, "POST", Path());
+}
+
+TEST(ReconcileAdopt, AUserIdInCapitalsIsTheSameUser) {
+	Operation operation = MakeOperation();
+	DriveReusedAppToEmptyUserList(operation);
+	std::string upper = kUser;
+	for (char &c : upper) {
+		c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+	}
+	Step step = operation.OnOutcome(Ok(List({Machine("m1", "started", upper, "")})));
+	EXPECT_EQ(Types(step), std::vector<std::string>{"machine_adopted"});
+	EXPECT_TRUE(step.orphan_machines.empty());
 }
 
 } // namespace

@@ -1474,7 +1474,8 @@ TEST(ReconcileDeprovision, ProvisionFinishesADeletionBeforeCreatingTheAppAgain) 
 	ASSERT_TRUE(step.app.has_value());
 	EXPECT_EQ(step.app->status, "provisioning");
 	EXPECT_EQ(step.app->delete_requested, std::optional<bool>(true));
-	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
+	// Sent again forced: the first one stopped the machines, or met one that would not stop.
+	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath(), {{"force", "true"}});
 	step = operation.OnOutcome(Ok("", 202));
 	ExpectConfirmGet(step, 0.5);
 	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg))); // ours, and dying: not reused
@@ -1628,15 +1629,22 @@ TEST(ReconcileSettle, ANewAppIsLookedUpUntilFlyShowsIt) {
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
 }
 
-TEST(ReconcileSettle, AnAppStillInvisibleAfterTheWindowFails) {
-	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
-	operation.Start();
-	operation.OnOutcome(Ok("{}", 201));
-	operation.SetNow(60.5);
-	Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
-	ExpectEnded(step, Completion::kFailed);
-	EXPECT_EQ(EventTypes(step), Types{"provision_failed"});
-	EXPECT_NE(step.error.find("still cannot be read"), std::string::npos) << step.error;
+TEST(ReconcileSettle, AnAppStillInvisibleAfterTheWindowIsAskedAgainAsFailedAttempts) {
+	// Fly accepted the create: the look-up goes on, as failed attempts that fly.max_attempts ends (also with
+	// fly.create_settle_time = 0, where there is no window at all).
+	for (double window : {60.0, 0.0}) {
+		Settings settings = MakeSettings();
+		settings.visibility_window_seconds = window;
+		Operation operation(MakeTarget(), std::nullopt, settings);
+		operation.Start();
+		operation.OnOutcome(Ok("{}", 201));
+		operation.SetNow(window + 0.5);
+		Step step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
+		ExpectRequest(step, Endpoint::kGetApp, "GET", AppPath());
+		EXPECT_TRUE(step.failed_attempt);
+		EXPECT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
+		EXPECT_NE(step.error.find("still cannot be read"), std::string::npos) << step.error;
+	}
 }
 
 TEST(ReconcileSettle, NotFoundUnderAYoungAppIsAskedAgainNotBelieved) {
