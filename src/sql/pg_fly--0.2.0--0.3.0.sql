@@ -1302,19 +1302,32 @@ REVOKE ALL ON FUNCTION fly.delete_orphan_machines(text, text) FROM PUBLIC;
 -- Onboarding's dry run says which app each user would get and what happens to a machine the previous system left
 -- there. SQL does not call Fly: what the organization holds is known only from the last orphan pass
 -- (fly.find_orphan_apps(), which lists the apps of pg_fly's prefix no live row owns). New result columns need
--- DROP + CREATE; the grants are carried over.
+-- DROP + CREATE; the grants are carried over, each by its original grantor (a grant op1 made with the grant
+-- option the owner gave it still depends on op1's), in an order where each grantor holds its grant option again.
 DO $do$
 DECLARE
     grants text[];
-    statement text;
+    grantors text[];
+    pending integer[];
+    progress boolean;
+    owner oid;
+    old_role text := current_setting('role');
+    i integer;
 BEGIN
-    SELECT coalesce(array_agg(format('GRANT %s ON FUNCTION fly.onboard_existing_users(boolean) TO %s%s',
+    SELECT p.proowner INTO owner FROM pg_proc p WHERE p.oid = 'fly.onboard_existing_users(boolean)'::regprocedure;
+    SELECT coalesce(array_agg(format('GRANT %s ON FUNCTION fly.onboard_existing_users(boolean) TO %s%s%s',
                                      a.privilege_type,
                                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
-                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
-      INTO grants
+                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END,
+                                     CASE WHEN a.grantor = owner THEN ''
+                                          ELSE ' GRANTED BY ' || quote_ident(g.rolname) END)
+                            ORDER BY a.grantor = owner DESC), '{}'),
+           coalesce(array_agg(CASE WHEN a.grantor = owner THEN NULL ELSE g.rolname END
+                              ORDER BY a.grantor = owner DESC), '{}')
+      INTO grants, grantors
       FROM pg_proc p, aclexplode(p.proacl) a
       LEFT JOIN pg_roles r ON r.oid = a.grantee
+      LEFT JOIN pg_roles g ON g.oid = a.grantor
      WHERE p.oid = 'fly.onboard_existing_users(boolean)'::regprocedure AND a.grantee <> p.proowner;
     DROP FUNCTION fly.onboard_existing_users(boolean);
     CREATE FUNCTION fly.onboard_existing_users(dry_run boolean DEFAULT true)
@@ -1378,8 +1391,27 @@ BEGIN
         'Users whose tier needs an app and who have none, the app each would get and what happens on Fly; with '
         'dry_run => false they are queued';
     REVOKE ALL ON FUNCTION fly.onboard_existing_users(boolean) FROM PUBLIC;
-    FOREACH statement IN ARRAY grants LOOP
-        EXECUTE statement;
+    -- The owner's grants (now the current user's, who owns the new function) as they are; another grantor's as
+    -- that role (GRANTED BY must name the current user), once it holds the grant option again.
+    pending := coalesce((SELECT array_agg(n) FROM generate_series(1, cardinality(grants)) n), '{}');
+    LOOP
+        progress := false;
+        FOREACH i IN ARRAY pending LOOP
+            CONTINUE WHEN grantors[i] IS NOT NULL AND NOT has_function_privilege(
+                grantors[i], 'fly.onboard_existing_users(boolean)'::regprocedure, 'EXECUTE WITH GRANT OPTION');
+            IF grantors[i] IS NOT NULL THEN
+                PERFORM set_config('role', grantors[i], true);
+            END IF;
+            EXECUTE grants[i];
+            PERFORM set_config('role', old_role, true);
+            pending := array_remove(pending, i);
+            progress := true;
+        END LOOP;
+        EXIT WHEN NOT progress OR cardinality(pending) = 0;
+    END LOOP;
+    FOREACH i IN ARRAY pending LOOP
+        RAISE WARNING 'not carried over to the new fly.onboard_existing_users(boolean): %', grants[i]
+            USING DETAIL = 'Its grantor no longer holds the grant option.';
     END LOOP;
 END $do$;
 -- Issue 14: deletion
