@@ -87,7 +87,6 @@ JobRunner::Configure() {
 		}
 		settings_.secrets = secrets.values;
 	}
-	secrets_digest_ = secrets::Digest(settings_.secrets);
 	secrets_check_due_ = true;
 	next_rollout_pass_ = 0;
 	if (problem != configuration_problem_ && !problem.empty()) {

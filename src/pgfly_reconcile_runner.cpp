@@ -64,7 +64,9 @@ JobRunner::Start(const ClaimedItem &item) {
 		target.generation = item.generation;
 		target.operation_id = std::to_string(item.generation) + "-" + std::to_string(item.attempts);
 		std::optional<reconcile::AppRecord> app;
+		reconcile::Settings settings = settings_;
 		pg::RunInTransaction("pg_fly: loading a reconcile", [&](pg::SpiConnection &spi) {
+			settings.secrets_digest_key = LoadSecretsDigestKey(spi);
 			if (item.present && item.tier) {
 				auto policy = LoadTierPolicy(spi, *item.tier);
 				if (policy && policy->dedicated) {
@@ -88,7 +90,7 @@ JobRunner::Start(const ClaimedItem &item) {
 				target.look_for_leftover = target.first_name_attempt == 0;
 			}
 		});
-		ReconcileJob job{reconcile::Operation(target, app, settings_), context};
+		ReconcileJob job{reconcile::Operation(target, app, settings), context};
 		job.operation.SetNow(Now());
 		reconcile::Step step = job.operation.Start();
 		Record(std::move(job), std::move(step));

@@ -44,11 +44,23 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 	std::string news;
 	try {
 		InTransaction("pg_fly: image rollout pass", [&](pg::SpiConnection &spi) {
+			// The file's set under the database's key (empty before the 0.3.0 schema), read only when needed.
+			std::optional<std::string> digest;
+			auto secrets_digest = [&]() -> const std::string & {
+				if (!digest) {
+					const std::string key = LoadSecretsDigestKey(spi);
+					digest = key.empty() ? std::string() : secrets::Digest(settings_.secrets, key);
+				}
+				return *digest;
+			};
 			std::optional<RunningRollout> running = LoadRunningRollout(spi);
 			if (!running && secrets_check_due_ && configuration_problem_.empty()) {
 				// After a start or a reload: apps whose secrets differ from the file get a rollout of their own.
 				secrets_check_due_ = false;
-				if (auto id = StartSecretsRollout(spi, secrets_digest_, settings_.secrets.empty())) {
+				if (secrets_digest().empty()) {
+					return;
+				}
+				if (auto id = StartSecretsRollout(spi, secrets_digest(), settings_.secrets.empty())) {
 					// Read-only queries in this transaction would not see it yet: the next pass (at once) takes it.
 					news = "secrets rollout " + std::to_string(*id) + " started: fly.app_secrets_file changed";
 					next_pass = now;
@@ -93,7 +105,7 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 							// The app keeps its image; its secrets move to the file's set.
 							target.image = app.image.empty() ? settings_.image : app.image;
 							target.secrets = secrets::ValuesToSet(settings_.secrets, app.secret_names);
-							app.secrets_digest = secrets_digest_;
+							app.secrets_digest = secrets_digest();
 						}
 						fly::MachineSpec spec = machine::MachineSpecFor(
 						    settings_.env, app.user_id, app.guest, app.region, target.image,

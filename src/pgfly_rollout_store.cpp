@@ -1,5 +1,7 @@
 #include "pgfly/pgfly_rollout_store.hpp"
 
+#include <stdexcept>
+
 #include "pgfly/core/json.hpp"
 #include "pgfly/pg/sql_values.hpp"
 #include "pgfly/pgfly_app_store.hpp"
@@ -295,7 +297,7 @@ RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::strin
 	}
 	Json details = EventDetails(rollout_id, app);
 	if (app.secrets_rollout) {
-		details.Set("secrets_digest", Json::String(app.secrets_digest));
+		// No digest: the rollout_id names the set, and the events are readable by dashboards.
 		if (step.secrets_version) {
 			details.Set("secrets_version", Json::Integer(*step.secrets_version));
 		}
@@ -320,6 +322,20 @@ SecretsColumnsExist(pg::SpiConnection &spi) {
 	                      "AND attname OPERATOR(pg_catalog.=) 'kind' AND NOT attisdropped)",
 	                      {}, true);
 	return rows.at(0).at(0) == std::string("t");
+}
+
+std::string
+LoadSecretsDigestKey(pg::SpiConnection &spi) {
+	auto exists = spi.Query("SELECT pg_catalog.to_regclass('fly.secrets_digest_key') IS NOT NULL", {}, true);
+	if (exists.at(0).at(0) != std::string("t")) {
+		return std::string();
+	}
+	auto rows = spi.Query("SELECT key FROM fly.secrets_digest_key", {}, true);
+	if (rows.empty() || !rows[0][0] || rows[0][0]->empty()) {
+		throw std::runtime_error("fly.secrets_digest_key holds no key: insert one (see the README, Secrets that "
+		                         "change)");
+	}
+	return *rows[0][0];
 }
 
 std::optional<int64_t>

@@ -205,9 +205,8 @@ private:
 	double next_health_pass_ = 0;
 	// Image rollouts: when to look again, what was claimed in this pass, canaries being checked.
 	double next_rollout_pass_ = 0;
-	// The digest of fly.app_secrets_file's set, and whether apps are to be compared with it (at the start and
-	// after each reload) at the next rollout pass that finds no rollout running.
-	std::string secrets_digest_;
+	// Whether apps are to be compared with fly.app_secrets_file's set (at the start and after each reload) at the
+	// next rollout pass that finds no rollout running.
 	bool secrets_check_due_ = true;
 	double next_secrets_check_ = 0;
 	// The drift pass: in progress or not, its cursor, when the next one is due (the first at the worker's start).

@@ -64,6 +64,9 @@ void RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::
 
 // Secrets that change (a rollout of kind 'secrets'); none of these exist before the 0.3.0 schema.
 bool SecretsColumnsExist(pg::SpiConnection &spi);
+// The database's key for the secrets digest (fly.secrets_digest_key, made by the 0.3.0 script); empty before that
+// schema. Throws when the table holds no key: recording unkeyed digests is what the key prevents.
+std::string LoadSecretsDigestKey(pg::SpiConnection &spi);
 // When no rollout is running: a secrets rollout of every active app whose recorded digest differs from `digest`
 // and that no rollout for this set took yet, one canary first. Not when the last secrets rollout, for the same
 // set, halted or was cancelled (the admin resumes it, or changes the file). Its id, or nothing to do.

@@ -499,7 +499,9 @@ Operation::OnSetSecrets(const fly::Outcome &outcome) {
 		AppChange change;
 		change.secrets_version = version;
 		// Recorded so that no secrets rollout sets them again (the machine is created or updated with them).
-		change.secrets_digest = secrets::Digest(settings_.secrets);
+		if (!settings_.secrets_digest_key.empty()) {
+			change.secrets_digest = secrets::Digest(settings_.secrets, settings_.secrets_digest_key);
+		}
 		change.secret_names = secrets::Names(settings_.secrets);
 		step.app = change;
 		Json details = Json::Object();

@@ -1,8 +1,10 @@
 #include "pgfly/core/secrets.hpp"
 
-#include <set>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
-#include "pgfly/core/app_naming.hpp"
+#include <set>
+#include <stdexcept>
 
 #include "pgfly/core/cpp_only.hpp"
 
@@ -10,13 +12,30 @@ namespace pgfly {
 namespace secrets {
 
 std::string
-Digest(const std::map<std::string, std::string> &secrets) {
+Digest(const std::map<std::string, std::string> &secrets, const std::string &key) {
+	if (key.empty()) {
+		// Unkeyed, the digest of a short secret could be brute-forced by anyone who can read it.
+		throw std::invalid_argument("the secrets digest needs a key");
+	}
 	std::string encoded = "pg_fly secrets v1\n";
 	for (const auto &secret : secrets) {
 		encoded += std::to_string(secret.first.size()) + ":" + secret.first;
 		encoded += std::to_string(secret.second.size()) + ":" + secret.second;
 	}
-	return Sha256Hex(encoded);
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int mac_length = 0;
+	if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+			 reinterpret_cast<const unsigned char *>(encoded.data()), encoded.size(), mac, &mac_length) == nullptr) {
+		throw std::runtime_error("OpenSSL could not compute an HMAC-SHA-256");
+	}
+	static const char kHex[] = "0123456789abcdef";
+	std::string hex;
+	hex.reserve(mac_length * 2);
+	for (unsigned int i = 0; i < mac_length; i++) {
+		hex.push_back(kHex[mac[i] >> 4]);
+		hex.push_back(kHex[mac[i] & 0xf]);
+	}
+	return hex;
 }
 
 std::vector<std::string>

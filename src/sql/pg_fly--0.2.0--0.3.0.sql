@@ -1178,8 +1178,9 @@ COMMENT ON COLUMN fly.user_fly_apps.fly_app_created_at IS
 COMMENT ON COLUMN fly.user_fly_apps.fly_machine_created_at IS
     'When pg_fly created the recorded machine; NULL when the machine was found rather than created';
 --------------------------------------------------------------------------------------------------------------
--- Issue 14: secrets that change. Each app records a digest of the secrets set its machine runs with (SHA-256
--- over every name and value together, never one value alone) and the names last set on Fly, so that a name
+-- Issue 14: secrets that change. Each app records a digest of the secrets set its machine runs with (HMAC-SHA-256
+-- under the database's fly.secrets_digest_key over every name and value together, never one value alone; the key
+-- is made in the section "Issue 14: secrets digest key" below) and the names last set on Fly, so that a name
 -- removed from fly.app_secrets_file can be unset. When the file changes the worker starts a rollout of kind
 -- 'secrets': per app it sets the secrets again (removed names as null), then updates the machine to the new
 -- min_secrets_version, canary first, halting on failure, seen and resumed or cancelled like an image rollout.
@@ -1188,7 +1189,8 @@ ALTER TABLE fly.user_fly_apps
     ADD COLUMN secrets_digest text CHECK (secrets_digest ~ '^[0-9a-f]{64}$'),
     ADD COLUMN secret_names   text[];
 COMMENT ON COLUMN fly.user_fly_apps.secrets_digest IS
-    'SHA-256 (hex) of the whole secrets set the app''s machine was last created or updated with; never a value';
+    'HMAC-SHA-256 (hex, keyed with fly.secrets_digest_key) of the whole secrets set the app''s machine was last '
+    'created or updated with; never a value';
 COMMENT ON COLUMN fly.user_fly_apps.secret_names IS 'The secret names pg_fly last set on the app (names only)';
 
 ALTER TABLE fly.image_rollouts
@@ -1201,7 +1203,8 @@ COMMENT ON COLUMN fly.image_rollouts.kind IS
     'image: fly.start_image_rollout(); secrets: started by the worker when fly.app_secrets_file changed';
 COMMENT ON COLUMN fly.image_rollouts.secrets_digest IS 'For a secrets rollout: the digest of the set it was started for';
 
--- The kind and the digest, after the columns the view already had.
+-- The kind and a short prefix of the (keyed) digest to tell secrets rollouts apart, after the columns the view
+-- already had. The whole digest stays in fly.image_rollouts.
 CREATE OR REPLACE VIEW fly.image_rollout_progress AS
 SELECT r.id, r.image, r.status,
        count(a.*) AS apps,
@@ -1215,7 +1218,7 @@ SELECT r.id, r.image, r.status,
             ELSE round(100.0 * count(a.*) FILTER (WHERE a.status IN ('updated', 'healthy', 'failed', 'skipped'))
                        / count(a.*), 1) END AS percent_done,
        r.max_failures, r.canary_deadline, r.halted_reason, r.started_by, r.created_at, r.finished_at,
-       r.kind, r.secrets_digest
+       r.kind, left(r.secrets_digest, 8) AS secrets_digest_prefix
   FROM fly.image_rollouts r
   LEFT JOIN fly.image_rollout_apps a ON a.rollout_id = r.id
  GROUP BY r.id;
@@ -1299,19 +1302,32 @@ REVOKE ALL ON FUNCTION fly.delete_orphan_machines(text, text) FROM PUBLIC;
 -- Onboarding's dry run says which app each user would get and what happens to a machine the previous system left
 -- there. SQL does not call Fly: what the organization holds is known only from the last orphan pass
 -- (fly.find_orphan_apps(), which lists the apps of pg_fly's prefix no live row owns). New result columns need
--- DROP + CREATE; the grants are carried over.
+-- DROP + CREATE; the grants are carried over, each by its original grantor (a grant op1 made with the grant
+-- option the owner gave it still depends on op1's), in an order where each grantor holds its grant option again.
 DO $do$
 DECLARE
     grants text[];
-    statement text;
+    grantors text[];
+    pending integer[];
+    progress boolean;
+    owner oid;
+    old_role text := current_setting('role');
+    i integer;
 BEGIN
-    SELECT coalesce(array_agg(format('GRANT %s ON FUNCTION fly.onboard_existing_users(boolean) TO %s%s',
+    SELECT p.proowner INTO owner FROM pg_proc p WHERE p.oid = 'fly.onboard_existing_users(boolean)'::regprocedure;
+    SELECT coalesce(array_agg(format('GRANT %s ON FUNCTION fly.onboard_existing_users(boolean) TO %s%s%s',
                                      a.privilege_type,
                                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
-                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
-      INTO grants
+                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END,
+                                     CASE WHEN a.grantor = owner THEN ''
+                                          ELSE ' GRANTED BY ' || quote_ident(g.rolname) END)
+                            ORDER BY a.grantor = owner DESC), '{}'),
+           coalesce(array_agg(CASE WHEN a.grantor = owner THEN NULL ELSE g.rolname END
+                              ORDER BY a.grantor = owner DESC), '{}')
+      INTO grants, grantors
       FROM pg_proc p, aclexplode(p.proacl) a
       LEFT JOIN pg_roles r ON r.oid = a.grantee
+      LEFT JOIN pg_roles g ON g.oid = a.grantor
      WHERE p.oid = 'fly.onboard_existing_users(boolean)'::regprocedure AND a.grantee <> p.proowner;
     DROP FUNCTION fly.onboard_existing_users(boolean);
     CREATE FUNCTION fly.onboard_existing_users(dry_run boolean DEFAULT true)
@@ -1375,8 +1391,27 @@ BEGIN
         'Users whose tier needs an app and who have none, the app each would get and what happens on Fly; with '
         'dry_run => false they are queued';
     REVOKE ALL ON FUNCTION fly.onboard_existing_users(boolean) FROM PUBLIC;
-    FOREACH statement IN ARRAY grants LOOP
-        EXECUTE statement;
+    -- The owner's grants (now the current user's, who owns the new function) as they are; another grantor's as
+    -- that role (GRANTED BY must name the current user), once it holds the grant option again.
+    pending := coalesce((SELECT array_agg(n) FROM generate_series(1, cardinality(grants)) n), '{}');
+    LOOP
+        progress := false;
+        FOREACH i IN ARRAY pending LOOP
+            CONTINUE WHEN grantors[i] IS NOT NULL AND NOT has_function_privilege(
+                grantors[i], 'fly.onboard_existing_users(boolean)'::regprocedure, 'EXECUTE WITH GRANT OPTION');
+            IF grantors[i] IS NOT NULL THEN
+                PERFORM set_config('role', grantors[i], true);
+            END IF;
+            EXECUTE grants[i];
+            PERFORM set_config('role', old_role, true);
+            pending := array_remove(pending, i);
+            progress := true;
+        END LOOP;
+        EXIT WHEN NOT progress OR cardinality(pending) = 0;
+    END LOOP;
+    FOREACH i IN ARRAY pending LOOP
+        RAISE WARNING 'not carried over to the new fly.onboard_existing_users(boolean): %', grants[i]
+            USING DETAIL = 'Its grantor no longer holds the grant option.';
     END LOOP;
 END $do$;
 -- Issue 14: deletion
@@ -1385,3 +1420,34 @@ END $do$;
 ALTER TABLE fly.user_fly_apps ADD COLUMN delete_requested_at timestamptz;
 COMMENT ON COLUMN fly.user_fly_apps.delete_requested_at IS
     'When pg_fly recorded a DELETE of this app as sent (NULL: never, or the name is in use again)';
+--------------------------------------------------------------------------------------------------------------
+-- Issue 14: secrets digest key. The secrets digest is an HMAC-SHA-256 under this per-database key, so that a
+-- role that can read a digest (or a dump without this table) cannot test guesses of a short secret against it.
+-- Made once, here (CREATE EXTENSION runs this script too), from gen_random_uuid()'s strong randomness (two v4
+-- uuids: 244 random bits); read only by the worker (a superuser), granted to nobody. It is dumped with the other
+-- fly tables, so that a restore keeps it and the restored digests still match: a restore's CREATE EXTENSION
+-- makes a new key, which the dump's row then replaces. A superuser changing it makes every app differ from the
+-- file: each then gets one secrets rollout.
+--------------------------------------------------------------------------------------------------------------
+CREATE TABLE fly.secrets_digest_key (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    key       text NOT NULL CHECK (length(key) >= 32)
+);
+COMMENT ON TABLE fly.secrets_digest_key IS
+    'The key of the secrets digest (HMAC-SHA-256); one row, made at CREATE or ALTER EXTENSION. Grant it to nobody';
+INSERT INTO fly.secrets_digest_key (key)
+    SELECT replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
+CREATE FUNCTION fly._secrets_digest_key_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE fly.secrets_digest_key SET key = NEW.key WHERE singleton;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER secrets_digest_key_upsert BEFORE INSERT ON fly.secrets_digest_key
+    FOR EACH ROW EXECUTE FUNCTION fly._secrets_digest_key_upsert();
+REVOKE ALL ON fly.secrets_digest_key FROM PUBLIC;
+REVOKE ALL ON FUNCTION fly._secrets_digest_key_upsert() FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fly.secrets_digest_key', '');

@@ -4,7 +4,10 @@ the rollout machinery: one canary first, halting on a failed update, resumable b
 makes no call. Assertions are made on what the simulator received and holds; no secret value may appear in the
 tables, the events, the server log or the simulator's request log."""
 
+import hashlib
+import hmac
 import os
+import re
 import sys
 import time
 import unittest
@@ -16,6 +19,18 @@ from test_provisioning import ProvisioningTestCase, app_name  # noqa: E402
 FIRST = {"ALPHA_KEY": "alpha-value-first-5150", "BRAVO_KEY": "bravo-value-gone-8086", "CHARLIE_KEY": "charlie-value-6502"}
 SECOND = {"ALPHA_KEY": "alpha-value-second-6809", "CHARLIE_KEY": "charlie-value-6502", "DELTA_KEY": "delta-value-z80"}
 ALL_VALUES = set(FIRST.values()) | set(SECOND.values())
+# The README's grants for a dashboard role, and the rollout view an admin may add to them.
+DASHBOARD_GRANTS = ("GRANT USAGE ON SCHEMA fly TO {role}; GRANT SELECT ON fly.live_apps, fly.recent_events, "
+                    "fly.provision_success_rate, fly.image_rollout_progress TO {role};")
+
+
+def public_encoding(values):
+    """The digest's input format (src/core/secrets.cpp), which anyone can read in the source."""
+    encoded = b"pg_fly secrets v1\n"
+    for name in sorted(values):
+        name_bytes, value_bytes = name.encode(), values[name].encode()
+        encoded += str(len(name_bytes)).encode() + b":" + name_bytes + str(len(value_bytes)).encode() + b":" + value_bytes
+    return encoded
 
 
 class SecretsRolloutTest(ProvisioningTestCase):
@@ -200,6 +215,50 @@ class SecretsRolloutTest(ProvisioningTestCase):
             live = [m for m in app["machines"].values() if m["state"] not in ("destroyed", "destroying")]
             self.assertEqual(live[0]["min_secrets_version"], app["secrets"]["version"])
         self.assertEqual(self.pg.value("SELECT count(DISTINCT secrets_digest) FROM fly.user_fly_apps"), "1")
+        self.assert_no_secret_value_anywhere()
+
+    def test_a_dashboard_role_cannot_confirm_a_guessed_secret(self):
+        role = "i14_dashboard"
+        self.pg.sql(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role}; " + DASHBOARD_GRANTS.format(role=role))
+        self.addCleanup(self.pg.psql, f"DROP OWNED BY {role}; DROP ROLE {role}", check=False)
+        self.provision(2, 83)
+        # A rollout for SECOND: secrets_rollout_* events and a row in fly.image_rollout_progress for it.
+        self.write_secrets(SECOND)
+        self.pg.reload()
+        rollout_id = self.secrets_rollout()
+        self.wait_for_rollout(rollout_id, "'completed'")
+        recorded = self.pg.value("SELECT DISTINCT secrets_digest FROM fly.user_fly_apps")
+        self.assertRegex(recorded, "^[0-9a-f]{64}$")
+
+        def as_dashboard(sql):
+            return self.pg.psql(f"SET ROLE {role}; {sql}", check=False)
+
+        # The key is the superuser's alone.
+        refused = as_dashboard("SELECT key FROM fly.secrets_digest_key")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("permission denied", refused.stderr)
+        self.assertIn("permission denied", as_dashboard("SELECT secrets_digest FROM fly.user_fly_apps").stderr)
+        # Everything the dashboard can read.
+        seen = ""
+        for view in ("fly.live_apps", "fly.recent_events", "fly.provision_success_rate",
+                     "fly.image_rollout_progress"):
+            result = as_dashboard(f"SELECT v::text FROM {view} v")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            seen += result.stdout
+        self.assertIn("secrets_rollout_updated", seen)
+        self.assertIn(f"({rollout_id},", seen)
+        # Neither the unkeyed hash of the true set (what a guesser would compute and compare) nor the recorded
+        # digest is visible: at most a short prefix of the keyed one.
+        unkeyed = hashlib.sha256(public_encoding(SECOND)).hexdigest()
+        self.assertNotEqual(recorded, unkeyed)
+        self.assertNotIn(unkeyed, seen)
+        self.assertNotIn(unkeyed[:8], seen)
+        self.assertNotIn(recorded, seen)
+        self.assertEqual(re.findall(r"[0-9a-f]{64}", seen), [])
+        # The recorded digest is HMAC-SHA-256 under the database's key.
+        key = self.pg.value("SELECT key FROM fly.secrets_digest_key")
+        self.assertGreaterEqual(len(key), 32)
+        self.assertEqual(recorded, hmac.new(key.encode(), public_encoding(SECOND), hashlib.sha256).hexdigest())
         self.assert_no_secret_value_anywhere()
 
 

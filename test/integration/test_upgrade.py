@@ -216,6 +216,37 @@ class UpgradeTest(unittest.TestCase):
                 self.run_sql(database, "ALTER EXTENSION pg_fly UPDATE")
                 self.assertEqual(self.run_sql(database, DESCRIBE_SCHEMA), fresh)
 
+    def test_update_keeps_each_onboarding_grant_with_its_grantor(self):
+        # The update replaces fly.onboard_existing_users; grants made on it before, through a chain of grant
+        # options, come back with the same grantors, so they still depend on them.
+        roles = ["i14_op1", "i14_op2", "i14_op3"]
+        self.run_sql("postgres", "".join(f"DROP ROLE IF EXISTS {r}; CREATE ROLE {r};" for r in roles))
+        self.addCleanup(self.pg.psql, "".join(f"DROP ROLE IF EXISTS {r};" for r in reversed(roles)),
+                        database="postgres", check=False)
+        self.new_database("grants_kept", FIRST_RELEASE)
+        function = "fly.onboard_existing_users(boolean)"
+        self.run_sql("grants_kept", f"""
+            GRANT USAGE ON SCHEMA fly TO i14_op1, i14_op2;
+            GRANT EXECUTE ON FUNCTION {function} TO i14_op1 WITH GRANT OPTION;
+            SET ROLE i14_op1;
+            GRANT EXECUTE ON FUNCTION {function} TO i14_op2 WITH GRANT OPTION;
+            SET ROLE i14_op2;
+            GRANT EXECUTE ON FUNCTION {function} TO i14_op3;
+            RESET ROLE;""")
+        acl = (f"SELECT a.grantor::regrole, a.grantee::regrole, a.privilege_type, a.is_grantable "
+               f"FROM pg_proc p, aclexplode(p.proacl) a WHERE p.oid = '{function}'::regprocedure ORDER BY 1, 2")
+        before = self.run_sql("grants_kept", acl)
+        self.assertIn("i14_op1\ti14_op2\tEXECUTE\tt", before)
+        self.assertIn("i14_op2\ti14_op3\tEXECUTE\tf", before)
+        oid_before = self.run_sql("grants_kept", f"SELECT '{function}'::regprocedure::oid")
+
+        self.run_sql("grants_kept", "ALTER EXTENSION pg_fly UPDATE")
+        self.assertNotEqual(self.run_sql("grants_kept", f"SELECT '{function}'::regprocedure::oid"), oid_before)
+        self.assertEqual(self.run_sql("grants_kept", acl), before)
+        # They depend on their grantors again: taking op1's grant option takes op2's and op3's grants with it.
+        self.run_sql("grants_kept", f"REVOKE EXECUTE ON FUNCTION {function} FROM i14_op1 CASCADE")
+        self.assertEqual([line for line in self.run_sql("grants_kept", acl) if "i14_op" in line], [])
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

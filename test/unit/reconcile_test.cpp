@@ -460,6 +460,7 @@ TEST(ReconcileProvision, ExhaustedNameCandidatesFailWithoutAnyRequest) {
 TEST(ReconcileSecrets, SecretsAreSetBeforeTheMachineAndItsVersionIsRequired) {
 	Settings settings = MakeSettings();
 	settings.secrets = {{"DB_PASSWORD", "hunter2-very-secret"}, {"API_KEY", "sk-live-XYZZY"}};
+	settings.secrets_digest_key = "0123456789abcdef0123456789abcdef";
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	std::vector<Step> steps;
 	steps.push_back(operation.Start());
@@ -479,7 +480,7 @@ TEST(ReconcileSecrets, SecretsAreSetBeforeTheMachineAndItsVersionIsRequired) {
 	ASSERT_TRUE(after_secrets.app.has_value());
 	EXPECT_EQ(after_secrets.app->secrets_version, 4);
 	// The set is recorded as one digest and its names, so that no secrets rollout sets it again.
-	EXPECT_EQ(after_secrets.app->secrets_digest, secrets::Digest(settings.secrets));
+	EXPECT_EQ(after_secrets.app->secrets_digest, secrets::Digest(settings.secrets, settings.secrets_digest_key));
 	EXPECT_EQ(after_secrets.app->secret_names, (std::vector<std::string>{"API_KEY", "DB_PASSWORD"}));
 	EXPECT_EQ(EventTypes(after_secrets), Types{"secrets_set"});
 	Json set = Details(after_secrets.events[0]);

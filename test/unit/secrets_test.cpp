@@ -2,11 +2,24 @@
 
 #include <gtest/gtest.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdexcept>
+
+#include "pgfly/core/app_naming.hpp"
+
 namespace pgfly {
 namespace secrets {
 namespace {
 
-TEST(SecretsDigest, IsSha256HexOfTheWholeSetAndChangesWithAnyNameOrValue) {
+const std::string kKey = "0123456789abcdef0123456789abcdef";
+
+std::string
+Digest(const std::map<std::string, std::string> &set) {
+	return secrets::Digest(set, kKey);
+}
+
+TEST(SecretsDigest, IsHexOfTheWholeSetAndChangesWithAnyNameOrValue) {
 	const std::map<std::string, std::string> set = {{"A", "one"}, {"B", "two"}};
 	const std::string digest = Digest(set);
 	EXPECT_EQ(digest.size(), 64u);
@@ -17,6 +30,28 @@ TEST(SecretsDigest, IsSha256HexOfTheWholeSetAndChangesWithAnyNameOrValue) {
 	EXPECT_NE(Digest({{"A", "one"}, {"C", "two"}}), digest);
 	EXPECT_NE(Digest({}), digest);
 	EXPECT_EQ(Digest({}).size(), 64u);
+}
+
+TEST(SecretsDigest, DependsOnTheKeyAndIsNotThePlainHashOfTheEncoding) {
+	const std::map<std::string, std::string> set = {{"PIN", "4711"}};
+	const std::string encoded = "pg_fly secrets v1\n3:PIN4:4711";
+	// Without the key, the public encoding of a guess does not give the digest.
+	EXPECT_NE(Digest(set), Sha256Hex(encoded));
+	EXPECT_NE(secrets::Digest(set, kKey + "x"), Digest(set));
+	EXPECT_NE(secrets::Digest(set, "another key of thirty-two bytes!"), Digest(set));
+	// It is HMAC-SHA-256 under the key, computed independently here.
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int length = 0;
+	HMAC(EVP_sha256(), kKey.data(), static_cast<int>(kKey.size()),
+		 reinterpret_cast<const unsigned char *>(encoded.data()), encoded.size(), mac, &length);
+	std::string hex;
+	for (unsigned int i = 0; i < length; i++) {
+		hex += "0123456789abcdef"[mac[i] >> 4];
+		hex += "0123456789abcdef"[mac[i] & 0xf];
+	}
+	EXPECT_EQ(Digest(set), hex);
+	// No key, no digest.
+	EXPECT_THROW(secrets::Digest(set, ""), std::invalid_argument);
 }
 
 TEST(SecretsDigest, NoTwoSetsShareAnEncoding) {

@@ -51,6 +51,9 @@ struct Settings {
 	std::map<std::string, std::string> env;
 	// App secrets to set before the machine is created. Values never leave the request body.
 	std::map<std::string, std::string> secrets;
+	// The database's key for the secrets digest (fly.secrets_digest_key); empty before the 0.3.0 schema, which has
+	// nowhere to record a digest.
+	std::string secrets_digest_key;
 	// One wait call blocks at most this long; a provision waits at most wait_rounds calls for "started".
 	int wait_timeout_seconds = 60;
 	int wait_rounds = 5;

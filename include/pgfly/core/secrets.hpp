@@ -10,9 +10,10 @@
 namespace pgfly {
 namespace secrets {
 
-// SHA-256 (hex) over every name and value together, each length-prefixed so that no two sets share an
-// encoding. One digest for the whole set: a per-value hash of a short secret could be guessed back.
-std::string Digest(const std::map<std::string, std::string> &secrets);
+// HMAC-SHA-256 (hex) under `key` (the database's fly.secrets_digest_key; never empty) over every name and value
+// together, each length-prefixed so that no two sets share an encoding. One digest for the whole set, and keyed:
+// whoever reads it without the key cannot test guesses of a short secret against it.
+std::string Digest(const std::map<std::string, std::string> &secrets, const std::string &key);
 
 // The names of the set, in order.
 std::vector<std::string> Names(const std::map<std::string, std::string> &secrets);
