@@ -419,6 +419,13 @@ Operation::OnCreateApp(const fly::Outcome &outcome) {
 		step = AppExists(std::move(step), outcome, "app_created");
 		step.app->app_created = true;
 		app_created_at_ = now_;
+		if (!app_->machine_id.empty()) {
+			// A new app holds no machine: the one recorded went with the app deleted before (re-created here).
+			app_->machine_id.clear();
+			machine_created_at_ = -1e18;
+			step.app->machine_id = "";
+			step.app->machine_created = false;
+		}
 		step.request = fly::GetAppRequest(app_->name);
 		phase_ = Phase::kWaitAppVisible;
 		return step;

@@ -84,9 +84,16 @@ class CapacityTest(ProvisioningTestCase):
         self.assertNotEqual(status, "failed")
         self.assertIn("no capacity for the machine in any region (sjc, ams)", error)
         self.assertNotIn("provision_failed", self.events())
-        # Capacity comes back: the user gets an app in the policy's region.
-        self.sim.configure(no_capacity_regions=[])
+        # The refusals spent no attempt (fly.max_attempts is 3): one ordinary failure after capacity comes back
+        # must not fail the user. One alert said that no region had room.
+        attempts = self.pg.value(f"SELECT attempts FROM fly.reconcile_queue WHERE user_id = '{USER}'")
+        self.assertLessEqual(int(attempts), 1)
+        self.assertEqual(self.events().count("alert_raised"), 1)
+        # Capacity comes back, and Fly answers one wait with a 503: the user gets an app in the policy's region.
+        self.sim.configure(no_capacity_regions=[], faults=[{"endpoint": "wait_machine", "times": 1, "always": True,
+                                                            "kind": "status", "status": 503}])
         self.settle()
+        self.assertIn(503, [r["status"] for r in self.sim.requests()["requests"] if r["endpoint"] == "wait_machine"])
         self.assertEqual(self.pg.sql(f"SELECT status, region FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
                          [["active", "sjc"]])
         self.assertEqual([m["region"] for m in self.machines_on_fly()], ["sjc"])

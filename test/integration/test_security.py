@@ -290,8 +290,9 @@ class PrivilegeTest(SecurityTestCase):
             # host, inside the API's paths: ids travel percent-encoded, and odd app names never reach the health URL.
             real_machine = self.pg.value(f"SELECT fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{user}'")
             since = self.sim.requests()["last_seq"]
-            self.pg.sql(f"UPDATE fly.user_fly_apps SET fly_machine_id = '../../../../v1/orgs/personal/machines?x=1#y' "
-                        f"WHERE user_id = '{user}'")
+            # (Not a machine created moments ago: a young machine's 404 would be "not visible yet".)
+            self.pg.sql(f"UPDATE fly.user_fly_apps SET fly_machine_id = '../../../../v1/orgs/personal/machines?x=1#y', "
+                        f"fly_machine_created_at = NULL WHERE user_id = '{user}'")
             self.pg.sql(f"INSERT INTO fly.user_fly_apps (user_id, fly_app_name, fly_org_slug, region, status, "
                         f"fly_machine_id) VALUES ('{other}', 'evil.example', 'personal', 'sjc', 'active', 'abc'), "
                         f"('{third}', '..', 'personal', 'sjc', 'active', '..')")

@@ -798,8 +798,7 @@ TEST(ReconcileMachine, MatchingRecordedMachineIsAwaitedDirectly) {
 	AppRecord record = MakeRecord();
 	record.machine_id = "m7";
 	Operation operation(MakeTarget(), record, MakeSettings());
-	operation.Start();
-	AppCreated(operation, "{}");
+	DriveRecordedAppToFindMachine(operation); // the app is there: a new one would hold no machine
 	Step step = operation.OnOutcome(Ok(ListText({MachineText("m7", "started")})));
 	EXPECT_TRUE(step.events.empty());
 	EXPECT_FALSE(step.app.has_value());
@@ -810,8 +809,7 @@ TEST(ReconcileMachine, DuplicateIsDestroyedKeepingTheRecordedMachine) {
 	AppRecord record = MakeRecord();
 	record.machine_id = "m2";
 	Operation operation(MakeTarget(), record, MakeSettings());
-	operation.Start();
-	AppCreated(operation, "{}");
+	DriveRecordedAppToFindMachine(operation); // the app is there: a new one would hold no machine
 	// m1 is listed first, but the row records m2; m3 is already destroyed and left alone.
 	Step step = operation.OnOutcome(Ok(ListText(
 	    {MachineText("m1", "started"), MachineText("m2", "started"), MachineText("m3", "destroyed")})));
@@ -1897,6 +1895,23 @@ TEST(ReconcileCapacity, MachineInAFallbackRegionIsKept) {
 	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m9");
 	step = resize.OnOutcome(Ok(MachineText("m9", "replacing", kOtherGuest, kImage, "lhr")));
 	EXPECT_EQ(step.app->region, "lhr");
+}
+
+TEST(ReconcileSettle, AnAppCreatedAgainHoldsNoneOfTheOldMachine) {
+	// The app was deleted (and its machine with it) and is created again: the machine recorded from before,
+	// however young, is not waited for.
+	AppRecord record = MakeRecord("provisioning");
+	record.machine_id = "m-old";
+	record.machine_created_age_seconds = 4;
+	Operation operation(MakeTarget(), record, MakeSettings());
+	operation.Start();
+	Step step = operation.OnOutcome(Ok("{\"id\":\"app-2\"}", 201));
+	ASSERT_TRUE(step.app.has_value());
+	EXPECT_EQ(step.app->machine_id, std::optional<std::string>(""));
+	EXPECT_EQ(step.app->machine_created, std::optional<bool>(false));
+	step = operation.OnOutcome(Ok(AppText(Candidate(0), kOrg)));
+	step = operation.OnOutcome(Ok("[]"));
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
 }
 
 } // namespace
