@@ -124,6 +124,10 @@ JobRunner::ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step) {
 		!context.alerted && (context.attempts >= settings::alert_after_attempts || step.completion == Completion::kFailed ||
 							 (step.no_capacity && step.completion == Completion::kRetry));
 	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
+	if (step.no_capacity && step.completion == Completion::kRetry) {
+		// No region has room, and capacity spends no attempt, so the delay would not grow: wait the longest.
+		context.retry_delay_seconds = std::max(context.retry_delay_seconds, settings::retry_max_delay_ms / 1000.0);
+	}
 }
 
 void
