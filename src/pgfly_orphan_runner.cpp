@@ -160,7 +160,8 @@ JobRunner::OnOrphanMachineList(const OrphanJob &work, const fly::Outcome &outcom
 			listed.push_back(machine.id);
 			const std::string &user = work.check.user_id;
 			const bool users =
-				machine.metadata_user_id == user || (machine.metadata_user_id.empty() && machine.env_user_id == user);
+				machine.metadata_user_id == user ||
+				(machine.metadata_user_id.empty() && EqualsIgnoreCase(machine.env_user_id, user));
 			if (!users) {
 				orphans.push_back(reconcile::OrphanMachine{work.check.app_name, machine.id, machine.env_user_id});
 			}

@@ -66,7 +66,14 @@ JobRunner::Start(const ClaimedItem &item) {
 		std::optional<reconcile::AppRecord> app;
 		reconcile::Settings settings = settings_;
 		pg::RunInTransaction("pg_fly: loading a reconcile", [&](pg::SpiConnection &spi) {
-			settings.secrets_digest_key = LoadSecretsDigestKey(spi);
+			if (!settings.secrets.empty()) {
+				try {
+					settings.secrets_digest_key = LoadSecretsDigestKey(spi);
+				} catch (const std::runtime_error &e) {
+					// Provisioning goes on without recording a digest (a secrets rollout then sets them again).
+					Log(e.what());
+				}
+			}
 			if (item.present && item.tier) {
 				auto policy = LoadTierPolicy(spi, *item.tier);
 				if (policy && policy->dedicated) {
@@ -124,6 +131,11 @@ JobRunner::ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step) {
 		!context.alerted && (context.attempts >= settings::alert_after_attempts || step.completion == Completion::kFailed ||
 							 (step.no_capacity && step.completion == Completion::kRetry));
 	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
+	if (step.no_capacity && step.failed_attempt) {
+		// Capacity spends no attempt, so the attempt count would not grow the delay: start a few steps up.
+		context.retry_delay_seconds = std::max(
+			context.retry_delay_seconds, RetryDelay(context.attempts + settings::capacity_retries, std::nullopt));
+	}
 	if (step.no_capacity && step.completion == Completion::kRetry) {
 		// No region has room, and capacity spends no attempt, so the delay would not grow: wait the longest.
 		context.retry_delay_seconds = std::max(context.retry_delay_seconds, settings::retry_max_delay_ms / 1000.0);
@@ -145,8 +157,10 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 							 [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
 		if (go_on && step.request) {
 			double due = Now() + step.delay_seconds;
-			if (step.failed_attempt && !step.no_capacity) {
-				job.context.attempts++; // the retry is the next attempt (a lack of capacity spends none)
+			if (step.failed_attempt) {
+				if (!step.no_capacity) {
+					job.context.attempts++; // the retry is the next attempt (a lack of capacity spends none)
+				}
 				due += job.context.retry_delay_seconds;
 			}
 			pending_.push_back(PendingRequest{due, std::move(job), *step.request});

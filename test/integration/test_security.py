@@ -480,7 +480,9 @@ class HostileInputTest(SecurityTestCase):
         self.assertEqual(self.pg.value("SELECT to_regclass('fly.reconcile_queue') IS NOT NULL AND to_regclass("
                                        "'fly.user_fly_apps') IS NOT NULL AND to_regclass('user_subscriptions') IS "
                                        "NOT NULL"), "t")
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        # Nothing was queued (the earlier tests' teardowns may still be waiting for Fly to confirm a deletion).
+        self.assertTrue(self.pg.wait_for("SELECT count(*) = 0 FROM fly.reconcile_queue", 30),
+                        self.pg.sql("SELECT * FROM fly.reconcile_queue"))
         self.assertEqual(self.worker_pid(), self.pid)
         self.assert_no_crash()
 
