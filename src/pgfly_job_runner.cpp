@@ -64,7 +64,6 @@ JobRunner::Configure() {
 	settings_.image = settings::image;
 	settings_.create_settle_seconds = settings::request_timeout_ms / 1000.0;
 	settings_.visibility_window_seconds = settings::create_settle_time_ms / 1000.0;
-	settings_.ambiguous_create_wait_seconds = settings::request_timeout_ms / 1000.0;
 	settings_.capacity_retries = settings::capacity_retries;
 	settings_.shared_network = settings::app_network == settings::kAppNetworkShared;
 	settings_.service.internal_port = settings::app_internal_port;

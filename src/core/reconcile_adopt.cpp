@@ -7,7 +7,6 @@
 
 #include <utility>
 
-#include "pgfly/core/json.hpp"
 #include "pgfly/core/text.hpp"
 
 #include "pgfly/core/cpp_only.hpp"
@@ -16,7 +15,6 @@ namespace pgfly {
 namespace reconcile {
 
 using fly::OutcomeKind;
-using machine::GuestJson;
 using machine::IsLiveMachine;
 using machine::MachineFacts;
 using machine::MachineList;
@@ -101,17 +99,7 @@ Operation::AdoptUnmarkedMachine(Step step) {
 	AppChange change = step.app.value_or(AppChange{});
 	change.machine_id = chosen.id;
 	step.app = change;
-	Json details = Json::Object();
-	details.Set("machine_id", Json::String(chosen.id));
-	details.Set("state", Json::String(chosen.state));
-	details.Set("from_guest", GuestJson(chosen.guest));
-	details.Set("to_guest", GuestJson(target_.guest));
-	details.Set("from_image", Json::String(chosen.image));
-	details.Set("to_image", Json::String(Image()));
-	step.events.push_back(MakeEvent("machine_adopted", details));
-	step.request = fly::UpdateMachineRequest(app_->name, chosen.id, Spec());
-	phase_ = Phase::kUpdateMachine;
-	return step;
+	return UpdateToSpec(std::move(step), chosen, "machine_adopted", true);
 }
 
 } // namespace reconcile

@@ -360,18 +360,28 @@ Operation::AdoptMachine(Step step) {
 	}
 	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != Image() ||
 		!machine::SameService(chosen.service, settings_.service)) {
-		Json details = Json::Object();
-		details.Set("machine_id", Json::String(chosen.id));
-		details.Set("from_guest", GuestJson(chosen.guest));
-		details.Set("to_guest", GuestJson(target_.guest));
-		details.Set("from_image", Json::String(chosen.image));
-		details.Set("to_image", Json::String(Image()));
-		step.events.push_back(MakeEvent("machine_update_requested", details));
-		step.request = fly::UpdateMachineRequest(app_->name, chosen.id, Spec());
-		phase_ = Phase::kUpdateMachine;
-		return step;
+		return UpdateToSpec(std::move(step), chosen, "machine_update_requested", false);
 	}
 	return BringUp(std::move(step), chosen.state);
+}
+
+// One update gives the machine this operation's whole config (Fly has no partial updates); the event says what
+// changes (and, for an adopted machine, the state it was found in).
+Step
+Operation::UpdateToSpec(Step step, const MachineFacts &machine, const char *event_type, bool with_state) {
+	Json details = Json::Object();
+	details.Set("machine_id", Json::String(machine.id));
+	if (with_state) {
+		details.Set("state", Json::String(machine.state));
+	}
+	details.Set("from_guest", GuestJson(machine.guest));
+	details.Set("to_guest", GuestJson(target_.guest));
+	details.Set("from_image", Json::String(machine.image));
+	details.Set("to_image", Json::String(Image()));
+	step.events.push_back(MakeEvent(event_type, details));
+	step.request = fly::UpdateMachineRequest(app_->name, machine.id, Spec());
+	phase_ = Phase::kUpdateMachine;
+	return step;
 }
 
 // The adopted machine, in `state`, is to end up started: start it if it is down, let a stop under way (sent by
@@ -582,8 +592,8 @@ Operation::OnCreateMachine(const fly::Outcome &outcome) {
 		// only the list's lag to wait for.
 		step.events.push_back(MakeEvent("provision_attempt_failed", OutcomeDetails(outcome, "create_machine")));
 		create_looked_since_ = now_;
-		create_settles_at_ = now_ + (AmbiguousCreateAnswer(outcome) ? settings_.ambiguous_create_wait_seconds
-																	: kAnsweredCreateSettleSeconds);
+		create_settles_at_ =
+			now_ + (AmbiguousCreateAnswer(outcome) ? settings_.create_settle_seconds : kAnsweredCreateSettleSeconds);
 		step.request = UserMachinesRequest();
 		step.delay_seconds = kLookAgainSeconds;
 		phase_ = Phase::kFindCreatedMachine;

@@ -915,7 +915,7 @@ TEST(ReconcileCreate, AmbiguousCreateWithNothingFoundLooksAgainThenCreates) {
 
 TEST(ReconcileCreate, UnansweredCreateWaitsAsLongAsARequestMayTake) {
 	Settings settings = MakeSettings();
-	settings.ambiguous_create_wait_seconds = 30;
+	settings.create_settle_seconds = 30;
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	DriveToCreateMachine(operation);
 	operation.SetNow(100);
@@ -933,7 +933,7 @@ TEST(ReconcileCreate, UnansweredCreateWaitsAsLongAsARequestMayTake) {
 TEST(ReconcileCreate, AmbiguousAnswersWaitTheRequestTimeoutBeforeCreatingAgain) {
 	for (long status : {408L, 502L, 503L, 504L}) {
 		Settings settings = MakeSettings();
-		settings.ambiguous_create_wait_seconds = 10;
+		settings.create_settle_seconds = 10;
 		Operation operation(MakeTarget(), std::nullopt, settings);
 		DriveToCreateMachine(operation);
 		operation.SetNow(100);
@@ -954,7 +954,7 @@ TEST(ReconcileCreate, AmbiguousAnswersWaitTheRequestTimeoutBeforeCreatingAgain) 
 		EXPECT_EQ(step.request->endpoint, Endpoint::kWaitMachine) << status;
 	}
 	Settings settings = MakeSettings();
-	settings.ambiguous_create_wait_seconds = 10;
+	settings.create_settle_seconds = 10;
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	DriveToCreateMachine(operation);
 	operation.SetNow(100);

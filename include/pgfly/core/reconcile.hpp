@@ -57,15 +57,13 @@ struct Settings {
 	// One wait call blocks at most this long; a provision waits at most wait_rounds calls for "started".
 	int wait_timeout_seconds = 60;
 	int wait_rounds = 5;
-	// How long a create-machine request that got no recorded answer may still take effect on Fly; until then
-	// the operation waits for its machine instead of creating another.
+	// fly.request_timeout: how long a create-machine request that got no recorded answer, or an ambiguous one
+	// (408, 502, 503, 504), may still take effect on Fly; until then the operation looks for its machine instead
+	// of creating another.
 	double create_settle_seconds = 30;
 	// fly.create_settle_time: for this long after an app or machine is created, Fly may answer 404 or 401 to
 	// calls under it (reads lag writes). Such answers are asked again with backoff instead of being believed.
 	double visibility_window_seconds = 60;
-	// After an ambiguous answer to a create (408, 502, 503, 504 or none), how long the machine may still land
-	// (fly.request_timeout): the operation looks for it that long before it creates another.
-	double ambiguous_create_wait_seconds = 30;
 	// How many "insufficient_capacity" answers one region gets before the next fallback region is tried.
 	int capacity_retries = 3;
 	// fly.app_network: each new app gets a private network named after it, unless shared (the org's default).
@@ -239,6 +237,7 @@ private:
 	Step UseMachine(Step step, const fly::Outcome &outcome);
 	Step AdoptMachine(Step step);
 	Step BringUp(Step step, const std::string &state);
+	Step UpdateToSpec(Step step, const machine::MachineFacts &machine, const char *event_type, bool with_state);
 	Step CreateMachine(Step step);
 	Step NoCapacity(const fly::Outcome &outcome);
 	bool AcceptableRegion(const std::string &region) const;
