@@ -38,13 +38,13 @@ WriteSecretsRecord(pg::SpiConnection &spi, const StepContext &context, const rec
 		names.Append(Json::String(name));
 	}
 	spi.Query("WITH n AS (SELECT ARRAY(SELECT pg_catalog.jsonb_array_elements_text($3::pg_catalog.jsonb)) AS names) "
-			  "UPDATE fly.user_fly_apps a SET "
-			  "secrets_digest = CASE WHEN COALESCE(a.secret_names, '{}') OPERATOR(pg_catalog.<@) n.names "
-			  "THEN $2 END, "
-			  "secret_names = CASE WHEN COALESCE(a.secret_names, '{}') OPERATOR(pg_catalog.<@) n.names THEN n.names "
-			  "ELSE a.secret_names OPERATOR(pg_catalog.||) n.names END "
-			  "FROM n WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
-			  {std::to_string(context.app_id), *change.secrets_digest, names.Dump()});
+	          "UPDATE fly.user_fly_apps a SET "
+	          "secrets_digest = CASE WHEN COALESCE(a.secret_names, '{}') OPERATOR(pg_catalog.<@) n.names "
+	          "THEN $2 END, "
+	          "secret_names = CASE WHEN COALESCE(a.secret_names, '{}') OPERATOR(pg_catalog.<@) n.names THEN n.names "
+	          "ELSE a.secret_names OPERATOR(pg_catalog.||) n.names END "
+	          "FROM n WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+	          {std::to_string(context.app_id), *change.secrets_digest, names.Dump()});
 }
 
 // Inserts or updates the live app row; returns its status afterwards.
@@ -60,8 +60,8 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 			"$4::pg_catalog.int4, $5, $6, COALESCE($7, ''), $8, $9::pg_catalog.int4, $10::pg_catalog.int4, $11, "
 			"CASE WHEN $12::pg_catalog.bool THEN pg_catalog.now() END) RETURNING id, status",
 			{context.user_id, Optional(change.tier), Optional(change.name), Number(change.name_attempt.value_or(0)),
-			 context.org_slug, change.status.value_or("provisioning"), Optional(change.region), cpu_kind, cpus, memory,
-			 Optional(change.image), Bool(change.app_created || change.app_create_sent)});
+		     context.org_slug, change.status.value_or("provisioning"), Optional(change.region), cpu_kind, cpus, memory,
+		     Optional(change.image), Bool(change.app_created || change.app_create_sent)});
 		context.app_id = ToInt(rows.at(0).at(0));
 		return rows.at(0).at(1);
 	}
@@ -91,25 +91,38 @@ WriteApp(pg::SpiConnection &spi, StepContext &context, const reconcile::AppChang
 		"fly_machine_created_at = CASE WHEN $19::pg_catalog.bool IS NULL THEN fly_machine_created_at "
 		"WHEN $19::pg_catalog.bool THEN pg_catalog.now() END, "
 		"updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 RETURNING status",
-		{std::to_string(context.app_id), Optional(change.status), Optional(change.name), Number(change.name_attempt),
-		 Optional(change.fly_app_id), Optional(change.machine_id), Optional(change.region), cpu_kind, cpus, memory,
-		 Optional(change.image), Optional(change.tier), Number(change.secrets_version),
-		 std::string(change.provisioned ? "true" : "false"), std::string(change.deleted ? "true" : "false"),
-		 Optional(change.pending_create), Bool(change.app_created), Bool(change.app_create_sent),
-		 change.machine_created ? pg::Value(Bool(*change.machine_created)) : std::nullopt,
-		 Bool(change.app_delete_sent)});
+		{std::to_string(context.app_id),
+	     Optional(change.status),
+	     Optional(change.name),
+	     Number(change.name_attempt),
+	     Optional(change.fly_app_id),
+	     Optional(change.machine_id),
+	     Optional(change.region),
+	     cpu_kind,
+	     cpus,
+	     memory,
+	     Optional(change.image),
+	     Optional(change.tier),
+	     Number(change.secrets_version),
+	     std::string(change.provisioned ? "true" : "false"),
+	     std::string(change.deleted ? "true" : "false"),
+	     Optional(change.pending_create),
+	     Bool(change.app_created),
+	     Bool(change.app_create_sent),
+	     change.machine_created ? pg::Value(Bool(*change.machine_created)) : std::nullopt,
+	     Bool(change.app_delete_sent)});
 	WriteSecretsRecord(spi, context, change);
 	if (change.delete_requested) {
 		// Its own statement. A DELETE is recorded only when it will leave: not when a newer generation superseded
 		// the operation (its request is dropped, and the next operation must not take a live app for a dying
 		// one). The queue item is locked already.
 		spi.Query("UPDATE fly.user_fly_apps SET delete_requested_at = CASE WHEN $2::pg_catalog.bool "
-				  "THEN pg_catalog.now() END WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
-				  "AND (NOT $2::pg_catalog.bool OR EXISTS (SELECT 1 FROM fly.reconcile_queue q "
-				  "WHERE q.user_id OPERATOR(pg_catalog.=) $3::pg_catalog.uuid "
-				  "AND q.generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8))",
-				  {std::to_string(context.app_id), std::string(*change.delete_requested ? "true" : "false"),
-				   context.user_id, std::to_string(context.generation)});
+		          "THEN pg_catalog.now() END WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+		          "AND (NOT $2::pg_catalog.bool OR EXISTS (SELECT 1 FROM fly.reconcile_queue q "
+		          "WHERE q.user_id OPERATOR(pg_catalog.=) $3::pg_catalog.uuid "
+		          "AND q.generation OPERATOR(pg_catalog.=) $4::pg_catalog.int8))",
+		          {std::to_string(context.app_id), std::string(*change.delete_requested ? "true" : "false"),
+		           context.user_id, std::to_string(context.generation)});
 	}
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
@@ -121,11 +134,11 @@ RecordFailure(pg::SpiConnection &spi, const StepContext &context, const reconcil
 	}
 	const bool failed = step.completion == reconcile::Completion::kFailed;
 	auto rows = spi.Query("UPDATE fly.user_fly_apps SET last_error = $2, attempts = $3::pg_catalog.int4, "
-						  "status = CASE WHEN $4::pg_catalog.bool THEN 'failed' ELSE status END, "
-						  "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
-						  "RETURNING status",
-						  {std::to_string(context.app_id), step.error, std::to_string(context.attempts),
-						   std::string(failed ? "true" : "false")});
+	                      "status = CASE WHEN $4::pg_catalog.bool THEN 'failed' ELSE status END, "
+	                      "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+	                      "RETURNING status",
+	                      {std::to_string(context.app_id), step.error, std::to_string(context.attempts),
+	                       std::string(failed ? "true" : "false")});
 	return rows.empty() ? std::nullopt : rows[0][0];
 }
 
@@ -144,16 +157,16 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 		true);
 	const pg::Value details = rows.at(0).at(0);
 	auto event = spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-						   "VALUES ((CASE WHEN $1 OPERATOR(pg_catalog.=) '0' THEN NULL ELSE $1 END)::pg_catalog.int8, "
-						   "$2::pg_catalog.uuid, 'alert_raised', $3, "
-						   "$4::pg_catalog.jsonb) RETURNING id",
-						   {std::to_string(context.app_id), context.user_id, status, details});
+	                       "VALUES ((CASE WHEN $1 OPERATOR(pg_catalog.=) '0' THEN NULL ELSE $1 END)::pg_catalog.int8, "
+	                       "$2::pg_catalog.uuid, 'alert_raised', $3, "
+	                       "$4::pg_catalog.jsonb) RETURNING id",
+	                       {std::to_string(context.app_id), context.user_id, status, details});
 	const std::string event_id = event.at(0).at(0).value_or("0");
 	std::string payload;
 	if (settings::notify_payload == settings::kNotifyPayloadFull) {
 		auto full = spi.Query("SELECT ($1::pg_catalog.jsonb OPERATOR(pg_catalog.||) "
-							  "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::pg_catalog.text",
-							  {details, event_id}, true);
+		                      "pg_catalog.jsonb_build_object('event_id', $2::pg_catalog.int8))::pg_catalog.text",
+		                      {details, event_id}, true);
 		payload = full.at(0).at(0).value_or("{}");
 	} else {
 		Json minimal = Json::Object();
@@ -165,7 +178,7 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	}
 	spi.Query("SELECT pg_catalog.pg_notify($1, $2)", {std::string(kAlertChannel), payload});
 	spi.Query("UPDATE fly.reconcile_queue SET alerted = true WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
-			  {context.user_id});
+	          {context.user_id});
 	context.alerted = true;
 	context.raise_alert = false; // once: not again with the operation's next step (its success, say)
 }
@@ -174,20 +187,20 @@ RaiseAlert(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 
 void
 RaiseSubscriptionAlert(pg::SpiConnection &spi, const std::string &kind, const pg::Value &user_id,
-					   const pg::Value &user_for_message, const pg::Value &tier, const pg::Value &wait_id) {
+                       const pg::Value &user_for_message, const pg::Value &tier, const pg::Value &wait_id) {
 	auto rows = spi.Query("SELECT pg_catalog.json_build_object('kind', $1, 'user_id', $2, 'tier', $3, "
-						  "'at', pg_catalog.now())::pg_catalog.text",
-						  {kind, user_for_message, tier}, true);
+	                      "'at', pg_catalog.now())::pg_catalog.text",
+	                      {kind, user_for_message, tier}, true);
 	const pg::Value details = rows.at(0).at(0);
 	pg::Value event_id;
 	if (user_id) {
 		// The event goes with the user's live app, if there is one, and shows its status.
 		auto event =
 			spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-					  "SELECT a.id, $1::pg_catalog.uuid, 'alert_raised', a.status, $2::pg_catalog.jsonb "
-					  "FROM (SELECT NULL) AS one LEFT JOIN fly.user_fly_apps a "
-					  "ON a.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND a.deleted_at IS NULL RETURNING id",
-					  {*user_id, details});
+		              "SELECT a.id, $1::pg_catalog.uuid, 'alert_raised', a.status, $2::pg_catalog.jsonb "
+		              "FROM (SELECT NULL) AS one LEFT JOIN fly.user_fly_apps a "
+		              "ON a.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND a.deleted_at IS NULL RETURNING id",
+		              {*user_id, details});
 		event_id = event.at(0).at(0);
 	}
 	// Unless the payload is full, the notification names no user and no tier: the ids lead to them.
@@ -214,9 +227,9 @@ FirstFreeNameAttempt(pg::SpiConnection &spi, const std::string &user_id, const s
 			return attempt; // exhausted: the operation reports it
 		}
 		auto rows = spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE deleted_at IS NULL "
-							  "AND fly_app_name OPERATOR(pg_catalog.=) $1 "
-							  "AND user_id OPERATOR(pg_catalog.<>) $2::pg_catalog.uuid",
-							  {*name, user_id}, true);
+		                      "AND fly_app_name OPERATOR(pg_catalog.=) $1 "
+		                      "AND user_id OPERATOR(pg_catalog.<>) $2::pg_catalog.uuid",
+		                      {*name, user_id}, true);
 		if (rows.empty()) {
 			return attempt;
 		}
@@ -237,10 +250,10 @@ LoadTierPolicy(pg::SpiConnection &spi, const std::string &tier) {
 	// fallback_regions read through the row's JSON: an older schema (before ALTER EXTENSION pg_fly UPDATE) has no
 	// such column and gives NULL.
 	auto rows = spi.Query("SELECT dedicated_app, cpu_kind, cpus, memory_mb, "
-						  "COALESCE(region, pg_catalog.current_setting('fly.default_region')), "
-						  "pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->) 'fallback_regions' "
-						  "FROM fly.tier_policies p WHERE tier OPERATOR(pg_catalog.=) $1",
-						  {tier}, true);
+	                      "COALESCE(region, pg_catalog.current_setting('fly.default_region')), "
+	                      "pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->) 'fallback_regions' "
+	                      "FROM fly.tier_policies p WHERE tier OPERATOR(pg_catalog.=) $1",
+	                      {tier}, true);
 	if (rows.empty()) {
 		return std::nullopt;
 	}
@@ -268,18 +281,18 @@ std::optional<reconcile::AppRecord>
 LoadLiveApp(pg::SpiConnection &spi, const std::string &user_id) {
 	auto rows =
 		spi.Query("SELECT id, fly_app_name, name_attempt, status, fly_machine_id, region, cpu_kind, cpus, "
-				  "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
-				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since), "
-				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
-				  "CASE WHEN fly_app_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
-				  "ELSE fly_app_created_at END), "
-				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
-				  "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
-				  "ELSE fly_machine_created_at END), "
-				  "delete_requested_at IS NOT NULL "
-				  "FROM fly.user_fly_apps "
-				  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
-				  {user_id}, true);
+	              "memory_mb, CASE WHEN provisioned_at IS NOT NULL THEN image END, pending_machine_operation, "
+	              "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) pending_machine_since), "
+	              "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
+	              "CASE WHEN fly_app_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
+	              "ELSE fly_app_created_at END), "
+	              "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
+	              "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
+	              "ELSE fly_machine_created_at END), "
+	              "delete_requested_at IS NOT NULL "
+	              "FROM fly.user_fly_apps "
+	              "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL",
+	              {user_id}, true);
 	if (rows.empty()) {
 		return std::nullopt;
 	}
@@ -312,8 +325,8 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	// not stall the worker's loop for lock_timeout: the step fails at once, before writing anything, and the
 	// operation is deferred.
 	spi.Query("SELECT 1 FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-			  "FOR UPDATE NOWAIT",
-			  {context.user_id});
+	          "FOR UPDATE NOWAIT",
+	          {context.user_id});
 	if (context.app_id != 0) {
 		spi.Query(
 			"SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 FOR UPDATE NOWAIT",
@@ -328,10 +341,10 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 	}
 	for (const auto &event : step.events) {
 		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-				  "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, COALESCE($4, (SELECT a.status FROM "
-				  "fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8)), $5::pg_catalog.jsonb)",
-				  {context.app_id ? pg::Value(std::to_string(context.app_id)) : std::nullopt, context.user_id,
-				   event.type, status, event.details_json});
+		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, $3, COALESCE($4, (SELECT a.status FROM "
+		          "fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8)), $5::pg_catalog.jsonb)",
+		          {context.app_id ? pg::Value(std::to_string(context.app_id)) : std::nullopt, context.user_id,
+		           event.type, status, event.details_json});
 	}
 
 	RecordOrphanMachines(spi, context.app_id, context.user_id, step.orphan_machines);
@@ -347,23 +360,23 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 		// A failed attempt retried in place begins another attempt; the lease covers its backoff delay too.
 		still_ours =
 			!spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
-					   "pg_catalog.make_interval(secs => $3::pg_catalog.float8), updated_at = pg_catalog.now(), "
-					   "attempts = attempts OPERATOR(pg_catalog.+) CASE WHEN $6::pg_catalog.bool THEN 1 ELSE 0 END, "
-					   "last_error = CASE WHEN $4::pg_catalog.bool THEN $5 ELSE last_error END "
-					   "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-					   "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
-					   {context.user_id, std::to_string(context.generation),
-						Seconds(kLeaseSeconds + context.retry_delay_seconds),
-						std::string(step.failed_attempt ? "true" : "false"), step.error,
-						std::string(step.failed_attempt && !step.no_capacity ? "true" : "false")})
+		               "pg_catalog.make_interval(secs => $3::pg_catalog.float8), updated_at = pg_catalog.now(), "
+		               "attempts = attempts OPERATOR(pg_catalog.+) CASE WHEN $6::pg_catalog.bool THEN 1 ELSE 0 END, "
+		               "last_error = CASE WHEN $4::pg_catalog.bool THEN $5 ELSE last_error END "
+		               "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+		               "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+		               {context.user_id, std::to_string(context.generation),
+		                Seconds(kLeaseSeconds + context.retry_delay_seconds),
+		                std::string(step.failed_attempt ? "true" : "false"), step.error,
+		                std::string(step.failed_attempt && !step.no_capacity ? "true" : "false")})
 				 .empty();
 		break;
 	case Completion::kDone:
 	case Completion::kFailed:
 		still_ours =
 			!spi.Query("DELETE FROM fly.reconcile_queue WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-					   "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
-					   item)
+		               "AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
+		               item)
 				 .empty();
 		break;
 	case Completion::kRetry:
@@ -378,7 +391,7 @@ RecordStep(pg::SpiConnection &spi, StepContext &context, const reconcile::Step &
 					"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
 					"AND generation OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1",
 					{context.user_id, std::to_string(context.generation), Seconds(context.retry_delay_seconds),
-					 step.error, std::string(step.no_capacity ? "true" : "false")})
+		             step.error, std::string(step.no_capacity ? "true" : "false")})
 				 .empty();
 		break;
 	}

@@ -59,10 +59,10 @@ char *app_health_path = nullptr;
 namespace {
 
 const struct config_enum_entry kNotifyPayloadOptions[] = {
-    {"minimal", kNotifyPayloadMinimal, false}, {"full", kNotifyPayloadFull, false}, {nullptr, 0, false}};
+	{"minimal", kNotifyPayloadMinimal, false}, {"full", kNotifyPayloadFull, false}, {nullptr, 0, false}};
 
 const struct config_enum_entry kAppNetworkOptions[] = {
-    {"per_app", kAppNetworkPerApp, false}, {"shared", kAppNetworkShared, false}, {nullptr, 0, false}};
+	{"per_app", kAppNetworkPerApp, false}, {"shared", kAppNetworkShared, false}, {nullptr, 0, false}};
 
 // The path of the machines' HTTP check: goes into every machine config, so an absolute path of visible ASCII.
 bool
@@ -133,7 +133,7 @@ bool
 CheckDriftInterval(int *newval, void **, GucSource) noexcept {
 	if (*newval > 0 && *newval < 1000) {
 		GUC_check_errdetail("fly.drift_check_interval is 0 (off) or at least 1s: each pass reads the whole "
-							"subscription table.");
+		                    "subscription table.");
 		return false;
 	}
 	return true;
@@ -183,23 +183,23 @@ CheckPrefix(char **newval, void **, GucSource) noexcept {
 void
 Define() {
 	DefineCustomStringVariable("fly.api_url", "Base URL of the Fly Machines API.",
-							   "https://, or http:// to a loopback host only (a local simulator).", &api_url,
-							   "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
-							   nullptr);
+	                           "https://, or http:// to a loopback host only (a local simulator).", &api_url,
+	                           "https://api.machines.dev", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckApiUrl, nullptr,
+	                           nullptr);
 	// libcurl would otherwise follow http_proxy, https_proxy, ALL_PROXY and NO_PROXY from the postmaster's
 	// environment, silently; only this setting decides.
 	DefineCustomStringVariable("fly.http_proxy", "Proxy for every request of the pg_fly worker.",
-							   "Empty: no proxy, whatever the server's environment says. For example "
-							   "http://proxy.internal:3128; no user name or password.",
-							   &http_proxy, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckProxy, nullptr, nullptr);
+	                           "Empty: no proxy, whatever the server's environment says. For example "
+	                           "http://proxy.internal:3128; no user name or password.",
+	                           &http_proxy, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckProxy, nullptr, nullptr);
 	// The token never shows: SHOW and current_setting() print a mask, even to superusers and members of
 	// pg_read_all_settings, and it is absent from SHOW ALL and pg_settings. It takes effect at server start only,
 	// because a reload that changes a setting makes the postmaster log the new value; fly.api_token_file (read
 	// again on reload) is the place for a token that rotates.
-	DefineCustomStringVariable("fly.api_token", "Fly API token (secret).",
-	                           "Takes effect at server start; fly.api_token_file or FLY_API_TOKEN are the safer places.",
-	                           &api_token, "", PGC_POSTMASTER, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
-	                           nullptr, nullptr, ShowMaskedToken);
+	DefineCustomStringVariable(
+		"fly.api_token", "Fly API token (secret).",
+		"Takes effect at server start; fly.api_token_file or FLY_API_TOKEN are the safer places.", &api_token, "",
+		PGC_POSTMASTER, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE, nullptr, nullptr, ShowMaskedToken);
 	DefineCustomStringVariable("fly.api_token_file", "File holding the Fly API token.",
 	                           "Read by the worker at start and on reload; it must be readable by the server's user.",
 	                           &api_token_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
@@ -208,8 +208,8 @@ Define() {
 	DefineCustomStringVariable("fly.default_region", "Region for tiers whose policy names none.", nullptr,
 	                           &default_region, "sjc", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckSlug, nullptr, nullptr);
 	DefineCustomStringVariable("fly.image", "Container image every per-user machine runs.",
-	                           "For example registry.fly.io/vyx-app:deployment-01K9Y194AA56A6SFHTTD64KQ7Y.", &image,
-	                           "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckImage, nullptr, nullptr);
+	                           "For example registry.fly.io/vyx-app:deployment-01K9Y194AA56A6SFHTTD64KQ7Y.", &image, "",
+	                           PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckImage, nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_name_prefix", "Prefix of per-user app names.",
 	                           "App names are the prefix plus the first 8 hex digits of sha256(user_id).",
 	                           &app_name_prefix, "vyx-user-", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckPrefix, nullptr,
@@ -223,11 +223,11 @@ Define() {
 	                        &poll_interval_ms, 10000, 100, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
 	                        nullptr);
 	DefineCustomIntVariable("fly.max_concurrency", "Users the worker reconciles at once.",
-	                        "Each has at most one Fly request in flight.", &max_concurrency, 16, 1, 1024, PGC_SIGHUP,
-	                        0, nullptr, nullptr, nullptr);
-	DefineCustomIntVariable("fly.connect_timeout", "Longest wait to connect to the Fly API.", nullptr,
-	                        &connect_timeout_ms, fly::kDefaultConnectTimeoutMs, 100, 600 * 1000, PGC_SIGHUP, GUC_UNIT_MS,
+	                        "Each has at most one Fly request in flight.", &max_concurrency, 16, 1, 1024, PGC_SIGHUP, 0,
 	                        nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.connect_timeout", "Longest wait to connect to the Fly API.", nullptr,
+	                        &connect_timeout_ms, fly::kDefaultConnectTimeoutMs, 100, 600 * 1000, PGC_SIGHUP,
+	                        GUC_UNIT_MS, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.request_timeout", "Longest wait for one Fly API answer.",
 	                        "Wait-for-state calls get their own server-side timeout plus 5 seconds.",
 	                        &request_timeout_ms, fly::kDefaultRequestTimeoutMs, 1000, 600 * 1000, PGC_SIGHUP,
@@ -241,16 +241,16 @@ Define() {
 	                        "Delays double per attempt, capped by fly.retry_max_delay, with full jitter.",
 	                        &retry_base_delay_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
 	                        nullptr);
-	DefineCustomIntVariable("fly.retry_max_delay", "Longest retry delay.", nullptr, &retry_max_delay_ms, 300000,
-	                        100, 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.retry_max_delay", "Longest retry delay.", nullptr, &retry_max_delay_ms, 300000, 100,
+	                        24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.max_attempts", "Attempts before a user's operation is marked failed.",
 	                        "Only transient failures are retried; permanent ones fail at once.", &max_attempts, 20, 1,
 	                        1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.capacity_retries",
-							"Insufficient-capacity answers in one region before the tier's next fallback region.",
-							"Each answer is a failed attempt, retried with backoff; with no room in any region the "
-							"operation is tried again later and never fails for that reason.",
-							&capacity_retries, 3, 1, 100, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+	                        "Insufficient-capacity answers in one region before the tier's next fallback region.",
+	                        "Each answer is a failed attempt, retried with backoff; with no room in any region the "
+	                        "operation is tried again later and never fails for that reason.",
+	                        &capacity_retries, 3, 1, 100, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.alert_after_attempts", "Failed attempts for one user that raise an alert.",
 	                        "The alert is an alert_raised event and a NOTIFY on channel pg_fly_alerts, once per run "
 	                        "of failures (or at a permanent failure, if that comes first).",
@@ -294,18 +294,18 @@ Define() {
 	                        &drift_check_interval_ms, 900000, 0, 7 * 24 * 3600 * 1000, PGC_SIGHUP,
 	                        GUC_UNIT_MS | GUC_SUPERUSER_ONLY, CheckDriftInterval, nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_health_url", "Each user app's own health endpoint, checked with its machine.",
-							   "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
-							   "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",
-							   &app_health_url, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckAppHealthUrl, nullptr,
-							   nullptr);
+	                           "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
+	                           "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",
+	                           &app_health_url, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckAppHealthUrl, nullptr,
+	                           nullptr);
 	DefineCustomBoolVariable("fly.restart_stopped_machines", "Whether a health check starts a machine that stopped.",
 	                         nullptr, &restart_stopped_machines, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomBoolVariable("fly.reprovision_vanished_apps",
 	                         "Whether a health check re-provisions an app whose machine vanished outside pg_fly.",
 	                         nullptr, &reprovision_vanished_apps, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomStringVariable("fly.machine_env", "Extra environment variables of every machine (JSON object).",
-	                           "RUN_MODE=user_dedicated and USER_ID are always set. Not for secrets.", &machine_env,
-	                           "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	                           "RUN_MODE=user_dedicated and USER_ID are always set. Not for secrets.", &machine_env, "",
+	                           PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_secrets_file", "File of NAME=value app secrets set on every app.",
 	                           "NAME:base64=value sends the value base64-encoded. Values never reach tables or logs.",
 	                           &app_secrets_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
@@ -318,10 +318,10 @@ Define() {
 	// PGC_SUSET rather than PGC_SIGHUP: set in postgresql.conf (reload) it applies everywhere, and a superuser may
 	// also turn it on for one application role or database (ALTER ROLE ... SET), which no other role can change.
 	DefineCustomBoolVariable("fly.strict_tiers",
-							 "Whether a subscription change pg_fly cannot act on fails the application's statement.",
-							 "off: a tier without a policy, or a user id that is not a uuid, is recorded in "
-							 "fly.needs_attention and alerted on, and the statement succeeds. on: it is an error.",
-							 &strict_tiers, false, PGC_SUSET, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+	                         "Whether a subscription change pg_fly cannot act on fails the application's statement.",
+	                         "off: a tier without a policy, or a user id that is not a uuid, is recorded in "
+	                         "fly.needs_attention and alerted on, and the statement succeeds. on: it is an error.",
+	                         &strict_tiers, false, PGC_SUSET, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
 	DefineCustomEnumVariable("fly.app_network", "Which private network a new app is created on.",
 	                         "per_app: its own, named after the app (no other user's machine can reach it); shared: "
 	                         "the organization's default network.",
@@ -330,11 +330,10 @@ Define() {
 	DefineCustomIntVariable("fly.app_internal_port", "The port the user app listens on inside its machine.",
 	                        "When set, machines get a public service (443 and 80) to it and an HTTP check on "
 	                        "fly.app_health_path, and each app a shared IPv4 and an IPv6. 0: none of these.",
-	                        &app_internal_port, 0, 0, 65535, PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr,
-	                        nullptr);
+	                        &app_internal_port, 0, 0, 65535, PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_health_path", "The path of the machines' HTTP health check.",
-	                           "Used only when fly.app_internal_port is set.", &app_health_path, "/health",
-	                           PGC_SIGHUP, GUC_SUPERUSER_ONLY, CheckHealthPath, nullptr, nullptr);
+	                           "Used only when fly.app_internal_port is set.", &app_health_path, "/health", PGC_SIGHUP,
+	                           GUC_SUPERUSER_ONLY, CheckHealthPath, nullptr, nullptr);
 }
 
 } // namespace pgfly::settings

@@ -58,8 +58,8 @@ JobRunner::StartHealthChecks() {
 bool
 JobRunner::WantsHealthProbe(double now) const {
 	return configuration_problem_.empty() && settings::health_check_interval_ms > 0 &&
-		   breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() &&
-		   busy_users_.empty() && health_running_ == 0 && pending_.empty();
+	       breaker_.state(now) == CircuitBreaker::State::kHalfOpen && !breaker_.probe_in_flight() &&
+	       busy_users_.empty() && health_running_ == 0 && pending_.empty();
 }
 
 // Only a routine check of an app whose user has no reconcile in flight and no create pending looks for duplicates:
@@ -88,7 +88,7 @@ JobRunner::NextDuplicateDestroy(HealthJob &check) {
 			return std::nullopt;
 		}
 		Log("destroying machine " + machine_id + " of " + check.target.app_name +
-			": a duplicate of the recorded machine " + check.target.machine_id);
+		    ": a duplicate of the recorded machine " + check.target.machine_id);
 		check.phase = HealthJob::Phase::kDestroyingDuplicate;
 		return fly::DeleteMachineRequest(check.target.app_name, machine_id, true);
 	}
@@ -119,15 +119,15 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 			details.Set("result", Json::String(started ? "started" : outcome.message));
 			pg::RunInTransaction("pg_fly: recording a machine restart", [&](pg::SpiConnection &spi) {
 				RecordHealth(spi, target, nullptr, started ? "machine_restarted" : "machine_restart_failed",
-							 details.Dump());
+				             details.Dump());
 			});
 		} else {
 			HealthVerdict verdict = check.phase == Phase::kEndpoint
-										? EvaluateAppHealthEndpoint(outcome, target.user_id)
-										: EvaluateMachineHealth(outcome, RecentlyCreated(target));
+			                            ? EvaluateAppHealthEndpoint(outcome, target.user_id)
+			                            : EvaluateMachineHealth(outcome, RecentlyCreated(target));
 			std::optional<std::string> endpoint_url;
 			if (check.phase == Phase::kMachine && verdict.health == Health::kHealthy &&
-				settings::app_health_url[0] != '\0') {
+			    settings::app_health_url[0] != '\0') {
 				endpoint_url = AppHealthUrl(settings::app_health_url, target.app_name);
 				if (!endpoint_url) {
 					verdict.health = Health::kUnhealthy;
@@ -157,7 +157,7 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 					active = RecordHealth(spi, target, health, event, details.Dump());
 					if (check.canary_of_rollout != 0) {
 						RecordCanaryHealth(spi, check.canary_of_rollout, target.app_id,
-										   verdict.health == Health::kHealthy);
+						                   verdict.health == Health::kHealthy);
 					}
 					if (active && event == "app_vanished") {
 						// The reconcile finds or recreates the app and its machine from what the row records. A
@@ -171,7 +171,7 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 				if (next) {
 					check.phase = Phase::kStarting;
 				} else if (active && verdict.health != Health::kUnknown &&
-						   verdict.action != HealthAction::kReprovision) {
+				           verdict.action != HealthAction::kReprovision) {
 					// Only after an answer about the machine: a failing Fly is not asked for more.
 					next = DuplicateSearch(check);
 					if (next) {

@@ -13,13 +13,13 @@ std::vector<HealthTarget>
 LoadHealthTargets(pg::SpiConnection &spi) {
 	auto rows =
 		spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier, "
-				  "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
-				  "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
-				  "ELSE fly_machine_created_at END), "
-				  "pending_machine_operation IS NOT NULL FROM fly.user_fly_apps "
-				  "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
-				  "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
-				  {}, true);
+	              "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
+	              "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
+	              "ELSE fly_machine_created_at END), "
+	              "pending_machine_operation IS NOT NULL FROM fly.user_fly_apps "
+	              "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+	              "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
+	              {}, true);
 	std::vector<HealthTarget> targets;
 	targets.reserve(rows.size());
 	for (const auto &row : rows) {
@@ -50,33 +50,33 @@ RecordDuplicateDestroy(pg::SpiConnection &spi, const HealthTarget &target, const
 	details.Set("kept_machine_id", Json::String(target.machine_id));
 	details.Set("found_by", Json::String("health_check"));
 	spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-			  "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, 'duplicate_machine_destroyed', $3, "
-			  "$4::pg_catalog.jsonb)",
-			  {std::to_string(target.app_id), target.user_id, rows[0][0], details.Dump()});
+	          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, 'duplicate_machine_destroyed', $3, "
+	          "$4::pg_catalog.jsonb)",
+	          {std::to_string(target.app_id), target.user_id, rows[0][0], details.Dump()});
 	return true;
 }
 
 bool
 RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
-			 const std::string &details_json) {
+             const std::string &details_json) {
 	auto rows =
 		spi.Query("WITH old AS (SELECT id, health_status FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) "
-				  "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
-				  "FOR UPDATE SKIP LOCKED) "
-				  "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
-				  "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
-				  "RETURNING old.health_status, a.health_status, a.status",
-				  {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
+	              "$1::pg_catalog.int8 AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+	              "FOR UPDATE SKIP LOCKED) "
+	              "UPDATE fly.user_fly_apps a SET health_status = COALESCE($2, a.health_status), "
+	              "last_health_check_at = pg_catalog.now() FROM old WHERE a.id OPERATOR(pg_catalog.=) old.id "
+	              "RETURNING old.health_status, a.health_status, a.status",
+	              {std::to_string(target.app_id), health ? pg::Value(health) : std::nullopt});
 	if (rows.empty()) {
 		// Another transaction holds the row (an operator's, say): rather than stall the loop for lock_timeout,
 		// this result is dropped; the row keeps its old last_health_check_at and comes first in the next pass.
 		if (!spi.Query("SELECT 1 FROM fly.user_fly_apps WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
-					   "AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active'",
-					   {std::to_string(target.app_id)}, true)
-				 .empty()) {
+		               "AND deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active'",
+		               {std::to_string(target.app_id)}, true)
+		         .empty()) {
 			pg::PgGuard([&]() {
 				elog(DEBUG1, "pg_fly worker: the health of %s is recorded in a later pass: its row is locked",
-					 target.app_name.c_str());
+				     target.app_name.c_str());
 			});
 		}
 		return false;
@@ -98,7 +98,7 @@ RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *hea
 
 std::vector<std::string>
 RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
-			  const std::vector<std::pair<std::string, std::string>> &apps_with_prefix) {
+              const std::vector<std::pair<std::string, std::string>> &apps_with_prefix) {
 	// One JSON parameter, not array literals pasted together: nothing Fly sends can shift or break the rows.
 	Json apps = Json::Array();
 	for (const auto &[name, id] : apps_with_prefix) {
@@ -129,8 +129,8 @@ RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 		{apps_json});
 	std::vector<std::string> to_delete;
 	for (const auto &row : spi.Query("SELECT fly_app_name FROM fly.orphan_apps WHERE delete_requested "
-									 "AND deleted_at IS NULL ORDER BY fly_app_name",
-									 {}, true)) {
+	                                 "AND deleted_at IS NULL ORDER BY fly_app_name",
+	                                 {}, true)) {
 		to_delete.push_back(row[0].value_or(""));
 	}
 	return to_delete;
@@ -139,8 +139,8 @@ RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
 void
 RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error) {
 	spi.Query("UPDATE fly.orphan_apps SET deleted_at = CASE WHEN $2 IS NULL THEN pg_catalog.now() END, "
-			  "last_error = $2 WHERE fly_app_name OPERATOR(pg_catalog.=) $1",
-			  {app_name, error.empty() ? std::nullopt : pg::Value(error)});
+	          "last_error = $2 WHERE fly_app_name OPERATOR(pg_catalog.=) $1",
+	          {app_name, error.empty() ? std::nullopt : pg::Value(error)});
 }
 
 namespace {
@@ -148,16 +148,16 @@ namespace {
 bool
 HaveOrphanMachines(pg::SpiConnection &spi) {
 	return spi.Query("SELECT pg_catalog.to_regclass('fly.orphan_machines') IS NOT NULL", {}, true)
-			   .at(0)
-			   .at(0)
-			   .value_or("f") == "t";
+	           .at(0)
+	           .at(0)
+	           .value_or("f") == "t";
 }
 
 } // namespace
 
 void
 RecordOrphanMachines(pg::SpiConnection &spi, int64_t app_id, const std::string &user_id,
-					 const std::vector<reconcile::OrphanMachine> &machines) {
+                     const std::vector<reconcile::OrphanMachine> &machines) {
 	if (machines.empty() || !HaveOrphanMachines(spi)) {
 		return;
 	}
@@ -165,14 +165,14 @@ RecordOrphanMachines(pg::SpiConnection &spi, int64_t app_id, const std::string &
 		// found_at is now() for a machine not reported before (or gone and back): only then is there an event.
 		auto rows =
 			spi.Query("INSERT INTO fly.orphan_machines (fly_app_name, fly_machine_id, user_id_env, app_user_id) "
-					  "VALUES ($1, $2, pg_catalog.left(NULLIF($3, ''), 200), $4::pg_catalog.uuid) "
-					  "ON CONFLICT (fly_app_name, fly_machine_id) DO UPDATE SET last_seen_at = pg_catalog.now(), "
-					  "user_id_env = excluded.user_id_env, app_user_id = excluded.app_user_id, deleted_at = NULL, "
-					  "found_at = CASE WHEN fly.orphan_machines.deleted_at IS NULL THEN fly.orphan_machines.found_at "
-					  "ELSE pg_catalog.now() END, delete_requested = fly.orphan_machines.delete_requested "
-					  "AND fly.orphan_machines.deleted_at IS NULL "
-					  "RETURNING found_at OPERATOR(pg_catalog.=) pg_catalog.now(), user_id_env",
-					  {machine.app_name, machine.machine_id, machine.user_id_env, user_id});
+		              "VALUES ($1, $2, pg_catalog.left(NULLIF($3, ''), 200), $4::pg_catalog.uuid) "
+		              "ON CONFLICT (fly_app_name, fly_machine_id) DO UPDATE SET last_seen_at = pg_catalog.now(), "
+		              "user_id_env = excluded.user_id_env, app_user_id = excluded.app_user_id, deleted_at = NULL, "
+		              "found_at = CASE WHEN fly.orphan_machines.deleted_at IS NULL THEN fly.orphan_machines.found_at "
+		              "ELSE pg_catalog.now() END, delete_requested = fly.orphan_machines.delete_requested "
+		              "AND fly.orphan_machines.deleted_at IS NULL "
+		              "RETURNING found_at OPERATOR(pg_catalog.=) pg_catalog.now(), user_id_env",
+		              {machine.app_name, machine.machine_id, machine.user_id_env, user_id});
 		if (rows.empty() || rows[0][0].value_or("f") != "t") {
 			continue;
 		}
@@ -181,9 +181,9 @@ RecordOrphanMachines(pg::SpiConnection &spi, int64_t app_id, const std::string &
 		details.Set("machine_id", Json::String(machine.machine_id));
 		details.Set("user_id_env", rows[0][1] ? Json::String(*rows[0][1]) : Json::Null());
 		spi.Query("INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
-				  "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, 'orphan_machine_found', (SELECT a.status FROM "
-				  "fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8), $3::pg_catalog.jsonb)",
-				  {app_id ? pg::Value(std::to_string(app_id)) : std::nullopt, user_id, details.Dump()});
+		          "VALUES ($1::pg_catalog.int8, $2::pg_catalog.uuid, 'orphan_machine_found', (SELECT a.status FROM "
+		          "fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8), $3::pg_catalog.jsonb)",
+		          {app_id ? pg::Value(std::to_string(app_id)) : std::nullopt, user_id, details.Dump()});
 	}
 }
 
@@ -195,10 +195,10 @@ OrphanMachinesToDelete(pg::SpiConnection &spi) {
 	}
 	// Checked again: a machine a live row records is the user's now, whatever was reported.
 	for (const auto &row : spi.Query("SELECT o.fly_app_name, o.fly_machine_id FROM fly.orphan_machines o "
-									 "WHERE o.delete_requested AND o.deleted_at IS NULL AND NOT EXISTS (SELECT 1 "
-									 "FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL AND a.fly_machine_id "
-									 "OPERATOR(pg_catalog.=) o.fly_machine_id) ORDER BY 1, 2",
-									 {}, true)) {
+	                                 "WHERE o.delete_requested AND o.deleted_at IS NULL AND NOT EXISTS (SELECT 1 "
+	                                 "FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL AND a.fly_machine_id "
+	                                 "OPERATOR(pg_catalog.=) o.fly_machine_id) ORDER BY 1, 2",
+	                                 {}, true)) {
 		machines.emplace_back(row[0].value_or(""), row[1].value_or(""));
 	}
 	return machines;
@@ -206,11 +206,11 @@ OrphanMachinesToDelete(pg::SpiConnection &spi) {
 
 void
 RecordOrphanMachineDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &machine_id,
-						   const std::string &error) {
+                           const std::string &error) {
 	spi.Query("UPDATE fly.orphan_machines SET deleted_at = CASE WHEN $3 IS NULL THEN pg_catalog.now() END, "
-			  "last_error = $3 WHERE fly_app_name OPERATOR(pg_catalog.=) $1 "
-			  "AND fly_machine_id OPERATOR(pg_catalog.=) $2",
-			  {app_name, machine_id, error.empty() ? std::nullopt : pg::Value(error)});
+	          "last_error = $3 WHERE fly_app_name OPERATOR(pg_catalog.=) $1 "
+	          "AND fly_machine_id OPERATOR(pg_catalog.=) $2",
+	          {app_name, machine_id, error.empty() ? std::nullopt : pg::Value(error)});
 }
 
 std::vector<OrphanMachineCheck>
@@ -220,8 +220,8 @@ LoadOrphanMachineChecks(pg::SpiConnection &spi) {
 		return apps;
 	}
 	for (const auto &row : spi.Query("SELECT id, user_id, fly_app_name FROM fly.user_fly_apps WHERE deleted_at IS NULL "
-									 "ORDER BY id",
-									 {}, true)) {
+	                                 "ORDER BY id",
+	                                 {}, true)) {
 		apps.push_back(OrphanMachineCheck{ToInt(row[0]), row[1].value_or(""), row[2].value_or("")});
 	}
 	return apps;
@@ -229,16 +229,16 @@ LoadOrphanMachineChecks(pg::SpiConnection &spi) {
 
 void
 RecordOrphanMachinesGone(pg::SpiConnection &spi, const std::string &app_name,
-						 const std::vector<std::string> &listed_ids) {
+                         const std::vector<std::string> &listed_ids) {
 	Json ids = Json::Array();
 	for (const auto &id : listed_ids) {
 		ids.Append(Json::String(id));
 	}
 	spi.Query("UPDATE fly.orphan_machines o SET deleted_at = pg_catalog.now() WHERE o.deleted_at IS NULL "
-			  "AND o.fly_app_name OPERATOR(pg_catalog.=) $1 AND NOT EXISTS (SELECT 1 FROM "
-			  "pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS l (id) "
-			  "WHERE l.id OPERATOR(pg_catalog.=) o.fly_machine_id)",
-			  {app_name, ids.Dump()});
+	          "AND o.fly_app_name OPERATOR(pg_catalog.=) $1 AND NOT EXISTS (SELECT 1 FROM "
+	          "pg_catalog.jsonb_array_elements_text($2::pg_catalog.jsonb) AS l (id) "
+	          "WHERE l.id OPERATOR(pg_catalog.=) o.fly_machine_id)",
+	          {app_name, ids.Dump()});
 }
 
 } // namespace pgfly

@@ -97,13 +97,13 @@ JobRunner::Configure() {
 	limits.enabled = settings::rate_limits;
 	limits.action = RateLimit{settings::rate_limit_per_second, static_cast<double>(settings::rate_limit_burst)};
 	limits.get_machine = RateLimit{settings::rate_limit_get_machine_per_second,
-								   static_cast<double>(settings::rate_limit_get_machine_burst)};
+	                               static_cast<double>(settings::rate_limit_get_machine_burst)};
 	limits.delete_app = RateLimit{settings::rate_limit_app_deletes_per_minute / 60.0,
-								  static_cast<double>(settings::rate_limit_app_deletes_per_minute)};
+	                              static_cast<double>(settings::rate_limit_app_deletes_per_minute)};
 	limiter_.Configure(limits);
 	breaker_.Configure(CircuitBreakerSettings{settings::breaker_failure_threshold,
-											  settings::breaker_open_time_ms / 1000.0,
-											  settings::breaker_max_open_time_ms / 1000.0});
+	                                          settings::breaker_open_time_ms / 1000.0,
+	                                          settings::breaker_max_open_time_ms / 1000.0});
 
 	client_config_.base_url = settings::api_url;
 	client_config_.proxy = settings::http_proxy;
@@ -158,14 +158,14 @@ JobRunner::ReserveClientFds() {
 	const ConnectionBudget budget = FitConnections(settings::max_concurrency, reserved_fds_);
 	if (budget.concurrency < settings::max_concurrency && budget.concurrency != concurrency_limit_) {
 		Log("only " + std::to_string(reserved_fds_) + " file descriptors are available for Fly connections (" +
-			std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
-			" users are reconciled at once instead of fly.max_concurrency = " +
-			std::to_string(settings::max_concurrency));
+		    std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
+		    " users are reconciled at once instead of fly.max_concurrency = " +
+		    std::to_string(settings::max_concurrency));
 	}
 	if (budget.connections != client_connections_) {
 		pg::PgGuard([&]() {
 			elog(DEBUG1, "pg_fly worker: %d file descriptors reserved, at most %d connections", reserved_fds_,
-				 budget.connections);
+			     budget.connections);
 		});
 	}
 	concurrency_limit_ = budget.concurrency;
@@ -270,7 +270,7 @@ JobRunner::DispatchWork() {
 	}
 	const bool health_requested = pg_atomic_exchange_u32(&shared_->health_pass_requested, 0) != 0;
 	const bool health_due = configuration_problem_.empty() &&
-							(health_requested || (settings::health_check_interval_ms > 0 && now >= next_health_pass_));
+	                        (health_requested || (settings::health_check_interval_ms > 0 && now >= next_health_pass_));
 	const bool probe_due = WantsHealthProbe(now) && now >= next_probe_check_;
 	std::vector<ClaimedItem> claimed;
 	std::optional<std::vector<HealthTarget>> health_targets;
@@ -319,7 +319,7 @@ JobRunner::DispatchWork() {
 	if (probe_due) {
 		// No app to check yet: look again after the poll interval rather than every second.
 		next_probe_check_ = now + (health_next_ < health_queue_.size() ? kSaturatedDispatchSeconds
-																	   : settings::poll_interval_ms / 1000.0);
+		                                                               : settings::poll_interval_ms / 1000.0);
 	}
 	dispatch_again_ = capacity > 0 && static_cast<int>(claimed.size()) == capacity;
 	next_queue_due_.reset();
@@ -379,11 +379,11 @@ JobRunner::DriftStep() {
 			// An older schema (before ALTER EXTENSION pg_fly UPDATE), or no subscription table attached. The
 			// table's identity, read in the batch's transaction: another table attached mid-pass starts it over.
 			auto rows = spi.Query("SELECT pg_catalog.to_regprocedure('fly._drift_missing_batch(uuid,integer,integer)') "
-								  "IS NOT NULL, (SELECT s.table_name::pg_catalog.oid::pg_catalog.text "
-								  "OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) s.user_column "
-								  "OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) s.tier_column "
-								  "FROM fly.tier_source s)",
-								  {});
+			                      "IS NOT NULL, (SELECT s.table_name::pg_catalog.oid::pg_catalog.text "
+			                      "OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) s.user_column "
+			                      "OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) s.tier_column "
+			                      "FROM fly.tier_source s)",
+			                      {});
 			if (rows.at(0).at(0) != std::string("t") || !rows.at(0).at(1)) {
 				return;
 			}
@@ -391,7 +391,7 @@ JobRunner::DriftStep() {
 			source = *rows.at(0).at(1);
 			batch = drift_.Next(source);
 			auto result = spi.Query(batch.phase == DriftPass::Phase::kTable ? kTableBatch : kMissingBatch,
-									{batch.after, std::to_string(batch.size)});
+			                        {batch.after, std::to_string(batch.size)});
 			last_user = result.at(0).at(0);
 			queued = pg::ToInt(result.at(0).at(1));
 		});
@@ -404,7 +404,7 @@ JobRunner::DriftStep() {
 			pg::PgGuard([&]() { elog(DEBUG1, "pg_fly worker: drift pass ended after %.2f s", seconds); });
 			if (drift_.queued() > 0) {
 				Log("drift repair queued " + std::to_string(drift_.queued()) +
-					" user(s) whose subscription differs from pg_fly's records (see drift_repaired events)");
+				    " user(s) whose subscription differs from pg_fly's records (see drift_repaired events)");
 			}
 		}
 	} catch (const std::exception &e) {
@@ -425,7 +425,7 @@ JobRunner::SendAllowed() {
 		return;
 	}
 	std::sort(pending_.begin(), pending_.end(),
-			  [](const PendingRequest &a, const PendingRequest &b) { return a.due < b.due; });
+	          [](const PendingRequest &a, const PendingRequest &b) { return a.due < b.due; });
 	const double now = Now();
 	std::vector<PendingRequest> still_pending;
 	// Reserved up front, so that keeping a request back cannot fail half-way through the list.
@@ -487,7 +487,7 @@ JobRunner::Observe(const InFlight &in_flight, const fly::Outcome &outcome) {
 	const double now = Now();
 	if (outcome.http_status == 429) {
 		limiter_.Block(in_flight.rate_key,
-					   now + RetryAfterHoldSeconds(outcome.retry_after_seconds, settings::retry_max_delay_ms / 1000.0));
+		               now + RetryAfterHoldSeconds(outcome.retry_after_seconds, settings::retry_max_delay_ms / 1000.0));
 		breaker_.OnAnswer();
 		return;
 	}
@@ -516,7 +516,7 @@ JobRunner::Drive() {
 					   [&](OrphanJob &job) { OnOrphanAnswer(job, outcome); },
 					   [&](RolloutJob &job) { OnRolloutAnswer(std::move(job), outcome); },
 				   },
-				   in_flight.job);
+		           in_flight.job);
 	}
 	SendAllowed();
 	const double now = Now();
@@ -609,9 +609,9 @@ JobRunner::SleepMs() const {
 		wake.At(next_saturated_dispatch_);
 	}
 	if (saturated && configuration_problem_.empty() &&
-		(pg_atomic_read_u32(&shared_->health_pass_requested) != 0 ||
-		 pg_atomic_read_u32(&shared_->orphan_pass_requested) != 0 ||
-		 pg_atomic_read_u32(&shared_->rollout_pass_requested) != 0)) {
+	    (pg_atomic_read_u32(&shared_->health_pass_requested) != 0 ||
+	     pg_atomic_read_u32(&shared_->orphan_pass_requested) != 0 ||
+	     pg_atomic_read_u32(&shared_->rollout_pass_requested) != 0)) {
 		wake.At(next_saturated_dispatch_);
 	}
 	return wake.SleepMs();

@@ -49,7 +49,7 @@ JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 		for (size_t i = 0; i < apps.Size(); i++) {
 			const std::string name = apps.At(i).GetString("name").value_or("");
 			if (name.empty() || settings_.app_name_prefix.empty() ||
-				name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) != 0) {
+			    name.compare(0, settings_.app_name_prefix.size(), settings_.app_name_prefix) != 0) {
 				continue;
 			}
 			const std::string id = apps.At(i).GetString("id").value_or("");
@@ -69,7 +69,7 @@ JobRunner::OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome) {
 		}
 		std::vector<std::string> to_delete;
 		pg::RunInTransaction("pg_fly: recording orphan apps",
-							 [&](pg::SpiConnection &spi) { to_delete = RecordOrphans(spi, settings_.org_slug, ours); });
+		                     [&](pg::SpiConnection &spi) { to_delete = RecordOrphans(spi, settings_.org_slug, ours); });
 		for (const auto &name : to_delete) {
 			pending_.push_back(PendingRequest{Now(), OrphanJob{name}, fly::DeleteAppRequest(name)});
 		}
@@ -84,7 +84,7 @@ JobRunner::StartOrphanMachineDeletions() {
 	try {
 		std::vector<std::pair<std::string, std::string>> machines;
 		pg::RunInTransaction("pg_fly: reading orphan machines to delete",
-							 [&](pg::SpiConnection &spi) { machines = OrphanMachinesToDelete(spi); });
+		                     [&](pg::SpiConnection &spi) { machines = OrphanMachinesToDelete(spi); });
 		for (const auto &[app, id] : machines) {
 			// Whoever can write the table must not steer the request elsewhere.
 			if (AppNameProblem(app) || !machine::IsUsableMachineId(id)) {
@@ -116,7 +116,7 @@ JobRunner::StartOrphanMachineLists() {
 	try {
 		std::vector<OrphanMachineCheck> apps;
 		pg::RunInTransaction("pg_fly: reading live apps for orphan machines",
-							 [&](pg::SpiConnection &spi) { apps = LoadOrphanMachineChecks(spi); });
+		                     [&](pg::SpiConnection &spi) { apps = LoadOrphanMachineChecks(spi); });
 		// Paced, two lists a second: thousands of apps at once would queue behind the connection limit, where
 		// libcurl counts the wait against each request's timeout, failing reconciles and health checks too.
 		constexpr double kListSpacingSeconds = 0.5;
@@ -159,9 +159,8 @@ JobRunner::OnOrphanMachineList(const OrphanJob &work, const fly::Outcome &outcom
 			}
 			listed.push_back(machine.id);
 			const std::string &user = work.check.user_id;
-			const bool users =
-				machine.metadata_user_id == user ||
-				(machine.metadata_user_id.empty() && EqualsIgnoreCase(machine.env_user_id, user));
+			const bool users = machine.metadata_user_id == user ||
+			                   (machine.metadata_user_id.empty() && EqualsIgnoreCase(machine.env_user_id, user));
 			if (!users) {
 				orphans.push_back(reconcile::OrphanMachine{work.check.app_name, machine.id, machine.env_user_id});
 			}

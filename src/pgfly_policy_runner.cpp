@@ -32,13 +32,13 @@ JobRunner::PolicyStep() {
 		int64_t queued = 0;
 		InTransaction("pg_fly: applying policy changes", [&](pg::SpiConnection &spi) {
 			// An older schema (before ALTER EXTENSION pg_fly UPDATE) has nothing to apply.
-			auto present = spi.Query(
-				"SELECT pg_catalog.to_regprocedure('fly._apply_policy_changes(integer)') IS NOT NULL", {});
+			auto present =
+				spi.Query("SELECT pg_catalog.to_regprocedure('fly._apply_policy_changes(integer)') IS NOT NULL", {});
 			if (present.at(0).at(0) != std::string("t")) {
 				return;
 			}
 			auto rows = spi.Query("SELECT queued, more FROM fly._apply_policy_changes($1::pg_catalog.int4)",
-								  {std::to_string(kPolicyUsersPerStep)});
+			                      {std::to_string(kPolicyUsersPerStep)});
 			queued = pg::ToInt(rows.at(0).at(0));
 			policy_more_ = rows.at(0).at(1) == std::string("t");
 		});
@@ -48,7 +48,7 @@ JobRunner::PolicyStep() {
 	} catch (const std::exception &e) {
 		policy_more_ = false;
 		Log(std::string("applying policy changes failed, tried again in ") +
-			std::to_string(static_cast<int>(kPolicySweepSeconds)) + " s: " + e.what());
+		    std::to_string(static_cast<int>(kPolicySweepSeconds)) + " s: " + e.what());
 	}
 }
 

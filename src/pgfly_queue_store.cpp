@@ -29,7 +29,7 @@ constexpr const char *kNewIntent =
 	"ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier, "
 	"reason = excluded.reason, generation = q.generation OPERATOR(pg_catalog.+) 1, attempts = 0, alerted = false, "
 	// The claim goes too: an operation still running for the old generation hands over at its next step, and
-	// a claim the worker failed to release cannot hold the new desired state back for a whole lease.
+    // a claim the worker failed to release cannot hold the new desired state back for a whole lease.
 	"run_after = pg_catalog.now(), claimed_at = NULL, lease_until = NULL, last_error = NULL, "
 	"updated_at = pg_catalog.now()";
 
@@ -48,37 +48,39 @@ ManualTeardownsExist() {
 
 void
 EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
-				 const char *reason) {
-	static const std::string kUpsert = std::string("INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
-											   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ") +
-									   kNewIntent;
+                 const char *reason) {
+	static const std::string kUpsert =
+		std::string("INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
+	                "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ") +
+		kNewIntent;
 	// The same statement ends a manual teardown (fly.manual_teardowns, schema 0.3.0): a newer intent replaces it,
 	// and the trigger's path gains no query.
-	static const std::string kClearAndUpsert = std::string("WITH cleared AS (DELETE FROM fly.manual_teardowns t "
-												   "WHERE t.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid) ") +
-											   kUpsert;
+	static const std::string kClearAndUpsert =
+		std::string("WITH cleared AS (DELETE FROM fly.manual_teardowns t "
+	                "WHERE t.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid) ") +
+		kUpsert;
 	spi.Query(ManualTeardownsExist() ? kClearAndUpsert.c_str() : kUpsert.c_str(),
-			  {user_id, DesiredName(desired), tier, std::string(reason)});
+	          {user_id, DesiredName(desired), tier, std::string(reason)});
 	pg::PgGuard([]() { WakeWorkerAtCommit(); });
 }
 
 bool
 EnqueueIfUnchanged(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
-				   const char *reason, const QueueItemSeen &seen) {
+                   const char *reason, const QueueItemSeen &seen) {
 	// A queue item of another generation (or queued anew since: generations start at 1 again), or a live app row
-	// other than the one seen, is newer than what the caller compared: it wins, and nothing is queued. A transaction still changing the user's item (a tier
-	// change not yet committed) is waited for, then judged the same way.
+	// other than the one seen, is newer than what the caller compared: it wins, and nothing is queued. A transaction
+	// still changing the user's item (a tier change not yet committed) is waited for, then judged the same way.
 	static const std::string kUpsertIf =
 		std::string("INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
-					"SELECT $1::pg_catalog.uuid, $2, $3, $4 "
-					"WHERE (SELECT a.id FROM fly.user_fly_apps a WHERE a.user_id OPERATOR(pg_catalog.=) "
-					"$1::pg_catalog.uuid AND a.deleted_at IS NULL) IS NOT DISTINCT FROM $6::pg_catalog.int8 ") +
-		kNewIntent + " WHERE q.generation OPERATOR(pg_catalog.=) $5::pg_catalog.int8 "
-					 "AND EXTRACT(epoch FROM q.enqueued_at) OPERATOR(pg_catalog.=) $7::pg_catalog.numeric RETURNING 1";
-	const bool queued =
-		!spi.Query(kUpsertIf.c_str(), {user_id, DesiredName(desired), tier, std::string(reason), seen.generation,
-									   seen.app_id, seen.enqueued_at})
-			 .empty();
+	                "SELECT $1::pg_catalog.uuid, $2, $3, $4 "
+	                "WHERE (SELECT a.id FROM fly.user_fly_apps a WHERE a.user_id OPERATOR(pg_catalog.=) "
+	                "$1::pg_catalog.uuid AND a.deleted_at IS NULL) IS NOT DISTINCT FROM $6::pg_catalog.int8 ") +
+		kNewIntent +
+		" WHERE q.generation OPERATOR(pg_catalog.=) $5::pg_catalog.int8 "
+		"AND EXTRACT(epoch FROM q.enqueued_at) OPERATOR(pg_catalog.=) $7::pg_catalog.numeric RETURNING 1";
+	const bool queued = !spi.Query(kUpsertIf.c_str(), {user_id, DesiredName(desired), tier, std::string(reason),
+	                                                   seen.generation, seen.app_id, seen.enqueued_at})
+	                         .empty();
 	if (queued) {
 		pg::PgGuard([]() { WakeWorkerAtCommit(); });
 	}
@@ -87,7 +89,7 @@ EnqueueIfUnchanged(pg::SpiConnection &spi, const std::string &user_id, DesiredSt
 
 bool
 EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
-					const char *reason) {
+                    const char *reason) {
 	static const char *const kInsert = "INSERT INTO fly.reconcile_queue (user_id, desired, tier, reason) "
 									   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING "
 									   "RETURNING 1";
@@ -101,49 +103,49 @@ EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredS
 void
 ReleaseClaim(pg::SpiConnection &spi, const std::string &user_id) {
 	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL "
-			  "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
-			  {user_id});
+	          "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid",
+	          {user_id});
 }
 
 bool
 ReleaseOrphanClaims(pg::SpiConnection &spi, const std::vector<std::string> &running) {
 	spi.Query("UPDATE fly.reconcile_queue SET claimed_at = NULL, lease_until = NULL "
-			  "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
-			  "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) FOR UPDATE SKIP LOCKED)",
-			  {UuidArray(running)});
+	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
+	          "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) FOR UPDATE SKIP LOCKED)",
+	          {UuidArray(running)});
 	// Rows another transaction holds were skipped; they are released on a later pass.
 	return spi.Query("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
-					 "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])))",
-					 {UuidArray(running)})
-			   .at(0)
-			   .at(0) == std::string("t");
+	                 "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])))",
+	                 {UuidArray(running)})
+	           .at(0)
+	           .at(0) == std::string("t");
 }
 
 void
 RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users) {
 	// A row another transaction holds keeps its lease until the next renewal, minutes before it runs out.
 	spi.Query("UPDATE fly.reconcile_queue SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) "
-			  "pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
-			  "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
-			  "WHERE user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]) AND claimed_at IS NOT NULL "
-			  "FOR UPDATE SKIP LOCKED)",
-			  {UuidArray(users), std::to_string(kLeaseSeconds)});
+	          "pg_catalog.make_interval(secs => $2::pg_catalog.float8) "
+	          "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
+	          "WHERE user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]) AND claimed_at IS NOT NULL "
+	          "FOR UPDATE SKIP LOCKED)",
+	          {UuidArray(users), std::to_string(kLeaseSeconds)});
 }
 
 std::vector<ClaimedItem>
 ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> &running) {
 	auto rows = spi.Query("WITH due AS (SELECT user_id FROM fly.reconcile_queue "
-						  "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
-						  "AND (claimed_at IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now()) "
-						  "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
-						  "ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
-						  "UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
-						  "lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => "
-						  "$2::pg_catalog.float8), "
-						  "attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
-						  "FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
-						  "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted",
-						  {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
+	                      "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
+	                      "AND (claimed_at IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now()) "
+	                      "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
+	                      "ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
+	                      "UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
+	                      "lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => "
+	                      "$2::pg_catalog.float8), "
+	                      "attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
+	                      "FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
+	                      "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted",
+	                      {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
 	std::vector<ClaimedItem> items;
 	for (const auto &row : rows) {
 		ClaimedItem item;
@@ -164,9 +166,9 @@ SummarizeQueue(pg::SpiConnection &spi) {
 	// transaction just made must be seen as claims, not as items still due.
 	auto rows =
 		spi.Query("SELECT pg_catalog.count(*) FILTER (WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()), "
-				  "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
-				  "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
-				  {});
+	              "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
+	              "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
+	              {});
 	QueueSummary summary;
 	summary.due = ToInt(rows.at(0).at(0));
 	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
@@ -178,7 +180,7 @@ SummarizeQueue(pg::SpiConnection &spi) {
 
 bool
 DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
-		  const std::string &error, bool return_attempt) {
+          const std::string &error, bool return_attempt) {
 	// A newer tier change (another generation) is not delayed by an older operation's trouble. A row another
 	// transaction holds is skipped: the worker releases its claim on a later pass.
 	return !spi.Query(
@@ -192,8 +194,8 @@ DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation
 				   "WHERE user_id IN (SELECT user_id FROM fly.reconcile_queue "
 				   "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid FOR UPDATE SKIP LOCKED) RETURNING 1",
 				   {user_id, Seconds(delay_seconds), error, std::to_string(generation),
-					std::string(return_attempt ? "true" : "false")})
-				.empty();
+	                std::string(return_attempt ? "true" : "false")})
+	            .empty();
 }
 
 std::map<std::string, int64_t>

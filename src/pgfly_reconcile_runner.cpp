@@ -19,12 +19,12 @@ double
 JobRunner::RetryDelay(int attempts, std::optional<double> retry_after) {
 	std::uniform_real_distribution<double> unit(0.0, 1.0);
 	return RetryDelaySeconds(attempts, settings::retry_base_delay_ms / 1000.0, settings::retry_max_delay_ms / 1000.0,
-							 retry_after, unit(random_));
+	                         retry_after, unit(random_));
 }
 
 void
 JobRunner::Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
-				 bool item_was_locked) {
+                 bool item_was_locked) {
 	busy_users_.erase(user_id);
 	dispatch_again_ = true;
 	Log("reconciling user " + user_id + " failed: " + error);
@@ -117,24 +117,24 @@ JobRunner::ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step) {
 	last_error_at_ = Now();
 	// A lack of capacity is Fly's, not the user's: it is retried (in the fallback regions, then later) for good.
 	if ((step.completion == Completion::kRetry || step.failed_attempt) && context.attempts >= settings::max_attempts &&
-		!step.no_capacity) {
+	    !step.no_capacity) {
 		step.failed_attempt = false;
 		step.request.reset();
 		step.completion = Completion::kFailed;
 		step.events.push_back(
 			reconcile::Event{job.operation.target().present ? "provision_failed" : "deprovision_failed",
-							 "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
-								 std::to_string(context.attempts) + "}"});
+		                     "{\"reason\": \"gave up after fly.max_attempts attempts\", \"attempts\": " +
+		                         std::to_string(context.attempts) + "}"});
 	}
 	// No room in any region is worth one alert, though it spends no attempt.
-	context.raise_alert =
-		!context.alerted && (context.attempts >= settings::alert_after_attempts || step.completion == Completion::kFailed ||
-							 (step.no_capacity && step.completion == Completion::kRetry));
+	context.raise_alert = !context.alerted && (context.attempts >= settings::alert_after_attempts ||
+	                                           step.completion == Completion::kFailed ||
+	                                           (step.no_capacity && step.completion == Completion::kRetry));
 	context.retry_delay_seconds = std::max(RetryDelay(context.attempts, step.retry_after_seconds), step.settle_seconds);
 	if (step.no_capacity && step.failed_attempt) {
 		// Capacity spends no attempt, so the attempt count would not grow the delay: start a few steps up.
-		context.retry_delay_seconds = std::max(
-			context.retry_delay_seconds, RetryDelay(context.attempts + settings::capacity_retries, std::nullopt));
+		context.retry_delay_seconds = std::max(context.retry_delay_seconds,
+		                                       RetryDelay(context.attempts + settings::capacity_retries, std::nullopt));
 	}
 	if (step.no_capacity && step.completion == Completion::kRetry) {
 		// No region has room, and capacity spends no attempt, so the delay would not grow: wait the longest.
@@ -149,12 +149,12 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 	const int attempts = job.context.attempts;
 	// A failure Fly answered spends the attempt, even when recording it meets a lock.
 	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
-						 step.completion == reconcile::Completion::kFailed;
+	                     step.completion == reconcile::Completion::kFailed;
 	try {
 		ApplyFailurePolicy(job, step);
 		bool go_on = false;
 		pg::RunInTransaction("pg_fly: recording a step",
-							 [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
+		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
 		if (go_on && step.request) {
 			double due = Now() + step.delay_seconds;
 			if (step.failed_attempt) {

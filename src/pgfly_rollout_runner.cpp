@@ -78,7 +78,7 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 			// could not be recorded) are taken again; each begins by reading the machine, so none is sent twice.
 			ReleaseRolloutClaims(spi, running->id, busy);
 			const rollout::Decision decision = rollout::NextRolloutPhase(
-			    running->phase, running->counts, running->max_failures, running->canary_deadline_passed);
+				running->phase, running->counts, running->max_failures, running->canary_deadline_passed);
 			if (decision.phase != running->phase) {
 				AdvanceRollout(spi, *running, decision);
 				running->phase = decision.phase;
@@ -107,12 +107,12 @@ JobRunner::PlanRollout(double now, const std::vector<std::string> &busy, int cap
 							target.secrets = secrets::ValuesToSet(settings_.secrets, app.secret_names);
 							app.secrets_digest = secrets_digest();
 						}
-						fly::MachineSpec spec = machine::MachineSpecFor(
-						    settings_.env, app.user_id, app.guest, app.region, target.image,
-						    "rollout-" + std::to_string(running->id), app.secrets_version);
+						fly::MachineSpec spec =
+							machine::MachineSpecFor(settings_.env, app.user_id, app.guest, app.region, target.image,
+						                            "rollout-" + std::to_string(running->id), app.secrets_version);
 						spec.service = settings_.service; // an update replaces the whole config
 						updates.push_back(
-						    RolloutJob{running->id, target.image, app, rollout::ImageUpdate(target, spec)});
+							RolloutJob{running->id, target.image, app, rollout::ImageUpdate(target, spec)});
 					}
 				}
 				break;
@@ -221,8 +221,8 @@ JobRunner::FinishRolloutUpdate(const RolloutJob &work, const rollout::Step &step
 	dispatch_again_ = true;
 	next_rollout_pass_ = 0;
 	if (step.result == rollout::Result::kFailed) {
-		Log("updating " + work.app.app_name + (work.app.secrets_rollout ? " to new secrets" : " to image " + work.image) +
-		    " failed: " + step.error);
+		Log("updating " + work.app.app_name +
+		    (work.app.secrets_rollout ? " to new secrets" : " to image " + work.image) + " failed: " + step.error);
 	}
 	try {
 		pg::RunInTransaction("pg_fly: recording an image update", [&](pg::SpiConnection &spi) {

@@ -115,16 +115,16 @@ LoadRunningRollout(pg::SpiConnection &spi) {
 		                      {std::to_string(rollout.id)});
 		rollout.kind = kind.at(0).at(0).value_or("image");
 	}
-	auto counts = spi.Query(
-	    "SELECT pg_catalog.count(*) "
-	    "FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'updating'])), "
-	    "pg_catalog.count(*) FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) 'updated'), "
-	    "pg_catalog.count(*) FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) 'healthy'), "
-	    "pg_catalog.count(*) "
-	    "FILTER (WHERE NOT canary AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'updating'])), "
-	    "pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) 'failed') "
-	    "FROM fly.image_rollout_apps WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
-	    {std::to_string(rollout.id)}, true);
+	auto counts =
+		spi.Query("SELECT pg_catalog.count(*) "
+	              "FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'updating'])), "
+	              "pg_catalog.count(*) FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) 'updated'), "
+	              "pg_catalog.count(*) FILTER (WHERE canary AND status OPERATOR(pg_catalog.=) 'healthy'), "
+	              "pg_catalog.count(*) "
+	              "FILTER (WHERE NOT canary AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'updating'])), "
+	              "pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) 'failed') "
+	              "FROM fly.image_rollout_apps WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+	              {std::to_string(rollout.id)}, true);
 	rollout.counts.canary_pending = static_cast<int>(ToInt(counts.at(0).at(0)));
 	rollout.counts.canary_updated = static_cast<int>(ToInt(counts[0][1]));
 	rollout.counts.canary_healthy = static_cast<int>(ToInt(counts[0][2]));
@@ -174,18 +174,18 @@ ClaimRolloutApps(pg::SpiConnection &spi, const RunningRollout &rollout, int limi
 	          "AND a.fly_machine_id IS NOT NULL)",
 	          {std::to_string(rollout.id), std::string(canaries ? "true" : "false")});
 	auto rows = spi.Query(
-	    "WITH next AS (SELECT r.fly_app_id FROM fly.image_rollout_apps r "
-	    "JOIN fly.user_fly_apps a ON a.id OPERATOR(pg_catalog.=) r.fly_app_id "
-	    "WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND r.status OPERATOR(pg_catalog.=) 'pending' "
-	    "AND r.canary OPERATOR(pg_catalog.=) $2::pg_catalog.bool "
-	    "AND NOT (r.user_id OPERATOR(pg_catalog.=) ANY ($4::pg_catalog.uuid[])) "
-	    "ORDER BY r.position LIMIT $3::pg_catalog.int4) "
-	    "UPDATE fly.image_rollout_apps r SET status = 'updating', updated_at = pg_catalog.now() FROM next, "
-	    "fly.user_fly_apps a WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
-	    "AND r.fly_app_id OPERATOR(pg_catalog.=) next.fly_app_id AND a.id OPERATOR(pg_catalog.=) r.fly_app_id "
-	    "RETURNING a.id, a.user_id, a.fly_app_name, a.fly_machine_id, a.region, a.cpu_kind, a.cpus, a.memory_mb, "
-	    "a.secrets_version, r.canary, r.attempts",
-	    {std::to_string(rollout.id), std::string(canaries ? "true" : "false"), std::to_string(limit),
+		"WITH next AS (SELECT r.fly_app_id FROM fly.image_rollout_apps r "
+		"JOIN fly.user_fly_apps a ON a.id OPERATOR(pg_catalog.=) r.fly_app_id "
+		"WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND r.status OPERATOR(pg_catalog.=) 'pending' "
+		"AND r.canary OPERATOR(pg_catalog.=) $2::pg_catalog.bool "
+		"AND NOT (r.user_id OPERATOR(pg_catalog.=) ANY ($4::pg_catalog.uuid[])) "
+		"ORDER BY r.position LIMIT $3::pg_catalog.int4) "
+		"UPDATE fly.image_rollout_apps r SET status = 'updating', updated_at = pg_catalog.now() FROM next, "
+		"fly.user_fly_apps a WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+		"AND r.fly_app_id OPERATOR(pg_catalog.=) next.fly_app_id AND a.id OPERATOR(pg_catalog.=) r.fly_app_id "
+		"RETURNING a.id, a.user_id, a.fly_app_name, a.fly_machine_id, a.region, a.cpu_kind, a.cpus, a.memory_mb, "
+		"a.secrets_version, r.canary, r.attempts",
+		{std::to_string(rollout.id), std::string(canaries ? "true" : "false"), std::to_string(limit),
 	     UuidArray(running)});
 	std::vector<RolloutApp> apps;
 	for (const auto &row : rows) {
@@ -211,10 +211,11 @@ ClaimRolloutApps(pg::SpiConnection &spi, const RunningRollout &rollout, int limi
 
 void
 ReleaseRolloutClaims(pg::SpiConnection &spi, int64_t rollout_id, const std::vector<std::string> &busy) {
-	spi.Query("UPDATE fly.image_rollout_apps SET status = 'pending' "
-	          "WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND status OPERATOR(pg_catalog.=) 'updating' "
-	          "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.uuid[]))",
-	          {std::to_string(rollout_id), UuidArray(busy)});
+	spi.Query(
+		"UPDATE fly.image_rollout_apps SET status = 'pending' "
+		"WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND status OPERATOR(pg_catalog.=) 'updating' "
+		"AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.uuid[]))",
+		{std::to_string(rollout_id), UuidArray(busy)});
 }
 
 void
@@ -277,14 +278,14 @@ RecordRolloutResult(pg::SpiConnection &spi, int64_t rollout_id, const std::strin
 		          "FOR UPDATE NOWAIT",
 		          {std::to_string(app.app_id)});
 	}
-	spi.Query("UPDATE fly.image_rollout_apps SET status = $3, "
-	          "from_image = COALESCE(CASE WHEN $4 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $4 END, from_image), "
-	          "last_error = CASE WHEN $5 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $5 END, "
-	          "updated_at = pg_catalog.now() "
-	          "WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
-	          "AND fly_app_id OPERATOR(pg_catalog.=) $2::pg_catalog.int8",
-	          {std::to_string(rollout_id), std::to_string(app.app_id), std::string(status), step.from_image,
-	           step.error});
+	spi.Query(
+		"UPDATE fly.image_rollout_apps SET status = $3, "
+		"from_image = COALESCE(CASE WHEN $4 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $4 END, from_image), "
+		"last_error = CASE WHEN $5 OPERATOR(pg_catalog.=) '' THEN NULL ELSE $5 END, "
+		"updated_at = pg_catalog.now() "
+		"WHERE rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 "
+		"AND fly_app_id OPERATOR(pg_catalog.=) $2::pg_catalog.int8",
+		{std::to_string(rollout_id), std::to_string(app.app_id), std::string(status), step.from_image, step.error});
 	if (runs_image && app.secrets_rollout) {
 		// The machine now runs with the set: the app no longer differs from the file.
 		spi.Query("UPDATE fly.user_fly_apps SET secrets_digest = $2, updated_at = pg_catalog.now() "
@@ -354,18 +355,17 @@ StartSecretsRollout(pg::SpiConnection &spi, const std::string &digest, bool empt
 	// rollouts for this set already took (since the file last held another set) is not taken again: one whose
 	// machine was gone would otherwise be tried at every check.
 	const char *differs =
-	    "a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) 'active' AND a.fly_machine_id IS NOT NULL "
-	    "AND (a.secrets_digest IS NULL OR a.secrets_digest OPERATOR(pg_catalog.<>) $1) "
-	    "AND NOT (a.secrets_digest IS NULL AND $2::pg_catalog.bool "
-	    "AND COALESCE(pg_catalog.cardinality(a.secret_names), 0) OPERATOR(pg_catalog.=) 0) "
-	    "AND NOT EXISTS (SELECT 1 FROM fly.image_rollout_apps ra JOIN fly.image_rollouts r "
-	    "ON r.id OPERATOR(pg_catalog.=) ra.rollout_id WHERE ra.fly_app_id OPERATOR(pg_catalog.=) a.id "
-	    "AND r.kind OPERATOR(pg_catalog.=) 'secrets' AND r.secrets_digest OPERATOR(pg_catalog.=) $1 "
-	    "AND r.id OPERATOR(pg_catalog.>) (SELECT COALESCE(pg_catalog.max(o.id), 0) FROM fly.image_rollouts o "
-	    "WHERE o.kind OPERATOR(pg_catalog.=) 'secrets' AND o.secrets_digest OPERATOR(pg_catalog.<>) $1))";
+		"a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) 'active' AND a.fly_machine_id IS NOT NULL "
+		"AND (a.secrets_digest IS NULL OR a.secrets_digest OPERATOR(pg_catalog.<>) $1) "
+		"AND NOT (a.secrets_digest IS NULL AND $2::pg_catalog.bool "
+		"AND COALESCE(pg_catalog.cardinality(a.secret_names), 0) OPERATOR(pg_catalog.=) 0) "
+		"AND NOT EXISTS (SELECT 1 FROM fly.image_rollout_apps ra JOIN fly.image_rollouts r "
+		"ON r.id OPERATOR(pg_catalog.=) ra.rollout_id WHERE ra.fly_app_id OPERATOR(pg_catalog.=) a.id "
+		"AND r.kind OPERATOR(pg_catalog.=) 'secrets' AND r.secrets_digest OPERATOR(pg_catalog.=) $1 "
+		"AND r.id OPERATOR(pg_catalog.>) (SELECT COALESCE(pg_catalog.max(o.id), 0) FROM fly.image_rollouts o "
+		"WHERE o.kind OPERATOR(pg_catalog.=) 'secrets' AND o.secrets_digest OPERATOR(pg_catalog.<>) $1))";
 	const std::string count_sql = std::string("SELECT pg_catalog.count(*) FROM fly.user_fly_apps a WHERE ") + differs;
-	auto count = spi.Query(count_sql.c_str(),
-	                       {digest, std::string(empty_set ? "true" : "false")}, true);
+	auto count = spi.Query(count_sql.c_str(), {digest, std::string(empty_set ? "true" : "false")}, true);
 	if (ToInt(count.at(0).at(0)) == 0) {
 		return std::nullopt;
 	}
@@ -379,13 +379,12 @@ StartSecretsRollout(pg::SpiConnection &spi, const std::string &digest, bool empt
 	}
 	const int64_t id = ToInt(rows[0][0]);
 	const std::string insert_sql =
-	    std::string("INSERT INTO fly.image_rollout_apps (rollout_id, fly_app_id, user_id, fly_app_name, canary, "
+		std::string("INSERT INTO fly.image_rollout_apps (rollout_id, fly_app_id, user_id, fly_app_name, canary, "
 	                "position, from_image) SELECT $3::pg_catalog.int8, a.id, a.user_id, a.fly_app_name, "
 	                "a.n OPERATOR(pg_catalog.<=) 1, a.n, a.image FROM (SELECT a.*, pg_catalog.row_number() "
 	                "OVER (ORDER BY a.id) AS n FROM fly.user_fly_apps a WHERE ") +
-	    differs + ") a";
-	spi.Query(insert_sql.c_str(),
-	          {digest, std::string(empty_set ? "true" : "false"), std::to_string(id)});
+		differs + ") a";
+	spi.Query(insert_sql.c_str(), {digest, std::string(empty_set ? "true" : "false"), std::to_string(id)});
 	return id;
 }
 
@@ -406,18 +405,19 @@ RecordSecretsSet(pg::SpiConnection &spi, int64_t rollout_id, const RolloutApp &a
 
 std::vector<HealthTarget>
 LoadCanariesToCheck(pg::SpiConnection &spi, int64_t rollout_id, double every_seconds) {
-	auto rows = spi.Query(
-	    "SELECT a.id, a.user_id, a.fly_app_name, a.fly_machine_id, a.tier FROM fly.image_rollout_apps r "
-	    "JOIN fly.user_fly_apps a ON a.id OPERATOR(pg_catalog.=) r.fly_app_id AND a.deleted_at IS NULL "
-	    "AND a.fly_machine_id IS NOT NULL "
-	    "WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND r.canary "
-	    "AND r.status OPERATOR(pg_catalog.=) 'updated' AND (r.last_checked_at IS NULL OR r.last_checked_at "
-	    "OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) "
-	    "pg_catalog.make_interval(secs => $2::pg_catalog.float8))) ORDER BY r.position",
-	    {std::to_string(rollout_id), Seconds(every_seconds)}, true);
+	auto rows =
+		spi.Query("SELECT a.id, a.user_id, a.fly_app_name, a.fly_machine_id, a.tier FROM fly.image_rollout_apps r "
+	              "JOIN fly.user_fly_apps a ON a.id OPERATOR(pg_catalog.=) r.fly_app_id AND a.deleted_at IS NULL "
+	              "AND a.fly_machine_id IS NOT NULL "
+	              "WHERE r.rollout_id OPERATOR(pg_catalog.=) $1::pg_catalog.int8 AND r.canary "
+	              "AND r.status OPERATOR(pg_catalog.=) 'updated' AND (r.last_checked_at IS NULL OR r.last_checked_at "
+	              "OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) "
+	              "pg_catalog.make_interval(secs => $2::pg_catalog.float8))) ORDER BY r.position",
+	              {std::to_string(rollout_id), Seconds(every_seconds)}, true);
 	std::vector<HealthTarget> targets;
 	for (const auto &row : rows) {
-		targets.push_back(HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""), row[4]});
+		targets.push_back(
+			HealthTarget{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""), row[4]});
 	}
 	return targets;
 }

@@ -49,9 +49,9 @@ void
 RefuseInRestrictedOperation() {
 	if (pgfly::pg::PgGuardResult([]() { return InSecurityRestrictedOperation(); })) {
 		throw SqlError(sqlstate::kInsufficientPrivilege,
-					   "pg_fly's functions cannot be called within a security-restricted operation",
-					   "It runs code a table's owner chose (a policy, an index expression, a view) on another "
-					   "role's behalf.");
+		               "pg_fly's functions cannot be called within a security-restricted operation",
+		               "It runs code a table's owner chose (a policy, an index expression, a view) on another "
+		               "role's behalf.");
 	}
 }
 
@@ -60,7 +60,8 @@ void
 RequestPassAtCommit(uint32 pass) {
 	RefuseInRestrictedOperation();
 	if (pgfly::Shared() == nullptr) {
-		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
+		throw SqlError(sqlstate::kObjectNotInPrerequisiteState,
+		               "pg_fly is not loaded through shared_preload_libraries");
 	}
 	pgfly::pg::PgGuard([&]() { pgfly::WakeWorkerAtCommit(pass); });
 }
@@ -128,14 +129,15 @@ PGFLY_SQL_FUNCTION(_enqueue_if_unchanged) {
 	// TimeZone, and an abbreviation such as IST does not always read back as the same instant.
 	if (!PG_ARGISNULL(5)) {
 		const int64 micros = PG_GETARG_TIMESTAMPTZ(5) +
-							 static_cast<int64>(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
+		                     static_cast<int64>(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
 		const uint64 magnitude = micros < 0 ? -static_cast<uint64>(micros) : static_cast<uint64>(micros);
 		seen.enqueued_at = std::string(micros < 0 ? "-" : "") + std::to_string(magnitude / USECS_PER_SEC) + "." +
-						   std::to_string(USECS_PER_SEC + magnitude % USECS_PER_SEC).substr(1);
+		                   std::to_string(USECS_PER_SEC + magnitude % USECS_PER_SEC).substr(1);
 	}
 	seen.app_id = output(6, int8out);
 	pgfly::pg::SpiConnection spi;
-	const bool queued = pgfly::EnqueueIfUnchanged(spi, args.user_id, args.desired, args.tier, args.reason.c_str(), seen);
+	const bool queued =
+		pgfly::EnqueueIfUnchanged(spi, args.user_id, args.desired, args.tier, args.reason.c_str(), seen);
 	PG_RETURN_BOOL(queued);
 }
 
@@ -192,10 +194,12 @@ PGFLY_SQL_FUNCTION(_request_policy_pass) {
 PGFLY_SQL_FUNCTION(worker_status) {
 	pgfly::SharedState *shared = pgfly::Shared();
 	if (shared == nullptr) {
-		throw SqlError(sqlstate::kObjectNotInPrerequisiteState, "pg_fly is not loaded through shared_preload_libraries");
+		throw SqlError(sqlstate::kObjectNotInPrerequisiteState,
+		               "pg_fly is not loaded through shared_preload_libraries");
 	}
 	TupleDesc desc = nullptr;
-	if (pgfly::pg::PgGuardResult([&]() { return get_call_result_type(fcinfo, nullptr, &desc); }) != TYPEFUNC_COMPOSITE) {
+	if (pgfly::pg::PgGuardResult([&]() { return get_call_result_type(fcinfo, nullptr, &desc); }) !=
+	    TYPEFUNC_COMPOSITE) {
 		throw std::logic_error("worker_status() must return a composite type");
 	}
 	SpinLockAcquire(&shared->mutex);
@@ -273,14 +277,15 @@ PGFLY_SQL_FUNCTION(_guard_selftest) {
 	}
 	if (kind == "pg") {
 		pgfly::pg::PgGuard([]() {
-			ereport(ERROR, (errcode(ERRCODE_DIVISION_BY_ZERO), errmsg("selftest: a PostgreSQL error crossed C++ frames")));
+			ereport(ERROR,
+			        (errcode(ERRCODE_DIVISION_BY_ZERO), errmsg("selftest: a PostgreSQL error crossed C++ frames")));
 		});
 	}
 	if (kind != "ok") {
 		throw SqlError(sqlstate::kInvalidParameterValue, "unknown selftest kind \"" + kind + "\"", "",
 		               "Use 'ok', 'cpp', 'sql' or 'pg'.");
 	}
-	text *result = pgfly::pg::PgGuardResult(
-	    [&]() { return cstring_to_text_with_len(owned_by_cpp.data(), owned_by_cpp.size()); });
+	text *result =
+		pgfly::pg::PgGuardResult([&]() { return cstring_to_text_with_len(owned_by_cpp.data(), owned_by_cpp.size()); });
 	PG_RETURN_TEXT_P(result);
 }

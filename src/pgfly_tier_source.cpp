@@ -75,29 +75,29 @@ ColumnType(Oid relid, const char *table, const char *column, const char *role) {
 	const AttrNumber attnum = get_attnum(relid, column);
 	if (attnum <= 0) {
 		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("column \"%s\" of table %s does not exist", column, table),
-				 errdetail("pg_fly was attached with it as the %s column.", role),
-				 errhint("Attach the table again naming its columns: SELECT fly.attach_tier_trigger('%s', "
-						 "'<user id column>', '<tier column>').",
-						 table)));
+		        (errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("column \"%s\" of table %s does not exist", column, table),
+		         errdetail("pg_fly was attached with it as the %s column.", role),
+		         errhint("Attach the table again naming its columns: SELECT fly.attach_tier_trigger('%s', "
+		                 "'<user id column>', '<tier column>').",
+		                 table)));
 	}
 	return get_atttype(relid, attnum);
 }
 
 [[noreturn]] void
 RefuseColumnType(const char *table, const char *column, Oid type, const char *role, const char *wanted,
-				 const char *alter_to) {
+                 const char *alter_to) {
 	const bool domain = get_typtype(type) == TYPTYPE_DOMAIN;
 	ereport(ERROR,
-			(errcode(ERRCODE_DATATYPE_MISMATCH),
-			 errmsg("column \"%s\" of table %s is of type %s, which pg_fly does not read as a %s", column, table,
-					format_type_be(type), role),
-			 domain ? errdetail("It is a domain over %s: reading it could run the domain's checks, code chosen by its "
-								"owner, with the extension's rights.",
-								format_type_be(getBaseType(type)))
-					: errdetail("pg_fly reads %s.", wanted),
-			 errhint("Change the column's type, e.g. ALTER TABLE %s ALTER COLUMN %s TYPE %s.", table,
-					 quote_identifier(column), alter_to)));
+	        (errcode(ERRCODE_DATATYPE_MISMATCH),
+	         errmsg("column \"%s\" of table %s is of type %s, which pg_fly does not read as a %s", column, table,
+	                format_type_be(type), role),
+	         domain ? errdetail("It is a domain over %s: reading it could run the domain's checks, code chosen by its "
+	                            "owner, with the extension's rights.",
+	                            format_type_be(getBaseType(type)))
+	                : errdetail("pg_fly reads %s.", wanted),
+	         errhint("Change the column's type, e.g. ALTER TABLE %s ALTER COLUMN %s TYPE %s.", table,
+	                 quote_identifier(column), alter_to)));
 }
 
 // Everything pg_fly requires of the subscription table before it reads it. Returns the user column's type and,
@@ -110,20 +110,20 @@ CheckTierSource(Oid relid, const char *user_column, const char *tier_column, Lis
 	LockRelationOid(relid, AccessShareLock);
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid))) {
 		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
-						errmsg("the subscription table pg_fly was attached to (OID %u) no longer exists", relid),
-						errhint("Attach the table that holds the subscriptions: SELECT fly.attach_tier_trigger("
-								"'<schema.table>', '<user id column>', '<tier column>').")));
+		                errmsg("the subscription table pg_fly was attached to (OID %u) no longer exists", relid),
+		                errhint("Attach the table that holds the subscriptions: SELECT fly.attach_tier_trigger("
+		                        "'<schema.table>', '<user id column>', '<tier column>').")));
 	}
 	char *table = QualifiedName(relid);
 	const char relkind = get_rel_relkind(relid);
 	if (!IsTable(relkind)) {
 		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("%s is %s, not a table", table, RelationNoun(relkind)),
-				 errdetail("pg_fly reads subscriptions only from an ordinary or partitioned table: reading a view "
-						   "or a foreign table runs code its owner chose."),
-				 errhint("Make %s an ordinary table again, or attach the table that holds the subscriptions "
-						 "with fly.attach_tier_trigger().",
-						 table)));
+		        (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("%s is %s, not a table", table, RelationNoun(relkind)),
+		         errdetail("pg_fly reads subscriptions only from an ordinary or partitioned table: reading a view "
+		                   "or a foreign table runs code its owner chose."),
+		         errhint("Make %s an ordinary table again, or attach the table that holds the subscriptions "
+		                 "with fly.attach_tier_trigger().",
+		                 table)));
 	}
 	// Reading a table reads its partitions and inheritance children too.
 	List *checked = find_all_inheritors(relid, AccessShareLock, nullptr);
@@ -134,19 +134,19 @@ CheckTierSource(Oid relid, const char *user_column, const char *tier_column, Lis
 		if (member != relid && !IsTable(member_kind)) {
 			char *name = QualifiedName(member);
 			ereport(ERROR,
-					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-					 errmsg("%s, a partition or child table of %s, is %s", name, table, RelationNoun(member_kind)),
-					 errdetail("pg_fly reads subscriptions only from ordinary tables: reading a foreign table "
-							   "runs code its owner chose."),
-					 errhint("Detach it (ALTER TABLE %s DETACH PARTITION %s, or ALTER TABLE %s NO INHERIT %s) "
-							 "or move its rows into an ordinary table.",
-							 table, name, name, table)));
+			        (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+			         errmsg("%s, a partition or child table of %s, is %s", name, table, RelationNoun(member_kind)),
+			         errdetail("pg_fly reads subscriptions only from ordinary tables: reading a foreign table "
+			                   "runs code its owner chose."),
+			         errhint("Detach it (ALTER TABLE %s DETACH PARTITION %s, or ALTER TABLE %s NO INHERIT %s) "
+			                 "or move its rows into an ordinary table.",
+			                 table, name, name, table)));
 		}
 	}
 	const Oid user_type = ColumnType(relid, table, user_column, "user id");
 	if (user_type != UUIDOID && user_type != TEXTOID && user_type != VARCHAROID) {
 		RefuseColumnType(table, user_column, user_type, "user id", "user ids from uuid, text or varchar columns",
-						 "uuid");
+		                 "uuid");
 	}
 	const Oid tier_type = ColumnType(relid, table, tier_column, "tier");
 	if (tier_type != TEXTOID && tier_type != VARCHAROID && get_typtype(tier_type) != TYPTYPE_ENUM) {
@@ -186,7 +186,7 @@ RequireArguments(FunctionCallInfo fcinfo, int count) {
 	for (int i = 0; i < count; i++) {
 		if (PG_ARGISNULL(i)) {
 			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("table and column names must not be NULL")));
+			        (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("table and column names must not be NULL")));
 		}
 	}
 }
@@ -194,9 +194,9 @@ RequireArguments(FunctionCallInfo fcinfo, int count) {
 // Which of the table's rows a read returns.
 struct RowFilter {
 	enum Kind { kAll, kUser, kUsers, kAfter } kind = kAll;
-	Datum value = 0;         // kUser: a uuid; kUsers: a uuid[]; kAfter: a text, or 0 for the first batch
+	Datum value = 0; // kUser: a uuid; kUsers: a uuid[]; kAfter: a text, or 0 for the first batch
 	bool has_value = false;
-	int batch_size = 0;      // kAfter: at least this many rows (more when the last user has several)
+	int batch_size = 0; // kAfter: at least this many rows (more when the last user has several)
 };
 
 // A sorted set of uuids (kUsers): which users a read returns, and which of them it found.
@@ -300,7 +300,7 @@ IndexServesBatch(Oid index, AttrNumber attnum, Oid opclass, Oid collation) {
 	}
 	const Form_pg_index form = reinterpret_cast<Form_pg_index>(GETSTRUCT(tuple));
 	bool serves = form->indisvalid && form->indnkeyatts >= 1 && form->indkey.values[0] == attnum &&
-				  heap_attisnull(tuple, Anum_pg_index_indpred, nullptr);
+	              heap_attisnull(tuple, Anum_pg_index_indpred, nullptr);
 	if (serves) {
 		bool null_classes = false;
 		bool null_collations = false;
@@ -312,8 +312,8 @@ IndexServesBatch(Oid index, AttrNumber attnum, Oid opclass, Oid collation) {
 		if (serves) {
 			const int16 option = reinterpret_cast<int2vector *>(DatumGetPointer(options))->values[0];
 			serves = reinterpret_cast<oidvector *>(DatumGetPointer(classes))->values[0] == opclass &&
-					 reinterpret_cast<oidvector *>(DatumGetPointer(collations))->values[0] == collation &&
-					 ((option & INDOPTION_DESC) != 0) == ((option & INDOPTION_NULLS_FIRST) != 0);
+			         reinterpret_cast<oidvector *>(DatumGetPointer(collations))->values[0] == collation &&
+			         ((option & INDOPTION_DESC) != 0) == ((option & INDOPTION_NULLS_FIRST) != 0);
 		}
 	}
 	ReleaseSysCache(tuple);
@@ -374,7 +374,7 @@ MembersSql(List *members, const char *user, const char *tier, const char *where)
 			continue;
 		}
 		appendStringInfo(&sql, "%sSELECT %s, %s FROM ONLY %s", sql.len > 0 ? " UNION ALL " : "", user, tier,
-						 QualifiedName(member));
+		                 QualifiedName(member));
 		if (where != nullptr) {
 			appendStringInfoString(&sql, " WHERE ");
 			appendStringInfo(&sql, where, user, user);
@@ -392,7 +392,7 @@ MembersSql(List *members, const char *user, const char *tier, const char *where)
 // whose user id is one of its uuids, marking those found. Runs as the table's owner (the caller's doing).
 void
 ReadInto(ReturnSetInfo *rsinfo, const char *sql, int nargs, Oid *argtypes, Datum *args, bool uuid_column,
-		 UuidSet *want) {
+         UuidSet *want) {
 	// A third result column (uid): the user id as a uuid, so that callers need not match every id against a
 	// pattern and cast it.
 	const bool with_uid = rsinfo->setDesc->natts == 3;
@@ -422,8 +422,8 @@ ReadInto(ReturnSetInfo *rsinfo, const char *sql, int nargs, Oid *argtypes, Datum
 			bool keep = true;
 			if (want != nullptr) {
 				void *hit = nulls[2] ? nullptr
-									 : bsearch(DatumGetUUIDP(values[2]), want->items, want->count, sizeof(pg_uuid_t),
-											   CompareUuids);
+				                     : bsearch(DatumGetUUIDP(values[2]), want->items, want->count, sizeof(pg_uuid_t),
+				                               CompareUuids);
 				keep = hit != nullptr;
 				if (keep) {
 					want->found[static_cast<pg_uuid_t *>(hit) - want->items] = true;
@@ -486,7 +486,7 @@ ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter
 		if (nargs > 0) {
 			argtypes[0] = uuid_column ? static_cast<Oid>(UUIDOID) : static_cast<Oid>(TEXTOID);
 			args[0] = uuid_column ? filter.value
-								  : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, filter.value)));
+			                      : CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, filter.value)));
 		}
 		sql = MembersSql(members, user, tier, nargs > 0 ? "%s OPERATOR(pg_catalog.=) $1" : nullptr);
 		break;
@@ -512,11 +512,11 @@ ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter
 		break;
 	case RowFilter::kAfter: {
 		args[0] = filter.value;
-		char *where = psprintf("%%s IS NOT NULL%s", nargs > 0 ? psprintf(" AND %%s OPERATOR(pg_catalog.>) %s", param)
-															   : "");
+		char *where =
+			psprintf("%%s IS NOT NULL%s", nargs > 0 ? psprintf(" AND %%s OPERATOR(pg_catalog.>) %s", param) : "");
 		// In the user column's order (its type's default ordering, built in), never splitting one user's rows.
 		sql = psprintf("SELECT s.u, s.t FROM (%s) AS s(u, t) ORDER BY s.u FETCH FIRST %d ROWS WITH TIES",
-					   MembersSql(members, user, tier, where), filter.batch_size);
+		               MembersSql(members, user, tier, where), filter.batch_size);
 		break;
 	}
 	}
@@ -530,7 +530,7 @@ ReadSubscriptions(FunctionCallInfo fcinfo, const char *function, const RowFilter
 	SetUserIdAndSecContext(owner, saved_context | SECURITY_RESTRICTED_OPERATION);
 	const int guc_level = NewGUCNestLevel();
 	set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
-					  false);
+	                  false);
 	PG_TRY();
 	{
 		if (SPI_connect() != SPI_OK_CONNECT) {
@@ -586,8 +586,9 @@ _subscription_rows(PG_FUNCTION_ARGS) {
 
 // fly._subscription_batch(tbl regclass, user_column name, tier_column name, after_user text, batch_size integer)
 // RETURNS TABLE (user_id text, tier text, uid uuid): the next batch of rows in user id order after after_user (from
-// the start when NULL; rows without a user id are left out); uid is the id as a uuid, NULL when it is not one. A user's rows are never split between batches, so a
-// batch may hold more than batch_size rows. Each call locks the table only until its transaction ends.
+// the start when NULL; rows without a user id are left out); uid is the id as a uuid, NULL when it is not one. A user's
+// rows are never split between batches, so a batch may hold more than batch_size rows. Each call locks the table only
+// until its transaction ends.
 PG_FUNCTION_INFO_V1(_subscription_batch);
 Datum
 _subscription_batch(PG_FUNCTION_ARGS) {

@@ -112,10 +112,10 @@ LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &use
 		// A subscription without a tier grants no app.
 		policy.known = true;
 		policy.waiting = user_id && spi.Query("SELECT EXISTS (SELECT 1 FROM fly.tier_waits "
-											  "WHERE user_id OPERATOR(pg_catalog.=) $1)",
-											  {WaitKey(user_id)}, true)
-											.at(0)
-											.at(0) == std::string("t");
+		                                      "WHERE user_id OPERATOR(pg_catalog.=) $1)",
+		                                      {WaitKey(user_id)}, true)
+		                                    .at(0)
+		                                    .at(0) == std::string("t");
 		return policy;
 	}
 	static const char *const kPolicy =
@@ -152,17 +152,16 @@ ColumnNumber(TupleDesc desc, const char *column, const char *table) {
 	return attnum;
 }
 
-
 [[noreturn]] void
 ThrowUnknownTier(const std::string &tier, const pg::Value &user_id) {
 	// The example is only offered for a tier that reads well as a literal.
 	const bool printable = tier.size() <= kMaxQuotedValueBytes && QuoteForMessage(tier) == "\"" + tier + "\"";
 	throw SqlError(sqlstate::kInvalidParameterValue,
-				   "tier " + QuoteForMessage(tier) + " has no policy in fly.tier_policies",
-				   "The subscription of user " + UserForMessage(user_id) + " names it.",
-				   printable ? "Add the tier first, e.g. INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES (" +
-								   SqlLiteral(tier) + ", false)."
-							 : "Add the tier to fly.tier_policies first.");
+	               "tier " + QuoteForMessage(tier) + " has no policy in fly.tier_policies",
+	               "The subscription of user " + UserForMessage(user_id) + " names it.",
+	               printable ? "Add the tier first, e.g. INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES (" +
+	                               SqlLiteral(tier) + ", false)."
+	                         : "Add the tier to fly.tier_policies first.");
 }
 
 // A subscription row pg_fly cannot act on, and why; kNone when it can.
@@ -243,16 +242,16 @@ RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value 
 		return; // pg_fly keeps nothing for a user id that is not a uuid
 	}
 	static const char *const kRelabel =
-	    "WITH queued AS (UPDATE fly.reconcile_queue SET tier = $2 "
-	    "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND desired OPERATOR(pg_catalog.=) 'present') "
-	    "UPDATE fly.user_fly_apps SET tier = $2, updated_at = pg_catalog.now() "
-	    "WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL";
+		"WITH queued AS (UPDATE fly.reconcile_queue SET tier = $2 "
+		"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND desired OPERATOR(pg_catalog.=) 'present') "
+		"UPDATE fly.user_fly_apps SET tier = $2, updated_at = pg_catalog.now() "
+		"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL";
 	spi.Query(kRelabel, {user_id, tier});
 	if (manual_teardowns &&
-		!spi.Query("DELETE FROM fly.manual_teardowns WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-				   "RETURNING 1",
-				   {user_id})
-			 .empty()) {
+	    !spi.Query("DELETE FROM fly.manual_teardowns WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+	               "RETURNING 1",
+	               {user_id})
+	         .empty()) {
 		EnqueueReconcile(spi, user_id, DesiredState::kPresent, tier, "tier_change");
 	}
 }
@@ -260,14 +259,14 @@ RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value 
 // user_column and table say where the user id comes from, for messages.
 void
 Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy, const char *user_column,
-		const char *table, bool strict) {
+        const char *table, bool strict) {
 	if (!row.user_id) {
 		if (!policy.dedicated || !strict) {
 			return; // nothing to tear down for a row without a user; a paid tier's waits (SettleWait)
 		}
 		throw SqlError(sqlstate::kNullValueNotAllowed,
-					   "cannot provision an app for a subscription whose user id is NULL",
-					   "Its tier " + QuoteForMessage(row.tier.value_or("")) + " grants a dedicated app.");
+		               "cannot provision an app for a subscription whose user id is NULL",
+		               "Its tier " + QuoteForMessage(row.tier.value_or("")) + " grants a dedicated app.");
 	}
 	if (!IsUuidText(*row.user_id)) {
 		if (!policy.dedicated || !strict) {
@@ -275,9 +274,9 @@ Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &po
 		}
 		// Checked here rather than left to the uuid cast, whose message would repeat the whole value.
 		throw SqlError(sqlstate::kInvalidTextRepresentation,
-					   "user id " + QuoteForMessage(*row.user_id) + " in column \"" + user_column + "\" of \"" +
-						   table + "\" is not a uuid",
-					   "pg_fly keeps one app per user, keyed by the user's uuid.");
+		               "user id " + QuoteForMessage(*row.user_id) + " in column \"" + user_column + "\" of \"" + table +
+		                   "\" is not a uuid",
+		               "pg_fly keeps one app per user, keyed by the user's uuid.");
 	}
 	EnqueueReconcile(spi, *row.user_id, policy.dedicated ? DesiredState::kPresent : DesiredState::kAbsent, row.tier,
 	                 "tier_change");
@@ -306,9 +305,9 @@ FiresOnTierSource(pg::SpiConnection &spi, const Trigger *trigger, Oid relid, con
 		warned = true;
 		pg::PgGuard([&]() {
 			ereport(WARNING, (errmsg("pg_fly trigger \"%s\" on \"%s\" ignored this change: the table is not the "
-									 "subscription table pg_fly is attached to",
-									 trigger->tgname, table),
-							  errhint("Drop the trigger, or attach this table with fly.attach_tier_trigger().")));
+			                         "subscription table pg_fly is attached to",
+			                         trigger->tgname, table),
+			                  errhint("Drop the trigger, or attach this table with fly.attach_tier_trigger().")));
 		});
 	}
 	return matches;
@@ -350,8 +349,8 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		throw SqlError("39P01", "on_user_tier_change() must be an AFTER ... FOR EACH ROW trigger");
 	}
 	if (trigger->tg_trigger->tgnargs != 2) {
-		throw SqlError("39P01", "on_user_tier_change() takes two arguments: the user id column and the tier column",
-		               "", "Attach it with fly.attach_tier_trigger().");
+		throw SqlError("39P01", "on_user_tier_change() takes two arguments: the user id column and the tier column", "",
+		               "Attach it with fly.attach_tier_trigger().");
 	}
 	const char *table = RelationGetRelationName(trigger->tg_relation);
 	TupleDesc desc = RelationGetDescr(trigger->tg_relation);
@@ -414,7 +413,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		none.known = true;
 		if (old_user_leaves && !old_policy.SameEffect(none)) {
 			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
-						   strict);
+			               strict);
 		}
 	} else if (has_old && has_new && old_row.user_id != new_row.user_id) {
 		// The row moved to another user: the old user loses what the row granted, the new one gains it.
@@ -422,7 +421,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		none.known = true;
 		if (!old_policy.SameEffect(none)) {
 			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
-						   strict);
+			               strict);
 		}
 		if (!new_policy.SameEffect(none)) {
 			pgfly::Enqueue(spi, new_row, new_policy, user_column, table, strict);
@@ -436,7 +435,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	} else {
 		// A deleted row leaves the user without a tier.
 		pgfly::Enqueue(spi, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, new_policy,
-					   user_column, table, strict);
+		               user_column, table, strict);
 	}
 	if (old_user_leaves && waits) {
 		pgfly::ClearWait(spi, old_row.user_id, old_policy);

@@ -66,7 +66,6 @@ RecordWake(SharedState *shared, bool latch_set) {
 	SpinLockRelease(&shared->mutex);
 }
 
-
 // One pass of the loop failed (a PostgreSQL error or an exception): log it and pause briefly, instead of
 // crash-looping through worker restarts. Operations in flight keep going.
 void
@@ -81,8 +80,7 @@ void
 PauseAfterError() noexcept {
 	try {
 		pg::PgGuard([]() {
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kErrorPauseMs,
-			                 PG_WAIT_EXTENSION);
+			(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kErrorPauseMs, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 		});
 	} catch (...) {

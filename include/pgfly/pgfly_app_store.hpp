@@ -51,7 +51,7 @@ constexpr const char *kAlertChannel = "pg_fly_alerts";
 // transaction commits. `user_for_message` is the user id as messages show it (a non-uuid quoted and shortened);
 // `wait_id` names the fly.tier_waits row, if one was recorded. Honours fly.notify_payload.
 void RaiseSubscriptionAlert(pg::SpiConnection &spi, const std::string &kind, const pg::Value &user_id,
-							const pg::Value &user_for_message, const pg::Value &tier, const pg::Value &wait_id);
+                            const pg::Value &user_for_message, const pg::Value &tier, const pg::Value &wait_id);
 
 // Writes one step atomically: the app row change, the events, and the queue item's fate. Returns whether the
 // operation may go on: false when the item was superseded by a newer tier change (its claim is then released

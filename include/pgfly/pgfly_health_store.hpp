@@ -29,7 +29,7 @@ std::vector<HealthTarget> LoadHealthTargets(pg::SpiConnection &spi);
 // Records a check: health (nothing = unchanged), last_health_check_at, and an event when health changed or an
 // action was taken. Returns false when the app is no longer active (it changed meanwhile).
 bool RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,
-				  const std::string &details_json);
+                  const std::string &details_json);
 
 // Records, before the request leaves, that the health check destroys `machine_id`, a duplicate of the app's
 // recorded machine (event duplicate_machine_destroyed). Returns false, recording nothing, when that must not
@@ -40,13 +40,13 @@ bool RecordDuplicateDestroy(pg::SpiConnection &spi, const HealthTarget &target, 
 // Records the organization's apps with pg_fly's prefix that no live row owns (from a list-apps answer); returns
 // the reported orphans marked for deletion that are still orphans.
 std::vector<std::string> RecordOrphans(pg::SpiConnection &spi, const std::string &org_slug,
-									   const std::vector<std::pair<std::string, std::string>> &apps_with_prefix);
+                                       const std::vector<std::pair<std::string, std::string>> &apps_with_prefix);
 void RecordOrphanDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &error);
 
 // Records machines found in a user's app that belong to nobody (fly.orphan_machines), with an
 // orphan_machine_found event for each one not reported yet. Nothing before the schema has the table.
 void RecordOrphanMachines(pg::SpiConnection &spi, int64_t app_id, const std::string &user_id,
-						  const std::vector<reconcile::OrphanMachine> &machines);
+                          const std::vector<reconcile::OrphanMachine> &machines);
 // A live app whose whole machine list the orphan pass reads, to find machines that belong to nobody.
 struct OrphanMachineCheck {
 	int64_t app_id = 0;
@@ -57,10 +57,10 @@ struct OrphanMachineCheck {
 std::vector<OrphanMachineCheck> LoadOrphanMachineChecks(pg::SpiConnection &spi);
 // After an app's whole list was read: reported orphans of the app that it no longer holds are gone.
 void RecordOrphanMachinesGone(pg::SpiConnection &spi, const std::string &app_name,
-							  const std::vector<std::string> &listed_ids);
+                              const std::vector<std::string> &listed_ids);
 // The reported orphan machines marked for deletion that no live row records as its machine: (app, machine id).
 std::vector<std::pair<std::string, std::string>> OrphanMachinesToDelete(pg::SpiConnection &spi);
 void RecordOrphanMachineDeleted(pg::SpiConnection &spi, const std::string &app_name, const std::string &machine_id,
-								const std::string &error);
+                                const std::string &error);
 
 } // namespace pgfly

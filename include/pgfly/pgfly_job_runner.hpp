@@ -135,7 +135,7 @@ private:
 	void ApplyFailurePolicy(ReconcileJob &job, reconcile::Step &step);
 	double RetryDelay(int attempts, std::optional<double> retry_after);
 	void Defer(const std::string &user_id, int64_t generation, int attempts, const std::string &error,
-			   bool item_was_locked = false);
+	           bool item_was_locked = false);
 
 	// pgfly_health_runner.cpp
 	void StartHealthChecks();

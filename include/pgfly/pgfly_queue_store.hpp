@@ -19,11 +19,11 @@ enum class DesiredState { kPresent, kAbsent };
 // Upserts the user's queue item and wakes the worker when the transaction commits.
 // user_id is text that casts to uuid; tier may be empty for kAbsent.
 void EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
-					  const char *reason);
+                      const char *reason);
 // Queues the item only when the user has none: a queued item is newer intent (a tier change, say) than what
 // the caller saw. Returns whether it queued one.
 bool EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
-						 const pg::Value &tier, const char *reason);
+                         const pg::Value &tier, const char *reason);
 // What a caller saw of a user before comparing: the queue item's generation and enqueued_at (exact seconds since
 // the Unix epoch, as text: independent of DateStyle and TimeZone; NULL: none), and
 // the live app row's id (NULL: none).
@@ -34,8 +34,8 @@ struct QueueItemSeen {
 };
 // Queues the item only when the user's queue item and live app row are still the ones `seen` names. Returns
 // whether it queued one.
-bool EnqueueIfUnchanged(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,
-						const pg::Value &tier, const char *reason, const QueueItemSeen &seen);
+bool EnqueueIfUnchanged(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
+                        const char *reason, const QueueItemSeen &seen);
 
 struct ClaimedItem {
 	std::string user_id;
@@ -72,7 +72,7 @@ QueueSummary SummarizeQueue(pg::SpiConnection &spi);
 // another transaction holds the item (nothing was changed). return_attempt gives back the attempt counted at
 // claim time (the step failed only because another transaction held the item).
 bool DeferItem(pg::SpiConnection &spi, const std::string &user_id, int64_t generation, double delay_seconds,
-			   const std::string &error, bool return_attempt);
+               const std::string &error, bool return_attempt);
 // Gives back the attempt counted when each item (user -> generation) was claimed, while it is still claimed: its
 // step failed only because another transaction held it. Returns the items still held by others.
 std::map<std::string, int64_t> ReturnAttempts(pg::SpiConnection &spi, const std::map<std::string, int64_t> &items);

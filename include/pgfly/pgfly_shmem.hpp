@@ -20,19 +20,19 @@ struct SharedState {
 	TimestampTz worker_started_at;
 	TimestampTz last_wake_at;
 	int64 queue_ready;
-	int token_source; // a pgfly::TokenSource
-	int in_flight;           // requests sent and not yet answered
-	int rate_limited;        // requests held back by the rate limiter or the breaker
-	int breaker_state;       // a CircuitBreaker::State
+	int token_source;  // a pgfly::TokenSource
+	int in_flight;     // requests sent and not yet answered
+	int rate_limited;  // requests held back by the rate limiter or the breaker
+	int breaker_state; // a CircuitBreaker::State
 	TimestampTz breaker_reopen_at;
 	TimestampTz last_error_at;
-	char last_error[512];    // the last failed attempt's message (never a secret)
+	char last_error[512];              // the last failed attempt's message (never a secret)
 	char worker_database[NAMEDATALEN]; // the database the worker connected to (fly.worker_status())
 	// Set by a committing backend that enqueued work; the worker swaps it back to 0 when it wakes, so many
 	// concurrent commits cost one SetLatch.
 	pg_atomic_uint32 wake_pending;
-	pg_atomic_uint32 health_pass_requested; // fly.check_fly_apps_health()
-	pg_atomic_uint32 orphan_pass_requested; // fly.find_orphan_apps(), fly.delete_orphan_apps()
+	pg_atomic_uint32 health_pass_requested;  // fly.check_fly_apps_health()
+	pg_atomic_uint32 orphan_pass_requested;  // fly.find_orphan_apps(), fly.delete_orphan_apps()
 	pg_atomic_uint32 rollout_pass_requested; // fly.start_image_rollout(), fly.resume_image_rollout()
 	pg_atomic_uint32 policy_pass_requested;  // a change of fly.tier_policies
 	pg_atomic_uint64 commit_wakes;

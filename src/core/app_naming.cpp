@@ -88,7 +88,8 @@ AppNameProblem(const std::string &name) {
 	}
 	for (char c : name) {
 		if (!IsLowerAlnum(c) && c != '-') {
-			return "the app name \"" + name + "\" contains a character other than lower-case letters, digits and dashes";
+			return "the app name \"" + name +
+			       "\" contains a character other than lower-case letters, digits and dashes";
 		}
 	}
 	if (name.back() == '-') {
@@ -112,7 +113,7 @@ AppIdProblem(const std::string &id) {
 							   return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
 						   });
 	return std::string("the app id ") + (printable ? "\"" + id + "\" " : "") + "is not 1 to " +
-		   std::to_string(kMaxAppNameLength) + " letters, digits, dashes or underscores";
+	       std::to_string(kMaxAppNameLength) + " letters, digits, dashes or underscores";
 }
 
 std::optional<std::string>
@@ -125,7 +126,7 @@ AppNamePrefixProblem(const std::string &prefix) {
 		const bool digit = c >= '0' && c <= '9';
 		if (!letter && !digit && c != '-' && c != '_' && c != '.') {
 			return "the prefix contains a character that cannot appear in an app name (only letters, digits, '-', "
-			       "'_' and '.' are allowed here, and Fly itself accepts only lower-case letters, digits and '-')";
+				   "'_' and '.' are allowed here, and Fly itself accepts only lower-case letters, digits and '-')";
 		}
 	}
 	return std::nullopt;

@@ -12,7 +12,7 @@ Base64Encode(const std::string &bytes) {
 	size_t i = 0;
 	for (; i + 2 < bytes.size(); i += 3) {
 		const unsigned v = (static_cast<unsigned char>(bytes[i]) << 16) |
-						   (static_cast<unsigned char>(bytes[i + 1]) << 8) | static_cast<unsigned char>(bytes[i + 2]);
+		                   (static_cast<unsigned char>(bytes[i + 1]) << 8) | static_cast<unsigned char>(bytes[i + 2]);
 		encoded += kAlphabet[(v >> 18) & 63];
 		encoded += kAlphabet[(v >> 12) & 63];
 		encoded += kAlphabet[(v >> 6) & 63];

@@ -6,8 +6,7 @@
 
 namespace pgfly {
 
-CircuitBreaker::CircuitBreaker(CircuitBreakerSettings settings) : settings_(settings) {
-}
+CircuitBreaker::CircuitBreaker(CircuitBreakerSettings settings) : settings_(settings) {}
 
 void
 CircuitBreaker::Configure(CircuitBreakerSettings settings) {

@@ -69,7 +69,7 @@ DriftPass::Next(const std::string &source) const {
 
 bool
 DriftPass::Advance(const Batch &batch, const std::string &source, const std::optional<std::string> &last_user,
-				   int64_t queued, double seconds, double now) {
+                   int64_t queued, double seconds, double now) {
 	if (!InProgress()) {
 		return false; // ended meanwhile (SIGHUP turned passes off)
 	}

@@ -24,7 +24,7 @@ constexpr const char *kRedacted = "<redacted>";
 bool
 StripScheme(const std::string &text, const std::string &scheme, std::string *rest) {
 	if (text.size() <= scheme.size() || !IsAsciiSpace(text[scheme.size()]) ||
-		!EqualsIgnoreCase(std::string_view(text).substr(0, scheme.size()), scheme)) {
+	    !EqualsIgnoreCase(std::string_view(text).substr(0, scheme.size()), scheme)) {
 		return false;
 	}
 	*rest = Trim(text.substr(scheme.size()));
@@ -121,7 +121,7 @@ std::string
 RedactStrings(const std::string &text, std::vector<std::string> values) {
 	// Longest first, so that a whole token is replaced before its parts.
 	std::sort(values.begin(), values.end(),
-			  [](const std::string &a, const std::string &b) { return a.size() > b.size(); });
+	          [](const std::string &a, const std::string &b) { return a.size() > b.size(); });
 	std::string redacted = text;
 	for (const auto &value : values) {
 		if (value.size() >= kMinRedactedLength) {
@@ -183,7 +183,7 @@ ApiUrlProblem(const std::string &url) {
 	}
 	if (StartsWith(url, "http://") && !IsLoopbackHost(UrlHost(url))) {
 		return std::string("it must start with https://; http:// is allowed only for a loopback host (localhost, "
-						   "127.0.0.0/8, [::1]), since the token would travel in clear text");
+		                   "127.0.0.0/8, [::1]), since the token would travel in clear text");
 	}
 	return std::nullopt;
 }

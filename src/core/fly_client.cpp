@@ -47,7 +47,7 @@ EnsureCurlGlobalInit() {
 	std::call_once(curl_init_once, [] { curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT); });
 	if (curl_init_result != CURLE_OK) {
 		throw std::runtime_error(std::string("libcurl could not be initialised: ") +
-								 curl_easy_strerror(curl_init_result));
+		                         curl_easy_strerror(curl_init_result));
 	}
 }
 
@@ -95,7 +95,7 @@ MapCurlError(CURLcode code, bool too_large, const char *detail) {
 	case CURLE_SSL_CONNECT_ERROR:
 		// The handshake failed. A connection dropped in the middle of it is a network blip, not configuration.
 		if (Contains(detail, "reset by peer") || Contains(detail, "SSL_ERROR_SYSCALL") ||
-			Contains(detail, "unexpected eof")) {
+		    Contains(detail, "unexpected eof")) {
 			return NetworkError::kReset;
 		}
 		return NetworkError::kTls;
@@ -407,7 +407,7 @@ struct Client::Impl {
 		const RequestId id = next_id++;
 		if (auto problem = TokenProblem(config.token)) {
 			return CompleteNow(id, request.endpoint, NetworkError::kConfig,
-							   "the Fly API token is unusable: " + *problem);
+			                   "the Fly API token is unusable: " + *problem);
 		}
 		if (config.base_url.empty()) {
 			return CompleteNow(id, request.endpoint, NetworkError::kConfig, "no Fly API URL is configured");
@@ -430,7 +430,7 @@ struct Client::Impl {
 		}
 		if (!Configure(*transfer, request)) {
 			return CompleteNow(id, request.endpoint, NetworkError::kConfig,
-							   std::string("libcurl refused an option: ") + transfer->error);
+			                   std::string("libcurl refused an option: ") + transfer->error);
 		}
 		if (multi == nullptr && !CreateMulti()) {
 			return CompleteNow(id, request.endpoint, NetworkError::kOther, "libcurl could not create a multi handle");
@@ -438,7 +438,7 @@ struct Client::Impl {
 		const CURLMcode added = curl_multi_add_handle(multi, transfer->easy);
 		if (added != CURLM_OK) {
 			return CompleteNow(id, request.endpoint, NetworkError::kOther,
-							   std::string("libcurl could not start the transfer: ") + curl_multi_strerror(added));
+			                   std::string("libcurl could not start the transfer: ") + curl_multi_strerror(added));
 		}
 		transfers.emplace(id, std::move(transfer));
 		return id;
@@ -463,7 +463,8 @@ struct Client::Impl {
 		}
 
 		set(curl_easy_setopt(easy, CURLOPT_PRIVATE, &transfer));
-		const std::string url = request.absolute_url.empty() ? BuildUrl(config.base_url, request) : request.absolute_url;
+		const std::string url =
+			request.absolute_url.empty() ? BuildUrl(config.base_url, request) : request.absolute_url;
 		set(curl_easy_setopt(easy, CURLOPT_URL, url.c_str()));
 #if LIBCURL_VERSION_NUM >= 0x075500
 		set(curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https"));
@@ -517,7 +518,7 @@ struct Client::Impl {
 		} else {
 			// Also for a POST without a body (stop, start), so that it carries "Content-Length: 0".
 			set(curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
-								 static_cast<curl_off_t>(transfer.request_body.size())));
+			                     static_cast<curl_off_t>(transfer.request_body.size())));
 			set(curl_easy_setopt(easy, CURLOPT_POSTFIELDS, transfer.request_body.c_str()));
 			if (request.method != "POST") {
 				set(curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, request.method.c_str()));
@@ -585,8 +586,8 @@ struct Client::Impl {
 			}
 		}
 		completed.push_back(Answer{transfer.id, transfer.endpoint,
-									   ClassifyScrubbed(std::move(raw), transfer.token, transfer.secret_values),
-									   ElapsedMs(transfer.started)});
+		                           ClassifyScrubbed(std::move(raw), transfer.token, transfer.secret_values),
+		                           ElapsedMs(transfer.started)});
 	}
 
 	void
@@ -672,8 +673,8 @@ struct Client::Impl {
 			raw.network_detail = detail;
 			raw.request_sent = request_size > 0;
 			completed.push_back(Answer{id, transfer->endpoint,
-										   ClassifyScrubbed(raw, transfer->token, transfer->secret_values),
-										   ElapsedMs(transfer->started)});
+			                           ClassifyScrubbed(raw, transfer->token, transfer->secret_values),
+			                           ElapsedMs(transfer->started)});
 		}
 		transfers.clear();
 	}
@@ -735,8 +736,8 @@ Client::RunSync(const Request &request) {
 	constexpr long kMaxPollMs = 1000;
 	for (;;) {
 		auto &completed = impl_->completed;
-		auto found = std::find_if(completed.begin(), completed.end(),
-								  [id](const Answer &answer) { return answer.id == id; });
+		auto found =
+			std::find_if(completed.begin(), completed.end(), [id](const Answer &answer) { return answer.id == id; });
 		if (found != completed.end()) {
 			Outcome outcome = std::move(found->outcome);
 			completed.erase(found);

@@ -235,8 +235,8 @@ ErrorKind(long status, const Outcome &outcome) {
 	if (status == 422) {
 		// Prefer the status; the text is a fallback for servers that send no status (docs/fly-api.md).
 		if (outcome.fly_status == "name_taken" ||
-			(outcome.fly_status.empty() &&
-			 outcome.fly_error.find("Name has already been taken") != std::string::npos)) {
+		    (outcome.fly_status.empty() &&
+		     outcome.fly_error.find("Name has already been taken") != std::string::npos)) {
 			return OutcomeKind::kNameTaken;
 		}
 		return OutcomeKind::kPermanent;
@@ -256,7 +256,7 @@ ClassifySuccess(const RawResponse &response, const char *name, Outcome &outcome)
 		if (shape == BodyShape::kObject || shape == BodyShape::kArray) {
 			outcome.kind = OutcomeKind::kMalformed;
 			outcome.message += ": the body is empty, a JSON " +
-							   std::string(shape == BodyShape::kArray ? "array" : "object") + " was expected";
+			                   std::string(shape == BodyShape::kArray ? "array" : "object") + " was expected";
 		}
 		return;
 	}
@@ -269,21 +269,21 @@ ClassifySuccess(const RawResponse &response, const char *name, Outcome &outcome)
 	if (!response.content_type.empty() && !IsJsonContentType(response.content_type)) {
 		outcome.kind = OutcomeKind::kMalformed;
 		outcome.message += ": the body is labelled " + OneLine(response.content_type, kMaxHeaderValueLength) +
-						   ", not JSON: " + Snippet(response.body);
+		                   ", not JSON: " + Snippet(response.body);
 		return;
 	}
 	JsonParseResult parsed = ParseJson(response.body);
 	if (!parsed.ok()) {
 		outcome.kind = OutcomeKind::kMalformed;
 		outcome.message += ": the body is not valid JSON (" + OneLine(parsed.error, kMaxBodySnippetLength) +
-						   "): " + Snippet(response.body);
+		                   "): " + Snippet(response.body);
 		return;
 	}
 	if ((shape == BodyShape::kObject && !parsed.value.IsObject()) ||
-		(shape == BodyShape::kArray && !parsed.value.IsArray())) {
+	    (shape == BodyShape::kArray && !parsed.value.IsArray())) {
 		outcome.kind = OutcomeKind::kMalformed;
 		outcome.message += std::string(": the body is not a JSON ") +
-						   (shape == BodyShape::kArray ? "array" : "object") + ": " + Snippet(response.body);
+		                   (shape == BodyShape::kArray ? "array" : "object") + ": " + Snippet(response.body);
 		return;
 	}
 	if (response.endpoint == Endpoint::kGetApp && !parsed.value.Get("organization").GetString("slug")) {
@@ -319,7 +319,7 @@ ClassifyError(const RawResponse &response, const char *name, Outcome &outcome) {
 		outcome.kind = OutcomeKind::kPermanent;
 		const std::string host = UrlHost(response.location);
 		outcome.message += host.empty() ? ": unexpected redirect (not followed)"
-										: ": unexpected redirect to " + OneLine(host, kMaxHeaderValueLength);
+		                                : ": unexpected redirect to " + OneLine(host, kMaxHeaderValueLength);
 		return;
 	}
 	if (status < 100 || status > 599 || status < 200) {
@@ -442,7 +442,7 @@ IsJsonContentType(const std::string &content_type) {
 	const std::string media = ToLower(TrimView(type_and_subtype, " \t"));
 	const std::string suffix = "+json";
 	return media == "application/json" ||
-		   (media.size() > suffix.size() && media.compare(media.size() - suffix.size(), suffix.size(), suffix) == 0);
+	       (media.size() > suffix.size() && media.compare(media.size() - suffix.size(), suffix.size(), suffix) == 0);
 }
 
 void
@@ -463,8 +463,7 @@ Classify(const RawResponse &raw, const std::string &token, std::time_t now) {
 	// Scrubbed before anything is cut short, so that no piece of the token survives at the end of a snippet.
 	RawResponse response = raw;
 	if (!token.empty()) {
-		for (std::string *text :
-		     {&response.body, &response.network_detail, &response.request_id, &response.location}) {
+		for (std::string *text : {&response.body, &response.network_detail, &response.request_id, &response.location}) {
 			*text = RedactToken(*text, token);
 		}
 	}

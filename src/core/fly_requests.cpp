@@ -21,7 +21,7 @@ constexpr int kMaxWaitSeconds = 60;
 bool
 IsUnreserved(unsigned char c) {
 	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-		   c == '_' || c == '~';
+	       c == '_' || c == '~';
 }
 
 std::string
@@ -335,11 +335,11 @@ GetMachineRequest(const std::string &app_name, const std::string &machine_id) {
 
 Request
 WaitMachineRequest(const std::string &app_name, const std::string &machine_id, const std::string &state,
-				   int timeout_seconds, const std::string &version) {
+                   int timeout_seconds, const std::string &version) {
 	Request request = Make("GET", MachinePath(app_name, machine_id) + "/wait", Endpoint::kWaitMachine);
 	request.query.emplace_back("state", state.empty() ? "started" : state);
 	request.query.emplace_back("timeout",
-							   std::to_string(std::clamp(timeout_seconds, kMinWaitSeconds, kMaxWaitSeconds)));
+	                           std::to_string(std::clamp(timeout_seconds, kMinWaitSeconds, kMaxWaitSeconds)));
 	if (!version.empty()) {
 		request.query.emplace_back("version", version);
 	}
@@ -355,7 +355,7 @@ UpdateMachineRequest(const std::string &app_name, const std::string &machine_id,
 
 Request
 StopMachineRequest(const std::string &app_name, const std::string &machine_id, const std::string &signal,
-				   const std::string &timeout) {
+                   const std::string &timeout) {
 	Request request = Make("POST", MachinePath(app_name, machine_id) + "/stop", Endpoint::kStopMachine);
 	// The body is optional (StopRequest); without one Fly uses the machine's stop_config or SIGINT.
 	if (!signal.empty() || !timeout.empty()) {

@@ -43,8 +43,7 @@ ImageUpdate::StartMachine(Step step) {
 Step
 ImageUpdate::Wait(Step step) {
 	return Send(std::move(step), Phase::kWaitStarted,
-	            fly::WaitMachineRequest(target_.app_name, target_.machine_id, "started",
-	                                    target_.wait_timeout_seconds));
+	            fly::WaitMachineRequest(target_.app_name, target_.machine_id, "started", target_.wait_timeout_seconds));
 }
 
 Step
@@ -106,8 +105,7 @@ ImageUpdate::OnOutcome(const fly::Outcome &outcome) {
 		spec_.min_secrets_version = version;
 		step.secrets_set = true;
 		step.secrets_version = version;
-		return Send(std::move(step), Phase::kGetMachine,
-		            fly::GetMachineRequest(target_.app_name, target_.machine_id));
+		return Send(std::move(step), Phase::kGetMachine, fly::GetMachineRequest(target_.app_name, target_.machine_id));
 	}
 	case Phase::kGetMachine: {
 		if (outcome.kind != OutcomeKind::kSuccess) {
@@ -197,7 +195,8 @@ NextRolloutPhase(Phase phase, const Counts &counts, int max_failures, bool canar
 		return Decision{phase, ""};
 	}
 	if (counts.failed > max_failures) {
-		return Decision{Phase::kHalted, std::to_string(counts.failed) + " app(s) failed to update, more than max_failures (" +
+		return Decision{Phase::kHalted, std::to_string(counts.failed) +
+		                                    " app(s) failed to update, more than max_failures (" +
 		                                    std::to_string(max_failures) + ")"};
 	}
 	switch (phase) {
@@ -211,8 +210,8 @@ NextRolloutPhase(Phase phase, const Counts &counts, int max_failures, bool canar
 			return Decision{Phase::kRolling, ""};
 		}
 		if (canary_deadline_passed) {
-			return Decision{Phase::kHalted, std::to_string(counts.canary_updated) +
-			                                    " canary app(s) not healthy within canary_wait"};
+			return Decision{Phase::kHalted,
+			                std::to_string(counts.canary_updated) + " canary app(s) not healthy within canary_wait"};
 		}
 		return Decision{Phase::kCanaryCheck, ""};
 	default:

@@ -85,8 +85,7 @@ Json::~Json() {
 	json_decref(value_);
 }
 
-Json::Json(const Json &other) : value_(json_incref(other.value_)) {
-}
+Json::Json(const Json &other) : value_(json_incref(other.value_)) {}
 
 Json::Json(Json &&other) noexcept : value_(other.value_) {
 	other.value_ = nullptr;

@@ -84,8 +84,8 @@ SameGuest(const fly::Guest &a, const fly::Guest &b) {
 
 fly::MachineSpec
 MachineSpecFor(const std::map<std::string, std::string> &env, const std::string &user_id, const fly::Guest &guest,
-			   const std::string &region, const std::string &image, const std::string &operation_id,
-			   std::optional<int64_t> secrets_version) {
+               const std::string &region, const std::string &image, const std::string &operation_id,
+               std::optional<int64_t> secrets_version) {
 	fly::MachineSpec spec;
 	spec.image = image;
 	spec.guest = guest;
@@ -140,8 +140,8 @@ MachineProblem(const Json &machine) {
 	const auto id = machine.GetString("id");
 	if (!id) {
 		return machine.Get("id").HasValue()
-				   ? "its id is " + std::string(JsonTypeName(machine.Get("id"))) + ", not a string"
-				   : std::string("it has no id");
+		           ? "its id is " + std::string(JsonTypeName(machine.Get("id"))) + ", not a string"
+		           : std::string("it has no id");
 	}
 	if (!IsUsableMachineId(*id)) {
 		return std::string("its id is not a machine id (letters, digits, '-' and '_', at most 64)");

@@ -50,8 +50,7 @@ RateLimitKey(const fly::Request &request, const std::string &org_slug) {
 	}
 }
 
-RateLimiter::RateLimiter(RateLimitSettings settings) : settings_(settings) {
-}
+RateLimiter::RateLimiter(RateLimitSettings settings) : settings_(settings) {}
 
 void
 RateLimiter::Configure(RateLimitSettings settings) {

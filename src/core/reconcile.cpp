@@ -146,7 +146,7 @@ Operation::Retry(const fly::Outcome &outcome, const char *during) {
 	step.error = outcome.message;
 	step.retry_after_seconds = outcome.retry_after_seconds;
 	step.events.push_back(MakeEvent(target_.present ? "provision_attempt_failed" : "deprovision_attempt_failed",
-									OutcomeDetails(outcome, during)));
+	                                OutcomeDetails(outcome, during)));
 	if (last_request_ && phase_ != Phase::kFinished) {
 		step.failed_attempt = true;
 		step.request = last_request_;

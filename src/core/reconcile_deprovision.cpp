@@ -177,7 +177,7 @@ Operation::OnLookUpOrphan(const fly::Outcome &outcome) {
 	Step step;
 	// Deleting needs proof of ownership: an answer without the organization is not ours to delete.
 	if (outcome.kind == OutcomeKind::kSuccess &&
-		outcome.body.Get("organization").GetString("slug") == std::optional<std::string>(settings_.org_slug)) {
+	    outcome.body.Get("organization").GetString("slug") == std::optional<std::string>(settings_.org_slug)) {
 		AppChange change;
 		change.insert = true;
 		change.name = app_->name;
@@ -195,7 +195,7 @@ Operation::OnLookUpOrphan(const fly::Outcome &outcome) {
 		return step;
 	}
 	if (outcome.kind == OutcomeKind::kNotFound || outcome.kind == OutcomeKind::kForbidden ||
-		outcome.kind == OutcomeKind::kSuccess) {
+	    outcome.kind == OutcomeKind::kSuccess) {
 		return Finish(std::move(step)); // nothing of ours there
 	}
 	return Unexpected(outcome, "get_app");

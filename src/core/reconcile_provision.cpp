@@ -80,7 +80,7 @@ PublicIpTypes(const Json &body) {
 			types.v4 = true;
 		} else {
 			const bool unique_local = ip->size() > 2 && ((*ip)[0] == 'f' || (*ip)[0] == 'F') &&
-									  ((*ip)[1] == 'c' || (*ip)[1] == 'C' || (*ip)[1] == 'd' || (*ip)[1] == 'D');
+			                          ((*ip)[1] == 'c' || (*ip)[1] == 'C' || (*ip)[1] == 'd' || (*ip)[1] == 'D');
 			types.v6 = types.v6 || !unique_local;
 		}
 	}
@@ -112,7 +112,7 @@ Operation::Spec() const {
 	const std::string &region =
 		create_region_index_ == 0 ? target_.region : target_.fallback_regions.at(create_region_index_ - 1);
 	fly::MachineSpec spec = machine::MachineSpecFor(settings_.env, target_.user_id, target_.guest, region, Image(),
-													target_.operation_id, secrets_version_);
+	                                                target_.operation_id, secrets_version_);
 	spec.service = settings_.service;
 	return spec;
 }
@@ -359,7 +359,7 @@ Operation::AdoptMachine(Step step) {
 		step.events.push_back(MakeEvent("machine_reused", details));
 	}
 	if (!SameGuest(chosen.guest, target_.guest) || chosen.image != Image() ||
-		!machine::SameService(chosen.service, settings_.service)) {
+	    !machine::SameService(chosen.service, settings_.service)) {
 		return UpdateToSpec(std::move(step), chosen, "machine_update_requested", false);
 	}
 	return BringUp(std::move(step), chosen.state);

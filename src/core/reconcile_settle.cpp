@@ -110,7 +110,7 @@ Operation::OnWaitAppVisible(const fly::Outcome &outcome) {
 		// Fly accepted the create: keep asking, now as failed attempts, so that fly.max_attempts ends it.
 		fly::Outcome invisible = outcome;
 		invisible.message = "the app Fly created " + std::to_string(static_cast<long>(now_ - app_created_at_)) +
-							" s ago still cannot be read (" + outcome.message + ")";
+		                    " s ago still cannot be read (" + outcome.message + ")";
 		return Retry(invisible, "get_app");
 	}
 	return Unexpected(outcome, "get_app");

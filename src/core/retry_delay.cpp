@@ -9,7 +9,7 @@ namespace pgfly {
 
 double
 RetryDelaySeconds(int attempt, double base_seconds, double cap_seconds, std::optional<double> retry_after,
-				  double unit_random) {
+                  double unit_random) {
 	const int exponent = std::clamp(attempt - 1, 0, 62);
 	const double ceiling = std::min(cap_seconds, base_seconds * std::ldexp(1.0, exponent));
 	double delay = std::clamp(unit_random, 0.0, 1.0) * ceiling;

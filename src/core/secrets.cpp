@@ -25,7 +25,7 @@ Digest(const std::map<std::string, std::string> &secrets, const std::string &key
 	unsigned char mac[EVP_MAX_MD_SIZE];
 	unsigned int mac_length = 0;
 	if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-			 reinterpret_cast<const unsigned char *>(encoded.data()), encoded.size(), mac, &mac_length) == nullptr) {
+	         reinterpret_cast<const unsigned char *>(encoded.data()), encoded.size(), mac, &mac_length) == nullptr) {
 		throw std::runtime_error("OpenSSL could not compute an HMAC-SHA-256");
 	}
 	static const char kHex[] = "0123456789abcdef";

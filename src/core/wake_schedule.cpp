@@ -6,8 +6,7 @@
 namespace pgfly {
 
 WakeSchedule::WakeSchedule(double now, double longest_seconds)
-    : now_(now), wake_at_(now + std::max(longest_seconds, kFloorSeconds)) {
-}
+	: now_(now), wake_at_(now + std::max(longest_seconds, kFloorSeconds)) {}
 
 void
 WakeSchedule::At(std::optional<double> at) {

@@ -17,8 +17,9 @@ IsEnvName(const std::string &name) {
 	if (name.empty() || (name[0] >= '0' && name[0] <= '9')) {
 		return false;
 	}
-	return std::all_of(name.begin(), name.end(),
-	                   [](char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
+	return std::all_of(name.begin(), name.end(), [](char c) {
+		return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+	});
 }
 
 } // namespace

@@ -36,9 +36,8 @@ SqlStateToCode(const std::string &sqlstate) noexcept {
 } // namespace
 
 PgError::PgError(const ErrorData *edata)
-    : sqlerrcode(edata->sqlerrcode), message(edata->message ? edata->message : "unknown PostgreSQL error"),
-      detail(edata->detail ? edata->detail : ""), hint(edata->hint ? edata->hint : "") {
-}
+	: sqlerrcode(edata->sqlerrcode), message(edata->message ? edata->message : "unknown PostgreSQL error"),
+	  detail(edata->detail ? edata->detail : ""), hint(edata->hint ? edata->hint : "") {}
 
 void
 ThrowPgError(ErrorData *edata) {

@@ -135,7 +135,7 @@ StartedPass() {
 // `seconds`. Returns whether the pass ended with it.
 bool
 ReadBatch(DriftPass &pass, const std::optional<std::string> &last_user, double now, double seconds = 0.05,
-		  const std::string &source = kTable) {
+          const std::string &source = kTable) {
 	const DriftPass::Batch batch = pass.Next(source);
 	return pass.Advance(batch, source, last_user, 0, seconds, now);
 }
@@ -190,7 +190,7 @@ TEST(DriftPass, TheThirdFailureInARowEndsThePass) {
 	EXPECT_FALSE(pass.InProgress());
 	EXPECT_EQ(pass.failures(), 0);
 	EXPECT_EQ(pass.NextDue(), std::optional<double>(83)); // as a pass that ended: an interval later
-	EXPECT_FALSE(pass.Fail(24));						  // none in progress: nothing to retry
+	EXPECT_FALSE(pass.Fail(24));                          // none in progress: nothing to retry
 	EXPECT_EQ(pass.NextDue(), std::optional<double>(83));
 	// The next pass starts from the beginning, with no failures.
 	pass.Start();
@@ -208,7 +208,7 @@ TEST(DriftPass, ASuccessResetsTheFailures) {
 	EXPECT_FALSE(ReadBatch(pass, std::string("k"), 4));
 	EXPECT_EQ(pass.failures(), 0);
 	EXPECT_EQ(pass.NextDue(), std::optional<double>(4.05)); // paced by the batch, not by the last retry delay
-	EXPECT_EQ(pass.Fail(5), std::optional<double>(1));		// one failure again, not the third
+	EXPECT_EQ(pass.Fail(5), std::optional<double>(1));      // one failure again, not the third
 	EXPECT_EQ(pass.Fail(6), std::optional<double>(2));
 	EXPECT_TRUE(pass.InProgress());
 	EXPECT_EQ(pass.Next(kTable).after, std::optional<std::string>("k"));

@@ -53,14 +53,14 @@ TEST(RedactToken, RemovesTheTokenAndItsParts) {
 
 TEST(ApiUrlProblem, HttpsAnywhereHttpOnlyToLoopback) {
 	for (const char *url :
-		 {"https://api.machines.dev", "https://10.0.0.1:8443/x", "http://127.0.0.1:4280", "http://127.10.0.1",
-		  "http://localhost:80/", "http://LOCALHOST", "http://[::1]:4280/v1", "http://127.0.0.1/"}) {
+	     {"https://api.machines.dev", "https://10.0.0.1:8443/x", "http://127.0.0.1:4280", "http://127.10.0.1",
+	      "http://localhost:80/", "http://LOCALHOST", "http://[::1]:4280/v1", "http://127.0.0.1/"}) {
 		EXPECT_FALSE(ApiUrlProblem(url).has_value()) << url;
 	}
 	for (const char *url :
-		 {"http://api.machines.dev", "http://10.0.0.1", "http://[::2]", "http://128.0.0.1", "http://127.0.0.1.nip.io",
-		  "http://localhost.evil.example", "http://127.0.0.1@evil.example", "http://evil.example#@127.0.0.1",
-		  "http://evil.example?127.0.0.1", "http://127.1", "http://[::ffff:10.0.0.1]"}) {
+	     {"http://api.machines.dev", "http://10.0.0.1", "http://[::2]", "http://128.0.0.1", "http://127.0.0.1.nip.io",
+	      "http://localhost.evil.example", "http://127.0.0.1@evil.example", "http://evil.example#@127.0.0.1",
+	      "http://evil.example?127.0.0.1", "http://127.1", "http://[::ffff:10.0.0.1]"}) {
 		const auto problem = ApiUrlProblem(url);
 		ASSERT_TRUE(problem.has_value()) << url;
 		EXPECT_NE(problem->find("loopback"), std::string::npos) << *problem;
@@ -79,11 +79,11 @@ TEST(PlainUrlProblem, HttpAllowedAnywhere) {
 
 TEST(ProxyUrlProblem, SchemesHostAndNoCredentials) {
 	for (const char *url : {"http://proxy.internal:3128", "https://proxy:443", "socks5h://127.0.0.1:1080",
-							"socks5://[::1]:1080", "socks4a://p", "http://10.1.2.3:8080/"}) {
+	                        "socks5://[::1]:1080", "socks4a://p", "http://10.1.2.3:8080/"}) {
 		EXPECT_FALSE(ProxyUrlProblem(url).has_value()) << url;
 	}
 	EXPECT_NE(ProxyUrlProblem("http://user:secret@proxy:3128").value_or("").find("user name or password"),
-			  std::string::npos);
+	          std::string::npos);
 	EXPECT_TRUE(ProxyUrlProblem("proxy:3128").has_value());
 	EXPECT_TRUE(ProxyUrlProblem("ftp://proxy").has_value());
 	EXPECT_TRUE(ProxyUrlProblem("http://").has_value());

@@ -362,7 +362,7 @@ TEST_F(FlyClientTest, SecretValuesNeverAppearInOutcomes) {
 	Client client(config);
 	const Outcome outcome =
 		client.RunSync(SetSecretsRequest("app-1", {{"GEMINI_API_KEY", std::string("gemini-secret-value-4711")},
-												   {"B64", std::string("ZXlKaGJHY2lPaS5qd3Q=")}}));
+	                                               {"B64", std::string("ZXlKaGJHY2lPaS5qd3Q=")}}));
 	EXPECT_EQ(outcome.kind, OutcomeKind::kPermanent);
 	EXPECT_NE(outcome.message.find("<redacted>"), std::string::npos) << outcome.message;
 	for (const std::string &text : {outcome.message, outcome.fly_error}) {
@@ -376,8 +376,8 @@ TEST_F(FlyClientTest, ContentTypeIsCapturedAndJudged) {
 		Reply reply;
 		reply.body = R"({"id":"m1","state":"started"})";
 		reply.headers.emplace_back("Content-Type", request.target.find("html") != std::string::npos
-													   ? "text/html; charset=utf-8"
-													   : "application/json; charset=utf-8");
+		                                               ? "text/html; charset=utf-8"
+		                                               : "application/json; charset=utf-8");
 		return reply;
 	});
 	Client client(Config(server));
@@ -542,8 +542,8 @@ public:
 	}
 
 private:
-	static constexpr const char *kProxyNames[] = {"http_proxy",	 "HTTP_PROXY", "https_proxy",
-												  "HTTPS_PROXY", "all_proxy",  "ALL_PROXY"};
+	static constexpr const char *kProxyNames[] = {"http_proxy",  "HTTP_PROXY", "https_proxy",
+	                                              "HTTPS_PROXY", "all_proxy",  "ALL_PROXY"};
 };
 
 TEST_F(FlyClientTest, ProxyVariablesInTheEnvironmentAreIgnored) {

@@ -96,13 +96,13 @@ TEST(Classify, DuplicatedMembersMakeA2xxMalformed) {
 	EXPECT_FALSE(outcome.body.HasValue());
 	EXPECT_NE(outcome.message.find("not valid JSON"), std::string::npos) << outcome.message;
 	EXPECT_EQ(Classified(Endpoint::kListMachines, 200, R"([{"id":"m1","id":"m2","state":"started"}])").kind,
-			  OutcomeKind::kMalformed);
+	          OutcomeKind::kMalformed);
 }
 
 TEST(Classify, AppWithoutOrganizationIsMalformed) {
 	for (const char *body :
-		 {R"({"name":"a","status":"deployed"})", R"({"name":"a","organization":null})",
-		  R"({"name":"a","organization":{"name":"Acme"}})", R"({"name":"a","organization":"acme"})"}) {
+	     {R"({"name":"a","status":"deployed"})", R"({"name":"a","organization":null})",
+	      R"({"name":"a","organization":{"name":"Acme"}})", R"({"name":"a","organization":"acme"})"}) {
 		const Outcome outcome = Classified(Endpoint::kGetApp, 200, body);
 		EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed) << body;
 		EXPECT_NE(outcome.message.find("no organization"), std::string::npos) << outcome.message;
@@ -117,7 +117,7 @@ TEST(Classify, StartAnsweredWithStatusErrorIsTransient) {
 	EXPECT_EQ(outcome.fly_status, "error");
 	EXPECT_EQ(outcome.fly_error, "failed to start machine");
 	EXPECT_EQ(outcome.message,
-			  "start_machine: HTTP 200 (ok): Fly reported the start failed (status error): failed to start machine");
+	          "start_machine: HTTP 200 (ok): Fly reported the start failed (status error): failed to start machine");
 	outcome = Classified(Endpoint::kStartMachine, 200, R"({"status":"error"})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kTransient);
 	outcome =
@@ -131,7 +131,7 @@ TEST(Classify, StartAnsweredWithStatusErrorIsTransient) {
 // the breaker for every user.
 TEST(FailsFly, AStartReportingErrorIsNotAFailureOfFly) {
 	EXPECT_FALSE(FailsFly(Endpoint::kStartMachine,
-						  Classified(Endpoint::kStartMachine, 200, R"({"status":"error","message":"bad image"})")));
+	                      Classified(Endpoint::kStartMachine, 200, R"({"status":"error","message":"bad image"})")));
 	EXPECT_TRUE(FailsFly(Endpoint::kStartMachine, Classified(Endpoint::kStartMachine, 503, "{}")));
 	EXPECT_FALSE(FailsFly(Endpoint::kWaitMachine, Classified(Endpoint::kWaitMachine, 408, "{}")));
 	EXPECT_TRUE(FailsFly(Endpoint::kGetMachine, Classified(Endpoint::kGetMachine, 408, "{}")));
@@ -144,7 +144,7 @@ TEST(Classify, SuccessBodyLabelledAsSomethingElseIsMalformed) {
 	Outcome outcome = Classify(response, "", kNow);
 	EXPECT_EQ(outcome.kind, OutcomeKind::kMalformed);
 	EXPECT_EQ(outcome.message, R"(get_app: HTTP 200 (ok): the body is labelled text/html; charset=utf-8, not JSON: )"
-							   R"({"name":"a","organization":{"slug":"o"}})");
+	                           R"({"name":"a","organization":{"slug":"o"}})");
 	EXPECT_FALSE(outcome.body.HasValue());
 	for (const char *json : {"application/json", "Application/JSON; charset=utf-8", " application/problem+json ", ""}) {
 		response.content_type = json;
@@ -169,7 +169,7 @@ TEST(IsJsonContentType, Forms) {
 
 TEST(RedactValues, ScrubsEveryTextOfAnOutcome) {
 	Outcome outcome = Classified(Endpoint::kSetSecrets, 400,
-								 R"({"error":"value gemini-secret-4711 is invalid","status":"eyJhbGciOi.jwt"})");
+	                             R"({"error":"value gemini-secret-4711 is invalid","status":"eyJhbGciOi.jwt"})");
 	outcome.request_id = "req-gemini-secret-4711";
 	RedactValues(outcome, {"gemini-secret-4711", "eyJhbGciOi.jwt", "abc"});
 	for (const std::string &text : {outcome.message, outcome.fly_error, outcome.fly_status, outcome.request_id}) {
@@ -213,7 +213,7 @@ TEST(Classify, NotFound404) {
 
 TEST(Classify, RequestTimeout408IsTransient) {
 	EXPECT_EQ(Classified(Endpoint::kWaitMachine, 408, R"({"error":"deadline exceeded"})").kind,
-			  OutcomeKind::kTransient);
+	          OutcomeKind::kTransient);
 	EXPECT_EQ(Classified(Endpoint::kCreateMachine, 408).kind, OutcomeKind::kTransient);
 }
 
@@ -222,7 +222,7 @@ TEST(Classify, PreconditionFailed412IsPermanent) {
 	EXPECT_EQ(outcome.kind, OutcomeKind::kPermanent);
 	EXPECT_EQ(outcome.fly_error, "machine_version mismatch");
 	EXPECT_EQ(Classified(Endpoint::kUpdateMachine, 409, R"({"error":"lease currently held"})").kind,
-			  OutcomeKind::kPermanent);
+	          OutcomeKind::kPermanent);
 }
 
 // Fly's reference gives no HTTP status for a lack of capacity: the body's status decides, and nothing was created.
@@ -245,11 +245,11 @@ TEST(Classify, InsufficientCapacityIsTransientWhateverTheStatus) {
 TEST(Classify, NameTaken422WithStatus) {
 	const Outcome outcome =
 		Classified(Endpoint::kCreateApp, 422,
-				   R"({"error":"Validation failed: Name has already been taken","status":"name_taken"})");
+	               R"({"error":"Validation failed: Name has already been taken","status":"name_taken"})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kNameTaken);
 	EXPECT_EQ(outcome.fly_status, "name_taken");
 	EXPECT_EQ(outcome.message, "create_app: HTTP 422 (unprocessable entity): Validation failed: Name has already been "
-							   "taken (status name_taken)");
+	                           "taken (status name_taken)");
 	// The race that slips past validation hits a constraint with a generic text, but keeps the status.
 	EXPECT_EQ(
 		Classified(Endpoint::kCreateApp, 422, R"({"error":"uniqueness constraint violated","status":"name_taken"})")
@@ -260,7 +260,7 @@ TEST(Classify, NameTaken422WithStatus) {
 TEST(Classify, ValidationError422WithoutStatusIsPermanent) {
 	const Outcome outcome =
 		Classified(Endpoint::kCreateApp, 422,
-				   R"({"error":"Validation failed: Name under 63 chars using numbers, lowercase letters and dashes"})");
+	               R"({"error":"Validation failed: Name under 63 chars using numbers, lowercase letters and dashes"})");
 	EXPECT_EQ(outcome.kind, OutcomeKind::kPermanent);
 	EXPECT_EQ(outcome.fly_status, "");
 }
@@ -271,9 +271,9 @@ TEST(Classify, LegacyNameTakenText422) {
 		OutcomeKind::kNameTaken);
 	// The text is only a fallback: a different status wins.
 	EXPECT_EQ(Classified(Endpoint::kCreateApp, 422,
-						 R"({"error":"Validation failed: Name has already been taken","status":"unknown"})")
-				  .kind,
-			  OutcomeKind::kPermanent);
+	                     R"({"error":"Validation failed: Name has already been taken","status":"unknown"})")
+	              .kind,
+	          OutcomeKind::kPermanent);
 }
 
 TEST(Classify, MessageFieldIsPreferredOverError) {
@@ -298,7 +298,7 @@ TEST(Classify, TooManyRequests429WithRetryAfterSeconds) {
 	EXPECT_EQ(*outcome.retry_after_seconds, 7.0);
 	EXPECT_EQ(outcome.request_id, "01J9ABCDEF");
 	EXPECT_EQ(outcome.message, "create_machine: HTTP 429 (too many requests): rate limit exceeded; retry after 7 s; "
-							   "fly-request-id 01J9ABCDEF");
+	                           "fly-request-id 01J9ABCDEF");
 }
 
 TEST(Classify, TooManyRequests429WithRetryAfterDate) {
@@ -327,14 +327,14 @@ TEST(ParseRetryAfter, Forms) {
 
 TEST(Classify, InternalServerError500HtmlBody) {
 	const std::string html = "<html>\n<head><title>500 Internal Server Error</title></head>\n<body>\x01\x02"
-							 "<center><h1>500 Internal Server Error</h1></center>" +
-							 std::string(500, 'x') + "</body></html>";
+	                         "<center><h1>500 Internal Server Error</h1></center>" +
+	                         std::string(500, 'x') + "</body></html>";
 	const Outcome outcome = Classified(Endpoint::kCreateMachine, 500, html);
 	EXPECT_EQ(outcome.kind, OutcomeKind::kTransient);
 	EXPECT_EQ(outcome.fly_error, "");
 	EXPECT_NE(outcome.message.find("create_machine: HTTP 500 (internal server error): non-JSON body: <html> <head>"
-								   "<title>500 Internal Server Error</title>"),
-			  std::string::npos)
+	                               "<title>500 Internal Server Error</title>"),
+	          std::string::npos)
 		<< outcome.message;
 	EXPECT_EQ(outcome.message.find('\n'), std::string::npos);
 	EXPECT_EQ(outcome.message.find('\x01'), std::string::npos);
@@ -429,8 +429,8 @@ TEST(Classify, NetworkErrors) {
 TEST(Classify, TokenIsScrubbedFromEveryText) {
 	const std::string token = "FlyV1 fm2_verysecretmacaroon1,fm2_verysecretmacaroon2";
 	RawResponse response = Response(Endpoint::kGetApp, 401,
-									R"({"error":"bad token FlyV1 fm2_verysecretmacaroon1,fm2_verysecretmacaroon2",)"
-									R"("status":"fm2_verysecretmacaroon2"})");
+	                                R"({"error":"bad token FlyV1 fm2_verysecretmacaroon1,fm2_verysecretmacaroon2",)"
+	                                R"("status":"fm2_verysecretmacaroon2"})");
 	response.request_id = "fm2_verysecretmacaroon1";
 	const Outcome outcome = Classify(response, token, kNow);
 	for (const std::string &text : {outcome.message, outcome.fly_error, outcome.fly_status, outcome.request_id}) {

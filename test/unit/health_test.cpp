@@ -18,8 +18,9 @@ Answer(fly::OutcomeKind kind, const std::string &body = "") {
 }
 
 TEST(EvaluateMachineHealth, StartedWithAllChecksPassingIsHealthy) {
-	auto verdict = EvaluateMachineHealth(Answer(fly::OutcomeKind::kSuccess,
-	    R"({"state":"started","checks":[{"name":"a","status":"passing"},{"name":"b","status":"passing"}]})"));
+	auto verdict = EvaluateMachineHealth(
+		Answer(fly::OutcomeKind::kSuccess,
+	           R"({"state":"started","checks":[{"name":"a","status":"passing"},{"name":"b","status":"passing"}]})"));
 	EXPECT_EQ(verdict.health, Health::kHealthy);
 	EXPECT_EQ(verdict.action, HealthAction::kNone);
 	EXPECT_EQ(verdict.detail, "2 of 2 checks passing");
@@ -28,13 +29,15 @@ TEST(EvaluateMachineHealth, StartedWithAllChecksPassingIsHealthy) {
 }
 
 TEST(EvaluateMachineHealth, AFailingCheckIsUnhealthyAndNamed) {
-	auto verdict = EvaluateMachineHealth(Answer(fly::OutcomeKind::kSuccess,
-	    R"({"state":"started","checks":[{"name":"ok","status":"passing"},{"name":"servicecheck-00-http-8080","status":"critical"}]})"));
+	auto verdict = EvaluateMachineHealth(Answer(
+		fly::OutcomeKind::kSuccess,
+		R"({"state":"started","checks":[{"name":"ok","status":"passing"},{"name":"servicecheck-00-http-8080","status":"critical"}]})"));
 	EXPECT_EQ(verdict.health, Health::kUnhealthy);
 	EXPECT_EQ(verdict.action, HealthAction::kNone);
 	EXPECT_EQ(verdict.detail, "servicecheck-00-http-8080 is critical");
 	EXPECT_EQ(EvaluateMachineHealth(Answer(fly::OutcomeKind::kSuccess,
-	              R"({"state":"started","checks":[{"name":"w","status":"warning"}]})")).health,
+	                                       R"({"state":"started","checks":[{"name":"w","status":"warning"}]})"))
+	              .health,
 	          Health::kUnhealthy);
 }
 
@@ -77,17 +80,18 @@ const std::string kUser = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
 
 TEST(EvaluateAppHealthEndpoint, HealthyOnlyForThisUserInDedicatedMode) {
 	auto verdict = EvaluateAppHealthEndpoint(
-	    Answer(fly::OutcomeKind::kSuccess,
-	           R"({"status":"ok","run_mode":"user_dedicated","user_id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","trader_count":4})"),
-	    kUser);
+		Answer(
+			fly::OutcomeKind::kSuccess,
+			R"({"status":"ok","run_mode":"user_dedicated","user_id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","trader_count":4})"),
+		kUser);
 	EXPECT_EQ(verdict.health, Health::kHealthy);
 	EXPECT_NE(verdict.detail.find("4 traders"), std::string::npos);
 	auto other_user = EvaluateAppHealthEndpoint(
-	    Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"user_dedicated","user_id":"someone-else"})"), kUser);
+		Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"user_dedicated","user_id":"someone-else"})"), kUser);
 	EXPECT_EQ(other_user.health, Health::kUnhealthy);
 	EXPECT_NE(other_user.detail.find("user_id \"someone-else\""), std::string::npos);
 	auto shared = EvaluateAppHealthEndpoint(
-	    Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"shared_backend","user_id":""})"), kUser);
+		Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"shared_backend","user_id":""})"), kUser);
 	EXPECT_EQ(shared.health, Health::kUnhealthy);
 	EXPECT_NE(shared.detail.find("shared_backend"), std::string::npos);
 	EXPECT_EQ(EvaluateAppHealthEndpoint(Answer(fly::OutcomeKind::kTransient), kUser).health, Health::kUnhealthy);
@@ -110,7 +114,7 @@ TEST(AppHealthUrl, RefusesNamesThatCouldSteerTheRequest) {
 TEST(EvaluateAppHealthEndpoint, LongReportedValuesAreShortenedInTheDetail) {
 	const std::string huge(100000, 'u');
 	auto verdict = EvaluateAppHealthEndpoint(
-	    Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"user_dedicated","user_id":")" + huge + "\"}"), kUser);
+		Answer(fly::OutcomeKind::kSuccess, R"({"run_mode":"user_dedicated","user_id":")" + huge + "\"}"), kUser);
 	EXPECT_EQ(verdict.health, Health::kUnhealthy);
 	EXPECT_LT(verdict.detail.size(), 200u);
 	EXPECT_NE(verdict.detail.find(std::string(100, 'u')), std::string::npos);
@@ -125,13 +129,12 @@ TEST(AppHealthRequest, GoesToItsOwnUrlWithoutTheToken) {
 }
 
 TEST(FindDuplicateMachines, LiveMachinesOfTheUserBesidesTheRecordedOneAreExtra) {
-	const std::string list =
-	    R"([{"id":"m1","state":"started","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
-	    R"({"id":"m2","state":"created","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
-	    R"({"id":"m3","state":"destroyed","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
-	    R"({"id":"m4","state":"stopped","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
-	    R"({"id":"m5","state":"started","config":{"metadata":{"pg_fly_user_id":"u2"}}},)"
-	    R"({"id":"m6","state":"started","config":{"env":{"USER_ID":"u1"}}}])";
+	const std::string list = R"([{"id":"m1","state":"started","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+							 R"({"id":"m2","state":"created","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+							 R"({"id":"m3","state":"destroyed","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+							 R"({"id":"m4","state":"stopped","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+							 R"({"id":"m5","state":"started","config":{"metadata":{"pg_fly_user_id":"u2"}}},)"
+							 R"({"id":"m6","state":"started","config":{"env":{"USER_ID":"u1"}}}])";
 	// m5 (another user's) and m6 (no metadata: the previous system's) are never duplicates, even should Fly's
 	// metadata filter have let them through.
 	DuplicateMachines found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, list), "m1", "u1");
@@ -145,16 +148,18 @@ TEST(FindDuplicateMachines, LiveMachinesOfTheUserBesidesTheRecordedOneAreExtra) 
 // Without the recorded machine live in the list, nothing is destroyed: a reconcile decides which to keep.
 TEST(FindDuplicateMachines, NothingIsDecidedWithoutTheRecordedMachine) {
 	DuplicateMachines found =
-	    FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m2","state":"started"}])"), "m1", "u1");
+		FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m2","state":"started"}])"), "m1", "u1");
 	EXPECT_TRUE(found.extra.empty());
 	EXPECT_NE(found.problem, "");
 	found = FindDuplicateMachines(
-	    Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"destroying"},{"id":"m2","state":"started"}])"), "m1", "u1");
+		Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"destroying"},{"id":"m2","state":"started"}])"), "m1",
+		"u1");
 	EXPECT_TRUE(found.extra.empty());
 	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kTransient), "m1", "u1");
 	EXPECT_TRUE(found.extra.empty());
 	EXPECT_NE(found.problem, "");
-	found = FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"../x","state":"started"}])"), "m1", "u1");
+	found =
+		FindDuplicateMachines(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"../x","state":"started"}])"), "m1", "u1");
 	EXPECT_TRUE(found.extra.empty());
 	EXPECT_NE(found.problem, "");
 }

@@ -237,8 +237,8 @@ namespace {
 
 ImageUpdate
 MakeSecretsUpdate(std::map<std::string, std::optional<std::string>> values) {
-	fly::MachineSpec spec = machine::MachineSpecFor({}, "u-1", fly::Guest{"shared", 1, 256}, "sjc", kNewImage,
-	                                                "rollout-4", 2);
+	fly::MachineSpec spec =
+		machine::MachineSpecFor({}, "u-1", fly::Guest{"shared", 1, 256}, "sjc", kNewImage, "rollout-4", 2);
 	AppTarget target;
 	target.app_name = kApp;
 	target.machine_id = "m1";

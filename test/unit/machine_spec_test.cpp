@@ -28,10 +28,10 @@ Ok(const std::string &body) {
 
 std::string
 MachineText(const std::string &id, const std::string &state, const fly::Guest &guest = kGuest,
-			const std::string &image = kImage, const std::string &region = "ams") {
+            const std::string &image = kImage, const std::string &region = "ams") {
 	return "{\"id\":\"" + id + "\",\"state\":\"" + state + "\",\"region\":\"" + region + "\",\"config\":{\"image\":\"" +
-		   image + "\",\"guest\":{\"cpu_kind\":\"" + guest.cpu_kind + "\",\"cpus\":" + std::to_string(guest.cpus) +
-		   ",\"memory_mb\":" + std::to_string(guest.memory_mb) + "}}}";
+	       image + "\",\"guest\":{\"cpu_kind\":\"" + guest.cpu_kind + "\",\"cpus\":" + std::to_string(guest.cpus) +
+	       ",\"memory_mb\":" + std::to_string(guest.memory_mb) + "}}}";
 }
 
 // A machine list of two entries.
@@ -72,7 +72,7 @@ TEST(MachinesFromList, AnyUnusableEntryMakesTheListMalformed) {
 		{"{\"id\":\"m2\",\"config\":\"{}\"}", "its config is a string, not an object"},
 		{"{\"id\":\"m2\",\"config\":{\"guest\":\"big\"}}", "config: its guest is a string, not an object"},
 		{"{\"id\":\"m2\",\"config\":{\"guest\":{\"cpus\":\"2\"}}}",
-		 "config.guest: its cpus is a string, not an integer"},
+	     "config.guest: its cpus is a string, not an integer"},
 	};
 	for (const auto &[entry, problem] : cases) {
 		MachineList list = MachinesFromList(Ok(ListText(good, entry)));
@@ -126,7 +126,7 @@ TEST(MachineStates, StartableAndLive) {
 
 TEST(MachineSpecFor, PgFlysVariablesAndMetadataWin) {
 	fly::MachineSpec spec = MachineSpecFor({{"LOG_LEVEL", "debug"}, {"RUN_MODE", "x"}, {"USER_ID", "y"}}, kUser, kGuest,
-										   "ams", kImage, "7-1", 4);
+	                                       "ams", kImage, "7-1", 4);
 	EXPECT_EQ(spec.image, kImage);
 	EXPECT_TRUE(SameGuest(spec.guest, kGuest));
 	EXPECT_EQ(spec.region, "ams");
@@ -134,7 +134,7 @@ TEST(MachineSpecFor, PgFlysVariablesAndMetadataWin) {
 							{"LOG_LEVEL", "debug"}, {"RUN_MODE", "user_dedicated"}, {"USER_ID", kUser}}));
 	EXPECT_EQ(spec.restart_policy, "always");
 	EXPECT_EQ(spec.metadata,
-			  (std::map<std::string, std::string>{{kUserMetadataKey, kUser}, {kOperationMetadataKey, "7-1"}}));
+	          (std::map<std::string, std::string>{{kUserMetadataKey, kUser}, {kOperationMetadataKey, "7-1"}}));
 	EXPECT_EQ(spec.min_secrets_version, 4);
 	EXPECT_FALSE(spec.name.has_value());
 }

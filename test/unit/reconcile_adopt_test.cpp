@@ -73,13 +73,13 @@ Ok(const std::string &body) {
 // A machine as Fly lists it; env_user and meta_user empty leave the key out.
 std::string
 Machine(const std::string &id, const std::string &state, const std::string &env_user, const std::string &meta_user,
-		const std::string &region = "ams") {
+        const std::string &region = "ams") {
 	std::string env =
 		"{\"RUN_MODE\":\"user_dedicated\"" + (env_user.empty() ? "" : ",\"USER_ID\":\"" + env_user + "\"") + "}";
 	std::string meta = meta_user.empty() ? "{}" : "{\"pg_fly_user_id\":\"" + meta_user + "\"}";
 	return "{\"id\":\"" + id + "\",\"state\":\"" + state + "\",\"region\":\"" + region + "\",\"config\":{\"image\":\"" +
-		   kOldImage + "\",\"guest\":{\"cpu_kind\":\"shared\",\"cpus\":1,\"memory_mb\":256},\"env\":" + env +
-		   ",\"metadata\":" + meta + "}}";
+	       kOldImage + "\",\"guest\":{\"cpu_kind\":\"shared\",\"cpus\":1,\"memory_mb\":256},\"env\":" + env +
+	       ",\"metadata\":" + meta + "}}";
 }
 
 std::string
@@ -113,7 +113,7 @@ Details(const Step &step, const std::string &type) {
 
 void
 ExpectRequest(const Step &step, Endpoint endpoint, const std::string &method, const std::string &path,
-			  const Query &query = {}) {
+              const Query &query = {}) {
 	ASSERT_TRUE(step.request.has_value());
 	EXPECT_EQ(fly::EndpointName(step.request->endpoint), std::string(fly::EndpointName(endpoint)));
 	EXPECT_EQ(step.request->method, method);
@@ -180,7 +180,7 @@ TEST(ReconcileAdopt, AStartedMachineIsPreferredOtherLegacyOnesAreReportedNotDest
 	DriveReusedAppToEmptyUserList(operation);
 	// m1 and m2 are the previous system's (env only), m3 carries pg_fly's metadata (a duplicate of ours).
 	Step step = operation.OnOutcome(Ok(List({Machine("m1", "stopped", kUser, ""), Machine("m2", "started", kUser, ""),
-											 Machine("m3", "stopped", "", kUser)})));
+	                                         Machine("m3", "stopped", "", kUser)})));
 	ASSERT_EQ(step.orphan_machines.size(), 1u);
 	EXPECT_EQ(step.orphan_machines[0].machine_id, "m1");
 	EXPECT_EQ(step.orphan_machines[0].user_id_env, kUser);
@@ -198,8 +198,8 @@ TEST(ReconcileAdopt, MachinesOfNobodyAreReportedAndLeftAlone) {
 	DriveReusedAppToEmptyUserList(operation);
 	Step step =
 		operation.OnOutcome(Ok(List({Machine("m1", "started", kOtherUser, ""), Machine("m2", "started", "", ""),
-									 Machine("m3", "started", kUser, ""), Machine("m4", "started", kUser, kOtherUser),
-									 Machine("m5", "destroyed", "", "")})));
+	                                 Machine("m3", "started", kUser, ""), Machine("m4", "started", kUser, kOtherUser),
+	                                 Machine("m5", "destroyed", "", "")})));
 	ASSERT_EQ(step.orphan_machines.size(), 3u);
 	EXPECT_EQ(step.orphan_machines[0].machine_id, "m1");
 	EXPECT_EQ(step.orphan_machines[0].user_id_env, kOtherUser);

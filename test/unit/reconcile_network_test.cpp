@@ -100,7 +100,7 @@ Details(const Event &event) {
 std::string
 AppText(const std::string &name) {
 	return "{\"id\":\"app-1\",\"name\":\"" + name + "\",\"network\":\"default\",\"organization\":{\"slug\":\"" + kOrg +
-		   "\"}}";
+	       "\"}}";
 }
 
 // The 201 to create_app, then the 200 to the look-up that waits until Fly shows the new app.
@@ -187,8 +187,8 @@ TEST(ReconcileNetwork, AReusedAppWithItsAddressesGetsNoneMore) {
 std::string
 MachineText(const std::string &services_and_checks) {
 	return "[{\"id\":\"m1\",\"state\":\"started\",\"region\":\"ams\",\"config\":{\"image\":\"registry.fly.io/"
-		   "vyx:1\",\"guest\":{\"cpu_kind\":\"shared\",\"cpus\":1,\"memory_mb\":256}" +
-		   services_and_checks + "}}]";
+	       "vyx:1\",\"guest\":{\"cpu_kind\":\"shared\",\"cpus\":1,\"memory_mb\":256}" +
+	       services_and_checks + "}}]";
 }
 
 // A machine made before the port was set (or with another port or path) is updated in place to carry the service.
@@ -204,7 +204,7 @@ TEST(ReconcileNetwork, AMachineWithoutTheServiceIsUpdatedToCarryIt) {
 		bool update;
 	};
 	for (const Case &c : {Case{8080, "", true}, Case{8080, served, false}, Case{9090, served, true}, Case{0, "", false},
-						  Case{0, served, true}}) {
+	                      Case{0, served, true}}) {
 		Operation operation(target, std::nullopt, MakeSettings(c.port));
 		operation.Start();
 		Step step = Created(operation, "{}");

@@ -124,8 +124,8 @@ ListText(const std::vector<std::string> &machines) {
 
 std::string
 AppText(const std::string &name, const std::string &org) {
-	return "{\"id\":\"app-" + name + "\",\"name\":\"" + name + "\",\"status\":\"deployed\",\"organization\":{\"name\":\"" +
-	       org + "\",\"slug\":\"" + org + "\"}}";
+	return "{\"id\":\"app-" + name + "\",\"name\":\"" + name +
+	       "\",\"status\":\"deployed\",\"organization\":{\"name\":\"" + org + "\",\"slug\":\"" + org + "\"}}";
 }
 
 Json
@@ -474,7 +474,7 @@ TEST(ReconcileSecrets, SecretsAreSetBeforeTheMachineAndItsVersionIsRequired) {
 	EXPECT_EQ(values.GetString("API_KEY"), "sk-live-XYZZY");
 
 	steps.push_back(operation.OnOutcome(
-	    Ok("{\"secrets\":[{\"name\":\"API_KEY\",\"digest\":\"d1\"},{\"name\":\"DB_PASSWORD\",\"digest\":\"d2\"}],"
+		Ok("{\"secrets\":[{\"name\":\"API_KEY\",\"digest\":\"d1\"},{\"name\":\"DB_PASSWORD\",\"digest\":\"d2\"}],"
 	       "\"version\":4,\"Version\":4}")));
 	const Step &after_secrets = steps.back();
 	ASSERT_TRUE(after_secrets.app.has_value());
@@ -709,7 +709,7 @@ TEST(ReconcileMachine, AResizeKeepsTheAppsImage) {
 	Operation operation(MakeTarget(), record, MakeSettings());
 	DriveRecordedAppToFindMachine(operation);
 	Step step =
-	    operation.OnOutcome(Ok(ListText({MachineText("m7", "started", kOtherGuest, "registry.fly.io/vyx:v1")})));
+		operation.OnOutcome(Ok(ListText({MachineText("m7", "started", kOtherGuest, "registry.fly.io/vyx:v1")})));
 	ExpectRequest(step, Endpoint::kUpdateMachine, "POST", AppPath() + "/machines/m7");
 	EXPECT_EQ(Body(Req(step)).Get("config").GetString("image"), "registry.fly.io/vyx:v1");
 }
@@ -811,8 +811,8 @@ TEST(ReconcileMachine, DuplicateIsDestroyedKeepingTheRecordedMachine) {
 	Operation operation(MakeTarget(), record, MakeSettings());
 	DriveRecordedAppToFindMachine(operation); // the app is there: a new one would hold no machine
 	// m1 is listed first, but the row records m2; m3 is already destroyed and left alone.
-	Step step = operation.OnOutcome(Ok(ListText(
-	    {MachineText("m1", "started"), MachineText("m2", "started"), MachineText("m3", "destroyed")})));
+	Step step = operation.OnOutcome(
+		Ok(ListText({MachineText("m1", "started"), MachineText("m2", "started"), MachineText("m3", "destroyed")})));
 	EXPECT_EQ(EventTypes(step), Types{"duplicate_machine_destroyed"});
 	Json details = Details(step.events[0]);
 	EXPECT_EQ(details.GetString("machine_id"), "m1");
@@ -827,8 +827,8 @@ TEST(ReconcileMachine, DuplicateIsDestroyedKeepingTheRecordedMachine) {
 TEST(ReconcileMachine, EveryDuplicateIsDestroyedAndAlreadyGoneCounts) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToFindMachine(operation);
-	Step step = operation.OnOutcome(Ok(ListText(
-	    {MachineText("m1", "stopped"), MachineText("m2", "started"), MachineText("m3", "starting")})));
+	Step step = operation.OnOutcome(
+		Ok(ListText({MachineText("m1", "stopped"), MachineText("m2", "started"), MachineText("m3", "starting")})));
 	// Without a recorded machine, the first listed is kept.
 	EXPECT_EQ(EventTypes(step), Types{"duplicate_machine_destroyed"});
 	EXPECT_EQ(Details(step.events[0]).GetString("kept_machine_id"), "m1");
@@ -1059,12 +1059,12 @@ ProvisionAt(Endpoint endpoint) {
 	settings.secrets = {{"K", "v"}};
 	Operation operation(MakeTarget(), std::nullopt, settings);
 	std::vector<std::function<fly::Outcome()>> answers = {
-	    [] { return Ok("{}", 201); },                                               // create_app
-	    [] { return Ok(AppText(Candidate(0), kOrg)); },                             // get_app: visible
-	    [] { return Ok("{\"version\":2}"); },                                       // set_secrets
-	    [] { return Ok(ListText({MachineText("m1", "stopped", kOtherGuest)})); }, // list → update
-	    [] { return Ok(MachineText("m1", "stopped")); },                            // update → start
-	    [] { return Ok("{\"previous_state\":\"stopped\"}"); },                      // start → wait
+		[] { return Ok("{}", 201); },                                             // create_app
+		[] { return Ok(AppText(Candidate(0), kOrg)); },                           // get_app: visible
+		[] { return Ok("{\"version\":2}"); },                                     // set_secrets
+		[] { return Ok(ListText({MachineText("m1", "stopped", kOtherGuest)})); }, // list → update
+		[] { return Ok(MachineText("m1", "stopped")); },                          // update → start
+		[] { return Ok("{\"previous_state\":\"stopped\"}"); },                    // start → wait
 	};
 	Step step = operation.Start();
 	for (const auto &answer : answers) {
@@ -1153,8 +1153,7 @@ TEST(ReconcileFailure, RepeatedStartThatFindsTheMachineStartingWaitsForIt) {
 TEST(ReconcileFailure, PermanentFailureFailsTheOperation) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	operation.Start();
-	fly::Outcome outcome =
-	    Out(OutcomeKind::kPermanent, 422, "", "invalid_name", "01VAL");
+	fly::Outcome outcome = Out(OutcomeKind::kPermanent, 422, "", "invalid_name", "01VAL");
 	outcome.fly_error = "Name must only contain lowercase letters";
 	Step step = operation.OnOutcome(outcome);
 	ExpectEnded(step, Completion::kFailed);
@@ -1234,9 +1233,9 @@ TEST(ReconcileDeprovision, LiveRowStopsMachinesWaitsUntilStoppedThenDeletesTheAp
 	EXPECT_EQ(step.app->status, "deprovisioning");
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines"); // no metadata filter
 
-	step = operation.OnOutcome(Ok(ListText({MachineText("m1", "started"), MachineText("m2", "stopped"),
-	                                        MachineText("m3", "started"), MachineText("m4", "destroyed"),
-	                                        MachineText("m5", "stopping")})));
+	step = operation.OnOutcome(
+		Ok(ListText({MachineText("m1", "started"), MachineText("m2", "stopped"), MachineText("m3", "started"),
+	                 MachineText("m4", "destroyed"), MachineText("m5", "stopping")})));
 	EXPECT_TRUE(step.events.empty());
 	EXPECT_FALSE(step.app.has_value());
 	ExpectRequest(step, Endpoint::kStopMachine, "POST", AppPath() + "/machines/m3/stop");
@@ -1539,7 +1538,7 @@ TEST(ReconcileHostileAnswers, GarbledMachineListIsRetriedAndCreatesNothing) {
 	Json details = Details(step.events[0]);
 	EXPECT_EQ(details.GetString("step"), "list_machines");
 	EXPECT_NE(details.GetString("message").value_or("").find("entry 1 of the machine list is unusable: its id is null"),
-			  std::string::npos)
+	          std::string::npos)
 		<< step.events[0].details_json;
 	// The next, sound answer carries on.
 	step = operation.OnOutcome(Ok(ListText({MachineText("m1", "started")})));
@@ -1570,10 +1569,10 @@ TEST(ReconcileHostileAnswers, CreateAnswerWithConfusedTypesIsLookedUp) {
 	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines", UserFilter());
 	ASSERT_EQ(EventTypes(step), Types{"provision_attempt_failed"});
 	EXPECT_NE(Details(step.events[0])
-				  .GetString("message")
-				  .value_or("")
-				  .find("the created machine is unusable: its config is a string"),
-			  std::string::npos);
+	              .GetString("message")
+	              .value_or("")
+	              .find("the created machine is unusable: its config is a string"),
+	          std::string::npos);
 }
 
 } // namespace
@@ -1710,8 +1709,8 @@ TEST(ReconcileSettle, AnOldAppAnswersAsItSays) {
 	step = operation.OnOutcome(Out(OutcomeKind::kNotFound, 404));
 	ExpectRequest(step, Endpoint::kDeleteApp, "DELETE", AppPath());
 	EXPECT_EQ(std::count_if(step.events.begin(), step.events.end(),
-							[](const Event &event) { return event.type == "app_settling"; }),
-			  0);
+	                        [](const Event &event) { return event.type == "app_settling"; }),
+	          0);
 }
 
 TEST(ReconcileSettle, TheFirstCreateOfAnAppOpensTheWindow) {

@@ -43,7 +43,7 @@ TEST(SecretsDigest, DependsOnTheKeyAndIsNotThePlainHashOfTheEncoding) {
 	unsigned char mac[EVP_MAX_MD_SIZE];
 	unsigned int length = 0;
 	HMAC(EVP_sha256(), kKey.data(), static_cast<int>(kKey.size()),
-		 reinterpret_cast<const unsigned char *>(encoded.data()), encoded.size(), mac, &length);
+	     reinterpret_cast<const unsigned char *>(encoded.data()), encoded.size(), mac, &length);
 	std::string hex;
 	for (unsigned int i = 0; i < length; i++) {
 		hex += "0123456789abcdef"[mac[i] >> 4];

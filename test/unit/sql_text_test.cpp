@@ -11,7 +11,7 @@ TEST(QuoteForMessage, ShortValuesAreQuotedAsTheyAre) {
 	EXPECT_EQ(QuoteForMessage("platinum"), "\"platinum\"");
 	EXPECT_EQ(QuoteForMessage(""), "\"\"");
 	EXPECT_EQ(QuoteForMessage("pro'; DROP TABLE fly.reconcile_queue; --"),
-			  "\"pro'; DROP TABLE fly.reconcile_queue; --\"");
+	          "\"pro'; DROP TABLE fly.reconcile_queue; --\"");
 	EXPECT_EQ(QuoteForMessage("💎 diamond"), "\"💎 diamond\"");
 }
 
@@ -39,20 +39,20 @@ TEST(SqlLiteral, DoublesQuotes) {
 
 TEST(IsUuidText, AcceptsWhatPostgresAccepts) {
 	for (const char *text : {"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
-							 "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", "a0eebc999c0b4ef8bb6d6bb9bd380a11",
-							 "a0ee-bc99-9c0b4ef8-bb6d6bb9-bd380a11", "{a0eebc999c0b4ef8bb6d6bb9bd380a11}"}) {
+	                         "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+	                         "a0ee-bc99-9c0b4ef8-bb6d6bb9-bd380a11", "{a0eebc999c0b4ef8bb6d6bb9bd380a11}"}) {
 		EXPECT_TRUE(IsUuidText(text)) << text;
 	}
 }
 
 TEST(IsUuidText, RefusesEverythingElse) {
 	for (const char *text :
-		 {"", "not-a-uuid", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111",
-		  "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-", "-a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-		  "a0eebc99--9c0b-4ef8-bb6d-6bb9bd380a11", "a0eeb-c999c0b4ef8bb6d6bb9bd380a11",
-		  "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", "{}", "{",
-		  " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-		  "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'; --"}) {
+	     {"", "not-a-uuid", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111",
+	      "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-", "-a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+	      "a0eebc99--9c0b-4ef8-bb6d-6bb9bd380a11", "a0eeb-c999c0b4ef8bb6d6bb9bd380a11",
+	      "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", "{}", "{",
+	      " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+	      "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'; --"}) {
 		EXPECT_FALSE(IsUuidText(text)) << text;
 	}
 }

@@ -83,7 +83,7 @@ public:
 		address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		address.sin_port = 0;
 		if (bind(listen_fd_, reinterpret_cast<sockaddr *>(&address), sizeof(address)) != 0 ||
-			listen(listen_fd_, 128) != 0) {
+		    listen(listen_fd_, 128) != 0) {
 			close(listen_fd_);
 			throw std::runtime_error("bind/listen on 127.0.0.1 failed");
 		}

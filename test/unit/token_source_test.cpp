@@ -19,9 +19,7 @@ public:
 		path = path_template;
 		std::ofstream(path) << contents;
 	}
-	~TempFile() {
-		std::remove(path.c_str());
-	}
+	~TempFile() { std::remove(path.c_str()); }
 	std::string path;
 };
 

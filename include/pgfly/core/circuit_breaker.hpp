@@ -29,7 +29,8 @@ public:
 	std::optional<double> SendableAt(double now) const;
 	// CanSend, then MarkSent.
 	bool AllowRequest(double now);
-	bool probe_in_flight() const {
+	bool
+	probe_in_flight() const {
 		return probe_in_flight_;
 	}
 	// Fly answered (anything but a transient failure): it is up.
@@ -38,10 +39,12 @@ public:
 
 	State state(double now) const;
 	// When an open breaker lets a probe through.
-	double reopen_at() const {
+	double
+	reopen_at() const {
 		return reopen_at_;
 	}
-	int consecutive_failures() const {
+	int
+	consecutive_failures() const {
 		return failures_;
 	}
 

@@ -57,7 +57,7 @@ public:
 	// are slow (full reads of a large table) takes at most about half of the worker's time. Returns whether the
 	// pass ended with it.
 	bool Advance(const Batch &batch, const std::string &source, const std::optional<std::string> &last_user,
-				 int64_t queued, double seconds, double now);
+	             int64_t queued, double seconds, double now);
 	// The next batch failed: the cursor stays, and the same batch is tried again after a delay. Returns that delay,
 	// or nothing when this was the kMaxFailures-th failure in a row and the pass ended (End).
 	std::optional<double> Fail(double now);

@@ -92,7 +92,7 @@ std::string PercentEncode(const std::string &text);
 
 // POST /v1/apps with both "name" (spec, fly-go) and "app_name" (docs) set to app_name; network only if given.
 Request CreateAppRequest(const std::string &app_name, const std::string &org_slug,
-						 const std::optional<std::string> &network = std::nullopt);
+                         const std::optional<std::string> &network = std::nullopt);
 // GET /v1/apps/{app}
 Request GetAppRequest(const std::string &app_name);
 // DELETE /v1/apps/{app}[?force=true] (force is in Fly's docs, not in its OpenAPI spec).
@@ -109,14 +109,14 @@ Request ListMachinesRequest(const std::string &app_name, const std::map<std::str
 Request GetMachineRequest(const std::string &app_name, const std::string &machine_id);
 // GET /v1/apps/{app}/machines/{id}/wait?state=...&timeout=N[&version=...]; timeout clamped to 1..60 seconds.
 Request WaitMachineRequest(const std::string &app_name, const std::string &machine_id, const std::string &state,
-						   int timeout_seconds, const std::string &version = "");
+                           int timeout_seconds, const std::string &version = "");
 // POST /v1/apps/{app}/machines/{id} {"config", "min_secrets_version"}: the full config; region and name are
 // immutable and not sent.
 Request UpdateMachineRequest(const std::string &app_name, const std::string &machine_id, const MachineSpec &spec);
 // POST /v1/apps/{app}/machines/{id}/stop: no body (Fly's default signal and timeout) unless signal or timeout is
 // given, e.g. "SIGTERM" and "30s" (StopRequest in the spec).
 Request StopMachineRequest(const std::string &app_name, const std::string &machine_id, const std::string &signal = "",
-						   const std::string &timeout = "");
+                           const std::string &timeout = "");
 // POST /v1/apps/{app}/machines/{id}/start (no body)
 Request StartMachineRequest(const std::string &app_name, const std::string &machine_id);
 // DELETE /v1/apps/{app}/machines/{id}[?force=true]
@@ -127,7 +127,7 @@ Request ListIpAssignmentsRequest(const std::string &app_name);
 // POST /v1/apps/{app}/ip_assignments {"type", "network"}: type is an IPAssignmentType ("shared_v4", "v6", ...);
 // network only if given (the app's private network, so that the address belongs to it).
 Request AssignIpRequest(const std::string &app_name, const std::string &type,
-						const std::optional<std::string> &network = std::nullopt);
+                        const std::optional<std::string> &network = std::nullopt);
 
 // GET <url> without the Fly token: a user app's own health endpoint.
 Request AppHealthRequest(const std::string &url);

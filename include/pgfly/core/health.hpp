@@ -41,7 +41,7 @@ struct DuplicateMachines {
 	std::string problem;
 };
 DuplicateMachines FindDuplicateMachines(const fly::Outcome &outcome, const std::string &recorded_machine_id,
-										const std::string &user_id);
+                                        const std::string &user_id);
 
 // From the app's own health endpoint (the user app's backend reports run_mode, user_id and trader_count): healthy
 // only when it answers and runs in user_dedicated mode for this very user, which proves that the machine serves

@@ -61,7 +61,8 @@ public:
 	Step Start();
 	Step OnOutcome(const fly::Outcome &outcome);
 
-	const AppTarget &target() const {
+	const AppTarget &
+	target() const {
 		return target_;
 	}
 
@@ -92,11 +93,11 @@ const char *PhaseName(Phase phase);
 std::optional<Phase> PhaseFromName(const std::string &name);
 
 struct Counts {
-	int canary_pending = 0;  // canary apps not yet updated (pending or updating)
-	int canary_updated = 0;  // updated, not yet seen healthy
+	int canary_pending = 0; // canary apps not yet updated (pending or updating)
+	int canary_updated = 0; // updated, not yet seen healthy
 	int canary_healthy = 0;
-	int pending = 0;         // other apps not yet updated (pending or updating)
-	int failed = 0;          // apps whose update failed (canary or not)
+	int pending = 0; // other apps not yet updated (pending or updating)
+	int failed = 0;  // apps whose update failed (canary or not)
 };
 
 struct Decision {

@@ -46,12 +46,11 @@ public:
 	static Json Bool(bool flag);
 	static Json Null();
 
-	bool HasValue() const {
+	bool
+	HasValue() const {
 		return value_ != nullptr;
 	}
-	explicit operator bool() const {
-		return HasValue();
-	}
+	explicit operator bool() const { return HasValue(); }
 	bool IsObject() const;
 	bool IsArray() const;
 	bool IsString() const;
@@ -80,16 +79,20 @@ public:
 	std::optional<double> AsNumber() const;
 	std::optional<bool> AsBool() const;
 
-	std::optional<std::string> GetString(std::string_view key) const {
+	std::optional<std::string>
+	GetString(std::string_view key) const {
 		return Get(key).AsString();
 	}
-	std::optional<int64_t> GetInteger(std::string_view key) const {
+	std::optional<int64_t>
+	GetInteger(std::string_view key) const {
 		return Get(key).AsInteger();
 	}
-	std::optional<double> GetNumber(std::string_view key) const {
+	std::optional<double>
+	GetNumber(std::string_view key) const {
 		return Get(key).AsNumber();
 	}
-	std::optional<bool> GetBool(std::string_view key) const {
+	std::optional<bool>
+	GetBool(std::string_view key) const {
 		return Get(key).AsBool();
 	}
 
@@ -98,7 +101,8 @@ public:
 	std::string Dump() const;
 
 	// The underlying value, still owned by this Json (may be null).
-	json_t *get() const {
+	json_t *
+	get() const {
 		return value_;
 	}
 
@@ -111,7 +115,8 @@ struct JsonParseResult {
 	// Empty on success; otherwise why the text was refused (never contains the text itself beyond a position).
 	std::string error;
 
-	bool ok() const {
+	bool
+	ok() const {
 		return error.empty();
 	}
 };

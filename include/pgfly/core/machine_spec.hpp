@@ -42,8 +42,8 @@ bool SameService(const fly::AppService &have, const fly::AppService &want);
 // and the metadata that finds the machine again. An update replaces the whole config, so every request that
 // sends one (create, update, image rollout) builds it here.
 fly::MachineSpec MachineSpecFor(const std::map<std::string, std::string> &env, const std::string &user_id,
-								const fly::Guest &guest, const std::string &region, const std::string &image,
-								const std::string &operation_id, std::optional<int64_t> secrets_version);
+                                const fly::Guest &guest, const std::string &region, const std::string &image,
+                                const std::string &operation_id, std::optional<int64_t> secrets_version);
 
 // A machine list from Fly, or why it cannot be trusted: then none of it is used, since acting on part of a
 // list (a machine left out) could create a second machine or leave one running.

@@ -19,7 +19,7 @@ struct RateLimit {
 
 struct RateLimitSettings {
 	bool enabled = true;
-	RateLimit action{1.0, 3.0};     // every action, per app or machine
+	RateLimit action{1.0, 3.0}; // every action, per app or machine
 	RateLimit get_machine{5.0, 10.0};
 	RateLimit delete_app{100.0 / 60.0, 100.0}; // per organization
 	// Refill a little slower than Fly does, so that network jitter between our clock and Fly's cannot push a
@@ -41,7 +41,8 @@ public:
 	void Block(const std::pair<std::string, std::string> &key, double until);
 	// Forgets buckets idle long enough to be full again, so memory stays bounded over millions of apps.
 	void Prune(double now);
-	size_t Buckets() const {
+	size_t
+	Buckets() const {
 		return buckets_.size();
 	}
 

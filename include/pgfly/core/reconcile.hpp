@@ -177,11 +177,13 @@ public:
 	Step Start();
 	Step OnOutcome(const fly::Outcome &outcome);
 	// The caller's monotonic clock, in seconds, for decisions that depend on elapsed time.
-	void SetNow(double now) {
+	void
+	SetNow(double now) {
 		now_ = now;
 	}
 
-	const Target &target() const {
+	const Target &
+	target() const {
 		return target_;
 	}
 

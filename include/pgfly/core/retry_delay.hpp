@@ -9,7 +9,7 @@ namespace pgfly {
 // never less than Retry-After when Fly gave one, but never more than the cap either. `unit_random` is a number
 // in [0, 1).
 double RetryDelaySeconds(int attempt, double base_seconds, double cap_seconds, std::optional<double> retry_after,
-						 double unit_random);
+                         double unit_random);
 
 // How long a 429 holds back its rate-limit key: Retry-After (or 1 s without one), at most cap_seconds
 // (fly.retry_max_delay).

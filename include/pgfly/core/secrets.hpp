@@ -20,11 +20,11 @@ std::vector<std::string> Names(const std::map<std::string, std::string> &secrets
 
 // Names set before (`previous_names`) that the set no longer holds, sorted and without duplicates.
 std::vector<std::string> RemovedNames(const std::map<std::string, std::string> &secrets,
-									  const std::vector<std::string> &previous_names);
+                                      const std::vector<std::string> &previous_names);
 
 // The body's values for POST /v1/apps/{app}/secrets: every secret, and null (unset) for each removed name.
 std::map<std::string, std::optional<std::string>> ValuesToSet(const std::map<std::string, std::string> &secrets,
-															  const std::vector<std::string> &previous_names);
+                                                              const std::vector<std::string> &previous_names);
 
 } // namespace secrets
 } // namespace pgfly

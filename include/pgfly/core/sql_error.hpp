@@ -11,8 +11,7 @@ class SqlError : public std::runtime_error {
 public:
 	// sqlstate: the five-character SQLSTATE code, e.g. "22023" (invalid_parameter_value).
 	SqlError(std::string sqlstate, const std::string &message, std::string detail = "", std::string hint = "")
-	    : std::runtime_error(message), sqlstate(std::move(sqlstate)), detail(std::move(detail)),
-	      hint(std::move(hint)) {
+		: std::runtime_error(message), sqlstate(std::move(sqlstate)), detail(std::move(detail)), hint(std::move(hint)) {
 	}
 
 	std::string sqlstate;

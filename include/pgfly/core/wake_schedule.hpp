@@ -24,11 +24,13 @@ public:
 
 	// Something is ready now and the loop makes progress on it at every pass (a drift pass in progress): no
 	// sleep at all, not even the floor. Never for a deadline that may already have passed.
-	void Now() {
+	void
+	Now() {
 		now_ready_ = true;
 	}
 
-	double wake_at() const {
+	double
+	wake_at() const {
 		return wake_at_;
 	}
 	// Until the earliest deadline, in whole milliseconds rounded up, never less than the floor; 0 after Now().

@@ -73,9 +73,7 @@ PgGuard(F &&f) {
 	MemoryContext volatile caller_context = CurrentMemoryContext;
 	ErrorData *volatile edata = nullptr;
 	PG_TRY();
-	{
-		f();
-	}
+	{ f(); }
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(caller_context);
@@ -103,12 +101,13 @@ PgGuardResult(F &&f) -> decltype(f()) {
 
 // Defines the SQL-callable C symbol `name`, whose body is the C++ function `name##Cpp(FunctionCallInfo)`,
 // guarded by InvokeCpp.
-#define PGFLY_SQL_FUNCTION(name)                                                                                      \
-	static Datum name##Cpp([[maybe_unused]] FunctionCallInfo fcinfo);                                              \
-	extern "C" {                                                                                                     \
-	PG_FUNCTION_INFO_V1(name);                                                                                       \
-	Datum name(PG_FUNCTION_ARGS) {                                                                                   \
-		return pgfly::pg::InvokeCpp(name##Cpp, fcinfo);                                                              \
-	}                                                                                                                \
-	}                                                                                                                \
+#define PGFLY_SQL_FUNCTION(name)                                                                                       \
+	static Datum name##Cpp([[maybe_unused]] FunctionCallInfo fcinfo);                                                  \
+	extern "C" {                                                                                                       \
+	PG_FUNCTION_INFO_V1(name);                                                                                         \
+	Datum                                                                                                              \
+	name(PG_FUNCTION_ARGS) {                                                                                           \
+		return pgfly::pg::InvokeCpp(name##Cpp, fcinfo);                                                                \
+	}                                                                                                                  \
+	}                                                                                                                  \
 	static Datum name##Cpp([[maybe_unused]] FunctionCallInfo fcinfo)
