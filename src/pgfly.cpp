@@ -1,5 +1,5 @@
 // Library entry: the magic block and _PG_init (settings, shared memory, the worker).
-#include "pgfly/pg/postgres.hpp"
+#include "pgfly/pg/compat.hpp"
 
 extern "C" {
 #include "utils/guc.h"
@@ -12,10 +12,6 @@ extern "C" {
 extern "C" {
 
 PG_MODULE_MAGIC;
-
-#if PG_VERSION_NUM < 160000
-PGDLLEXPORT void _PG_init(void);
-#endif
 
 // Postgres-regime code: nothing here throws.
 void

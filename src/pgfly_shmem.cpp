@@ -1,4 +1,5 @@
 #include "pgfly/pgfly_shmem.hpp"
+#include "pgfly/pg/compat.hpp"
 
 extern "C" {
 #include "storage/ipc.h"
@@ -86,7 +87,7 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 				int procno = shared_state->worker_procno;
 				SpinLockRelease(&shared_state->mutex);
 				if (procno >= 0) {
-					SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+					SetLatch(pg::compat::ProcLatch(procno));
 				}
 			}
 		}

@@ -3,6 +3,7 @@
 // (pgfly_job_runner.cpp). PgFlyWorkerMain is Postgres-regime code with no C++ objects; the loop itself runs
 // in C++ through InvokeCpp, reaching PostgreSQL only through guarded calls.
 #include "pgfly/pg/spi.hpp"
+#include "pgfly/pg/compat.hpp"
 
 extern "C" {
 #include "access/xact.h"
@@ -40,7 +41,7 @@ void
 PublishWorker(SharedState *shared, bool running) {
 	SpinLockAcquire(&shared->mutex);
 	shared->worker_pid = running ? MyProcPid : 0;
-	shared->worker_procno = running ? MyProc->pgprocno : -1;
+	shared->worker_procno = running ? pg::compat::MyProcIndex() : -1;
 	shared->worker_started_at = running ? GetCurrentTimestamp() : 0;
 	SpinLockRelease(&shared->mutex);
 }
@@ -139,7 +140,7 @@ private:
 		Free();
 		socket_ = socket;
 		pg::PgGuard([&]() {
-			set_ = CreateWaitEventSet(TopMemoryContext, kEvents);
+			set_ = pg::compat::NewLongLivedWaitEventSet(kEvents);
 			AddWaitEventToSet(set_, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, nullptr);
 			AddWaitEventToSet(set_, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, nullptr, nullptr);
 			if (socket != PGINVALID_SOCKET) {

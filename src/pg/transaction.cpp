@@ -1,4 +1,5 @@
 #include "pgfly/pg/transaction.hpp"
+#include "pgfly/pg/compat.hpp"
 
 extern "C" {
 #include "pgstat.h"
@@ -63,9 +64,7 @@ AbortTransactionQuietly() noexcept {
 			LWLockReleaseAll();
 			ConditionVariableCancelSleep();
 			pgstat_report_wait_end();
-#if PG_VERSION_NUM < 170000
-			AbortBufferIO();
-#endif
+			compat::AbortBufferIOAfterError();
 			UnlockBuffers();
 			AbortCurrentTransaction(); // does nothing outside a transaction
 			MemoryContextSwitchTo(TopMemoryContext);

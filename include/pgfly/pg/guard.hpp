@@ -45,7 +45,7 @@ struct PendingError {
 	void Set(int code, const char *msg, const char *det, const char *hnt) noexcept;
 	void SetFromException(std::exception_ptr exception) noexcept;
 	// Raises the PostgreSQL ERROR; never returns.
-	pg_attribute_noreturn() void Raise() const;
+	[[noreturn]] void Raise() const;
 };
 
 [[noreturn]] void ThrowPgError(ErrorData *edata);
