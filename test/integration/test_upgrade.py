@@ -1,6 +1,8 @@
 """ALTER EXTENSION pg_fly UPDATE from the first released version (0.1.0, tag v0.1.0) keeps every row, and leaves
-a schema identical to a fresh CREATE EXTENSION pg_fly. The schemas are compared through the catalogs
-(pg_dump leaves an extension's objects out), so every future upgrade script is held to the same standard."""
+a schema identical to a fresh CREATE EXTENSION pg_fly, which runs the current version's own standalone script
+(src/sql/pg_fly--X.Y.Z.sql), not the chain of upgrade scripts. The schemas are compared through the catalogs
+(pg_dump leaves an extension's objects out), and so are the rows and sequences the scripts make, so every future
+release's standalone and upgrade scripts are held to the same standard."""
 
 import os
 import sys
@@ -84,6 +86,43 @@ facts(line) AS (
 SELECT replace(line, E'\n', '\n') FROM facts ORDER BY 1
 """
 
+# Columns that ALTER TABLE ... ADD COLUMN ... DEFAULT gave a stored default for the rows already there
+# (atthasmissing). The upgrade scripts, 0.1.0's own included, add columns that way; the standalone script creates
+# every table whole, so a fresh install that ran the chain of scripts has such columns, and one that ran the
+# standalone script has none.
+ADDED_COLUMNS = """
+SELECT a.attrelid::regclass || '.' || a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+ WHERE c.relnamespace = 'fly'::regnamespace AND a.atthasmissing ORDER BY 1
+"""
+
+# The rows the scripts seed (default policies, prices, the secrets digest key) and every sequence's state, free of
+# what cannot be equal: timestamps are only checked to be set, the per-database key only to be there and long enough.
+DESCRIBE_SEEDED_DATA = r"""
+DO $$
+DECLARE
+    t record;
+    cols text;
+BEGIN
+    CREATE TEMP TABLE seeded(line text);
+    FOR t IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c
+              WHERE c.relnamespace = 'fly'::regnamespace AND c.relkind IN ('r', 'S') ORDER BY c.relname LOOP
+        IF t.relkind = 'S' THEN
+            EXECUTE format('INSERT INTO seeded SELECT %L || '' last_value='' || last_value || '' is_called='' '
+                           '|| is_called FROM %s', 'sequence ' || t.rel, t.rel);
+            CONTINUE;
+        END IF;
+        SELECT string_agg(CASE WHEN t.rel = 'fly.secrets_digest_key'::regclass AND a.attname = 'key'
+                               THEN format('length(%I) >= 32', a.attname)
+                               WHEN a.atttypid IN ('timestamptz'::regtype, 'date'::regtype)
+                               THEN format('%I IS NOT NULL', a.attname)
+                               ELSE format('%I', a.attname) END, ', ' ORDER BY a.attnum)
+          INTO cols FROM pg_attribute a WHERE a.attrelid = t.rel AND a.attnum > 0 AND NOT a.attisdropped;
+        EXECUTE format('INSERT INTO seeded SELECT %L || '' '' || row(%s)::text FROM %s', 'row ' || t.rel, cols, t.rel);
+    END LOOP;
+END $$;
+SELECT line FROM seeded ORDER BY 1;
+"""
+
 USERS = ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "3ca132d2-1111-4b2a-9e0f-2a3b4c5d6e7f",
          "82ea28ab-2222-4c3b-8f10-3b4c5d6e7f80", "0aca198e-3333-4d4c-a021-4c5d6e7f8091"]
 
@@ -150,6 +189,19 @@ class UpgradeTest(unittest.TestCase):
         return {table: self.run_sql(database, f"SELECT row({', '.join(names)})::text FROM fly.{table} ORDER BY 1")
                 for table, names in columns.items()}
 
+    def assert_same_facts(self, database, query, fresh):
+        """The query's lines in the database equal the fresh install's; a failure names only the lines that differ
+        (a fresh install holds some 700 facts)."""
+        updated = self.run_sql(database, query)
+        if updated == fresh:
+            return
+        only_fresh = sorted(set(fresh) - set(updated))
+        only_updated = sorted(set(updated) - set(fresh))
+        self.fail(f"{database} (updated) and a fresh install differ:\n"
+                  + "".join(f"  fresh install only: {line}\n" for line in only_fresh)
+                  + "".join(f"  {database} only: {line}\n" for line in only_updated)
+                  + ("" if only_fresh or only_updated else "  the same facts, repeated or in another order\n"))
+
     def table_columns(self, database):
         columns = {}
         for line in self.run_sql(database, "SELECT c.relname, a.attname FROM pg_class c JOIN pg_attribute a ON "
@@ -161,6 +213,7 @@ class UpgradeTest(unittest.TestCase):
         return columns
 
     def test_update_from_the_first_release_keeps_the_data_and_equals_a_fresh_install(self):
+        # The fresh install is the current version's standalone script; the update runs the upgrade scripts.
         default = self.default_version()
         path = self.pg.value(f"SELECT path FROM pg_extension_update_paths('pg_fly') "
                              f"WHERE source = '{FIRST_RELEASE}' AND target = '{default}'")
@@ -200,21 +253,33 @@ class UpgradeTest(unittest.TestCase):
         self.assertEqual(self.run_sql("from_first_release", "SELECT user_id, tier, reason FROM fly.needs_attention"),
                          [f"{USERS[0]}\tplatinum\tunknown_tier"])
 
+        # A plain CREATE EXTENSION runs the current version's standalone script, not the chain from 0.1.0.
         self.new_database("fresh")
+        self.assertEqual(self.run_sql("fresh", ADDED_COLUMNS), [],
+                         f"CREATE EXTENSION pg_fly ran upgrade scripts: is src/sql/pg_fly--{default}.sql installed?")
+        self.assertIn("fly.tier_policies.fallback_regions", self.run_sql("from_first_release", ADDED_COLUMNS))
         fresh = self.run_sql("fresh", DESCRIBE_SCHEMA)
         self.assertGreater(len(fresh), 100)
-        self.assertEqual(self.run_sql("from_first_release", DESCRIBE_SCHEMA), fresh)
+        self.assert_same_facts("from_first_release", DESCRIBE_SCHEMA, fresh)
 
-        # Versions released after the first one (none yet) are held to the same standard.
-        for version in self.run_sql("postgres", "SELECT version FROM pg_available_extension_versions "
-                                                "WHERE name = 'pg_fly' ORDER BY version"):
-            if version in (FIRST_RELEASE, default):
+        # Every earlier version (installed as it was released, then updated) ends with the same schema, the same
+        # seeded rows and the same sequences as a fresh install.
+        fresh_data = self.run_sql("fresh", DESCRIBE_SEEDED_DATA)
+        self.assertIn("row fly.secrets_digest_key (t,t)", fresh_data)
+        self.assertIn("row fly.tier_policies (pro,t,shared,1,256,,t,{})", fresh_data)
+        self.assertIn("sequence fly.user_fly_apps_id_seq last_value=1 is_called=false", fresh_data)
+        versions = self.run_sql("postgres", "SELECT version FROM pg_available_extension_versions "
+                                            "WHERE name = 'pg_fly' ORDER BY version")
+        self.assertIn(FIRST_RELEASE, versions)
+        for version in versions:
+            if version == default:
                 continue
             with self.subTest(version=version):
-                database = "from_" + version.replace(".", "_")
+                database = "updated_from_" + version.replace(".", "_")
                 self.new_database(database, version)
                 self.run_sql(database, "ALTER EXTENSION pg_fly UPDATE")
-                self.assertEqual(self.run_sql(database, DESCRIBE_SCHEMA), fresh)
+                self.assert_same_facts(database, DESCRIBE_SCHEMA, fresh)
+                self.assert_same_facts(database, DESCRIBE_SEEDED_DATA, fresh_data)
 
     def test_update_keeps_each_onboarding_grant_with_its_grantor(self):
         # The update replaces fly.onboard_existing_users; grants made on it before, through a chain of grant
