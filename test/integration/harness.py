@@ -20,7 +20,19 @@ import urllib.request
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIMULATOR = os.path.join(REPO_ROOT, "test", "flysim", "flysim.py")
 PG_MAJOR = os.environ.get("PG_MAJOR", "15")
-PG_BIN = os.environ.get("PG_BIN", f"/usr/lib/postgresql/{PG_MAJOR}/bin")
+
+
+def _pg_bin():
+    """The server's programs: PG_BIN, else PG_CONFIG's bindir (as every script selects the server), else 15's."""
+    if os.environ.get("PG_BIN"):
+        return os.environ["PG_BIN"]
+    if os.environ.get("PG_CONFIG"):
+        return subprocess.run([os.environ["PG_CONFIG"], "--bindir"], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    return f"/usr/lib/postgresql/{PG_MAJOR}/bin"
+
+
+PG_BIN = _pg_bin()
 TEST_TOKEN = "test-token"
 
 
