@@ -80,7 +80,7 @@ run_ctest_suite() { # label build-folder cmake-option...
 	local label="$1" build="$REPO_ROOT/$2" log="$log_dir/$2.log"
 	shift 2
 	echo "== $label: build ($build) and run"
-	if cmake -S "$REPO_ROOT" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >"$log" 2>&1 &&
+	if cmake -S "$REPO_ROOT" -B "$build" "$@" >"$log" 2>&1 &&
 		cmake --build "$build" -j"$(nproc)" >>"$log" 2>&1; then
 		(cd "$build" && ctest --output-on-failure) >"$log_dir/$2-ctest.log" 2>&1
 		tail -3 "$log_dir/$2-ctest.log"
@@ -99,8 +99,9 @@ run_ctest_suite() { # label build-folder cmake-option...
 
 run_step "format (clang-format)" check_format
 run_step "python lint (pyflakes)" check_python
-run_ctest_suite "unit (ctest)" build -DPGFLY_STRICT=ON -DPGFLY_SANITIZE=OFF
-run_ctest_suite "unit (ASan+UBSan)" build-asan -DPGFLY_STRICT=ON -DPGFLY_SANITIZE=ON
+run_ctest_suite "unit (ctest)" build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGFLY_STRICT=ON -DPGFLY_SANITIZE=OFF
+# Debug (-O0, asserts on): the sanitized build compiles several times faster than with -O2.
+run_ctest_suite "unit (ASan+UBSan)" build-asan -DCMAKE_BUILD_TYPE=Debug -DPGFLY_STRICT=ON -DPGFLY_SANITIZE=ON
 
 echo "== build and install the extension (PGXS, -Werror -Wshadow)"
 if make -C "$REPO_ROOT" -j"$(nproc)" PGFLY_STRICT=1 PG_CONFIG="$PG_CONFIG" >"$log_dir/make.log" 2>&1 &&
