@@ -2,6 +2,8 @@
 #   make && sudo make install        build and install (PG_CONFIG=/path/to/pg_config selects the server)
 #   sudo make test                   everything: dependencies, unit, regression, isolation, simulator tests
 #   make installcheck                regression and isolation tests only (as a non-root user, after install)
+#   make PGFLY_STRICT=1              warnings are errors (-Werror -Wshadow), as in CI; off by default so that a newer
+#                                    compiler's new warning never stops an install
 
 EXTENSION = pg_fly
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" pg_fly.control)
@@ -30,7 +32,7 @@ demo:
 	bash scripts/demo.sh
 
 unit:
-	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGFLY_STRICT=$(if $(filter 1,$(PGFLY_STRICT)),ON,OFF) >/dev/null
 	cmake --build build -j2
 	cd build && ctest --output-on-failure
 
@@ -44,6 +46,9 @@ else
 # C++17 with PostgreSQL's own headers as system headers, so -Wextra stays about our code.
 PG_CPPFLAGS = -Iinclude -DPGFLY_VERSION=\"$(EXTVERSION)\" -isystem $(shell $(PG_CONFIG) --includedir-server) $(shell pkg-config --cflags $(PKG_DEPS))
 PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initializers -MMD -MP
+ifeq ($(PGFLY_STRICT),1)
+PG_CXXFLAGS += -Werror -Wshadow
+endif
 SHLIB_LINK = $(shell pkg-config --libs $(PKG_DEPS)) -lstdc++
 # No LLVM bitcode: it would compile the C++17 sources with clang's default standard, and JIT inlining of an
 # HTTP client gains nothing.

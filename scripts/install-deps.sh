@@ -9,6 +9,7 @@ packages=(
 	"postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" "postgresql-client-${PG_MAJOR}"
 	libcurl4-openssl-dev libjansson-dev libssl-dev libgtest-dev
 	python3 curl
+	clang-format python3-pyflakes
 )
 
 missing=()

@@ -1,39 +1,110 @@
 #!/usr/bin/env bash
 # The whole test suite: installs missing packages, builds, installs pg_fly, then runs
-#   1. the core's unit tests (GoogleTest, ctest),
-#   2. pg_regress and isolation tests on a throwaway PostgreSQL with pg_fly preloaded (as the postgres user),
-#   3. the Fly API simulator's own tests.
-# Ends with "N passed, N failed" on a line of its own; exits non-zero when anything failed.
+#   1. the CI gates: clang-format drift (C++), pyflakes (Python),
+#   2. the core's unit tests (GoogleTest, ctest), built with -Werror -Wshadow, then again under ASan + UBSan,
+#   3. pg_regress and isolation tests on a throwaway PostgreSQL with pg_fly preloaded (as the postgres user),
+#   4. the Fly API simulator's own tests and the integration tests.
+# Ends with "N passed, N failed, N skipped" on a line of its own; exits non-zero when anything failed. With CI=true
+# a test whose input is missing fails instead of skipping.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root "$@"
 
-"$REPO_ROOT/scripts/install-deps.sh" || { echo "0 passed, 1 failed"; exit 1; }
+"$REPO_ROOT/scripts/install-deps.sh" || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 
 passed=0
 failed=0
+skipped=0
 summary=()
-record() { # suite passed failed
+skip_reasons=()
+record() { # suite passed failed [skipped]
 	passed=$((passed + $2))
 	failed=$((failed + $3))
-	summary+=("$(printf '%-28s %4d passed, %d failed' "$1" "$2" "$3")")
+	skipped=$((skipped + ${4:-0}))
+	summary+=("$(printf '%-28s %4d passed, %d failed, %d skipped' "$1" "$2" "$3" "${4:-0}")")
 }
 log_dir="$(mktemp -d /tmp/pg_fly-test-logs.XXXXXX)"
 
-echo "== build (cmake: core + unit tests)"
-if cmake -S "$REPO_ROOT" -B "$REPO_ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$log_dir/cmake.log" 2>&1 &&
-	cmake --build "$REPO_ROOT/build" -j"$(nproc)" >>"$log_dir/cmake.log" 2>&1; then
-	(cd "$REPO_ROOT/build" && ctest --output-on-failure) | tee "$log_dir/ctest.log"
-	unit_total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$log_dir/ctest.log")
-	unit_failed=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$log_dir/ctest.log")
-	record "unit (ctest)" $((${unit_total:-0} - ${unit_failed:-0})) "${unit_failed:-1}"
-else
-	cat "$log_dir/cmake.log"
-	record "unit (ctest)" 0 1
-fi
+# One check that passes or fails as a whole (a gate), counted as one test; its output is shown when it fails.
+run_step() { # label command...
+	local label="$1" log="$log_dir/${1//[^A-Za-z0-9]/_}.log"
+	shift
+	echo "== $label"
+	if "$@" >"$log" 2>&1; then
+		record "$label" 1 0
+	else
+		head -100 "$log"
+		record "$label" 0 1
+	fi
+}
 
-echo "== build and install the extension (PGXS)"
-if make -C "$REPO_ROOT" -j"$(nproc)" PG_CONFIG="$PG_CONFIG" >"$log_dir/make.log" 2>&1 &&
+# Tracked files matching the patterns, under the given folders ("." for all); a find under the fallback folders
+# when there is no git checkout (a tarball, say).
+source_files() { # folder... -- pattern... [-- fallback-folder...]
+	local folders=() patterns=() fallback=()
+	while [ "$1" != "--" ]; do folders+=("$1"); shift; done
+	shift
+	while [ $# -gt 0 ] && [ "$1" != "--" ]; do patterns+=("$1"); shift; done
+	[ $# -gt 0 ] && shift
+	fallback=("$@")
+	if [ -e "$REPO_ROOT/.git" ] && git -C "$REPO_ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+		local pathspecs=() folder pattern
+		for folder in "${folders[@]}"; do
+			for pattern in "${patterns[@]}"; do pathspecs+=("$folder/$pattern"); done
+		done
+		git -C "$REPO_ROOT" ls-files -- "${pathspecs[@]}"
+	else
+		[ ${#fallback[@]} -gt 0 ] && folders=("${fallback[@]}")
+		local names=() pattern
+		for pattern in "${patterns[@]}"; do names+=(-o -name "$pattern"); done
+		(cd "$REPO_ROOT" && find "${folders[@]}" -type f \( "${names[@]:1}" \) | sort)
+	fi
+}
+
+check_format() { # C++ formatted as .clang-format says; prints the drift
+	local files
+	mapfile -t files < <(source_files . -- '*.cpp' '*.hpp' '*.h' -- src include test)
+	[ ${#files[@]} -gt 0 ] || { echo "no C++ files found"; return 1; }
+	(cd "$REPO_ROOT" && clang-format --dry-run -Werror "${files[@]}")
+}
+
+check_python() { # pyflakes over the simulator, the tests, the benchmarks and the scripts
+	local files
+	mapfile -t files < <(source_files test bench scripts -- '*.py')
+	[ ${#files[@]} -gt 0 ] || { echo "no Python files found"; return 1; }
+	(cd "$REPO_ROOT" && pyflakes3 "${files[@]}")
+}
+
+# Configures and builds the core and its unit tests in a build folder, runs them with ctest, records the counts.
+run_ctest_suite() { # label build-folder cmake-option...
+	local label="$1" build="$REPO_ROOT/$2" log="$log_dir/$2.log"
+	shift 2
+	echo "== $label: build ($build) and run"
+	if cmake -S "$REPO_ROOT" -B "$build" "$@" >"$log" 2>&1 &&
+		cmake --build "$build" -j"$(nproc)" >>"$log" 2>&1; then
+		(cd "$build" && ctest --output-on-failure) >"$log_dir/$2-ctest.log" 2>&1
+		tail -3 "$log_dir/$2-ctest.log"
+		local total failures
+		total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$log_dir/$2-ctest.log")
+		failures=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$log_dir/$2-ctest.log")
+		if [ -z "$total" ] || [ "${failures:-1}" -gt 0 ]; then
+			grep -v -E '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .* Passed' "$log_dir/$2-ctest.log" | head -200
+		fi
+		record "$label" $((${total:-0} - ${failures:-0})) "${failures:-1}"
+	else
+		tail -100 "$log"
+		record "$label" 0 1
+	fi
+}
+
+run_step "format (clang-format)" check_format
+run_step "python lint (pyflakes)" check_python
+run_ctest_suite "unit (ctest)" build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGFLY_STRICT=ON -DPGFLY_SANITIZE=OFF
+# Debug (-O0, asserts on): the sanitized build compiles several times faster than with -O2.
+run_ctest_suite "unit (ASan+UBSan)" build-asan -DCMAKE_BUILD_TYPE=Debug -DPGFLY_STRICT=ON -DPGFLY_SANITIZE=ON
+
+echo "== build and install the extension (PGXS, -Werror -Wshadow)"
+if make -C "$REPO_ROOT" -j"$(nproc)" PGFLY_STRICT=1 PG_CONFIG="$PG_CONFIG" >"$log_dir/make.log" 2>&1 &&
 	make -C "$REPO_ROOT" install PG_CONFIG="$PG_CONFIG" >>"$log_dir/make.log" 2>&1; then
 	grep -E "warning:" "$log_dir/make.log" || true
 	echo "installed into $("$PG_CONFIG" --pkglibdir)"
@@ -65,16 +136,16 @@ else
 	record "regression + isolation" 0 1
 fi
 
-# Runs a Python unittest suite and records its counts (skipped tests count as neither).
+# Runs a Python unittest suite and records its counts, and one line per reason tests were skipped for.
 run_unittest_suite() { # label folder
 	local label="$1" folder="$2" log="$log_dir/$(basename "$2").log"
 	(cd "$REPO_ROOT" && "$PYTHON" -m unittest discover -s "$folder" -p 'test_*.py' -v) >"$log" 2>&1
 	tail -4 "$log"
-	local total failures errors skipped bad
+	local total failures errors skips bad
 	total=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$log")
 	failures=$(sed -n 's/^FAILED.*failures=\([0-9]*\).*/\1/p' "$log")
 	errors=$(sed -n 's/^FAILED.*errors=\([0-9]*\).*/\1/p' "$log")
-	skipped=$(sed -n 's/.*skipped=\([0-9]*\).*/\1/p' "$log" | tail -1)
+	skips=$(sed -n 's/.*skipped=\([0-9]*\).*/\1/p' "$log" | tail -1)
 	bad=$(( ${failures:-0} + ${errors:-0} ))
 	if [ -z "$total" ]; then
 		cat "$log"
@@ -82,7 +153,12 @@ run_unittest_suite() { # label folder
 	elif [ "$bad" -gt 0 ]; then
 		sed -n '/^======/,$p' "$log" | head -150
 	fi
-	record "$label" $(( ${total:-0} - bad - ${skipped:-0} )) "$bad"
+	local reason # "test_x (module.Class.test_x) ... skipped 'why'" (-v), one line per distinct reason
+	while IFS= read -r reason; do
+		skip_reasons+=("skipped in $label, $reason")
+	done < <(sed -n "s/^\(.* \.\.\. \)\{0,1\}skipped '\(.*\)'\$/\2/p" "$log" | sort | uniq -c |
+		sed 's/^ *\([0-9]*\) \(.*\)/\1 test(s): \2/')
+	record "$label" $(( ${total:-0} - bad - ${skips:-0} )) "$bad" "${skips:-0}"
 }
 
 echo "== Fly API simulator tests"
@@ -94,5 +170,6 @@ run_unittest_suite "integration (unittest)" test/integration
 echo
 echo "== summary (logs in $log_dir)"
 printf '%s\n' "${summary[@]}"
-echo "${passed} passed, ${failed} failed"
+[ ${#skip_reasons[@]} -eq 0 ] || printf '%s\n' "${skip_reasons[@]}"
+echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 [ "$failed" -eq 0 ]

@@ -165,7 +165,7 @@ class AdoptionTest(ProvisioningTestCase):
             self.assertTrue(self.pg.wait_for("SELECT count(*) = 2 FROM fly.orphan_machines", timeout=15),
                             self.pg.server_log()[-3000:])
             self.assertTrue(self.pg.wait_for(
-                f"SELECT count(*) = 2 FROM fly.user_fly_app_events WHERE event_type = 'orphan_machine_found'",
+                "SELECT count(*) = 2 FROM fly.user_fly_app_events WHERE event_type = 'orphan_machine_found'",
                 timeout=5))
         found = self.event_details("orphan_machine_found")
         self.assertEqual(sorted((d["machine_id"], d["user_id_env"]) for d in found),

@@ -12,7 +12,7 @@ import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import PG_BIN, TEST_TOKEN, Cluster, Simulator  # noqa: E402
+from harness import PG_BIN, TEST_TOKEN  # noqa: E402
 from test_provisioning import ProvisioningTestCase, app_name  # noqa: E402
 
 

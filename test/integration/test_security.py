@@ -25,7 +25,7 @@ MEMORY_HEADROOM_KB = 64 * 1024
 APP = r"vyx-user-[0-9a-f]{8}(?:-[0-9a-f]{4})*"
 MACHINE = r"[0-9a-f]{14}"
 FLY_PATHS = {
-    "create_app": rf"/v1/apps", "list_apps": rf"/v1/apps", "get_app": rf"/v1/apps/{APP}",
+    "create_app": r"/v1/apps", "list_apps": r"/v1/apps", "get_app": rf"/v1/apps/{APP}",
     "delete_app": rf"/v1/apps/{APP}", "set_secrets": rf"/v1/apps/{APP}/secrets",
     "list_machines": rf"/v1/apps/{APP}/machines", "create_machine": rf"/v1/apps/{APP}/machines",
     "get_machine": rf"/v1/apps/{APP}/machines/{MACHINE}", "update_machine": rf"/v1/apps/{APP}/machines/{MACHINE}",

@@ -9,10 +9,11 @@ namespace pgfly {
 
 class SqlError : public std::runtime_error {
 public:
-	// sqlstate: the five-character SQLSTATE code, e.g. "22023" (invalid_parameter_value).
-	SqlError(std::string sqlstate, const std::string &message, std::string detail = "", std::string hint = "")
-		: std::runtime_error(message), sqlstate(std::move(sqlstate)), detail(std::move(detail)), hint(std::move(hint)) {
-	}
+	// sqlstate_code: the five-character SQLSTATE code, e.g. "22023" (invalid_parameter_value).
+	SqlError(std::string sqlstate_code, const std::string &message, std::string detail_text = "",
+	         std::string hint_text = "")
+		: std::runtime_error(message), sqlstate(std::move(sqlstate_code)), detail(std::move(detail_text)),
+		  hint(std::move(hint_text)) {}
 
 	std::string sqlstate;
 	std::string detail;
