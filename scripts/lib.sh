@@ -19,7 +19,7 @@ require_root() {
 postgres_workdir() {
 	local dir
 	dir="$(mktemp -d /tmp/pg_fly.XXXXXX)"
-	(cd "$REPO_ROOT" && tar cf - --exclude=.git --exclude=build --exclude='*.o' --exclude='*.so' . ) | (cd "$dir" && tar xf -)
+	(cd "$REPO_ROOT" && tar cf - --exclude=.git --exclude=build --exclude='build-*' --exclude='*.o' --exclude='*.so' --exclude='*.d' . ) | (cd "$dir" && tar xf -)
 	chown -R postgres: "$dir"
 	chmod 755 "$dir"
 	echo "$dir"

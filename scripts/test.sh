@@ -4,8 +4,10 @@
 #   2. the core's unit tests (GoogleTest, ctest), built with -Werror -Wshadow, then again under ASan + UBSan,
 #   3. pg_regress and isolation tests on a throwaway PostgreSQL with pg_fly preloaded (as the postgres user),
 #   4. the Fly API simulator's own tests and the integration tests.
+#   5. on PostgreSQL 17 and 18 (built from Debian's source packages when missing): a -Werror build, pg_regress +
+#      isolation and the integration core (scripts/test-version.sh), in the background while 1-4 run on 15.
 # Ends with "N passed, N failed, N skipped" on a line of its own; exits non-zero when anything failed. With CI=true
-# a test whose input is missing fails instead of skipping.
+# a test whose input is missing fails instead of skipping. PGFLY_TEST_MAJORS="" leaves out 17 and 18.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root "$@"
@@ -24,6 +26,26 @@ record() { # suite passed failed [skipped]
 	summary+=("$(printf '%-28s %4d passed, %d failed, %d skipped' "$1" "$2" "$3" "${4:-0}")")
 }
 log_dir="$(mktemp -d /tmp/pg_fly-test-logs.XXXXXX)"
+chmod 755 "$log_dir"
+
+# The other majors go first, in the background: building a server takes minutes, and the tests mostly wait on the
+# worker and the simulator, so they overlap well with 15's suite. One server build at a time; each major's tests
+# start as soon as its server is there.
+other_majors="${PGFLY_TEST_MAJORS-17 18}"
+if [ -n "$other_majors" ]; then
+	(
+		for major in $other_majors; do
+			if "$REPO_ROOT/scripts/install-pg.sh" "$major" >"$log_dir/install-pg-$major.log" 2>&1; then
+				"$REPO_ROOT/scripts/test-version.sh" "$major" >"$log_dir/pg$major.log" 2>&1 &
+			else
+				echo "PostgreSQL $major: 0 passed, 1 failed, 0 skipped" >"$log_dir/pg$major.log"
+			fi
+		done
+		wait
+	) &
+	other_majors_pid=$!
+	echo "== PostgreSQL ${other_majors// /, }: building and testing in the background (logs in $log_dir)"
+fi
 
 # One check that passes or fails as a whole (a gate), counted as one test; its output is shown when it fails.
 run_step() { # label command...
@@ -112,8 +134,9 @@ if make -C "$REPO_ROOT" -j"$(nproc)" PGFLY_STRICT=1 PG_CONFIG="$PG_CONFIG" >"$lo
 	echo "== regression and isolation tests (pg_regress, as postgres)"
 	workdir="$(postgres_workdir)"
 	(cd "$workdir" && runuser -u postgres -- make installcheck PG_CONFIG="$PG_CONFIG") 2>&1 | tee "$log_dir/installcheck.log"
-	regress_ok=$(grep -E '^test .* \.\.\. ok' "$log_dir/installcheck.log" | wc -l)
-	regress_failed=$(grep -E '^test .* \.\.\. FAILED' "$log_dir/installcheck.log" | wc -l)
+	# pg_regress prints "test x ... ok" up to 15 and TAP ("ok 1 - x") from 16.
+	regress_ok=$(grep -cE '^(test .* \.\.\. ok|ok [0-9]+ )' "$log_dir/installcheck.log")
+	regress_failed=$(grep -cE '^(test .* \.\.\. FAILED|not ok [0-9]+ )' "$log_dir/installcheck.log")
 	expected_tests=$(( $(sed -n 's/^REGRESS = //p; s/^ISOLATION = //p' "$REPO_ROOT/Makefile" | wc -w) ))
 	if [ $((regress_ok + regress_failed)) -lt "$expected_tests" ]; then
 		# A suite that stopped early (server failed to start, say) must not look green.
@@ -167,9 +190,28 @@ run_unittest_suite "simulator (unittest)" test/flysim
 echo "== integration tests (PostgreSQL + worker + libcurl + simulator)"
 run_unittest_suite "integration (unittest)" test/integration
 
+pg15_line="PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'): ${passed} passed, ${failed} failed, ${skipped} skipped"
+if [ -n "$other_majors" ]; then
+	echo "== PostgreSQL ${other_majors// /, } (waiting for the background run)"
+	wait "$other_majors_pid"
+	for major in $other_majors; do
+		echo "---- PostgreSQL $major"
+		cat "$log_dir/install-pg-$major.log"
+		grep -vE '^== ' "$log_dir/pg$major.log" | grep -vE '^PostgreSQL [0-9.]+: ' || true
+		line="$(grep -E '^PostgreSQL [0-9.]+: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$log_dir/pg$major.log" | tail -1)"
+		if [ -n "$line" ]; then
+			read -r v_passed v_failed v_skipped < <(echo "$line" | sed 's/.*: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped/\1 \2 \3/')
+			record "${line%%:*}" "$v_passed" "$v_failed" "$v_skipped"
+		else
+			record "PostgreSQL $major" 0 1
+		fi
+	done
+fi
+
 echo
 echo "== summary (logs in $log_dir)"
 printf '%s\n' "${summary[@]}"
+echo "$pg15_line (the whole suite)"
 [ ${#skip_reasons[@]} -eq 0 ] || printf '%s\n' "${skip_reasons[@]}"
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 [ "$failed" -eq 0 ]
