@@ -60,8 +60,9 @@ fi
 echo "== [$major] core integration tests: ${CORE_INTEGRATION[*]}"
 for file in "${CORE_INTEGRATION[@]}"; do
 	log="$log_dir/${file%.py}.log"
-	(cd "$REPO_ROOT" && PG_BIN="$bindir" PG_MAJOR="$major" "$PYTHON" -m unittest discover -s test/integration \
-		-p "$file" -v) >"$log" 2>&1
+	# A bound per file, so that a test that hangs on one major fails that file instead of holding up the run.
+	(cd "$REPO_ROOT" && PG_BIN="$bindir" PG_MAJOR="$major" timeout --kill-after=30 1200 "$PYTHON" -m unittest \
+		discover -s test/integration -p "$file" -v) >"$log" 2>&1
 	total=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$log")
 	bad=$(($(sed -n 's/^FAILED.*failures=\([0-9]*\).*/\1/p' "$log" | head -1) + 0))
 	bad=$((bad + $(sed -n 's/^FAILED.*errors=\([0-9]*\).*/\1/p' "$log" | head -1) + 0))
