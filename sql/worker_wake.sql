@@ -17,6 +17,29 @@ BEGIN
     RETURN false;
 END $$;
 
+-- A barrier: returns once the worker has started n more loop iterations than when it was called, and fails the
+-- test if that takes more than 30 s. One iteration is one wake-up: look at the queue, drive the requests in
+-- flight, publish the status, sleep. The poll timer is an hour here (test/regress.conf), so this wakes the
+-- worker itself, through pg_reload_conf(): SIGHUP sets the worker's latch (and re-reads settings that did not
+-- change) without counting as a commit wake. An iteration counted after the call started after everything
+-- this session committed before it; n = 2 waits for that iteration to end.
+CREATE FUNCTION wait_worker_iterations(n int) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    target bigint := (SELECT iterations FROM fly.worker_status()) + n;
+    reached bigint;
+BEGIN
+    FOR i IN 1..600 LOOP
+        reached := (SELECT iterations FROM fly.worker_status());
+        IF reached >= target THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_reload_conf();
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE EXCEPTION 'the worker did not run % more iterations within 30 s (it reached % of %)', n,
+        reached - (target - n), n;
+END $$;
+
 -- Running, and back in its wait after the first pass (which looks at the queue).
 SELECT wait_for('(SELECT pid IS NOT NULL AND iterations > 0 FROM fly.worker_status()) AND EXISTS (SELECT 1 '
                 '  FROM pg_stat_activity WHERE backend_type = ''pg_fly worker'' AND wait_event_type IS NOT NULL)')
@@ -48,12 +71,14 @@ SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
 BEGIN;
 UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '99999999-9999-4999-8999-999999999999';
 ROLLBACK;
-SELECT pg_sleep(1);
+-- Had the rollback asked for a wake, the first iteration after it would count a commit wake (RecordWake takes
+-- the pending wake before anything else), so two iterations are enough to see it.
+SELECT wait_worker_iterations(2) AS worker_looked_again;
 SELECT commit_wakes = :wakes_before AS rollback_did_not_wake FROM fly.worker_status();
 
 -- Nor does a tier change that changes nothing for the user's app.
 UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '99999999-9999-4999-8999-999999999999';
-SELECT pg_sleep(0.5);
+SELECT wait_worker_iterations(2) AS worker_looked_again;
 SELECT commit_wakes = :wakes_before AS no_op_change_did_not_wake FROM fly.worker_status();
 
 -- A committed one does, and the worker then sees the queued item.
@@ -89,4 +114,4 @@ DROP DATABASE pg_fly_scratch;
 
 DELETE FROM user_subscriptions WHERE user_id = '99999999-9999-4999-8999-999999999999';
 TRUNCATE fly.reconcile_queue;
-DROP FUNCTION wait_for(text);
+DROP FUNCTION wait_for(text), wait_worker_iterations(int);
