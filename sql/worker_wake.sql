@@ -2,8 +2,9 @@
 -- reloads on SIGHUP and comes back after being terminated.
 SET search_path = public, fly;
 
--- Waits (up to 30 s) until the condition holds; returns whether it did.
-CREATE FUNCTION wait_for(condition text) RETURNS boolean LANGUAGE plpgsql AS $$
+-- Waits (up to 30 s) until the condition holds; returns whether it did. With wake, it wakes the worker meanwhile
+-- (pg_reload_conf(), as the barrier below does).
+CREATE FUNCTION wait_for(condition text, wake boolean DEFAULT false) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     ok boolean;
 BEGIN
@@ -11,6 +12,9 @@ BEGIN
         EXECUTE 'SELECT ' || condition INTO ok;
         IF ok THEN
             RETURN true;
+        END IF;
+        IF wake THEN
+            PERFORM pg_reload_conf();
         END IF;
         PERFORM pg_sleep(0.05);
     END LOOP;
@@ -81,10 +85,12 @@ UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '99999999-9999-4999-
 SELECT wait_worker_iterations(2) AS worker_looked_again;
 SELECT commit_wakes = :wakes_before AS no_op_change_did_not_wake FROM fly.worker_status();
 
--- A committed one does, and the worker then sees the queued item.
+-- A committed one does, and the worker then sees the queued item. A worker that can claim nothing (fly.image is
+-- not set here) looks at the queue at most once a second, and nothing wakes it when that second is over: the
+-- barrier above has just made it look, so this wait keeps waking it (wakes that do not count as commit wakes).
 UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '99999999-9999-4999-8999-999999999999';
-SELECT wait_for('(SELECT commit_wakes > ' || :wakes_before || ' AND queue_ready = 1 FROM fly.worker_status())')
-       AS committed_change_woke_worker;
+SELECT wait_for('(SELECT commit_wakes > ' || :wakes_before || ' AND queue_ready = 1 FROM fly.worker_status())',
+                wake => true) AS committed_change_woke_worker;
 
 -- One committed enqueue is exactly one wake.
 SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
@@ -114,4 +120,4 @@ DROP DATABASE pg_fly_scratch;
 
 DELETE FROM user_subscriptions WHERE user_id = '99999999-9999-4999-8999-999999999999';
 TRUNCATE fly.reconcile_queue;
-DROP FUNCTION wait_for(text), wait_worker_iterations(int);
+DROP FUNCTION wait_for(text, boolean), wait_worker_iterations(int);

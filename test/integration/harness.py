@@ -295,8 +295,9 @@ class Cluster(Polling):
         wake. An iteration counted after the call starts after everything committed before it, so n = 2 waits
         until a whole iteration has looked at that state.
 
-        With idle, it also waits until a status published after those iterations shows no request in flight or
-        held back by the rate limiter: whatever the worker sent has reached Fly and its answer was recorded."""
+        With idle, it also waits until a status published once the first of those iterations had ended shows no
+        request in flight or held back (by the rate limiter or the breaker: not for a test whose breaker stays
+        open): whatever the worker sent after the call has reached Fly and its answer was recorded."""
         deadline = time.monotonic() + timeout
         start = int(self.value("SELECT iterations FROM fly.worker_status()"))
         reached = start
@@ -307,7 +308,8 @@ class Cluster(Polling):
             self.reload()
             time.sleep(self.poll_interval)
             reached = int(self.value("SELECT iterations FROM fly.worker_status()"))
-        # Read only now: the status the worker published before the n-th iteration began.
+        # Read only now (worker_status() reads in_flight before iterations): the status the worker published when
+        # iteration start + n - 1, the first to start after the call when n = 2, or a later one ended.
         if idle and not self.wait_for("SELECT in_flight = 0 AND rate_limited = 0 FROM fly.worker_status()",
                                       max(1.0, deadline - time.monotonic())):
             raise AssertionError(f"the worker still had requests in flight after {timeout} s: "
