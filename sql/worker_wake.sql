@@ -2,8 +2,9 @@
 -- reloads on SIGHUP and comes back after being terminated.
 SET search_path = public, fly;
 
--- Waits (up to 30 s) until the condition holds; returns whether it did.
-CREATE FUNCTION wait_for(condition text) RETURNS boolean LANGUAGE plpgsql AS $$
+-- Waits (up to 30 s) until the condition holds; returns whether it did. With wake, it wakes the worker meanwhile
+-- (pg_reload_conf(), as the barrier below does).
+CREATE FUNCTION wait_for(condition text, wake boolean DEFAULT false) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     ok boolean;
 BEGIN
@@ -12,9 +13,35 @@ BEGIN
         IF ok THEN
             RETURN true;
         END IF;
+        IF wake THEN
+            PERFORM pg_reload_conf();
+        END IF;
         PERFORM pg_sleep(0.05);
     END LOOP;
     RETURN false;
+END $$;
+
+-- A barrier: returns once the worker has started n more loop iterations than when it was called, and fails the
+-- test if that takes more than 30 s. One iteration is one wake-up: look at the queue, drive the requests in
+-- flight, publish the status, sleep. The poll timer is an hour here (test/regress.conf), so this wakes the
+-- worker itself, through pg_reload_conf(): SIGHUP sets the worker's latch (and re-reads settings that did not
+-- change) without counting as a commit wake. An iteration counted after the call started after everything
+-- this session committed before it; n = 2 waits for that iteration to end.
+CREATE FUNCTION wait_worker_iterations(n int) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    target bigint := (SELECT iterations FROM fly.worker_status()) + n;
+    reached bigint;
+BEGIN
+    FOR i IN 1..600 LOOP
+        reached := (SELECT iterations FROM fly.worker_status());
+        IF reached >= target THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_reload_conf();
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE EXCEPTION 'the worker did not run % more iterations within 30 s (it reached % of %)', n,
+        reached - (target - n), n;
 END $$;
 
 -- Running, and back in its wait after the first pass (which looks at the queue).
@@ -48,18 +75,22 @@ SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
 BEGIN;
 UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '99999999-9999-4999-8999-999999999999';
 ROLLBACK;
-SELECT pg_sleep(1);
+-- Had the rollback asked for a wake, the first iteration after it would count a commit wake (RecordWake takes
+-- the pending wake before anything else), so two iterations are enough to see it.
+SELECT wait_worker_iterations(2) AS worker_looked_again;
 SELECT commit_wakes = :wakes_before AS rollback_did_not_wake FROM fly.worker_status();
 
 -- Nor does a tier change that changes nothing for the user's app.
 UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '99999999-9999-4999-8999-999999999999';
-SELECT pg_sleep(0.5);
+SELECT wait_worker_iterations(2) AS worker_looked_again;
 SELECT commit_wakes = :wakes_before AS no_op_change_did_not_wake FROM fly.worker_status();
 
--- A committed one does, and the worker then sees the queued item.
+-- A committed one does, and the worker then sees the queued item. A worker that can claim nothing (fly.image is
+-- not set here) looks at the queue at most once a second, and nothing wakes it when that second is over: the
+-- barrier above has just made it look, so this wait keeps waking it (wakes that do not count as commit wakes).
 UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '99999999-9999-4999-8999-999999999999';
-SELECT wait_for('(SELECT commit_wakes > ' || :wakes_before || ' AND queue_ready = 1 FROM fly.worker_status())')
-       AS committed_change_woke_worker;
+SELECT wait_for('(SELECT commit_wakes > ' || :wakes_before || ' AND queue_ready = 1 FROM fly.worker_status())',
+                wake => true) AS committed_change_woke_worker;
 
 -- One committed enqueue is exactly one wake.
 SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
@@ -89,4 +120,4 @@ DROP DATABASE pg_fly_scratch;
 
 DELETE FROM user_subscriptions WHERE user_id = '99999999-9999-4999-8999-999999999999';
 TRUNCATE fly.reconcile_queue;
-DROP FUNCTION wait_for(text);
+DROP FUNCTION wait_for(text, boolean), wait_worker_iterations(int);

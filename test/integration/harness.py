@@ -294,3 +294,36 @@ class Cluster(Polling):
 
     def reload(self):
         self.psql("SELECT pg_reload_conf()")
+
+    def wait_worker_iterations(self, n, timeout=30.0, idle=False):
+        """A barrier for tests that prove nothing happened: returns once the worker has started n more loop
+        iterations than when it was called (fly.worker_status().iterations), and fails the test if that takes
+        longer than `timeout` seconds.
+
+        One iteration is one wake-up of the worker: it looks at the queue, starts what is due, takes the answers
+        that came in, publishes its status and sleeps until a commit, an answer or a timer wakes it. A worker with
+        nothing to do may sleep for fly.poll_interval, so the barrier wakes it itself, by pg_reload_conf(): SIGHUP
+        sets its latch (it re-reads settings that did not change) and counts neither as a commit nor as a timer
+        wake. An iteration counted after the call starts after everything committed before it, so n = 2 waits
+        until a whole iteration has looked at that state.
+
+        With idle, it also waits until a status published once the first of those iterations had ended shows no
+        request in flight or held back (by the rate limiter or the breaker: not for a test whose breaker stays
+        open): whatever the worker sent after the call has reached Fly and its answer was recorded."""
+        deadline = time.monotonic() + timeout
+        start = int(self.value("SELECT iterations FROM fly.worker_status()"))
+        reached = start
+        while reached < start + n:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the worker ran {reached - start} of {n} more iterations within {timeout} s: "
+                                     f"{self.sql('SELECT * FROM fly.worker_status()')}")
+            self.reload()
+            time.sleep(self.poll_interval)
+            reached = int(self.value("SELECT iterations FROM fly.worker_status()"))
+        # Read only now (worker_status() reads in_flight before iterations): the status the worker published when
+        # iteration start + n - 1, the first to start after the call when n = 2, or a later one ended.
+        if idle and not self.wait_for("SELECT in_flight = 0 AND rate_limited = 0 FROM fly.worker_status()",
+                                      max(1.0, deadline - time.monotonic())):
+            raise AssertionError(f"the worker still had requests in flight after {timeout} s: "
+                                 f"{self.sql('SELECT * FROM fly.worker_status()')}")
+        return reached

@@ -31,7 +31,14 @@ class HealthTest(ProvisioningTestCase):
         self.sim.control("POST", f"apps/{app_name(USER)}/health", {"checks": "critical"})
         self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'unhealthy' FROM fly.user_fly_apps "
                                          f"WHERE user_id = '{USER}'", timeout=15))
-        time.sleep(2.5)  # more passes: no more events while nothing changes
+        # More passes: no more events while nothing changes. Each pass is asked for, and the barrier returns once
+        # the worker has run it and recorded its answer (an event commits with last_health_check_at).
+        checked = self.pg.value(f"SELECT last_health_check_at FROM fly.user_fly_apps WHERE user_id = '{USER}'")
+        for _ in range(2):
+            self.assertEqual(self.pg.value("SELECT fly.check_fly_apps_health()"), "1")
+            self.pg.wait_worker_iterations(2, idle=True)
+        self.assertEqual(self.pg.value(f"SELECT last_health_check_at > '{checked}' FROM fly.user_fly_apps "
+                                       f"WHERE user_id = '{USER}'"), "t")
         self.assertEqual(self.events().count("health_changed"), 2)  # unknown -> healthy, healthy -> unhealthy
         detail = self.pg.value(f"SELECT details->>'detail' FROM fly.user_fly_app_events WHERE user_id = '{USER}' "
                                "AND event_type = 'health_changed' ORDER BY id DESC LIMIT 1")
@@ -222,9 +229,12 @@ class OnDemandHealthTest(ProvisioningTestCase):
     def test_check_fly_apps_health_runs_a_pass_now(self):
         self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{USER}', 'pro')")
         self.settle()
-        time.sleep(1)
+        # The worker has looked again with the app in place, and finished whatever it sent.
+        self.pg.wait_worker_iterations(2, idle=True)
         self.assertEqual(self.pg.value(f"SELECT health_status FROM fly.user_fly_apps WHERE user_id = '{USER}'"),
                          "unknown")  # periodic checks are off
+        self.assertIsNone(self.pg.value(f"SELECT last_health_check_at FROM fly.user_fly_apps "
+                                        f"WHERE user_id = '{USER}'") or None)
         self.assertEqual(self.pg.value("SELECT fly.check_fly_apps_health()"), "1")
         self.assertTrue(self.pg.wait_for(f"SELECT health_status = 'healthy' FROM fly.user_fly_apps "
                                          f"WHERE user_id = '{USER}'", timeout=15))

@@ -101,7 +101,9 @@ class ImageRolloutTest(ProvisioningTestCase):
         bad_rollout = self.pg.value(f"SELECT fly.start_image_rollout('{BAD}', canary_count => 2, "
                                     "canary_wait => '4 s')")
         self.wait_for_rollout(bad_rollout, "'halted'", timeout=60)
-        time.sleep(2)  # nothing more goes out after the halt
+        # Nothing more goes out after the halt: the worker has looked at the halted rollout again (the barrier's
+        # SIGHUP also makes the next iteration run a rollout pass) and every request it sent has been answered.
+        self.pg.wait_worker_iterations(2, idle=True)
         log = [r for r in self.sim.requests()["requests"][before:] if r["path"].startswith("/v1/")]
         self.assertEqual(len([r for r in log if r["endpoint"] == "update_machine"]), 2)
         images = [image for per_app in self.machine_images().values() for image in per_app]
@@ -131,7 +133,9 @@ class ImageRolloutTest(ProvisioningTestCase):
                                                         "status": 422, "body": {"error": "image not found"}}]})
         rollout_id = self.pg.value(f"SELECT fly.start_image_rollout('{V2}', canary_count => 0, max_failures => 2)")
         self.wait_for_rollout(rollout_id, "'halted'", timeout=60)
-        time.sleep(1)
+        # The updates in flight at the halt are answered and recorded; the worker then looks at the halted rollout
+        # again (a rollout pass) without sending more.
+        self.pg.wait_worker_iterations(2, idle=True)
         progress = self.pg.sql(f"SELECT failed, pending FROM fly.image_rollout_progress WHERE id = {rollout_id}")[0]
         self.assertGreater(int(progress[0]), 2)
         self.assertGreater(int(progress[1]), 0, "the rollout stopped before it tried every app")
