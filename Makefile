@@ -56,5 +56,13 @@ override with_llvm = no
 include $(PGXS)
 # Header dependencies (-MMD), so that a changed header rebuilds what includes it.
 -include $(OBJS:.o=.d)
-EXTRA_CLEAN = $(OBJS:.o=.d)
+# Objects built for another server, or without the strict flags, are rebuilt: the stamp names what they were built
+# with, and is rewritten only when that changes.
+BUILD_STAMP = .pgfly-build
+BUILD_WITH := $(PG_CONFIG) $(shell $(PG_CONFIG) --version) strict=$(PGFLY_STRICT)
+ifneq ($(BUILD_WITH),$(shell cat $(BUILD_STAMP) 2>/dev/null))
+$(shell echo '$(BUILD_WITH)' >$(BUILD_STAMP))
+endif
+$(OBJS): $(BUILD_STAMP)
+EXTRA_CLEAN = $(OBJS:.o=.d) $(BUILD_STAMP)
 endif

@@ -99,18 +99,18 @@ check_python() { # pyflakes over the simulator, the tests, the benchmarks and th
 
 # Configures and builds the core and its unit tests in a build folder, runs them with ctest, records the counts.
 run_ctest_suite() { # label build-folder cmake-option...
-	local label="$1" build="$REPO_ROOT/$2" log="$log_dir/$2.log"
+	local label="$1" build="$REPO_ROOT/$2" log="$log_dir/$2.log" ctest_log="$ctest_log"
 	shift 2
 	echo "== $label: build ($build) and run"
 	if cmake -S "$REPO_ROOT" -B "$build" "$@" >"$log" 2>&1 &&
 		cmake --build "$build" -j"$(nproc)" >>"$log" 2>&1; then
-		(cd "$build" && ctest --output-on-failure) >"$log_dir/$2-ctest.log" 2>&1
-		tail -3 "$log_dir/$2-ctest.log"
+		(cd "$build" && ctest --output-on-failure) >"$ctest_log" 2>&1
+		tail -3 "$ctest_log"
 		local total failures
-		total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$log_dir/$2-ctest.log")
-		failures=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$log_dir/$2-ctest.log")
+		total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$ctest_log")
+		failures=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$ctest_log")
 		if [ -z "$total" ] || [ "${failures:-1}" -gt 0 ]; then
-			grep -v -E '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .* Passed' "$log_dir/$2-ctest.log" | head -200
+			grep -v -E '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .* Passed' "$ctest_log" | head -200
 		fi
 		record "$label" $((${total:-0} - ${failures:-0})) "${failures:-1}"
 	else

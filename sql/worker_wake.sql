@@ -2,13 +2,14 @@
 -- reloads on SIGHUP and comes back after being terminated.
 SET search_path = public, fly;
 
--- Waits (up to 30 s) until the condition holds; returns whether it did. With wake, it wakes the worker meanwhile
--- (pg_reload_conf(), as the barrier below does).
-CREATE FUNCTION wait_for(condition text, wake boolean DEFAULT false) RETURNS boolean LANGUAGE plpgsql AS $$
+-- Waits (up to 30 s, or the seconds given) until the condition holds; returns whether it did. With wake, it wakes
+-- the worker meanwhile (pg_reload_conf(), as the barrier below does).
+CREATE FUNCTION wait_for(condition text, wake boolean DEFAULT false, seconds int DEFAULT 30) RETURNS boolean
+LANGUAGE plpgsql AS $$
 DECLARE
     ok boolean;
 BEGIN
-    FOR i IN 1..600 LOOP
+    FOR i IN 1..seconds * 20 LOOP
         EXECUTE 'SELECT ' || condition INTO ok;
         IF ok THEN
             RETURN true;
@@ -86,11 +87,11 @@ SELECT wait_worker_iterations(2) AS worker_looked_again;
 SELECT commit_wakes = :wakes_before AS no_op_change_did_not_wake FROM fly.worker_status();
 
 -- A committed one does, and the worker then sees the queued item. A worker that can claim nothing (fly.image is
--- not set here) looks at the queue at most once a second, and nothing wakes it when that second is over: the
--- barrier above has just made it look, so this wait keeps waking it (wakes that do not count as commit wakes).
+-- not set here) looks at the queue at most once a second; the barrier above has just made it look, so this wake
+-- is put off to the end of that second (not to the policy sweep, 10 s later: hence 5 s).
 UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '99999999-9999-4999-8999-999999999999';
 SELECT wait_for('(SELECT commit_wakes > ' || :wakes_before || ' AND queue_ready = 1 FROM fly.worker_status())',
-                wake => true) AS committed_change_woke_worker;
+                seconds => 5) AS committed_change_woke_worker;
 
 -- One committed enqueue is exactly one wake.
 SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
@@ -120,4 +121,4 @@ DROP DATABASE pg_fly_scratch;
 
 DELETE FROM user_subscriptions WHERE user_id = '99999999-9999-4999-8999-999999999999';
 TRUNCATE fly.reconcile_queue;
-DROP FUNCTION wait_for(text, boolean), wait_worker_iterations(int);
+DROP FUNCTION wait_for(text, boolean, int), wait_worker_iterations(int);

@@ -243,8 +243,10 @@ JobRunner::DispatchWork() {
 	// again when an operation ends, or after a second (health, orphan and rollout requests wait that long).
 	if (capacity <= 0 && claims_released_ && now < next_saturated_dispatch_) {
 		dispatch_again_ = false;
+		dispatch_skipped_ = true;
 		return;
 	}
+	dispatch_skipped_ = false;
 	next_saturated_dispatch_ = now + kSaturatedDispatchSeconds;
 	dispatch_again_ = false;
 	// Each step is a transaction of its own and skips rows others hold, so that one lock held by an application
@@ -602,6 +604,11 @@ JobRunner::SleepMs() const {
 	}
 	if (drift_.InProgress() || extension_present_) {
 		wake.At(drift_.NextDue());
+	}
+	if (dispatch_skipped_) {
+		// Nothing else may wake the loop (a configuration problem runs no operation whose end would), so the
+		// queue (and the status that reports it) would wait for the next policy sweep.
+		wake.At(next_saturated_dispatch_);
 	}
 	if (!claims_released_ && extension_present_) {
 		// A claim a failed step left behind (its item was held by another transaction, which may just roll back,

@@ -197,6 +197,8 @@ private:
 	// given back when their claim is released (user -> generation).
 	std::map<std::string, int64_t> attempts_to_return_;
 	double next_saturated_dispatch_ = 0;
+	// A wake that found every slot taken and was not looked at: the queue is looked at when the second is over.
+	bool dispatch_skipped_ = false;
 	// When a half-open breaker may next look for an app whose health check carries its probe.
 	double next_probe_check_ = 0;
 	std::vector<HealthTarget> health_queue_;
