@@ -99,7 +99,7 @@ check_python() { # pyflakes over the simulator, the tests, the benchmarks and th
 
 # Configures and builds the core and its unit tests in a build folder, runs them with ctest, records the counts.
 run_ctest_suite() { # label build-folder cmake-option...
-	local label="$1" build="$REPO_ROOT/$2" log="$log_dir/$2.log" ctest_log="$ctest_log"
+	local label="$1" build="$REPO_ROOT/$2" log="$log_dir/$2.log" ctest_log="$log_dir/$2-ctest.log"
 	shift 2
 	echo "== $label: build ($build) and run"
 	if cmake -S "$REPO_ROOT" -B "$build" "$@" >"$log" 2>&1 &&
