@@ -26,7 +26,13 @@ case "$major" in
 	;;
 esac
 
-if [ -f "$prefix/.pg_fly-built" ] && [ -x "$prefix/bin/pg_config" ]; then
+# How the server is built: a prefix built another way (or by an older version of this script) is built again.
+configure_options=(--without-icu --without-readline --with-zlib --enable-cassert --enable-debug)
+recipe="configure ${configure_options[*]}; contrib/file_fdw; src/test/isolation"
+marker="$prefix/.pg_fly-built"
+built_here() { [ -f "$marker" ] && [ "$(cat "$marker")" = "$recipe" ] && [ -x "$prefix/bin/pg_config" ]; }
+
+if built_here; then
 	echo "$prefix/bin/pg_config"
 	exit 0
 fi
@@ -39,9 +45,14 @@ mkdir -p "$prefix_root"
 # One build at a time per major: a second caller waits, then finds the finished prefix.
 exec 9>"$prefix_root/.$major.lock"
 flock 9
-if [ -f "$prefix/.pg_fly-built" ]; then
+if built_here; then
 	echo "$prefix/bin/pg_config"
 	exit 0
+fi
+# Only a prefix this script made is ever replaced.
+if [ -e "$prefix" ] && [ ! -f "$marker" ] && [ -n "$(ls -A "$prefix" 2>/dev/null)" ]; then
+	log "$prefix exists and was not built by this script; move it away or set PGFLY_PG_PREFIX"
+	exit 1
 fi
 
 # What a build from the upstream tarball needs (17 and later ship no generated parser files).
@@ -52,20 +63,32 @@ for package in "${needed[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# Builds of two majors at once take the system's apt one at a time.
+	(
+		flock 8
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	) 8>"$prefix_root/.apt.lock"
 fi
 
-# The Debian archive this machine already uses: the URI of the entry that serves its own release's main.
+# The Debian archive this machine already uses: the URI of an enabled deb entry serving its own release's main.
 release="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
 archive=""
 for file in /etc/apt/sources.list.d/*.sources; do
 	[ -f "$file" ] || continue
 	archive="$(awk -v rel="$release" '
-		/^[[:space:]]*$/ { uri = ""; suites = "" }
+		function check() {
+			if (uri != "" && enabled && (" " types " ") ~ / deb / && (" " suites " ") ~ (" " rel " ") &&
+			    (" " components " ") ~ / main /) { print uri; found = 1; exit }
+		}
+		/^[[:space:]]*$/ { check(); uri = ""; types = ""; suites = ""; components = ""; enabled = 1 }
+		NR == 1 { enabled = 1 }
+		/^Types:/ { types = $0 }
 		/^URIs:/ { uri = $2 }
 		/^Suites:/ { suites = $0 }
-		uri != "" && suites != "" && (" " suites " ") ~ (" " rel " ") { print uri; exit }
+		/^Components:/ { components = $0 }
+		/^Enabled:[[:space:]]*no/ { enabled = 0 }
+		END { if (!found) check() }
 	' "$file")"
 	[ -n "$archive" ] && break
 done
@@ -82,6 +105,8 @@ work="$(mktemp -d /tmp/pg_fly-install-pg.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial" "$work/apt/parts"
 echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $archive $suite main" >"$work/apt/sources.list"
+# The system's apt.conf.d stays in force (proxies, a snapshot mirror's validity settings); its sources and lists do
+# not: the private ones below are the only ones this apt sees.
 apt_private=(
 	-o "Dir::Etc::SourceList=$work/apt/sources.list" -o "Dir::Etc::SourceParts=$work/apt/parts"
 	-o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache" -o "APT::Sandbox::User=root"
@@ -102,7 +127,7 @@ else
 	esac
 	while read -r version sha256; do
 		candidate="$work/postgresql-${major}_$version.orig.tar.bz2"
-		if curl -fsS -o "$candidate" "$archive/pool/main/p/postgresql-$major/$(basename "$candidate")" 2>/dev/null &&
+		if curl -fsS --connect-timeout 30 --max-time 900 -o "$candidate" "$archive/pool/main/p/postgresql-$major/$(basename "$candidate")" 2>/dev/null &&
 			echo "$sha256  $candidate" | sha256sum --check --status; then
 			log "the archive does not serve the version its index names; using pinned $version"
 			tarball="$candidate"
@@ -122,7 +147,8 @@ log "building PostgreSQL $(basename "$tarball" | sed 's/.*_\(.*\)\.orig.*/\1/') 
 cd "$work/src"
 # What the tests use: the server, psql, pg_dump, pg_regress and the isolation tester (installed under pgxs),
 # and file_fdw (test_hostile_owner). No ICU or readline: the tests need neither.
-./configure --prefix="$prefix" --without-icu --without-readline --with-zlib >"$work/configure.log" 2>&1 ||
+# Assertions on: the version differences pg_fly handles (resource owners, latches, memory contexts) are checked.
+./configure --prefix="$prefix" "${configure_options[@]}" >"$work/configure.log" 2>&1 ||
 	{ tail -30 "$work/configure.log" >&2; exit 1; }
 {
 	make -j"$(nproc)" -s &&
@@ -137,6 +163,6 @@ cd "$work/src"
 rm -rf "$prefix"
 mv "$work/stage$prefix" "$prefix"
 chmod -R a+rX "$prefix"
-touch "$prefix/.pg_fly-built"
+echo "$recipe" >"$marker"
 log "PostgreSQL $major ready in $prefix"
 echo "$prefix/bin/pg_config"

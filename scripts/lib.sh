@@ -15,6 +15,15 @@ require_root() {
 	fi
 }
 
+# Sends SIGTERM to a process and all its descendants, the deepest first.
+kill_tree() { # pid
+	local child
+	for child in $(pgrep -P "$1" 2>/dev/null); do
+		kill_tree "$child"
+	done
+	kill -TERM "$1" 2>/dev/null || true
+}
+
 # Copies the sources the tests need into a fresh folder owned by postgres; prints its path.
 postgres_workdir() {
 	local dir

@@ -33,7 +33,7 @@ log_dir="$(mktemp -d "/tmp/pg_fly-test-$major-logs.XXXXXX")"
 workdir="$(postgres_workdir)"
 echo "== [$major] build with -Werror and install into $("$pg_config" --pkglibdir)"
 if ! (make -C "$workdir" -j"$(nproc)" PG_CONFIG="$pg_config" PGFLY_STRICT=1 &&
-	make -C "$workdir" install PG_CONFIG="$pg_config") >"$log_dir/make.log" 2>&1; then
+	make -C "$workdir" install PGFLY_STRICT=1 PG_CONFIG="$pg_config") >"$log_dir/make.log" 2>&1; then
 	grep -E "error|warning:" "$log_dir/make.log" | head -40
 	failed=1
 	finish

@@ -33,10 +33,11 @@ chmod 755 "$log_dir"
 # start as soon as its server is there.
 other_majors="${PGFLY_TEST_MAJORS-17 18}"
 if [ -n "$other_majors" ]; then
+	# Bounded in time, and killed with everything it started if this script ends first.
 	(
 		for major in $other_majors; do
-			if "$REPO_ROOT/scripts/install-pg.sh" "$major" >"$log_dir/install-pg-$major.log" 2>&1; then
-				"$REPO_ROOT/scripts/test-version.sh" "$major" >"$log_dir/pg$major.log" 2>&1 &
+			if timeout 1800 "$REPO_ROOT/scripts/install-pg.sh" "$major" >"$log_dir/install-pg-$major.log" 2>&1; then
+				timeout --kill-after=60 2400 "$REPO_ROOT/scripts/test-version.sh" "$major" >"$log_dir/pg$major.log" 2>&1 &
 			else
 				echo "PostgreSQL $major: 0 passed, 1 failed, 0 skipped" >"$log_dir/pg$major.log"
 			fi
@@ -44,6 +45,7 @@ if [ -n "$other_majors" ]; then
 		wait
 	) &
 	other_majors_pid=$!
+	trap 'kill_tree "$other_majors_pid"' EXIT
 	echo "== PostgreSQL ${other_majors// /, }: building and testing in the background (logs in $log_dir)"
 fi
 
@@ -127,7 +129,7 @@ run_ctest_suite "unit (ASan+UBSan)" build-asan -DCMAKE_BUILD_TYPE=Debug -DPGFLY_
 
 echo "== build and install the extension (PGXS, -Werror -Wshadow)"
 if make -C "$REPO_ROOT" -j"$(nproc)" PGFLY_STRICT=1 PG_CONFIG="$PG_CONFIG" >"$log_dir/make.log" 2>&1 &&
-	make -C "$REPO_ROOT" install PG_CONFIG="$PG_CONFIG" >>"$log_dir/make.log" 2>&1; then
+	make -C "$REPO_ROOT" install PGFLY_STRICT=1 PG_CONFIG="$PG_CONFIG" >>"$log_dir/make.log" 2>&1; then
 	grep -E "warning:" "$log_dir/make.log" || true
 	echo "installed into $("$PG_CONFIG" --pkglibdir)"
 
@@ -197,8 +199,8 @@ if [ -n "$other_majors" ]; then
 	for major in $other_majors; do
 		echo "---- PostgreSQL $major"
 		cat "$log_dir/install-pg-$major.log"
-		grep -vE '^== ' "$log_dir/pg$major.log" | grep -vE '^PostgreSQL [0-9.]+: ' || true
-		line="$(grep -E '^PostgreSQL [0-9.]+: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$log_dir/pg$major.log" | tail -1)"
+		grep -vE '^== ' "$log_dir/pg$major.log" | grep -vE '^PostgreSQL [^:]+: ' || true
+		line="$(grep -E '^PostgreSQL [^:]+: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$log_dir/pg$major.log" | tail -1)"
 		if [ -n "$line" ]; then
 			read -r v_passed v_failed v_skipped < <(echo "$line" | sed 's/.*: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped/\1 \2 \3/')
 			record "${line%%:*}" "$v_passed" "$v_failed" "$v_skipped"

@@ -98,9 +98,11 @@ SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
 SELECT fly.provision_user_app('99999999-9999-4999-8999-999999999999');
 SELECT wait_for('(SELECT commit_wakes = ' || :wakes_before || ' + 1 FROM fly.worker_status())') AS one_wake_per_commit;
 
--- SIGHUP: a new token file is picked up (the worker reports only where the token comes from).
-COPY (SELECT 'regress-token') TO '/tmp/pg_fly_regress_token';
-ALTER SYSTEM SET fly.api_token_file = '/tmp/pg_fly_regress_token';
+-- SIGHUP: a new token file is picked up (the worker reports only where the token comes from). The file sits in
+-- this instance's data directory: other instances may run this test at the same time.
+SELECT current_setting('data_directory') || '/pg_fly_regress_token' AS token_path \gset
+COPY (SELECT 'regress-token') TO :'token_path';
+ALTER SYSTEM SET fly.api_token_file = :'token_path';
 SELECT pg_reload_conf();
 SELECT wait_for('(SELECT token_source = ''fly.api_token_file'' FROM fly.worker_status())') AS reloaded;
 ALTER SYSTEM RESET fly.api_token_file;

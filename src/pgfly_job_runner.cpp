@@ -128,6 +128,9 @@ JobRunner::Configure() {
 	shared_->token_source = static_cast<int>(token.source);
 	SpinLockRelease(&shared_->mutex);
 	dispatch_again_ = true;
+	// A reload looks at the queue and the extension at once, even with every slot taken: the tests' barriers
+	// (a SIGHUP each) then count iterations that did look.
+	next_saturated_dispatch_ = 0;
 	// A changed interval starts a pass in progress over (or ends it, when 0).
 	drift_.Configure(settings::drift_check_interval_ms / 1000.0);
 }

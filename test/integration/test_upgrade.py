@@ -65,12 +65,13 @@ facts(line) AS (
                   s.seqcycle)
       FROM pg_sequence s JOIN rels c ON c.oid = s.seqrelid
     UNION ALL
-    SELECT format('type %s %s %s', t.oid::regtype, t.typtype,
-                  (SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid))
+    SELECT format('type %s %s %s owner=%s acl=%s', t.oid::regtype, t.typtype,
+                  (SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid),
+                  t.typowner::regrole, t.typacl)
       FROM pg_type t, fly WHERE t.typnamespace = fly.nsp AND t.typrelid = 0 AND t.typcategory <> 'A'
     UNION ALL
-    SELECT format('policy %s.%s %s %s %s using=%s check=%s', schemaname, tablename, policyname, permissive, cmd,
-                  qual, with_check)
+    SELECT format('policy %s.%s %s %s %s roles=%s using=%s check=%s', schemaname, tablename, policyname, permissive,
+                  cmd, roles, qual, with_check)
       FROM pg_policies WHERE schemaname = 'fly'
     UNION ALL
     SELECT 'comment ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) || ': ' || d.description
@@ -79,6 +80,14 @@ facts(line) AS (
         OR (d.classoid = 'pg_proc'::regclass AND d.objoid IN (SELECT oid FROM procs))
         OR (d.classoid, d.objoid) IN (SELECT classid, objid FROM members)
         OR (d.classoid = 'pg_extension'::regclass AND d.objoid = (SELECT oid FROM ext))
+    UNION ALL
+    SELECT format('default privileges for %s in %s on %s: %s', defaclrole::regrole,
+                  coalesce(defaclnamespace::regnamespace::text, 'all schemas'), defaclobjtype, defaclacl)
+      FROM pg_default_acl
+    UNION ALL
+    SELECT format('event trigger %s on %s enabled=%s tags=%s function=%s owner=%s', evtname, evtevent, evtenabled,
+                  evttags, evtfoid::regprocedure, evtowner::regrole)
+      FROM pg_event_trigger
     UNION ALL
     SELECT 'initial privileges ' || pg_describe_object(classoid, objoid, objsubid) || ' ' || initprivs::text
       FROM pg_init_privs WHERE privtype = 'e'
