@@ -46,11 +46,11 @@ NewLongLivedWaitEventSet(int events) {
 #endif
 }
 
-// The part of a backend's error recovery that ends a buffer I/O in progress. From 17 the resource owner of the
-// aborted transaction does it, and the function is gone.
+// The part of a backend's error recovery that ends a buffer I/O in progress. From 16 the resource owner of the
+// aborted transaction does it (16's AbortBufferIO takes the buffer and is the resource owner's; 17 removed it).
 inline void
 AbortBufferIOAfterError() {
-#if PG_VERSION_NUM < 170000
+#if PG_VERSION_NUM < 160000
 	AbortBufferIO();
 #endif
 }
