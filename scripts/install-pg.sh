@@ -74,22 +74,30 @@ fi
 # The Debian archive this machine already uses: the URI of an enabled deb entry serving its own release's main.
 release="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
 archive=""
+# deb822 keys are case-insensitive; a stanza ends at an empty line. Only an enabled "deb" entry for this release's
+# main, signed by Debian's own keyring (or the default one), with an http(s) URI.
+read -r -d '' find_archive <<'AWK' || true
+function check() {
+	if (uri ~ /^https?:\/\// && enabled && (" " types " ") ~ / deb / && (" " suites " ") ~ (" " rel " ") &&
+	    (" " components " ") ~ / main / && (signed == "" || signed ~ /debian-archive-keyring/)) {
+		print uri; found = 1; exit
+	}
+}
+function value(v) { v = $0; sub(/^[^:]*:[ \t]*/, "", v); gsub(/\t/, " ", v); return v }
+BEGIN { enabled = 1 }
+/^[ \t]*$/ { check(); uri = ""; types = ""; suites = ""; components = ""; signed = ""; enabled = 1; next }
+{ key = tolower($0); sub(/:.*/, "", key) }
+key == "types" { types = value() }
+key == "uris" { split(value(), u, " "); uri = u[1] }
+key == "suites" { suites = value() }
+key == "components" { components = value() }
+key == "signed-by" { signed = value() }
+key == "enabled" { enabled = (tolower(value()) !~ /^(no|false|off|without|disable)/) }
+END { if (!found) check() }
+AWK
 for file in /etc/apt/sources.list.d/*.sources; do
 	[ -f "$file" ] || continue
-	archive="$(awk -v rel="$release" '
-		function check() {
-			if (uri != "" && enabled && (" " types " ") ~ / deb / && (" " suites " ") ~ (" " rel " ") &&
-			    (" " components " ") ~ / main /) { print uri; found = 1; exit }
-		}
-		/^[[:space:]]*$/ { check(); uri = ""; types = ""; suites = ""; components = ""; enabled = 1 }
-		NR == 1 { enabled = 1 }
-		/^Types:/ { types = $0 }
-		/^URIs:/ { uri = $2 }
-		/^Suites:/ { suites = $0 }
-		/^Components:/ { components = $0 }
-		/^Enabled:[[:space:]]*no/ { enabled = 0 }
-		END { if (!found) check() }
-	' "$file")"
+	archive="$(tr -d '\r' <"$file" | awk -v rel="$release" "$find_archive")"
 	[ -n "$archive" ] && break
 done
 if [ -z "$archive" ]; then
@@ -160,9 +168,14 @@ cd "$work/src"
 		make -C src/test/isolation -s install DESTDIR="$work/stage"
 } >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; exit 1; }
 
+# Staged beside the prefix with its marker already in place, then swapped in: an interruption leaves either no
+# prefix (built again next time) or a complete one, never one this script would take for someone else's.
+staged="$prefix_root/.$major.new"
+rm -rf "$staged"
+mv "$work/stage$prefix" "$staged"
+echo "$recipe" >"$staged/.pg_fly-built"
+chmod -R a+rX "$staged"
 rm -rf "$prefix"
-mv "$work/stage$prefix" "$prefix"
-chmod -R a+rX "$prefix"
-echo "$recipe" >"$marker"
+mv "$staged" "$prefix"
 log "PostgreSQL $major ready in $prefix"
 echo "$prefix/bin/pg_config"

@@ -41,7 +41,8 @@ fi
 chown -R postgres: "$workdir"
 
 echo "== [$major] regression and isolation tests (pg_regress, as postgres)"
-(cd "$workdir" && runuser -u postgres -- make installcheck PG_CONFIG="$pg_config") >"$log_dir/installcheck.log" 2>&1
+(cd "$workdir" && timeout --kill-after=30 900 runuser -u postgres -- make installcheck PG_CONFIG="$pg_config") \
+	>"$log_dir/installcheck.log" 2>&1
 # pg_regress prints "test x ... ok" up to 15 and TAP ("ok 1 - x") from 16.
 regress_ok=$(grep -cE '^(test .* \.\.\. ok|ok [0-9]+ )' "$log_dir/installcheck.log")
 regress_bad=$(grep -cE '^(test .* \.\.\. FAILED|not ok [0-9]+ )' "$log_dir/installcheck.log")
@@ -63,6 +64,7 @@ for file in "${CORE_INTEGRATION[@]}"; do
 	# A bound per file, so that a test that hangs on one major fails that file instead of holding up the run.
 	(cd "$REPO_ROOT" && PG_BIN="$bindir" PG_MAJOR="$major" timeout --kill-after=30 1200 "$PYTHON" -m unittest \
 		discover -s test/integration -p "$file" -v) >"$log" 2>&1
+	[ $? -eq 124 ] && echo "$file: timed out after 20 min" >>"$log"
 	total=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$log")
 	bad=$(($(sed -n 's/^FAILED.*failures=\([0-9]*\).*/\1/p' "$log" | head -1) + 0))
 	bad=$((bad + $(sed -n 's/^FAILED.*errors=\([0-9]*\).*/\1/p' "$log" | head -1) + 0))

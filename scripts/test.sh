@@ -36,9 +36,14 @@ if [ -n "$other_majors" ]; then
 	# Bounded in time, and killed with everything it started if this script ends first.
 	(
 		for major in $other_majors; do
-			if timeout 1800 "$REPO_ROOT/scripts/install-pg.sh" "$major" >"$log_dir/install-pg-$major.log" 2>&1; then
-				timeout --kill-after=60 2400 "$REPO_ROOT/scripts/test-version.sh" "$major" >"$log_dir/pg$major.log" 2>&1 &
+			# test-version.sh bounds each of its steps itself (a timeout around it would leave its inner ones
+			# running when it fired).
+			timeout 1800 "$REPO_ROOT/scripts/install-pg.sh" "$major" >"$log_dir/install-pg-$major.log" 2>&1
+			rc=$?
+			if [ "$rc" -eq 0 ]; then
+				"$REPO_ROOT/scripts/test-version.sh" "$major" >"$log_dir/pg$major.log" 2>&1 &
 			else
+				[ "$rc" -eq 124 ] && echo "install-pg: timed out after 30 min" >>"$log_dir/install-pg-$major.log"
 				echo "PostgreSQL $major: 0 passed, 1 failed, 0 skipped" >"$log_dir/pg$major.log"
 			fi
 		done
@@ -196,6 +201,7 @@ pg15_line="PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'): ${passed} pa
 if [ -n "$other_majors" ]; then
 	echo "== PostgreSQL ${other_majors// /, } (waiting for the background run)"
 	wait "$other_majors_pid"
+	trap - EXIT
 	for major in $other_majors; do
 		echo "---- PostgreSQL $major"
 		cat "$log_dir/install-pg-$major.log"

@@ -5,6 +5,7 @@ Everything the server reads or writes lives in a temporary folder the postgres u
 checkout may sit where that user cannot enter.
 """
 
+import atexit
 import json
 import os
 import pwd
@@ -42,6 +43,27 @@ def _free_port():
         return probe.getsockname()[1]
 
 
+# What this process started and has not stopped (key -> how to stop it). A run killed by its time limit (SIGTERM,
+# turned into KeyboardInterrupt so that unittest stops) stops them at exit instead of leaving servers behind.
+_running = {}
+
+
+def _stop_leftovers():
+    for stop in list(_running.values()):
+        try:
+            stop()
+        except Exception:
+            pass
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+atexit.register(_stop_leftovers)
+signal.signal(signal.SIGTERM, _terminated)
+
+
 def _as_postgres(command, cwd=None, **kwargs):
     """Runs a PostgreSQL program as the postgres user, from a folder that user can enter (the checkout may be in
     root's home, and pg_ctl refuses to work from a current directory it cannot read)."""
@@ -71,6 +93,7 @@ class Simulator:
             raise RuntimeError("simulator did not start: " + line)
         self.port = int(line.strip().split("port=")[1])
         self.url = f"http://127.0.0.1:{self.port}"
+        _running[("simulator", id(self))] = self.stop
 
     def control(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -90,6 +113,7 @@ class Simulator:
         return self.control("POST", "config", changes)
 
     def stop(self):
+        _running.pop(("simulator", id(self)), None)
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -248,6 +272,7 @@ class Cluster(Polling):
                 f.write(f"{name} = {value}\n")
 
     def start(self):
+        _running[("server", self.datadir)] = lambda: self.stop("immediate")
         try:
             _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-l",
                           os.path.join(self.workdir, "server.log"), "-c", "-w", "-t", "60", "start"])
@@ -255,6 +280,7 @@ class Cluster(Polling):
             raise RuntimeError(f"the server did not start: {e.stdout}{e.stderr}\n{self.server_log()[-3000:]}") from None
 
     def stop(self, mode="fast", check=False):
+        _running.pop(("server", self.datadir), None)
         try:
             _as_postgres([os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop"])
         except subprocess.CalledProcessError:

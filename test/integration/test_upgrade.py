@@ -82,7 +82,7 @@ facts(line) AS (
         OR (d.classoid = 'pg_extension'::regclass AND d.objoid = (SELECT oid FROM ext))
     UNION ALL
     SELECT format('default privileges for %s in %s on %s: %s', defaclrole::regrole,
-                  coalesce(defaclnamespace::regnamespace::text, 'all schemas'), defaclobjtype, defaclacl)
+                  CASE defaclnamespace WHEN 0 THEN 'all schemas' ELSE defaclnamespace::regnamespace::text END, defaclobjtype, defaclacl)
       FROM pg_default_acl
     UNION ALL
     SELECT format('event trigger %s on %s enabled=%s tags=%s function=%s owner=%s', evtname, evtevent, evtenabled,
