@@ -15,6 +15,31 @@ require_root() {
 	fi
 }
 
+# pg_regress's counts in its log, as "passed failed". It prints "test x ... ok" up to 15 and TAP ("ok 1 - x") from
+# 16; a suite that stopped early (a server that did not start, say) counts its missing tests as failed.
+regress_counts() { # log
+	local ok bad expected
+	ok=$(grep -cE '^(test .* \.\.\. ok|ok [0-9]+ )' "$1")
+	bad=$(grep -cE '^(test .* \.\.\. FAILED|not ok [0-9]+ )' "$1")
+	expected=$(sed -n 's/^REGRESS = //p; s/^ISOLATION = //p' "$REPO_ROOT/Makefile" | wc -w)
+	[ $((ok + bad)) -lt "$expected" ] && bad=$((expected - ok))
+	echo "$ok $bad"
+}
+
+# A Python unittest run's counts in its log, as "passed failed skipped"; a run that did not finish is one failure.
+unittest_counts() { # log
+	local total bad skipped
+	total=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$1")
+	bad=$(($(sed -n 's/^FAILED.*failures=\([0-9]*\).*/\1/p' "$1" | head -1) + 0))
+	bad=$((bad + $(sed -n 's/^FAILED.*errors=\([0-9]*\).*/\1/p' "$1" | head -1) + 0))
+	skipped=$(($(sed -n 's/.*skipped=\([0-9]*\).*/\1/p' "$1" | tail -1) + 0))
+	if [ -z "$total" ]; then
+		echo "0 1 0"
+	else
+		echo "$((total - bad - skipped)) $bad $skipped"
+	fi
+}
+
 # Sends SIGTERM to a process and all its descendants, the deepest first.
 kill_tree() { # pid
 	local child

@@ -6,6 +6,8 @@
 #include <memory>
 #include <stdexcept>
 
+#include "pgfly/core/text.hpp"
+
 #include "pgfly/core/cpp_only.hpp"
 
 namespace pgfly {
@@ -32,14 +34,7 @@ Sha256Hex(const std::string &text) {
 	    EVP_DigestFinal_ex(ctx.get(), digest, &digest_length) != 1) {
 		throw std::runtime_error("OpenSSL could not compute a SHA-256 digest");
 	}
-	static const char kHex[] = "0123456789abcdef";
-	std::string hex;
-	hex.reserve(digest_length * 2);
-	for (unsigned int i = 0; i < digest_length; i++) {
-		hex.push_back(kHex[digest[i] >> 4]);
-		hex.push_back(kHex[digest[i] & 0xf]);
-	}
-	return hex;
+	return HexEncode(digest, digest_length);
 }
 
 std::optional<std::string>

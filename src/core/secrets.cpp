@@ -6,6 +6,8 @@
 #include <set>
 #include <stdexcept>
 
+#include "pgfly/core/text.hpp"
+
 #include "pgfly/core/cpp_only.hpp"
 
 namespace pgfly {
@@ -28,14 +30,7 @@ Digest(const std::map<std::string, std::string> &secrets, const std::string &key
 	         reinterpret_cast<const unsigned char *>(encoded.data()), encoded.size(), mac, &mac_length) == nullptr) {
 		throw std::runtime_error("OpenSSL could not compute an HMAC-SHA-256");
 	}
-	static const char kHex[] = "0123456789abcdef";
-	std::string hex;
-	hex.reserve(mac_length * 2);
-	for (unsigned int i = 0; i < mac_length; i++) {
-		hex.push_back(kHex[mac[i] >> 4]);
-		hex.push_back(kHex[mac[i] & 0xf]);
-	}
-	return hex;
+	return HexEncode(mac, mac_length);
 }
 
 std::vector<std::string>

@@ -68,4 +68,16 @@ TruncateUtf8(std::string_view text, size_t max_bytes) {
 	return std::string(text.substr(0, Utf8PrefixLength(text, max_bytes)));
 }
 
+std::string
+HexEncode(const unsigned char *bytes, size_t length) {
+	static const char kHex[] = "0123456789abcdef";
+	std::string hex;
+	hex.reserve(length * 2);
+	for (size_t i = 0; i < length; i++) {
+		hex.push_back(kHex[bytes[i] >> 4]);
+		hex.push_back(kHex[bytes[i] & 0xf]);
+	}
+	return hex;
+}
+
 } // namespace pgfly

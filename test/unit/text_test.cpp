@@ -48,5 +48,11 @@ TEST(TruncateUtf8, NeverSplitsASequence) {
 	EXPECT_EQ(Utf8PrefixLength(std::string("\xff\xff\xff", 3), 2), 2u);
 }
 
+TEST(HexEncode, LowerCaseTwoDigitsPerByte) {
+	const unsigned char bytes[] = {0x00, 0x0f, 0xa5, 0xff};
+	EXPECT_EQ(HexEncode(bytes, sizeof bytes), "000fa5ff");
+	EXPECT_EQ(HexEncode(bytes, 0), "");
+}
+
 } // namespace
 } // namespace pgfly

@@ -28,4 +28,7 @@ size_t Utf8PrefixLength(std::string_view text, size_t max_bytes);
 // The first Utf8PrefixLength(text, max_bytes) bytes of text.
 std::string TruncateUtf8(std::string_view text, size_t max_bytes);
 
+// Bytes as lower-case hexadecimal (digests).
+std::string HexEncode(const unsigned char *bytes, size_t length);
+
 } // namespace pgfly
