@@ -7,6 +7,7 @@ extern "C" {
 
 #include "pgfly/pgfly_guc.hpp"
 #include "pgfly/pgfly_shmem.hpp"
+#include "pgfly/pgfly_trigger_cache.hpp"
 #include "pgfly/pgfly_worker.hpp"
 
 extern "C" {
@@ -26,6 +27,8 @@ _PG_init(void) {
 	if (IsBinaryUpgrade) {
 		return;
 	}
+	// Backends inherit the callback from the postmaster. noexcept: it only marks the cache.
+	pgfly::TriggerCache::RegisterCallback();
 	pgfly::InstallShmemHooks();
 	pgfly::RegisterWorker();
 }

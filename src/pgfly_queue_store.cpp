@@ -49,19 +49,34 @@ ManualTeardownsExist() {
 void
 EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
                  const char *reason) {
+	EnqueueReconcile(spi, user_id, desired, tier, reason, TeardownClearing::kIfTableExists);
+}
+
+void
+EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
+                 const char *reason, TeardownClearing clearing) {
 	static const std::string kUpsert =
 		std::string("INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason) "
 	                "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ") +
 		kNewIntent;
 	// The same statement ends a manual teardown (fly.manual_teardowns, schema 0.3.0): a newer intent replaces it,
-	// and the trigger's path gains no query.
+	// and the path gains no query.
 	static const std::string kClearAndUpsert =
 		std::string("WITH cleared AS (DELETE FROM fly.manual_teardowns t "
 	                "WHERE t.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid) ") +
 		kUpsert;
-	spi.Query(ManualTeardownsExist() ? kClearAndUpsert.c_str() : kUpsert.c_str(),
+	const bool clear = clearing == TeardownClearing::kIfTableExists && ManualTeardownsExist();
+	spi.Query(clear ? kClearAndUpsert.c_str() : kUpsert.c_str(),
 	          {user_id, DesiredName(desired), tier, std::string(reason)});
 	pg::PgGuard([]() { WakeWorkerAtCommit(); });
+}
+
+bool
+EndManualTeardown(pg::SpiConnection &spi, const std::string &user_id) {
+	return !spi.Query("DELETE FROM fly.manual_teardowns WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+	                  "RETURNING 1",
+	                  {user_id})
+	            .empty();
 }
 
 bool

@@ -3,11 +3,12 @@
 #include "pgfly/pg/spi.hpp"
 
 extern "C" {
-#include "catalog/namespace.h"
-#include "catalog/partition.h"
+#include "access/htup_details.h"
+#include "access/xact.h"
 #include "commands/trigger.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
+#include "utils/datum.h"
+#include "utils/inval.h"
 #include "utils/uuid.h"
 }
 
@@ -17,6 +18,7 @@ extern "C" {
 #include "pgfly/pgfly_app_store.hpp"
 #include "pgfly/pgfly_guc.hpp"
 #include "pgfly/pgfly_queue_store.hpp"
+#include "pgfly/pgfly_trigger_cache.hpp"
 
 namespace pgfly {
 
@@ -93,50 +95,46 @@ WaitTier(const pg::Value &tier) {
 	return QuoteForMessage(*tier);
 }
 
-// Whether fly.tier_waits exists: not before ALTER EXTENSION pg_fly UPDATE has brought the schema to 0.3.0, and the
-// library must keep serving the older one, with its errors. A catalog cache lookup, not a query.
-bool
-TierWaitsExist() {
-	return pg::PgGuardResult([]() {
-		const Oid schema = get_namespace_oid("fly", true);
-		return OidIsValid(schema) && OidIsValid(get_relname_relid("tier_waits", schema));
-	});
-}
-
-// The tier's policy and, in the same query (the common path gets no extra one), whether `user_id` waits in
-// fly.tier_waits. A NULL `user_id` asks nothing about waits (and fly.tier_waits need not exist).
+// The tier's policy from the per-backend cache, and whether `user_id` waits in fly.tier_waits (asked only when
+// the table may hold a row). A NULL `user_id` asks nothing about waits.
 TierPolicy
-LookUpPolicy(pg::SpiConnection &spi, const pg::Value &tier, const pg::Value &user_id) {
+LookUpPolicy(pg::SpiConnection &spi, const TriggerCache &cache, const pg::Value &tier, const pg::Value &user_id) {
 	TierPolicy policy;
+	policy.waiting = user_id && cache.WaitsPossible() &&
+	                 spi.Query("SELECT EXISTS (SELECT 1 FROM fly.tier_waits "
+	                           "WHERE user_id OPERATOR(pg_catalog.=) $1)",
+	                           {WaitKey(user_id)}, true)
+	                         .at(0)
+	                         .at(0) == std::string("t");
 	if (!tier) {
 		// A subscription without a tier grants no app.
 		policy.known = true;
-		policy.waiting = user_id && spi.Query("SELECT EXISTS (SELECT 1 FROM fly.tier_waits "
-		                                      "WHERE user_id OPERATOR(pg_catalog.=) $1)",
-		                                      {WaitKey(user_id)}, true)
-		                                    .at(0)
-		                                    .at(0) == std::string("t");
 		return policy;
 	}
-	static const char *const kPolicy =
-		"SELECT dedicated_app, "
-		"CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
-		"COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END, "
-		"EXISTS (SELECT 1 FROM fly.tier_waits w WHERE w.user_id OPERATOR(pg_catalog.=) $2) "
-		"FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
-	static const char *const kPolicyOnly =
-		"SELECT dedicated_app, "
-		"CASE WHEN dedicated_app THEN pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb, "
-		"COALESCE(region, pg_catalog.current_setting('fly.default_region'))) END, false "
-		"FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1";
-	auto rows = user_id ? spi.Query(kPolicy, {tier, WaitKey(user_id)}, true) : spi.Query(kPolicyOnly, {tier}, true);
-	if (rows.empty()) {
+	// A REPEATABLE READ or SERIALIZABLE transaction judges by its own snapshot, as every query in it does: a
+	// policy committed after it began is not yet there. The cache holds the latest committed policies.
+	std::optional<CachedPolicy> in_snapshot;
+	const CachedPolicy *cached = nullptr;
+	if (pg::PgGuardResult([]() { return IsolationUsesXactSnapshot(); })) {
+		auto rows = spi.Query("SELECT dedicated_app, pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb), region "
+		                      "FROM fly.tier_policies WHERE tier OPERATOR(pg_catalog.=) $1",
+		                      {tier}, true);
+		if (!rows.empty()) {
+			in_snapshot = CachedPolicy{rows[0][0] == std::string("t"), rows[0][1].value_or(""), rows[0][2]};
+			cached = &*in_snapshot;
+		}
+	} else {
+		cached = cache.Policy(*tier);
+	}
+	if (cached == nullptr) {
 		return policy;
 	}
 	policy.known = true;
-	policy.dedicated = rows[0][0] == std::string("t");
-	policy.guest = rows[0][1].value_or("");
-	policy.waiting = rows[0][2] == std::string("t");
+	policy.dedicated = cached->dedicated;
+	if (policy.dedicated) {
+		const std::string region = cached->region.value_or(settings::default_region ? settings::default_region : "");
+		policy.guest = cached->guest.empty() ? region : cached->guest + "/" + region;
+	}
 	return policy;
 }
 
@@ -233,11 +231,28 @@ ClearWait(pg::SpiConnection &spi, const pg::Value &user_id, const TierPolicy &po
 	}
 }
 
+// Queues the user's item, ending a manual teardown by fly.deprovision_user_app() in the same statement when the
+// cache says one may exist; otherwise looks again after the upsert, which waited for any uncommitted
+// deprovision of the user (it writes the same queue row), and so took its invalidation.
+void
+EnqueueTierChange(pg::SpiConnection &spi, TriggerCache &cache, const std::string &user_id, DesiredState desired,
+                  const pg::Value &tier) {
+	if (cache.TeardownsPossible() || !cache.HasManualTeardowns()) {
+		EnqueueReconcile(spi, user_id, desired, tier, "tier_change",
+		                 cache.HasManualTeardowns() ? TeardownClearing::kIfTableExists : TeardownClearing::kSkip);
+		return;
+	}
+	EnqueueReconcile(spi, user_id, desired, tier, "tier_change", TeardownClearing::kSkip);
+	if (TriggerCache::Current(spi).TeardownsPossible()) {
+		EndManualTeardown(spi, user_id);
+	}
+}
+
 // A change between two tiers with the same app (pro -> elite with equal policies) only renames the tier on the
 // pending item and the live app, without waking the worker. It is a tier change all the same: a teardown by
 // fly.deprovision_user_app() (fly.manual_teardowns, from 0.3.0 on) ends, and the app is queued again.
 void
-RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value &tier, bool manual_teardowns) {
+RelabelTier(pg::SpiConnection &spi, TriggerCache &cache, const std::string &user_id, const pg::Value &tier) {
 	if (!IsUuidText(user_id)) {
 		return; // pg_fly keeps nothing for a user id that is not a uuid
 	}
@@ -246,20 +261,31 @@ RelabelTier(pg::SpiConnection &spi, const std::string &user_id, const pg::Value 
 		"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND desired OPERATOR(pg_catalog.=) 'present') "
 		"UPDATE fly.user_fly_apps SET tier = $2, updated_at = pg_catalog.now() "
 		"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL";
-	spi.Query(kRelabel, {user_id, tier});
-	if (manual_teardowns &&
-	    !spi.Query("DELETE FROM fly.manual_teardowns WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
-	               "RETURNING 1",
-	               {user_id})
-	         .empty()) {
-		EnqueueReconcile(spi, user_id, DesiredState::kPresent, tier, "tier_change");
+	static const char *const kRelabelAndEnd =
+		"WITH queued AS (UPDATE fly.reconcile_queue SET tier = $2 "
+		"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND desired OPERATOR(pg_catalog.=) 'present'), "
+		"relabelled AS (UPDATE fly.user_fly_apps SET tier = $2, updated_at = pg_catalog.now() "
+		"WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid AND deleted_at IS NULL), "
+		"ended AS (DELETE FROM fly.manual_teardowns WHERE user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid "
+		"RETURNING 1) SELECT 1 FROM ended";
+	bool ended = false;
+	if (cache.TeardownsPossible()) {
+		ended = !spi.Query(kRelabelAndEnd, {user_id, tier}).empty();
+	} else {
+		spi.Query(kRelabel, {user_id, tier});
+		// A deprovision that committed just before this change, whose invalidation had not yet arrived.
+		ended = cache.HasManualTeardowns() && TriggerCache::Current(spi).TeardownsPossible() &&
+		        EndManualTeardown(spi, user_id);
+	}
+	if (ended) {
+		EnqueueReconcile(spi, user_id, DesiredState::kPresent, tier, "tier_change", TeardownClearing::kSkip);
 	}
 }
 
 // user_column and table say where the user id comes from, for messages.
 void
-Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &policy, const char *user_column,
-        const char *table, bool strict) {
+Enqueue(pg::SpiConnection &spi, TriggerCache &cache, const SubscriptionRow &row, const TierPolicy &policy,
+        const char *user_column, const char *table, bool strict) {
 	if (!row.user_id) {
 		if (!policy.dedicated || !strict) {
 			return; // nothing to tear down for a row without a user; a paid tier's waits (SettleWait)
@@ -278,29 +304,17 @@ Enqueue(pg::SpiConnection &spi, const SubscriptionRow &row, const TierPolicy &po
 		                   "\" is not a uuid",
 		               "pg_fly keeps one app per user, keyed by the user's uuid.");
 	}
-	EnqueueReconcile(spi, *row.user_id, policy.dedicated ? DesiredState::kPresent : DesiredState::kAbsent, row.tier,
-	                 "tier_change");
+	EnqueueTierChange(spi, cache, *row.user_id, policy.dedicated ? DesiredState::kPresent : DesiredState::kAbsent,
+	                  row.tier);
 }
 
 // Whether the firing table is the one fly.tier_source names (or one of its partitions or children) with the
 // columns it names. A pg_fly trigger left elsewhere (renamed so detaching missed it, or on a partition detached
 // since) must not let that table's owner queue work: it does nothing, with one WARNING per session.
 bool
-FiresOnTierSource(pg::SpiConnection &spi, const Trigger *trigger, Oid relid, const char *table) {
+FiresOnTierSource(TriggerCache &cache, const Trigger *trigger, Oid relid, const char *table) {
 	static bool warned = false;
-	auto rows =
-		spi.Query("SELECT s.table_name::pg_catalog.oid, s.user_column, s.tier_column FROM fly.tier_source s", {}, true);
-	bool matches =
-		!rows.empty() && rows[0][1] == std::string(trigger->tgargs[0]) && rows[0][2] == std::string(trigger->tgargs[1]);
-	if (matches) {
-		const Oid source = static_cast<Oid>(std::stoul(rows[0][0].value_or("0")));
-		matches = source == relid || pg::PgGuardResult([&]() {
-					  List *ancestors = get_partition_ancestors(relid);
-					  const bool found = list_member_oid(ancestors, source);
-					  list_free(ancestors);
-					  return found;
-				  });
-	}
+	const bool matches = cache.FiresOn(relid, trigger->tgargs[0], trigger->tgargs[1]);
 	if (!matches && !warned) {
 		warned = true;
 		pg::PgGuard([&]() {
@@ -311,6 +325,23 @@ FiresOnTierSource(pg::SpiConnection &spi, const Trigger *trigger, Oid relid, con
 		});
 	}
 	return matches;
+}
+
+// Whether the two tuples hold the same bytes in the column: then the change cannot concern pg_fly, and the
+// trigger returns without converting anything to text. (Equal text from different bytes is caught later.)
+bool
+SameDatum(HeapTuple old_tuple, HeapTuple new_tuple, TupleDesc desc, int attnum) {
+	return pg::PgGuardResult([&]() {
+		bool old_null = false;
+		bool new_null = false;
+		const Datum old_value = heap_getattr(old_tuple, attnum, desc, &old_null);
+		const Datum new_value = heap_getattr(new_tuple, attnum, desc, &new_null);
+		if (old_null || new_null) {
+			return old_null == new_null;
+		}
+		const Form_pg_attribute attribute = TupleDescAttr(desc, attnum - 1);
+		return datumIsEqual(old_value, new_value, attribute->attbyval, attribute->attlen);
+	});
 }
 
 } // namespace
@@ -360,6 +391,12 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 
 	const bool has_old = TRIGGER_FIRED_BY_UPDATE(event) || TRIGGER_FIRED_BY_DELETE(event);
 	const bool has_new = TRIGGER_FIRED_BY_UPDATE(event) || TRIGGER_FIRED_BY_INSERT(event);
+	// The cheapest exit, before any conversion to text: neither column's bytes changed.
+	if (TRIGGER_FIRED_BY_UPDATE(event) &&
+	    pgfly::SameDatum(trigger->tg_trigtuple, trigger->tg_newtuple, desc, user_attnum) &&
+	    pgfly::SameDatum(trigger->tg_trigtuple, trigger->tg_newtuple, desc, tier_attnum)) {
+		return PointerGetDatum(nullptr);
+	}
 	pgfly::SubscriptionRow old_row;
 	pgfly::SubscriptionRow new_row;
 	if (has_old) {
@@ -375,25 +412,27 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 	}
 
 	pgfly::pg::SpiConnection spi;
-	if (!pgfly::FiresOnTierSource(spi, trigger->tg_trigger, RelationGetRelid(trigger->tg_relation), table)) {
+	pgfly::TriggerCache &cache = pgfly::TriggerCache::Current(spi);
+	if (!pgfly::FiresOnTierSource(cache, trigger->tg_trigger, RelationGetRelid(trigger->tg_relation), table)) {
 		return PointerGetDatum(nullptr);
 	}
 	// A row that moved to another user, or was deleted, leaves its old user.
 	const bool old_user_leaves = has_old && (!has_new || old_row.user_id != new_row.user_id);
 	// Without fly.tier_waits (schema older than 0.3.0) a row pg_fly cannot act on is an error, as it was then.
-	const bool waits = pgfly::TierWaitsExist();
+	const bool waits = cache.HasTierWaits();
 	const bool strict = pgfly::settings::strict_tiers || !waits;
 	const pgfly::pg::Value no_user;
 	pgfly::TierPolicy old_policy;
 	pgfly::TierPolicy new_policy;
 	if (has_old) {
 		// An old tier that has since left fly.tier_policies stays "unknown": reconciling is then always safe.
-		old_policy = pgfly::LookUpPolicy(spi, old_row.tier, waits && old_user_leaves ? old_row.user_id : no_user);
+		old_policy =
+			pgfly::LookUpPolicy(spi, cache, old_row.tier, waits && old_user_leaves ? old_row.user_id : no_user);
 	} else {
 		old_policy.known = true; // no row before: no app
 	}
 	if (has_new) {
-		new_policy = pgfly::LookUpPolicy(spi, new_row.tier, waits ? new_row.user_id : no_user);
+		new_policy = pgfly::LookUpPolicy(spi, cache, new_row.tier, waits ? new_row.user_id : no_user);
 		if (!new_policy.known) {
 			if (strict) {
 				pgfly::ThrowUnknownTier(*new_row.tier, new_row.user_id);
@@ -412,7 +451,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		pgfly::TierPolicy none;
 		none.known = true;
 		if (old_user_leaves && !old_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
+			pgfly::Enqueue(spi, cache, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
 			               strict);
 		}
 	} else if (has_old && has_new && old_row.user_id != new_row.user_id) {
@@ -420,22 +459,22 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 		pgfly::TierPolicy none;
 		none.known = true;
 		if (!old_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
+			pgfly::Enqueue(spi, cache, pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, none, user_column, table,
 			               strict);
 		}
 		if (!new_policy.SameEffect(none)) {
-			pgfly::Enqueue(spi, new_row, new_policy, user_column, table, strict);
+			pgfly::Enqueue(spi, cache, new_row, new_policy, user_column, table, strict);
 		}
 	} else if (old_policy.SameEffect(new_policy)) {
 		// Only a row that grants the app names its tier: a second row of a user, on a tier without one, is not
 		// the app's.
 		if (has_old && has_new && new_policy.dedicated && new_row.user_id && old_row.tier != new_row.tier) {
-			pgfly::RelabelTier(spi, *new_row.user_id, new_row.tier, waits);
+			pgfly::RelabelTier(spi, cache, *new_row.user_id, new_row.tier);
 		}
 	} else {
 		// A deleted row leaves the user without a tier.
-		pgfly::Enqueue(spi, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt}, new_policy,
-		               user_column, table, strict);
+		pgfly::Enqueue(spi, cache, has_new ? new_row : pgfly::SubscriptionRow{old_row.user_id, std::nullopt},
+		               new_policy, user_column, table, strict);
 	}
 	if (old_user_leaves && waits) {
 		pgfly::ClearWait(spi, old_row.user_id, old_policy);

@@ -20,6 +20,20 @@ enum class DesiredState { kPresent, kAbsent };
 // user_id is text that casts to uuid; tier may be empty for kAbsent.
 void EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
                       const char *reason);
+
+// How an enqueue treats fly.manual_teardowns (schema 0.3.0): a newer intent ends a manual teardown.
+enum class TeardownClearing {
+	kIfTableExists, // clear it in the same statement when the table exists
+	kSkip,          // the caller knows there is nothing to clear (the trigger's cache), or no such table
+};
+
+// EnqueueReconcile with the teardown clearing chosen by the caller.
+void EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired, const pg::Value &tier,
+                      const char *reason, TeardownClearing clearing);
+
+// Ends the user's manual teardown; whether there was one.
+bool EndManualTeardown(pg::SpiConnection &spi, const std::string &user_id);
+
 // Queues the item only when the user has none: a queued item is newer intent (a tier change, say) than what
 // the caller saw. Returns whether it queued one.
 bool EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredState desired,

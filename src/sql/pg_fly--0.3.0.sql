@@ -1994,6 +1994,22 @@ REVOKE ALL ON FUNCTION fly._secrets_digest_key_upsert() FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fly.secrets_digest_key', '');
 
 --------------------------------------------------------------------------------------------------------------
+-- The subscription trigger's cache (0.3.0): each backend keeps the tier policies, the attached table and
+-- whether tier_waits and manual_teardowns hold rows; a change of any of them invalidates every backend's copy.
+--------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION fly._invalidate_trigger_cache() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', '_invalidate_trigger_cache';
+REVOKE ALL ON FUNCTION fly._invalidate_trigger_cache() FROM PUBLIC;
+CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.tier_policies
+    FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
+CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.tier_source
+    FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
+CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.tier_waits
+    FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
+CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.manual_teardowns
+    FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
+
+--------------------------------------------------------------------------------------------------------------
 -- Privileges: functions are executable by PUBLIC by default; take that back from everything here. Tables,
 -- views and sequences grant PUBLIC nothing by default either; the REVOKE writes their ACL out explicitly for
 -- 0.1.0's objects, as 0.1.0 did. Later objects are revoked where they are created, and tier_waits,
