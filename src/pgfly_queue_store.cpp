@@ -138,21 +138,22 @@ ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> 
 	// queued: abandoned claims first (reconcile_queue_lease; rare, and never starved by a backlog), then
 	// unclaimed items, oldest first (reconcile_queue_claim).
 	static const char *const kClaim =
-		"WITH due AS ((SELECT user_id FROM fly.reconcile_queue "
+		"WITH due AS (SELECT user_id FROM (SELECT user_id FROM fly.reconcile_queue "
 		"WHERE claimed_at IS NOT NULL AND lease_until OPERATOR(pg_catalog.<) pg_catalog.now() "
 		"AND run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
 		"AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
-		"ORDER BY lease_until LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
-		"UNION ALL (SELECT user_id FROM fly.reconcile_queue "
+		"ORDER BY lease_until LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) lapsed "
+		"UNION ALL SELECT user_id FROM (SELECT user_id FROM fly.reconcile_queue "
 		"WHERE claimed_at IS NULL AND run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
 		"AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
-		"ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
+		"ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) fresh "
 		"LIMIT $1::pg_catalog.int4) "
 		"UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
 		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => "
 		"$2::pg_catalog.float8), "
 		"attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
-		"FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
+		// By primary key, whatever the planner guesses of the CTE: a join could read the whole queue.
+		"WHERE q.user_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT due.user_id FROM due)) "
 		"RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted";
 	auto rows = spi.Query(kClaim, {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
 	std::vector<ClaimedItem> items;
