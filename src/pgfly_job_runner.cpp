@@ -632,7 +632,8 @@ JobRunner::SleepMs() const {
 		wake.At(next_retention_batch_);
 	}
 	if (queue_count_stale_) {
-		wake.At(next_queue_count_);
+		// Not before Dispatch looks at the queue again (once a second while no work can be claimed).
+		wake.At(next_queue_count_, saturated ? next_saturated_dispatch_ : now);
 	}
 	if (dispatch_skipped_) {
 		// Nothing else may wake the loop (a configuration problem runs no operation whose end would), so the

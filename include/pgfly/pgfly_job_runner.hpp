@@ -203,7 +203,7 @@ private:
 	double next_saturated_dispatch_ = 0;
 	// When the due items are next counted (fly.worker_status().queue_ready).
 	double next_queue_count_ = 0;
-	// The last pass did not count them: the loop wakes at next_queue_count_ to.
+	// The last look at the queue did not count them: the loop wakes at next_queue_count_ to count them.
 	bool queue_count_stale_ = false;
 	// A wake that found every slot taken and was not looked at: the queue is looked at when the second is over.
 	bool dispatch_skipped_ = false;
