@@ -272,7 +272,7 @@ def main():
     print(f"  retention pass (fly.event_retention 90d, the worker's batches of 1,000): {old} events and "
           f"{before[4] - after[4]} of {deleted} deleted apps removed in {elapsed:.1f} s, worker CPU {cpu:.1f} s; "
           f"{left} events left; size after {mb(after[1])} ({mb(after[2])} heap, {mb(after[3])} indexes), "
-          f"after VACUUM {mb(vacuumed[1])} (the space is reused by new events, not given back)")
+          f"after VACUUM {mb(vacuumed[1])} ({mb(vacuumed[2])} heap, {mb(vacuumed[3])} indexes)")
 
 
 if __name__ == "__main__":

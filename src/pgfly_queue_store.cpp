@@ -192,6 +192,8 @@ SummarizeQueue(pg::SpiConnection &spi, bool count) {
 	}
 	if (count) {
 		summary.due = ToInt(spi.Query(kDue, {}).at(0).at(0));
+	} else if (!summary.seconds_until_next_due) {
+		summary.due = 0; // an empty queue: exact without counting, so an idle worker never wakes to count
 	}
 	return summary;
 }

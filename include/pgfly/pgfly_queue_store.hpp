@@ -67,7 +67,7 @@ struct QueueSummary {
 	std::optional<double> seconds_until_next_due;
 };
 // The next due time reads two index entries, whatever the backlog; `count` also counts the due items, which reads
-// all of them (a status figure: the caller asks for it at most once a second).
+// all of them (a status figure: the caller asks for it at most once a second). An empty queue is counted anyway.
 QueueSummary SummarizeQueue(pg::SpiConnection &spi, bool count);
 
 // After an error that left a step unrecorded: release the claim and retry the item later. Returns false when
