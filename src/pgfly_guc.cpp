@@ -46,6 +46,7 @@ int breaker_open_time_ms = 5000;
 int breaker_max_open_time_ms = 300000;
 int health_check_interval_ms = 300000;
 int drift_check_interval_ms = 900000;
+int event_retention_s = 90 * 24 * 3600;
 char *app_health_url = nullptr;
 bool restart_stopped_machines = true;
 bool reprovision_vanished_apps = true;
@@ -293,6 +294,9 @@ Define() {
 	                        "else at least 1s.",
 	                        &drift_check_interval_ms, 900000, 0, 7 * 24 * 3600 * 1000, PGC_SIGHUP,
 	                        GUC_UNIT_MS | GUC_SUPERUSER_ONLY, CheckDriftInterval, nullptr, nullptr);
+	DefineCustomIntVariable("fly.event_retention", "How long events, and app rows after their deletion, are kept.",
+	                        "The worker deletes older ones in small batches; 0 keeps everything.", &event_retention_s,
+	                        90 * 24 * 3600, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
 	DefineCustomStringVariable("fly.app_health_url", "Each user app's own health endpoint, checked with its machine.",
 	                           "{app} is replaced by the app's name, e.g. https://{app}.fly.dev/health. The app must "
 	                           "report run_mode user_dedicated and its own user_id. No token is sent. Empty: off.",

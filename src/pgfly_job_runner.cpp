@@ -28,6 +28,8 @@ namespace {
 
 constexpr double kPruneEverySeconds = 60;
 constexpr double kSaturatedDispatchSeconds = 1.0;
+// How often the queue's due items are counted for fly.worker_status().queue_ready.
+constexpr double kQueueCountSeconds = 1.0;
 // External descriptors left to PostgreSQL when the reservation takes all it can.
 constexpr int kFdHeadroom = 4;
 
@@ -133,6 +135,11 @@ JobRunner::Configure() {
 	next_saturated_dispatch_ = 0;
 	// A changed interval starts a pass in progress over (or ends it, when 0).
 	drift_.Configure(settings::drift_check_interval_ms / 1000.0);
+	// A changed retention is applied at once.
+	if (settings::event_retention_s != retention_configured_) {
+		retention_configured_ = settings::event_retention_s;
+		next_retention_batch_ = 0;
+	}
 }
 
 // libcurl's sockets and epoll descriptor are opened outside fd.c: PostgreSQL learns of them here, so that its
@@ -236,6 +243,7 @@ JobRunner::Dispatch() {
 	DispatchWork();
 	PolicyStep();
 	DriftStep();
+	RetentionStep();
 }
 
 void
@@ -280,7 +288,8 @@ JobRunner::DispatchWork() {
 	std::vector<ClaimedItem> claimed;
 	std::optional<std::vector<HealthTarget>> health_targets;
 	QueueSummary summary;
-	summary.due = -1;
+	// The count of due items reads all of them: a status figure, counted at most once a second.
+	const bool count_due = now >= next_queue_count_;
 	if (present) {
 		try {
 			present = InTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
@@ -290,7 +299,7 @@ JobRunner::DispatchWork() {
 				if ((health_due || probe_due) && health_next_ >= health_queue_.size()) {
 					health_targets = LoadHealthTargets(spi);
 				}
-				summary = SummarizeQueue(spi);
+				summary = SummarizeQueue(spi, count_due);
 			});
 		} catch (...) {
 			if (health_requested) {
@@ -299,8 +308,19 @@ JobRunner::DispatchWork() {
 			throw;
 		}
 	}
+	if (!present) {
+		next_queue_count_ = 0;
+	} else if (summary.due) {
+		next_queue_count_ = now + kQueueCountSeconds;
+	}
+	// A pass that did not count leaves the figure stale: the loop wakes to count once the second is over.
+	queue_count_stale_ = present && !summary.due;
 	SpinLockAcquire(&shared_->mutex);
-	shared_->queue_ready = present ? summary.due : -1;
+	if (!present) {
+		shared_->queue_ready = -1;
+	} else if (summary.due) {
+		shared_->queue_ready = *summary.due;
+	}
 	SpinLockRelease(&shared_->mutex);
 	extension_present_ = present;
 	if (!present) {
@@ -607,6 +627,13 @@ JobRunner::SleepMs() const {
 	}
 	if (drift_.InProgress() || extension_present_) {
 		wake.At(drift_.NextDue());
+	}
+	if (extension_present_ && settings::event_retention_s > 0) {
+		wake.At(next_retention_batch_);
+	}
+	if (queue_count_stale_) {
+		// Not before Dispatch looks at the queue again (once a second while no work can be claimed).
+		wake.At(next_queue_count_, saturated ? next_saturated_dispatch_ : now);
 	}
 	if (dispatch_skipped_) {
 		// Nothing else may wake the loop (a configuration problem runs no operation whose end would), so the

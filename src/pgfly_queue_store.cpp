@@ -149,18 +149,28 @@ RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users) {
 
 std::vector<ClaimedItem>
 ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> &running) {
-	auto rows = spi.Query("WITH due AS (SELECT user_id FROM fly.reconcile_queue "
-	                      "WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
-	                      "AND (claimed_at IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now()) "
-	                      "AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
-	                      "ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) "
-	                      "UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
-	                      "lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => "
-	                      "$2::pg_catalog.float8), "
-	                      "attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
-	                      "FROM due WHERE q.user_id OPERATOR(pg_catalog.=) due.user_id "
-	                      "RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted",
-	                      {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
+	// Two index-ordered scans that stop at the limit, so that a claim costs the same with 1,000 or 100,000 items
+	// queued: abandoned claims first (reconcile_queue_lease; rare, and never starved by a backlog), then
+	// unclaimed items, oldest first (reconcile_queue_claim).
+	static const char *const kClaim =
+		"WITH due AS (SELECT user_id FROM (SELECT user_id FROM fly.reconcile_queue "
+		"WHERE claimed_at IS NOT NULL AND lease_until OPERATOR(pg_catalog.<) pg_catalog.now() "
+		"AND run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
+		"AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
+		"ORDER BY lease_until LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) lapsed "
+		"UNION ALL SELECT user_id FROM (SELECT user_id FROM fly.reconcile_queue "
+		"WHERE claimed_at IS NULL AND run_after OPERATOR(pg_catalog.<=) pg_catalog.now() "
+		"AND NOT (user_id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])) "
+		"ORDER BY run_after, user_id LIMIT $1::pg_catalog.int4 FOR UPDATE SKIP LOCKED) fresh "
+		"LIMIT $1::pg_catalog.int4) "
+		"UPDATE fly.reconcile_queue q SET claimed_at = pg_catalog.now(), "
+		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => "
+		"$2::pg_catalog.float8), "
+		"attempts = q.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now() "
+		// By primary key, whatever the planner guesses of the CTE: a join could read the whole queue.
+		"WHERE q.user_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT due.user_id FROM due)) "
+		"RETURNING q.user_id, q.desired, q.tier, q.generation, q.attempts, q.alerted";
+	auto rows = spi.Query(kClaim, {std::to_string(limit), std::to_string(kLeaseSeconds), UuidArray(running)});
 	std::vector<ClaimedItem> items;
 	for (const auto &row : rows) {
 		ClaimedItem item;
@@ -176,19 +186,29 @@ ClaimDueItems(pg::SpiConnection &spi, int limit, const std::vector<std::string> 
 }
 
 QueueSummary
-SummarizeQueue(pg::SpiConnection &spi) {
-	// One scan for both: this runs at every pass of the worker's loop. Not read-only: the claims this
-	// transaction just made must be seen as claims, not as items still due.
-	auto rows =
-		spi.Query("SELECT pg_catalog.count(*) FILTER (WHERE run_after OPERATOR(pg_catalog.<=) pg_catalog.now()), "
-	              "EXTRACT(EPOCH FROM pg_catalog.min(CASE WHEN claimed_at IS NULL THEN run_after "
-	              "ELSE lease_until END) OPERATOR(pg_catalog.-) pg_catalog.now()) FROM fly.reconcile_queue",
-	              {});
+SummarizeQueue(pg::SpiConnection &spi, bool count) {
+	// This runs at every pass of the worker's loop: the next due time is the first entry of each partial index.
+	// Not read-only: the claims this transaction just made must be seen as claims, not as items still due.
+	static const char *const kNextDue =
+		"SELECT EXTRACT(EPOCH FROM LEAST("
+		"(SELECT run_after FROM fly.reconcile_queue WHERE claimed_at IS NULL ORDER BY run_after LIMIT 1), "
+		"(SELECT lease_until FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL ORDER BY lease_until LIMIT 1)) "
+		"OPERATOR(pg_catalog.-) pg_catalog.now())";
+	static const char *const kDue =
+		"SELECT (SELECT pg_catalog.count(*) FROM fly.reconcile_queue WHERE claimed_at IS NULL "
+		"AND run_after OPERATOR(pg_catalog.<=) pg_catalog.now()) OPERATOR(pg_catalog.+) "
+		"(SELECT pg_catalog.count(*) FROM fly.reconcile_queue WHERE claimed_at IS NOT NULL "
+		"AND run_after OPERATOR(pg_catalog.<=) pg_catalog.now())";
 	QueueSummary summary;
-	summary.due = ToInt(rows.at(0).at(0));
-	// NULL when the queue is empty (min over no rows): the worker then sleeps until woken.
-	if (rows[0][1]) {
-		summary.seconds_until_next_due = std::max(0.0, std::stod(*rows[0][1]));
+	auto rows = spi.Query(kNextDue, {});
+	// NULL when the queue is empty: the worker then sleeps until woken.
+	if (rows.at(0).at(0)) {
+		summary.seconds_until_next_due = std::max(0.0, std::stod(*rows[0][0]));
+	}
+	if (count) {
+		summary.due = ToInt(spi.Query(kDue, {}).at(0).at(0));
+	} else if (!summary.seconds_until_next_due) {
+		summary.due = 0; // an empty queue: exact without counting, so an idle worker never wakes to count
 	}
 	return summary;
 }

@@ -36,6 +36,8 @@ extern int breaker_open_time_ms;
 extern int breaker_max_open_time_ms;
 extern int health_check_interval_ms;
 extern int drift_check_interval_ms;
+// fly.event_retention, in seconds (0: keep everything).
+extern int event_retention_s;
 extern char *app_health_url;
 extern bool restart_stopped_machines;
 extern bool reprovision_vanished_apps;

@@ -164,6 +164,10 @@ private:
 	// pass of the loop, so that the application's table is locked for one batch at a time and the loop serves
 	// everything else between two batches. drift_ remembers where the pass is.
 	void DriftStep();
+
+	// pgfly_retention_runner.cpp: one batch of fly.event_retention's deletions (fly._retention_batch), in a
+	// transaction of its own, when due: batches paced by the time they took, a pass every 10 minutes.
+	void RetentionStep();
 	void OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome);
 
 	// pgfly_rollout_runner.cpp: in a transaction of its own, moves the running rollout on and claims apps to
@@ -197,6 +201,10 @@ private:
 	// given back when their claim is released (user -> generation).
 	std::map<std::string, int64_t> attempts_to_return_;
 	double next_saturated_dispatch_ = 0;
+	// When the due items are next counted (fly.worker_status().queue_ready).
+	double next_queue_count_ = 0;
+	// The last look at the queue did not count them: the loop wakes at next_queue_count_ to count them.
+	bool queue_count_stale_ = false;
 	// A wake that found every slot taken and was not looked at: the queue is looked at when the second is over.
 	bool dispatch_skipped_ = false;
 	// When a half-open breaker may next look for an app whose health check carries its probe.
@@ -218,6 +226,11 @@ private:
 	// last call stopped at its limit.
 	double next_policy_sweep_ = 0;
 	bool policy_more_ = false;
+	// Event retention: when the next batch (or pass) is due, rows the pass deleted so far, and the retention it
+	// was configured with (a change starts a pass at once).
+	double next_retention_batch_ = 0;
+	int64_t retention_removed_ = 0;
+	int retention_configured_ = -1;
 	std::vector<RolloutJob> rollout_claimed_;
 	std::vector<HealthJob> canaries_claimed_;
 	std::set<int64_t> canaries_checking_;

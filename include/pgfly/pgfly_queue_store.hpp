@@ -75,12 +75,14 @@ std::vector<ClaimedItem> ClaimDueItems(pg::SpiConnection &spi, int limit, const 
 // Extends the leases of the items of operations still going (not of rows another transaction holds).
 void RenewLeases(pg::SpiConnection &spi, const std::vector<std::string> &users);
 struct QueueSummary {
-	// Items due now, claimed or not.
-	int64_t due = 0;
+	// Items due now, claimed or not; nothing when not counted.
+	std::optional<int64_t> due;
 	// Until the next unclaimed item is due, or a claim's lease runs out (0 if now); nothing when the queue is empty.
 	std::optional<double> seconds_until_next_due;
 };
-QueueSummary SummarizeQueue(pg::SpiConnection &spi);
+// The next due time reads two index entries, whatever the backlog; `count` also counts the due items, which reads
+// all of them (a status figure: the caller asks for it at most once a second). An empty queue is counted anyway.
+QueueSummary SummarizeQueue(pg::SpiConnection &spi, bool count);
 
 // After an error that left a step unrecorded: release the claim and retry the item later. Returns false when
 // another transaction holds the item (nothing was changed). return_attempt gives back the attempt counted at

@@ -1467,3 +1467,76 @@ CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUN
     FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
 CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.manual_teardowns
     FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
+--------------------------------------------------------------------------------------------------------------
+-- Issue 16: 100,000 users. The worker's claim and its per-pass look at the queue read these two partial indexes
+-- in order with a LIMIT, so that their cost does not grow with the backlog: unclaimed items by (run_after,
+-- user_id), the claim order; claimed ones by lease_until, for abandoned claims and the next lease to run out.
+--------------------------------------------------------------------------------------------------------------
+DROP INDEX fly.reconcile_queue_due;  -- it served only the claim, which these replace
+CREATE INDEX reconcile_queue_claim ON fly.reconcile_queue (run_after, user_id) WHERE claimed_at IS NULL;
+CREATE INDEX reconcile_queue_lease ON fly.reconcile_queue (lease_until) WHERE claimed_at IS NOT NULL;
+
+--------------------------------------------------------------------------------------------------------------
+-- Issue 16: event retention (fly.event_retention). Events older than the retention, and app rows deleted longer
+-- ago than that with the events they still have, go in small batches: the worker calls fly._retention_batch()
+-- one short transaction at a time (JobRunner::RetentionStep), skipping rows another transaction holds.
+--------------------------------------------------------------------------------------------------------------
+-- Only deleted rows: the retention's walk over app rows, oldest deletion first.
+CREATE INDEX user_fly_apps_deleted_at ON fly.user_fly_apps (deleted_at) WHERE deleted_at IS NOT NULL;
+
+CREATE FUNCTION fly._retention_batch(max integer, retention interval DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
+DECLARE
+    keep interval := coalesce(retention, current_setting('fly.event_retention')::interval);
+    cutoff timestamptz;
+    removed integer;
+    n integer;
+    apps bigint[];
+BEGIN
+    IF max IS NULL OR max < 1 THEN
+        RAISE EXCEPTION 'fly._retention_batch: max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF keep <= interval '0' THEN
+        RETURN 0;  -- 0 keeps everything
+    END IF;
+    cutoff := now() - keep;
+    -- Old events, oldest first (user_fly_app_events_created_at).
+    WITH gone AS (
+        DELETE FROM fly.user_fly_app_events e WHERE e.id IN (
+            SELECT o.id FROM fly.user_fly_app_events o WHERE o.created_at < cutoff
+             ORDER BY o.created_at LIMIT max FOR UPDATE SKIP LOCKED)
+        RETURNING 1)
+    SELECT count(*) INTO removed FROM gone;
+    IF removed >= max THEN
+        RETURN removed;
+    END IF;
+    -- App rows deleted before the cutoff, with the events they still have (the foreign key has no ON DELETE). An
+    -- app whose events do not all fit in this batch stays for the next one.
+    SELECT array_agg(d.id) INTO apps
+      FROM (SELECT a.id FROM fly.user_fly_apps a WHERE a.deleted_at < cutoff
+             ORDER BY a.deleted_at LIMIT max - removed FOR UPDATE SKIP LOCKED) d;
+    IF apps IS NULL THEN
+        RETURN removed;
+    END IF;
+    WITH gone AS (
+        DELETE FROM fly.user_fly_app_events e WHERE e.id IN (
+            SELECT o.id FROM fly.user_fly_app_events o WHERE o.fly_app_id = ANY (apps)
+             LIMIT max - removed FOR UPDATE SKIP LOCKED)
+        RETURNING 1)
+    SELECT count(*) INTO n FROM gone;
+    removed := removed + n;
+    WITH gone AS (
+        DELETE FROM fly.user_fly_apps a WHERE a.id IN (
+            SELECT x.id FROM fly.user_fly_apps x
+             WHERE x.id = ANY (apps)
+               AND NOT EXISTS (SELECT 1 FROM fly.user_fly_app_events e WHERE e.fly_app_id = x.id)
+             ORDER BY x.deleted_at LIMIT max - removed)
+        RETURNING 1)
+    SELECT count(*) INTO n FROM gone;
+    RETURN removed + n;
+END $$;
+COMMENT ON FUNCTION fly._retention_batch(integer, interval) IS
+    'Deletes at most max rows: events older than retention (NULL: fly.event_retention; 0 keeps everything), then '
+    'app rows deleted longer ago than that, with their remaining events. Returns how many rows it deleted; the '
+    'worker calls it in batches';
+REVOKE ALL ON FUNCTION fly._retention_batch(integer, interval) FROM PUBLIC;
