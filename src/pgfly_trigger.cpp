@@ -312,9 +312,9 @@ Enqueue(pg::SpiConnection &spi, TriggerCache &cache, const SubscriptionRow &row,
 // columns it names. A pg_fly trigger left elsewhere (renamed so detaching missed it, or on a partition detached
 // since) must not let that table's owner queue work: it does nothing, with one WARNING per session.
 bool
-FiresOnTierSource(TriggerCache &cache, const Trigger *trigger, Oid relid, const char *table) {
+FiresOnTierSource(TriggerCache &cache, const Trigger *trigger, Relation relation, const char *table) {
 	static bool warned = false;
-	const bool matches = cache.FiresOn(relid, trigger->tgargs[0], trigger->tgargs[1]);
+	const bool matches = cache.FiresOn(relation, trigger->tgargs[0], trigger->tgargs[1]);
 	if (!matches && !warned) {
 		warned = true;
 		pg::PgGuard([&]() {
@@ -413,7 +413,7 @@ PGFLY_SQL_FUNCTION(on_user_tier_change) {
 
 	pgfly::pg::SpiConnection spi;
 	pgfly::TriggerCache &cache = pgfly::TriggerCache::Current(spi);
-	if (!pgfly::FiresOnTierSource(cache, trigger->tg_trigger, RelationGetRelid(trigger->tg_relation), table)) {
+	if (!pgfly::FiresOnTierSource(cache, trigger->tg_trigger, trigger->tg_relation, table)) {
 		return PointerGetDatum(nullptr);
 	}
 	// A row that moved to another user, or was deleted, leaves its old user.

@@ -52,6 +52,7 @@ TriggerCache::Current(pg::SpiConnection &spi) {
 
 void
 TriggerCache::Load(pg::SpiConnection &spi) {
+	valid_ = false;
 	policies_.clear();
 	fires_.clear();
 	attached_ = false;
@@ -62,13 +63,16 @@ TriggerCache::Load(pg::SpiConnection &spi) {
 		tier_source_relid_ = get_relname_relid("tier_source", schema);
 		tier_waits_relid_ = get_relname_relid("tier_waits", schema);
 		manual_teardowns_relid_ = get_relname_relid("manual_teardowns", schema);
+		invalidated_by_triggers_ = OidIsValid(tier_policies_relid_) &&
+		                           OidIsValid(get_trigger_oid(tier_policies_relid_, "invalidate_trigger_cache", true));
 	});
-	// Valid from here: an invalidation that arrives while the queries below run (they take locks, which
-	// accepts invalidations) marks it stale again, and the next tier change reads once more.
-	valid_ = true;
 	// The latest committed state (and this transaction's own changes), not the statement's snapshot: a
 	// REPEATABLE READ transaction must not leave its old view of the policies to later transactions.
 	pg::PgGuard([]() { PushActiveSnapshot(GetLatestSnapshot()); });
+	// Valid from here on: an invalidation that arrives while the queries below run (they take locks, which
+	// accepts invalidations) marks it stale again, and the next tier change reads once more. An error leaves it
+	// stale (the abort pops the snapshot).
+	valid_ = invalidated_by_triggers_;
 	try {
 		for (const auto &row : spi.Query("SELECT tier, dedicated_app, "
 		                                 "pg_catalog.concat_ws('/', cpu_kind, cpus, memory_mb), region "
@@ -96,16 +100,18 @@ TriggerCache::Load(pg::SpiConnection &spi) {
 			spi.Query("SELECT EXISTS (SELECT 1 FROM fly.manual_teardowns)", {}, true).at(0).at(0) == std::string("t");
 	} catch (...) {
 		valid_ = false;
-		throw; // the transaction aborts, which pops the snapshot
+		throw;
 	}
 	pg::PgGuard([]() { PopActiveSnapshot(); });
 }
 
 bool
-TriggerCache::FiresOn(Oid relid, const char *user_column, const char *tier_column) {
+TriggerCache::FiresOn(Relation relation, const char *user_column, const char *tier_column) {
 	if (!attached_ || user_column_ != user_column || tier_column_ != tier_column) {
 		return false;
 	}
+	const Oid relid = RelationGetRelid(relation);
+	const bool partition = relation->rd_rel->relispartition;
 	auto found = fires_.find(relid);
 	if (found != fires_.end()) {
 		return found->second;
@@ -116,8 +122,20 @@ TriggerCache::FiresOn(Oid relid, const char *user_column, const char *tier_colum
 						   list_free(ancestors);
 						   return member;
 					   });
-	fires_[relid] = fires;
+	if (partition) {
+		fires_[relid] = fires;
+	}
 	return fires;
+}
+
+bool
+TriggerCache::ChangeKnown(Oid relid, bool insert_or_update) {
+	if (!insert_or_update) {
+		return false; // a DELETE may empty the table
+	}
+	pg::PgGuard([]() { AcceptInvalidationMessages(); });
+	return cache.valid_ && ((relid == cache.tier_waits_relid_ && cache.waits_possible_) ||
+	                        (relid == cache.manual_teardowns_relid_ && cache.teardowns_possible_));
 }
 
 const CachedPolicy *
@@ -128,13 +146,21 @@ TriggerCache::Policy(const std::string &tier) const {
 
 } // namespace pgfly
 
-// fly._invalidate_trigger_cache(): statement trigger on the tables the cache above reads. Sends a relcache
-// invalidation for the table: other backends take it when this transaction commits, this one at its next command.
+// fly._invalidate_trigger_cache(): a row trigger (and a TRUNCATE statement trigger) on the tables the cache above
+// reads, so that only a statement that changes rows sends anything. Registers a relcache invalidation of the table
+// (one per command however many rows): other backends take it when this transaction commits, this one at its next
+// command.
 PGFLY_SQL_FUNCTION(_invalidate_trigger_cache) {
 	if (!CALLED_AS_TRIGGER(fcinfo)) {
 		throw pgfly::SqlError("39P01", "_invalidate_trigger_cache() must be called as a trigger");
 	}
 	TriggerData *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
+	const TriggerEvent event = trigger->tg_event;
+	if (TRIGGER_FIRED_FOR_ROW(event) &&
+	    pgfly::TriggerCache::ChangeKnown(RelationGetRelid(trigger->tg_relation),
+	                                     TRIGGER_FIRED_BY_INSERT(event) || TRIGGER_FIRED_BY_UPDATE(event))) {
+		return PointerGetDatum(nullptr);
+	}
 	pgfly::pg::PgGuard([&]() { CacheInvalidateRelcache(trigger->tg_relation); });
 	return PointerGetDatum(nullptr);
 }

@@ -1,8 +1,8 @@
 // What the subscription trigger reads at every tier change, cached per backend: the tier policies, which table
-// and columns fly.tier_source names, and whether fly.tier_waits and fly.manual_teardowns hold any row. A
-// statement trigger on each of those tables (fly._invalidate_trigger_cache) sends a relcache invalidation, so a
-// committed change reaches every backend's next tier change, and this backend's own uncommitted change its next
-// statement (a rollback is undone the same way).
+// and columns fly.tier_source names, and whether fly.tier_waits and fly.manual_teardowns hold any row. A row
+// trigger (and a TRUNCATE trigger) on each of those tables (fly._invalidate_trigger_cache) sends a relcache
+// invalidation, so a committed change reaches every backend's next tier change, and this backend's own
+// uncommitted change its next statement (a rollback is undone the same way).
 #pragma once
 
 #include <optional>
@@ -30,9 +30,9 @@ public:
 	// through `spi` under the latest snapshot, not the statement's).
 	static TriggerCache &Current(pg::SpiConnection &spi);
 
-	// Whether a trigger on `relid` (or on a partition or child of the attached table) with these column
-	// arguments is the one attach_tier_trigger() made.
-	bool FiresOn(Oid relid, const char *user_column, const char *tier_column);
+	// Whether a trigger on `relation` (the attached table, or one of its partitions or children) with these
+	// column arguments is the one attach_tier_trigger() made.
+	bool FiresOn(Relation relation, const char *user_column, const char *tier_column);
 	// The tier's policy; nullptr for a tier without one.
 	const CachedPolicy *Policy(const std::string &tier) const;
 
@@ -61,6 +61,12 @@ public:
 		return !valid_;
 	}
 
+	// Whether a row change of `relid` can go without an invalidation: an INSERT or UPDATE of fly.tier_waits or
+	// fly.manual_teardowns while this backend's current cache already counts the table as possibly holding rows
+	// (whoever made it so sent one, or this transaction did). Spares a bulk change to unknown tiers one
+	// invalidation per row.
+	static bool ChangeKnown(Oid relid, bool insert_or_update);
+
 	// Called from _PG_init: registers the relcache callback (inherited by every backend).
 	static void RegisterCallback();
 
@@ -69,6 +75,9 @@ private:
 	static void OnRelcacheInvalidation(Datum arg, Oid relid) noexcept;
 
 	bool valid_ = false;
+	// Whether the invalidation triggers exist (schema 0.3.0): without them nothing would tell the cache of a
+	// change, and it is read afresh at every tier change, as before.
+	bool invalidated_by_triggers_ = false;
 	Oid tier_policies_relid_ = InvalidOid;
 	Oid tier_source_relid_ = InvalidOid;
 	Oid tier_waits_relid_ = InvalidOid;
@@ -80,7 +89,9 @@ private:
 	bool waits_possible_ = true;
 	bool teardowns_possible_ = true;
 	std::unordered_map<std::string, CachedPolicy> policies_;
-	// Tables the trigger fired on, and whether they are (a partition or child of) the attached one.
+	// Partitions the trigger fired on, and whether they are in the attached table's tree (attaching or detaching
+	// a partition invalidates both it and its parent; a plain inheritance child is looked up every time, as
+	// ALTER TABLE ... NO INHERIT of a table between it and the attached one invalidates neither).
 	std::unordered_map<Oid, bool> fires_;
 };
 

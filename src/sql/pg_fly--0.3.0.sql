@@ -1998,14 +1998,32 @@ SELECT pg_catalog.pg_extension_config_dump('fly.secrets_digest_key', '');
 CREATE FUNCTION fly._invalidate_trigger_cache() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', '_invalidate_trigger_cache';
 REVOKE ALL ON FUNCTION fly._invalidate_trigger_cache() FROM PUBLIC;
-CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.tier_policies
+-- Row triggers: a statement that changes no row (the trigger's DELETE of a teardown the user does not have) sends
+-- nothing. ALWAYS: changes applied by logical replication or with session_replication_role = replica count too.
+CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE ON fly.tier_policies
+    FOR EACH ROW EXECUTE FUNCTION fly._invalidate_trigger_cache();
+CREATE TRIGGER invalidate_trigger_cache_truncate AFTER TRUNCATE ON fly.tier_policies
     FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
-CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.tier_source
+CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE ON fly.tier_source
+    FOR EACH ROW EXECUTE FUNCTION fly._invalidate_trigger_cache();
+CREATE TRIGGER invalidate_trigger_cache_truncate AFTER TRUNCATE ON fly.tier_source
     FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
-CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.tier_waits
+CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE ON fly.tier_waits
+    FOR EACH ROW EXECUTE FUNCTION fly._invalidate_trigger_cache();
+CREATE TRIGGER invalidate_trigger_cache_truncate AFTER TRUNCATE ON fly.tier_waits
     FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
-CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fly.manual_teardowns
+CREATE TRIGGER invalidate_trigger_cache AFTER INSERT OR UPDATE OR DELETE ON fly.manual_teardowns
+    FOR EACH ROW EXECUTE FUNCTION fly._invalidate_trigger_cache();
+CREATE TRIGGER invalidate_trigger_cache_truncate AFTER TRUNCATE ON fly.manual_teardowns
     FOR EACH STATEMENT EXECUTE FUNCTION fly._invalidate_trigger_cache();
+ALTER TABLE fly.tier_policies ENABLE ALWAYS TRIGGER invalidate_trigger_cache,
+    ENABLE ALWAYS TRIGGER invalidate_trigger_cache_truncate;
+ALTER TABLE fly.tier_source ENABLE ALWAYS TRIGGER invalidate_trigger_cache,
+    ENABLE ALWAYS TRIGGER invalidate_trigger_cache_truncate;
+ALTER TABLE fly.tier_waits ENABLE ALWAYS TRIGGER invalidate_trigger_cache,
+    ENABLE ALWAYS TRIGGER invalidate_trigger_cache_truncate;
+ALTER TABLE fly.manual_teardowns ENABLE ALWAYS TRIGGER invalidate_trigger_cache,
+    ENABLE ALWAYS TRIGGER invalidate_trigger_cache_truncate;
 
 --------------------------------------------------------------------------------------------------------------
 -- Privileges: functions are executable by PUBLIC by default; take that back from everything here. Tables,
