@@ -1451,3 +1451,9 @@ CREATE TRIGGER secrets_digest_key_upsert BEFORE INSERT ON fly.secrets_digest_key
 REVOKE ALL ON fly.secrets_digest_key FROM PUBLIC;
 REVOKE ALL ON FUNCTION fly._secrets_digest_key_upsert() FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fly.secrets_digest_key', '');
+
+-- Health passes (issue 16): the worker pages through the active apps by their last check, never checked first
+-- (a keyset over this index), instead of loading them all.
+CREATE INDEX user_fly_apps_health_order ON fly.user_fly_apps
+    ((COALESCE(last_health_check_at, '-infinity'::timestamptz)), id)
+    WHERE deleted_at IS NULL AND status = 'active';

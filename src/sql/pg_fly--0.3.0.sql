@@ -2006,3 +2006,9 @@ REVOKE ALL ON fly.tier_policies, fly.user_fly_apps, fly.user_fly_app_events, fly
     FROM PUBLIC;
 REVOKE ALL ON SEQUENCE fly.user_fly_apps_id_seq, fly.user_fly_app_events_id_seq FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA fly FROM PUBLIC;
+
+-- Health passes (issue 16): the worker pages through the active apps by their last check, never checked first
+-- (a keyset over this index), instead of loading them all.
+CREATE INDEX user_fly_apps_health_order ON fly.user_fly_apps
+    ((COALESCE(last_health_check_at, '-infinity'::timestamptz)), id)
+    WHERE deleted_at IS NULL AND status = 'active';
