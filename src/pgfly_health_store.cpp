@@ -68,11 +68,14 @@ RecordHealthBatch(pg::SpiConnection &spi, const std::vector<HealthRecord> &recor
 		"WITH input AS (SELECT DISTINCT ON (i.id) i.id, i.health, i.details::pg_catalog.jsonb AS details "
 		"FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS i (id pg_catalog.int8, health pg_catalog.text, "
 		"details pg_catalog.text) ORDER BY i.id), "
+		// The ids as one array (an initplan), so that both scans of the table are primary-key look-ups, not
+	    // joins that read every app.
 		"old AS (SELECT a.id, a.health_status FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) ANY "
-		"(SELECT id FROM input) AND a.deleted_at IS NULL AND a.status OPERATOR(pg_catalog.=) 'active' "
-		"ORDER BY a.id FOR UPDATE OF a SKIP LOCKED), "
+		"((SELECT pg_catalog.array_agg(id) FROM input)::pg_catalog.int8[]) AND a.deleted_at IS NULL "
+		"AND a.status OPERATOR(pg_catalog.=) 'active' ORDER BY a.id FOR UPDATE OF a SKIP LOCKED), "
 		"done AS (UPDATE fly.user_fly_apps a SET health_status = COALESCE(i.health, a.health_status), "
-		"last_health_check_at = pg_catalog.now() FROM old, input i WHERE a.id OPERATOR(pg_catalog.=) old.id "
+		"last_health_check_at = pg_catalog.now() FROM old, input i WHERE a.id OPERATOR(pg_catalog.=) ANY "
+		"((SELECT pg_catalog.array_agg(id) FROM old)::pg_catalog.int8[]) AND a.id OPERATOR(pg_catalog.=) old.id "
 		"AND i.id OPERATOR(pg_catalog.=) old.id "
 		"RETURNING a.id, a.user_id, a.status, old.health_status AS before, a.health_status AS after, i.details), "
 		"events AS (INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "

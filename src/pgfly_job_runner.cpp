@@ -538,7 +538,14 @@ JobRunner::Drive() {
 				   },
 		           in_flight.job);
 	}
-	FlushHealthBatch();
+	if (!health_batch_.empty()) {
+		// The freed slots take the next checks, and they are on the wire before the batch's commit (which may
+		// wait for its WAL flush) holds the loop.
+		StartHealthChecks();
+		SendAllowed();
+		client_->Drive();
+		FlushHealthBatch();
+	}
 	SendAllowed();
 	const double now = Now();
 	if (now - last_prune_ > kPruneEverySeconds) {
