@@ -68,11 +68,14 @@ RecordHealthBatch(pg::SpiConnection &spi, const std::vector<HealthRecord> &recor
 		"WITH input AS (SELECT DISTINCT ON (i.id) i.id, i.health, i.details::pg_catalog.jsonb AS details "
 		"FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS i (id pg_catalog.int8, health pg_catalog.text, "
 		"details pg_catalog.text) ORDER BY i.id), "
-		// The ids as one array (an initplan), so that both scans of the table are primary-key look-ups, not
-	    // joins that read every app.
-		"old AS (SELECT a.id, a.health_status FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) ANY "
-		"((SELECT pg_catalog.array_agg(id) FROM input)::pg_catalog.int8[]) AND a.deleted_at IS NULL "
-		"AND a.status OPERATOR(pg_catalog.=) 'active' ORDER BY a.id FOR UPDATE OF a SKIP LOCKED), "
+		// Row by row (a lateral look-up per id, in id order), then by an id array: both scans of the table are
+	    // primary-key look-ups whatever the statistics say, never a scan of every app (nor of the partial index
+	    // user_fly_apps_health_order, which a condition on status would make eligible: OFFSET 0 keeps it out).
+	    // The locked row's latest version tells whether it is still active.
+		"old AS (SELECT l.id, l.health_status FROM input i CROSS JOIN LATERAL (SELECT a.id, a.health_status, "
+		"a.deleted_at, a.status FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) i.id "
+		"OFFSET 0 FOR UPDATE OF a SKIP LOCKED) l WHERE l.deleted_at IS NULL AND l.status OPERATOR(pg_catalog.=) "
+	    "'active'), "
 		"done AS (UPDATE fly.user_fly_apps a SET health_status = COALESCE(i.health, a.health_status), "
 		"last_health_check_at = pg_catalog.now() FROM old, input i WHERE a.id OPERATOR(pg_catalog.=) ANY "
 		"((SELECT pg_catalog.array_agg(id) FROM old)::pg_catalog.int8[]) AND a.id OPERATOR(pg_catalog.=) old.id "
