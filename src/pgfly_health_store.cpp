@@ -74,8 +74,8 @@ RecordHealthBatch(pg::SpiConnection &spi, const std::vector<HealthRecord> &recor
 	    // The locked row's latest version tells whether it is still active.
 		"old AS (SELECT l.id, l.health_status FROM input i CROSS JOIN LATERAL (SELECT a.id, a.health_status, "
 		"a.deleted_at, a.status FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) i.id "
-		"OFFSET 0 FOR UPDATE OF a SKIP LOCKED) l WHERE l.deleted_at IS NULL AND l.status OPERATOR(pg_catalog.=) "
-	    "'active'), "
+		"OFFSET 0 FOR UPDATE OF a SKIP LOCKED) l "
+		"WHERE l.deleted_at IS NULL AND l.status OPERATOR(pg_catalog.=) 'active'), "
 		"done AS (UPDATE fly.user_fly_apps a SET health_status = COALESCE(i.health, a.health_status), "
 		"last_health_check_at = pg_catalog.now() FROM old, input i WHERE a.id OPERATOR(pg_catalog.=) ANY "
 		"((SELECT pg_catalog.array_agg(id) FROM old)::pg_catalog.int8[]) AND a.id OPERATOR(pg_catalog.=) old.id "
