@@ -26,6 +26,7 @@ char *app_name_prefix = nullptr;
 char *database_name = nullptr;
 int poll_interval_ms = 10000;
 int max_concurrency = 16;
+int health_check_concurrency = 64;
 int connect_timeout_ms = fly::kDefaultConnectTimeoutMs;
 int request_timeout_ms = fly::kDefaultRequestTimeoutMs;
 int create_settle_time_ms = 60000;
@@ -226,6 +227,9 @@ Define() {
 	DefineCustomIntVariable("fly.max_concurrency", "Users the worker reconciles at once.",
 	                        "Each has at most one Fly request in flight.", &max_concurrency, 16, 1, 1024, PGC_SIGHUP, 0,
 	                        nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("fly.health_check_concurrency", "Health checks the worker runs at once.",
+	                        "Each has at most one request in flight; reconciles keep fly.max_concurrency of their own.",
+	                        &health_check_concurrency, 64, 1, 1024, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("fly.connect_timeout", "Longest wait to connect to the Fly API.", nullptr,
 	                        &connect_timeout_ms, fly::kDefaultConnectTimeoutMs, 100, 600 * 1000, PGC_SIGHUP,
 	                        GUC_UNIT_MS, nullptr, nullptr, nullptr);

@@ -21,11 +21,11 @@ RecentlyCreated(const HealthTarget &target) {
 } // namespace
 
 // Health checks share the client, the rate limiter and the breaker with reconciles (the app's own endpoint
-// stays out of Fly's limiter and breaker), and take at most fly.max_concurrency requests at once of their own;
-// apps whose user is being reconciled are skipped.
+// stays out of Fly's limiter and breaker), and take at most fly.health_check_concurrency requests at once, slots
+// of their own that reconciles do not share; apps whose user is being reconciled are skipped.
 void
 JobRunner::StartHealthChecks() {
-	int limit = concurrency_limit_;
+	int limit = health_concurrency_limit_;
 	switch (breaker_.state(Now())) {
 	case CircuitBreaker::State::kClosed:
 		break;
@@ -43,13 +43,19 @@ JobRunner::StartHealthChecks() {
 		if (busy_users_.count(target.user_id)) {
 			continue;
 		}
-		fly::Request request = fly::GetMachineRequest(target.app_name, target.machine_id);
+		// One request: the user's machines in the app, the recorded one with its state and checks.
+		fly::Request request = fly::ListMachinesRequest(target.app_name, {{machine::kUserMetadataKey, target.user_id}});
+		HealthJob check{target};
+		check.phase = HealthJob::Phase::kList;
 		health_running_++;
-		pending_.push_back(PendingRequest{Now(), HealthJob{target}, std::move(request)});
+		pending_.push_back(PendingRequest{Now(), std::move(check), std::move(request)});
 	}
 	if (health_next_ >= health_queue_.size()) {
 		health_queue_.clear();
 		health_next_ = 0;
+		if (health_more_) {
+			dispatch_again_ = true; // the pass's next page
+		}
 	}
 }
 
@@ -62,14 +68,37 @@ JobRunner::WantsHealthProbe(double now) const {
 	       busy_users_.empty() && health_running_ == 0 && pending_.empty();
 }
 
-// Only a routine check of an app whose user has no reconcile in flight and no create pending looks for duplicates:
+// Only a routine check of an app whose user has no reconcile in flight and no create pending destroys duplicates:
 // a machine that is being created is no duplicate yet.
-std::optional<fly::Request>
-JobRunner::DuplicateSearch(const HealthJob &check) const {
-	if (check.canary_of_rollout != 0 || check.target.pending_create || busy_users_.count(check.target.user_id)) {
-		return std::nullopt;
+bool
+JobRunner::MayDestroyDuplicates(const HealthJob &check) const {
+	return check.canary_of_rollout == 0 && !check.target.pending_create && !busy_users_.count(check.target.user_id);
+}
+
+void
+JobRunner::FlushHealthBatch() {
+	if (health_batch_.empty()) {
+		return;
 	}
-	return fly::ListMachinesRequest(check.target.app_name, {{machine::kUserMetadataKey, check.target.user_id}});
+	std::vector<HealthRecord> batch;
+	batch.swap(health_batch_);
+	try {
+		HealthBatchResult result;
+		pg::RunInTransaction("pg_fly: recording health checks",
+		                     [&](pg::SpiConnection &spi) { result = RecordHealthBatch(spi, batch); });
+		if (result.recorded < static_cast<int64_t>(batch.size())) {
+			// Rows others hold (an operator's, say) keep their old last_health_check_at: first in the next pass.
+			const int64_t left = static_cast<int64_t>(batch.size()) - result.recorded;
+			pg::PgGuard([&]() {
+				elog(DEBUG1,
+				     "pg_fly worker: %lld health check(s) recorded in a later pass: their rows are locked "
+				     "or no longer active",
+				     static_cast<long long>(left));
+			});
+		}
+	} catch (const std::exception &e) {
+		Log("recording " + std::to_string(batch.size()) + " health checks failed: " + e.what());
+	}
 }
 
 std::optional<fly::Request>
@@ -100,12 +129,9 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 	using Phase = HealthJob::Phase;
 	const HealthTarget &target = check.target;
 	std::optional<fly::Request> next;
+	ListedHealth listed;
 	try {
-		if (check.phase == Phase::kDuplicates) {
-			DuplicateMachines found = FindDuplicateMachines(outcome, target.machine_id, target.user_id);
-			check.duplicates = found.extra;
-			next = NextDuplicateDestroy(check);
-		} else if (check.phase == Phase::kDestroyingDuplicate) {
+		if (check.phase == Phase::kDestroyingDuplicate) {
 			if (outcome.kind != fly::OutcomeKind::kSuccess && outcome.kind != fly::OutcomeKind::kNotFound) {
 				// The next pass finds it again.
 				Log("destroying a duplicate machine of " + target.app_name + " failed: " + outcome.message);
@@ -121,12 +147,23 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 				RecordHealth(spi, target, nullptr, started ? "machine_restarted" : "machine_restart_failed",
 				             details.Dump());
 			});
+		} else if (check.phase == Phase::kList &&
+		           (listed = EvaluateListedMachineHealth(outcome, target.machine_id, target.user_id)).ask_machine) {
+			// The list cannot say: the machine itself tells a vanished one from one the list does not show yet.
+			check.phase = Phase::kMachine;
+			next = fly::GetMachineRequest(target.app_name, target.machine_id);
 		} else {
-			HealthVerdict verdict = check.phase == Phase::kEndpoint
-			                            ? EvaluateAppHealthEndpoint(outcome, target.user_id)
-			                            : EvaluateMachineHealth(outcome, RecentlyCreated(target));
+			HealthVerdict verdict;
+			if (check.phase == Phase::kList) {
+				verdict = std::move(listed.verdict);
+				check.duplicates = std::move(listed.duplicates);
+			} else if (check.phase == Phase::kEndpoint) {
+				verdict = EvaluateAppHealthEndpoint(outcome, target.user_id);
+			} else {
+				verdict = EvaluateMachineHealth(outcome, RecentlyCreated(target));
+			}
 			std::optional<std::string> endpoint_url;
-			if (check.phase == Phase::kMachine && verdict.health == Health::kHealthy &&
+			if (check.phase != Phase::kEndpoint && verdict.health == Health::kHealthy &&
 			    settings::app_health_url[0] != '\0') {
 				endpoint_url = AppHealthUrl(settings::app_health_url, target.app_name);
 				if (!endpoint_url) {
@@ -152,6 +189,18 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 					event = "app_vanished";
 				}
 				const char *health = verdict.health == Health::kUnknown ? nullptr : HealthName(verdict.health);
+				// Duplicates are destroyed only after an answer about the machine (a failing Fly is not asked for
+				// more), and not while it is started again or re-provisioned.
+				const bool destroy_duplicates =
+					!check.duplicates.empty() && next == std::nullopt && verdict.health != Health::kUnknown &&
+					verdict.action != HealthAction::kReprovision && MayDestroyDuplicates(check);
+				if (event.empty() && check.canary_of_rollout == 0 && !destroy_duplicates) {
+					// Nothing follows from it: recorded with the other answers of this loop pass.
+					health_batch_.push_back(
+						HealthRecord{target.app_id, health ? pg::Value(health) : std::nullopt, details.Dump()});
+					health_running_--;
+					return;
+				}
 				bool active = false;
 				pg::RunInTransaction("pg_fly: recording a health check", [&](pg::SpiConnection &spi) {
 					active = RecordHealth(spi, target, health, event, details.Dump());
@@ -170,13 +219,8 @@ JobRunner::OnHealthAnswer(HealthJob check, const fly::Outcome &outcome) {
 				});
 				if (next) {
 					check.phase = Phase::kStarting;
-				} else if (active && verdict.health != Health::kUnknown &&
-				           verdict.action != HealthAction::kReprovision) {
-					// Only after an answer about the machine: a failing Fly is not asked for more.
-					next = DuplicateSearch(check);
-					if (next) {
-						check.phase = Phase::kDuplicates;
-					}
+				} else if (active && destroy_duplicates) {
+					next = NextDuplicateDestroy(check);
 				}
 			}
 		}

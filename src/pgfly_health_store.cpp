@@ -9,28 +9,90 @@ namespace pgfly {
 
 using pg::ToInt;
 
-std::vector<HealthTarget>
-LoadHealthTargets(pg::SpiConnection &spi) {
-	auto rows =
-		spi.Query("SELECT id, user_id, fly_app_name, fly_machine_id, tier, "
-	              "EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
-	              "CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
-	              "ELSE fly_machine_created_at END), "
-	              "pending_machine_operation IS NOT NULL FROM fly.user_fly_apps "
-	              "WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
-	              "AND fly_machine_id IS NOT NULL ORDER BY last_health_check_at NULLS FIRST, id",
-	              {}, true);
-	std::vector<HealthTarget> targets;
-	targets.reserve(rows.size());
+HealthPage
+LoadHealthTargets(pg::SpiConnection &spi, const HealthCursor &cursor, int limit) {
+	// A keyset page over user_fly_apps_health_order; the pass ends before the apps it has checked itself (their
+	// last_health_check_at is later than its start).
+	auto rows = spi.Query(
+		"SELECT id, user_id, fly_app_name, fly_machine_id, tier, "
+		"EXTRACT(EPOCH FROM pg_catalog.now() OPERATOR(pg_catalog.-) "
+		"CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
+		"ELSE fly_machine_created_at END), "
+		"pending_machine_operation IS NOT NULL, "
+		"COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz)::pg_catalog.text, "
+		"COALESCE($3::pg_catalog.timestamptz, pg_catalog.now())::pg_catalog.text FROM fly.user_fly_apps "
+		"WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
+		"AND (COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz), id) "
+		"OPERATOR(pg_catalog.>) ($1::pg_catalog.timestamptz, $2::pg_catalog.int8) "
+		"AND COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz) OPERATOR(pg_catalog.<) "
+		"COALESCE($3::pg_catalog.timestamptz, pg_catalog.now()) "
+		"AND fly_machine_id IS NOT NULL "
+		"ORDER BY COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz), id LIMIT $4::pg_catalog.int4",
+		{cursor.after_checked_at, std::to_string(cursor.after_id),
+	     cursor.pass_started.empty() ? std::nullopt : pg::Value(cursor.pass_started), std::to_string(limit)},
+		true);
+	HealthPage page;
+	page.cursor = cursor;
+	page.targets.reserve(rows.size());
 	for (const auto &row : rows) {
 		HealthTarget target{ToInt(row[0]), row[1].value_or(""), row[2].value_or(""), row[3].value_or(""), row[4]};
 		if (row[5]) {
 			target.machine_age_seconds = std::stod(*row[5]);
 		}
 		target.pending_create = row[6] == std::string("t");
-		targets.push_back(std::move(target));
+		page.targets.push_back(std::move(target));
+		page.cursor.after_checked_at = row[7].value_or("-infinity");
+		page.cursor.after_id = page.targets.back().app_id;
+		page.cursor.pass_started = row[8].value_or("");
 	}
-	return targets;
+	page.more = static_cast<int>(rows.size()) >= limit;
+	return page;
+}
+
+HealthBatchResult
+RecordHealthBatch(pg::SpiConnection &spi, const std::vector<HealthRecord> &records) {
+	HealthBatchResult result;
+	if (records.empty()) {
+		return result;
+	}
+	// One JSON parameter: nothing Fly sent can shift the rows.
+	Json input = Json::Array();
+	for (const auto &record : records) {
+		Json row = Json::Object();
+		row.Set("id", Json::Integer(record.app_id));
+		row.Set("health", record.health ? Json::String(*record.health) : Json::Null());
+		row.Set("details", Json::String(record.details_json));
+		input.Append(row);
+	}
+	auto rows = spi.Query(
+		"WITH input AS (SELECT DISTINCT ON (i.id) i.id, i.health, i.details::pg_catalog.jsonb AS details "
+		"FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS i (id pg_catalog.int8, health pg_catalog.text, "
+		"details pg_catalog.text) ORDER BY i.id), "
+		// Row by row (a lateral look-up per id, in id order), then by an id array: both scans of the table are
+	    // primary-key look-ups whatever the statistics say, never a scan of every app (nor of the partial index
+	    // user_fly_apps_health_order, which a condition on status would make eligible: OFFSET 0 keeps it out).
+	    // The locked row's latest version tells whether it is still active.
+		"old AS (SELECT l.id, l.health_status FROM input i CROSS JOIN LATERAL (SELECT a.id, a.health_status, "
+		"a.deleted_at, a.status FROM fly.user_fly_apps a WHERE a.id OPERATOR(pg_catalog.=) i.id "
+		"OFFSET 0 FOR UPDATE OF a SKIP LOCKED) l "
+		"WHERE l.deleted_at IS NULL AND l.status OPERATOR(pg_catalog.=) 'active'), "
+		"done AS (UPDATE fly.user_fly_apps a SET health_status = COALESCE(i.health, a.health_status), "
+		"last_health_check_at = pg_catalog.now() FROM old, input i WHERE a.id OPERATOR(pg_catalog.=) ANY "
+		"((SELECT pg_catalog.array_agg(id) FROM old)::pg_catalog.int8[]) AND a.id OPERATOR(pg_catalog.=) old.id "
+		"AND i.id OPERATOR(pg_catalog.=) old.id "
+		"RETURNING a.id, a.user_id, a.status, old.health_status AS before, a.health_status AS after, i.details), "
+		"events AS (INSERT INTO fly.user_fly_app_events (fly_app_id, user_id, event_type, status, details) "
+		"SELECT id, user_id, 'health_changed', status, details OPERATOR(pg_catalog.||) "
+		"pg_catalog.jsonb_build_object('from', before, 'to', after) FROM done "
+		"WHERE before IS DISTINCT FROM after ORDER BY id RETURNING 1) "
+		"SELECT (SELECT pg_catalog.count(*) FROM done), (SELECT pg_catalog.count(*) FROM events)",
+		{input.Dump()});
+	result.recorded = ToInt(rows.at(0).at(0));
+	result.events = ToInt(rows.at(0).at(1));
+	if (result.events == 0) {
+		spi.Query("SELECT pg_catalog.set_config('synchronous_commit', 'off', true)", {});
+	}
+	return result;
 }
 
 bool

@@ -30,6 +30,8 @@ constexpr double kPruneEverySeconds = 60;
 constexpr double kSaturatedDispatchSeconds = 1.0;
 // How often the queue's due items are counted for fly.worker_status().queue_ready.
 constexpr double kQueueCountSeconds = 1.0;
+// Active apps a health pass loads at a time.
+constexpr int kHealthPageSize = 2000;
 // External descriptors left to PostgreSQL when the reservation takes all it can.
 constexpr int kFdHeadroom = 4;
 
@@ -116,8 +118,8 @@ JobRunner::Configure() {
 	}
 	client_config_.connect_timeout_ms = settings::connect_timeout_ms;
 	client_config_.request_timeout_ms = settings::request_timeout_ms;
-	// Reconciles (with rollouts) and health checks each keep up to fly.max_concurrency requests in flight: as
-	// many connections as PostgreSQL grants descriptors for.
+	// Reconciles (with rollouts) keep up to fly.max_concurrency requests in flight, health checks up to
+	// fly.health_check_concurrency: as many connections as PostgreSQL grants descriptors for.
 	const ConnectionBudget budget = ReserveClientFds();
 	client_config_.max_host_connections = budget.connections;
 	client_config_.max_total_connections = budget.connections;
@@ -146,7 +148,7 @@ JobRunner::Configure() {
 // own files do not run out. What is not granted lowers the worker's concurrency rather than failing.
 ConnectionBudget
 JobRunner::ReserveClientFds() {
-	const ConnectionBudget wanted = WantedConnections(settings::max_concurrency);
+	const ConnectionBudget wanted = WantedConnections(settings::max_concurrency, settings::health_check_concurrency);
 	pg::PgGuard([&]() {
 		for (; reserved_fds_ > 0; reserved_fds_--) {
 			ReleaseExternalFD();
@@ -165,12 +167,16 @@ JobRunner::ReserveClientFds() {
 			ReserveExternalFD();
 		}
 	});
-	const ConnectionBudget budget = FitConnections(settings::max_concurrency, reserved_fds_);
-	if (budget.concurrency < settings::max_concurrency && budget.concurrency != concurrency_limit_) {
+	const ConnectionBudget budget =
+		FitConnections(settings::max_concurrency, settings::health_check_concurrency, reserved_fds_);
+	if (budget.fds < wanted.fds &&
+	    (budget.concurrency != concurrency_limit_ || budget.health_concurrency != health_concurrency_limit_)) {
 		Log("only " + std::to_string(reserved_fds_) + " file descriptors are available for Fly connections (" +
 		    std::to_string(wanted.fds) + " wanted): " + std::to_string(budget.concurrency) +
 		    " users are reconciled at once instead of fly.max_concurrency = " +
-		    std::to_string(settings::max_concurrency));
+		    std::to_string(settings::max_concurrency) + ", and " + std::to_string(budget.health_concurrency) +
+		    " health checks instead of fly.health_check_concurrency = " +
+		    std::to_string(settings::health_check_concurrency));
 	}
 	if (budget.connections != client_connections_) {
 		pg::PgGuard([&]() {
@@ -179,6 +185,7 @@ JobRunner::ReserveClientFds() {
 		});
 	}
 	concurrency_limit_ = budget.concurrency;
+	health_concurrency_limit_ = budget.health_concurrency;
 	client_connections_ = budget.connections;
 	return budget;
 }
@@ -286,7 +293,11 @@ JobRunner::DispatchWork() {
 	                        (health_requested || (settings::health_check_interval_ms > 0 && now >= next_health_pass_));
 	const bool probe_due = WantsHealthProbe(now) && now >= next_probe_check_;
 	std::vector<ClaimedItem> claimed;
-	std::optional<std::vector<HealthTarget>> health_targets;
+	std::optional<HealthPage> health_page;
+	// A pass goes on a page at a time; a new one starts only once the last one has loaded its last page.
+	const bool health_drained = health_next_ >= health_queue_.size();
+	const bool next_page_due = health_more_ && health_drained;
+	const bool pass_starts = (health_due || probe_due) && !health_more_ && health_drained;
 	QueueSummary summary;
 	// The count of due items reads all of them: a status figure, counted at most once a second.
 	const bool count_due = now >= next_queue_count_;
@@ -296,8 +307,9 @@ JobRunner::DispatchWork() {
 				if (capacity > 0) {
 					claimed = ClaimDueItems(spi, capacity, BusyUsers());
 				}
-				if ((health_due || probe_due) && health_next_ >= health_queue_.size()) {
-					health_targets = LoadHealthTargets(spi);
+				if (pass_starts || next_page_due) {
+					health_page =
+						LoadHealthTargets(spi, pass_starts ? HealthCursor{} : health_cursor_, kHealthPageSize);
 				}
 				summary = SummarizeQueue(spi, count_due);
 			});
@@ -331,10 +343,13 @@ JobRunner::DispatchWork() {
 		next_rollout_pass_ = next_health_pass_;
 		return;
 	}
-	if (health_targets) {
-		health_queue_ = std::move(*health_targets);
+	if (health_page) {
+		health_queue_ = std::move(health_page->targets);
 		health_next_ = 0;
-	} else if (health_requested) {
+		health_cursor_ = std::move(health_page->cursor);
+		health_more_ = health_page->more;
+	}
+	if (!pass_starts && health_requested) {
 		// A pass is still under way: the next one starts an interval after it, or when asked again.
 		pg_atomic_write_u32(&shared_->health_pass_requested, 1);
 	}
@@ -542,6 +557,14 @@ JobRunner::Drive() {
 					   [&](RolloutJob &job) { OnRolloutAnswer(std::move(job), outcome); },
 				   },
 		           in_flight.job);
+	}
+	if (!health_batch_.empty()) {
+		// The freed slots take the next checks, and they are on the wire before the batch's commit (which may
+		// wait for its WAL flush) holds the loop.
+		StartHealthChecks();
+		SendAllowed();
+		client_->Drive();
+		FlushHealthBatch();
 	}
 	SendAllowed();
 	const double now = Now();

@@ -16,6 +16,7 @@ extern char *app_name_prefix;
 extern char *database_name;
 extern int poll_interval_ms;
 extern int max_concurrency;
+extern int health_check_concurrency;
 extern int connect_timeout_ms;
 extern int request_timeout_ms;
 extern int create_settle_time_ms;

@@ -25,7 +25,36 @@ struct HealthTarget {
 	// A create-machine request of the user's is unanswered (pending_machine_operation): no duplicate is destroyed.
 	bool pending_create = false;
 };
-std::vector<HealthTarget> LoadHealthTargets(pg::SpiConnection &spi);
+// Where a health pass is: it checks the active apps in the order of their last check (never checked first), a
+// page at a time, and ends at the apps checked since it started.
+struct HealthCursor {
+	// now() of the transaction that loaded the first page (empty: the pass has not started).
+	std::string pass_started;
+	// The last app loaded: COALESCE(last_health_check_at, '-infinity') and id.
+	std::string after_checked_at = "-infinity";
+	int64_t after_id = 0;
+};
+struct HealthPage {
+	std::vector<HealthTarget> targets;
+	HealthCursor cursor; // after this page
+	bool more = false;   // a full page: there may be more
+};
+// The next page of at most `limit` apps after `cursor` (a fresh cursor starts a pass).
+HealthPage LoadHealthTargets(pg::SpiConnection &spi, const HealthCursor &cursor, int limit);
+// A routine check's answer that takes no action and needs no follow-up: recorded with others in one statement.
+struct HealthRecord {
+	int64_t app_id = 0;
+	pg::Value health; // nothing: unchanged
+	std::string details_json;
+};
+struct HealthBatchResult {
+	int64_t recorded = 0;
+	int64_t events = 0;
+};
+// Records a batch like RecordHealth (rows others hold are left for a later pass, a health_changed event for
+// each change). The transaction commits without waiting for its WAL flush unless it wrote an event: a lost
+// last_health_check_at only brings the check forward, but an event must be durable once it is visible.
+HealthBatchResult RecordHealthBatch(pg::SpiConnection &spi, const std::vector<HealthRecord> &records);
 // Records a check: health (nothing = unchanged), last_health_check_at, and an event when health changed or an
 // action was taken. Returns false when the app is no longer active (it changed meanwhile).
 bool RecordHealth(pg::SpiConnection &spi, const HealthTarget &target, const char *health, const std::string &event,

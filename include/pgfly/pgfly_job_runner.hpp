@@ -68,14 +68,17 @@ private:
 		reconcile::Operation operation;
 		StepContext context;
 	};
-	// A health check of one active app: get its machine, then maybe ask the app's own endpoint or start it; a
-	// routine check then lists the machines that carry the user's metadata and destroys any besides the recorded
-	// one (kDuplicates, kDestroyingDuplicate).
+	// A health check of one active app. A routine check lists the machines that carry the user's metadata: the
+	// recorded machine's entry gives its health (its own GET when the list cannot say), and any other live one is a
+	// duplicate, destroyed once the check is recorded (kDestroyingDuplicate). A canary's check gets its machine.
+	// Then maybe the app's own endpoint is asked, or the machine started.
 	struct HealthJob {
 		HealthTarget target;
 		// The image rollout whose canary this is (0: a routine check).
 		int64_t canary_of_rollout = 0;
-		enum class Phase { kMachine, kEndpoint, kStarting, kDuplicates, kDestroyingDuplicate } phase = Phase::kMachine;
+		// kList: a routine check's list of the user's machines; kMachine: the machine itself (a canary's check, or
+		// when the list could not say).
+		enum class Phase { kList, kMachine, kEndpoint, kStarting, kDestroyingDuplicate } phase = Phase::kMachine;
 		// The machine's verdict, kept while the app's own endpoint is asked.
 		std::string machine_state;
 		// Duplicates still to destroy.
@@ -141,10 +144,12 @@ private:
 	void StartHealthChecks();
 	bool WantsHealthProbe(double now) const;
 	void OnHealthAnswer(HealthJob check, const fly::Outcome &outcome);
-	// The duplicate search's steps: the list to ask for once the check is done (nothing when the app must be left
-	// alone this pass), and the next duplicate's destruction (recorded first), if any.
-	std::optional<fly::Request> DuplicateSearch(const HealthJob &check) const;
+	// Whether the duplicates a routine check's list showed may be destroyed (no when the app must be left alone
+	// this pass), and the next duplicate's destruction (recorded first), if any.
+	bool MayDestroyDuplicates(const HealthJob &check) const;
 	std::optional<fly::Request> NextDuplicateDestroy(HealthJob &check);
+	// Records the answers collected in health_batch_ in one transaction.
+	void FlushHealthBatch();
 
 	// pgfly_orphan_runner.cpp
 	void StartOrphanPass();
@@ -209,8 +214,13 @@ private:
 	bool dispatch_skipped_ = false;
 	// When a half-open breaker may next look for an app whose health check carries its probe.
 	double next_probe_check_ = 0;
+	// The page of the health pass being checked, and where the pass is (more: pages are left to load).
 	std::vector<HealthTarget> health_queue_;
 	size_t health_next_ = 0;
+	HealthCursor health_cursor_;
+	bool health_more_ = false;
+	// Answered routine checks not recorded yet (FlushHealthBatch).
+	std::vector<HealthRecord> health_batch_;
 	int health_running_ = 0;
 	double next_health_pass_ = 0;
 	// Image rollouts: when to look again, what was claimed in this pass, canaries being checked.
@@ -238,6 +248,7 @@ private:
 	// File descriptors reserved with PostgreSQL for the client, and the concurrency and connections they allow.
 	int reserved_fds_ = 0;
 	int concurrency_limit_ = 0;
+	int health_concurrency_limit_ = 0;
 	int client_connections_ = 0;
 };
 

@@ -33,6 +33,8 @@ using Clock = std::chrono::steady_clock;
 constexpr long kWaitGraceMs = 5000;
 constexpr size_t kMaxCapturedHeaderLength = 200;
 constexpr int kMaxEventsPerDrive = 64;
+// HTTP/2 streams one connection carries at once.
+constexpr long kMaxConcurrentStreams = 100;
 // Expired curl timers served back to back in one Drive, so that a chain of zero timeouts does not need a trip
 // through the caller's wait loop for each link.
 constexpr int kMaxTimerRoundsPerDrive = 8;
@@ -274,6 +276,9 @@ struct Client::Impl {
 		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, &Impl::OnTimer);
 		curl_multi_setopt(multi, CURLMOPT_TIMERDATA, this);
 		curl_multi_setopt(multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+		// Requests one HTTP/2 connection carries at once (the server's own cap applies when lower); more wait
+		// for another connection, within the connection limits below.
+		curl_multi_setopt(multi, CURLMOPT_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams);
 		ApplyConnectionLimits();
 		return true;
 	}
@@ -492,6 +497,8 @@ struct Client::Impl {
 		// first response, so one long request (a 60 s wait) would hold back every other one.
 		if (config.base_url.compare(0, 8, "https://") == 0) {
 			set(curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L));
+			// HTTP/2 when the server offers it by ALPN (Fly's API does), HTTP/1.1 with keep-alive otherwise.
+			set(curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS)));
 		}
 		set(curl_easy_setopt(easy, CURLOPT_SHARE, share));
 		if (!IsFlyApi(request.endpoint)) {

@@ -152,6 +152,38 @@ FindDuplicateMachines(const fly::Outcome &outcome, const std::string &recorded_m
 	return result;
 }
 
+ListedHealth
+EvaluateListedMachineHealth(const fly::Outcome &outcome, const std::string &recorded_machine_id,
+                            const std::string &user_id) {
+	ListedHealth result;
+	if (outcome.kind == fly::OutcomeKind::kNotFound) {
+		result.ask_machine = true;
+		return result;
+	}
+	if (outcome.kind != fly::OutcomeKind::kSuccess) {
+		result.verdict = EvaluateMachineHealth(outcome);
+		return result;
+	}
+	const machine::MachineList list = machine::MachinesFromList(outcome);
+	if (!list.problem.empty()) {
+		result.ask_machine = true;
+		return result;
+	}
+	// MachinesFromList keeps every entry, in order.
+	for (size_t i = 0; i < list.machines.size(); i++) {
+		if (list.machines[i].id != recorded_machine_id) {
+			continue;
+		}
+		fly::Outcome entry = outcome;
+		entry.body = outcome.body.At(i);
+		result.verdict = EvaluateMachineHealth(entry);
+		result.duplicates = FindDuplicateMachines(outcome, recorded_machine_id, user_id).extra;
+		return result;
+	}
+	result.ask_machine = true;
+	return result;
+}
+
 std::optional<std::string>
 AppHealthUrl(const std::string &url_template, const std::string &app_name) {
 	if (AppNameProblem(app_name)) {

@@ -2110,3 +2110,9 @@ COMMENT ON FUNCTION fly._retention_batch(integer, interval) IS
     'app rows deleted longer ago than that, with their remaining events. Returns how many rows it deleted; the '
     'worker calls it in batches';
 REVOKE ALL ON FUNCTION fly._retention_batch(integer, interval) FROM PUBLIC;
+
+-- Health passes (issue 16): the worker pages through the active apps by their last check, never checked first
+-- (a keyset over this index), instead of loading them all.
+CREATE INDEX user_fly_apps_health_order ON fly.user_fly_apps
+    ((COALESCE(last_health_check_at, '-infinity'::timestamptz)), id)
+    WHERE deleted_at IS NULL AND status = 'active';

@@ -240,5 +240,49 @@ class OnDemandHealthTest(ProvisioningTestCase):
                                          f"WHERE user_id = '{USER}'", timeout=15))
 
 
+class ConcurrentHealthTest(ProvisioningTestCase):
+    # Reconciles get 2 slots, health checks 32 of their own.
+    cluster_settings = {"fly.request_timeout": "'10s'", "fly.health_check_interval": "0", "fly.rate_limits": "off",
+                        "fly.max_concurrency": "2", "fly.health_check_concurrency": "32"}
+    APPS = 40
+    LATENCY_MS = 400
+
+    def fly(self, method, path, body):
+        request = urllib.request.Request(self.sim.url + path, data=json.dumps(body).encode(), method=method,
+                                         headers={"Authorization": f"Bearer {TEST_TOKEN}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read().decode() or "null")
+
+    def test_checks_run_concurrently_beyond_max_concurrency_one_request_each(self):
+        values = []
+        for i in range(self.APPS):
+            user = str(uuid.UUID(int=(0xC0C0 << 64) + i, version=4))
+            name = f"conc-{i:03d}"
+            self.fly("POST", "/v1/apps", {"name": name, "app_name": name, "org_slug": "personal"})
+            machine = self.fly("POST", f"/v1/apps/{name}/machines",
+                               {"region": "sjc", "config": {"image": "registry.fly.io/x:1",
+                                                            "metadata": {"pg_fly_user_id": user}}})
+            values.append(f"('{user}', 'pro', '{name}', 'personal', '{machine['id']}', 'active', 'sjc')")
+        self.pg.sql("INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, fly_machine_id, "
+                    "status, region) VALUES " + ", ".join(values))
+        self.sim.configure(latency={"*": {"fixed_ms": self.LATENCY_MS, "jitter_ms": 0}})
+        since = self.sim.requests()["last_seq"]
+        started = time.monotonic()
+        self.assertEqual(self.pg.value("SELECT fly.check_fly_apps_health()"), str(self.APPS))
+        self.assertTrue(self.pg.wait_for("SELECT count(*) = 0 FROM fly.user_fly_apps WHERE health_status "
+                                         "IS DISTINCT FROM 'healthy'", timeout=60))
+        elapsed = time.monotonic() - started
+        requests = [r for r in self.sim.requests(since)["requests"] if r["endpoint"] != "unknown"]
+        # One request per app: the list by the user's metadata, no GET machine, no second list.
+        self.assertEqual(sorted(r["endpoint"] for r in requests), ["list_machines"] * self.APPS, requests)
+        # At fly.max_concurrency (2) the pass would take 40 x 0.4 s / 2 = 8 s; at 32 about a second.
+        self.assertLess(elapsed, 5.0)
+        spans = sorted((r["t_mono"], r["t_mono"] + r["duration_ms"] / 1000) for r in requests)
+        most = max(sum(1 for other in spans if other[0] <= start < other[1]) for start, _ in spans)
+        self.assertGreaterEqual(most, 16, spans)
+        self.assertLessEqual(most, 32)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -164,5 +164,56 @@ TEST(FindDuplicateMachines, NothingIsDecidedWithoutTheRecordedMachine) {
 	EXPECT_NE(found.problem, "");
 }
 
+TEST(EvaluateListedMachineHealth, TheRecordedEntryGivesHealthAndTheOthersAreDuplicates) {
+	const std::string list = R"([{"id":"m2","state":"started","config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+							 R"({"id":"m1","state":"started","checks":[{"name":"a","status":"passing"}],)"
+							 R"("config":{"metadata":{"pg_fly_user_id":"u1"}}},)"
+							 R"({"id":"m3","state":"destroyed","config":{"metadata":{"pg_fly_user_id":"u1"}}}])";
+	ListedHealth listed = EvaluateListedMachineHealth(Answer(fly::OutcomeKind::kSuccess, list), "m1", "u1");
+	EXPECT_FALSE(listed.ask_machine);
+	EXPECT_EQ(listed.verdict.health, Health::kHealthy);
+	EXPECT_EQ(listed.verdict.detail, "1 of 1 checks passing");
+	EXPECT_EQ(listed.duplicates, std::vector<std::string>{"m2"});
+	// The recorded machine's own checks decide, not another entry's.
+	listed = EvaluateListedMachineHealth(
+		Answer(fly::OutcomeKind::kSuccess,
+	           R"([{"id":"m2","state":"started","checks":[{"name":"a","status":"passing"}]},)"
+	           R"({"id":"m1","state":"started","checks":[{"name":"b","status":"critical"}]}])"),
+		"m1", "u1");
+	EXPECT_EQ(listed.verdict.health, Health::kUnhealthy);
+	EXPECT_EQ(listed.verdict.detail, "b is critical");
+	EXPECT_TRUE(listed.duplicates.empty()); // m2 does not say it is u1's
+	listed = EvaluateListedMachineHealth(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m1","state":"stopped"}])"), "m1",
+	                                     "u1");
+	EXPECT_EQ(listed.verdict.action, HealthAction::kStartMachine);
+	// A recorded machine on its way out: re-provisioned, and nothing else is a duplicate of it.
+	listed = EvaluateListedMachineHealth(
+		Answer(fly::OutcomeKind::kSuccess,
+	           R"([{"id":"m1","state":"destroying"},)"
+	           R"({"id":"m2","state":"started","config":{"metadata":{"pg_fly_user_id":"u1"}}}])"),
+		"m1", "u1");
+	EXPECT_EQ(listed.verdict.action, HealthAction::kReprovision);
+	EXPECT_TRUE(listed.duplicates.empty());
+}
+
+TEST(EvaluateListedMachineHealth, AsksTheMachineWhenTheListCannotSay) {
+	// Not in the list (gone, or not shown yet), the app not found, an unusable list.
+	EXPECT_TRUE(EvaluateListedMachineHealth(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"m2","state":"started"}])"),
+	                                        "m1", "u1")
+	                .ask_machine);
+	EXPECT_TRUE(EvaluateListedMachineHealth(Answer(fly::OutcomeKind::kSuccess, "[]"), "m1", "u1").ask_machine);
+	EXPECT_TRUE(EvaluateListedMachineHealth(Answer(fly::OutcomeKind::kNotFound), "m1", "u1").ask_machine);
+	EXPECT_TRUE(
+		EvaluateListedMachineHealth(Answer(fly::OutcomeKind::kSuccess, R"({"id":"m1"})"), "m1", "u1").ask_machine);
+	EXPECT_TRUE(EvaluateListedMachineHealth(Answer(fly::OutcomeKind::kSuccess, R"([{"id":"../x","state":"started"}])"),
+	                                        "m1", "u1")
+	                .ask_machine);
+	// A failing Fly tells nothing, and is not asked again.
+	ListedHealth listed = EvaluateListedMachineHealth(Answer(fly::OutcomeKind::kTransient), "m1", "u1");
+	EXPECT_FALSE(listed.ask_machine);
+	EXPECT_EQ(listed.verdict.health, Health::kUnknown);
+	EXPECT_EQ(listed.verdict.detail, "get_machine: something");
+}
+
 } // namespace
 } // namespace pgfly

@@ -43,6 +43,20 @@ struct DuplicateMachines {
 DuplicateMachines FindDuplicateMachines(const fly::Outcome &outcome, const std::string &recorded_machine_id,
                                         const std::string &user_id);
 
+// A routine check in one request: the list of the app's machines that carry the user's metadata (not a summary:
+// each entry has its `state` and `checks[]`, as GET machine gives them). The recorded machine's entry gives its
+// health, and the user's other live machines are the duplicates (FindDuplicateMachines). When the list cannot say
+// (the app is not found, the list is unusable, or the recorded machine is not in it: gone, or a create the list
+// does not show yet) the machine itself is to be asked (ask_machine), which tells a vanished machine from one
+// the list lags behind. Any other failure tells nothing (kUnknown), as for GET machine.
+struct ListedHealth {
+	bool ask_machine = false;
+	HealthVerdict verdict;
+	std::vector<std::string> duplicates;
+};
+ListedHealth EvaluateListedMachineHealth(const fly::Outcome &outcome, const std::string &recorded_machine_id,
+                                         const std::string &user_id);
+
 // From the app's own health endpoint (the user app's backend reports run_mode, user_id and trader_count): healthy
 // only when it answers and runs in user_dedicated mode for this very user, which proves that the machine serves
 // one user and no other.
