@@ -250,6 +250,10 @@ JobRunner::DispatchWork() {
 		return;
 	}
 	dispatch_skipped_ = false;
+	// Read before the claim's snapshot (a commit bumps the counter once it is visible), paired with the wait's
+	// re-check in the worker loop.
+	commits_seen_ = pg_atomic_read_u64(&shared_->work_commits);
+	pg_memory_barrier();
 	next_saturated_dispatch_ = now + kSaturatedDispatchSeconds;
 	dispatch_again_ = false;
 	// Each step is a transaction of its own and skips rows others hold, so that one lock held by an application
@@ -469,6 +473,7 @@ JobRunner::SendDue(double now, std::vector<PendingRequest> &still_pending, size_
 			const double wait = limiter_.Acquire(key, now);
 			if (wait > 0) {
 				pending.due = now + wait;
+				pending.rate_limited = true;
 				still_pending.push_back(std::move(pending));
 				next++;
 				continue;
@@ -479,6 +484,23 @@ JobRunner::SendDue(double now, std::vector<PendingRequest> &still_pending, size_
 		next++;
 		in_flight_.emplace(id, InFlight{std::move(pending.job), std::move(key), pending.request.endpoint});
 	}
+}
+
+std::optional<std::pair<fly::RequestId, std::pair<std::string, std::string>>>
+JobRunner::SendNow(const fly::Request &request) {
+	const double now = Now();
+	if (!fly::IsFlyApi(request.endpoint) || breaker_.state(now) != CircuitBreaker::State::kClosed) {
+		return std::nullopt;
+	}
+	std::pair<std::string, std::string> key = RateLimitKey(request, settings_.org_slug);
+	if (limiter_.Acquire(key, now) > 0) {
+		return std::nullopt;
+	}
+	breaker_.MarkSent(now);
+	const fly::RequestId id = client_->Submit(request);
+	// Connects and writes now, rather than at the loop's next Drive: the caller's work overlaps the round trip.
+	client_->Drive();
+	return std::make_pair(id, std::move(key));
 }
 
 // Feeds the answer to the breaker and the limiter: a wait that timed out (408) or a machine that failed to start
@@ -509,6 +531,11 @@ JobRunner::Drive() {
 	for (auto &answer : client_->TakeAnswers()) {
 		auto found = in_flight_.find(answer.id);
 		if (found == in_flight_.end()) {
+			auto abandoned = abandoned_.find(answer.id);
+			if (abandoned != abandoned_.end()) {
+				Observe(InFlight{OrphanJob{}, abandoned->second.rate_key, abandoned->second.endpoint}, answer.outcome);
+				abandoned_.erase(abandoned);
+			}
 			continue;
 		}
 		InFlight in_flight = std::move(found->second);
@@ -553,6 +580,15 @@ JobRunner::PublishStatus() const {
 int
 JobRunner::EventFd() const {
 	return client_->EventFd();
+}
+
+bool
+JobRunner::WaitsForWork() const {
+	if (Capacity(Now()) <= 0) {
+		return false;
+	}
+	return std::none_of(pending_.begin(), pending_.end(),
+	                    [](const PendingRequest &pending) { return pending.rate_limited; });
 }
 
 long

@@ -150,12 +150,38 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 	// A failure Fly answered spends the attempt, even when recording it meets a lock.
 	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
 	                     step.completion == reconcile::Completion::kFailed;
+	// An operation's first create-app or read leaves before its record, whose WAL flush then overlaps Fly's round
+	// trip (reconcile::Step::send_before_record). The record is still synchronous: the step is visible only
+	// once durable. Should the record fail or end the job, the answer is ignored and the next attempt finds
+	// what the request did (an app of ours: app_reused).
+	std::optional<std::pair<fly::RequestId, std::pair<std::string, std::string>>> sent;
+	const auto abandon = [&]() {
+		if (sent) {
+			abandoned_.emplace(sent->first, Abandoned{sent->second, step.request->endpoint});
+			sent.reset();
+		}
+	};
 	try {
 		ApplyFailurePolicy(job, step);
+		if (step.send_before_record && step.request && !step.failed_attempt && step.delay_seconds <= 0 &&
+		    step.completion == reconcile::Completion::kContinue) {
+			sent = SendNow(*step.request);
+		}
 		bool go_on = false;
-		pg::RunInTransaction("pg_fly: recording a step",
-		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
-		if (go_on && step.request) {
+		try {
+			pg::RunInTransaction("pg_fly: recording a step",
+			                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
+		} catch (...) {
+			abandon();
+			throw;
+		}
+		if (go_on && sent) {
+			const fly::Endpoint endpoint = step.request->endpoint;
+			auto key = std::move(sent->second);
+			const fly::RequestId id = sent->first;
+			sent.reset();
+			in_flight_.emplace(id, InFlight{std::move(job), std::move(key), endpoint});
+		} else if (go_on && step.request) {
 			double due = Now() + step.delay_seconds;
 			if (step.failed_attempt) {
 				if (!step.no_capacity) {
@@ -165,6 +191,7 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 			}
 			pending_.push_back(PendingRequest{due, std::move(job), *step.request});
 		} else {
+			abandon();
 			busy_users_.erase(user_id);
 			dispatch_again_ = true;
 		}
