@@ -282,20 +282,43 @@ JobRunner::DispatchWork() {
 	                        (health_requested || (settings::health_check_interval_ms > 0 && now >= next_health_pass_));
 	const bool probe_due = WantsHealthProbe(now) && now >= next_probe_check_;
 	std::vector<ClaimedItem> claimed;
+	// The claimed items' loads, done in the claim's transaction (one transaction between a wake-up and the first
+	// request); empty when they were not.
+	std::vector<LoadedStart> loaded;
 	std::optional<std::vector<HealthTarget>> health_targets;
 	QueueSummary summary;
+	const auto claim = [&](bool with_loads) {
+		claimed.clear();
+		loaded.clear();
+		health_targets.reset();
+		summary = QueueSummary{};
+		summary.due = -1;
+		return InTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
+			if (capacity > 0) {
+				claimed = ClaimDueItems(spi, capacity, BusyUsers());
+			}
+			if (with_loads) {
+				for (const auto &item : claimed) {
+					loaded.push_back(LoadStart(spi, item));
+				}
+			}
+			if ((health_due || probe_due) && health_next_ >= health_queue_.size()) {
+				health_targets = LoadHealthTargets(spi);
+			}
+			summary = SummarizeQueue(spi);
+		});
+	};
 	summary.due = -1;
 	if (present) {
 		try {
-			present = InTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
-				if (capacity > 0) {
-					claimed = ClaimDueItems(spi, capacity, BusyUsers());
-				}
-				if ((health_due || probe_due) && health_next_ >= health_queue_.size()) {
-					health_targets = LoadHealthTargets(spi);
-				}
-				summary = SummarizeQueue(spi);
-			});
+			try {
+				present = claim(true);
+			} catch (const std::exception &e) {
+				// One item whose loads fail must not hold up every claim: claimed again without the loads, each
+				// item then loads in a transaction of its own, and a failure there defers only that item.
+				pg::PgGuard([&]() { elog(DEBUG1, "pg_fly worker: claiming with loads failed: %s", e.what()); });
+				present = claim(false);
+			}
 		} catch (...) {
 			if (health_requested) {
 				pg_atomic_write_u32(&shared_->health_pass_requested, 1);
@@ -342,8 +365,14 @@ JobRunner::DispatchWork() {
 	for (const auto &item : claimed) {
 		busy.push_back(item.user_id);
 	}
-	for (const auto &item : claimed) {
-		Start(item);
+	if (loaded.size() == claimed.size()) {
+		for (auto &item : loaded) {
+			Begin(std::move(item));
+		}
+	} else {
+		for (const auto &item : claimed) {
+			Start(item);
+		}
 	}
 	if (configuration_problem_.empty()) {
 		PlanRollout(now, busy, capacity - static_cast<int>(claimed.size()));

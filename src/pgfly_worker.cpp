@@ -175,6 +175,7 @@ WorkerLoop(SharedState *shared) {
 	bool latch_set = true;
 	for (;;) {
 		long sleep_ms = 0;
+		bool failed = false;
 		try {
 			// SIGTERM ends the process here (FATAL exits without unwinding); a cancel request is an ERROR that
 			// abandons this pass only.
@@ -193,8 +194,10 @@ WorkerLoop(SharedState *shared) {
 		} catch (const std::exception &e) {
 			ReportLoopError(e.what());
 			sleep_ms = kErrorPauseMs;
+			failed = true;
 		}
-		if (sleep_ms != 0 && runner.WaitsForWork()) {
+		// Not after a failed pass: its pause must hold however many commits come meanwhile.
+		if (!failed && sleep_ms != 0 && runner.WaitsForWork()) {
 			// Commits that queue work wake the worker only now. The pairing with the committing backend (it bumps
 			// work_commits, then reads worker_idle): a commit the last claim may have missed is seen here, or
 			// the commit sees the flag and sets the latch.

@@ -144,6 +144,20 @@ private:
 	static double Now();
 
 	// pgfly_reconcile_runner.cpp
+	// A claimed item's reconcile, loaded (its tier's policy, its live app row, its first free name) and ready to
+	// start.
+	struct LoadedStart {
+		reconcile::Target target;
+		std::optional<reconcile::AppRecord> app;
+		reconcile::Settings settings;
+		StepContext context;
+	};
+	// The loads, in the caller's transaction: the claim's own, so that a wake-up costs one transaction before the
+	// first request.
+	LoadedStart LoadStart(pg::SpiConnection &spi, const ClaimedItem &item);
+	// Starts the operation of a loaded item, or defers the item.
+	void Begin(LoadedStart loaded);
+	// Loads in a transaction of its own, then starts (or defers the item when the loads fail).
 	void Start(const ClaimedItem &item);
 	void OnReconcileAnswer(ReconcileJob job, const fly::Outcome &outcome);
 	// Records the step; then holds its request for sending, or ends the operation.
