@@ -5,7 +5,8 @@ server in the same run, in alternating rounds. Prints the machine, tps both ways
 
 Two workloads, each measured with and without the trigger:
 - "policy change": a random user's tier moves to one of the two other tiers of free/pro/elite. Two changes in
-  three change the policy (free <-> pro/elite), so the trigger queues work and wakes the worker; the worker
+  three change the policy (free <-> pro/elite), so the trigger queues work (and wakes the worker when it waits for
+  work it could start, not while Fly's rate limits hold it back); the worker
   runs as in production (Fly's limits on), provisioning and tearing down apps at the simulator meanwhile.
 - "same policy": a random pro/elite user (with a live app row) flips between pro and elite, which have equal
   policies: the trigger only relabels the tier on the app row and wakes nobody.
@@ -49,8 +50,11 @@ def pgbench(pg, script, args):
     fail(f"no tps in pgbench's output:\n{result.stdout}")
 
 
-def commit_wakes(pg):
-    return int(pg.value("SELECT commit_wakes FROM fly.worker_status()"))
+def wake_counters(pg):
+    """(commits that queued work, of those the ones that woke the worker): a commit wakes the worker only while it
+    waits for work it could start, not while Fly's rate limits hold it back."""
+    row = pg.sql("SELECT work_commits, wakes_sent FROM fly.worker_status()")[0]
+    return int(row[0]), int(row[1])
 
 
 def relabelled_since(pg, since, first_user):
@@ -71,21 +75,23 @@ def measure(pg, name, script, args, worker, durability):
             elif attached and not with_trigger:
                 pg.sql("SELECT fly.detach_tier_trigger()")
             pg.sql("CHECKPOINT")
-            wakes = commit_wakes(pg)
+            commits, wakes = wake_counters(pg)
             since = pg.value("SELECT now()")
             worker_cpu = cpu_seconds(worker)
             value = pgbench(pg, script, args)
             worker_cpu = cpu_seconds(worker) - worker_cpu
-            woken = commit_wakes(pg) - wakes
+            counted = wake_counters(pg)
+            committed, woken = counted[0] - commits, counted[1] - wakes
             relabelled = relabelled_since(pg, since, user_uuid(args.users + 1))
             # The trigger must have done its job in the rounds with it, and nothing in the rounds without.
-            did_work = woken > 0 if name == "policy change" else relabelled > 0
+            did_work = committed > 0 if name == "policy change" else relabelled > 0
             if did_work != with_trigger:
-                fail(f"{name}, {'with' if with_trigger else 'without'} trigger: {woken} worker wake-ups, "
+                fail(f"{name}, {'with' if with_trigger else 'without'} trigger: {committed} commits queued work, "
                      f"{relabelled} app rows relabelled")
             tps[with_trigger].append(value)
             print(f"  {durability:10} {name:13} round {round_number + 1} {'with   ' if with_trigger else 'without'} trigger: "
-                  f"{value:8.0f} tps  (worker woken {woken}x, worker CPU {worker_cpu:.1f} s)", flush=True)
+                  f"{value:8.0f} tps  ({committed} commits queued work, worker woken {woken}x, "
+                  f"worker CPU {worker_cpu:.1f} s)", flush=True)
     return tps
 
 

@@ -1,4 +1,5 @@
--- The worker: it runs, shows itself, is woken by committed tier changes and not by rolled-back ones,
+-- The worker: it runs, shows itself, counts committed tier changes (not rolled-back ones) and is woken by those
+-- that queue work it can start and by requests for a pass,
 -- reloads on SIGHUP and comes back after being terminated.
 SET search_path = public, fly;
 
@@ -86,17 +87,25 @@ UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '99999999-9999-4999-
 SELECT wait_worker_iterations(2) AS worker_looked_again;
 SELECT commit_wakes = :wakes_before AS no_op_change_did_not_wake FROM fly.worker_status();
 
--- A committed one does, and the worker then sees the queued item. A worker that can claim nothing (fly.image is
--- not set here) looks at the queue at most once a second; the barrier above has just made it look, so this wake
--- is put off to the end of that second (not to the policy sweep, 10 s later: hence 5 s).
+-- A committed one is counted (work_commits), but it wakes only a worker that waits for work it could start: this
+-- one can start none (fly.image is not set here), so the commit leaves it asleep, and it sees the item the next
+-- time it looks (here the barrier makes it look).
+SELECT work_commits AS commits_before, wakes_sent AS sent_before FROM fly.worker_status() \gset
 UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = '99999999-9999-4999-8999-999999999999';
-SELECT wait_for('(SELECT commit_wakes > ' || :wakes_before || ' AND queue_ready = 1 FROM fly.worker_status())',
-                seconds => 5) AS committed_change_woke_worker;
-
--- One committed enqueue is exactly one wake.
-SELECT commit_wakes AS wakes_before FROM fly.worker_status() \gset
+SELECT work_commits = :commits_before + 1 AS commit_counted, wakes_sent = :sent_before AS no_wake_sent
+  FROM fly.worker_status();
+SELECT wait_worker_iterations(2) AS worker_looked_again;
+SELECT commit_wakes = :wakes_before AS unstartable_work_did_not_wake, queue_ready = 1 AS queued_item_seen
+  FROM fly.worker_status();
 SELECT fly.provision_user_app('99999999-9999-4999-8999-999999999999');
+SELECT work_commits = :commits_before + 2 AS commit_counted, wakes_sent = :sent_before AS no_wake_sent
+  FROM fly.worker_status();
+
+-- A request for a pass wakes the worker every time: one commit, exactly one wake.
+SELECT fly.check_fly_apps_health();
 SELECT wait_for('(SELECT commit_wakes = ' || :wakes_before || ' + 1 FROM fly.worker_status())') AS one_wake_per_commit;
+SELECT work_commits = :commits_before + 3 AS commit_counted, wakes_sent = :sent_before + 1 AS wake_sent
+  FROM fly.worker_status();
 
 -- SIGHUP: a new token file is picked up (the worker reports only where the token comes from). The file sits in
 -- this instance's data directory: other instances may run this test at the same time.

@@ -265,6 +265,10 @@ JobRunner::DispatchWork() {
 		return;
 	}
 	dispatch_skipped_ = false;
+	// Read before the claim's snapshot (a commit bumps the counter once it is visible), paired with the wait's
+	// re-check in the worker loop.
+	commits_seen_ = pg_atomic_read_u64(&shared_->work_commits);
+	pg_memory_barrier();
 	next_saturated_dispatch_ = now + kSaturatedDispatchSeconds;
 	dispatch_again_ = false;
 	// Each step is a transaction of its own and skips rows others hold, so that one lock held by an application
@@ -301,18 +305,39 @@ JobRunner::DispatchWork() {
 	QueueSummary summary;
 	// The count of due items reads all of them: a status figure, counted at most once a second.
 	const bool count_due = now >= next_queue_count_;
+	// The claimed items' loads, done in the claim's transaction (one transaction between a wake-up and the first
+	// request); empty when they were not.
+	std::vector<LoadedStart> loaded;
+	const auto claim = [&](bool with_loads) {
+		claimed.clear();
+		loaded.clear();
+		health_page.reset();
+		summary = QueueSummary{};
+		return InTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
+			if (capacity > 0) {
+				claimed = ClaimDueItems(spi, capacity, BusyUsers());
+			}
+			if (with_loads) {
+				for (const auto &item : claimed) {
+					loaded.push_back(LoadStart(spi, item));
+				}
+			}
+			if (pass_starts || next_page_due) {
+				health_page = LoadHealthTargets(spi, pass_starts ? HealthCursor{} : health_cursor_, kHealthPageSize);
+			}
+			summary = SummarizeQueue(spi, count_due);
+		});
+	};
 	if (present) {
 		try {
-			present = InTransaction("pg_fly: claiming work", [&](pg::SpiConnection &spi) {
-				if (capacity > 0) {
-					claimed = ClaimDueItems(spi, capacity, BusyUsers());
-				}
-				if (pass_starts || next_page_due) {
-					health_page =
-						LoadHealthTargets(spi, pass_starts ? HealthCursor{} : health_cursor_, kHealthPageSize);
-				}
-				summary = SummarizeQueue(spi, count_due);
-			});
+			try {
+				present = claim(true);
+			} catch (const std::exception &e) {
+				// One item whose loads fail must not hold up every claim: claimed again without the loads, each
+				// item then loads in a transaction of its own, and a failure there defers only that item.
+				pg::PgGuard([&]() { elog(DEBUG1, "pg_fly worker: claiming with loads failed: %s", e.what()); });
+				present = claim(false);
+			}
 		} catch (...) {
 			if (health_requested) {
 				pg_atomic_write_u32(&shared_->health_pass_requested, 1);
@@ -373,8 +398,14 @@ JobRunner::DispatchWork() {
 	for (const auto &item : claimed) {
 		busy.push_back(item.user_id);
 	}
-	for (const auto &item : claimed) {
-		Start(item);
+	if (loaded.size() == claimed.size()) {
+		for (auto &item : loaded) {
+			Begin(std::move(item));
+		}
+	} else {
+		for (const auto &item : claimed) {
+			Start(item);
+		}
 	}
 	if (configuration_problem_.empty()) {
 		PlanRollout(now, busy, capacity - static_cast<int>(claimed.size()));
@@ -504,6 +535,7 @@ JobRunner::SendDue(double now, std::vector<PendingRequest> &still_pending, size_
 			const double wait = limiter_.Acquire(key, now);
 			if (wait > 0) {
 				pending.due = now + wait;
+				pending.rate_limited = true;
 				still_pending.push_back(std::move(pending));
 				next++;
 				continue;
@@ -514,6 +546,23 @@ JobRunner::SendDue(double now, std::vector<PendingRequest> &still_pending, size_
 		next++;
 		in_flight_.emplace(id, InFlight{std::move(pending.job), std::move(key), pending.request.endpoint});
 	}
+}
+
+std::optional<std::pair<fly::RequestId, std::pair<std::string, std::string>>>
+JobRunner::SendNow(const fly::Request &request) {
+	const double now = Now();
+	if (!fly::IsFlyApi(request.endpoint) || breaker_.state(now) != CircuitBreaker::State::kClosed) {
+		return std::nullopt;
+	}
+	std::pair<std::string, std::string> key = RateLimitKey(request, settings_.org_slug);
+	if (limiter_.Acquire(key, now) > 0) {
+		return std::nullopt;
+	}
+	breaker_.MarkSent(now);
+	const fly::RequestId id = client_->Submit(request);
+	// Connects and writes now, rather than at the loop's next Drive: the caller's work overlaps the round trip.
+	client_->Drive();
+	return std::make_pair(id, std::move(key));
 }
 
 // Feeds the answer to the breaker and the limiter: a wait that timed out (408) or a machine that failed to start
@@ -544,6 +593,11 @@ JobRunner::Drive() {
 	for (auto &answer : client_->TakeAnswers()) {
 		auto found = in_flight_.find(answer.id);
 		if (found == in_flight_.end()) {
+			auto abandoned = abandoned_.find(answer.id);
+			if (abandoned != abandoned_.end()) {
+				Observe(InFlight{OrphanJob{}, abandoned->second.rate_key, abandoned->second.endpoint}, answer.outcome);
+				abandoned_.erase(abandoned);
+			}
 			continue;
 		}
 		InFlight in_flight = std::move(found->second);
@@ -596,6 +650,15 @@ JobRunner::PublishStatus() const {
 int
 JobRunner::EventFd() const {
 	return client_->EventFd();
+}
+
+bool
+JobRunner::WaitsForWork() const {
+	if (Capacity(Now()) <= 0) {
+		return false;
+	}
+	return std::none_of(pending_.begin(), pending_.end(),
+	                    [](const PendingRequest &pending) { return pending.rate_limited; });
 }
 
 long

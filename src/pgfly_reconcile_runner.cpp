@@ -47,63 +47,84 @@ JobRunner::Defer(const std::string &user_id, int64_t generation, int attempts, c
 	}
 }
 
-void
-JobRunner::Start(const ClaimedItem &item) {
-	StepContext context;
+JobRunner::LoadedStart
+JobRunner::LoadStart(pg::SpiConnection &spi, const ClaimedItem &item) {
+	LoadedStart loaded;
+	StepContext &context = loaded.context;
 	context.user_id = item.user_id;
 	context.generation = item.generation;
 	context.attempts = item.attempts;
 	context.alerted = item.alerted;
 	context.org_slug = settings_.org_slug;
-	busy_users_.insert(item.user_id);
+	reconcile::Target &target = loaded.target;
+	target.user_id = item.user_id;
+	target.present = item.present;
+	target.tier = item.tier;
+	target.generation = item.generation;
+	target.operation_id = std::to_string(item.generation) + "-" + std::to_string(item.attempts);
+	loaded.settings = settings_;
+	reconcile::Settings &settings = loaded.settings;
+	if (!settings.secrets.empty()) {
+		try {
+			settings.secrets_digest_key = LoadSecretsDigestKey(spi);
+		} catch (const std::runtime_error &e) {
+			// Provisioning goes on without recording a digest (a secrets rollout then sets them again).
+			Log(e.what());
+		}
+	}
+	if (item.present && item.tier) {
+		auto policy = LoadTierPolicy(spi, *item.tier);
+		if (policy && policy->dedicated) {
+			target.guest = policy->guest;
+			target.region = policy->region;
+			target.fallback_regions = policy->fallback_regions;
+		} else {
+			target.present = false; // the tier no longer grants an app
+		}
+	} else if (item.present) {
+		target.present = false;
+	}
+	loaded.app = LoadLiveApp(spi, item.user_id);
+	if (loaded.app) {
+		context.app_id = loaded.app->id;
+		if (!target.present && target.region.empty()) {
+			target.region = loaded.app->region;
+		}
+	} else {
+		target.first_name_attempt = FirstFreeNameAttempt(spi, item.user_id, settings_.app_name_prefix);
+		target.look_for_leftover = target.first_name_attempt == 0;
+	}
+	return loaded;
+}
+
+void
+JobRunner::Begin(LoadedStart loaded) {
+	const std::string user_id = loaded.context.user_id;
+	const int64_t generation = loaded.context.generation;
+	const int attempts = loaded.context.attempts;
+	busy_users_.insert(user_id);
 	try {
-		reconcile::Target target;
-		target.user_id = item.user_id;
-		target.present = item.present;
-		target.tier = item.tier;
-		target.generation = item.generation;
-		target.operation_id = std::to_string(item.generation) + "-" + std::to_string(item.attempts);
-		std::optional<reconcile::AppRecord> app;
-		reconcile::Settings settings = settings_;
-		pg::RunInTransaction("pg_fly: loading a reconcile", [&](pg::SpiConnection &spi) {
-			if (!settings.secrets.empty()) {
-				try {
-					settings.secrets_digest_key = LoadSecretsDigestKey(spi);
-				} catch (const std::runtime_error &e) {
-					// Provisioning goes on without recording a digest (a secrets rollout then sets them again).
-					Log(e.what());
-				}
-			}
-			if (item.present && item.tier) {
-				auto policy = LoadTierPolicy(spi, *item.tier);
-				if (policy && policy->dedicated) {
-					target.guest = policy->guest;
-					target.region = policy->region;
-					target.fallback_regions = policy->fallback_regions;
-				} else {
-					target.present = false; // the tier no longer grants an app
-				}
-			} else if (item.present) {
-				target.present = false;
-			}
-			app = LoadLiveApp(spi, item.user_id);
-			if (app) {
-				context.app_id = app->id;
-				if (!target.present && target.region.empty()) {
-					target.region = app->region;
-				}
-			} else {
-				target.first_name_attempt = FirstFreeNameAttempt(spi, item.user_id, settings_.app_name_prefix);
-				target.look_for_leftover = target.first_name_attempt == 0;
-			}
-		});
-		ReconcileJob job{reconcile::Operation(target, app, settings), context};
+		ReconcileJob job{reconcile::Operation(loaded.target, loaded.app, loaded.settings), loaded.context};
 		job.operation.SetNow(Now());
 		reconcile::Step step = job.operation.Start();
 		Record(std::move(job), std::move(step));
 	} catch (const std::exception &e) {
-		Defer(item.user_id, item.generation, item.attempts, e.what());
+		Defer(user_id, generation, attempts, e.what());
 	}
+}
+
+void
+JobRunner::Start(const ClaimedItem &item) {
+	busy_users_.insert(item.user_id);
+	std::optional<LoadedStart> loaded;
+	try {
+		pg::RunInTransaction("pg_fly: loading a reconcile",
+		                     [&](pg::SpiConnection &spi) { loaded = LoadStart(spi, item); });
+	} catch (const std::exception &e) {
+		Defer(item.user_id, item.generation, item.attempts, e.what());
+		return;
+	}
+	Begin(std::move(*loaded));
 }
 
 void
@@ -150,12 +171,38 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 	// A failure Fly answered spends the attempt, even when recording it meets a lock.
 	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
 	                     step.completion == reconcile::Completion::kFailed;
+	// An operation's first create-app or read leaves before its record, whose WAL flush then overlaps Fly's round
+	// trip (reconcile::Step::send_before_record). The record is still synchronous: the step is visible only
+	// once durable. Should the record fail or end the job, the answer is ignored and the next attempt finds
+	// what the request did (an app of ours: app_reused).
+	std::optional<std::pair<fly::RequestId, std::pair<std::string, std::string>>> sent;
+	const auto abandon = [&]() {
+		if (sent) {
+			abandoned_.emplace(sent->first, Abandoned{sent->second, step.request->endpoint});
+			sent.reset();
+		}
+	};
 	try {
 		ApplyFailurePolicy(job, step);
+		if (step.send_before_record && step.request && !step.failed_attempt && step.delay_seconds <= 0 &&
+		    step.completion == reconcile::Completion::kContinue) {
+			sent = SendNow(*step.request);
+		}
 		bool go_on = false;
-		pg::RunInTransaction("pg_fly: recording a step",
-		                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
-		if (go_on && step.request) {
+		try {
+			pg::RunInTransaction("pg_fly: recording a step",
+			                     [&](pg::SpiConnection &spi) { go_on = RecordStep(spi, job.context, step); });
+		} catch (...) {
+			abandon();
+			throw;
+		}
+		if (go_on && sent) {
+			const fly::Endpoint endpoint = step.request->endpoint;
+			auto key = std::move(sent->second);
+			const fly::RequestId id = sent->first;
+			sent.reset();
+			in_flight_.emplace(id, InFlight{std::move(job), std::move(key), endpoint});
+		} else if (go_on && step.request) {
 			double due = Now() + step.delay_seconds;
 			if (step.failed_attempt) {
 				if (!step.no_capacity) {
@@ -165,6 +212,7 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 			}
 			pending_.push_back(PendingRequest{due, std::move(job), *step.request});
 		} else {
+			abandon();
 			busy_users_.erase(user_id);
 			dispatch_again_ = true;
 		}

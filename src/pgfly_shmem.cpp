@@ -56,6 +56,9 @@ ShmemStartup() noexcept {
 		pg_atomic_init_u64(&shared_state->commit_wakes, 0);
 		pg_atomic_init_u64(&shared_state->timer_wakes, 0);
 		pg_atomic_init_u64(&shared_state->iterations, 0);
+		pg_atomic_init_u32(&shared_state->worker_idle, 0);
+		pg_atomic_init_u64(&shared_state->work_commits, 0);
+		pg_atomic_init_u64(&shared_state->wakes_sent, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -81,8 +84,13 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 			if (passes_at_commit & kPolicyPass) {
 				pg_atomic_write_u32(&shared_state->policy_pass_requested, 1);
 			}
+			// A full barrier, paired with the worker's: it either sees this commit when it re-reads the counter
+			// after setting worker_idle, or this read sees worker_idle set.
+			pg_atomic_fetch_add_u64(&shared_state->work_commits, 1);
+			const bool wake = passes_at_commit != 0 || pg_atomic_read_u32(&shared_state->worker_idle) != 0;
 			uint32 expected = 0;
-			if (pg_atomic_compare_exchange_u32(&shared_state->wake_pending, &expected, 1)) {
+			if (wake && pg_atomic_compare_exchange_u32(&shared_state->wake_pending, &expected, 1)) {
+				pg_atomic_fetch_add_u64(&shared_state->wakes_sent, 1);
 				SpinLockAcquire(&shared_state->mutex);
 				int procno = shared_state->worker_procno;
 				SpinLockRelease(&shared_state->mutex);

@@ -223,9 +223,10 @@ PGFLY_SQL_FUNCTION(worker_status) {
 	SpinLockRelease(&shared->mutex);
 	last_error[sizeof(last_error) - 1] = '\0';
 
-	// The 0.2.0 declaration has 14 columns (no database): heap_form_tuple takes as many as it declares.
-	Datum values[15];
-	bool nulls[15] = {false};
+	// The 0.2.0 declaration has 14 columns (no database, work_commits, wakes_sent): heap_form_tuple takes as many
+	// as it declares.
+	Datum values[17];
+	bool nulls[17] = {false};
 	values[0] = Int32GetDatum(pid);
 	nulls[0] = pid == 0;
 	values[1] = TimestampTzGetDatum(started_at);
@@ -243,6 +244,8 @@ PGFLY_SQL_FUNCTION(worker_status) {
 	values[9] = Int32GetDatum(rate_limited);
 	values[11] = TimestampTzGetDatum(breaker_reopen_at);
 	nulls[11] = breaker_reopen_at == 0;
+	values[15] = Int64GetDatum(static_cast<int64>(pg_atomic_read_u64(&shared->work_commits)));
+	values[16] = Int64GetDatum(static_cast<int64>(pg_atomic_read_u64(&shared->wakes_sent)));
 	values[13] = TimestampTzGetDatum(last_error_at);
 	nulls[13] = last_error_at == 0;
 	nulls[12] = last_error[0] == '\0';

@@ -175,6 +175,7 @@ WorkerLoop(SharedState *shared) {
 	bool latch_set = true;
 	for (;;) {
 		long sleep_ms = 0;
+		bool failed = false;
 		try {
 			// SIGTERM ends the process here (FATAL exits without unwinding); a cancel request is an ERROR that
 			// abandons this pass only.
@@ -193,12 +194,26 @@ WorkerLoop(SharedState *shared) {
 		} catch (const std::exception &e) {
 			ReportLoopError(e.what());
 			sleep_ms = kErrorPauseMs;
+			failed = true;
+		}
+		// Not after a failed pass: its pause must hold however many commits come meanwhile.
+		if (!failed && sleep_ms != 0 && runner.WaitsForWork()) {
+			// Commits that queue work wake the worker only now. The pairing with the committing backend (it bumps
+			// work_commits, then reads worker_idle): a commit the last claim may have missed is seen here, or
+			// the commit sees the flag and sets the latch.
+			pg_atomic_write_u32(&shared->worker_idle, 1);
+			pg_memory_barrier();
+			if (pg_atomic_read_u64(&shared->work_commits) != runner.CommitsSeen()) {
+				sleep_ms = 0;
+			}
 		}
 		int events = WL_LATCH_SET;
 		try {
 			events = wait.Wait(runner.EventFd(), sleep_ms);
+			pg_atomic_write_u32(&shared->worker_idle, 0);
 			pg::PgGuard([]() { ResetLatch(MyLatch); });
 		} catch (const std::exception &e) {
+			pg_atomic_write_u32(&shared->worker_idle, 0);
 			ReportLoopError(e.what());
 			try {
 				wait.Free(); // built afresh by the next wait

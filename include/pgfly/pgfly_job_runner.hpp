@@ -13,6 +13,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <random>
 #include <set>
@@ -59,6 +60,17 @@ public:
 	// How long the worker may sleep: the client's timer, a pending request, the next due item, the breaker's
 	// probe time, the drift pass's next batch or next pass, or the poll interval.
 	long SleepMs() const;
+	// Whether the worker, about to sleep, waits for work it could start now: a free slot (so a usable
+	// configuration and a breaker that lets an operation start) and no request held back by the rate limiter.
+	// Only then does a commit that queued work wake it (SharedState::worker_idle); otherwise an operation's end or
+	// the limiter's next send wakes it, and it claims what is due then.
+	bool WaitsForWork() const;
+	// fly.worker_status()'s work_commits as read before the last claim: a later value means commits the claim may
+	// not have seen.
+	uint64_t
+	CommitsSeen() const {
+		return commits_seen_;
+	}
 
 private:
 	// The kinds of job. Each job is in one place at a time: a pending request, the requests in flight, or the
@@ -104,6 +116,8 @@ private:
 		double due;
 		Job job;
 		fly::Request request;
+		// Held back by the rate limiter (not by its own delay or the breaker).
+		bool rate_limited = false;
 	};
 	struct InFlight {
 		Job job;
@@ -119,6 +133,9 @@ private:
 	// Runs `body` in a transaction of its own when pg_fly exists in this database; returns whether it does.
 	bool InTransaction(const char *activity, const std::function<void(pg::SpiConnection &)> &body);
 	void SendAllowed();
+	// Sends a Fly API request at once when the breaker is closed and the rate limiter has a token for it, and
+	// pushes it onto the wire; nothing when it must wait (it then goes through pending_).
+	std::optional<std::pair<fly::RequestId, std::pair<std::string, std::string>>> SendNow(const fly::Request &request);
 	// Sends pending_[next...] that are due and allowed, keeping the others in still_pending; `next` says how far
 	// it got.
 	void SendDue(double now, std::vector<PendingRequest> &still_pending, size_t &next);
@@ -130,6 +147,20 @@ private:
 	static double Now();
 
 	// pgfly_reconcile_runner.cpp
+	// A claimed item's reconcile, loaded (its tier's policy, its live app row, its first free name) and ready to
+	// start.
+	struct LoadedStart {
+		reconcile::Target target;
+		std::optional<reconcile::AppRecord> app;
+		reconcile::Settings settings;
+		StepContext context;
+	};
+	// The loads, in the caller's transaction: the claim's own, so that a wake-up costs one transaction before the
+	// first request.
+	LoadedStart LoadStart(pg::SpiConnection &spi, const ClaimedItem &item);
+	// Starts the operation of a loaded item, or defers the item.
+	void Begin(LoadedStart loaded);
+	// Loads in a transaction of its own, then starts (or defers the item when the loads fail).
 	void Start(const ClaimedItem &item);
 	void OnReconcileAnswer(ReconcileJob job, const fly::Outcome &outcome);
 	// Records the step; then holds its request for sending, or ends the operation.
@@ -191,11 +222,19 @@ private:
 	CircuitBreaker breaker_;
 	std::vector<PendingRequest> pending_;
 	std::map<fly::RequestId, InFlight> in_flight_;
+	// Requests sent before their step was recorded whose record then failed or ended the job: their answers
+	// only feed the breaker and the limiter (the next attempt finds what they did).
+	struct Abandoned {
+		std::pair<std::string, std::string> rate_key;
+		fly::Endpoint endpoint;
+	};
+	std::map<fly::RequestId, Abandoned> abandoned_;
 	// Users with a reconcile or rollout job (pending or in flight): never two for one user.
 	std::set<std::string> busy_users_;
 	// When the next queue item is due (or an unclaimable one is looked at again); nothing: the queue is empty.
 	std::optional<double> next_queue_due_;
 	bool dispatch_again_ = true;
+	uint64_t commits_seen_ = 0;
 	std::string last_error_;
 	double last_error_at_ = 0;
 	double last_prune_ = 0;

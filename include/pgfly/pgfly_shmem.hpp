@@ -38,6 +38,14 @@ struct SharedState {
 	pg_atomic_uint64 commit_wakes;
 	pg_atomic_uint64 timer_wakes;
 	pg_atomic_uint64 iterations;
+	// Wake gating. The worker sets worker_idle before it sleeps when it waits for work it could start now
+	// (configuration usable, breaker closed, a free slot, no request held back by the rate limiter); a commit that
+	// queued work bumps work_commits and wakes the worker only then. Otherwise the worker finds the work on its
+	// own timers (an operation's end, the limiter's next send). The pairing (worker: set idle, barrier, re-read
+	// work_commits; backend: bump work_commits, barrier, read idle) loses no wake.
+	pg_atomic_uint32 worker_idle;
+	pg_atomic_uint64 work_commits; // commits that queued work (or asked for a pass)
+	pg_atomic_uint64 wakes_sent;   // of those, the commits that set the worker's latch
 };
 
 // Null until shared memory is attached (always attached when pg_fly is preloaded).
@@ -55,8 +63,9 @@ constexpr uint32 kOrphanPass = 2;
 constexpr uint32 kRolloutPass = 4;
 constexpr uint32 kPolicyPass = 8;
 
-// Arranges for the worker to be woken when the current transaction commits, to look at the queue and run the
-// given passes; nothing happens if it aborts.
+// Arranges for the worker to be told when the current transaction commits, to look at the queue and run the
+// given passes; nothing happens if it aborts. A pass is asked for with a wake every time; queued work wakes the
+// worker only while it waits for work it could start (SharedState::worker_idle).
 void WakeWorkerAtCommit(uint32 passes = 0);
 
 } // namespace pgfly

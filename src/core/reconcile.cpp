@@ -62,6 +62,8 @@ Operation::Start() {
 		machine_created_at_ = now_ - *app_->machine_created_age_seconds;
 	}
 	Step step = target_.present ? StartProvision() : StartDeprovision();
+	step.send_before_record =
+		step.request && (phase_ == Phase::kCreateApp || (step.request->method == "GET" && !step.request->body_json));
 	last_request_ = step.request;
 	return step;
 }

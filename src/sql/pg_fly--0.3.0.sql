@@ -225,7 +225,8 @@ CREATE FUNCTION fly.worker_status(
     OUT pid integer, OUT started_at timestamptz, OUT commit_wakes bigint, OUT timer_wakes bigint,
     OUT iterations bigint, OUT last_wake_at timestamptz, OUT queue_ready bigint, OUT token_source text,
     OUT in_flight integer, OUT rate_limited integer, OUT breaker_state text, OUT breaker_reopens_at timestamptz,
-    OUT last_error text, OUT last_error_at timestamptz, OUT database text)
+    OUT last_error text, OUT last_error_at timestamptz, OUT database text, OUT work_commits bigint,
+    OUT wakes_sent bigint)
     RETURNS record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'worker_status';
 
 CREATE FUNCTION fly._guard_selftest(kind text) RETURNS text

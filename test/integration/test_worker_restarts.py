@@ -106,6 +106,51 @@ class WorkerRestartTest(ProvisioningTestCase):
         self.assertEqual(list(self.live_apps_on_fly()), [app_name(users(1, 81)[0])])
 
 
+class KillAfterFirstSendTest(unittest.TestCase):
+    """A provisioning's create-app leaves before its step is recorded (the record's WAL flush overlaps the round
+    trip). kill -9 of the postmaster right after Fly has seen that request: after the restart the user is
+    provisioned once, the app found ours and reused."""
+
+    def test_kill_after_first_send(self):
+        # Fly takes a second to answer create-app (it creates the app then), so the worker cannot have seen the
+        # answer when it is killed.
+        sim = Simulator({"latency": {"create_app": {"fixed_ms": 1000, "jitter_ms": 0}}})
+        self.addCleanup(sim.stop)
+        pg = Cluster(sim.url, {"fly.request_timeout": "'5s'", "fly.rate_limits": "off",
+                               "fly.health_check_interval": "0"})
+        self.addCleanup(pg.destroy)
+        pg.sql("CREATE TABLE user_subscriptions (user_id uuid PRIMARY KEY, tier text NOT NULL)")
+        pg.sql("SELECT fly.attach_tier_trigger()")
+        user = users(1, 84)[0]
+        pg.sql(f"INSERT INTO user_subscriptions VALUES ('{user}', 'pro')")
+        deadline = time.monotonic() + 30
+        while not [r for r in sim.requests()["requests"] if r["endpoint"] == "create_app"]:
+            self.assertLess(time.monotonic(), deadline, "create-app never reached Fly")
+            time.sleep(0.002)
+        pg.kill_postmaster()
+        deadline = time.monotonic() + 30
+        while app_name(user) not in sim.state()["apps"]:
+            self.assertLess(time.monotonic(), deadline, "Fly did not create the app")
+            time.sleep(0.05)
+        pg.start()
+        self.assertTrue(pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=60),
+                        pg.sql("SELECT * FROM fly.pending_work"))
+        events = [e for (e,) in pg.sql(
+            f"SELECT event_type FROM fly.user_fly_app_events WHERE user_id = '{user}' ORDER BY id")]
+        self.assertIn("app_reused", events)
+        self.assertNotIn("app_created", events)
+        self.assertEqual(events.count("provision_completed"), 1, events)
+        apps = sim.state()["apps"]
+        self.assertEqual(list(apps), [app_name(user)])
+        row = pg.sql(f"SELECT fly_app_name, status, fly_machine_id FROM fly.user_fly_apps WHERE user_id = '{user}'")
+        self.assertEqual(len(row), 1)
+        self.assertEqual(row[0][:2], [app_name(user), "active"])
+        self.assertEqual(list(apps[app_name(user)]["machines"]), [row[0][2]])
+        creates = [r["status"] for r in sim.requests()["requests"] if r["endpoint"] == "create_app"]
+        self.assertEqual(len(creates), 2, creates)  # the one the kill cut off, and the name_taken after it
+        self.assertEqual(creates[1], 422, creates)
+
+
 class DropWorkerDatabaseTest(unittest.TestCase):
     def test_drop_database_with_force_of_the_workers_own_database_leaves_a_working_server(self):
         sim = Simulator({"latency": {"*": {"fixed_ms": 300, "jitter_ms": 0}}})

@@ -357,6 +357,37 @@ TEST(ReconcileProvision, NewUserRunsTheWholeSequence) {
 	EXPECT_TRUE(step.error.empty());
 }
 
+// Only an operation's first request, and only create-app or a read, may leave before its step is recorded.
+TEST(ReconcileStart, OnlyAnIdempotentFirstRequestMaySendBeforeItsRecord) {
+	Operation provision(MakeTarget(), std::nullopt, MakeSettings());
+	Step step = provision.Start();
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	EXPECT_TRUE(step.send_before_record);
+	step = AppCreated(provision, "{\"id\":\"app-1\"}");
+	EXPECT_FALSE(step.send_before_record); // a read, but not the first request
+	step = provision.OnOutcome(Ok("[]"));
+	ExpectRequest(step, Endpoint::kCreateMachine, "POST", AppPath() + "/machines");
+	EXPECT_FALSE(step.send_before_record);
+
+	Operation recorded(MakeTarget(), MakeRecord("provisioning"), MakeSettings());
+	step = recorded.Start();
+	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
+	EXPECT_TRUE(step.send_before_record);
+
+	AppRecord dying = MakeRecord("deprovisioning");
+	dying.delete_requested = true;
+	Operation finish_delete(MakeTarget(), dying, MakeSettings());
+	step = finish_delete.Start();
+	ASSERT_TRUE(step.request.has_value());
+	EXPECT_EQ(step.request->method, "DELETE");
+	EXPECT_FALSE(step.send_before_record);
+
+	Operation deprovision(MakeTarget(false), MakeRecord("active"), MakeSettings());
+	step = deprovision.Start();
+	ExpectRequest(step, Endpoint::kListMachines, "GET", AppPath() + "/machines");
+	EXPECT_TRUE(step.send_before_record);
+}
+
 TEST(ReconcileProvision, WaitGivesUpAfterWaitRoundsTimeouts) {
 	Operation operation(MakeTarget(), std::nullopt, MakeSettings());
 	DriveToWait(operation); // first wait call
