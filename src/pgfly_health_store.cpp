@@ -19,18 +19,25 @@ LoadHealthTargets(pg::SpiConnection &spi, const HealthCursor &cursor, int limit)
 		"CASE WHEN fly_machine_created_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN pg_catalog.now() "
 		"ELSE fly_machine_created_at END), "
 		"pending_machine_operation IS NOT NULL, "
-		"COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz)::pg_catalog.text, "
-		"COALESCE($3::pg_catalog.timestamptz, pg_catalog.now())::pg_catalog.text FROM fly.user_fly_apps "
+		// The cursor's instants travel as microseconds since the epoch: exact, whatever the worker's DateStyle
+	    // and TimeZone (a zone abbreviation need not read back as the same instant). NULL: -infinity.
+		"CASE WHEN pg_catalog.isfinite(last_health_check_at) THEN (EXTRACT(EPOCH FROM last_health_check_at) "
+		"OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8 END, "
+		"(EXTRACT(EPOCH FROM COALESCE('epoch'::pg_catalog.timestamptz OPERATOR(pg_catalog.+) ($3::pg_catalog.float8 "
+		"OPERATOR(pg_catalog.*) '1 microsecond'::pg_catalog.interval), pg_catalog.now())) OPERATOR(pg_catalog.*) "
+		"1000000)::pg_catalog.int8 FROM fly.user_fly_apps "
 		"WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
 		"AND (COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz), id) "
-		"OPERATOR(pg_catalog.>) ($1::pg_catalog.timestamptz, $2::pg_catalog.int8) "
+		"OPERATOR(pg_catalog.>) (COALESCE('epoch'::pg_catalog.timestamptz OPERATOR(pg_catalog.+) "
+	    "($1::pg_catalog.float8 "
+		"OPERATOR(pg_catalog.*) '1 microsecond'::pg_catalog.interval), '-infinity'::pg_catalog.timestamptz), "
+		"$2::pg_catalog.int8) "
 		"AND COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz) OPERATOR(pg_catalog.<) "
-		"COALESCE($3::pg_catalog.timestamptz, pg_catalog.now()) "
+		"COALESCE('epoch'::pg_catalog.timestamptz OPERATOR(pg_catalog.+) ($3::pg_catalog.float8 OPERATOR(pg_catalog.*) "
+		"'1 microsecond'::pg_catalog.interval), pg_catalog.now()) "
 		"AND fly_machine_id IS NOT NULL "
 		"ORDER BY COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz), id LIMIT $4::pg_catalog.int4",
-		{cursor.after_checked_at, std::to_string(cursor.after_id),
-	     cursor.pass_started.empty() ? std::nullopt : pg::Value(cursor.pass_started), std::to_string(limit)},
-		true);
+		{cursor.after_checked_at, std::to_string(cursor.after_id), cursor.pass_started, std::to_string(limit)}, true);
 	HealthPage page;
 	page.cursor = cursor;
 	page.targets.reserve(rows.size());
@@ -41,9 +48,9 @@ LoadHealthTargets(pg::SpiConnection &spi, const HealthCursor &cursor, int limit)
 		}
 		target.pending_create = row[6] == std::string("t");
 		page.targets.push_back(std::move(target));
-		page.cursor.after_checked_at = row[7].value_or("-infinity");
+		page.cursor.after_checked_at = row[7];
 		page.cursor.after_id = page.targets.back().app_id;
-		page.cursor.pass_started = row[8].value_or("");
+		page.cursor.pass_started = row[8];
 	}
 	page.more = static_cast<int>(rows.size()) >= limit;
 	return page;

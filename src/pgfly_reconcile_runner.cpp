@@ -171,10 +171,9 @@ JobRunner::Record(ReconcileJob job, reconcile::Step step) {
 	// A failure Fly answered spends the attempt, even when recording it meets a lock.
 	const bool failure = step.failed_attempt || step.completion == reconcile::Completion::kRetry ||
 	                     step.completion == reconcile::Completion::kFailed;
-	// An operation's first create-app or read leaves before its record, whose WAL flush then overlaps Fly's round
-	// trip (reconcile::Step::send_before_record). The record is still synchronous: the step is visible only
-	// once durable. Should the record fail or end the job, the answer is ignored and the next attempt finds
-	// what the request did (an app of ours: app_reused).
+	// An operation's first request, when it is a read, leaves before its record, whose WAL flush then overlaps
+	// Fly's round trip (reconcile::Step::send_before_record). The record is still synchronous: the step is
+	// visible only once durable. Should the record fail or end the job, the read's answer is ignored.
 	std::optional<std::pair<fly::RequestId, std::pair<std::string, std::string>>> sent;
 	const auto abandon = [&]() {
 		if (sent) {

@@ -28,10 +28,12 @@ struct HealthTarget {
 // Where a health pass is: it checks the active apps in the order of their last check (never checked first), a
 // page at a time, and ends at the apps checked since it started.
 struct HealthCursor {
-	// now() of the transaction that loaded the first page (empty: the pass has not started).
-	std::string pass_started;
-	// The last app loaded: COALESCE(last_health_check_at, '-infinity') and id.
-	std::string after_checked_at = "-infinity";
+	// now() of the transaction that loaded the first page, in microseconds since the epoch (nothing: the pass
+	// has not started).
+	pg::Value pass_started;
+	// The last app loaded: its last_health_check_at in microseconds since the epoch (nothing: never checked,
+	// which sorts first) and its id.
+	pg::Value after_checked_at;
 	int64_t after_id = 0;
 };
 struct HealthPage {

@@ -62,8 +62,9 @@ Operation::Start() {
 		machine_created_at_ = now_ - *app_->machine_created_age_seconds;
 	}
 	Step step = target_.present ? StartProvision() : StartDeprovision();
-	step.send_before_record =
-		step.request && (phase_ == Phase::kCreateApp || (step.request->method == "GET" && !step.request->body_json));
+	// Only a read: a create-app sent before its record could, if the record then fails (a tier change holding the
+	// queue row) and the next generation tears down, leave an app no row knows of.
+	step.send_before_record = step.request && step.request->method == "GET" && !step.request->body_json;
 	last_request_ = step.request;
 	return step;
 }

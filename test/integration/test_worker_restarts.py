@@ -107,9 +107,8 @@ class WorkerRestartTest(ProvisioningTestCase):
 
 
 class KillAfterFirstSendTest(unittest.TestCase):
-    """A provisioning's create-app leaves before its step is recorded (the record's WAL flush overlaps the round
-    trip). kill -9 of the postmaster right after Fly has seen that request: after the restart the user is
-    provisioned once, the app found ours and reused."""
+    """kill -9 of the postmaster right after Fly has seen a provisioning's create-app (recorded before it left),
+    before its answer: after the restart the user is provisioned once, the app found ours and reused."""
 
     def test_kill_after_first_send(self):
         # Fly takes a second to answer create-app (it creates the app then), so the worker cannot have seen the

@@ -358,11 +358,11 @@ TEST(ReconcileProvision, NewUserRunsTheWholeSequence) {
 }
 
 // Only an operation's first request, and only create-app or a read, may leave before its step is recorded.
-TEST(ReconcileStart, OnlyAnIdempotentFirstRequestMaySendBeforeItsRecord) {
+TEST(ReconcileStart, OnlyAFirstReadMaySendBeforeItsRecord) {
 	Operation provision(MakeTarget(), std::nullopt, MakeSettings());
 	Step step = provision.Start();
 	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
-	EXPECT_TRUE(step.send_before_record);
+	EXPECT_FALSE(step.send_before_record); // a write: recorded before it leaves
 	step = AppCreated(provision, "{\"id\":\"app-1\"}");
 	EXPECT_FALSE(step.send_before_record); // a read, but not the first request
 	step = provision.OnOutcome(Ok("[]"));
@@ -372,7 +372,7 @@ TEST(ReconcileStart, OnlyAnIdempotentFirstRequestMaySendBeforeItsRecord) {
 	Operation recorded(MakeTarget(), MakeRecord("provisioning"), MakeSettings());
 	step = recorded.Start();
 	ExpectRequest(step, Endpoint::kCreateApp, "POST", "/v1/apps");
-	EXPECT_TRUE(step.send_before_record);
+	EXPECT_FALSE(step.send_before_record);
 
 	AppRecord dying = MakeRecord("deprovisioning");
 	dying.delete_requested = true;

@@ -169,9 +169,10 @@ struct Step {
 	// Machines found in the app that belong to nobody, to record.
 	std::vector<OrphanMachine> orphan_machines;
 	// The request may leave before this step is recorded, so that the record's WAL flush overlaps Fly's round
-	// trip. Only an operation's first request, and only one whose effect a crash before the record cannot lose:
-	// provisioning's create-app (the next attempt is answered name_taken, finds the app ours and reuses it) and
-	// a read. Every other step (create-machine, deletions, ...) is recorded before it is sent.
+	// trip. Only an operation's first request, and only a read (deprovisioning's first lookup): a write sent
+	// before a record that then fails (a tier change holding the queue row) could leave an app no row knows of
+	// once the next generation tears down. Every other step (create-app, create-machine, deletions, ...) is
+	// recorded before it is sent.
 	bool send_before_record = false;
 };
 
