@@ -29,7 +29,7 @@ LoadHealthTargets(pg::SpiConnection &spi, const HealthCursor &cursor, int limit)
 		"WHERE deleted_at IS NULL AND status OPERATOR(pg_catalog.=) 'active' "
 		"AND (COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz), id) "
 		"OPERATOR(pg_catalog.>) (COALESCE('epoch'::pg_catalog.timestamptz OPERATOR(pg_catalog.+) "
-	    "($1::pg_catalog.float8 "
+		"($1::pg_catalog.float8 "
 		"OPERATOR(pg_catalog.*) '1 microsecond'::pg_catalog.interval), '-infinity'::pg_catalog.timestamptz), "
 		"$2::pg_catalog.int8) "
 		"AND COALESCE(last_health_check_at, '-infinity'::pg_catalog.timestamptz) OPERATOR(pg_catalog.<) "
