@@ -237,13 +237,11 @@ ClearWait(pg::SpiConnection &spi, const pg::Value &user_id, const TierPolicy &po
 void
 EnqueueTierChange(pg::SpiConnection &spi, TriggerCache &cache, const std::string &user_id, DesiredState desired,
                   const pg::Value &tier) {
-	if (cache.TeardownsPossible() || !cache.HasManualTeardowns()) {
-		EnqueueReconcile(spi, user_id, desired, tier, "tier_change",
-		                 cache.HasManualTeardowns() ? TeardownClearing::kIfTableExists : TeardownClearing::kSkip);
-		return;
-	}
-	EnqueueReconcile(spi, user_id, desired, tier, "tier_change", TeardownClearing::kSkip);
-	if (TriggerCache::Current(spi).TeardownsPossible()) {
+	// TeardownsPossible() implies the table exists (schema 0.3.0).
+	const bool clear_now = cache.TeardownsPossible();
+	EnqueueReconcile(spi, user_id, desired, tier, "tier_change",
+	                 clear_now ? TeardownClearing::kIfTableExists : TeardownClearing::kSkip);
+	if (!clear_now && cache.HasManualTeardowns() && TriggerCache::Current(spi).TeardownsPossible()) {
 		EndManualTeardown(spi, user_id);
 	}
 }
