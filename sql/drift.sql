@@ -4,7 +4,7 @@ SELECT table_name AS saved_table, user_column AS saved_user_column, tier_column 
   FROM fly.tier_source \gset
 CREATE TABLE drift_subs (user_id uuid PRIMARY KEY, tier text NOT NULL);
 SELECT fly.attach_tier_trigger('drift_subs');
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 TRUNCATE fly.user_fly_apps CASCADE;
 
 -- A consistent database: nothing to queue.
@@ -16,8 +16,10 @@ INSERT INTO drift_subs VALUES ('d1000000-0000-4000-8000-000000000001', 'pro'),
                               ('d1000000-0000-4000-8000-000000000002', 'free'),
                               ('d1000000-0000-4000-8000-000000000003', 'elite');
 RESET session_replication_role;
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS queued_by_trigger FROM fly.reconcile_queue;
 SELECT fly.check_drift() AS queued;
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason, generation FROM fly.reconcile_queue ORDER BY user_id;
 SELECT user_id, event_type, details->>'action' AS action, details->>'differed' AS differed
   FROM fly.user_fly_app_events WHERE event_type = 'drift_repaired' ORDER BY user_id;
@@ -25,7 +27,7 @@ SELECT user_id, event_type, details->>'action' AS action, details->>'differed' A
 SELECT fly.check_drift() AS queued_again;
 
 -- pg_fly's records as if the worker had done the work: live apps, empty queue.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
 VALUES ('d1000000-0000-4000-8000-000000000001', 'pro', 'drift-a', 'personal', 'ams', 'shared', 1, 256, 'active'),
        ('d1000000-0000-4000-8000-000000000003', 'elite', 'drift-c', 'personal', 'ams', 'shared', 1, 256, 'active'),
@@ -39,6 +41,7 @@ UPDATE drift_subs SET tier = 'free' WHERE user_id = 'd1000000-0000-4000-8000-000
 ALTER TABLE drift_subs ENABLE TRIGGER USER;
 UPDATE fly.user_fly_apps SET memory_mb = 512 WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
 SELECT fly.check_drift() AS queued;
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason FROM fly.reconcile_queue ORDER BY user_id;
 SELECT user_id, details->>'action' AS action, details->>'differed' AS differed,
        fly_app_id IS NOT NULL AS has_app_row
@@ -51,13 +54,15 @@ BEGIN;
 UPDATE fly.tier_policies SET region = 'sjc', fallback_regions = '{lhr,ams}' WHERE tier = 'elite';
 DELETE FROM fly.policy_changes;
 COMMIT;
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 UPDATE fly.user_fly_apps SET memory_mb = 256 WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
 SELECT fly.check_drift() >= 0 AS checked;
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS queued_in_fallback_region FROM fly.reconcile_queue
  WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
 UPDATE fly.user_fly_apps SET region = 'fra' WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
 SELECT fly.check_drift() >= 0 AS checked;
+SELECT FROM fly.fold_intents();
 SELECT desired, tier, reason FROM fly.reconcile_queue WHERE user_id = 'd1000000-0000-4000-8000-000000000003';
 BEGIN;
 UPDATE fly.tier_policies SET region = NULL, fallback_regions = '{}' WHERE tier = 'elite';
@@ -65,7 +70,7 @@ DELETE FROM fly.policy_changes;
 COMMIT;
 
 -- fly.deprovision_user_app() stands until the user's tier changes again: drift queues no provision for them.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 TRUNCATE fly.user_fly_apps CASCADE;
 SET session_replication_role = replica;
 DELETE FROM drift_subs;
@@ -76,12 +81,14 @@ VALUES ('d1000000-0000-4000-8000-000000000006', 'pro', 'drift-f', 'personal', 'a
 SELECT fly.deprovision_user_app('d1000000-0000-4000-8000-000000000006');
 SELECT user_id FROM fly.manual_teardowns WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
 SELECT fly.check_drift() AS queued_while_teardown_queued;
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason FROM fly.reconcile_queue;
 -- As if the worker had torn the app down.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 TRUNCATE fly.user_fly_apps CASCADE;
 SELECT fly.check_drift() AS queued_after_teardown;
 SELECT count(*) AS onboarding_would_queue FROM fly.onboard_existing_users();
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS queued FROM fly.reconcile_queue;
 -- fly.provision_user_app() ends it.
 SELECT fly.provision_user_app('d1000000-0000-4000-8000-000000000006');
@@ -89,23 +96,26 @@ SELECT count(*) AS teardowns_after_provision FROM fly.manual_teardowns
  WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
 -- So does a tier change through the trigger; a drift pass then decides as usual.
 SELECT fly.deprovision_user_app('d1000000-0000-4000-8000-000000000006');
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 UPDATE drift_subs SET tier = 'free' WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS teardowns_after_tier_change FROM fly.manual_teardowns
  WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason FROM fly.reconcile_queue;
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SET session_replication_role = replica;
 UPDATE drift_subs SET tier = 'pro' WHERE user_id = 'd1000000-0000-4000-8000-000000000006';
 RESET session_replication_role;
 SELECT fly.check_drift() AS queued_after_tier_change;
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason FROM fly.reconcile_queue;
 
 -- A tier without a policy waits for one: not drift.
 SET session_replication_role = replica;
 INSERT INTO drift_subs VALUES ('d1000000-0000-4000-8000-000000000005', 'team');
 RESET session_replication_role;
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 TRUNCATE fly.user_fly_apps CASCADE;
 DELETE FROM drift_subs WHERE tier <> 'team';
 SELECT fly.check_drift() AS queued_for_unknown_tier;
@@ -125,35 +135,40 @@ RESET session_replication_role;
 INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
 VALUES ('d3000000-0000-4000-8000-000000000001', 'pro', 'drift-upper', 'personal', 'ams', 'shared', 1, 256, 'active');
 SELECT fly.check_drift() AS queued;
+SELECT FROM fly.fold_intents();
 SELECT desired, count(*) FROM fly.reconcile_queue GROUP BY desired ORDER BY desired;
 SELECT fly.check_drift() AS queued_again;
 -- One of the worker's batches queues at most fly._drift_max_repairs() differences (their queue rows stay locked
 -- until it commits): it ends on the row before the first difference it leaves, and the next batch reads on from
 -- there. Shown here with 500.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SELECT fly._drift_max_repairs() AS max_repairs, fly._drift_batch_size(5000) AS batch_size;
 -- The upper-case user's live app and 499 paid users; the 501st difference is user ...1000.
 SELECT * FROM fly._drift_table_batch(NULL, 5000, 500) \gset first_
 SELECT :'first_last_user' AS last_user, :first_queued AS queued;
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS queued FROM fly.reconcile_queue;
 SELECT * FROM fly._drift_table_batch(:'first_last_user', 5000, 500);
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS queued, min(user_id::text) FILTER (WHERE user_id::text > :'first_last_user') AS first_of_second,
        max(user_id::text) FILTER (WHERE user_id::text LIKE 'd2%') AS last_queued
   FROM fly.reconcile_queue;
 -- The same for live apps whose users have no row: the batch ends on the last user it queued.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
 SELECT format('d4000000-0000-4000-8000-%s', lpad(i::text, 12, '0'))::uuid, 'pro', 'drift-gone-' || i, 'personal',
        'ams', 'shared', 1, 256, 'active'
   FROM generate_series(1, 600) i;
 SELECT * FROM fly._drift_missing_batch(NULL, 5000, 500);
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS queued FROM fly.reconcile_queue;
 SELECT * FROM fly._drift_missing_batch('d4000000-0000-4000-8000-000000000500', 5000, 500);
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS queued FROM fly.reconcile_queue;
 DELETE FROM fly.user_fly_app_events;
 DELETE FROM fly.user_fly_apps WHERE fly_app_name LIKE 'drift-gone-%';
 -- check_drift() walks on through capped batches: every difference (6000 paid users, the upper-case user's app).
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SELECT fly.check_drift() AS queued_after_capped_batches;
 
 -- Every spelling of a uuid the trigger accepts (IsUuidText, as uuid_in): braces, mixed case, a dash after every
@@ -170,7 +185,7 @@ INSERT INTO drift_text_subs VALUES
     ('d5000000-0000-4000-8000-000000000005', 'pro'),
     ('d5000000-0000-4000-8000-000000000006', 'free');
 RESET session_replication_role;
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 TRUNCATE fly.user_fly_apps CASCADE;
 INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
 SELECT u::uuid, 'pro', 'drift-' || n, 'personal', 'ams', 'shared', 1, 256, 'active'
@@ -196,12 +211,13 @@ DELETE FROM drift_text_subs WHERE user_id IN ('{d5000000-0000-4000-8000-00000000
 UPDATE drift_text_subs SET tier = NULL WHERE user_id = 'Da500000-0000-4000-8000-00000000000B';
 RESET session_replication_role;
 SELECT fly.check_drift() AS queued;
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason FROM fly.reconcile_queue ORDER BY user_id;
 SELECT fly.check_drift() AS queued_again;
 
 -- The queue item compared is matched exactly whatever the caller's DateStyle and TimeZone (an abbreviation such as
 -- IST does not read back as the same instant).
-TRUNCATE fly.reconcile_queue, fly.user_fly_app_events;
+TRUNCATE fly.reconcile_queue, fly.tier_intents, fly.user_fly_app_events;
 DELETE FROM fly.user_fly_apps WHERE user_id <> 'd5000000-0000-4000-8000-000000000005';
 INSERT INTO fly.reconcile_queue (user_id, desired, tier, reason)
 VALUES ('d5000000-0000-4000-8000-000000000006', 'present', 'pro', 'tier_change');
@@ -210,6 +226,7 @@ SET TimeZone = 'Asia/Kolkata';
 SELECT fly.check_drift() AS queued_in_sql_dmy_kolkata;
 RESET DateStyle;
 RESET TimeZone;
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason, generation FROM fly.reconcile_queue ORDER BY user_id;
 DROP INDEX drift_text_subs_user;
 
@@ -239,5 +256,5 @@ REVOKE ALL ON SCHEMA fly FROM drift_operator;
 DROP ROLE drift_operator;
 SELECT fly.attach_tier_trigger(:'saved_table', :'saved_user_column', :'saved_tier_column');
 DROP TABLE drift_subs, drift_text_subs;
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 TRUNCATE fly.user_fly_apps CASCADE;

@@ -16,12 +16,12 @@ SELECT desired, tier, reason, generation FROM fly.reconcile_queue;
 SELECT pending_action FROM fly.get_user_fly_app_status('66666666-6666-4666-8666-666666666666');
 
 -- A user pg_fly never saw has no status row.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SELECT count(*) FROM fly.get_user_fly_app_status('77777777-7777-4777-8777-777777777777');
 -- Deprovisioning a user without a live app is still queued (the worker checks Fly), with a notice.
 SELECT fly.deprovision_user_app('77777777-7777-4777-8777-777777777777');
 SELECT pending_action FROM fly.get_user_fly_app_status('77777777-7777-4777-8777-777777777777');
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 
 -- Bad input gets a clear error naming the problem, and nothing is queued.
 SELECT fly.provision_user_app(NULL);
@@ -29,14 +29,14 @@ SELECT fly.deprovision_user_app(NULL);
 SELECT fly.provision_user_app('not-a-uuid');
 SELECT fly.provision_user_app('77777777-7777-4777-8777-777777777777');
 UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '66666666-6666-4666-8666-666666666666';
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SELECT fly.provision_user_app('66666666-6666-4666-8666-666666666666');
 INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('trial', false);
 UPDATE user_subscriptions SET tier = 'trial' WHERE user_id = '66666666-6666-4666-8666-666666666666';
 DELETE FROM fly.tier_policies WHERE tier = 'trial';
 SELECT fly.provision_user_app('66666666-6666-4666-8666-666666666666');
 UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '66666666-6666-4666-8666-666666666666';
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SELECT fly._enqueue_reconcile('66666666-6666-4666-8666-666666666666', 'sideways', NULL, 'manual');
 SELECT count(*) AS queued_after_errors FROM fly.reconcile_queue;
 

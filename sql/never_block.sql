@@ -1,11 +1,14 @@
 -- Issue 13: a subscription change pg_fly cannot act on never fails the application's statement (unless
 -- fly.strict_tiers = on): the user waits in fly.tier_waits / fly.needs_attention, with one alert.
 SET search_path = public, fly;
+-- The queue once the worker has folded the trigger's log into it (it does within 200 ms; here at once).
 CREATE FUNCTION queue() RETURNS TABLE (user_id text, desired text, tier text, reason text, generation bigint)
-LANGUAGE sql AS $$
-    SELECT left(q.user_id::text, 8), q.desired, q.tier, q.reason, q.generation FROM fly.reconcile_queue q
-     ORDER BY q.user_id
-$$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM fly.fold_intents();
+    RETURN QUERY SELECT left(q.user_id::text, 8), q.desired, q.tier, q.reason, q.generation FROM fly.reconcile_queue q
+     ORDER BY q.user_id;
+END $$;
 CREATE FUNCTION waits() RETURNS TABLE (user_id text, tier text, reason text, detail text)
 LANGUAGE sql AS $$
     SELECT left(n.user_id, 12), n.tier, n.reason, n.detail FROM fly.needs_attention n ORDER BY n.user_id
@@ -28,7 +31,7 @@ LANGUAGE sql AS $$
     SELECT left(e.user_id::text, 8), e.fly_app_id IS NOT NULL, e.details - 'at' FROM fly.user_fly_app_events e
      WHERE e.event_type = 'alert_raised' ORDER BY e.id
 $$;
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 INSERT INTO user_profiles VALUES
     ('a1111111-1111-4111-8111-111111111111', 'a1@example.com'),
     ('a2222222-2222-4222-8222-222222222222', 'a2@example.com'),
@@ -62,7 +65,7 @@ SELECT * FROM queue();
 UPDATE user_subscriptions SET tier = 'pro' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
 SELECT * FROM waits();
 SELECT * FROM queue();
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 
 -- fly.strict_tiers = on brings back the error, word for word; nothing is written.
 SET fly.strict_tiers = on;
@@ -85,7 +88,7 @@ SELECT settle();
 SELECT * FROM queue();
 SELECT * FROM waits();
 -- A tier without an app queues only waiting users who still have one to tear down (none here).
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 UPDATE user_subscriptions SET tier = 'basic' WHERE user_id = 'a3333333-3333-4333-8333-333333333333';
 INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('basic', false);
 SELECT settle();
@@ -139,13 +142,14 @@ SELECT s, fly._as_uuid(s) FROM (VALUES ('{b1111111-1111-4111-8111-111111111111}'
 SELECT fly._as_uuid(repeat('a', 1000000)) IS NULL AS long_text_is_no_uuid;
 CREATE TABLE spelled_accounts (account_owner text, plan_name text);
 SELECT fly.attach_tier_trigger('spelled_accounts', 'account_owner', 'plan_name');
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 INSERT INTO spelled_accounts VALUES ('{b1111111-1111-4111-8111-111111111111}', 'squad'),
     ('Ab333333-3333-4333-8333-333333333333', 'squad'), ('c444-4444-4444-4444-8444-4444-4444-4444', 'squad'),
     ('{b2222222-2222-4222-8222-222222222222', 'squad'), ('not-a-uuid', 'squad');
 SELECT * FROM waits();
 INSERT INTO fly.tier_policies (tier, dedicated_app, cpu_kind, cpus, memory_mb) VALUES ('squad', true, 'shared', 1, 256);
 SELECT settle();
+SELECT FROM fly.fold_intents();
 SELECT q.user_id, q.desired, q.tier FROM fly.reconcile_queue q ORDER BY 1;
 SELECT * FROM waits();
 -- Deleting (or renaming) a policy that users are queued for is refused as for live apps: the worker would find no
@@ -156,10 +160,11 @@ UPDATE fly.tier_policies SET tier = 'squad2' WHERE tier = 'squad';
 -- and no alert.
 SELECT count(*) AS alerts FROM fly.user_fly_app_events WHERE event_type = 'alert_raised' \gset
 UPDATE spelled_accounts SET plan_name = NULL WHERE account_owner = 'Ab333333-3333-4333-8333-333333333333';
+SELECT FROM fly.fold_intents();
 SELECT q.desired, q.tier FROM fly.reconcile_queue q WHERE q.user_id = 'ab333333-3333-4333-8333-333333333333';
 SELECT count(*) AS waits FROM fly.tier_waits WHERE user_id = 'Ab333333-3333-4333-8333-333333333333';
 SELECT count(*) - :alerts AS new_alerts FROM fly.user_fly_app_events WHERE event_type = 'alert_raised';
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 DELETE FROM fly.tier_policies WHERE tier = 'squad';
 SELECT fly.attach_tier_trigger();
 DROP TABLE spelled_accounts;
@@ -185,7 +190,7 @@ TRUNCATE fly.tier_waits, fly.reconcile_queue;
 
 -- A policy change of guest or region queues every live app of the tier (and queued provisions) for an
 -- in-place update; other changes queue nothing.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, status, region, cpu_kind, cpus, memory_mb)
 VALUES ('a1111111-1111-4111-8111-111111111111', 'team', 'vyx-user-a1', 'personal', 'active', 'sjc', 'shared', 2, 512),
        ('a4444444-4444-4444-8444-444444444444', 'team', 'vyx-user-a4', 'personal', 'active', 'sjc', 'shared', 2, 512),
@@ -218,7 +223,7 @@ SELECT settle();
 SELECT * FROM queue();
 
 -- A user with a live app moving to an unknown tier keeps the app as it is; the event goes with the app.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 UPDATE user_subscriptions SET tier = 'mystery' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
 SELECT * FROM queue();
 SELECT * FROM alerts() WHERE details->>'tier' = 'mystery';
@@ -227,7 +232,7 @@ SELECT * FROM waits();
 SELECT * FROM queue();
 
 -- A tier without an app, added for a waiting user who still has one, tears it down.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 UPDATE user_subscriptions SET tier = 'hobby' WHERE user_id = 'a2222222-2222-4222-8222-222222222222';
 INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('hobby', false);
 SELECT settle();
@@ -241,7 +246,7 @@ CREATE TABLE plan_rows (account_owner text, plan_name text);
 SELECT fly.attach_tier_trigger('plan_rows', 'account_owner', 'plan_name');
 INSERT INTO plan_rows VALUES ('a2222222-2222-4222-8222-222222222222', 'pro'),
     ('a2222222-2222-4222-8222-222222222222', 'hobby3');
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SELECT user_id, tier, reason FROM fly.tier_waits;
 INSERT INTO fly.tier_policies (tier, dedicated_app) VALUES ('hobby3', false);
 SELECT settle();
@@ -274,5 +279,5 @@ DELETE FROM user_subscriptions WHERE user_id::text LIKE 'a%';
 DELETE FROM user_profiles WHERE id::text LIKE 'a%';
 TRUNCATE fly.user_fly_apps CASCADE;
 DELETE FROM fly.tier_policies WHERE tier IN ('team', 'gold');
-TRUNCATE fly.reconcile_queue, fly.tier_waits;
+TRUNCATE fly.reconcile_queue, fly.tier_intents, fly.tier_waits;
 DROP FUNCTION queue(), waits(), alerts(), settle();

@@ -42,14 +42,14 @@ INSERT INTO user_profiles VALUES ('13131313-1313-4313-8313-131313131313', 'o1@ex
 INSERT INTO user_subscriptions VALUES ('13131313-1313-4313-8313-131313131313', 'pro'),
     ('14141414-1414-4414-8414-141414141414', 'elite'), ('15151515-1515-4515-8515-151515151515', 'free');
 SELECT fly.attach_tier_trigger();
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SELECT user_id, tier, queued FROM fly.onboard_existing_users();
 SELECT count(*) AS queued_by_dry_run FROM fly.reconcile_queue;
 SELECT fly.provision_user_app();
 SELECT left(user_id::text, 8) AS user_id, desired, tier, reason FROM fly.reconcile_queue ORDER BY 1;
 -- Running it again queues nobody twice.
 SELECT fly.provision_user_app();
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 
 -- A text user column may hold ids that are not uuids (written while the trigger was detached): they are
 -- skipped with a warning, the others are onboarded.
@@ -67,4 +67,4 @@ SELECT fly.attach_tier_trigger();
 DROP TABLE text_subscriptions;
 DELETE FROM user_subscriptions WHERE user_id IN ('13131313-1313-4313-8313-131313131313',
     '14141414-1414-4414-8414-141414141414', '15151515-1515-4515-8515-151515151515');
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;

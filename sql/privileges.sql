@@ -44,6 +44,7 @@ SELECT fly.attach_tier_trigger('user_subscriptions');
 -- But the application can change tiers: the trigger queues the work on its behalf.
 INSERT INTO user_subscriptions VALUES ('88888888-8888-4888-8888-888888888888', 'pro');
 RESET ROLE;
+SELECT FROM fly.fold_intents();
 SELECT desired, tier, reason FROM fly.reconcile_queue WHERE user_id = '88888888-8888-4888-8888-888888888888';
 
 -- A DBA can grant read access to the admin views without exposing anything else.
@@ -75,18 +76,19 @@ REVOKE ALL ON SCHEMA fly FROM pgfly_operator;
 DROP ROLE pgfly_operator;
 
 -- TRUNCATE of the subscription table fires no row trigger; its statement trigger queues teardown for everyone.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 INSERT INTO fly.user_fly_apps (user_id, fly_app_name, fly_org_slug, region, status)
 VALUES ('88888888-8888-4888-8888-888888888888', 'vyx-user-truncated', 'personal', 'sjc', 'active');
 CREATE TABLE subscriptions_backup AS SELECT * FROM user_subscriptions;
 TRUNCATE user_subscriptions CASCADE;
+SELECT FROM fly.fold_intents();
 SELECT left(user_id::text, 8) AS user_id, desired, reason FROM fly.reconcile_queue ORDER BY 1;
 INSERT INTO user_subscriptions SELECT * FROM subscriptions_backup;
 DROP TABLE subscriptions_backup;
 TRUNCATE fly.user_fly_apps CASCADE;
 
 DELETE FROM user_subscriptions WHERE user_id = '88888888-8888-4888-8888-888888888888';
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 REVOKE ALL ON SCHEMA fly FROM pgfly_dashboard;
 REVOKE ALL ON fly.live_apps, fly.recent_events, fly.provision_success_rate FROM pgfly_dashboard;
 DROP ROLE pgfly_dashboard;

@@ -19,6 +19,7 @@ INSERT INTO user_profiles VALUES
 INSERT INTO user_subscriptions VALUES
     ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'free'),
     ('b1ffcd88-8d1a-4ef8-bb6d-6bb9bd380a22', 'free');
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS queued_for_free_users FROM fly.reconcile_queue;
 
 -- Test 1: Upgrade User to Pro
@@ -26,6 +27,7 @@ UPDATE user_subscriptions
 SET tier = 'pro'
 WHERE user_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11';
 
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason, generation, attempts FROM fly.reconcile_queue;
 
 -- Test 2: Check App Status (timestamps pinned so the output is stable)
@@ -37,6 +39,7 @@ UPDATE user_subscriptions
 SET tier = 'free'
 WHERE user_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11';
 
+SELECT FROM fly.fold_intents();
 SELECT user_id, desired, tier, reason, generation, attempts FROM fly.reconcile_queue;
 
 -- The Admin Monitoring queries, over rows shaped as the worker writes them.

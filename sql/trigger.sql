@@ -1,10 +1,13 @@
 -- on_user_tier_change: it queues work only when a user's effective tier policy changes.
 SET search_path = public, fly;
+-- The queue once the worker has folded the trigger's log into it (it does within 200 ms; here at once).
 CREATE FUNCTION queue() RETURNS TABLE (user_id text, desired text, tier text, reason text, generation bigint)
-LANGUAGE sql AS $$
-    SELECT left(q.user_id::text, 8), q.desired, q.tier, q.reason, q.generation FROM fly.reconcile_queue q
-     ORDER BY q.user_id
-$$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM fly.fold_intents();
+    RETURN QUERY SELECT left(q.user_id::text, 8), q.desired, q.tier, q.reason, q.generation FROM fly.reconcile_queue q
+     ORDER BY q.user_id;
+END $$;
 INSERT INTO user_profiles VALUES
     ('11111111-1111-4111-8111-111111111111', 'u1@example.com'),
     ('22222222-2222-4222-8222-222222222222', 'u2@example.com'),
@@ -37,10 +40,10 @@ DELETE FROM user_subscriptions WHERE user_id = '22222222-2222-4222-8222-22222222
 SELECT * FROM queue();
 
 -- A rolled-back tier change leaves no work.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 BEGIN;
 INSERT INTO user_subscriptions VALUES ('33333333-3333-4333-8333-333333333333', 'elite');
-SELECT count(*) AS queued_inside_transaction FROM fly.reconcile_queue;
+SELECT count(*) AS queued_inside_transaction FROM fly.pending_work;
 ROLLBACK;
 SELECT * FROM queue();
 
@@ -58,7 +61,7 @@ SELECT tier FROM user_subscriptions WHERE user_id = '33333333-3333-4333-8333-333
 SELECT * FROM queue();
 
 -- A tier whose policy has a different guest is a change even when both are dedicated.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 UPDATE fly.tier_policies SET memory_mb = 1024 WHERE tier = 'elite';
 UPDATE user_subscriptions SET tier = 'elite' WHERE user_id = '33333333-3333-4333-8333-333333333333';
 SELECT * FROM queue();
@@ -66,7 +69,7 @@ UPDATE fly.tier_policies SET memory_mb = 256 WHERE tier = 'elite';
 
 -- With fly.strict_tiers = on, unknown tiers are refused, naming the tier; nothing is written. (Off, the default,
 -- the statement succeeds and the user waits: sql/never_block.sql.)
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 SET fly.strict_tiers = on;
 UPDATE user_subscriptions SET tier = 'platinum' WHERE user_id = '11111111-1111-4111-8111-111111111111';
 RESET fly.strict_tiers;
@@ -77,20 +80,21 @@ UPDATE user_subscriptions SET tier = 'legacy' WHERE user_id = '11111111-1111-411
 -- While a provision of the tier is queued its policy stays: the worker would find none and provision nothing.
 DELETE FROM fly.tier_policies WHERE tier = 'legacy';
 UPDATE fly.tier_policies SET tier = 'legacy2' WHERE tier = 'legacy';
+SELECT FROM fly.fold_intents();
 DELETE FROM fly.reconcile_queue WHERE tier = 'legacy';
 DELETE FROM fly.tier_policies WHERE tier = 'legacy';
 UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '11111111-1111-4111-8111-111111111111';
 SELECT * FROM queue();
 
 -- A subscription row that moves to another user: the old user loses the app, the new one gains it.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 INSERT INTO user_profiles VALUES ('44444444-4444-4444-8444-444444444444', 'u4@example.com');
 UPDATE user_subscriptions SET user_id = '44444444-4444-4444-8444-444444444444'
  WHERE user_id = '33333333-3333-4333-8333-333333333333';
 SELECT * FROM queue();
 
 -- Any table and column names work, including a text user id; attaching moves the trigger.
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 CREATE TABLE billing_accounts (account_owner text, plan_name varchar(20));
 SELECT fly.attach_tier_trigger('billing_accounts', 'account_owner', 'plan_name');
 SELECT tgrelid::regclass FROM pg_trigger WHERE tgname = 'on_user_tier_change';
@@ -108,7 +112,7 @@ SELECT count(*) FROM billing_accounts;
 -- tier: neither names the app's tier (only a row that grants the app does), so the pro policy stays in use.
 INSERT INTO fly.user_fly_apps (user_id, tier, fly_app_name, fly_org_slug, region, cpu_kind, cpus, memory_mb, status)
 VALUES ('55555555-5555-4555-8555-555555555555', 'pro', 'vyx-user-55', 'personal', 'sjc', 'shared', 1, 256, 'active');
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 INSERT INTO billing_accounts VALUES ('55555555-5555-4555-8555-555555555555', 'free');
 UPDATE billing_accounts SET plan_name = 'trial' WHERE account_owner = '55555555-5555-4555-8555-555555555555'
    AND plan_name = 'free';
@@ -119,13 +123,14 @@ SELECT * FROM queue();
 SELECT fly.deprovision_user_app('55555555-5555-4555-8555-555555555555');
 UPDATE fly.user_fly_apps SET deleted_at = now(), status = 'deleted'
  WHERE user_id = '55555555-5555-4555-8555-555555555555';
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 UPDATE billing_accounts SET plan_name = 'elite' WHERE account_owner = '55555555-5555-4555-8555-555555555555'
    AND plan_name = 'pro';
+SELECT FROM fly.fold_intents();
 SELECT count(*) AS manual_teardowns FROM fly.manual_teardowns;
 SELECT * FROM queue();
 TRUNCATE fly.user_fly_apps CASCADE;
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 DELETE FROM billing_accounts WHERE plan_name = 'trial';
 
 -- attach_tier_trigger errors name the problem.
@@ -146,4 +151,4 @@ SELECT fly.on_user_tier_change();
 DROP TABLE billing_accounts, wrong_types;
 DROP VIEW subscriptions_view;
 DROP FUNCTION queue();
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;

@@ -132,5 +132,5 @@ CREATE DATABASE pg_fly_scratch;
 DROP DATABASE pg_fly_scratch;
 
 DELETE FROM user_subscriptions WHERE user_id = '99999999-9999-4999-8999-999999999999';
-TRUNCATE fly.reconcile_queue;
+TRUNCATE fly.reconcile_queue, fly.tier_intents;
 DROP FUNCTION wait_for(text, boolean, int), wait_worker_iterations(int);

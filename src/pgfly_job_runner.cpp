@@ -255,6 +255,7 @@ JobRunner::Dispatch() {
 
 void
 JobRunner::DispatchWork() {
+	FoldStep(Now());
 	const double now = Now();
 	const int capacity = Capacity(now);
 	// With every slot taken, a wake by a committing tier change has nothing to claim: the queue is looked at
@@ -663,7 +664,7 @@ JobRunner::WaitsForWork() const {
 
 long
 JobRunner::SleepMs() const {
-	if (dispatch_again_) {
+	if (dispatch_again_ || fold_more_) {
 		return 0;
 	}
 	const long client_timeout = client_->NextTimeoutMs();
@@ -716,6 +717,9 @@ JobRunner::SleepMs() const {
 	}
 	if (extension_present_ && settings::event_retention_s > 0) {
 		wake.At(next_retention_batch_);
+	}
+	if (extension_present_ && pg_atomic_read_u64(&shared_->work_commits) != commits_folded_) {
+		wake.At(next_fold_); // a change logged without a wake (a relabel, or while the worker was busy)
 	}
 	if (queue_count_stale_) {
 		// Not before Dispatch looks at the queue again (once a second while no work can be claimed).

@@ -4,6 +4,7 @@
 
 #include "pgfly/core/json.hpp"
 #include "pgfly/pg/sql_values.hpp"
+#include "pgfly/pgfly_intent_log.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 
 extern "C" {
@@ -65,6 +66,8 @@ EnqueueReconcile(pg::SpiConnection &spi, const std::string &user_id, DesiredStat
 		std::string("WITH cleared AS (DELETE FROM fly.manual_teardowns t "
 	                "WHERE t.user_id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid) ") +
 		kUpsert;
+	// The user's changes still in the tier-change log are older than this intent: they go first.
+	FoldUserIntents(spi, user_id, false);
 	const bool clear = clearing == TeardownClearing::kIfTableExists && ManualTeardownsExist();
 	spi.Query(clear ? kClearAndUpsert.c_str() : kUpsert.c_str(),
 	          {user_id, DesiredName(desired), tier, std::string(reason)});
@@ -93,6 +96,12 @@ EnqueueIfUnchanged(pg::SpiConnection &spi, const std::string &user_id, DesiredSt
 		kNewIntent +
 		" WHERE q.generation OPERATOR(pg_catalog.=) $5::pg_catalog.int8 "
 		"AND EXTRACT(epoch FROM q.enqueued_at) OPERATOR(pg_catalog.=) $7::pg_catalog.numeric RETURNING 1";
+	// A change of the user another transaction is still logging holds the user, as a held queue item does
+	// (lock_not_available); one in the log already is newer than what the caller saw (a relabel changes no
+	// generation), so nothing is queued.
+	if (FoldUserIntents(spi, user_id, true) > 0) {
+		return false;
+	}
 	const bool queued = !spi.Query(kUpsertIf.c_str(), {user_id, DesiredName(desired), tier, std::string(reason),
 	                                                   seen.generation, seen.app_id, seen.enqueued_at})
 	                         .empty();
@@ -108,6 +117,7 @@ EnqueueUnlessQueued(pg::SpiConnection &spi, const std::string &user_id, DesiredS
 	static const char *const kInsert = "INSERT INTO fly.reconcile_queue (user_id, desired, tier, reason) "
 									   "VALUES ($1::pg_catalog.uuid, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING "
 									   "RETURNING 1";
+	FoldUserIntents(spi, user_id, false);
 	const bool queued = !spi.Query(kInsert, {user_id, DesiredName(desired), tier, std::string(reason)}).empty();
 	if (queued) {
 		pg::PgGuard([]() { WakeWorkerAtCommit(); });

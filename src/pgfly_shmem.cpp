@@ -20,6 +20,8 @@ shmem_startup_hook_type previous_shmem_startup_hook = nullptr;
 
 // Per backend: whether the current transaction enqueued work, and whether our callback is registered.
 bool wake_at_commit = false;
+// Work that needs no prompt start (a relabel in the log): counted in work_commits, without setting the latch.
+bool note_at_commit = false;
 uint32 passes_at_commit = 0; // kHealthPass etc.
 bool xact_callback_registered = false;
 
@@ -70,7 +72,7 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 	switch (event) {
 	case XACT_EVENT_COMMIT:
 	case XACT_EVENT_PARALLEL_COMMIT:
-		if (wake_at_commit && shared_state != nullptr) {
+		if ((wake_at_commit || note_at_commit) && shared_state != nullptr) {
 			// The passes are asked for only now, so that the worker's pass sees what this transaction wrote.
 			if (passes_at_commit & kHealthPass) {
 				pg_atomic_write_u32(&shared_state->health_pass_requested, 1);
@@ -87,7 +89,8 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 			// A full barrier, paired with the worker's: it either sees this commit when it re-reads the counter
 			// after setting worker_idle, or this read sees worker_idle set.
 			pg_atomic_fetch_add_u64(&shared_state->work_commits, 1);
-			const bool wake = passes_at_commit != 0 || pg_atomic_read_u32(&shared_state->worker_idle) != 0;
+			const bool wake =
+				passes_at_commit != 0 || (wake_at_commit && pg_atomic_read_u32(&shared_state->worker_idle) != 0);
 			uint32 expected = 0;
 			if (wake && pg_atomic_compare_exchange_u32(&shared_state->wake_pending, &expected, 1)) {
 				pg_atomic_fetch_add_u64(&shared_state->wakes_sent, 1);
@@ -100,6 +103,7 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 			}
 		}
 		wake_at_commit = false;
+		note_at_commit = false;
 		passes_at_commit = 0;
 		break;
 	case XACT_EVENT_ABORT:
@@ -107,6 +111,7 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 	case XACT_EVENT_PREPARE:
 		// A prepared transaction's work is found by the worker's poll timer after COMMIT PREPARED.
 		wake_at_commit = false;
+		note_at_commit = false;
 		passes_at_commit = 0;
 		break;
 	default:
@@ -139,14 +144,29 @@ InstallShmemHooks() {
 	shmem_startup_hook = ShmemStartup;
 }
 
+namespace {
+
 void
-WakeWorkerAtCommit(uint32 passes) {
+RegisterCallbackOnce() {
 	if (!xact_callback_registered) {
 		RegisterXactCallback(WakeXactCallback, nullptr);
 		xact_callback_registered = true;
 	}
+}
+
+} // namespace
+
+void
+WakeWorkerAtCommit(uint32 passes) {
+	RegisterCallbackOnce();
 	wake_at_commit = true;
 	passes_at_commit |= passes;
+}
+
+void
+NoteWorkAtCommit() {
+	RegisterCallbackOnce();
+	note_at_commit = true;
 }
 
 } // namespace pgfly

@@ -14,6 +14,7 @@ extern "C" {
 #include "pgfly/core/circuit_breaker.hpp"
 #include "pgfly/core/token_source.hpp"
 #include "pgfly/pgfly_guc.hpp"
+#include "pgfly/pgfly_intent_log.hpp"
 #include "pgfly/pgfly_queue_store.hpp"
 #include "pgfly/pgfly_shmem.hpp"
 
@@ -139,6 +140,16 @@ PGFLY_SQL_FUNCTION(_enqueue_if_unchanged) {
 	const bool queued =
 		pgfly::EnqueueIfUnchanged(spi, args.user_id, args.desired, args.tier, args.reason.c_str(), seen);
 	PG_RETURN_BOOL(queued);
+}
+
+// fly.fold_intents(): folds every committed change in the tier-change log (fly.tier_intents) into
+// fly.reconcile_queue now, as the worker does within its fold interval; waits for rows a concurrent fold holds.
+// Returns how many log rows it folded.
+PGFLY_SQL_FUNCTION(fold_intents) {
+	RefuseInRestrictedOperation();
+	pgfly::pg::SpiConnection spi;
+	const pgfly::FoldResult result = pgfly::FoldIntents(spi, 0, {}, pgfly::FoldLocking::kWait);
+	PG_RETURN_INT64(result.folded);
 }
 
 // fly._refuse_in_restricted_operation(): called first by pg_fly's state-changing SECURITY DEFINER functions.

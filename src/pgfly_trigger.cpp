@@ -17,7 +17,9 @@ extern "C" {
 #include "pgfly/core/sql_text.hpp"
 #include "pgfly/pgfly_app_store.hpp"
 #include "pgfly/pgfly_guc.hpp"
+#include "pgfly/pgfly_intent_log.hpp"
 #include "pgfly/pgfly_queue_store.hpp"
+#include "pgfly/pgfly_shmem.hpp"
 #include "pgfly/pgfly_trigger_cache.hpp"
 
 namespace pgfly {
@@ -231,12 +233,21 @@ ClearWait(pg::SpiConnection &spi, const pg::Value &user_id, const TierPolicy &po
 	}
 }
 
-// Queues the user's item, ending a manual teardown by fly.deprovision_user_app() in the same statement when the
-// cache says one may exist; otherwise looks again after the upsert, which waited for any uncommitted
-// deprovision of the user (it writes the same queue row), and so took its invalidation.
+// Records the user's new desired state: one row appended to the tier-change log, which the worker folds into
+// the queue (ending any manual teardown then). Without an appendable log (a schema older than 0.3.0's, or one
+// given an index or a trigger since), the queue item is upserted here, ending a manual teardown by
+// fly.deprovision_user_app() in the same statement when the cache says one may exist; otherwise looking again
+// after the upsert, which waited for any uncommitted deprovision of the user (it writes the same queue row), and
+// so took its invalidation.
 void
 EnqueueTierChange(pg::SpiConnection &spi, TriggerCache &cache, const std::string &user_id, DesiredState desired,
                   const pg::Value &tier) {
+	if (cache.Log().appendable) {
+		AppendIntent(cache.Log(), user_id, desired == DesiredState::kPresent ? IntentKind::kPresent : IntentKind::kAbsent,
+		             tier, "tier_change");
+		pg::PgGuard([]() { WakeWorkerAtCommit(); });
+		return;
+	}
 	// TeardownsPossible() implies the table exists (schema 0.3.0).
 	const bool clear_now = cache.TeardownsPossible();
 	EnqueueReconcile(spi, user_id, desired, tier, "tier_change",
@@ -253,6 +264,12 @@ void
 RelabelTier(pg::SpiConnection &spi, TriggerCache &cache, const std::string &user_id, const pg::Value &tier) {
 	if (!IsUuidText(user_id)) {
 		return; // pg_fly keeps nothing for a user id that is not a uuid
+	}
+	if (cache.Log().appendable) {
+		// Folded within the worker's fold interval; nothing to start, so the worker is not woken.
+		AppendIntent(cache.Log(), user_id, IntentKind::kRelabel, tier, "tier_change");
+		pg::PgGuard([]() { NoteWorkAtCommit(); });
+		return;
 	}
 	static const char *const kRelabel =
 		"WITH queued AS (UPDATE fly.reconcile_queue SET tier = $2 "

@@ -36,6 +36,7 @@ TriggerCache::OnRelcacheInvalidation(Datum, Oid relid) noexcept {
 	// InvalidOid: every relcache entry is being reset (the invalidation queue overflowed, say).
 	if (relid == InvalidOid || relid == cache.tier_policies_relid_ || relid == cache.tier_source_relid_ ||
 	    relid == cache.tier_waits_relid_ || relid == cache.manual_teardowns_relid_ || relid == cache.source_relid_ ||
+	    relid == cache.log_.relid ||
 	    cache.fires_.count(relid) != 0) {
 		cache.valid_ = false;
 	}
@@ -57,6 +58,9 @@ TriggerCache::Load(pg::SpiConnection &spi) {
 	fires_.clear();
 	attached_ = false;
 	source_relid_ = InvalidOid;
+	// The log's indexes, triggers, rules and row security change only by DDL, which invalidates its relcache
+	// entry.
+	log_ = FindIntentLog();
 	pg::PgGuard([&]() {
 		const Oid schema = get_namespace_oid("fly", false);
 		tier_policies_relid_ = get_relname_relid("tier_policies", schema);

@@ -204,6 +204,14 @@ private:
 	// pgfly_retention_runner.cpp: one batch of fly.event_retention's deletions (fly._retention_batch), in a
 	// transaction of its own, when due: batches paced by the time they took, a pass every 10 minutes.
 	void RetentionStep();
+
+	// pgfly_fold_runner.cpp: folds fly.tier_intents (the trigger's tier-change log) into the queue, in a
+	// transaction of its own, before each claim: at once after a commit that logged a change (at most every
+	// kFoldIntervalSeconds while the worker is busy), and every poll interval (after a crash, a promotion, or a
+	// COMMIT PREPARED, which tells no one). A fold that waits on a lock falls back to one user at a time, and
+	// leaves the users it cannot fold for a while.
+	void FoldStep(double now);
+	void FoldUserByUser(double now, const std::vector<std::string> &skip);
 	void OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome);
 
 	// pgfly_rollout_runner.cpp: in a transaction of its own, moves the running rollout on and claims apps to
@@ -279,6 +287,14 @@ private:
 	// was configured with (a change starts a pass at once).
 	double next_retention_batch_ = 0;
 	int64_t retention_removed_ = 0;
+	// The fold: work_commits as read before the last fold, when the next may run (a busy worker folds at most
+	// every kFoldIntervalSeconds) and the next one runs anyway, whether the last filled its batch, and users left
+	// out until a time (their rows or items held by another transaction).
+	uint64_t commits_folded_ = 0;
+	double next_fold_ = 0;
+	double next_periodic_fold_ = 0;
+	bool fold_more_ = false;
+	std::map<std::string, double> fold_held_;
 	int retention_configured_ = -1;
 	std::vector<RolloutJob> rollout_claimed_;
 	std::vector<HealthJob> canaries_claimed_;

@@ -68,4 +68,8 @@ constexpr uint32 kPolicyPass = 8;
 // worker only while it waits for work it could start (SharedState::worker_idle).
 void WakeWorkerAtCommit(uint32 passes = 0);
 
+// Counts the current transaction's commit in work_commits without waking the worker: work it finds within its
+// fold interval (a relabel in fly.tier_intents).
+void NoteWorkAtCommit();
+
 } // namespace pgfly

@@ -11,6 +11,7 @@
 
 #include "pgfly/pg/postgres.hpp"
 #include "pgfly/pg/spi.hpp"
+#include "pgfly/pgfly_intent_log.hpp"
 
 namespace pgfly {
 
@@ -44,6 +45,12 @@ public:
 	bool
 	HasManualTeardowns() const {
 		return manual_teardowns_relid_ != InvalidOid;
+	}
+	// The tier-change log the trigger appends to (fly.tier_intents); not appendable before schema 0.3.0's, or
+	// once someone has added an index, trigger, rule or row security to it.
+	const IntentLog &
+	Log() const {
+		return log_;
 	}
 	// Whether the table may hold a row: false only when it was empty at the last look.
 	bool
@@ -82,6 +89,7 @@ private:
 	Oid tier_source_relid_ = InvalidOid;
 	Oid tier_waits_relid_ = InvalidOid;
 	Oid manual_teardowns_relid_ = InvalidOid;
+	IntentLog log_;
 	bool attached_ = false;
 	Oid source_relid_ = InvalidOid;
 	std::string user_column_;

@@ -319,6 +319,7 @@ BEGIN
             USING HINT = 'Drop the trigger, or attach this table with fly.attach_tier_trigger().';
         RETURN NULL;
     END IF;
+    PERFORM fly.fold_intents();  -- the changes logged before the TRUNCATE count
     PERFORM fly._enqueue_reconcile(u.user_id, 'absent', NULL, 'truncate')
        FROM (SELECT a.user_id FROM fly.user_fly_apps a WHERE a.deleted_at IS NULL
              UNION SELECT q.user_id FROM fly.reconcile_queue q WHERE q.desired = 'present') AS u;
@@ -1244,6 +1245,9 @@ BEGIN
     END IF;
     SELECT count(*) INTO live FROM fly.user_fly_apps a WHERE a.tier = OLD.tier AND a.deleted_at IS NULL;
     SELECT count(*) INTO queued FROM fly.reconcile_queue q WHERE q.tier = OLD.tier AND q.desired = 'present';
+    -- and changes logged but not folded yet (fly.tier_intents)
+    queued := queued + (SELECT count(DISTINCT i.user_id) FROM fly.tier_intents i
+                         WHERE i.tier = OLD.tier AND i.kind <> 'a');
     IF live > 0 OR queued > 0 THEN
         RAISE EXCEPTION 'cannot % the policy of tier "%": % live app(s) and % queued provision(s) use it',
                         CASE TG_OP WHEN 'DELETE' THEN 'delete' ELSE 'rename' END, OLD.tier, live, queued
@@ -1485,6 +1489,12 @@ DECLARE
     walk_done boolean;
 BEGIN
     queued := 0;
+    -- Tier changes logged but not folded yet are compared too (a relabel makes a user another tier's).
+    BEGIN
+        PERFORM fly.fold_intents();
+    EXCEPTION WHEN lock_not_available THEN
+        NULL;  -- another fold holds them; a user changed since it was read is held below
+    END;
     -- 1. Waits whose tier has a policy now, tier by tier (the index tier_waits_unknown_tier finds them however
     --    many waits there are for tiers without one). Waits another transaction holds are skipped.
     budget := greatest(max_users, 1);
@@ -1939,6 +1949,7 @@ BEGIN
     PERFORM fly._refuse_in_restricted_operation();
     PERFORM fly._tier_source();  -- an error that says how to attach a table, when none is
     PERFORM fly._drift_require_read_committed();
+    PERFORM fly.fold_intents();  -- compared with the changes the trigger logged, not only the queue
     LOOP
         SELECT * INTO r FROM fly._drift_table_batch(after_text, batch, NULL);
         total := total + r.queued;
@@ -2117,3 +2128,79 @@ REVOKE ALL ON FUNCTION fly._retention_batch(integer, interval) FROM PUBLIC;
 CREATE INDEX user_fly_apps_health_order ON fly.user_fly_apps
     ((COALESCE(last_health_check_at, '-infinity'::timestamptz)), id)
     WHERE deleted_at IS NULL AND status = 'active';
+--------------------------------------------------------------------------------------------------------------
+-- The tier-change log (issue 16). The subscription trigger appends one row per change here, in the
+-- application's transaction: a heap insert into a table without any index, the cheapest durable write. The
+-- worker folds the rows into fly.reconcile_queue in batches, in seq order (fly.fold_intents() does it on demand);
+-- every other writer of a user's queue item folds that user's rows first. seq is taken after the subscription
+-- row's lock, so a row's changes are in commit order. No index, constraint or trigger may be added: the trigger
+-- would then write the queue itself, as before 0.3.0.
+--------------------------------------------------------------------------------------------------------------
+CREATE SEQUENCE fly.tier_intents_seq;
+CREATE TABLE fly.tier_intents (
+    seq     bigint NOT NULL,
+    user_id uuid NOT NULL,
+    kind    "char" NOT NULL,
+    tier    text,
+    reason  text NOT NULL,
+    at      timestamptz NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
+COMMENT ON TABLE fly.tier_intents IS
+    'Tier changes the subscription trigger logged and the worker has not folded into fly.reconcile_queue yet '
+    '(kind p: present, a: absent, r: the tier renamed between two with the same policy)';
+REVOKE ALL ON fly.tier_intents FROM PUBLIC;
+REVOKE ALL ON SEQUENCE fly.tier_intents_seq FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fly.tier_intents', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.tier_intents_seq', '');
+CREATE FUNCTION fly.fold_intents() RETURNS bigint
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'fold_intents';
+REVOKE ALL ON FUNCTION fly.fold_intents() FROM PUBLIC;
+COMMENT ON FUNCTION fly.fold_intents() IS
+    'Folds every committed tier change in fly.tier_intents into fly.reconcile_queue now (the worker does within '
+    '200 ms); returns how many it folded';
+-- Work not folded yet is pending too.
+CREATE OR REPLACE VIEW fly.pending_work AS
+SELECT q.user_id, q.desired, q.tier, q.reason, q.attempts, q.run_after, q.claimed_at IS NOT NULL AS in_flight,
+       q.last_error, q.enqueued_at, now() - q.enqueued_at AS waiting_for
+  FROM fly.reconcile_queue q
+UNION ALL
+SELECT i.user_id, CASE WHEN i.kind = 'a' THEN 'absent' ELSE 'present' END, i.tier, i.reason, 0, i.at, false,
+       NULL, i.at, now() - i.at
+  FROM fly.tier_intents i;
+-- A change not folded yet is the user's pending action already.
+CREATE OR REPLACE FUNCTION fly.get_user_fly_app_status(user_id uuid)
+RETURNS TABLE (
+    user_id uuid, fly_app_name text, fly_machine_id text, status text, health_status text, region text,
+    tier text, monthly_cost_estimate_usd numeric, attempts integer, last_error text,
+    pending_action text, pending_since timestamptz, created_at timestamptz, updated_at timestamptz,
+    deleted_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH app AS (
+        SELECT a.* FROM fly.user_fly_apps a
+         WHERE a.user_id = $1
+         ORDER BY a.deleted_at IS NULL DESC, a.created_at DESC, a.id DESC
+         LIMIT 1
+    ),
+    -- The user's last logged change of desired state, and last logged tier (a relabel renames it).
+    changed AS (
+        SELECT i.kind, i.at FROM fly.tier_intents i WHERE i.user_id = $1 AND i.kind <> 'r' ORDER BY i.seq DESC LIMIT 1
+    ),
+    renamed AS (
+        SELECT i.kind, i.tier FROM fly.tier_intents i WHERE i.user_id = $1 ORDER BY i.seq DESC LIMIT 1
+    )
+    SELECT $1, app.fly_app_name, app.fly_machine_id, app.status, app.health_status, app.region,
+           CASE WHEN renamed.kind IS NOT NULL THEN renamed.tier ELSE coalesce(q.tier, app.tier) END,
+           app.monthly_cost_estimate_usd,
+           CASE WHEN changed.kind IS NOT NULL THEN 0 ELSE coalesce(q.attempts, app.attempts) END,
+           CASE WHEN changed.kind IS NOT NULL THEN NULL ELSE coalesce(q.last_error, app.last_error) END,
+           CASE coalesce(CASE changed.kind WHEN 'p' THEN 'present' WHEN 'a' THEN 'absent' END, q.desired)
+               WHEN 'present' THEN 'provision' WHEN 'absent' THEN 'deprovision' END,
+           coalesce(q.enqueued_at, changed.at), app.created_at, app.updated_at, app.deleted_at
+      FROM (SELECT 1) AS one
+      LEFT JOIN app ON true
+      LEFT JOIN fly.reconcile_queue q ON q.user_id = $1
+      LEFT JOIN changed ON true
+      LEFT JOIN renamed ON true
+     WHERE app.id IS NOT NULL OR q.user_id IS NOT NULL OR renamed.kind IS NOT NULL
+$$;

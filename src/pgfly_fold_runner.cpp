@@ -1,0 +1,101 @@
+// The runner's fold step: moves the subscription trigger's tier-change log (fly.tier_intents) into the reconcile
+// queue. A commit that logged a policy change wakes an idle worker, which folds and claims at once; a busy worker
+// (every slot taken, or Fly's rate limits holding it back) folds at most every kFoldIntervalSeconds, so that a
+// running operation learns of a newer intent within that time, and the application's commits cost it nothing
+// more. A fold is one short transaction; its rows are deleted in it, so a crash leaves them to the next fold.
+#include "pgfly/pgfly_job_runner.hpp"
+
+#include "pgfly/pg/sql_values.hpp"
+#include "pgfly/pg/transaction.hpp"
+#include "pgfly/pgfly_guc.hpp"
+#include "pgfly/pgfly_intent_log.hpp"
+#include "pgfly/pgfly_shmem.hpp"
+
+namespace pgfly {
+
+namespace {
+
+constexpr double kFoldIntervalSeconds = 0.2;
+// Log rows one fold takes at most: one statement, a few milliseconds.
+constexpr int64_t kFoldBatchRows = 5000;
+// A user whose fold waited on a lock is left out of folds for this long.
+constexpr double kFoldHeldSeconds = 2.0;
+// How long a fold waits for a row lock before it falls back to one user at a time.
+constexpr const char *kFoldLockTimeout = "100ms";
+
+void
+LimitLockWait(pg::SpiConnection &spi) {
+	spi.Query("SELECT pg_catalog.set_config('lock_timeout', $1, true)", {std::string(kFoldLockTimeout)});
+}
+
+} // namespace
+
+void
+JobRunner::FoldStep(double now) {
+	if (!extension_present_) {
+		return;
+	}
+	const uint64_t commits = pg_atomic_read_u64(&shared_->work_commits);
+	// A worker that could start work folds a change at once (the wake-up was for it); a busy one not more often
+	// than every kFoldIntervalSeconds.
+	const bool due = fold_more_ || now >= next_periodic_fold_ ||
+	                 (commits != commits_folded_ && (now >= next_fold_ || WaitsForWork()));
+	if (!due) {
+		return;
+	}
+	// Read before the fold's snapshot: a commit counted later is folded next time.
+	pg_memory_barrier();
+	std::vector<std::string> skip;
+	for (auto held = fold_held_.begin(); held != fold_held_.end();) {
+		if (held->second <= now) {
+			held = fold_held_.erase(held);
+		} else {
+			skip.push_back(held->first);
+			++held;
+		}
+	}
+	FoldResult result;
+	try {
+		InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
+			LimitLockWait(spi);
+			result = FoldIntents(spi, kFoldBatchRows, skip, FoldLocking::kSkipHeld);
+		});
+	} catch (const std::exception &e) {
+		Log(std::string("folding tier changes waited too long for a lock, folding user by user: ") + e.what());
+		FoldUserByUser(now, skip);
+	}
+	commits_folded_ = commits;
+	next_fold_ = now + kFoldIntervalSeconds;
+	next_periodic_fold_ = now + settings::poll_interval_ms / 1000.0;
+	fold_more_ = result.folded >= kFoldBatchRows;
+}
+
+void
+JobRunner::FoldUserByUser(double now, const std::vector<std::string> &skip) {
+	std::vector<std::string> users;
+	try {
+		InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
+			for (const auto &row : spi.Query("SELECT DISTINCT user_id FROM (SELECT i.user_id FROM fly.tier_intents i "
+			                                 "WHERE NOT (i.user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) "
+			                                 "ORDER BY i.seq LIMIT $2::pg_catalog.int8) b",
+			                                 {pg::UuidArray(skip), std::to_string(kFoldBatchRows)}, true)) {
+				users.push_back(row.at(0).value_or(""));
+			}
+		});
+	} catch (const std::exception &e) {
+		Log(std::string("folding tier changes failed: ") + e.what());
+		return;
+	}
+	for (const auto &user : users) {
+		try {
+			InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
+				LimitLockWait(spi);
+				FoldIntents(spi, 0, {}, FoldLocking::kSkipHeld, user);
+			});
+		} catch (const std::exception &) {
+			fold_held_[user] = now + kFoldHeldSeconds;
+		}
+	}
+}
+
+} // namespace pgfly

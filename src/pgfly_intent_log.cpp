@@ -1,0 +1,251 @@
+#include "pgfly/pgfly_intent_log.hpp"
+
+extern "C" {
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type_d.h"
+#include "commands/sequence.h"
+#include "storage/lmgr.h"
+#include "storage/procarray.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+}
+
+#include "pgfly/core/sql_error.hpp"
+#include "pgfly/pg/sql_values.hpp"
+#include "pgfly/pgfly_shmem.hpp"
+
+namespace pgfly {
+
+namespace {
+
+// The log's columns, in order, as AppendIntent writes them.
+constexpr int kColumns = 6;
+constexpr Oid kColumnTypes[kColumns] = {INT8OID, UUIDOID, CHAROID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+constexpr const char *kColumnNames[kColumns] = {"seq", "user_id", "kind", "tier", "reason", "at"};
+
+bool
+ShapeIsOurs(Relation relation) {
+	TupleDesc desc = RelationGetDescr(relation);
+	if (desc->natts != kColumns) {
+		return false;
+	}
+	for (int i = 0; i < kColumns; ++i) {
+		const Form_pg_attribute attribute = TupleDescAttr(desc, i);
+		if (attribute->attisdropped || attribute->atttypid != kColumnTypes[i] ||
+		    strcmp(NameStr(attribute->attname), kColumnNames[i]) != 0) {
+			return false;
+		}
+	}
+	return true;
+}
+
+// The statement folding a batch of log rows. Per user, in seq order: every 'p'/'a' row is a new intent (the
+// item's generation goes up by one for each, as one enqueue each would have done) and the last one gives the
+// desired state; 'r' rows after it rename the tier (the item's, if present, and the live app's). Any row ends a
+// manual teardown (fly.manual_teardowns); a relabel that ended one queues the app again. Runs with search_path
+// pg_catalog, pg_temp (the worker, and pg_fly's SECURITY DEFINER functions).
+std::string
+FoldSql(const char *lock_clause, bool skip_held) {
+	std::string sql =
+		"WITH batch AS MATERIALIZED ("
+		"  SELECT i.ctid AS row_id, i.seq, i.user_id, i.kind, i.tier, i.reason FROM fly.tier_intents i"
+		"   WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
+		"   ORDER BY i.seq LIMIT $1::int8 ";
+	sql += lock_clause;
+	sql += "), ";
+	if (skip_held) {
+		// A user with an older row this fold could not lock (another fold or a direct writer has it) waits for
+		// a later fold altogether: its newer rows must not overtake that one.
+		sql += "held AS (SELECT DISTINCT i.user_id FROM fly.tier_intents i"
+		       "  JOIN (SELECT b.user_id, max(b.seq) AS top FROM batch b GROUP BY b.user_id) u"
+		       "    ON u.user_id = i.user_id AND i.seq < u.top"
+		       " WHERE NOT EXISTS (SELECT 1 FROM batch b WHERE b.seq = i.seq)), ";
+	} else {
+		sql += "held AS (SELECT NULL::uuid AS user_id WHERE false), ";
+	}
+	sql += "taken AS (DELETE FROM fly.tier_intents i USING batch b"
+	       "  WHERE i.ctid = b.row_id AND NOT EXISTS (SELECT 1 FROM held h WHERE h.user_id = b.user_id)"
+	       "  RETURNING b.seq, b.user_id, b.kind, b.tier, b.reason), "
+	       "users AS MATERIALIZED (SELECT t.user_id,"
+	       "  count(*) FILTER (WHERE t.kind <> 'r') AS changes,"
+	       "  coalesce(max(t.seq) FILTER (WHERE t.kind <> 'r'), 0) AS change_seq,"
+	       "  coalesce(max(t.seq) FILTER (WHERE t.kind = 'r'), 0) AS relabel_seq,"
+	       "  (array_agg(t.kind ORDER BY t.seq DESC) FILTER (WHERE t.kind <> 'r'))[1] AS kind,"
+	       "  (array_agg(t.tier ORDER BY t.seq DESC) FILTER (WHERE t.kind <> 'r'))[1] AS change_tier,"
+	       "  (array_agg(t.reason ORDER BY t.seq DESC) FILTER (WHERE t.kind <> 'r'))[1] AS reason,"
+	       "  (array_agg(t.tier ORDER BY t.seq DESC) FILTER (WHERE t.kind = 'r'))[1] AS relabel_tier"
+	       "  FROM taken t GROUP BY t.user_id), "
+	       "ended AS (DELETE FROM fly.manual_teardowns m USING users u WHERE m.user_id = u.user_id"
+	       "  RETURNING m.user_id), "
+	       "queued AS (INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason, generation)"
+	       "  SELECT u.user_id, CASE WHEN u.kind = 'p' THEN 'present' ELSE 'absent' END,"
+	       "         CASE WHEN u.kind = 'p' AND u.relabel_seq > u.change_seq THEN u.relabel_tier"
+	       "              ELSE u.change_tier END, u.reason, u.changes"
+	       "    FROM users u WHERE u.changes > 0"
+	       "  UNION ALL"
+	       "  SELECT u.user_id, 'present', u.relabel_tier, 'tier_change', 1 FROM users u"
+	       "   WHERE u.changes = 0 AND EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)"
+	       // As one enqueue per intent would have left it (the conflict clause of EnqueueReconcile).
+	       "  ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier,"
+	       "  reason = excluded.reason, generation = q.generation + excluded.generation, attempts = 0,"
+	       "  alerted = false, run_after = now(), claimed_at = NULL, lease_until = NULL, last_error = NULL,"
+	       "  updated_at = now() RETURNING 1), "
+	       "relabelled AS (UPDATE fly.reconcile_queue q SET tier = u.relabel_tier FROM users u"
+	       "  WHERE q.user_id = u.user_id AND u.changes = 0 AND q.desired = 'present'"
+	       "    AND NOT EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)), "
+	       "apps AS (UPDATE fly.user_fly_apps a SET tier = u.relabel_tier, updated_at = now() FROM users u"
+	       "  WHERE a.user_id = u.user_id AND a.deleted_at IS NULL AND u.relabel_seq > u.change_seq) "
+	       "SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM queued)";
+	return sql;
+}
+
+pg::Value
+Limit(int64_t max) {
+	return max > 0 ? pg::Value(std::to_string(max)) : std::nullopt;
+}
+
+FoldResult
+RunFold(pg::SpiConnection &spi, const char *sql, const pg::Value &limit, const pg::Value &user,
+        const std::vector<std::string> &skip_users) {
+	const auto rows = spi.Query(sql, {limit, user, pg::UuidArray(skip_users)});
+	FoldResult result;
+	result.folded = std::stoll(rows.at(0).at(0).value_or("0"));
+	result.queued = std::stoll(rows.at(0).at(1).value_or("0"));
+	// The worker's own folds tell no one: it claims next.
+	if (result.queued > 0 && MyBackendType != B_BG_WORKER) {
+		pg::PgGuard([]() { WakeWorkerAtCommit(); });
+	}
+	return result;
+}
+
+// An uncommitted transaction (not this one) that is adding a row for the user to the log, or deleting one (a
+// fold); InvalidTransactionId if none. A scan with a dirty snapshot, which shows rows still in progress.
+TransactionId
+TransactionChangingUser(Oid relid, Datum user) {
+	return pg::PgGuardResult([&]() {
+		SnapshotData dirty;
+		InitDirtySnapshot(dirty);
+		Relation relation = table_open(relid, AccessShareLock);
+		TableScanDesc scan = table_beginscan(relation, &dirty, 0, nullptr);
+		TransactionId found = InvalidTransactionId;
+		HeapTuple tuple;
+		while ((tuple = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
+			// Read before the next tuple resets them: the inserter or deleter still in progress, if any.
+			const TransactionId changing = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+			if (!TransactionIdIsValid(changing)) {
+				continue;
+			}
+			bool is_null = false;
+			const Datum value = heap_getattr(tuple, 2, RelationGetDescr(relation), &is_null);
+			if (!is_null && DatumGetBool(DirectFunctionCall2(uuid_eq, value, user))) {
+				found = changing;
+				break;
+			}
+		}
+		table_endscan(scan);
+		table_close(relation, AccessShareLock);
+		return found;
+	});
+}
+
+} // namespace
+
+IntentLog
+FindIntentLog() {
+	return pg::PgGuardResult([]() {
+		IntentLog log;
+		const Oid schema = get_namespace_oid("fly", true);
+		if (!OidIsValid(schema)) {
+			return log;
+		}
+		log.relid = get_relname_relid("tier_intents", schema);
+		log.seq_relid = get_relname_relid("tier_intents_seq", schema);
+		if (!OidIsValid(log.relid) || !OidIsValid(log.seq_relid)) {
+			log.relid = log.seq_relid = InvalidOid;
+			return log;
+		}
+		Relation relation = table_open(log.relid, AccessShareLock);
+		List *indexes = RelationGetIndexList(relation);
+		log.appendable = relation->rd_rel->relkind == RELKIND_RELATION && indexes == NIL &&
+		                 relation->trigdesc == nullptr && relation->rd_rules == nullptr &&
+		                 !relation->rd_rel->relrowsecurity && ShapeIsOurs(relation);
+		list_free(indexes);
+		table_close(relation, AccessShareLock);
+		return log;
+	});
+}
+
+void
+AppendIntent(const IntentLog &log, const std::string &user_id, IntentKind kind, const pg::Value &tier,
+             const char *reason) {
+	pg::PgGuard([&]() {
+		Datum values[kColumns];
+		bool nulls[kColumns] = {false, false, false, false, false, false};
+		// The seq is taken now, after the subscription row's lock: a later change of the row gets a larger one.
+		values[0] = Int64GetDatum(nextval_internal(log.seq_relid, false));
+		values[1] = DirectFunctionCall1(uuid_in, CStringGetDatum(user_id.c_str()));
+		values[2] = CharGetDatum(static_cast<char>(kind));
+		if (tier) {
+			values[3] = PointerGetDatum(cstring_to_text_with_len(tier->data(), static_cast<int>(tier->size())));
+		} else {
+			nulls[3] = true;
+		}
+		values[4] = PointerGetDatum(cstring_to_text(reason));
+		values[5] = TimestampTzGetDatum(GetCurrentTimestamp());
+		Relation relation = table_open(log.relid, RowExclusiveLock);
+		HeapTuple tuple = heap_form_tuple(RelationGetDescr(relation), values, nulls);
+		simple_heap_insert(relation, tuple);
+		heap_freetuple(tuple);
+		table_close(relation, NoLock);
+	});
+}
+
+FoldResult
+FoldIntents(pg::SpiConnection &spi, int64_t max, const std::vector<std::string> &skip_users, FoldLocking locking,
+            const pg::Value &user) {
+	static const std::string kWaiting = FoldSql("FOR UPDATE", false);
+	static const std::string kSkipping = FoldSql("FOR UPDATE SKIP LOCKED", true);
+	if (!OidIsValid(FindIntentLog().relid)) {
+		return FoldResult{};
+	}
+	const std::string &sql = locking == FoldLocking::kWait ? kWaiting : kSkipping;
+	return RunFold(spi, sql.c_str(), Limit(max), user, skip_users);
+}
+
+int64_t
+FoldUserIntents(pg::SpiConnection &spi, const std::string &user_id, bool nowait) {
+	static const std::string kWaiting = FoldSql("FOR UPDATE", false);
+	static const std::string kNoWait = FoldSql("FOR UPDATE NOWAIT", false);
+	const IntentLog log = FindIntentLog();
+	if (!OidIsValid(log.relid)) {
+		return 0;
+	}
+	const Datum user = pg::PgGuardResult(
+		[&]() { return DirectFunctionCall1(uuid_in, CStringGetDatum(user_id.c_str())); });
+	for (;;) {
+		const TransactionId changing = TransactionChangingUser(log.relid, user);
+		if (!TransactionIdIsValid(changing)) {
+			break;
+		}
+		if (nowait) {
+			// As FOR UPDATE NOWAIT on the user's queue item fails while a tier change holds it (the callers treat
+			// the user as held and come back later).
+			throw SqlError(sqlstate::kLockNotAvailable,
+			               "could not fold the tier changes of user " + user_id +
+			                   ": another transaction is still changing the user's tier");
+		}
+		// The same wait a row lock gives: until that transaction ends, then look again.
+		pg::PgGuard([&]() { XactLockTableWait(changing, nullptr, nullptr, XLTW_None); });
+	}
+	return RunFold(spi, (nowait ? kNoWait : kWaiting).c_str(), std::nullopt, user_id, {}).folded;
+}
+
+} // namespace pgfly
