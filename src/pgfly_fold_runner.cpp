@@ -5,6 +5,9 @@
 // more. A fold is one short transaction; its rows are deleted in it, so a crash leaves them to the next fold.
 #include "pgfly/pgfly_job_runner.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 #include "pgfly/pg/sql_values.hpp"
 #include "pgfly/pg/transaction.hpp"
 #include "pgfly/pgfly_guc.hpp"
@@ -16,6 +19,9 @@ namespace pgfly {
 namespace {
 
 constexpr double kFoldIntervalSeconds = 0.2;
+// An idle worker folds a change that asked for a prompt start at once, but not more often than this: a stream of
+// such commits is folded in batches, not one fold per commit.
+constexpr double kUrgentFoldGapSeconds = 0.01;
 // Log rows one fold takes at most: one statement, a few milliseconds.
 constexpr int64_t kFoldBatchRows = 5000;
 // A user whose fold waited on a lock is left out of folds for this long.
@@ -35,11 +41,13 @@ JobRunner::FoldStep(double now) {
 	if (!extension_present_) {
 		return;
 	}
+	const uint64_t urgent = pg_atomic_read_u64(&shared_->urgent_commits);
 	const uint64_t commits = pg_atomic_read_u64(&shared_->work_commits);
-	// A worker that could start work folds a change at once (the wake-up was for it); a busy one not more often
-	// than every kFoldIntervalSeconds.
+	// A worker that could start work folds a change that asked for a prompt start at once (the wake-up was for
+	// it); anything else, and everything while the worker is busy, within kFoldIntervalSeconds.
 	const bool due = fold_more_ || now >= next_periodic_fold_ ||
-	                 (commits != commits_folded_ && (now >= next_fold_ || WaitsForWork()));
+	                 (urgent != urgent_folded_ && WaitsForWork() && now >= next_urgent_fold_) ||
+	                 (commits != commits_folded_ && now >= next_fold_);
 	if (!due) {
 		return;
 	}
@@ -58,16 +66,28 @@ JobRunner::FoldStep(double now) {
 	try {
 		InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
 			LimitLockWait(spi);
-			result = FoldIntents(spi, kFoldBatchRows, skip, FoldLocking::kSkipHeld);
+			result = FoldIntents(spi, kFoldBatchRows, skip);
 		});
 	} catch (const std::exception &e) {
 		Log(std::string("folding tier changes waited too long for a lock, folding user by user: ") + e.what());
 		FoldUserByUser(now, skip);
 	}
 	commits_folded_ = commits;
+	urgent_folded_ = urgent;
 	next_fold_ = now + kFoldIntervalSeconds;
+	next_urgent_fold_ = Now() + kUrgentFoldGapSeconds;
 	next_periodic_fold_ = now + settings::poll_interval_ms / 1000.0;
 	fold_more_ = result.folded >= kFoldBatchRows;
+}
+
+long
+JobRunner::UrgentFoldInMs() const {
+	return std::max(0L, static_cast<long>(std::ceil((next_urgent_fold_ - Now()) * 1000.0)));
+}
+
+bool
+JobRunner::FoldDue() const {
+	return extension_present_ && pg_atomic_read_u64(&shared_->work_commits) != commits_folded_;
 }
 
 void
@@ -90,7 +110,7 @@ JobRunner::FoldUserByUser(double now, const std::vector<std::string> &skip) {
 		try {
 			InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
 				LimitLockWait(spi);
-				FoldIntents(spi, 0, {}, FoldLocking::kSkipHeld, user);
+				FoldIntents(spi, 0, {}, user);
 			});
 		} catch (const std::exception &) {
 			fold_held_[user] = now + kFoldHeldSeconds;

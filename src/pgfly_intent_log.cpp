@@ -50,39 +50,28 @@ ShapeIsOurs(Relation relation) {
 // The statement folding a batch of log rows. Per user, in seq order: every 'p'/'a' row is a new intent (the
 // item's generation goes up by one for each, as one enqueue each would have done) and the last one gives the
 // desired state; 'r' rows after it rename the tier (the item's, if present, and the live app's). Any row ends a
-// manual teardown (fly.manual_teardowns); a relabel that ended one queues the app again. Runs with search_path
-// pg_catalog, pg_temp (the worker, and pg_fly's SECURITY DEFINER functions).
+// manual teardown (fly.manual_teardowns); a relabel that ended one queues the app again. The DELETE decides which
+// rows this fold applies: a row another fold deleted first is waited for (lock_timeout applies), then left out.
+// Runs with search_path pg_catalog, pg_temp (the worker, and pg_fly's SECURITY DEFINER functions).
 std::string
-FoldSql(const char *lock_clause, bool skip_held) {
+FoldSql(const char *lock_clause) {
 	std::string sql =
 		"WITH batch AS MATERIALIZED ("
-		"  SELECT i.ctid AS row_id, i.seq, i.user_id, i.kind, i.tier, i.reason FROM fly.tier_intents i"
+		"  SELECT i.ctid AS row_id, i.seq FROM fly.tier_intents i"
 		"   WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
 		"   ORDER BY i.seq LIMIT $1::int8 ";
 	sql += lock_clause;
-	sql += "), ";
-	if (skip_held) {
-		// A user with an older row this fold could not lock (another fold or a direct writer has it) waits for
-		// a later fold altogether: its newer rows must not overtake that one.
-		sql += "held AS (SELECT DISTINCT i.user_id FROM fly.tier_intents i"
-		       "  JOIN (SELECT b.user_id, max(b.seq) AS top FROM batch b GROUP BY b.user_id) u"
-		       "    ON u.user_id = i.user_id AND i.seq < u.top"
-		       " WHERE NOT EXISTS (SELECT 1 FROM batch b WHERE b.seq = i.seq)), ";
-	} else {
-		sql += "held AS (SELECT NULL::uuid AS user_id WHERE false), ";
-	}
-	sql += "taken AS (DELETE FROM fly.tier_intents i USING batch b"
-	       "  WHERE i.ctid = b.row_id AND NOT EXISTS (SELECT 1 FROM held h WHERE h.user_id = b.user_id)"
-	       "  RETURNING b.seq, b.user_id, b.kind, b.tier, b.reason), "
-	       "users AS MATERIALIZED (SELECT t.user_id,"
-	       "  count(*) FILTER (WHERE t.kind <> 'r') AS changes,"
+	sql += "), "
+	       "taken AS MATERIALIZED (DELETE FROM fly.tier_intents i USING batch b WHERE i.ctid = b.row_id"
+	       "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), "
+	       // Hashed, not sorted per user: the last change and the last relabel are found by their seq.
+	       "counts AS (SELECT t.user_id, count(*) FILTER (WHERE t.kind <> 'r') AS changes,"
 	       "  coalesce(max(t.seq) FILTER (WHERE t.kind <> 'r'), 0) AS change_seq,"
-	       "  coalesce(max(t.seq) FILTER (WHERE t.kind = 'r'), 0) AS relabel_seq,"
-	       "  (array_agg(t.kind ORDER BY t.seq DESC) FILTER (WHERE t.kind <> 'r'))[1] AS kind,"
-	       "  (array_agg(t.tier ORDER BY t.seq DESC) FILTER (WHERE t.kind <> 'r'))[1] AS change_tier,"
-	       "  (array_agg(t.reason ORDER BY t.seq DESC) FILTER (WHERE t.kind <> 'r'))[1] AS reason,"
-	       "  (array_agg(t.tier ORDER BY t.seq DESC) FILTER (WHERE t.kind = 'r'))[1] AS relabel_tier"
+	       "  coalesce(max(t.seq) FILTER (WHERE t.kind = 'r'), 0) AS relabel_seq"
 	       "  FROM taken t GROUP BY t.user_id), "
+	       "users AS MATERIALIZED (SELECT c.user_id, c.changes, c.change_seq, c.relabel_seq, ch.kind,"
+	       "  ch.tier AS change_tier, ch.reason, rl.tier AS relabel_tier FROM counts c"
+	       "  LEFT JOIN taken ch ON ch.seq = c.change_seq LEFT JOIN taken rl ON rl.seq = c.relabel_seq), "
 	       "ended AS (DELETE FROM fly.manual_teardowns m USING users u WHERE m.user_id = u.user_id"
 	       "  RETURNING m.user_id), "
 	       "queued AS (INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason, generation)"
@@ -102,7 +91,8 @@ FoldSql(const char *lock_clause, bool skip_held) {
 	       "  WHERE q.user_id = u.user_id AND u.changes = 0 AND q.desired = 'present'"
 	       "    AND NOT EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)), "
 	       "apps AS (UPDATE fly.user_fly_apps a SET tier = u.relabel_tier, updated_at = now() FROM users u"
-	       "  WHERE a.user_id = u.user_id AND a.deleted_at IS NULL AND u.relabel_seq > u.change_seq) "
+	       "  WHERE a.user_id = u.user_id AND a.deleted_at IS NULL AND u.relabel_seq > u.change_seq"
+	       "    AND a.tier IS DISTINCT FROM u.relabel_tier) "
 	       "SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM queued)";
 	return sql;
 }
@@ -209,21 +199,18 @@ AppendIntent(const IntentLog &log, const std::string &user_id, IntentKind kind, 
 }
 
 FoldResult
-FoldIntents(pg::SpiConnection &spi, int64_t max, const std::vector<std::string> &skip_users, FoldLocking locking,
-            const pg::Value &user) {
-	static const std::string kWaiting = FoldSql("FOR UPDATE", false);
-	static const std::string kSkipping = FoldSql("FOR UPDATE SKIP LOCKED", true);
+FoldIntents(pg::SpiConnection &spi, int64_t max, const std::vector<std::string> &skip_users, const pg::Value &user) {
+	static const std::string kFold = FoldSql("");
 	if (!OidIsValid(FindIntentLog().relid)) {
 		return FoldResult{};
 	}
-	const std::string &sql = locking == FoldLocking::kWait ? kWaiting : kSkipping;
-	return RunFold(spi, sql.c_str(), Limit(max), user, skip_users);
+	return RunFold(spi, kFold.c_str(), Limit(max), user, skip_users);
 }
 
 int64_t
 FoldUserIntents(pg::SpiConnection &spi, const std::string &user_id, bool nowait) {
-	static const std::string kWaiting = FoldSql("FOR UPDATE", false);
-	static const std::string kNoWait = FoldSql("FOR UPDATE NOWAIT", false);
+	static const std::string kWaiting = FoldSql("");
+	static const std::string kNoWait = FoldSql("FOR UPDATE NOWAIT");
 	const IntentLog log = FindIntentLog();
 	if (!OidIsValid(log.relid)) {
 		return 0;

@@ -718,7 +718,10 @@ JobRunner::SleepMs() const {
 	if (extension_present_ && settings::event_retention_s > 0) {
 		wake.At(next_retention_batch_);
 	}
-	if (extension_present_ && pg_atomic_read_u64(&shared_->work_commits) != commits_folded_) {
+	if (FoldDue()) {
+		if (pg_atomic_read_u64(&shared_->urgent_commits) != urgent_folded_ && WaitsForWork()) {
+			wake.At(next_urgent_fold_);
+		}
 		wake.At(next_fold_); // a change logged without a wake (a relabel, or while the worker was busy)
 	}
 	if (queue_count_stale_) {

@@ -60,6 +60,7 @@ ShmemStartup() noexcept {
 		pg_atomic_init_u64(&shared_state->iterations, 0);
 		pg_atomic_init_u32(&shared_state->worker_idle, 0);
 		pg_atomic_init_u64(&shared_state->work_commits, 0);
+		pg_atomic_init_u64(&shared_state->urgent_commits, 0);
 		pg_atomic_init_u64(&shared_state->wakes_sent, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -88,9 +89,12 @@ WakeXactCallback(XactEvent event, void *) noexcept {
 			}
 			// A full barrier, paired with the worker's: it either sees this commit when it re-reads the counter
 			// after setting worker_idle, or this read sees worker_idle set.
+			if (wake_at_commit) {
+				pg_atomic_fetch_add_u64(&shared_state->urgent_commits, 1);
+			}
 			pg_atomic_fetch_add_u64(&shared_state->work_commits, 1);
-			const bool wake =
-				passes_at_commit != 0 || (wake_at_commit && pg_atomic_read_u32(&shared_state->worker_idle) != 0);
+			const uint32 idle = pg_atomic_read_u32(&shared_state->worker_idle);
+			const bool wake = passes_at_commit != 0 || idle == kIdle || (idle == kIdleFoldDue && wake_at_commit);
 			uint32 expected = 0;
 			if (wake && pg_atomic_compare_exchange_u32(&shared_state->wake_pending, &expected, 1)) {
 				pg_atomic_fetch_add_u64(&shared_state->wakes_sent, 1);

@@ -3,6 +3,8 @@
 // (pgfly_job_runner.cpp). PgFlyWorkerMain is Postgres-regime code with no C++ objects; the loop itself runs
 // in C++ through InvokeCpp, reaching PostgreSQL only through guarded calls.
 #include "pgfly/pg/spi.hpp"
+
+#include <algorithm>
 #include "pgfly/pg/compat.hpp"
 
 extern "C" {
@@ -201,9 +203,15 @@ WorkerLoop(SharedState *shared) {
 			// Commits that queue work wake the worker only now. The pairing with the committing backend (it bumps
 			// work_commits, then reads worker_idle): a commit the last claim may have missed is seen here, or
 			// the commit sees the flag and sets the latch.
-			pg_atomic_write_u32(&shared->worker_idle, 1);
+			// With tier changes logged since the last fold, the fold timer wakes the worker within 200 ms anyway:
+			// only a commit that asked for a prompt start does before.
+			const uint32 idle = runner.FoldDue() ? kIdleFoldDue : kIdle;
+			pg_atomic_write_u32(&shared->worker_idle, idle);
 			pg_memory_barrier();
-			if (pg_atomic_read_u64(&shared->work_commits) != runner.CommitsSeen()) {
+			if (pg_atomic_read_u64(&shared->urgent_commits) != runner.UrgentFolded()) {
+				sleep_ms = sleep_ms < 0 ? runner.UrgentFoldInMs() : std::min(sleep_ms, runner.UrgentFoldInMs());
+			}
+			if (idle == kIdle && pg_atomic_read_u64(&shared->work_commits) != runner.CommitsSeen()) {
 				sleep_ms = 0;
 			}
 		}

@@ -42,16 +42,10 @@ struct FoldResult {
 	int64_t queued = 0; // users whose queue item was inserted or replaced (work for the worker)
 };
 
-// How a fold treats log rows another transaction holds (another fold's, or a direct writer's).
-enum class FoldLocking {
-	kWait,       // waits for them (lock_timeout applies)
-	kSkipHeld,   // leaves them, and every later row of their users, for a later fold
-};
-
 // Folds at most `max` rows (0: all) of the log, oldest first, leaving out `skip_users` (only `user`'s rows when
-// given). A user's rows are folded all together or not at all.
+// given). Rows another fold is deleting are waited for (lock_timeout applies), then left to it.
 FoldResult FoldIntents(pg::SpiConnection &spi, int64_t max, const std::vector<std::string> &skip_users,
-                       FoldLocking locking, const pg::Value &user = std::nullopt);
+                       const pg::Value &user = std::nullopt);
 
 // Before a direct write of the user's queue item: waits for any transaction still adding a row for the user to
 // the log (or, with nowait, fails at once with lock_not_available, as FOR UPDATE NOWAIT would), then folds the

@@ -71,6 +71,15 @@ public:
 	CommitsSeen() const {
 		return commits_seen_;
 	}
+	// Whether commits have logged tier changes since the last fold (folded within kFoldIntervalSeconds), and
+	// urgent_commits as read before the last fold.
+	bool FoldDue() const;
+	// Milliseconds until a fold for a commit that asked for a prompt start may run (0: now).
+	long UrgentFoldInMs() const;
+	uint64_t
+	UrgentFolded() const {
+		return urgent_folded_;
+	}
 
 private:
 	// The kinds of job. Each job is in one place at a time: a pending request, the requests in flight, or the
@@ -291,6 +300,8 @@ private:
 	// every kFoldIntervalSeconds) and the next one runs anyway, whether the last filled its batch, and users left
 	// out until a time (their rows or items held by another transaction).
 	uint64_t commits_folded_ = 0;
+	uint64_t urgent_folded_ = 0;
+	double next_urgent_fold_ = 0;
 	double next_fold_ = 0;
 	double next_periodic_fold_ = 0;
 	bool fold_more_ = false;

@@ -12,6 +12,9 @@ extern "C" {
 
 namespace pgfly {
 
+constexpr uint32 kIdle = 1;
+constexpr uint32 kIdleFoldDue = 2;
+
 struct SharedState {
 	slock_t mutex;
 	// Guarded by mutex.
@@ -43,8 +46,11 @@ struct SharedState {
 	// queued work bumps work_commits and wakes the worker only then. Otherwise the worker finds the work on its
 	// own timers (an operation's end, the limiter's next send). The pairing (worker: set idle, barrier, re-read
 	// work_commits; backend: bump work_commits, barrier, read idle) loses no wake.
+	// 0: busy; kIdle: wake for any commit that logged or queued work; kIdleFoldDue: the worker will fold the
+	// tier-change log within 200 ms anyway, so only a commit that asked for a prompt start wakes it.
 	pg_atomic_uint32 worker_idle;
-	pg_atomic_uint64 work_commits; // commits that queued work (or asked for a pass)
+	pg_atomic_uint64 work_commits;   // commits that queued work (or asked for a pass)
+	pg_atomic_uint64 urgent_commits; // of those, the ones that asked for a prompt start (not a relabel)
 	pg_atomic_uint64 wakes_sent;   // of those, the commits that set the worker's latch
 };
 

@@ -1606,6 +1606,9 @@ REVOKE ALL ON FUNCTION fly.fold_intents() FROM PUBLIC;
 COMMENT ON FUNCTION fly.fold_intents() IS
     'Folds every committed tier change in fly.tier_intents into fly.reconcile_queue now (the worker does within '
     '200 ms); returns how many it folded';
+-- Room on each page for a row's next version: a relabel (and most status updates) then stays on its page, a
+-- heap-only update that writes no index entry.
+ALTER TABLE fly.user_fly_apps SET (fillfactor = 80);
 -- Work not folded yet is pending too.
 CREATE OR REPLACE VIEW fly.pending_work AS
 SELECT q.user_id, q.desired, q.tier, q.reason, q.attempts, q.run_after, q.claimed_at IS NOT NULL AS in_flight,

@@ -101,14 +101,14 @@ class ChaosTest(unittest.TestCase):
                                            "rate_limits": {"mode": "off"}})
         user = str(uuid.UUID(int=0x57095 << 64, version=4))
         self.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{user}', 'pro')")
-        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=30))
+        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=30))
         self.pg.sql(f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{user}'")
         self.assertTrue(self.pg.wait_for("SELECT EXISTS (SELECT 1 FROM fly.user_fly_app_events "
                                          "WHERE event_type = 'machines_stopped')", timeout=30))
         self.pg.sql(f"UPDATE user_subscriptions SET tier = 'elite' WHERE user_id = '{user}'")
         self.assertTrue(self.pg.wait_for("SELECT EXISTS (SELECT 1 FROM fly.user_fly_app_events WHERE "
                                          "event_type = 'provision_requested' AND details->>'tier' = 'elite')", 30))
-        if not self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=60):
+        if not self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=60):
             self.fail(f"the queue did not drain\n{self.diagnosis()}")
         self.check_converged({user: "elite"}, self.sim.state()["apps"], "stopping machine")
         # The deprovision's DELETE, decided as the new tier came, was dropped: the app was never condemned.
@@ -133,7 +133,7 @@ class ChaosTest(unittest.TestCase):
             values = ",".join(f"('{u}'::uuid, '{t}')" for u, t in changes.items())
             self.pg.sql(f"UPDATE user_subscriptions s SET tier = v.tier FROM (VALUES {values}) v(user_id, tier) "
                         "WHERE s.user_id = v.user_id")
-        if not self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=120):
+        if not self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=120):
             self.fail(f"{replay}: the queue did not drain\n{self.diagnosis()}")
         state = self.sim.state()
         self.check_converged(tiers, state["apps"], replay)

@@ -145,7 +145,7 @@ class ConsistencyAfterCreateTest(ProvisioningTestCase):
         self.assertTrue(self.pg.wait_for(checked, timeout=20))
         time.sleep(2)
         self.assertNotIn("app_vanished", self.events())
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.pending_work"), "0")
         # Once the machine is older than fly.create_settle_time, the same 404 means it is gone.
         self.pg.sql(f"UPDATE fly.user_fly_apps SET fly_machine_created_at = now() - interval '1 hour' "
                     f"WHERE user_id = '{USER}'")

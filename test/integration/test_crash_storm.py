@@ -43,15 +43,15 @@ class CrashStormTest(unittest.TestCase):
         # kill lands while provisioning is under way however fast this machine is.
         queued_at_kill = []
         for threshold in sorted(rng.sample(range(10, 96), KILLS), reverse=True):
-            self.assertTrue(self.pg.wait_for(f"SELECT count(*) <= {threshold} FROM fly.reconcile_queue", timeout=120,
+            self.assertTrue(self.pg.wait_for(f"SELECT count(*) <= {threshold} FROM fly.pending_work", timeout=120,
                                              interval=0.02), f"no progress {replay}")
             time.sleep(rng.uniform(0, 0.3))
-            queued_at_kill.append(int(self.pg.value("SELECT count(*) FROM fly.reconcile_queue")))
+            queued_at_kill.append(int(self.pg.value("SELECT count(*) FROM fly.pending_work")))
             self.pg.kill_postmaster()
             self.pg.start()
         print(f"crash storm: users still queued at each kill: {queued_at_kill}", file=sys.stderr)
         self.assertGreater(queued_at_kill[-1], 0, f"the last kill came after the work was done {replay}")
-        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=180),
+        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=180),
                         f"queue did not drain {replay}: {self.pg.sql('SELECT * FROM fly.pending_work')!r}")
 
         failed = self.pg.sql("SELECT e.user_id, e.event_type, e.details FROM fly.user_fly_app_events e JOIN "

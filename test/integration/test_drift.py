@@ -36,7 +36,7 @@ class DriftTestCase(unittest.TestCase):
         self.sim.control("POST", "reset")
 
     def settle(self, timeout=60):
-        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout),
+        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout),
                         "queue did not drain: " + repr(self.pg.sql("SELECT * FROM fly.pending_work")))
 
     def behind_the_trigger(self, sql):
@@ -69,7 +69,7 @@ class CheckDriftTest(DriftTestCase):
     def test_session_replication_role_replica(self):
         self.behind_the_trigger(f"INSERT INTO user_subscriptions VALUES ('{USERS[0]}', 'pro'), ('{USERS[1]}', 'elite'),"
                                 f" ('{USERS[2]}', 'free')")
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.pending_work"), "0")
         self.assertEqual(self.check_drift(), 2)
         self.settle()
         self.assert_as_table_says()
@@ -109,7 +109,7 @@ class PartitionTruncateTest(DriftTestCase):
         self.assert_as_table_says()
         # The statement-level TRUNCATE trigger is not cloned to partitions: pg_fly does not see this one.
         self.pg.sql("TRUNCATE subs_eu")
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.pending_work"), "0")
         self.assertEqual(self.check_drift(), 2)
         self.settle()
         self.assert_as_table_says()

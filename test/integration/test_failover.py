@@ -60,7 +60,7 @@ class FailoverTest(unittest.TestCase):
         # Round 1, completed on the primary: 12 paid users, 6 free ones.
         self.set_tiers(tiers, {u: PAID[i % 2] for i, u in enumerate(group[:12])})
         self.set_tiers(tiers, {u: "free" for u in group[12:18]})
-        self.assertTrue(self.primary.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=90))
+        self.assertTrue(self.primary.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=90))
         self.assertEqual(self.primary.value("SELECT count(*) FROM fly.user_fly_apps WHERE status = 'active'"), "12")
 
         # Round 2: downgrades, upgrades and new users; the crash comes in the middle of it.
@@ -77,7 +77,7 @@ class FailoverTest(unittest.TestCase):
                 break
             time.sleep(0.05)
         seen_events = self.primary.sql("SELECT id, user_id, event_type FROM fly.user_fly_app_events ORDER BY id")
-        pending = int(self.primary.value("SELECT count(*) FROM fly.reconcile_queue"))
+        pending = int(self.primary.value("SELECT count(*) FROM fly.pending_work"))
         self.assertGreater(pending, 0, "the work was over before the crash: slow the simulator down")
 
         # While it is a standby, its worker does not run and calls nobody.
@@ -97,7 +97,7 @@ class FailoverTest(unittest.TestCase):
         self.assertEqual(self.standby.value("SELECT pg_is_in_recovery()"), "f")
         self.assertTrue(self.standby.wait_for(
             "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_fly worker'", timeout=30))
-        self.assertTrue(self.standby.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=120),
+        self.assertTrue(self.standby.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=120),
                         repr(self.standby.sql("SELECT * FROM fly.pending_work")))
 
         # No lost tier change, no lost event.

@@ -261,7 +261,7 @@ class BulkOnboardingTest(ProvisioningTestCase):
         finally:
             self.pg.sql("SELECT fly.attach_tier_trigger()")
         self.assertEqual(self.pg.value("SELECT count(*) FROM fly.onboard_existing_users(dry_run => true)"), "200")
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.pending_work"), "0")
         self.assertEqual(self.pg.value("SELECT fly.provision_user_app()"), "200")
         # create_app is limited per organization (1/s after a burst of 3): about 200 s.
         self.settle(timeout=400)
@@ -363,7 +363,7 @@ class OnboardingTest(ProvisioningTestCase):
         dry_run = self.pg.sql("SELECT user_id, queued FROM fly.onboard_existing_users(dry_run => true)")
         self.assertEqual(sorted(u for u, _ in dry_run), sorted(group))
         self.assertTrue(all(queued == "f" for _, queued in dry_run))
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.pending_work"), "0")
         listener = Listener(self.pg, "pg_fly_status", 25)
         listener.start()
         listener.ready.wait()

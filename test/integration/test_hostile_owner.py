@@ -159,7 +159,7 @@ class HostileOwnerTest(unittest.TestCase):
         table = f"hostile.t_{route}"
         outputs, problems = [], []
         self.pg.psql("SELECT fly.detach_tier_trigger()", check=False)
-        self.pg.sql("TRUNCATE fly.reconcile_queue, fly.user_fly_app_events, fly.user_fly_apps")
+        self.pg.sql("TRUNCATE fly.reconcile_queue, fly.tier_intents, fly.user_fly_app_events, fly.user_fly_apps")
         code, _, err = self.as_hostile(f"CREATE TABLE {table} {columns}")
         self.assertEqual(code, 0, err)
         if route == "foreign_partition":
@@ -226,7 +226,7 @@ class HostileOwnerTest(unittest.TestCase):
             problems.append(f"{route}: the owner became a superuser")
             self.pg.sql("ALTER ROLE hostile NOSUPERUSER")
         self.pg.psql("SELECT fly.detach_tier_trigger()", check=False)
-        self.pg.sql("TRUNCATE fly.reconcile_queue, fly.user_fly_app_events, fly.user_fly_apps")
+        self.pg.sql("TRUNCATE fly.reconcile_queue, fly.tier_intents, fly.user_fly_app_events, fly.user_fly_apps")
         return outputs, problems
 
     def test_the_owners_code_never_runs_as_a_superuser(self):
@@ -276,6 +276,7 @@ class HostileOwnerFollowUpTest(unittest.TestCase):
         return out + err
 
     def queued(self):
+        self.pg.sql("SELECT fly.fold_intents()")  # what the worker does within 200 ms
         return {tuple(row) for row in self.pg.sql("SELECT user_id, desired FROM fly.reconcile_queue")}
 
     def pg_fly_triggers(self):
@@ -285,7 +286,7 @@ class HostileOwnerFollowUpTest(unittest.TestCase):
 
     def setUp(self):
         self.pg.psql("SELECT fly.detach_tier_trigger()", check=False)
-        self.pg.sql("TRUNCATE fly.reconcile_queue, fly.user_fly_app_events, fly.user_fly_apps")
+        self.pg.sql("TRUNCATE fly.reconcile_queue, fly.tier_intents, fly.user_fly_app_events, fly.user_fly_apps")
 
     def attach_partitioned(self):
         self.hostile("CREATE TABLE hostile.psubs (user_id uuid, tier text) PARTITION BY LIST (tier); "

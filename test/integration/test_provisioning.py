@@ -46,7 +46,7 @@ class ProvisioningTestCase(unittest.TestCase):
     def settle(self, timeout=60):
         """Waits until the queue is empty and no operation is in flight, and (from 0.3.0 on) the worker has queued
         what policy changes ask for."""
-        done = "NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)"
+        done = "NOT EXISTS (SELECT 1 FROM fly.pending_work)"
         if self.pg.value("SELECT to_regclass('fly.policy_changes') IS NOT NULL") == "t":
             done += (" AND NOT EXISTS (SELECT 1 FROM fly.policy_changes)"
                      " AND NOT EXISTS (SELECT 1 FROM fly.tier_waits w JOIN fly.tier_policies p ON p.tier = w.tier"
@@ -352,7 +352,8 @@ class SecretsTest(ProvisioningTestCase):
         secrets = [TEST_TOKEN] + list(SECRET_VALUES.values()) + [
             base64.b64encode(SECRET_VALUES["SUPABASE_SERVICE_KEY_B64"].encode()).decode()]
         tables = self.pg.psql("SELECT t::text FROM fly.user_fly_apps t UNION ALL SELECT t::text FROM "
-                              "fly.user_fly_app_events t UNION ALL SELECT t::text FROM fly.reconcile_queue t").stdout
+                              "fly.user_fly_app_events t UNION ALL SELECT t::text FROM fly.reconcile_queue t "
+                              "UNION ALL SELECT t::text FROM fly.tier_intents t").stdout
         log = self.pg.server_log()
         requests = str(self.sim.requests())
         for secret in secrets:

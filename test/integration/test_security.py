@@ -98,7 +98,7 @@ class SecurityTestCase(unittest.TestCase):
         self.assertNotIn("server process (PID", log)
 
     def settle(self, timeout=60):
-        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout),
+        self.assertTrue(self.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout),
                         "queue did not drain: " + repr(self.pg.sql("SELECT * FROM fly.pending_work")))
 
     def status(self, user):
@@ -432,7 +432,7 @@ class HostileInputTest(SecurityTestCase):
             self.assertEqual(waits['"a' + "a" * 63 + '..." (1048576 bytes)'][:1], ["invalid_user_id"])
             self.assertEqual(len(waits), 5, waits)
             self.assertTrue(all(int(length) < 100 for _, length, _ in waits.values()), waits)
-            self.assertEqual(self.pg.value(f"SELECT count(*) FROM fly.reconcile_queue WHERE user_id = '{good}'"), "0")
+            self.assertEqual(self.pg.value(f"SELECT count(*) FROM fly.pending_work WHERE user_id = '{good}'"), "0")
             self.assertEqual(self.pg.value("SELECT count(*) FROM fly.user_fly_app_events WHERE event_type = "
                                            f"'alert_raised' AND user_id = '{good}' AND length(details::text) < 400"),
                              "3")  # one per change of its tier, each cut short
@@ -481,7 +481,7 @@ class HostileInputTest(SecurityTestCase):
                                        "'fly.user_fly_apps') IS NOT NULL AND to_regclass('user_subscriptions') IS "
                                        "NOT NULL"), "t")
         # Nothing was queued (the earlier tests' teardowns may still be waiting for Fly to confirm a deletion).
-        self.assertTrue(self.pg.wait_for("SELECT count(*) = 0 FROM fly.reconcile_queue", 30),
+        self.assertTrue(self.pg.wait_for("SELECT count(*) = 0 FROM fly.pending_work", 30),
                         self.pg.sql("SELECT * FROM fly.reconcile_queue"))
         self.assertEqual(self.worker_pid(), self.pid)
         self.assert_no_crash()
@@ -510,7 +510,7 @@ class HostileFlyTest(SecurityTestCase):
         # One ordinary provisioning first, so that the baseline includes libcurl's and the worker's working set.
         warm_up = users(1, next(cls.seed))[0]
         cls.pg.sql(f"INSERT INTO user_subscriptions VALUES ('{warm_up}', 'pro')")
-        assert cls.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", 60)
+        assert cls.pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", 60)
         cls.pid = int(cls.pg.value("SELECT pid FROM fly.worker_status()"))
         with open(f"/proc/{cls.pid}/status") as f:
             cls.baseline_kb = int(next(line for line in f if line.startswith("VmHWM:")).split()[1])

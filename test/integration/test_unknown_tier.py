@@ -53,7 +53,7 @@ class UnknownTierTest(ProvisioningTestCase):
                                        f"{alerts[0]['event_id']}"), "alert_raised")
         time.sleep(1)
         self.assertEqual(fly_requests(self.sim), [])
-        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.reconcile_queue"), "0")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM fly.pending_work"), "0")
 
         # The policy arrives: the waiting user is queued when the INSERT commits, without touching the
         # subscription, and the worker provisions the app, with one create of each kind.

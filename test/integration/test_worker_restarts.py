@@ -132,7 +132,7 @@ class KillAfterFirstSendTest(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "Fly did not create the app")
             time.sleep(0.05)
         pg.start()
-        self.assertTrue(pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=60),
+        self.assertTrue(pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=60),
                         pg.sql("SELECT * FROM fly.pending_work"))
         events = [e for (e,) in pg.sql(
             f"SELECT event_type FROM fly.user_fly_app_events WHERE user_id = '{user}' ORDER BY id")]
