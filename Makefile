@@ -16,7 +16,7 @@ PG_CONFIG ?= pg_config
 PKG_DEPS = libcurl jansson openssl
 
 # Regression tests: sql/*.sql against expected/*.out on a throwaway instance with pg_fly preloaded.
-REGRESS = install seed_sql trigger never_block functions privileges boundary operations drift drift_index image_rollouts worker_wake retention drop
+REGRESS = install seed_sql trigger never_block functions privileges boundary operations drift drift_index image_rollouts worker_wake intents retention drop
 REGRESS_OPTS = --inputdir=. --temp-instance=./tmp_check --temp-config=test/regress.conf
 ISOLATION = concurrent_tier_changes policy_arrives policy_held drift_vs_tier_change drift_after_carried_out \
             trigger_cache
