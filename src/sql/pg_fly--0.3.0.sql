@@ -202,6 +202,31 @@ SELECT pg_catalog.pg_extension_config_dump('fly.reconcile_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('fly.tier_source', '');
 
 --------------------------------------------------------------------------------------------------------------
+-- The tier-change log (issue 16). The subscription trigger appends one row per change here, in the
+-- application's transaction: a heap insert into a table without any index, the cheapest durable write. The
+-- worker folds the rows into fly.reconcile_queue in batches, in seq order (fly.fold_intents() does it on demand);
+-- every other writer of a user's queue item folds that user's rows first. seq is taken after the subscription
+-- row's lock, so a row's changes are in commit order. No index, constraint or trigger may be added: the trigger
+-- would then write the queue itself, as before 0.3.0.
+--------------------------------------------------------------------------------------------------------------
+CREATE SEQUENCE fly.tier_intents_seq;
+CREATE TABLE fly.tier_intents (
+    seq     bigint NOT NULL,
+    user_id uuid NOT NULL,
+    kind    "char" NOT NULL,
+    tier    text,
+    reason  text NOT NULL,
+    at      timestamptz NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
+COMMENT ON TABLE fly.tier_intents IS
+    'Tier changes the subscription trigger logged and the worker has not folded into fly.reconcile_queue yet '
+    '(kind p: present, a: absent, r: the tier renamed between two with the same policy)';
+REVOKE ALL ON fly.tier_intents FROM PUBLIC;
+REVOKE ALL ON SEQUENCE fly.tier_intents_seq FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fly.tier_intents', '');
+SELECT pg_catalog.pg_extension_config_dump('fly.tier_intents_seq', '');
+
+--------------------------------------------------------------------------------------------------------------
 -- C functions
 --------------------------------------------------------------------------------------------------------------
 CREATE FUNCTION fly.on_user_tier_change() RETURNS trigger
@@ -564,16 +589,28 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
          WHERE a.user_id = $1
          ORDER BY a.deleted_at IS NULL DESC, a.created_at DESC, a.id DESC
          LIMIT 1
+    ),
+    -- The user's last logged change of desired state, and last logged tier (a relabel renames it).
+    changed AS (
+        SELECT i.kind, i.at FROM fly.tier_intents i WHERE i.user_id = $1 AND i.kind <> 'r' ORDER BY i.seq DESC LIMIT 1
+    ),
+    renamed AS (
+        SELECT i.kind, i.tier FROM fly.tier_intents i WHERE i.user_id = $1 ORDER BY i.seq DESC LIMIT 1
     )
     SELECT $1, app.fly_app_name, app.fly_machine_id, app.status, app.health_status, app.region,
-           coalesce(q.tier, app.tier), app.monthly_cost_estimate_usd, coalesce(q.attempts, app.attempts),
-           coalesce(q.last_error, app.last_error),
-           CASE q.desired WHEN 'present' THEN 'provision' WHEN 'absent' THEN 'deprovision' END,
-           q.enqueued_at, app.created_at, app.updated_at, app.deleted_at
+           CASE WHEN renamed.kind IS NOT NULL THEN renamed.tier ELSE coalesce(q.tier, app.tier) END,
+           app.monthly_cost_estimate_usd,
+           CASE WHEN changed.kind IS NOT NULL THEN 0 ELSE coalesce(q.attempts, app.attempts) END,
+           CASE WHEN changed.kind IS NOT NULL THEN NULL ELSE coalesce(q.last_error, app.last_error) END,
+           CASE coalesce(CASE changed.kind WHEN 'p' THEN 'present' WHEN 'a' THEN 'absent' END, q.desired)
+               WHEN 'present' THEN 'provision' WHEN 'absent' THEN 'deprovision' END,
+           coalesce(q.enqueued_at, changed.at), app.created_at, app.updated_at, app.deleted_at
       FROM (SELECT 1) AS one
       LEFT JOIN app ON true
       LEFT JOIN fly.reconcile_queue q ON q.user_id = $1
-     WHERE app.id IS NOT NULL OR q.user_id IS NOT NULL
+      LEFT JOIN changed ON true
+      LEFT JOIN renamed ON true
+     WHERE app.id IS NOT NULL OR q.user_id IS NOT NULL OR renamed.kind IS NOT NULL
 $$;
 COMMENT ON FUNCTION fly.get_user_fly_app_status(uuid) IS
     'The user''s current (or last) app and any pending reconcile; no row if pg_fly never saw the user';
@@ -621,7 +658,11 @@ SELECT w.pid, now() - w.started_at AS uptime, w.token_source,
 CREATE VIEW fly.pending_work AS
 SELECT q.user_id, q.desired, q.tier, q.reason, q.attempts, q.run_after, q.claimed_at IS NOT NULL AS in_flight,
        q.last_error, q.enqueued_at, now() - q.enqueued_at AS waiting_for
-  FROM fly.reconcile_queue q;
+  FROM fly.reconcile_queue q
+UNION ALL
+SELECT i.user_id, CASE WHEN i.kind = 'a' THEN 'absent' ELSE 'present' END, i.tier, i.reason, 0, i.at, false,
+       NULL, i.at, now() - i.at
+  FROM fly.tier_intents i;
 
 --------------------------------------------------------------------------------------------------------------
 -- Cost: a price table kept as data, an estimate on every app row, running time from status changes.
@@ -2129,29 +2170,8 @@ CREATE INDEX user_fly_apps_health_order ON fly.user_fly_apps
     ((COALESCE(last_health_check_at, '-infinity'::timestamptz)), id)
     WHERE deleted_at IS NULL AND status = 'active';
 --------------------------------------------------------------------------------------------------------------
--- The tier-change log (issue 16). The subscription trigger appends one row per change here, in the
--- application's transaction: a heap insert into a table without any index, the cheapest durable write. The
--- worker folds the rows into fly.reconcile_queue in batches, in seq order (fly.fold_intents() does it on demand);
--- every other writer of a user's queue item folds that user's rows first. seq is taken after the subscription
--- row's lock, so a row's changes are in commit order. No index, constraint or trigger may be added: the trigger
--- would then write the queue itself, as before 0.3.0.
+-- Folding the tier-change log (fly.tier_intents, above) on demand (issue 16).
 --------------------------------------------------------------------------------------------------------------
-CREATE SEQUENCE fly.tier_intents_seq;
-CREATE TABLE fly.tier_intents (
-    seq     bigint NOT NULL,
-    user_id uuid NOT NULL,
-    kind    "char" NOT NULL,
-    tier    text,
-    reason  text NOT NULL,
-    at      timestamptz NOT NULL
-) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
-COMMENT ON TABLE fly.tier_intents IS
-    'Tier changes the subscription trigger logged and the worker has not folded into fly.reconcile_queue yet '
-    '(kind p: present, a: absent, r: the tier renamed between two with the same policy)';
-REVOKE ALL ON fly.tier_intents FROM PUBLIC;
-REVOKE ALL ON SEQUENCE fly.tier_intents_seq FROM PUBLIC;
-SELECT pg_catalog.pg_extension_config_dump('fly.tier_intents', '');
-SELECT pg_catalog.pg_extension_config_dump('fly.tier_intents_seq', '');
 CREATE FUNCTION fly.fold_intents() RETURNS bigint
     LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'fold_intents';
@@ -2162,48 +2182,3 @@ COMMENT ON FUNCTION fly.fold_intents() IS
 -- Room on each page for a row's next version: a relabel (and most status updates) then stays on its page, a
 -- heap-only update that writes no index entry.
 ALTER TABLE fly.user_fly_apps SET (fillfactor = 80);
--- Work not folded yet is pending too.
-CREATE OR REPLACE VIEW fly.pending_work AS
-SELECT q.user_id, q.desired, q.tier, q.reason, q.attempts, q.run_after, q.claimed_at IS NOT NULL AS in_flight,
-       q.last_error, q.enqueued_at, now() - q.enqueued_at AS waiting_for
-  FROM fly.reconcile_queue q
-UNION ALL
-SELECT i.user_id, CASE WHEN i.kind = 'a' THEN 'absent' ELSE 'present' END, i.tier, i.reason, 0, i.at, false,
-       NULL, i.at, now() - i.at
-  FROM fly.tier_intents i;
--- A change not folded yet is the user's pending action already.
-CREATE OR REPLACE FUNCTION fly.get_user_fly_app_status(user_id uuid)
-RETURNS TABLE (
-    user_id uuid, fly_app_name text, fly_machine_id text, status text, health_status text, region text,
-    tier text, monthly_cost_estimate_usd numeric, attempts integer, last_error text,
-    pending_action text, pending_since timestamptz, created_at timestamptz, updated_at timestamptz,
-    deleted_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH app AS (
-        SELECT a.* FROM fly.user_fly_apps a
-         WHERE a.user_id = $1
-         ORDER BY a.deleted_at IS NULL DESC, a.created_at DESC, a.id DESC
-         LIMIT 1
-    ),
-    -- The user's last logged change of desired state, and last logged tier (a relabel renames it).
-    changed AS (
-        SELECT i.kind, i.at FROM fly.tier_intents i WHERE i.user_id = $1 AND i.kind <> 'r' ORDER BY i.seq DESC LIMIT 1
-    ),
-    renamed AS (
-        SELECT i.kind, i.tier FROM fly.tier_intents i WHERE i.user_id = $1 ORDER BY i.seq DESC LIMIT 1
-    )
-    SELECT $1, app.fly_app_name, app.fly_machine_id, app.status, app.health_status, app.region,
-           CASE WHEN renamed.kind IS NOT NULL THEN renamed.tier ELSE coalesce(q.tier, app.tier) END,
-           app.monthly_cost_estimate_usd,
-           CASE WHEN changed.kind IS NOT NULL THEN 0 ELSE coalesce(q.attempts, app.attempts) END,
-           CASE WHEN changed.kind IS NOT NULL THEN NULL ELSE coalesce(q.last_error, app.last_error) END,
-           CASE coalesce(CASE changed.kind WHEN 'p' THEN 'present' WHEN 'a' THEN 'absent' END, q.desired)
-               WHEN 'present' THEN 'provision' WHEN 'absent' THEN 'deprovision' END,
-           coalesce(q.enqueued_at, changed.at), app.created_at, app.updated_at, app.deleted_at
-      FROM (SELECT 1) AS one
-      LEFT JOIN app ON true
-      LEFT JOIN fly.reconcile_queue q ON q.user_id = $1
-      LEFT JOIN changed ON true
-      LEFT JOIN renamed ON true
-     WHERE app.id IS NOT NULL OR q.user_id IS NOT NULL OR renamed.kind IS NOT NULL
-$$;
