@@ -19,7 +19,7 @@ PKG_DEPS = libcurl jansson openssl
 REGRESS = install seed_sql trigger never_block functions privileges boundary operations drift drift_index image_rollouts worker_wake intents retention drop
 REGRESS_OPTS = --inputdir=. --temp-instance=./tmp_check --temp-config=test/regress.conf
 ISOLATION = concurrent_tier_changes policy_arrives policy_held drift_vs_tier_change drift_after_carried_out \
-            trigger_cache
+            trigger_cache intents_order
 ISOLATION_OPTS = --inputdir=test/isolation --temp-instance=./tmp_check_iso --temp-config=test/regress.conf \
 	--load-extension=pg_fly
 

@@ -81,6 +81,15 @@ UPDATE intent_subs SET tier = 'free';
 SELECT * FROM log_rows();
 ROLLBACK;
 
+-- A publication of every table (change data capture, say) does not stop the fold: the log's replica identity is
+-- the whole row.
+BEGIN;
+SET LOCAL client_min_messages = error;
+CREATE PUBLICATION every_table FOR ALL TABLES;
+UPDATE intent_subs SET tier = 'free';
+SELECT fly.fold_intents() AS folded;
+ROLLBACK;
+
 -- The log's rows cannot be read or written by anyone pg_fly did not grant them to.
 CREATE ROLE intent_reader;
 GRANT USAGE ON SCHEMA fly TO intent_reader;

@@ -24,8 +24,12 @@ constexpr double kFoldIntervalSeconds = 0.2;
 constexpr double kUrgentFoldGapSeconds = 0.01;
 // Log rows one fold takes at most: one statement, a few milliseconds.
 constexpr int64_t kFoldBatchRows = 5000;
-// A user whose fold waited on a lock is left out of folds for this long.
+// A user whose fold waited on a lock is left out of folds for this long, twice as long each time it fails again
+// (an operator's transaction left open), up to the maximum.
 constexpr double kFoldHeldSeconds = 2.0;
+constexpr double kFoldHeldMaxSeconds = 60.0;
+// One round of folding user by user returns to the loop after this long; the next pass goes on.
+constexpr double kFoldRoundSeconds = 0.5;
 // How long a fold waits for a row lock before it falls back to one user at a time.
 constexpr const char *kFoldLockTimeout = "100ms";
 
@@ -38,11 +42,15 @@ LimitLockWait(pg::SpiConnection &spi) {
 
 void
 JobRunner::FoldStep(double now) {
-	if (!extension_present_) {
-		return;
-	}
 	const uint64_t urgent = pg_atomic_read_u64(&shared_->urgent_commits);
 	const uint64_t commits = pg_atomic_read_u64(&shared_->work_commits);
+	if (!extension_present_) {
+		// Commits in other databases count too: nothing to fold here, and nothing to wait for.
+		commits_folded_ = commits;
+		urgent_folded_ = urgent;
+		fold_more_ = false;
+		return;
+	}
 	// A worker that could start work folds a change that asked for a prompt start at once (the wake-up was for
 	// it); anything else, and everything while the worker is busy, within kFoldIntervalSeconds.
 	const bool due = fold_more_ || now >= next_periodic_fold_ ||
@@ -55,29 +63,32 @@ JobRunner::FoldStep(double now) {
 	pg_memory_barrier();
 	std::vector<std::string> skip;
 	for (auto held = fold_held_.begin(); held != fold_held_.end();) {
-		if (held->second <= now) {
-			held = fold_held_.erase(held);
-		} else {
+		if (held->second.until > now) {
 			skip.push_back(held->first);
-			++held;
+		} else if (held->second.until + kFoldHeldMaxSeconds < now) {
+			held = fold_held_.erase(held); // folded since, by someone: its next failure starts afresh
+			continue;
 		}
+		++held;
 	}
 	FoldResult result;
+	bool more = false;
 	try {
 		InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
 			LimitLockWait(spi);
 			result = FoldIntents(spi, kFoldBatchRows, skip);
 		});
+		more = result.folded >= kFoldBatchRows;
 	} catch (const std::exception &e) {
-		Log(std::string("folding tier changes waited too long for a lock, folding user by user: ") + e.what());
-		FoldUserByUser(now, skip);
+		Log(std::string("folding tier changes failed, folding user by user: ") + e.what());
+		more = FoldUserByUser(skip);
 	}
 	commits_folded_ = commits;
 	urgent_folded_ = urgent;
 	next_fold_ = now + kFoldIntervalSeconds;
 	next_urgent_fold_ = Now() + kUrgentFoldGapSeconds;
 	next_periodic_fold_ = now + settings::poll_interval_ms / 1000.0;
-	fold_more_ = result.folded >= kFoldBatchRows;
+	fold_more_ = more;
 }
 
 long
@@ -85,37 +96,57 @@ JobRunner::UrgentFoldInMs() const {
 	return std::max(0L, static_cast<long>(std::ceil((next_urgent_fold_ - Now()) * 1000.0)));
 }
 
+long
+JobRunner::FoldInMs() const {
+	return std::max(0L, static_cast<long>(std::ceil((next_fold_ - Now()) * 1000.0)));
+}
+
 bool
 JobRunner::FoldDue() const {
 	return extension_present_ && pg_atomic_read_u64(&shared_->work_commits) != commits_folded_;
 }
 
-void
-JobRunner::FoldUserByUser(double now, const std::vector<std::string> &skip) {
+// Folds the users of the next batch one at a time, each in a transaction of its own, for at most
+// kFoldRoundSeconds; a user whose fold fails is left out for a while. Returns whether users are left for the next
+// pass.
+bool
+JobRunner::FoldUserByUser(const std::vector<std::string> &skip) {
+	const double started = Now();
 	std::vector<std::string> users;
 	try {
 		InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
-			for (const auto &row : spi.Query("SELECT DISTINCT user_id FROM (SELECT i.user_id FROM fly.tier_intents i "
-			                                 "WHERE NOT (i.user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) "
-			                                 "ORDER BY i.seq LIMIT $2::pg_catalog.int8) b",
-			                                 {pg::UuidArray(skip), std::to_string(kFoldBatchRows)}, true)) {
+			for (const auto &row :
+			     spi.Query("SELECT b.user_id FROM (SELECT i.user_id, i.seq FROM fly.tier_intents i "
+			               "WHERE NOT (i.user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) "
+			               "ORDER BY i.seq LIMIT $2::pg_catalog.int8) b GROUP BY b.user_id "
+			               "ORDER BY pg_catalog.min(b.seq)",
+			               {pg::UuidArray(skip), std::to_string(kFoldBatchRows)}, true)) {
 				users.push_back(row.at(0).value_or(""));
 			}
 		});
 	} catch (const std::exception &e) {
 		Log(std::string("folding tier changes failed: ") + e.what());
-		return;
+		return false;
 	}
-	for (const auto &user : users) {
+	for (size_t i = 0; i < users.size(); ++i) {
+		if (Now() - started > kFoldRoundSeconds) {
+			return true;
+		}
+		const std::string &user = users[i];
 		try {
 			InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
 				LimitLockWait(spi);
 				FoldIntents(spi, 0, {}, user);
 			});
+			fold_held_.erase(user);
 		} catch (const std::exception &) {
-			fold_held_[user] = now + kFoldHeldSeconds;
+			auto found = fold_held_.find(user);
+			const double hold = found == fold_held_.end() ? kFoldHeldSeconds
+			                                              : std::min(found->second.hold * 2, kFoldHeldMaxSeconds);
+			fold_held_[user] = FoldHeld{Now() + hold, hold};
 		}
 	}
+	return false;
 }
 
 } // namespace pgfly

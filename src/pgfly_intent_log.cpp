@@ -74,15 +74,25 @@ FoldSql(const char *lock_clause) {
 	       "  LEFT JOIN taken ch ON ch.seq = c.change_seq LEFT JOIN taken rl ON rl.seq = c.relabel_seq), "
 	       "ended AS (DELETE FROM fly.manual_teardowns m USING users u WHERE m.user_id = u.user_id"
 	       "  RETURNING m.user_id), "
-	       "queued AS (INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason, generation)"
-	       "  SELECT u.user_id, CASE WHEN u.kind = 'p' THEN 'present' ELSE 'absent' END,"
-	       "         CASE WHEN u.kind = 'p' AND u.relabel_seq > u.change_seq THEN u.relabel_tier"
-	       "              ELSE u.change_tier END, u.reason, u.changes"
-	       "    FROM users u WHERE u.changes > 0"
+	       "targets AS MATERIALIZED (SELECT u.user_id,"
+	       "  CASE WHEN u.kind = 'p' THEN 'present' ELSE 'absent' END AS desired,"
+	       "  CASE WHEN u.kind = 'p' AND u.relabel_seq > u.change_seq THEN u.relabel_tier ELSE u.change_tier END"
+	       "    AS tier, u.reason, u.changes AS generations FROM users u WHERE u.changes > 0"
 	       "  UNION ALL"
 	       "  SELECT u.user_id, 'present', u.relabel_tier, 'tier_change', 1 FROM users u"
-	       "   WHERE u.changes = 0 AND EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)"
-	       // As one enqueue per intent would have left it (the conflict clause of EnqueueReconcile).
+	       "   WHERE u.changes = 0 AND EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)), "
+	       // As one enqueue per intent would have left the item (EnqueueReconcile's conflict clause), except that
+	       // an unclaimed item already due keeps its place in line: the row then changes no indexed column, and
+	       // stays on its page. A plain UPDATE of the existing items, no speculative insertion.
+	       "replaced AS (UPDATE fly.reconcile_queue q SET desired = t.desired, tier = t.tier, reason = t.reason,"
+	       "  generation = q.generation + t.generations, attempts = 0, alerted = false,"
+	       "  run_after = CASE WHEN q.claimed_at IS NULL AND q.run_after <= now() THEN q.run_after ELSE now() END,"
+	       "  claimed_at = NULL, lease_until = NULL, last_error = NULL, updated_at = now()"
+	       "  FROM targets t WHERE q.user_id = t.user_id RETURNING q.user_id), "
+	       "queued AS (INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason, generation)"
+	       "  SELECT t.user_id, t.desired, t.tier, t.reason, t.generations FROM targets t"
+	       "   WHERE NOT EXISTS (SELECT 1 FROM replaced r WHERE r.user_id = t.user_id)"
+	       // An item another transaction queued since this statement's snapshot.
 	       "  ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier,"
 	       "  reason = excluded.reason, generation = q.generation + excluded.generation, attempts = 0,"
 	       "  alerted = false, run_after = now(), claimed_at = NULL, lease_until = NULL, last_error = NULL,"
@@ -93,7 +103,7 @@ FoldSql(const char *lock_clause) {
 	       "apps AS (UPDATE fly.user_fly_apps a SET tier = u.relabel_tier, updated_at = now() FROM users u"
 	       "  WHERE a.user_id = u.user_id AND a.deleted_at IS NULL AND u.relabel_seq > u.change_seq"
 	       "    AND a.tier IS DISTINCT FROM u.relabel_tier) "
-	       "SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM queued)";
+	       "SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM replaced) + (SELECT count(*) FROM queued)";
 	return sql;
 }
 
@@ -116,27 +126,33 @@ RunFold(pg::SpiConnection &spi, const char *sql, const pg::Value &limit, const p
 	return result;
 }
 
-// An uncommitted transaction (not this one) that is adding a row for the user to the log, or deleting one (a
-// fold); InvalidTransactionId if none. A scan with a dirty snapshot, which shows rows still in progress.
-TransactionId
-TransactionChangingUser(Oid relid, Datum user) {
+// What a scan with a dirty snapshot (which shows rows still in progress) finds of the user's rows: a transaction
+// other than this one still adding or deleting one (a fold), and whether any row is there at all.
+struct UserRows {
+	TransactionId changing = InvalidTransactionId;
+	bool any = false;
+};
+
+UserRows
+ScanUserRows(Oid relid, Datum user) {
 	return pg::PgGuardResult([&]() {
 		SnapshotData dirty;
 		InitDirtySnapshot(dirty);
 		Relation relation = table_open(relid, AccessShareLock);
 		TableScanDesc scan = table_beginscan(relation, &dirty, 0, nullptr);
-		TransactionId found = InvalidTransactionId;
+		UserRows found;
 		HeapTuple tuple;
 		while ((tuple = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
 			// Read before the next tuple resets them: the inserter or deleter still in progress, if any.
 			const TransactionId changing = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
-			if (!TransactionIdIsValid(changing)) {
-				continue;
-			}
 			bool is_null = false;
 			const Datum value = heap_getattr(tuple, 2, RelationGetDescr(relation), &is_null);
-			if (!is_null && DatumGetBool(DirectFunctionCall2(uuid_eq, value, user))) {
-				found = changing;
+			if (is_null || !DatumGetBool(DirectFunctionCall2(uuid_eq, value, user))) {
+				continue;
+			}
+			found.any = true;
+			if (TransactionIdIsValid(changing)) {
+				found.changing = changing;
 				break;
 			}
 		}
@@ -218,7 +234,7 @@ FoldUserIntents(pg::SpiConnection &spi, const std::string &user_id, bool nowait)
 	const Datum user = pg::PgGuardResult(
 		[&]() { return DirectFunctionCall1(uuid_in, CStringGetDatum(user_id.c_str())); });
 	for (;;) {
-		const TransactionId changing = TransactionChangingUser(log.relid, user);
+		const TransactionId changing = ScanUserRows(log.relid, user).changing;
 		if (!TransactionIdIsValid(changing)) {
 			break;
 		}
@@ -232,7 +248,16 @@ FoldUserIntents(pg::SpiConnection &spi, const std::string &user_id, bool nowait)
 		// The same wait a row lock gives: until that transaction ends, then look again.
 		pg::PgGuard([&]() { XactLockTableWait(changing, nullptr, nullptr, XLTW_None); });
 	}
-	return RunFold(spi, (nowait ? kNoWait : kWaiting).c_str(), std::nullopt, user_id, {}).folded;
+	const int64_t folded = RunFold(spi, (nowait ? kNoWait : kWaiting).c_str(), std::nullopt, user_id, {}).folded;
+	// A transaction that reads one snapshot cannot see a change committed after it, and so cannot fold it; its
+	// write would then be overtaken by that older change. As an update of a row changed since the snapshot does,
+	// it fails.
+	if (pg::PgGuardResult([]() { return IsolationUsesXactSnapshot(); }) && ScanUserRows(log.relid, user).any) {
+		throw SqlError(sqlstate::kSerializationFailure,
+		               "could not serialize access due to a concurrent tier change of user " + user_id, "",
+		               "Retry the transaction.");
+	}
+	return folded;
 }
 
 } // namespace pgfly

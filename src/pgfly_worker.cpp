@@ -208,6 +208,10 @@ WorkerLoop(SharedState *shared) {
 			const uint32 idle = runner.FoldDue() ? kIdleFoldDue : kIdle;
 			pg_atomic_write_u32(&shared->worker_idle, idle);
 			pg_memory_barrier();
+			// A change logged after SleepMs looked is folded on time too.
+			if (idle == kIdleFoldDue) {
+				sleep_ms = sleep_ms < 0 ? runner.FoldInMs() : std::min(sleep_ms, runner.FoldInMs());
+			}
 			if (pg_atomic_read_u64(&shared->urgent_commits) != runner.UrgentFolded()) {
 				sleep_ms = sleep_ms < 0 ? runner.UrgentFoldInMs() : std::min(sleep_ms, runner.UrgentFoldInMs());
 			}

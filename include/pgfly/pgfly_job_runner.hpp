@@ -74,8 +74,10 @@ public:
 	// Whether commits have logged tier changes since the last fold (folded within kFoldIntervalSeconds), and
 	// urgent_commits as read before the last fold.
 	bool FoldDue() const;
-	// Milliseconds until a fold for a commit that asked for a prompt start may run (0: now).
+	// Milliseconds until a fold for a commit that asked for a prompt start may run, and until the next fold of
+	// anything logged (0: now).
 	long UrgentFoldInMs() const;
+	long FoldInMs() const;
 	uint64_t
 	UrgentFolded() const {
 		return urgent_folded_;
@@ -220,7 +222,7 @@ private:
 	// COMMIT PREPARED, which tells no one). A fold that waits on a lock falls back to one user at a time, and
 	// leaves the users it cannot fold for a while.
 	void FoldStep(double now);
-	void FoldUserByUser(double now, const std::vector<std::string> &skip);
+	bool FoldUserByUser(const std::vector<std::string> &skip);
 	void OnOrphanAnswer(const OrphanJob &work, const fly::Outcome &outcome);
 
 	// pgfly_rollout_runner.cpp: in a transaction of its own, moves the running rollout on and claims apps to
@@ -305,7 +307,11 @@ private:
 	double next_fold_ = 0;
 	double next_periodic_fold_ = 0;
 	bool fold_more_ = false;
-	std::map<std::string, double> fold_held_;
+	struct FoldHeld {
+		double until;
+		double hold;
+	};
+	std::map<std::string, FoldHeld> fold_held_;
 	int retention_configured_ = -1;
 	std::vector<RolloutJob> rollout_claimed_;
 	std::vector<HealthJob> canaries_claimed_;

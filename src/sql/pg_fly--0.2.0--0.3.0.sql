@@ -1595,6 +1595,9 @@ CREATE TABLE fly.tier_intents (
 COMMENT ON TABLE fly.tier_intents IS
     'Tier changes the subscription trigger logged and the worker has not folded into fly.reconcile_queue yet '
     '(kind p: present, a: absent, r: the tier renamed between two with the same policy)';
+-- A publication of every table (logical replication, change data capture) must not refuse the fold's DELETE:
+-- without an index, the whole row identifies it.
+ALTER TABLE fly.tier_intents REPLICA IDENTITY FULL;
 REVOKE ALL ON fly.tier_intents FROM PUBLIC;
 REVOKE ALL ON SEQUENCE fly.tier_intents_seq FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fly.tier_intents', '');
@@ -1607,8 +1610,9 @@ COMMENT ON FUNCTION fly.fold_intents() IS
     'Folds every committed tier change in fly.tier_intents into fly.reconcile_queue now (the worker does within '
     '200 ms); returns how many it folded';
 -- Room on each page for a row's next version: a relabel (and most status updates) then stays on its page, a
--- heap-only update that writes no index entry.
+-- heap-only update that writes no index entry; so does a fold that replaces a due item's intent.
 ALTER TABLE fly.user_fly_apps SET (fillfactor = 80);
+ALTER TABLE fly.reconcile_queue SET (fillfactor = 80);
 -- Work not folded yet is pending too.
 CREATE OR REPLACE VIEW fly.pending_work AS
 SELECT q.user_id, q.desired, q.tier, q.reason, q.attempts, q.run_after, q.claimed_at IS NOT NULL AS in_flight,

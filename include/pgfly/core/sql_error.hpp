@@ -31,6 +31,7 @@ constexpr const char *kDatatypeMismatch = "42804";
 constexpr const char *kNoDataFound = "P0002";
 constexpr const char *kObjectNotInPrerequisiteState = "55000";
 constexpr const char *kLockNotAvailable = "55P03";
+constexpr const char *kSerializationFailure = "40001";
 constexpr const char *kInternalError = "XX000";
 } // namespace sqlstate
 
