@@ -80,6 +80,7 @@ class HealthTest(ProvisioningTestCase):
         # The downgrade is queued but not due yet (as an item waiting out a retry delay is) when a health check
         # finds the app gone: the newer intent must win over re-provisioning from the row's old tier.
         self.pg.sql(f"BEGIN; UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{USER}'; "
+                    "SELECT fly.fold_intents(); "
                     f"UPDATE fly.reconcile_queue SET run_after = now() + interval '1 hour' WHERE user_id = '{USER}'; "
                     "COMMIT")
         generation = self.pg.value(f"SELECT generation FROM fly.reconcile_queue WHERE user_id = '{USER}'")

@@ -130,10 +130,9 @@ class RolledBackLockTest(ProvisioningTestCase):
 
     def test_a_rolled_back_lock_neither_stalls_the_user_nor_costs_an_attempt(self):
         slow = start_slow_user(self, 90, 4000)
-        # An application changes the user's tier and sits idle: the worker's next step for the user finds the
-        # queue item held and cannot record itself.
-        holder = IdleSession(self.pg, "holds_then_rolls_back",
-                             f"UPDATE user_subscriptions SET tier = 'free' WHERE user_id = '{slow}';")
+        # An operator deprovisions the user by hand and sits idle: the worker's next step for the user finds the
+        # queue item held and cannot record itself. (A tier change holds no queue item: the trigger only logs it.)
+        holder = IdleSession(self.pg, "holds_then_rolls_back", f"SELECT fly.deprovision_user_app('{slow}');")
         holder.wait_idle(self)
         deadline = time.monotonic() + 30
         while f"reconciling user {slow} failed" not in self.pg.server_log():

@@ -251,6 +251,7 @@ class UpgradeTest(unittest.TestCase):
         # What was attached and configured still works: a tier change queues its user, the functions answer.
         self.run_sql("from_first_release", f"UPDATE public.user_subscriptions SET tier = 'free' "
                                            f"WHERE user_id = '{USERS[0]}'")
+        self.run_sql("from_first_release", "SELECT fly.fold_intents()")  # the worker's fold, at once
         self.assertEqual(self.run_sql("from_first_release", f"SELECT desired FROM fly.reconcile_queue "
                                                             f"WHERE user_id = '{USERS[0]}'"), ["absent"])
         self.assertEqual(self.run_sql("from_first_release", f"SELECT fly_app_name, status FROM "
