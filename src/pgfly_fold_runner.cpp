@@ -22,7 +22,7 @@ constexpr double kFoldIntervalSeconds = 0.2;
 // An idle worker folds a change that asked for a prompt start at once, but not more often than this: a stream of
 // such commits is folded in batches, not one fold per commit.
 constexpr double kUrgentFoldGapSeconds = 0.01;
-// Log rows one fold takes at most: one statement, a few milliseconds.
+// Users one round of folding user by user looks at, at most.
 constexpr int64_t kFoldBatchRows = 5000;
 // A user whose fold waited on a lock is left out of folds for this long, twice as long each time it fails again
 // (an operator's transaction left open), up to the maximum.
@@ -76,9 +76,8 @@ JobRunner::FoldStep(double now) {
 	try {
 		InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
 			LimitLockWait(spi);
-			result = FoldIntents(spi, kFoldBatchRows, skip);
+			result = FoldIntents(spi, skip);
 		});
-		more = result.folded >= kFoldBatchRows;
 	} catch (const std::exception &e) {
 		Log(std::string("folding tier changes failed, folding user by user: ") + e.what());
 		more = FoldUserByUser(skip);
@@ -136,7 +135,7 @@ JobRunner::FoldUserByUser(const std::vector<std::string> &skip) {
 		try {
 			InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
 				LimitLockWait(spi);
-				FoldIntents(spi, 0, {}, user);
+				FoldIntents(spi, {}, user);
 			});
 			fold_held_.erase(user);
 		} catch (const std::exception &) {

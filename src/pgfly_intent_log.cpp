@@ -55,15 +55,24 @@ ShapeIsOurs(Relation relation) {
 // Runs with search_path pg_catalog, pg_temp (the worker, and pg_fly's SECURITY DEFINER functions).
 std::string
 FoldSql(const char *lock_clause) {
-	std::string sql =
-		"WITH batch AS MATERIALIZED ("
-		"  SELECT i.ctid AS row_id, i.seq FROM fly.tier_intents i"
-		"   WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
-		"   ORDER BY i.seq LIMIT $1::int8 ";
-	sql += lock_clause;
-	sql += "), "
-	       "taken AS MATERIALIZED (DELETE FROM fly.tier_intents i USING batch b WHERE i.ctid = b.row_id"
-	       "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), "
+	std::string sql;
+	if (*lock_clause == '\0') {
+		// One pass over the log, taking every row visible now: a table without index is read in full anyway (dead
+		// rows included, until VACUUM). $1 (a limit) is unused here.
+		sql = "WITH taken AS MATERIALIZED (DELETE FROM fly.tier_intents i"
+		      "  WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
+		      "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), ";
+	} else {
+		sql = "WITH batch AS MATERIALIZED ("
+		      "  SELECT i.ctid AS row_id FROM fly.tier_intents i"
+		      "   WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
+		      "   ORDER BY i.seq LIMIT $1::int8 ";
+		sql += lock_clause;
+		sql += "), "
+		       "taken AS MATERIALIZED (DELETE FROM fly.tier_intents i USING batch b WHERE i.ctid = b.row_id"
+		       "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), ";
+	}
+	sql +=
 	       // Hashed, not sorted per user: the last change and the last relabel are found by their seq.
 	       "counts AS (SELECT t.user_id, count(*) FILTER (WHERE t.kind <> 'r') AS changes,"
 	       "  coalesce(max(t.seq) FILTER (WHERE t.kind <> 'r'), 0) AS change_seq,"
@@ -105,11 +114,6 @@ FoldSql(const char *lock_clause) {
 	       "    AND a.tier IS DISTINCT FROM u.relabel_tier) "
 	       "SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM replaced) + (SELECT count(*) FROM queued)";
 	return sql;
-}
-
-pg::Value
-Limit(int64_t max) {
-	return max > 0 ? pg::Value(std::to_string(max)) : std::nullopt;
 }
 
 FoldResult
@@ -215,12 +219,12 @@ AppendIntent(const IntentLog &log, const std::string &user_id, IntentKind kind, 
 }
 
 FoldResult
-FoldIntents(pg::SpiConnection &spi, int64_t max, const std::vector<std::string> &skip_users, const pg::Value &user) {
+FoldIntents(pg::SpiConnection &spi, const std::vector<std::string> &skip_users, const pg::Value &user) {
 	static const std::string kFold = FoldSql("");
 	if (!OidIsValid(FindIntentLog().relid)) {
 		return FoldResult{};
 	}
-	return RunFold(spi, kFold.c_str(), Limit(max), user, skip_users);
+	return RunFold(spi, kFold.c_str(), std::nullopt, user, skip_users);
 }
 
 int64_t

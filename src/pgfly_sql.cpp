@@ -148,7 +148,7 @@ PGFLY_SQL_FUNCTION(_enqueue_if_unchanged) {
 PGFLY_SQL_FUNCTION(fold_intents) {
 	RefuseInRestrictedOperation();
 	pgfly::pg::SpiConnection spi;
-	const pgfly::FoldResult result = pgfly::FoldIntents(spi, 0, {});
+	const pgfly::FoldResult result = pgfly::FoldIntents(spi, {});
 	PG_RETURN_INT64(result.folded);
 }
 

@@ -42,9 +42,9 @@ struct FoldResult {
 	int64_t queued = 0; // users whose queue item was inserted or replaced (work for the worker)
 };
 
-// Folds at most `max` rows (0: all) of the log, oldest first, leaving out `skip_users` (only `user`'s rows when
-// given). Rows another fold is deleting are waited for (lock_timeout applies), then left to it.
-FoldResult FoldIntents(pg::SpiConnection &spi, int64_t max, const std::vector<std::string> &skip_users,
+// Folds every row of the log visible now, leaving out `skip_users` (only `user`'s rows when given). Rows another
+// fold is deleting are waited for (lock_timeout applies), then left to it.
+FoldResult FoldIntents(pg::SpiConnection &spi, const std::vector<std::string> &skip_users,
                        const pg::Value &user = std::nullopt);
 
 // Before a direct write of the user's queue item: waits for any transaction still adding a row for the user to
