@@ -114,12 +114,11 @@ JobRunner::FoldUserByUser(const std::vector<std::string> &skip) {
 	std::vector<std::string> users;
 	try {
 		InTransaction("pg_fly: folding tier changes", [&](pg::SpiConnection &spi) {
-			for (const auto &row :
-			     spi.Query("SELECT b.user_id FROM (SELECT i.user_id, i.seq FROM fly.tier_intents i "
-			               "WHERE NOT (i.user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) "
-			               "ORDER BY i.seq LIMIT $2::pg_catalog.int8) b GROUP BY b.user_id "
-			               "ORDER BY pg_catalog.min(b.seq)",
-			               {pg::UuidArray(skip), std::to_string(kFoldBatchRows)}, true)) {
+			for (const auto &row : spi.Query("SELECT b.user_id FROM (SELECT i.user_id, i.seq FROM fly.tier_intents i "
+			                                 "WHERE NOT (i.user_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])) "
+			                                 "ORDER BY i.seq LIMIT $2::pg_catalog.int8) b GROUP BY b.user_id "
+			                                 "ORDER BY pg_catalog.min(b.seq)",
+			                                 {pg::UuidArray(skip), std::to_string(kFoldBatchRows)}, true)) {
 				users.push_back(row.at(0).value_or(""));
 			}
 		});
@@ -140,8 +139,8 @@ JobRunner::FoldUserByUser(const std::vector<std::string> &skip) {
 			fold_held_.erase(user);
 		} catch (const std::exception &) {
 			auto found = fold_held_.find(user);
-			const double hold = found == fold_held_.end() ? kFoldHeldSeconds
-			                                              : std::min(found->second.hold * 2, kFoldHeldMaxSeconds);
+			const double hold =
+				found == fold_held_.end() ? kFoldHeldSeconds : std::min(found->second.hold * 2, kFoldHeldMaxSeconds);
 			fold_held_[user] = FoldHeld{Now() + hold, hold};
 		}
 	}

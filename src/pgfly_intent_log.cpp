@@ -60,59 +60,59 @@ FoldSql(const char *lock_clause) {
 		// One pass over the log, taking every row visible now: a table without index is read in full anyway (dead
 		// rows included, until VACUUM). $1 (a limit) is unused here.
 		sql = "WITH taken AS MATERIALIZED (DELETE FROM fly.tier_intents i"
-		      "  WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
-		      "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), ";
+			  "  WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
+			  "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), ";
 	} else {
 		sql = "WITH batch AS MATERIALIZED ("
-		      "  SELECT i.ctid AS row_id FROM fly.tier_intents i"
-		      "   WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
-		      "   ORDER BY i.seq LIMIT $1::int8 ";
+			  "  SELECT i.ctid AS row_id FROM fly.tier_intents i"
+			  "   WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
+			  "   ORDER BY i.seq LIMIT $1::int8 ";
 		sql += lock_clause;
 		sql += "), "
-		       "taken AS MATERIALIZED (DELETE FROM fly.tier_intents i USING batch b WHERE i.ctid = b.row_id"
-		       "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), ";
+			   "taken AS MATERIALIZED (DELETE FROM fly.tier_intents i USING batch b WHERE i.ctid = b.row_id"
+			   "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), ";
 	}
 	sql +=
-	       // Hashed, not sorted per user: the last change and the last relabel are found by their seq.
-	       "counts AS (SELECT t.user_id, count(*) FILTER (WHERE t.kind <> 'r') AS changes,"
-	       "  coalesce(max(t.seq) FILTER (WHERE t.kind <> 'r'), 0) AS change_seq,"
-	       "  coalesce(max(t.seq) FILTER (WHERE t.kind = 'r'), 0) AS relabel_seq"
-	       "  FROM taken t GROUP BY t.user_id), "
-	       "users AS MATERIALIZED (SELECT c.user_id, c.changes, c.change_seq, c.relabel_seq, ch.kind,"
-	       "  ch.tier AS change_tier, ch.reason, rl.tier AS relabel_tier FROM counts c"
-	       "  LEFT JOIN taken ch ON ch.seq = c.change_seq LEFT JOIN taken rl ON rl.seq = c.relabel_seq), "
-	       "ended AS (DELETE FROM fly.manual_teardowns m USING users u WHERE m.user_id = u.user_id"
-	       "  RETURNING m.user_id), "
-	       "targets AS MATERIALIZED (SELECT u.user_id,"
-	       "  CASE WHEN u.kind = 'p' THEN 'present' ELSE 'absent' END AS desired,"
-	       "  CASE WHEN u.kind = 'p' AND u.relabel_seq > u.change_seq THEN u.relabel_tier ELSE u.change_tier END"
-	       "    AS tier, u.reason, u.changes AS generations FROM users u WHERE u.changes > 0"
-	       "  UNION ALL"
-	       "  SELECT u.user_id, 'present', u.relabel_tier, 'tier_change', 1 FROM users u"
-	       "   WHERE u.changes = 0 AND EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)), "
-	       // As one enqueue per intent would have left the item (EnqueueReconcile's conflict clause), except that
-	       // an unclaimed item already due keeps its place in line: the row then changes no indexed column, and
-	       // stays on its page. A plain UPDATE of the existing items, no speculative insertion.
-	       "replaced AS (UPDATE fly.reconcile_queue q SET desired = t.desired, tier = t.tier, reason = t.reason,"
-	       "  generation = q.generation + t.generations, attempts = 0, alerted = false,"
-	       "  run_after = CASE WHEN q.claimed_at IS NULL AND q.run_after <= now() THEN q.run_after ELSE now() END,"
-	       "  claimed_at = NULL, lease_until = NULL, last_error = NULL, updated_at = now()"
-	       "  FROM targets t WHERE q.user_id = t.user_id RETURNING q.user_id), "
-	       "queued AS (INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason, generation)"
-	       "  SELECT t.user_id, t.desired, t.tier, t.reason, t.generations FROM targets t"
-	       "   WHERE NOT EXISTS (SELECT 1 FROM replaced r WHERE r.user_id = t.user_id)"
-	       // An item another transaction queued since this statement's snapshot.
-	       "  ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier,"
-	       "  reason = excluded.reason, generation = q.generation + excluded.generation, attempts = 0,"
-	       "  alerted = false, run_after = now(), claimed_at = NULL, lease_until = NULL, last_error = NULL,"
-	       "  updated_at = now() RETURNING 1), "
-	       "relabelled AS (UPDATE fly.reconcile_queue q SET tier = u.relabel_tier FROM users u"
-	       "  WHERE q.user_id = u.user_id AND u.changes = 0 AND q.desired = 'present'"
-	       "    AND NOT EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)), "
-	       "apps AS (UPDATE fly.user_fly_apps a SET tier = u.relabel_tier, updated_at = now() FROM users u"
-	       "  WHERE a.user_id = u.user_id AND a.deleted_at IS NULL AND u.relabel_seq > u.change_seq"
-	       "    AND a.tier IS DISTINCT FROM u.relabel_tier) "
-	       "SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM replaced) + (SELECT count(*) FROM queued)";
+		// Hashed, not sorted per user: the last change and the last relabel are found by their seq.
+		"counts AS (SELECT t.user_id, count(*) FILTER (WHERE t.kind <> 'r') AS changes,"
+		"  coalesce(max(t.seq) FILTER (WHERE t.kind <> 'r'), 0) AS change_seq,"
+		"  coalesce(max(t.seq) FILTER (WHERE t.kind = 'r'), 0) AS relabel_seq"
+		"  FROM taken t GROUP BY t.user_id), "
+		"users AS MATERIALIZED (SELECT c.user_id, c.changes, c.change_seq, c.relabel_seq, ch.kind,"
+		"  ch.tier AS change_tier, ch.reason, rl.tier AS relabel_tier FROM counts c"
+		"  LEFT JOIN taken ch ON ch.seq = c.change_seq LEFT JOIN taken rl ON rl.seq = c.relabel_seq), "
+		"ended AS (DELETE FROM fly.manual_teardowns m USING users u WHERE m.user_id = u.user_id"
+		"  RETURNING m.user_id), "
+		"targets AS MATERIALIZED (SELECT u.user_id,"
+		"  CASE WHEN u.kind = 'p' THEN 'present' ELSE 'absent' END AS desired,"
+		"  CASE WHEN u.kind = 'p' AND u.relabel_seq > u.change_seq THEN u.relabel_tier ELSE u.change_tier END"
+		"    AS tier, u.reason, u.changes AS generations FROM users u WHERE u.changes > 0"
+		"  UNION ALL"
+		"  SELECT u.user_id, 'present', u.relabel_tier, 'tier_change', 1 FROM users u"
+		"   WHERE u.changes = 0 AND EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)), "
+		// As one enqueue per intent would have left the item (EnqueueReconcile's conflict clause), except that
+	    // an unclaimed item already due keeps its place in line: the row then changes no indexed column, and
+	    // stays on its page. A plain UPDATE of the existing items, no speculative insertion.
+		"replaced AS (UPDATE fly.reconcile_queue q SET desired = t.desired, tier = t.tier, reason = t.reason,"
+		"  generation = q.generation + t.generations, attempts = 0, alerted = false,"
+		"  run_after = CASE WHEN q.claimed_at IS NULL AND q.run_after <= now() THEN q.run_after ELSE now() END,"
+		"  claimed_at = NULL, lease_until = NULL, last_error = NULL, updated_at = now()"
+		"  FROM targets t WHERE q.user_id = t.user_id RETURNING q.user_id), "
+		"queued AS (INSERT INTO fly.reconcile_queue AS q (user_id, desired, tier, reason, generation)"
+		"  SELECT t.user_id, t.desired, t.tier, t.reason, t.generations FROM targets t"
+		"   WHERE NOT EXISTS (SELECT 1 FROM replaced r WHERE r.user_id = t.user_id)"
+		// An item another transaction queued since this statement's snapshot.
+		"  ON CONFLICT (user_id) DO UPDATE SET desired = excluded.desired, tier = excluded.tier,"
+		"  reason = excluded.reason, generation = q.generation + excluded.generation, attempts = 0,"
+		"  alerted = false, run_after = now(), claimed_at = NULL, lease_until = NULL, last_error = NULL,"
+		"  updated_at = now() RETURNING 1), "
+		"relabelled AS (UPDATE fly.reconcile_queue q SET tier = u.relabel_tier FROM users u"
+		"  WHERE q.user_id = u.user_id AND u.changes = 0 AND q.desired = 'present'"
+		"    AND NOT EXISTS (SELECT 1 FROM ended e WHERE e.user_id = u.user_id)), "
+		"apps AS (UPDATE fly.user_fly_apps a SET tier = u.relabel_tier, updated_at = now() FROM users u"
+		"  WHERE a.user_id = u.user_id AND a.deleted_at IS NULL AND u.relabel_seq > u.change_seq"
+		"    AND a.tier IS DISTINCT FROM u.relabel_tier) "
+		"SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM replaced) + (SELECT count(*) FROM queued)";
 	return sql;
 }
 
@@ -235,8 +235,8 @@ FoldUserIntents(pg::SpiConnection &spi, const std::string &user_id, bool nowait)
 	if (!OidIsValid(log.relid)) {
 		return 0;
 	}
-	const Datum user = pg::PgGuardResult(
-		[&]() { return DirectFunctionCall1(uuid_in, CStringGetDatum(user_id.c_str())); });
+	const Datum user =
+		pg::PgGuardResult([&]() { return DirectFunctionCall1(uuid_in, CStringGetDatum(user_id.c_str())); });
 	for (;;) {
 		const TransactionId changing = ScanUserRows(log.relid, user).changing;
 		if (!TransactionIdIsValid(changing)) {
@@ -245,9 +245,8 @@ FoldUserIntents(pg::SpiConnection &spi, const std::string &user_id, bool nowait)
 		if (nowait) {
 			// As FOR UPDATE NOWAIT on the user's queue item fails while a tier change holds it (the callers treat
 			// the user as held and come back later).
-			throw SqlError(sqlstate::kLockNotAvailable,
-			               "could not fold the tier changes of user " + user_id +
-			                   ": another transaction is still changing the user's tier");
+			throw SqlError(sqlstate::kLockNotAvailable, "could not fold the tier changes of user " + user_id +
+			                                                ": another transaction is still changing the user's tier");
 		}
 		// The same wait a row lock gives: until that transaction ends, then look again.
 		pg::PgGuard([&]() { XactLockTableWait(changing, nullptr, nullptr, XLTW_None); });

@@ -243,8 +243,9 @@ void
 EnqueueTierChange(pg::SpiConnection &spi, TriggerCache &cache, const std::string &user_id, DesiredState desired,
                   const pg::Value &tier) {
 	if (cache.Log().appendable) {
-		AppendIntent(cache.Log(), user_id, desired == DesiredState::kPresent ? IntentKind::kPresent : IntentKind::kAbsent,
-		             tier, "tier_change");
+		AppendIntent(cache.Log(), user_id,
+		             desired == DesiredState::kPresent ? IntentKind::kPresent : IntentKind::kAbsent, tier,
+		             "tier_change");
 		pg::PgGuard([]() { WakeWorkerAtCommit(); });
 		return;
 	}

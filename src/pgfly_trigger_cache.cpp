@@ -36,8 +36,7 @@ TriggerCache::OnRelcacheInvalidation(Datum, Oid relid) noexcept {
 	// InvalidOid: every relcache entry is being reset (the invalidation queue overflowed, say).
 	if (relid == InvalidOid || relid == cache.tier_policies_relid_ || relid == cache.tier_source_relid_ ||
 	    relid == cache.tier_waits_relid_ || relid == cache.manual_teardowns_relid_ || relid == cache.source_relid_ ||
-	    relid == cache.log_.relid ||
-	    cache.fires_.count(relid) != 0) {
+	    relid == cache.log_.relid || cache.fires_.count(relid) != 0) {
 		cache.valid_ = false;
 	}
 }

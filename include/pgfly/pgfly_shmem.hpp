@@ -51,7 +51,7 @@ struct SharedState {
 	pg_atomic_uint32 worker_idle;
 	pg_atomic_uint64 work_commits;   // commits that queued work (or asked for a pass)
 	pg_atomic_uint64 urgent_commits; // of those, the ones that asked for a prompt start (not a relabel)
-	pg_atomic_uint64 wakes_sent;   // of those, the commits that set the worker's latch
+	pg_atomic_uint64 wakes_sent;     // of those, the commits that set the worker's latch
 };
 
 // Null until shared memory is attached (always attached when pg_fly is preloaded).
