@@ -125,7 +125,7 @@ def set_setting(pg, name, value):
 
 def wait_until_settled(pg, what, timeout):
     """Waits until the queue is empty; fails the benchmark if the worker does not get there."""
-    if not pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=timeout, interval=0.05):
+    if not pg.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=timeout, interval=0.05):
         pending = pg.sql("SELECT desired, attempts, last_error FROM fly.reconcile_queue LIMIT 3")
         fail(f"{what}: the queue did not drain within {timeout:.0f} s; e.g. {pending}")
 

@@ -40,7 +40,7 @@ def run_changes(pg, sim, session, users, apps, changes):
             f"UPDATE user_subscriptions SET tier = '{tiers[user]}' WHERE user_id = '{user}';"
             f"SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM user_subscriptions "
             f"WHERE user_id = '{user}'")
-        if not session.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.reconcile_queue)", timeout=30):
+        if not session.wait_for("SELECT NOT EXISTS (SELECT 1 FROM fly.pending_work)", timeout=30):
             fail(f"change {i + 1} ({user} to {tiers[user]}) was not worked off within 30 s: "
                  f"{pg.sql('SELECT desired, attempts, last_error FROM fly.reconcile_queue')}")
         arrived = fly_requests(sim, since=mark)
