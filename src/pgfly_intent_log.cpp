@@ -58,15 +58,15 @@ FoldSql(const char *lock_clause) {
 	std::string sql;
 	if (*lock_clause == '\0') {
 		// One pass over the log, taking every row visible now: a table without index is read in full anyway (dead
-		// rows included, until VACUUM). $1 (a limit) is unused here.
+		// rows included, until VACUUM).
 		sql = "WITH taken AS MATERIALIZED (DELETE FROM fly.tier_intents i"
-			  "  WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
+			  "  WHERE ($1::uuid IS NULL OR i.user_id = $1::uuid) AND NOT (i.user_id = ANY ($2::uuid[]))"
 			  "  RETURNING i.seq, i.user_id, i.kind, i.tier, i.reason), ";
 	} else {
 		sql = "WITH batch AS MATERIALIZED ("
 			  "  SELECT i.ctid AS row_id FROM fly.tier_intents i"
-			  "   WHERE ($2::uuid IS NULL OR i.user_id = $2::uuid) AND NOT (i.user_id = ANY ($3::uuid[]))"
-			  "   ORDER BY i.seq LIMIT $1::int8 ";
+			  "   WHERE ($1::uuid IS NULL OR i.user_id = $1::uuid) AND NOT (i.user_id = ANY ($2::uuid[]))"
+			  "   ";
 		sql += lock_clause;
 		sql += "), "
 			   "taken AS MATERIALIZED (DELETE FROM fly.tier_intents i USING batch b WHERE i.ctid = b.row_id"
@@ -117,9 +117,8 @@ FoldSql(const char *lock_clause) {
 }
 
 FoldResult
-RunFold(pg::SpiConnection &spi, const char *sql, const pg::Value &limit, const pg::Value &user,
-        const std::vector<std::string> &skip_users) {
-	const auto rows = spi.Query(sql, {limit, user, pg::UuidArray(skip_users)});
+RunFold(pg::SpiConnection &spi, const char *sql, const pg::Value &user, const std::vector<std::string> &skip_users) {
+	const auto rows = spi.Query(sql, {user, pg::UuidArray(skip_users)});
 	FoldResult result;
 	result.folded = std::stoll(rows.at(0).at(0).value_or("0"));
 	result.queued = std::stoll(rows.at(0).at(1).value_or("0"));
@@ -218,18 +217,27 @@ AppendIntent(const IntentLog &log, const std::string &user_id, IntentKind kind, 
 	});
 }
 
+namespace {
+
+// The fold statement, one per backend: its address keys the prepared plan.
+const std::string &
+FoldStatement() {
+	static const std::string kFold = FoldSql("");
+	return kFold;
+}
+
+} // namespace
+
 FoldResult
 FoldIntents(pg::SpiConnection &spi, const std::vector<std::string> &skip_users, const pg::Value &user) {
-	static const std::string kFold = FoldSql("");
 	if (!OidIsValid(FindIntentLog().relid)) {
 		return FoldResult{};
 	}
-	return RunFold(spi, kFold.c_str(), std::nullopt, user, skip_users);
+	return RunFold(spi, FoldStatement().c_str(), user, skip_users);
 }
 
 int64_t
 FoldUserIntents(pg::SpiConnection &spi, const std::string &user_id, bool nowait) {
-	static const std::string kWaiting = FoldSql("");
 	static const std::string kNoWait = FoldSql("FOR UPDATE NOWAIT");
 	const IntentLog log = FindIntentLog();
 	if (!OidIsValid(log.relid)) {
@@ -251,7 +259,7 @@ FoldUserIntents(pg::SpiConnection &spi, const std::string &user_id, bool nowait)
 		// The same wait a row lock gives: until that transaction ends, then look again.
 		pg::PgGuard([&]() { XactLockTableWait(changing, nullptr, nullptr, XLTW_None); });
 	}
-	const int64_t folded = RunFold(spi, (nowait ? kNoWait : kWaiting).c_str(), std::nullopt, user_id, {}).folded;
+	const int64_t folded = RunFold(spi, (nowait ? kNoWait : FoldStatement()).c_str(), user_id, {}).folded;
 	// A transaction that reads one snapshot cannot see a change committed after it, and so cannot fold it; its
 	// write would then be overtaken by that older change. As an update of a row changed since the snapshot does,
 	// it fails.
